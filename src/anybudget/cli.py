@@ -1,0 +1,112 @@
+"""The ``anybudget`` command.
+
+Sub-command groups live in each technique's ``cli.py`` (``register(subparsers)``). Only the group
+being run is imported, so ``anybudget --help`` never loads torch and answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# group -> (module providing register(), one-line help). Extra top-level commands a module adds
+# (kv adds `generate`) are routed to it through _ROUTES.
+_GROUPS = {
+    "kv": ("anybudget.kv.cli", "KV-cache eviction: H2O heavy hitters, StreamingLLM sinks (eval)"),
+    "generate": ("anybudget.kv.cli", "generate text from a local model under a KV budget"),
+    "ssm": ("anybudget.ssm.cli", "polarized Mamba: MQAR training/eval, recency and over-smoothing"),
+    "nas": ("anybudget.nas.cli", "TE-NAS training-free architecture search on NAS-Bench-201"),
+}
+
+
+def _version() -> str:
+    from anybudget import __version__
+
+    return __version__
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from anybudget.measure import device_record
+
+    rec = device_record()
+    lines = [
+        ("anybudget", _version()),
+        ("python", rec["python"]),
+        ("torch", rec["torch"] or "not installed"),
+        ("transformers", rec["transformers"] or "not installed"),
+    ]
+    cuda = "no"
+    if rec["gpu"]:
+        cuda = f"yes: {rec['gpu_count']} x {rec['gpu']} (CUDA {rec['cuda']}, driver {rec['driver']})"
+    lines.append(("CUDA", cuda))
+    for mod, extra in (("triton", "gpu"), ("gsplat", "splat"), ("plyfile", "splat")):
+        try:
+            m = importlib.import_module(mod)
+            status = f"yes ({getattr(m, '__version__', '?')})"
+            if mod == "triton" and not rec["gpu"]:
+                status += ", CPU interpreter only (TRITON_INTERPRET=1)"
+        except Exception:
+            status = f"no (pip install 'anybudget[{extra}]')"
+        lines.append((mod, status))
+    lines.append(("commit", rec["commit"] or "unknown"))
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from anybudget.demo import run_demo
+
+    return run_demo(
+        model=args.model, budget=args.budget, tokens=args.tokens, device=args.device,
+        quiet=args.quiet,
+    )
+
+
+def build_parser(load: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``load`` names the one group whose full sub-commands are registered."""
+    p = argparse.ArgumentParser(
+        prog="anybudget",
+        description="Make a trained model meet any device budget (KV memory, latency, size, compute).",
+    )
+    p.add_argument("--version", action="version", version=f"anybudget {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    info = sub.add_parser("info", help="versions, and whether CUDA / triton / gsplat are usable")
+    info.set_defaults(func=_cmd_info)
+
+    demo = sub.add_parser(
+        "demo",
+        help="generate with the embedded reference LM under a KV budget; memory saved and quality",
+    )
+    demo.add_argument("--model", default=None, help="model folder (default: the embedded reference LM)")
+    demo.add_argument("--budget", default="kv=20%", help="KV budget, e.g. kv=20%% or kv=256 (default kv=20%%)")
+    demo.add_argument("--tokens", type=int, default=64, help="new tokens to generate (default 64)")
+    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_cmd_demo)
+
+    if load is not None:
+        importlib.import_module(_GROUPS[load][0]).register(sub)
+    for name, (_, help_text) in _GROUPS.items():
+        if name not in sub.choices:
+            # Placeholder so --help lists the group without importing it.
+            sub.add_parser(name, help=help_text, add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(load=command if command in _GROUPS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if command is None else 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Files that are never half-written, and the JSON results record every benchmark writes.
+
+Every write goes to a temporary file in the destination folder, is flushed and fsync'ed, then
+renamed over the destination (``os.replace`` is atomic on POSIX and Windows), so a crash leaves
+either the old file or the new one, never a truncated mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "results_record",
+    "write_results",
+    "read_json",
+]
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Make the rename itself durable; not every platform lets a directory be opened.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    For writers that want a file name (``torch.save``, ``safetensors.torch.save_file``,
+    ``plt.savefig``). On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix, dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, not {type(data).__name__}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def _jsonable(obj: Any) -> Any:
+    """Turn tensors, numpy values, paths and non-finite floats into plain JSON values."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None  # JSON has no NaN/inf
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist"):  # torch.Tensor, numpy arrays and scalars
+        return _jsonable(obj.tolist())
+    if hasattr(obj, "__dataclass_fields__"):
+        import dataclasses
+
+        return _jsonable(dataclasses.asdict(obj))
+    return str(obj)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON atomically; tensors/numpy become lists, NaN/inf become null."""
+    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=indent) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def results_record(name: str, config: dict, metrics: dict, baseline: dict | None = None) -> dict:
+    """A results record: ``{name, config, metrics, baseline, device, torch, transformers, commit, date}``."""
+    from anybudget.measure import device_record
+
+    if not name or any(c in name for c in "/\\"):
+        raise ValueError(f"name={name!r} must be a non-empty file stem without slashes")
+    dev = device_record()
+    return {
+        "name": name,
+        "config": config,
+        "metrics": metrics,
+        "baseline": baseline,
+        "device": dev,
+        "torch": dev.get("torch"),
+        "transformers": dev.get("transformers"),
+        "commit": dev.get("commit"),
+        "date": dev.get("date"),
+    }
+
+
+def write_results(
+    name: str,
+    config: dict,
+    metrics: dict,
+    baseline: dict | None = None,
+    out_dir: str | os.PathLike = "benchmarks/results",
+) -> Path:
+    """Write ``<out_dir>/<name>.json`` atomically with the device record; return its path."""
+    record = results_record(name, config, metrics, baseline)
+    return atomic_write_json(Path(out_dir) / f"{name}.json", record)

@@ -1,0 +1,58 @@
+import time
+
+import pytest
+import torch
+
+from anybudget import measure
+
+
+def test_latency_measures_sleep():
+    t = measure.latency(time.sleep, 0.01, warmup=1, repeat=5, device="cpu")
+    assert len(t.times_s) == 5 and t.device == "cpu"
+    assert 0.009 < t.median_s < 0.2
+    assert set(t.as_dict()) >= {"median_s", "mean_s", "repeat"}
+
+
+def test_latency_bad_input():
+    with pytest.raises(ValueError, match="repeat=0 must be an integer >= 1"):
+        measure.latency(lambda: None, repeat=0)
+    with pytest.raises(ValueError, match="warmup=-1"):
+        measure.latency(lambda: None, warmup=-1)
+    with pytest.raises(TypeError, match="fn must be callable"):
+        measure.latency(3)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            measure.latency(lambda: None, device="cuda")
+
+
+def test_model_bytes_counts_shared_once():
+    lin = torch.nn.Linear(10, 20)  # 200 + 20 floats
+    m = torch.nn.Sequential(lin, lin)
+    m.register_buffer("b", torch.zeros(5, dtype=torch.float16))
+    assert measure.model_bytes(m) == 220 * 4 + 5 * 2
+    assert measure.model_bytes(m, buffers=False) == 220 * 4
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        measure.model_bytes("x")
+
+
+def test_peak_memory_cpu_returns_none():
+    out, peak = measure.peak_memory(lambda: 7)
+    assert out == 7
+    assert peak is None or peak >= 0
+
+
+def test_file_size(tmp_path):
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b").write_bytes(b"y" * 5)
+    assert measure.file_size(tmp_path / "a") == 10
+    assert measure.file_size(tmp_path) == 15
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        measure.file_size(tmp_path / "nope")
+
+
+def test_device_record_fields():
+    rec = measure.device_record()
+    for k in ("date", "commit", "torch", "transformers", "gpu", "driver", "python"):
+        assert k in rec
+    assert rec["torch"] == torch.__version__
