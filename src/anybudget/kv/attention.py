@@ -1,0 +1,133 @@
+"""Attention that also returns how much attention each cached key received (H2O's scores).
+
+H2O ranks cached tokens by the accumulated softmax attention they receive (Zhang et al. 2023,
+Sec. 3.2). SDPA / FlashAttention never materialize the probabilities, and the usual workaround
+(eager attention with ``output_attentions``) holds the whole (batch, heads, n, n) matrix. Here the
+column sums are accumulated chunk by chunk over queries: extra memory O(chunk * n), never n x n.
+
+``attention_with_colsum`` is the reference (PyTorch, any device); on CUDA the Triton kernels in
+``kernels_triton.py`` are used when triton is installed (``pip install 'anybudget[gpu]'``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["attention_with_colsum", "attention_with_colsum_reference", "masked_sdpa"]
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be 4-D (batch, heads, seq, head_dim); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    B, Hq, Lq, D = q.shape
+    if k.shape[0] != B or v.shape[:3] != k.shape[:3] or k.shape[3] != D:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} do not match q {tuple(q.shape)}")
+    if Hq % k.shape[1]:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of key/value heads ({k.shape[1]})")
+    if Lq > k.shape[2]:
+        raise ValueError(f"more queries ({Lq}) than keys ({k.shape[2]}): the queries must be the newest keys")
+    if key_mask is not None and key_mask.shape not in ((B, k.shape[2]), (B, k.shape[1], k.shape[2])):
+        raise ValueError(f"key_mask {tuple(key_mask.shape)} must be (batch, keys) or (batch, kv_heads, keys)")
+
+
+def attention_with_colsum_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float | None = None,
+    causal: bool = True,
+    key_mask: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention and the per-key column sums of its probabilities.
+
+    q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D) with Hq a multiple of Hkv (GQA: query heads
+    ``g*G .. g*G+G-1`` share KV head g, as in Hugging Face ``repeat_kv``).
+    causal: query i sits at key position ``Lk - Lq + i`` and sees keys ``j <= Lk - Lq + i``.
+    key_mask: (B, Lk) or (B, Hkv, Lk) bool; False = padding or evicted: never attended, colsum 0.
+    A query that sees no key outputs zeros and adds nothing to colsum.
+    Returns out (B, Hq, Lq, D) in q.dtype and colsum (B, Hkv, Lk) float32: the sum over the
+    group's query heads and all queries of ``softmax(q k^T * scale)`` (probabilities in float32).
+    """
+    _check(q, k, v, key_mask)
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    scale = D**-0.5 if scale is None else scale
+    kf = k.float()
+    vf = v.float()
+    qg = q.view(B, Hkv, G, Lq, D)
+    out = torch.empty(B, Hkv, G, Lq, D, dtype=q.dtype, device=q.device)
+    colsum = torch.zeros(B, Hkv, Lk, dtype=torch.float32, device=q.device)
+    if key_mask is not None:
+        km = key_mask.view(B, 1 if key_mask.dim() == 2 else Hkv, 1, 1, Lk)
+    key_pos = torch.arange(Lk, device=q.device)
+    for s in range(0, Lq, chunk_size):
+        e = min(Lq, s + chunk_size)
+        logits = torch.matmul(qg[:, :, :, s:e].float(), kf.unsqueeze(2).transpose(-1, -2)) * scale
+        visible = torch.ones(1, 1, 1, e - s, Lk, dtype=torch.bool, device=q.device)
+        if causal:
+            q_pos = torch.arange(s, e, device=q.device) + (Lk - Lq)
+            visible = (key_pos[None, :] <= q_pos[:, None]).view(1, 1, 1, e - s, Lk)
+        if key_mask is not None:
+            visible = visible & km
+        logits = logits.masked_fill(~visible, float("-inf"))
+        row_max = logits.amax(dim=-1, keepdim=True)
+        row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+        p = torch.exp(logits - row_max)  # exp(-inf) = 0 for hidden keys
+        denom = p.sum(dim=-1, keepdim=True)
+        p = p / torch.where(denom > 0, denom, torch.ones_like(denom))
+        out[:, :, :, s:e] = torch.matmul(p, vf.unsqueeze(2)).to(q.dtype)
+        colsum += p.sum(dim=(2, 3))
+    return out.view(B, Hq, Lq, D), colsum
+
+
+def _triton_available(t: torch.Tensor) -> bool:
+    if t.device.type != "cuda":
+        return False
+    try:
+        from anybudget.kv import kernels_triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def attention_with_colsum(q, k, v, *, scale=None, causal=True, key_mask=None, chunk_size=1024):
+    """Dispatch: Triton kernels on CUDA when available, else the chunked PyTorch reference.
+
+    Same contract as :func:`attention_with_colsum_reference`.
+    """
+    if _triton_available(q):
+        from anybudget.kv.kernels_triton import attention_with_colsum_triton
+
+        _check(q, k, v, key_mask)
+        return attention_with_colsum_triton(q, k, v, scale=scale, causal=causal, key_mask=key_mask)
+    return attention_with_colsum_reference(q, k, v, scale=scale, causal=causal, key_mask=key_mask, chunk_size=chunk_size)
+
+
+def masked_sdpa(q, k, v, *, scale=None, key_mask=None) -> torch.Tensor:
+    """Causal SDPA where the queries are the newest keys, plus an optional per-(kv-head) key mask.
+
+    Used by the policies that need no scores. The boolean mask is only materialized when some
+    key is hidden; rows with no visible key give zeros (not NaN).
+    """
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    if key_mask is None or bool(key_mask.all()):
+        if Lq == 1 or Lq == Lk:
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=(Lq == Lk and Lq > 1), scale=scale, enable_gqa=G > 1
+            )
+        key_mask = None
+    causal = torch.arange(Lk, device=q.device)[None, :] <= (torch.arange(Lq, device=q.device) + (Lk - Lq))[:, None]
+    mask = causal.view(1, 1, Lq, Lk)
+    if key_mask is not None:
+        km = key_mask.view(B, 1, Lk) if key_mask.dim() == 2 else key_mask
+        if km.shape[1] > 1 and G > 1:
+            km = km.repeat_interleave(G, dim=1)
+        mask = mask & km.unsqueeze(2)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=G > 1)
+    # A fully hidden row gives NaN in SDPA; those queries (padding) must output zeros.
+    return torch.where(mask.any(-1, keepdim=True), out, torch.zeros((), dtype=out.dtype, device=out.device))

@@ -1,0 +1,105 @@
+"""Hugging Face integration: anybudget's attention function, registered through transformers'
+public ``AttentionInterface`` / ``AttentionMaskInterface`` (no model file is patched).
+
+The mask function hands the attention the plain 2-D padding mask: the evicted cache's slots no
+longer line up with positions, so the attention builds its own mask from the cache's per-slot
+validity (and causality among the new tokens, which always sit in the newest slots).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from anybudget.kv.attention import attention_with_colsum, masked_sdpa
+from anybudget.kv.cache import PENDING
+
+ATTN_NAME = "anybudget"
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt_neox")
+
+__all__ = ["enable", "disable", "enabled", "ATTN_NAME", "SUPPORTED"]
+
+
+def _padding_mask(*args, attention_mask=None, **kwargs):
+    """Mask interface: pass the 2-D (batch, tokens) padding mask through untouched."""
+    return attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+
+
+def anybudget_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention for anybudget caches; plain causal attention for any other cache (or none).
+
+    query: (B, Hq, q, D); key/value: (B, Hkv, L, D) as returned by the cache's update().
+    Returns (B, q, Hq, D) like transformers' own attention functions, and no weights.
+    """
+    q_len, L = query.shape[2], key.shape[2]
+    pad = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+    new_valid = pad[:, -q_len:].bool() if pad is not None and pad.shape[-1] >= q_len else None
+    layer = PENDING.get()
+    if layer is None or not layer.awaiting_attention or layer.keys.data_ptr() != key.data_ptr():
+        key_mask = pad[:, -L:].bool() if pad is not None and pad.shape[-1] >= L else None
+        out = masked_sdpa(query, key, value, scale=scaling, key_mask=key_mask)
+        return out.transpose(1, 2).contiguous(), None
+    PENDING.set(None)
+    layer.mark_new_tokens(new_valid)
+    key_mask = layer.key_mask()
+    if layer.cache.needs_scores:
+        out, colsum = attention_with_colsum(query, key, value, scale=scaling, causal=True, key_mask=key_mask)
+        layer.add_scores(colsum)
+    else:
+        out = masked_sdpa(query, key, value, scale=scaling, key_mask=key_mask)
+    out = out.transpose(1, 2).contiguous()
+    layer.evict()
+    return out, None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTN_NAME, anybudget_attention)
+    AttentionMaskInterface.register(ATTN_NAME, _padding_mask)
+
+
+def _check_model(model) -> None:
+    cfg = getattr(model, "config", None)
+    mt = getattr(cfg, "model_type", None)
+    if mt not in SUPPORTED:
+        raise ValueError(
+            f"model type {mt!r} is not supported by anybudget.kv; supported families: "
+            f"{', '.join(SUPPORTED)} (Llama, Mistral, Qwen2, Qwen3, GPT-NeoX)"
+        )
+
+
+def enable(model):
+    """Route ``model``'s attention through anybudget so its budgeted caches can evict. Returns model.
+
+    Exact for any other cache (plain causal attention with the padding mask).
+    """
+    _check_model(model)
+    _register()
+    if not hasattr(model, "_anybudget_prev_attn"):
+        model._anybudget_prev_attn = model.config._attn_implementation
+    model.set_attn_implementation(ATTN_NAME)
+    return model
+
+
+def disable(model):
+    """Restore the attention implementation ``model`` had before :func:`enable`."""
+    prev = getattr(model, "_anybudget_prev_attn", None)
+    if prev is not None:
+        model.set_attn_implementation(prev)
+        del model._anybudget_prev_attn
+    return model
+
+
+@contextlib.contextmanager
+def enabled(model):
+    """``with anybudget.kv.enabled(model): model.generate(..., past_key_values=H2OCache("20%"))``"""
+    was = hasattr(model, "_anybudget_prev_attn")
+    enable(model)
+    try:
+        yield model
+    finally:
+        if not was:
+            disable(model)
