@@ -99,7 +99,8 @@ class BudgetLayer(DynamicLayer):
                 f"this {type(self.cache).__name__} holds a batch of {self.batch} sequences but got "
                 f"{key_states.shape[0]}; use a new cache for each batch (each generate call)"
             )
-        if self.awaiting_attention:
+        prev = PENDING.get()
+        if self.awaiting_attention or (prev is not None and prev.cache is self.cache and prev.awaiting_attention):
             raise RuntimeError(
                 f"{type(self.cache).__name__} needs anybudget's attention to evict: call "
                 "anybudget.kv.enable(model) before generating with it"

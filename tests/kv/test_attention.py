@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from anybudget.kv.attention import attention_with_colsum_reference, masked_sdpa
+
+
+def naive(q, k, v, scale, key_mask):
+    """fp64 full-matrix attention: the definition."""
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    kk = k.double().repeat_interleave(G, 1)
+    vv = v.double().repeat_interleave(G, 1)
+    s = q.double() @ kk.transpose(-1, -2) * scale
+    qpos = torch.arange(Lq) + Lk - Lq
+    vis = (torch.arange(Lk)[None, :] <= qpos[:, None]).expand(B, Hq, Lq, Lk).clone()
+    if key_mask is not None:
+        km = key_mask if key_mask.dim() == 3 else key_mask[:, None].expand(B, Hkv, Lk)
+        vis &= km.repeat_interleave(G, 1)[:, :, None, :]
+    s = s.masked_fill(~vis, float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    out = p @ vv
+    col = p.view(B, Hkv, G, Lq, Lk).sum((2, 3))
+    return out, col
+
+
+@pytest.mark.parametrize("Hq,Hkv,Lq,Lk,chunk", [(4, 2, 7, 7, 3), (6, 3, 1, 13, 1024), (4, 4, 5, 11, 2), (8, 2, 16, 16, 1024)])
+@pytest.mark.parametrize("mask_kind", [None, "2d", "3d"])
+def test_reference_matches_definition(Hq, Hkv, Lq, Lk, chunk, mask_kind):
+    g = torch.Generator().manual_seed(Hq * 100 + Lk)
+    B, D = 2, 8
+    q, k, v = (torch.randn(B, h, L, D, generator=g) for h, L in ((Hq, Lq), (Hkv, Lk), (Hkv, Lk)))
+    km = None
+    if mask_kind == "2d":
+        km = torch.rand(B, Lk, generator=g) > 0.3
+        km[1, :] = False  # a row with no visible key: zeros out, nothing in colsum
+    elif mask_kind == "3d":
+        km = torch.rand(B, Hkv, Lk, generator=g) > 0.3
+    out, col = attention_with_colsum_reference(q, k, v, scale=0.7, key_mask=km, chunk_size=chunk)
+    ro, rc = naive(q, k, v, 0.7, km)
+    assert col.dtype == torch.float32 and col.shape == (B, Hkv, Lk)
+    torch.testing.assert_close(out.double(), ro, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(col.double(), rc, rtol=1e-5, atol=1e-5)
+    if mask_kind == "2d":
+        assert col[1].abs().sum() == 0 and out[1].abs().sum() == 0
+    # every visible query row's probabilities sum to 1, so colsum totals (#visible rows x G)
+    sdpa = masked_sdpa(q, k, v, scale=0.7, key_mask=km)
+    torch.testing.assert_close(sdpa.double(), ro, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_shapes():
+    q = torch.randn(1, 3, 4, 8)
+    k = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        attention_with_colsum_reference(q, k, k)
+    with pytest.raises(ValueError, match="more queries"):
+        attention_with_colsum_reference(torch.randn(1, 2, 5, 8), k, k)
+    with pytest.raises(ValueError, match="key_mask"):
+        attention_with_colsum_reference(torch.randn(1, 2, 4, 8), k, k, key_mask=torch.ones(1, 3, dtype=torch.bool))
