@@ -1,0 +1,135 @@
+"""``anybudget generate`` and ``anybudget kv eval``. Heavy imports stay inside the commands."""
+
+from __future__ import annotations
+
+import argparse
+
+POLICY_CHOICES = ("full", "h2o", "streaming", "local", "random")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="local model folder (default: the embedded reference LM)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="weights dtype (default: bfloat16 on cuda, float32 on cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(sub) -> None:
+    g = sub.add_parser("generate", help="generate text from a local model under a KV budget")
+    _common(g)
+    g.add_argument("--kv", default="h2o", choices=POLICY_CHOICES, help="eviction policy (default h2o)")
+    g.add_argument("--budget", default="kv=20%", help="KV budget: kv=20%% (of tokens seen) or kv=512 (tokens)")
+    g.add_argument("--recent-ratio", type=float, default=0.5, help="h2o/random: recent share of the cache (default 0.5)")
+    g.add_argument("--sink-tokens", type=int, default=4, help="streaming: attention sinks kept (default 4)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--sample", action="store_true", help="sample (temperature 0.8, top-p 0.95) instead of greedy")
+    g.add_argument("prompt", nargs="+", help="prompt text")
+    g.set_defaults(func=_generate)
+
+    kv = sub.add_parser("kv", help="KV-cache eviction: H2O heavy hitters, StreamingLLM sinks (eval)")
+    ksub = kv.add_subparsers(dest="kv_command", metavar="VERB", required=True)
+    e = ksub.add_parser("eval", help="streaming perplexity of each policy at each budget; table, JSON and PNG")
+    _common(e)
+    e.add_argument("--text", required=True, help="a UTF-8 text file to evaluate on (held-out text)")
+    e.add_argument("--budgets", default="100%,50%,20%,10%", help="comma-separated KV budgets (default 100%%,50%%,20%%,10%%)")
+    e.add_argument("--policies", default=",".join(POLICY_CHOICES), help="comma-separated policies")
+    e.add_argument("--seq-len", type=int, default=1024, help="tokens per evaluated sequence (default 1024)")
+    e.add_argument("--num-seqs", type=int, default=None, help="sequences to evaluate (default: all that fit, at most 16)")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--chunk", type=int, default=1, help="tokens per forward (1 = faithful streaming)")
+    e.add_argument("--out", default="kv_eval", help="output stem: writes OUT.json and OUT.png (default kv_eval)")
+    e.set_defaults(func=_eval)
+
+
+def load(model_dir, device=None, dtype=None):
+    """Load a local causal LM + tokenizer; the embedded reference LM when ``model_dir`` is None."""
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if model_dir is None:
+        model_dir = Path(__file__).resolve().parents[1] / "assets" / "reflm"
+    p = Path(model_dir)
+    if not (p / "config.json").is_file():
+        raise SystemExit(f"error: --model {str(p)!r} is not a local model folder (no config.json); models load from local paths only")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dt = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    tok = AutoTokenizer.from_pretrained(p)
+    model = AutoModelForCausalLM.from_pretrained(p, dtype=dt).to(device).eval()
+    return model, tok, device
+
+
+def _generate(args) -> int:
+    import torch
+
+    from anybudget.kv import enable, make_cache
+
+    model, tok, device = load(args.model, args.device, args.dtype)
+    enable(model)
+    kw = {}
+    if args.kv in ("h2o", "random"):
+        kw["recent_ratio"] = args.recent_ratio
+    if args.kv == "streaming":
+        kw["sink_tokens"] = args.sink_tokens
+    cache = make_cache(args.kv, args.budget, **kw)
+    enc = tok(" ".join(args.prompt), return_tensors="pt").to(device)
+    gen = dict(do_sample=True, temperature=0.8, top_p=0.95) if args.sample else dict(do_sample=False)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=args.max_new_tokens, past_key_values=cache,
+                             pad_token_id=tok.pad_token_id, **gen)
+    print(tok.decode(out[0], skip_special_tokens=True))
+    if args.kv != "full":
+        layer = cache.layers[0]
+        print(f"\n[{args.kv} {cache.budget}: kept {layer.length} of {layer.seen} tokens per head; "
+              f"KV cache {cache.used_bytes() / 2**20:.2f} MiB]")
+    return 0
+
+
+def _eval(args) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from anybudget.io import atomic_write_json, results_record
+    from anybudget.kv.cache import parse_kv_budget
+    from anybudget.kv.evaluate import evaluate_policies, plot_results
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    bad = [p for p in policies if p not in POLICY_CHOICES]
+    if bad:
+        raise SystemExit(f"error: --policies has unknown {bad}; choose from {', '.join(POLICY_CHOICES)}")
+    budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
+    for b in budgets:
+        parse_kv_budget(b)
+    text_path = Path(args.text)
+    if not text_path.is_file():
+        raise SystemExit(f"error: --text {args.text!r} is not a file")
+    model, tok, device = load(args.model, args.device, args.dtype)
+    ids = torch.tensor(tok(text_path.read_text(encoding="utf-8"))["input_ids"])
+    fit = ids.numel() // args.seq_len
+    if fit < 1:
+        raise SystemExit(f"error: --text has {ids.numel()} tokens, fewer than --seq-len {args.seq_len}")
+    n = args.num_seqs or min(fit, 16)
+    evaluated = [b for b in budgets if b != "100%"] or budgets
+    res = evaluate_policies(model, ids, policies=policies, budgets=evaluated, seq_len=args.seq_len, num_seqs=n,
+                            batch_size=args.batch_size, chunk=args.chunk, device=device, quiet=args.quiet)
+    full = next((r for r in res if r.policy == "full"), None)
+    print(f"{'policy':<10} {'budget':>7} {'ppl':>9} {'vs full':>8} {'kept':>6}")
+    for r in res:
+        ratio = f"{r.ppl / full.ppl:.3f}" if full else "-"
+        print(f"{r.policy:<10} {r.budget:>7} {r.ppl:>9.3f} {ratio:>8} {r.kept_fraction:>6.1%}")
+    rec = results_record(
+        Path(args.out).name,
+        {"model": str(args.model or "embedded reference LM"), "text": str(text_path), "seq_len": args.seq_len,
+         "num_seqs": n, "chunk": args.chunk, "policies": policies, "budgets": evaluated},
+        {"results": [{"policy": r.policy, "budget": r.budget, "nll": r.nll, "ppl": r.ppl, "tokens": r.tokens,
+                      "kept_fraction": r.kept_fraction} for r in res]},
+        {"full_ppl": full.ppl} if full else None,
+    )
+    atomic_write_json(f"{args.out}.json", rec)
+    plot_results(res, f"{args.out}.png")
+    print(f"wrote {args.out}.json and {args.out}.png")
+    return 0
