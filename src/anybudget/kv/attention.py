@@ -30,6 +30,20 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Te
         raise ValueError(f"key_mask {tuple(key_mask.shape)} must be (batch, keys) or (batch, kv_heads, keys)")
 
 
+def _matmul_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` with float32 output. On CUDA with 16-bit inputs, cuBLAS accumulates and writes in
+    float32 straight from the bf16/fp16 operands (no float32 copy of the whole cache per step)."""
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and b.dtype == a.dtype:
+        try:
+            lead = a.shape[:-2]
+            out = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.expand(*lead, *b.shape[-2:]).reshape(-1, *b.shape[-2:]),
+                            out_dtype=torch.float32)
+            return out.view(*lead, a.shape[-2], b.shape[-1])
+        except (TypeError, RuntimeError):
+            pass
+    return torch.matmul(a.float(), b.float())
+
+
 def attention_with_colsum_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -55,8 +69,6 @@ def attention_with_colsum_reference(
     Hkv, Lk = k.shape[1], k.shape[2]
     G = Hq // Hkv
     scale = D**-0.5 if scale is None else scale
-    kf = k.float()
-    vf = v.float()
     qg = q.view(B, Hkv, G, Lq, D)
     out = torch.empty(B, Hkv, G, Lq, D, dtype=q.dtype, device=q.device)
     colsum = torch.zeros(B, Hkv, Lk, dtype=torch.float32, device=q.device)
@@ -65,7 +77,9 @@ def attention_with_colsum_reference(
     key_pos = torch.arange(Lk, device=q.device)
     for s in range(0, Lq, chunk_size):
         e = min(Lq, s + chunk_size)
-        logits = torch.matmul(qg[:, :, :, s:e].float(), kf.unsqueeze(2).transpose(-1, -2)) * scale
+        # (B, Hkv, G*c, D) @ (B, Hkv, D, Lk): the group's query heads share one read of K.
+        qc = qg[:, :, :, s:e].reshape(B, Hkv, G * (e - s), D)
+        logits = (_matmul_f32(qc, k.transpose(-1, -2)) * scale).view(B, Hkv, G, e - s, Lk)
         visible = torch.ones(1, 1, 1, e - s, Lk, dtype=torch.bool, device=q.device)
         if causal:
             q_pos = torch.arange(s, e, device=q.device) + (Lk - Lq)
@@ -78,7 +92,8 @@ def attention_with_colsum_reference(
         p = torch.exp(logits - row_max)  # exp(-inf) = 0 for hidden keys
         denom = p.sum(dim=-1, keepdim=True)
         p = p / torch.where(denom > 0, denom, torch.ones_like(denom))
-        out[:, :, :, s:e] = torch.matmul(p, vf.unsqueeze(2)).to(q.dtype)
+        pv = p.to(v.dtype) if v.dtype != torch.float32 else p  # 16-bit P @ V, as flash attention does
+        out[:, :, :, s:e] = torch.matmul(pv.view(B, Hkv, G * (e - s), Lk), v).view(B, Hkv, G, e - s, D).to(q.dtype)
         colsum += p.sum(dim=(2, 3))
     return out.view(B, Hq, Lq, D), colsum
 

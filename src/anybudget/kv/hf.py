@@ -44,7 +44,11 @@ def anybudget_attention(module, query, key, value, attention_mask, scaling=None,
     layer.mark_new_tokens(new_valid)
     key_mask = layer.key_mask()
     if layer.cache.needs_scores:
-        out, colsum = attention_with_colsum(query, key, value, scale=scaling, causal=True, key_mask=key_mask)
+        # Query chunk so that one chunk's float32 logits stay under ~256 MB (prefill memory).
+        B, Hq, _, _ = query.shape
+        chunk = max(16, min(1024, (1 << 26) // max(1, B * Hq * L)))
+        out, colsum = attention_with_colsum(query, key, value, scale=scaling, causal=True, key_mask=key_mask,
+                                            chunk_size=chunk)
         layer.add_scores(colsum)
     else:
         out = masked_sdpa(query, key, value, scale=scaling, key_mask=key_mask)
