@@ -1,1 +1,0 @@
-"""anybudget.nas"""
