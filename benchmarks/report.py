@@ -1,0 +1,136 @@
+"""Render the README's results section from benchmarks/results/*.json (never from memory).
+
+Usage:  python benchmarks/report.py            # prints markdown
+        python benchmarks/report.py --readme   # rewrites the block between the RESULTS markers in README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RES = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/report.py) -->", "<!-- RESULTS:END -->"
+
+
+def load(name):
+    p = RES / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def dev(rec):
+    d = rec.get("device", {})
+    return f"{d.get('gpu') or 'CPU'}, torch {rec.get('torch')}, transformers {rec.get('transformers')}, commit {str(rec.get('commit'))[:8]}, {str(rec.get('date'))[:10]}"
+
+
+def reflm_md():
+    r = load("reflm_train")
+    if not r:
+        return ""
+    m = r["metrics"]
+    s = m["samples"][1]
+    return (
+        "### Reference language model (`src/anybudget/assets/reflm`)\n\n"
+        f"A {m['params'] / 1e6:.1f}M-parameter `LlamaForCausalLM` (10 layers, hidden 384, 6 query / 3 KV heads, "
+        f"byte-level BPE vocabulary of {r['corpus']['vocab_size']}) trained from scratch for {m['epochs']:.1f} epochs "
+        f"({m['tokens_seen'] / 1e6:.0f}M tokens, {m['train_time_s']:.0f} s) on {r['corpus']['splits']['train']['tokens'] / 1e6:.1f}M "
+        "tokens of English prose from Debian documentation packages "
+        f"({', '.join(r['corpus']['corpus']['sources'])}).\n\n"
+        f"| split | perplexity (1024-token windows) |\n|---|---|\n| validation | {m['val_ppl']:.2f} |\n| test | {m['test_ppl']:.2f} |\n\n"
+        f"Sample (greedy, repetition penalty 1.1): *{s['greedy_rp1.1']!s}*\n\n"
+        f"Source: `benchmarks/results/reflm_train.json` ({dev(r)}).\n"
+    )
+
+
+def quality_md():
+    r = load("kv_quality")
+    if not r:
+        return ""
+    rows = r["metrics"]["results"]
+    full = next(x for x in rows if x["policy"] == "full")
+    budgets = [b for b in dict.fromkeys(x["budget"] for x in rows if x["policy"] != "full")]
+    pols = [p for p in dict.fromkeys(x["policy"] for x in rows if x["policy"] != "full")]
+    out = ("### What a KV budget costs: streaming perplexity on the reference LM\n\n"
+           f"{r['config']['num_seqs']} test-split windows of {r['config']['seq_len']} tokens streamed one token per step "
+           f"through each cache (float32). Full cache: perplexity **{full['ppl']:.2f}**. Cells: perplexity (ratio to full).\n\n")
+    out += "| policy | " + " | ".join(budgets) + " |\n|---|" + "---|" * len(budgets) + "\n"
+    for p in pols:
+        cells = []
+        for b in budgets:
+            x = next(x for x in rows if x["policy"] == p and x["budget"] == b)
+            cells.append(f"{x['ppl']:.2f} (x{x['ppl_ratio_vs_full']:.3f})")
+        out += f"| {p} | " + " | ".join(cells) + " |\n"
+    out += f"\n![kv quality](benchmarks/results/kv_quality.png)\n\nSource: `benchmarks/results/kv_quality.json` ({dev(r)}).\n"
+    return out
+
+
+def speed_md():
+    t = load("kv_speed_throughput")
+    o = load("kv_speed_ops")
+    out = ""
+    if t:
+        cfg = t["config"]
+        out += ("### H2O on the GPU: batch size and throughput\n\n"
+                f"{cfg['params'] / 1e9:.2f}B-parameter Llama ({cfg['layers']} layers, {cfg['heads']} MHA heads of {cfg['head_dim']}), "
+                "random bf16 weights, greedy decoding of 256 new tokens, batch doubled until out of memory; "
+                "H2O at 20% (10% heavy + 10% recent) against the full `DynamicCache`, same run. "
+                "Throughput counts prefill + decode.\n\n"
+                "| prompt | largest batch full / H2O | ratio | tokens/s at largest batch full / H2O | ratio | decode-only tokens/s full / H2O |\n|---|---|---|---|---|---|\n")
+        for key, s in t["metrics"]["summary"].items():
+            P = int(key.split("_")[1])
+            rows = [r for r in t["metrics"]["throughput"] if r["prompt"] == P and not r.get("oom")]
+            fb = max((r for r in rows if r["policy"] == "full"), key=lambda r: r["batch"])
+            hb = max((r for r in rows if r["policy"] == "h2o"), key=lambda r: r["batch"])
+            out += (f"| {P} | {s['full']['max_batch']} / {s['h2o']['max_batch']} | {s['max_batch_ratio']:.1f}x | "
+                    f"{s['full']['tokens_per_s_at_max_batch']:.0f} / {s['h2o']['tokens_per_s_at_max_batch']:.0f} | {s['throughput_ratio']:.2f}x | "
+                    f"{fb['decode_tokens_per_s']:.0f} / {hb['decode_tokens_per_s']:.0f} |\n")
+        out += f"\nSource: `benchmarks/results/kv_speed_throughput.json` ({dev(t)}).\n\n"
+    if o:
+        out += ("### Overheads of the score path (PyTorch reference path, no Triton kernel yet)\n\n"
+                "| decode, batch x cache | SDPA attention ms | attention + H2O scores ms | whole model step: full ms / H2O ms |\n|---|---|---|---|\n")
+        steps = {(s["batch"], s["cache_len"]): s for s in o["metrics"]["decode_step"]}
+        for a in o["metrics"]["decode_attention"]:
+            st = steps.get((a["batch"], a["cache_len"]))
+            stc = f"{st['full_step_ms']:.1f} / {st['h2o_step_ms']:.1f} ({st['overhead']:+.0%})" if st else "-"
+            out += f"| {a['batch']} x {a['cache_len']} | {a['sdpa_ms']:.3f} | {a['h2o_attn_ms']:.3f} | {stc} |\n"
+        for key, st in steps.items():
+            if key not in {(a["batch"], a["cache_len"]) for a in o["metrics"]["decode_attention"]}:
+                out += f"| {key[0]} x {key[1]} | - | - | {st['full_step_ms']:.1f} / {st['h2o_step_ms']:.1f} ({st['overhead']:+.0%}) |\n"
+        out += "\n| prefill, batch 1 | SDPA peak GiB / s | H2O 20% peak GiB / s | peak ratio |\n|---|---|---|---|\n"
+        for p in o["metrics"]["prefill"]:
+            out += (f"| {p['prompt']} | {p['sdpa_peak_gib']:.2f} / {p['sdpa_s']:.3f} | {p['h2o_20_peak_gib']:.2f} / {p['h2o_20_s']:.3f} | "
+                    f"{p.get('h2o_vs_sdpa_peak', float('nan')):.2f}x |\n")
+        out += f"\nSource: `benchmarks/results/kv_speed_ops.json` ({dev(o)}).\n"
+    return out
+
+
+def render():
+    return "\n".join(x for x in (reflm_md(), quality_md(), speed_md()) if x)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--readme", action="store_true")
+    args = ap.parse_args(argv)
+    md = render()
+    if not args.readme:
+        print(md)
+        return 0
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if BEGIN not in text:
+        raise SystemExit(f"README.md has no {BEGIN} marker")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    sys.path.insert(0, str(ROOT / "src"))
+    from anybudget.io import atomic_write_text
+
+    atomic_write_text(readme, head + BEGIN + "\n" + md + "\n" + END + tail)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
