@@ -156,6 +156,47 @@ def part_decode(model, cfg, out, smoke=False):
 
 
 # ------------------------------------------------------------------------------------------------
+def part_kernels(out):
+    """Triton kernels vs the fp32 reference at realistic bf16 shapes, and their time vs SDPA."""
+    from anybudget.kv.attention import attention_with_colsum_reference
+    from anybudget.kv.kernels_triton import attention_with_colsum_triton
+
+    rows = []
+    for B, Hq, Hkv, Lq, Lk, D in ((1, 16, 16, 4096, 4096, 128), (1, 32, 8, 8192, 8192, 64),
+                                  (16, 16, 16, 1, 4096, 128), (64, 32, 8, 1, 2048, 64)):
+        g = torch.Generator(device=DEV).manual_seed(B * Lk)
+        q = torch.randn(B, Hq, Lq, D, device=DEV, dtype=torch.bfloat16, generator=g)
+        k = torch.randn(B, Hkv, Lk, D, device=DEV, dtype=torch.bfloat16, generator=g)
+        v = torch.randn(B, Hkv, Lk, D, device=DEV, dtype=torch.bfloat16, generator=g)
+        o1, c1 = attention_with_colsum_triton(q, k, v)
+        o2, c2 = attention_with_colsum_reference(q.float(), k.float(), v.float(), chunk_size=256)
+        row = {"B": B, "Hq": Hq, "Hkv": Hkv, "Lq": Lq, "Lk": Lk, "D": D,
+               "rel_err_out": ((o1.float() - o2).norm() / o2.norm()).item(),
+               "rel_err_colsum": ((c1 - c2).norm() / c2.norm()).item()}
+        del o2, c2
+        cleanup()
+        sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
+            q, k, v, is_causal=Lq > 1, enable_gqa=Hq != Hkv)
+        row["sdpa_ms"] = timed(sdpa) * 1e3
+        row["triton_ms"] = timed(lambda: attention_with_colsum_triton(q, k, v)) * 1e3
+        row["time_ratio"] = row["triton_ms"] / row["sdpa_ms"]
+        for name, fn in (("sdpa", sdpa), ("triton", lambda: attention_with_colsum_triton(q, k, v))):
+            cleanup()
+            sync()
+            base = mem_alloc()
+            mem_reset()
+            r = fn()
+            sync()
+            row[f"{name}_extra_mib"] = (mem_peak() - base) / 2**20
+            del r
+        rows.append(row)
+        print("kernel", row, flush=True)
+        del q, k, v, o1, c1
+        cleanup()
+    out["kernels"] = rows
+
+
+# ------------------------------------------------------------------------------------------------
 def _kvpress_press():
     """ObservedAttentionPress without importing kvpress/__init__ (its other presses need datasets, ...)."""
     import importlib.util
@@ -339,6 +380,8 @@ def main(argv=None):
     n_params = sum(p.numel() for p in model.parameters())
     out = {}
     parts = args.parts.split(",")
+    if "kernels" in parts:
+        part_kernels(out)
     if "decode" in parts:
         part_decode(model, cfg, out, smoke=args.smoke)
     if "kvpress" in parts:
@@ -350,7 +393,7 @@ def main(argv=None):
         out["summary"] = summarize(out)
     config = {"model": "LlamaForCausalLM, random bf16 weights", "params": n_params, "hidden": 2048, "layers": 24,
               "heads": 16, "kv_heads": 16, "head_dim": 128, "h2o_budget": "20% (10% heavy + 10% recent)",
-              "attention_path": "PyTorch reference (chunked, cuBLAS fp32 logits), no Triton kernel",
+              "attention_path": "Triton kernels (anybudget.kv.kernels_triton) when triton imports on CUDA, else the PyTorch reference",
               "kvpress": "ObservedAttentionPress(compression_ratio=0.8), eager attention"}
     path = write_results(args.name, config, out, baseline={"full_cache": "DynamicCache + SDPA"}, out_dir=args.out)
     print("wrote", path, json.dumps(out.get("summary", {}), indent=1), flush=True)
