@@ -67,6 +67,22 @@ def quality_md():
     return out
 
 
+def attention_md():
+    r = load("kv_attention_stats")
+    if not r:
+        return ""
+    m = r["metrics"]["mean_over_layers"]
+    return ("### Why H2O does not beat the local window here: where the attention goes\n\n"
+            f"Exact attention of the reference LM on {r['config']['windows']} test windows of {r['config']['seq_len']} tokens, "
+            "queries in the second half, mean over layers and heads (`benchmarks/kv/attention_stats.py`):\n\n"
+            "| attention mass captured by | share |\n|---|---|\n"
+            f"| the first token (StreamingLLM's sink) | {m['sink_mass']:.3f} |\n"
+            f"| the newest 20% of tokens (local window) | {m['local20_mass']:.3f} |\n"
+            f"| 10% recent + the 10% older keys H2O's accumulated scores pick | {m['accumulated20_mass']:.3f} |\n"
+            f"| 10% recent + each query's own best 10% older keys (an oracle, upper bound) | {m['h2o_oracle20_mass']:.3f} |\n\n"
+            f"Source: `benchmarks/results/kv_attention_stats.json` ({dev(r)}).\n")
+
+
 def speed_md():
     t = load("kv_speed_throughput")
     o = load("kv_speed_ops")
@@ -108,7 +124,7 @@ def speed_md():
 
 
 def render():
-    return "\n".join(x for x in (reflm_md(), quality_md(), speed_md()) if x)
+    return "\n".join(x for x in (reflm_md(), quality_md(), attention_md(), speed_md()) if x)
 
 
 def main(argv=None):
