@@ -105,20 +105,36 @@ def speed_md():
                     f"{fb['decode_tokens_per_s']:.0f} / {hb['decode_tokens_per_s']:.0f} |\n")
         out += f"\nSource: `benchmarks/results/kv_speed_throughput.json` ({dev(t)}).\n\n"
     if o:
-        out += ("### Overheads of the score path (PyTorch reference path, no Triton kernel yet)\n\n"
-                "| decode, batch x cache | SDPA attention ms | attention + H2O scores ms | whole model step: full ms / H2O ms |\n|---|---|---|---|\n")
-        steps = {(s["batch"], s["cache_len"]): s for s in o["metrics"]["decode_step"]}
-        for a in o["metrics"]["decode_attention"]:
+        m = o["metrics"]
+        out += "### Overheads of the score path (Triton kernels on the H100)\n\n"
+        if m.get("kernels"):
+            out += ("Kernels against the float32 PyTorch reference on random bf16 inputs, and their time against "
+                    "SDPA (which computes no scores), same run:\n\n"
+                    "| B x Hq/Hkv x Lq x Lk, D | rel. error out / colsum | SDPA ms | attention + colsum ms | ratio |\n|---|---|---|---|---|\n")
+            for k in m["kernels"]:
+                out += (f"| {k['B']} x {k['Hq']}/{k['Hkv']} x {k['Lq']} x {k['Lk']}, {k['D']} | {k['rel_err_out']:.1e} / "
+                        f"{k['rel_err_colsum']:.1e} | {k['sdpa_ms']:.3f} | {k['triton_ms']:.3f} | {k['time_ratio']:.2f}x |\n")
+            out += "\n"
+        out += ("| decode, batch x cache | SDPA attention ms | attention + H2O scores ms | whole model step: full ms / H2O ms |\n|---|---|---|---|\n")
+        steps = {(s["batch"], s["cache_len"]): s for s in m["decode_step"]}
+        attn_keys = {(a["batch"], a["cache_len"]) for a in m["decode_attention"]}
+        for a in m["decode_attention"]:
             st = steps.get((a["batch"], a["cache_len"]))
             stc = f"{st['full_step_ms']:.1f} / {st['h2o_step_ms']:.1f} ({st['overhead']:+.0%})" if st else "-"
             out += f"| {a['batch']} x {a['cache_len']} | {a['sdpa_ms']:.3f} | {a['h2o_attn_ms']:.3f} | {stc} |\n"
         for key, st in steps.items():
-            if key not in {(a["batch"], a["cache_len"]) for a in o["metrics"]["decode_attention"]}:
+            if key not in attn_keys:
                 out += f"| {key[0]} x {key[1]} | - | - | {st['full_step_ms']:.1f} / {st['h2o_step_ms']:.1f} ({st['overhead']:+.0%}) |\n"
-        out += "\n| prefill, batch 1 | SDPA peak GiB / s | H2O 20% peak GiB / s | peak ratio |\n|---|---|---|---|\n"
-        for p in o["metrics"]["prefill"]:
+        out += ("\nPrefill of one prompt through the whole model (batch 1): SDPA with the full cache, H2O 20% "
+                "(scores + per-layer eviction), and kvpress's `ObservedAttentionPress` (needs eager attention "
+                "and the full attention matrix):\n\n"
+                "| prompt | SDPA peak GiB / s | H2O 20% peak GiB / s | kvpress observed-attention peak GiB / s | H2O / SDPA peak |\n|---|---|---|---|---|\n")
+        for p in m["prefill"]:
+            kp = p.get("kvpress_observed_attention_peak_gib")
+            kps = p.get("kvpress_observed_attention_s")
+            kvp = (f"{kp:.2f} / {kps:.3f}" if isinstance(kp, float) else (kp or p.get("kvpress_observed_attention_error", "-")))
             out += (f"| {p['prompt']} | {p['sdpa_peak_gib']:.2f} / {p['sdpa_s']:.3f} | {p['h2o_20_peak_gib']:.2f} / {p['h2o_20_s']:.3f} | "
-                    f"{p.get('h2o_vs_sdpa_peak', float('nan')):.2f}x |\n")
+                    f"{kvp} | {p.get('h2o_vs_sdpa_peak', float('nan')):.2f}x |\n")
         out += f"\nSource: `benchmarks/results/kv_speed_ops.json` ({dev(o)}).\n"
     return out
 

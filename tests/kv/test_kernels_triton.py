@@ -12,10 +12,11 @@ import torch
 triton = pytest.importorskip("triton", reason="triton not installed (pip install 'anybudget[gpu]')")
 
 CASES = """
+import os
 import torch
 from anybudget.kv.attention import attention_with_colsum_reference as ref
 from anybudget.kv.kernels_triton import attention_with_colsum_triton as tri
-dev = "cuda" if torch.cuda.is_available() else "cpu"
+dev = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 worst = 0.0
 for seed, (B, Hq, Hkv, Lq, Lk, D, causal, mask) in enumerate([
         (2, 4, 2, 19, 19, 64, True, None),        # prefill, GQA, odd length
@@ -56,6 +57,8 @@ def _run(env_extra):
     return float(r.stdout.split("WORST")[-1])
 
 
+@pytest.mark.skipif(tuple(int(x) for x in __import__("numpy").__version__.split(".")[:2]) >= (2, 4),
+                    reason="Triton's interpreter breaks on numpy >= 2.4 (runtime loop bounds); the dev extra pins numpy<2.4")
 def test_triton_kernels_match_reference_interpreter():
     # fp32 under the interpreter: numpy arithmetic, so agreement is to float32 rounding.
     worst = _run({"TRITON_INTERPRET": "1"})
