@@ -5,7 +5,7 @@ A budget is a set of ``key=quantity`` constraints. Each key accepts a fixed fami
 =========  ==========================================  =========================
 key        meaning                                     accepted forms
 =========  ==========================================  =========================
-kv         KV-cache size                               ``20%`` of the sequence, or ``512`` tokens
+kv         KV-cache size                               ``20%`` of the sequence, or ``512`` / ``4K`` tokens
 mem        device memory                               ``6GiB``, ``512MB``, ``1024B`` (plain number = bytes)
 size       storage size of a file / model              same as ``mem``
 latency    wall-clock time of one call                 ``25ms``, ``800us``, ``1.5s``
@@ -135,9 +135,11 @@ def _parse_value(text: str, kind: str) -> float:
             raise BudgetError("unit")
         return num
     if kind == "kv":
-        if unit != "":
+        # Token counts may use K/M like other counts ("kv=4K" = 4000 tokens).
+        if unit not in ("", "K", "k", "M"):
             raise BudgetError("unit")
-        return num
+        v = num * _COUNT[unit] if unit else num
+        return int(v) if float(v).is_integer() and abs(v) < 2**53 else v
     if kind == "bytes":
         if unit == "":
             unit = "B"

@@ -11,6 +11,7 @@ from anybudget import Budget, BudgetError, Quantity
     [
         ("kv=20%", "kv", 20.0, "%"),
         ("kv=512", "kv", 512, ""),
+        ("kv=4K", "kv", 4000, ""),
         ("mem=6GiB", "mem", 6 * 2**30, "B"),
         ("mem=512MB", "mem", 512 * 10**6, "B"),
         ("mem=1024", "mem", 1024, "B"),
@@ -130,6 +131,12 @@ def budgets(draw):
         from hypothesis import assume
 
         assume(False)
+
+
+def test_round_trip_of_large_token_count():
+    # found by hypothesis: 625000 tokens printed as "625K" must parse back
+    b = Budget({"kv": 625000})
+    assert str(b) == "kv=625K" and Budget(str(b)) == b
 
 
 @given(budgets())
