@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from anybudget.io import write_results  # noqa: E402
 from anybudget.kv import H2OCache, enable  # noqa: E402
 from anybudget.kv.attention import attention_with_colsum, masked_sdpa  # noqa: E402
+from anybudget.measure import latency, peak_memory  # noqa: E402
 
 GiB = 2**30
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU only for --smoke
@@ -57,40 +58,6 @@ def sync():
         torch.cuda.synchronize()
 
 
-def mem_reset():
-    if DEV == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-
-def mem_alloc():
-    return torch.cuda.memory_allocated() if DEV == "cuda" else 0
-
-
-def mem_peak():
-    return torch.cuda.max_memory_allocated() if DEV == "cuda" else 0
-
-
-def timed(fn, warmup=3, repeat=10):
-    if DEV != "cuda":
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-    for _ in range(warmup):
-        fn()
-    sync()
-    ts = []
-    for _ in range(repeat):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    ts.sort()
-    return ts[len(ts) // 2]
-
-
 def cleanup():
     gc.collect()
     if DEV == "cuda":
@@ -107,14 +74,14 @@ def part_decode(model, cfg, out, smoke=False):
         k = torch.randn(B, H, L, D, device=DEV, dtype=torch.bfloat16)
         v = torch.randn(B, H, L, D, device=DEV, dtype=torch.bfloat16)
         scores = torch.zeros(B, H, L, device=DEV)
-        t_sdpa = timed(lambda: masked_sdpa(q, k, v))
+        t_sdpa = latency(lambda: masked_sdpa(q, k, v), repeat=10).median_s
 
         def h2o():
             o, c = attention_with_colsum(q, k, v)
             scores.add_(c)
             return o
 
-        t_h2o = timed(h2o)
+        t_h2o = latency(h2o, repeat=10).median_s
         o_ref = masked_sdpa(q, k, v).float()
         o_h2o = h2o().float()
         rel = ((o_h2o - o_ref).norm() / o_ref.norm()).item()
@@ -145,7 +112,7 @@ def part_decode(model, cfg, out, smoke=False):
                     pos[0] += 1
 
                 # full cache grows by one per step; h2o stays at L (evicts one per step)
-                rows[name] = timed(step, warmup=3, repeat=20)
+                rows[name] = latency(step, warmup=3, repeat=20).median_s
             del cache
             cleanup()
         steps.append({"batch": B, "cache_len": L, "full_step_ms": rows["full"] * 1e3, "h2o_step_ms": rows["h2o"] * 1e3,
@@ -177,17 +144,13 @@ def part_kernels(out):
         cleanup()
         sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
             q, k, v, is_causal=Lq > 1, enable_gqa=Hq != Hkv)
-        row["sdpa_ms"] = timed(sdpa) * 1e3
-        row["triton_ms"] = timed(lambda: attention_with_colsum_triton(q, k, v)) * 1e3
+        row["sdpa_ms"] = latency(sdpa, repeat=10).median_s * 1e3
+        row["triton_ms"] = latency(lambda: attention_with_colsum_triton(q, k, v), repeat=10).median_s * 1e3
         row["time_ratio"] = row["triton_ms"] / row["sdpa_ms"]
         for name, fn in (("sdpa", sdpa), ("triton", lambda: attention_with_colsum_triton(q, k, v))):
             cleanup()
-            sync()
-            base = mem_alloc()
-            mem_reset()
-            r = fn()
-            sync()
-            row[f"{name}_extra_mib"] = (mem_peak() - base) / 2**20
+            r, extra = peak_memory(fn)
+            row[f"{name}_extra_mib"] = (extra or 0) / 2**20
             del r
         rows.append(row)
         print("kernel", row, flush=True)
@@ -243,13 +206,10 @@ def part_prefill(model, cfg, out, lengths=(4096, 8192, 16384)):
                     run()  # warm-up
                     cleanup()
                     sync()
-                    base = mem_alloc()
-                    mem_reset()
                     t0 = time.perf_counter()
-                    o = run()
-                    sync()
+                    o, extra = peak_memory(run)  # synchronizes before returning
                     row[f"{name}_s"] = time.perf_counter() - t0
-                    row[f"{name}_peak_gib"] = (mem_peak() - base) / GiB
+                    row[f"{name}_peak_gib"] = (extra or 0) / GiB
                     del o
             except torch.OutOfMemoryError:
                 row[f"{name}_s"] = None
@@ -289,11 +249,12 @@ def generate_run(model, cfg, policy, B, P, new_tokens, micro):
     make = (lambda: DynamicCache()) if policy == "full" else (lambda: H2OCache("20%"))
     ids = torch.randint(0, cfg.vocab_size, (B, P), device=DEV)
     cleanup()
-    mem_reset()
-    base = mem_alloc()
-    sync()
-    t0 = time.perf_counter()
-    with torch.no_grad():
+    marks = {}
+
+    @torch.no_grad()
+    def run():
+        sync()
+        marks["t0"] = time.perf_counter()
         parts, nxt = [], []
         for s in range(0, B, micro):
             c = make()
@@ -304,21 +265,24 @@ def generate_run(model, cfg, policy, B, P, new_tokens, micro):
         del parts
         tok = torch.cat(nxt)
         sync()
-        t1 = time.perf_counter()
+        marks["t1"] = time.perf_counter()
         for i in range(new_tokens - 1):
             pos = torch.full((B, 1), P + i, device=DEV)
             lo = model(input_ids=tok, past_key_values=cache, position_ids=pos, logits_to_keep=1).logits
             tok = lo[:, -1].argmax(-1, keepdim=True)
         sync()
-    t2 = time.perf_counter()
-    peak = (mem_peak() - base) / GiB
+        marks["t2"] = time.perf_counter()
+        return cache
+
+    cache, extra = peak_memory(run)
+    t0, t1, t2 = marks["t0"], marks["t1"], marks["t2"]
     kv = (cache.used_bytes() if policy != "full" else
           sum(layer.keys.numel() * 2 * layer.keys.element_size() for layer in cache.layers)) / GiB
     del cache
     cleanup()
     return {"policy": policy, "batch": B, "prompt": P, "new_tokens": new_tokens, "prefill_s": t1 - t0,
             "decode_s": t2 - t1, "tokens_per_s": B * new_tokens / (t2 - t0), "decode_tokens_per_s": B * (new_tokens - 1) / (t2 - t1),
-            "peak_gib": peak, "final_kv_gib": kv}
+            "peak_gib": (extra or 0) / GiB, "final_kv_gib": kv}
 
 
 def part_throughput(model, cfg, out, prompts=(2048, 4096), new_tokens=256, deadline=None):
