@@ -1,0 +1,141 @@
+"""``anybudget ssm ...``: MQAR training / evaluation and the recency / over-smoothing diagnostics.
+
+Only argparse is imported at module level so ``anybudget --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mixer", choices=["mamba", "attention"], default="mamba")
+    p.add_argument("--polarize", choices=["none", "one", "zero", "both"], default="none",
+                   help="polarized state channels (default none = vanilla Mamba)")
+    p.add_argument("--polar-form", choices=["exact", "reference"], default="exact",
+                   help="exact: A-bar = 1 / 0 exactly; reference: A = 0 / -100 as in SSM-Bottleneck")
+    p.add_argument("--layers", type=int, default=2, help="number of blocks (default 2)")
+    p.add_argument("--d-model", type=int, default=128, help="model width (default 128)")
+    p.add_argument("--d-state", type=int, default=16, help="learned state size (default 16)")
+    p.add_argument("--vocab-size", type=int, default=8192, help="MQAR vocabulary (default 8192)")
+    p.add_argument("--scan-backend", choices=["auto", "triton", "chunked", "ref"], default="auto")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(subparsers) -> None:
+    ssm = subparsers.add_parser("ssm", help="polarized Mamba: MQAR training/eval, recency and over-smoothing")
+    sub = ssm.add_subparsers(dest="ssm_command", metavar="VERB")
+
+    m = sub.add_parser("mqar", help="train on the MQAR mixture and evaluate at seq 1024, 64/128/256 kv pairs")
+    _model_args(m)
+    m.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: the reference's 64 epochs of 300k examples)")
+    m.add_argument("--batch-size", type=int, default=128)
+    m.add_argument("--lr", type=float, default=1e-3)
+    m.add_argument("--eval-every", type=int, default=500)
+    m.add_argument("--test-examples", type=int, default=None, help="examples per test set (default 1000)")
+    m.add_argument("--max-seq-len", type=int, default=1024,
+                   help="drop training segments longer than this and test at this length (kv = len/16, /8, /4)")
+    m.add_argument("--time-budget", type=float, default=None, help="stop and checkpoint after this many seconds")
+    m.add_argument("--checkpoint", default=None, help="checkpoint file; resumes if it exists")
+    m.add_argument("--out", default="runs/ssm", help="folder for the JSON record and PNG (default runs/ssm)")
+    m.set_defaults(func=_cmd_mqar)
+
+    d = sub.add_parser("diagnose", help="influence-vs-distance and per-layer sharpness of a model, PNG + JSON")
+    _model_args(d)
+    d.add_argument("--checkpoint", default=None, help="a checkpoint written by `ssm mqar` (default: fresh init)")
+    d.add_argument("--seq-len", type=int, default=256)
+    d.add_argument("--batch", type=int, default=4)
+    d.add_argument("--out", default="runs/ssm")
+    d.set_defaults(func=_cmd_diagnose)
+    ssm.set_defaults(func=lambda a: (ssm.print_help(), 0)[1])
+
+
+def _build(args):
+    import torch
+
+    from anybudget.ssm.lm import LMConfig, build_lm
+    from anybudget.ssm.mamba import MambaConfig
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pol = None if args.polarize == "none" else args.polarize
+    mcfg = MambaConfig(d_model=args.d_model, d_state=args.d_state, polarize=pol,
+                       polar_form=args.polar_form, scan_backend=args.scan_backend)
+    cfg = LMConfig(vocab_size=args.vocab_size, d_model=args.d_model, n_layers=args.layers,
+                   mixer=args.mixer, mamba=mcfg, max_seq_len=max(1024, getattr(args, "max_seq_len", 0) or 0,
+                                                                   getattr(args, "seq_len", 0) or 0))
+    torch.manual_seed(args.seed)
+    return build_lm(cfg).to(device), cfg, device
+
+
+def _run_name(args) -> str:
+    return f"ssm_mqar_{args.mixer}_{args.polarize}_L{args.layers}_d{args.d_model}"
+
+
+def _cmd_mqar(args) -> int:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from anybudget.io import write_results
+    from anybudget.ssm.mqar import TEST_SETS, TRAIN_MIXTURE, MQARSegment
+    from anybudget.ssm.plots import plot_history
+    from anybudget.ssm.train import TrainConfig, train_mqar
+
+    model, cfg, device = _build(args)
+    L = args.max_seq_len
+    segments = tuple(s for s in TRAIN_MIXTURE if s.seq_len <= L)
+    if not segments:
+        raise SystemExit(f"--max-seq-len={L} leaves no training segment (shortest is 64)")
+    tests = TEST_SETS if L == 1024 else tuple(MQARSegment(L, 1000, L // k) for k in (16, 8, 4))
+    tcfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_steps=args.steps, seed=args.seed,
+                       eval_every=args.eval_every, vocab_size=args.vocab_size,
+                       test_examples=args.test_examples)
+    res = train_mqar(model, tcfg, segments, tests, checkpoint=args.checkpoint,
+                     time_budget_s=args.time_budget, quiet=args.quiet)
+    out = Path(args.out)
+    name = _run_name(args)
+    if not res["done"]:
+        print(f"stopped at step {res['step']} by --time-budget; rerun with the same --checkpoint to resume")
+        return 0
+    config = {"model": asdict(cfg), "train": asdict(tcfg), "device": device,
+              "train_segments": [asdict(s) for s in segments], "test_sets": [asdict(s) for s in tests]}
+    path = write_results(name, config, {"final": res["final"], "history": res["history"]}, out_dir=out)
+    plot_history({name: res["history"]}, out / f"{name}.png")
+    fin = res["final"]
+    print("  ".join(f"{k}={fin[k]:.4f}" for k in fin if k.startswith("kv") or k == "avg"))
+    print(f"wrote {path} and {out / (name + '.png')}")
+    return 0
+
+
+def _cmd_diagnose(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from anybudget.io import write_results
+    from anybudget.ssm.diagnostics import (
+        influence_scores,
+        layer_sharpness,
+        plot_influence,
+        plot_sharpness,
+    )
+    from anybudget.ssm.mqar import multiquery_ar
+
+    model, cfg, device = _build(args)
+    if args.checkpoint:
+        model.load_state_dict(torch.load(args.checkpoint, map_location=device, weights_only=False)["model"])
+    ids, _ = multiquery_ar(args.vocab_size, args.seq_len, max(1, args.seq_len // 16), args.batch,
+                           seed=args.seed, random_non_queries=True, device=device)
+    infl = influence_scores(model, ids)
+    sharp = layer_sharpness(model, ids)
+    out = Path(args.out)
+    name = f"ssm_diagnose_{args.mixer}_{args.polarize}_L{args.layers}_d{args.d_model}"
+    plot_influence({name: infl}, out / f"{name}_influence.png")
+    plot_sharpness({name: sharp}, out / f"{name}_sharpness.png")
+    path = write_results(name, {"args": {k: v for k, v in vars(args).items() if k != "func"}},
+                         {"influence_log_norm": infl.tolist(), "sharpness": sharp}, out_dir=out)
+    print(f"sharpness per layer: {[round(s, 4) for s in sharp]}")
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,328 @@
+"""Triton selective scan, forward and backward (same contract as ``scan.selective_scan_ref``).
+
+One program owns (one batch row, ``BLOCK_D`` channels, all ``d_state`` states) and walks the
+sequence in tiles of ``BLOCK_T`` steps. Inside a tile the recurrence h_t = a_t h_{t-1} + b_t is a
+``tl.associative_scan`` over time (combine (a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2)); the state
+at each tile's start is carried in registers and also stored, so the backward pass can recompute
+h inside a tile instead of keeping the (batch, d_inner, seq, d_state) tensor.
+
+Backward walks the tiles in reverse with the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1}
+(a reverse associative scan) and uses a_t h_{t-1} = h_t - b_t, so no division by a_t is needed
+and A-bar = 0 (``A = -inf``, the zero-polarized channel) stays exact. dB and dC are sums over
+channels, so channel blocks add into them atomically (float32).
+
+Triton is imported here only; ``anybudget.ssm`` works without it. For CPU tests set
+``TRITON_INTERPRET=1`` before the first ``import triton``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as e:  # pragma: no cover - exercised only without triton
+    raise ImportError(
+        "the Triton selective scan needs triton: pip install 'anybudget[gpu]'"
+    ) from e
+
+from anybudget.ssm.scan import check_scan_inputs
+
+__all__ = ["ScanBlocks", "selective_scan_triton"]
+
+
+class ScanBlocks:
+    """Tile sizes (powers of two). Overridable for tuning: ``ScanBlocks.fwd = (d, t, warps)``.
+
+    Defaults: the fastest of benchmarks/ssm/scan_speed.py's sweep on an H100 (batch 16,
+    d_inner 256, seq 1024, d_state 18): forward 0.69 ms, forward+backward 2.64 ms."""
+
+    fwd = (4, 32, 4)
+    bwd = (4, 32, 4)
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # torch's threshold: identity above 20, where log1p(exp(x)) == x in float32.
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+
+
+@triton.jit
+def _fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    out_ptr, states_ptr, last_ptr,
+    n_inner, n_state, seq,
+    N_TILES: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    t_loc = tl.arange(0, BLOCK_T)
+    mask_d = offs_d < n_inner
+    mask_n = offs_n < n_state
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    a_zero = A == float("-inf")
+    A_safe = tl.where(a_zero, 0.0, A)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    row = pid_b * n_inner * seq + offs_d[:, None] * seq
+    rowB = pid_b * n_state * seq + offs_n[:, None] * seq
+    st_off = offs_d[:, None] * n_state + offs_n[None, :]
+    for tile in range(N_TILES):
+        offs_t = tile * BLOCK_T + t_loc
+        mask_t = offs_t < seq
+        tl.store(states_ptr + (pid_b * N_TILES + tile) * n_inner * n_state + st_off, h, mask=mask_dn)
+        m_dt = mask_d[:, None] & mask_t[None, :]
+        m_nt = mask_n[:, None] & mask_t[None, :]
+        u = tl.load(u_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        Bt = tl.load(B_ptr + rowB + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + rowB + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
+        a = tl.exp(dt[:, None, :] * A_safe[:, :, None])
+        a = tl.where(a_zero[:, :, None], 0.0, a)
+        # Past the end a = 1, b = 0: the carried state is left as it was at the last token.
+        a = tl.where(mask_t[None, None, :], a, 1.0)
+        b = (dt * u)[:, None, :] * Bt[None, :, :]
+        a_cum, h_loc = tl.associative_scan((a, b), axis=2, combine_fn=_combine)
+        hs = h_loc + a_cum * h[:, :, None]
+        y = tl.sum(hs * Ct[None, :, :], axis=1)
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            z = tl.load(z_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+            y = y * z * tl.sigmoid(z)
+        tl.store(out_ptr + row + offs_t[None, :], y.to(out_ptr.dtype.element_ty), mask=m_dt)
+        h = tl.sum(tl.where((t_loc == BLOCK_T - 1)[None, None, :], hs, 0.0), axis=2)
+    tl.store(last_ptr + pid_b * n_inner * n_state + st_off, h, mask=mask_dn)
+
+
+@triton.jit
+def _bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    n_inner, n_state, seq,
+    N_TILES: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    t_loc = tl.arange(0, BLOCK_T)
+    mask_d = offs_d < n_inner
+    mask_n = offs_n < n_state
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    a_zero = A == float("-inf")
+    A_safe = tl.where(a_zero, 0.0, A)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    row = pid_b * n_inner * seq + offs_d[:, None] * seq
+    rowB = pid_b * n_state * seq + offs_n[:, None] * seq
+    st_off = offs_d[:, None] * n_state + offs_n[None, :]
+    g_next = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # g at the next tile's first step
+    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for i in range(N_TILES):
+        tile = N_TILES - 1 - i
+        offs_t = tile * BLOCK_T + t_loc
+        mask_t = offs_t < seq
+        m_dt = mask_d[:, None] & mask_t[None, :]
+        m_nt = mask_n[:, None] & mask_t[None, :]
+        h0 = tl.load(states_ptr + (pid_b * N_TILES + tile) * n_inner * n_state + st_off, mask=mask_dn, other=0.0)
+        u = tl.load(u_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+        dtr = tl.load(delta_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
+        dt = dtr
+        if SOFTPLUS:
+            dt = _softplus(dtr)
+        Bt = tl.load(B_ptr + rowB + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + rowB + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+        a = tl.exp(dt[:, None, :] * A_safe[:, :, None])
+        a = tl.where(a_zero[:, :, None], 0.0, a)
+        a = tl.where(mask_t[None, None, :], a, 1.0)
+        dtu = dt * u
+        b = dtu[:, None, :] * Bt[None, :, :]
+        a_cum, h_loc = tl.associative_scan((a, b), axis=2, combine_fn=_combine)
+        hs = h_loc + a_cum * h0[:, :, None]
+        dy = dout
+        if HAS_Z:
+            y = tl.sum(hs * Ct[None, :, :], axis=1)
+            if HAS_D:
+                y += Dv[:, None] * u
+            z = tl.load(z_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(z)
+            dz = dout * y * sz * (1.0 + z * (1.0 - sz))
+            tl.store(dz_ptr + row + offs_t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=m_dt)
+            dy = dout * z * sz
+        # a_{t+1}, the transition that carries g_{t+1} back to step t; 0 past the end (g_L = 0).
+        offs_t1 = offs_t + 1
+        m_dt1 = mask_d[:, None] & (offs_t1 < seq)[None, :]
+        dt1 = tl.load(delta_ptr + row + offs_t1[None, :], mask=m_dt1, other=0.0).to(tl.float32) + bias[:, None]
+        if SOFTPLUS:
+            dt1 = _softplus(dt1)
+        a1 = tl.exp(dt1[:, None, :] * A_safe[:, :, None])
+        a1 = tl.where(a_zero[:, :, None] | (offs_t1 >= seq)[None, None, :], 0.0, a1)
+        c = Ct[None, :, :] * dy[:, None, :]
+        g_cum, g_loc = tl.associative_scan((a1, c), axis=2, combine_fn=_combine, reverse=True)
+        g = g_loc + g_cum * g_next[:, :, None]
+        gq = g * (hs - b)  # g_t * a_t * h_{t-1}
+        gB = tl.sum(g * Bt[None, :, :], axis=1)
+        ddt = gB * u + tl.sum(gq * A_safe[:, :, None], axis=1)
+        dA_acc += tl.sum(gq * dt[:, None, :], axis=2)
+        du = gB * dt
+        if HAS_D:
+            du += Dv[:, None] * dy
+            dD_acc += tl.sum(tl.where(m_dt, dy * u, 0.0), axis=1)
+        if SOFTPLUS:
+            ddt = ddt * tl.where(dtr > 20.0, 1.0, tl.sigmoid(dtr))
+        ddt = tl.where(m_dt, ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=1)
+        tl.store(du_ptr + row + offs_t[None, :], du.to(du_ptr.dtype.element_ty), mask=m_dt)
+        tl.store(ddelta_ptr + row + offs_t[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m_dt)
+        dB_t = tl.sum(g * dtu[:, None, :], axis=0)
+        dC_t = tl.sum(hs * dy[:, None, :], axis=0)
+        tl.atomic_add(dB_ptr + rowB + offs_t[None, :], dB_t, mask=m_nt)
+        tl.atomic_add(dC_ptr + rowB + offs_t[None, :], dC_t, mask=m_nt)
+        g_next = tl.sum(tl.where((t_loc == 0)[None, None, :], g, 0.0), axis=2)
+    tl.store(dA_ptr + pid_b * n_inner * n_state + st_off, dA_acc, mask=mask_dn)
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * n_inner + offs_d, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + pid_b * n_inner + offs_d, dbias_acc, mask=mask_d)
+
+
+def _block_n(n_state: int) -> int:
+    return max(2, triton.next_power_of_2(n_state))
+
+
+class _SelectiveScanTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
+        A = A.contiguous().float()
+        z = z.contiguous() if z is not None else None
+        bsz, n_inner, seq = u.shape
+        n_state = A.shape[1]
+        block_d, block_t, warps = ScanBlocks.fwd
+        n_tiles = math.ceil(seq / block_t)
+        out = torch.empty_like(u)
+        states = torch.empty(bsz, n_tiles, n_inner, n_state, device=u.device, dtype=torch.float32)
+        last = torch.empty(bsz, n_inner, n_state, device=u.device, dtype=torch.float32)
+        grid = (bsz, triton.cdiv(n_inner, block_d))
+        _fwd_kernel[grid](
+            u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
+            delta_bias if delta_bias is not None else u, out, states, last,
+            n_inner, n_state, seq, N_TILES=n_tiles,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_N=_block_n(n_state),
+            BLOCK_T=block_t, num_warps=warps,
+        )
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.delta_softplus = bool(delta_softplus)
+        ctx.fwd_tile = block_t
+        ctx.mark_non_differentiable(last)
+        ctx.states = states
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, _dlast):
+        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        states = ctx.states
+        bsz, n_inner, seq = u.shape
+        n_state = A.shape[1]
+        block_d, block_t, warps = ScanBlocks.bwd
+        n_tiles = math.ceil(seq / block_t)
+        if block_t != ctx.fwd_tile:
+            # The backward recomputes h per tile from the stored tile-start states, so its tiles
+            # must start where the forward's did; otherwise recompute the states at its tiling.
+            states = _states_for_tiling(u, delta, A, B, C, delta_bias, ctx.delta_softplus, block_t)
+        dout = dout.contiguous()
+        du = torch.empty_like(u)
+        ddelta = torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+        dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
+        dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
+        dA = torch.empty(bsz, n_inner, n_state, device=u.device, dtype=torch.float32)
+        dD = torch.empty(bsz, n_inner, device=u.device, dtype=torch.float32)
+        dbias = torch.empty(bsz, n_inner, device=u.device, dtype=torch.float32)
+        grid = (bsz, triton.cdiv(n_inner, block_d))
+        _bwd_kernel[grid](
+            u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
+            delta_bias if delta_bias is not None else u, dout, states,
+            du, ddelta, dz if dz is not None else du, dB, dC, dA, dD, dbias,
+            n_inner, n_state, seq, N_TILES=n_tiles,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=ctx.delta_softplus, BLOCK_D=block_d, BLOCK_N=_block_n(n_state),
+            BLOCK_T=block_t, num_warps=warps,
+        )
+        dA = dA.sum(0)
+        return (
+            du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype),
+            dD.sum(0).to(D.dtype) if D is not None else None,
+            dz,
+            dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+            None,
+        )
+
+
+def _states_for_tiling(u, delta, A, B, C, delta_bias, delta_softplus, block_t):
+    bsz, n_inner, seq = u.shape
+    n_tiles = math.ceil(seq / block_t)
+    states = torch.empty(bsz, n_tiles, n_inner, A.shape[1], device=u.device, dtype=torch.float32)
+    last = torch.empty(bsz, n_inner, A.shape[1], device=u.device, dtype=torch.float32)
+    out = torch.empty_like(u)
+    block_d, _, warps = ScanBlocks.fwd
+    _fwd_kernel[(bsz, triton.cdiv(n_inner, block_d))](
+        u, delta, A, B, C, u, u, delta_bias if delta_bias is not None else u, out, states, last,
+        n_inner, A.shape[1], seq, N_TILES=n_tiles,
+        HAS_D=False, HAS_Z=False, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        BLOCK_D=block_d, BLOCK_N=_block_n(A.shape[1]), BLOCK_T=block_t, num_warps=warps,
+    )
+    return states
+
+
+def selective_scan_triton(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+):
+    """Triton selective scan (forward + backward); contract of ``selective_scan_ref``.
+
+    The last state is returned without gradient (it is for decoding). fp32 accumulation.
+    """
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    out, last = _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return (out, last) if return_last_state else out

@@ -1,0 +1,198 @@
+"""Train and evaluate an LM on MQAR, with checkpoint / resume (the reference code's recipe).
+
+Recipe (SSM-Bottleneck ``multi_depth_mqra.py`` on Zoology): AdamW lr 1e-3, weight decay 0.1
+(not on A_log, D, norms, biases), cosine decay to 0, batch 128, test batch 16, 64 epochs of the
+300k-example mixture, early stop once validation accuracy reaches 0.99, seed 123. ``max_steps``
+shortens the schedule (the cosine follows the shortened length), for budgets that cannot afford
+64 epochs; records say which schedule ran.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anybudget.ssm.mqar import TEST_SETS, TRAIN_MIXTURE, MQARStream, multiquery_ar
+
+__all__ = ["TrainConfig", "evaluate_mqar", "labeled_logits", "mqar_accuracy", "train_mqar"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """MQAR training settings; defaults are the reference code's."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    batch_size: int = 128
+    test_batch_size: int = 16
+    epochs: int = 64
+    max_steps: int | None = None
+    eval_every: int = 500
+    early_stop_acc: float = 0.99
+    seed: int = 123
+    vocab_size: int = 8192
+    power_a: float = 0.01
+    random_non_queries: bool = False
+    test_examples: int | None = None  # per test set; None = the reference's 1000
+    checkpoint_every: int = 200
+    grad_clip: float | None = None
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be > 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps={self.max_steps} must be >= 1 or None")
+        for name in ("batch_size", "test_batch_size", "epochs", "eval_every", "checkpoint_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r} must be an integer >= 1")
+
+
+def labeled_logits(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor):
+    """Logits at labeled positions only: (n_labeled, vocab), and their labels (n_labeled,)."""
+    mask = labels != -100
+    if hasattr(model, "features"):
+        return model.lm_head(model.features(inputs)[mask]), labels[mask]
+    return model(inputs)[mask], labels[mask]
+
+
+def mqar_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(correct, total) over positions whose label is not -100. logits (b, l, V), labels (b, l)."""
+    mask = labels != -100
+    pred = logits.argmax(-1)
+    return int((pred[mask] == labels[mask]).sum()), int(mask.sum())
+
+
+@torch.no_grad()
+def evaluate_mqar(model: nn.Module, test_sets=TEST_SETS, vocab_size: int = 8192, batch_size: int = 16,
+                  seed: int = 123, num_examples: int | None = None, power_a: float = 0.01,
+                  random_non_queries: bool = False, device=None) -> dict[str, float]:
+    """Accuracy per test set, keyed ``"kv<num_kv_pairs>"`` (plus ``"avg"``). Test data use seeds
+    disjoint from the training stream's."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = {}
+    for j, seg in enumerate(test_sets):
+        n = num_examples or seg.num_examples
+        inputs, labels = multiquery_ar(vocab_size, seg.seq_len, seg.num_kv_pairs, n,
+                                       seed=10_000_019 + 7 * seed + j, power_a=power_a,
+                                       random_non_queries=random_non_queries, device=device)
+        correct = total = 0
+        for i in range(0, n, batch_size):
+            lg, lb = labeled_logits(model, inputs[i:i + batch_size], labels[i:i + batch_size])
+            c, t = int((lg.argmax(-1) == lb).sum()), lb.numel()
+            correct, total = correct + c, total + t
+        out[f"kv{seg.num_kv_pairs}"] = correct / max(total, 1)
+    out["avg"] = sum(out.values()) / len(out)
+    model.train(was_training)
+    return out
+
+
+def _param_groups(model: nn.Module, weight_decay: float):
+    decay, no_decay = [], []
+    seen = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen or not p.requires_grad:
+            continue
+        seen.add(id(p))
+        if getattr(p, "_no_weight_decay", False) or p.dim() < 2:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_mqar(
+    model: nn.Module,
+    cfg: TrainConfig = TrainConfig(),
+    segments=TRAIN_MIXTURE,
+    test_sets=TEST_SETS,
+    checkpoint: str | Path | None = None,
+    time_budget_s: float | None = None,
+    quiet: bool = False,
+    log=None,
+) -> dict:
+    """Train ``model`` on the MQAR mixture; returns ``{"history", "final", "step", "done"}``.
+
+    With ``checkpoint`` the state (model, optimizer, schedule, step, history) is saved atomically
+    every ``checkpoint_every`` steps and when ``time_budget_s`` runs out; a later call with the
+    same path resumes where it stopped. ``done`` is False when stopped by the time budget.
+    """
+    from tqdm.auto import tqdm
+
+    from anybudget.io import atomic_path
+
+    device = next(model.parameters()).device
+    torch.manual_seed(cfg.seed)
+    stream = MQARStream(segments, cfg.batch_size, cfg.vocab_size, cfg.seed, cfg.power_a,
+                        cfg.random_non_queries, device=device)
+    steps_per_epoch = math.ceil(stream.examples_per_epoch / cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    step, history, stopped_early = 0, [], False
+    if checkpoint is not None and Path(checkpoint).exists():
+        ck = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        step, history, stopped_early = ck["step"], ck["history"], ck.get("stopped_early", False)
+
+    def save():
+        if checkpoint is None:
+            return
+        with atomic_path(checkpoint) as tmp:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "step": step, "history": history, "stopped_early": stopped_early,
+                        "config": asdict(cfg)}, tmp)
+
+    t0 = time.monotonic()
+    model.train()
+    bar = tqdm(total=total, initial=step, disable=quiet, desc="mqar", dynamic_ncols=True)
+    loss_ema = None
+    while step < total and not stopped_early:
+        if time_budget_s is not None and time.monotonic() - t0 > time_budget_s:
+            save()
+            bar.close()
+            return {"history": history, "final": None, "step": step, "done": False}
+        inputs, labels, _ = stream.batch(step)
+        logits, lab = labeled_logits(model, inputs, labels)
+        loss = F.cross_entropy(logits.float(), lab)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        if step % 20 == 0 or step == total:
+            cur = loss.item()
+            loss_ema = cur if loss_ema is None else 0.9 * loss_ema + 0.1 * cur
+            bar.set_postfix(loss=f"{loss_ema:.3f}")
+        if step % cfg.eval_every == 0 or step == total:
+            acc = evaluate_mqar(model, test_sets, cfg.vocab_size, cfg.test_batch_size, cfg.seed,
+                                cfg.test_examples, cfg.power_a, cfg.random_non_queries)
+            history.append({"step": step, "loss": loss.item(), "elapsed_s": time.monotonic() - t0, **acc})
+            if log:
+                log(history[-1])
+            if acc["avg"] >= cfg.early_stop_acc:
+                stopped_early = True
+        if step % cfg.checkpoint_every == 0:
+            save()
+    bar.close()
+    final = history[-1] if history and history[-1]["step"] == step else None
+    if final is None:
+        acc = evaluate_mqar(model, test_sets, cfg.vocab_size, cfg.test_batch_size, cfg.seed,
+                            cfg.test_examples, cfg.power_a, cfg.random_non_queries)
+        final = {"step": step, "loss": None, "elapsed_s": time.monotonic() - t0, **acc}
+        history.append(final)
+    save()
+    return {"history": history, "final": final, "step": step, "done": True}

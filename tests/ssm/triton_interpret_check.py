@@ -1,0 +1,57 @@
+"""Run in a subprocess by test_triton.py: the Triton scan under TRITON_INTERPRET=1 vs the reference.
+
+TRITON_INTERPRET must be set before triton is first imported, hence a separate process.
+Prints one line per case and exits non-zero on the first mismatch.
+"""
+
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from ssm_helpers import scan_inputs
+
+from anybudget.ssm.scan import selective_scan_ref
+from anybudget.ssm.scan_triton import ScanBlocks, selective_scan_triton
+
+NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+
+
+def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd=(4, 32, 4), dtype=torch.float32):
+    ScanBlocks.fwd, ScanBlocks.bwd = fwd, bwd
+    ins = [t.detach().float() for t in scan_inputs(b, d, seq, n, polar=polar, seed=seq + n)]
+    if not softplus:
+        ins[1] = ins[1].abs() * 0.3
+    if not optional:
+        ins[5] = ins[6] = ins[7] = None
+    ins = [t.requires_grad_() if t is not None else None for t in ins]
+    ins_t = [t.detach().to(dtype).requires_grad_() if i in (0, 1, 3, 4, 6) and t is not None
+             else (t.detach().clone().requires_grad_() if t is not None else None) for i, t in enumerate(ins)]
+    o1, h1 = selective_scan_ref(*ins, delta_softplus=softplus, return_last_state=True)
+    o2, h2 = selective_scan_triton(*ins_t, delta_softplus=softplus, return_last_state=True)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    assert o2.dtype == dtype
+    torch.testing.assert_close(o2.float(), o1.float(), **tol)
+    torch.testing.assert_close(h2, h1, **tol)
+    g = torch.randn(o1.shape, generator=torch.Generator().manual_seed(0))
+    idx = [i for i, t in enumerate(ins) if t is not None]
+    g1 = torch.autograd.grad((o1 * g).sum(), [ins[i] for i in idx])
+    g2 = torch.autograd.grad((o2.float() * g).sum(), [ins_t[i] for i in idx])
+    for i, a, c in zip(idx, g1, g2):
+        assert torch.isfinite(c).all(), NAMES[i]
+        scale = a.abs().max().clamp_min(1.0)
+        err = ((c.float() - a).abs().max() / scale).item()
+        assert err < (1e-4 if dtype == torch.float32 else 5e-2), f"grad {NAMES[i]}: rel err {err:.2e}"
+    print(f"ok b={b} d={d} seq={seq} n={n} polar={polar} optional={optional} softplus={softplus} "
+          f"fwd={fwd} bwd={bwd} {dtype}", flush=True)
+
+
+if __name__ == "__main__":
+    check(2, 5, 37, 6, polar=True)  # two tiles, masked channels (5 of 8) and states (6 of 8)
+    check(1, 3, 20, 3, polar=False, optional=False, softplus=False)
+    check(2, 8, 45, 18, polar=True, fwd=(4, 16, 4), bwd=(8, 8, 4))  # backward tiling differs
+    check(1, 4, 33, 4, polar=True, dtype=torch.bfloat16)
+    print("ALL OK")
