@@ -1,0 +1,23 @@
+import os
+from pathlib import Path
+
+import pytest
+
+CSV = Path(os.environ.get("ANYBUDGET_NB201_CSV", Path(__file__).resolve().parents[3] / "shared/data/nasbench201/nats_bench.csv"))
+
+
+@pytest.fixture(scope="session")
+def csv_path():
+    if not CSV.is_file():
+        pytest.skip(f"NAS-Bench-201 table not found at {CSV} (set ANYBUDGET_NB201_CSV)")
+    return CSV
+
+
+@pytest.fixture(scope="session")
+def table():
+    """The real NAS-Bench-201 table; tests that need it skip where it is not present."""
+    if not CSV.is_file():
+        pytest.skip(f"NAS-Bench-201 table not found at {CSV} (set ANYBUDGET_NB201_CSV)")
+    from anybudget.nas.benchmark import NB201Table
+
+    return NB201Table.load(CSV)
