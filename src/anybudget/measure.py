@@ -161,6 +161,10 @@ def file_size(path: str | os.PathLike) -> int:
 
 
 def _git_commit() -> str | None:
+    # A copy of the tree on another machine (the GPU box) may carry a stale .git: the environment
+    # variable, when set, names the commit that was copied and wins.
+    if os.environ.get("ANYBUDGET_COMMIT"):
+        return os.environ["ANYBUDGET_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
