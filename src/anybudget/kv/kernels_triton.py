@@ -8,6 +8,14 @@ Two passes (see the research notes, "Attention scores without the n x n matrix")
    ``p_ij = exp(q_i . k_j * scale - lse_i)`` over every query block and every query head of the GQA
    group, and sum over i in float32. Each program owns its keys, so no atomics; extra memory O(n).
 
+For decoding (few queries against a long cache) a split-K path replaces both passes
+(``_decode_split`` + ``_decode_combine``, flash-decoding style): the keys are cut into splits so
+that the GPU is full even at batch 1; each program takes every query of one (batch, KV head), i.e.
+the G query heads of the group times Lq rows, against one split, keeps a partial softmax state and
+writes the raw scores (only ``B * Hq * Lq * Lk`` floats: small when Lq is). The combine program
+merges the partial states into the output and the log-sum-exp, then turns the stored scores into
+column sums, so K is read once instead of twice.
+
 Same contract as :func:`anybudget.kv.attention.attention_with_colsum_reference` (causal: query i
 sits at key position ``Lk - Lq + i``; ``key_mask`` False keys are never attended and get 0; rows
 with no visible key output zeros). Requires ``triton`` (``pip install 'anybudget[gpu]'``); on a
@@ -24,7 +32,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised where triton is absent
     raise ImportError("anybudget.kv.kernels_triton needs triton: pip install 'anybudget[gpu]'") from e
 
-__all__ = ["attention_with_colsum_triton"]
+__all__ = ["attention_with_colsum_triton", "decode_attention_with_colsum_triton"]
 
 
 @triton.jit
@@ -144,6 +152,170 @@ def _colsum(
             p = tl.where(vis, tl.exp(s - lse[:, None]), 0.0)
             col += tl.sum(p, 0)
     tl.store(Col + bh * Lk + offs_n, col, mask=n_ok)
+
+
+@triton.jit
+def _decode_split(
+    Q, K, V, KM, S, Mp, Lp, Ap,
+    sqb, sqh, sqm, sqd,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    skmb, skmh,
+    Hkv, G, Lq, Lk, split_len, NS, scale,
+    CAUSAL: tl.constexpr, HAS_KM: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
+):
+    sp = tl.program_id(0)
+    bk = tl.program_id(1)
+    b = bk // Hkv
+    hk = bk % Hkv
+    R = G * Lq
+    offs_r = tl.arange(0, BLOCK_M)
+    r_ok = offs_r < R
+    g = offs_r // Lq
+    i = offs_r % Lq
+    h = hk * G + g
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    q = tl.load(Q + b * sqb + h[:, None] * sqh + i[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+    qpos = i + (Lk - Lq)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    lo = sp * split_len
+    hi = tl.minimum(Lk, lo + split_len)
+    row = (bk * R + offs_r).to(tl.int64)
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < hi
+        k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        if DOT_F32:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        else:
+            s = tl.dot(q, tl.trans(k)) * scale
+        vis = r_ok[:, None] & n_ok[None, :]
+        if CAUSAL:
+            vis = vis & (offs_n[None, :] <= qpos[:, None])
+        if HAS_KM:
+            km = tl.load(KM + b * skmb + hk * skmh + offs_n, mask=n_ok, other=0)
+            vis = vis & (km[None, :] != 0)
+        s = tl.where(vis, s, float("-inf"))
+        tl.store(S + row[:, None] * Lk + offs_n[None, :], s, mask=r_ok[:, None] & n_ok[None, :])
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        if DOT_F32:
+            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    tl.store(Mp + row * NS + sp, m_i, mask=r_ok)
+    tl.store(Lp + row * NS + sp, l_i, mask=r_ok)
+    tl.store(Ap + (row[:, None] * NS + sp) * BLOCK_D + offs_d[None, :], acc, mask=r_ok[:, None])
+
+
+@triton.jit
+def _decode_combine(
+    S, Mp, Lp, Ap, Out, Col,
+    sob, soh, som, sod,
+    Hkv, G, Lq, Lk, NS,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
+):
+    bk = tl.program_id(0)
+    b = bk // Hkv
+    hk = bk % Hkv
+    R = G * Lq
+    offs_r = tl.arange(0, BLOCK_M)
+    r_ok = offs_r < R
+    row = (bk * R + offs_r).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for sp in range(0, NS):
+        m = tl.maximum(m, tl.load(Mp + row * NS + sp, mask=r_ok, other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    l = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for sp in range(0, NS):
+        w = tl.exp(tl.load(Mp + row * NS + sp, mask=r_ok, other=float("-inf")) - m_safe)
+        l += w * tl.load(Lp + row * NS + sp, mask=r_ok, other=0.0)
+        a = tl.load(Ap + (row[:, None] * NS + sp) * BLOCK_D + offs_d[None, :], mask=r_ok[:, None], other=0.0)
+        acc += w[:, None] * a
+    empty = l == 0.0
+    out = acc / tl.where(empty, 1.0, l)[:, None]
+    g = offs_r // Lq
+    i = offs_r % Lq
+    h = hk * G + g
+    tl.store(Out + b * sob + h[:, None] * soh + i[:, None] * som + offs_d[None, :] * sod,
+             out.to(Out.dtype.element_ty), mask=r_ok[:, None] & (offs_d[None, :] < D))
+    lse = tl.where(empty, float("inf"), m_safe + tl.log(tl.where(empty, 1.0, l)))
+    for start in range(0, Lk, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < Lk
+        s = tl.load(S + row[:, None] * Lk + offs_n[None, :], mask=r_ok[:, None] & n_ok[None, :], other=float("-inf"))
+        p = tl.exp(s - lse[:, None])
+        tl.store(Col + bk * Lk + offs_n, tl.sum(p, 0), mask=n_ok)
+
+
+def _num_sms(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 8
+
+
+def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key_mask=None, block_n=64, num_splits=None):
+    """Split-K version of :func:`attention_with_colsum_triton` for few queries (``G * Lq <= 128``).
+
+    ``num_splits`` (default: enough programs for about two waves on the GPU's SMs) cuts the keys
+    into that many ranges; the result does not depend on it beyond float rounding.
+    """
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    R = G * Lq
+    if R > 128:
+        raise ValueError(f"decode path needs (Hq / Hkv) * Lq <= 128, got {G} * {Lq} = {R}")
+    scale = float(D**-0.5 if scale is None else scale)
+    BLOCK_D = max(16, triton.next_power_of_2(D))
+    BLOCK_M = max(16, triton.next_power_of_2(R))
+    BN = block_n
+    nblocks = triton.cdiv(max(Lk, 1), BN)
+    if num_splits is None:
+        num_splits = triton.cdiv(2 * _num_sms(q.device), B * Hkv)
+    ns = max(1, min(int(num_splits), nblocks))
+    split_len = triton.cdiv(nblocks, ns) * BN
+    ns = triton.cdiv(max(Lk, 1), split_len)
+    dev = q.device
+    out = torch.empty(B, Hq, Lq, v.shape[-1], dtype=q.dtype, device=dev)
+    col = torch.empty(B, Hkv, Lk, dtype=torch.float32, device=dev)
+    S = torch.empty(B * Hkv * R, max(Lk, 1), dtype=torch.float32, device=dev)
+    Mp = torch.empty(B * Hkv * R, ns, dtype=torch.float32, device=dev)
+    Lp = torch.empty_like(Mp)
+    Ap = torch.empty(B * Hkv * R, ns, BLOCK_D, dtype=torch.float32, device=dev)
+    if key_mask is not None:
+        km = key_mask.to(torch.int8)
+        skmb, skmh = (km.stride(0), 0) if km.dim() == 2 else (km.stride(0), km.stride(1))
+        has_km = True
+    else:
+        km, skmb, skmh, has_km = Mp, 0, 0, False  # dummy pointer, never read
+    _decode_split[(ns, B * Hkv)](
+        q, k, v, km, S, Mp, Lp, Ap,
+        *q.stride(), *k.stride(), *v.stride(),
+        skmb, skmh, Hkv, G, Lq, Lk, split_len, ns, scale,
+        CAUSAL=bool(causal), HAS_KM=has_km, DOT_F32=q.dtype == torch.float32,
+        BLOCK_M=BLOCK_M, BLOCK_N=BN, BLOCK_D=BLOCK_D, D=D,
+    )
+    _decode_combine[(B * Hkv,)](
+        S, Mp, Lp, Ap, out, col,
+        *out.stride(), Hkv, G, Lq, Lk, ns,
+        BLOCK_M=BLOCK_M, BLOCK_N=BN, BLOCK_D=BLOCK_D, D=D,
+    )
+    return out, col
 
 
 def attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key_mask=None, block_m=None, block_n=None):
