@@ -63,21 +63,27 @@ def main(argv=None) -> int:
         t_sdpa = latency(lambda: masked_sdpa(q, k, v), repeat=repeat).median_s
         t_two = latency(two_pass, repeat=repeat).median_s
         t_split = latency(split_k, repeat=repeat).median_s
-        by_bn = {}
-        for bn in (32, 64, 128):
-            by_bn[bn] = latency(lambda: decode_attention_with_colsum_triton(q, k, v, block_n=bn), repeat=repeat).median_s * 1e3
+        sweep = {}
+        for bn, waves, stages in [(bn, w, st) for bn in (64, 128) for w in (2, 4, 8) for st in (2, 3)] if not args.smoke else [(64, 2, 2)]:
+            def run(bn=bn, waves=waves, stages=stages):
+                o, c = decode_attention_with_colsum_triton(q, k, v, block_n=bn, split_waves=waves, num_stages=stages)
+                scores.add_(c)
+            sweep[f"block_n={bn},waves={waves},stages={stages}"] = latency(run, repeat=repeat).median_s * 1e3
+        best = min(sweep, key=sweep.get)
         o2, c2 = two_pass()
         o3, c3 = split_k()
         kv_bytes = 2 * k.numel() * k.element_size()
         row = {"batch": B, "Hq": Hq, "Hkv": Hkv, "cache_len": L, "D": D,
                "sdpa_ms": t_sdpa * 1e3, "two_pass_ms": t_two * 1e3, "split_k_ms": t_split * 1e3,
                "two_pass_vs_sdpa": t_two / t_sdpa, "split_k_vs_sdpa": t_split / t_sdpa,
-               "split_k_ms_by_block_n (no accumulate)": by_bn, "split_k_kv_gbps": kv_bytes / t_split / 1e9, "sdpa_kv_gbps": kv_bytes / t_sdpa / 1e9,
+               "split_k_sweep_ms": sweep, "split_k_best": best, "split_k_best_ms": sweep[best],
+               "split_k_best_vs_sdpa": sweep[best] * 1e-3 / t_sdpa, "split_k_kv_gbps": kv_bytes / t_split / 1e9, "sdpa_kv_gbps": kv_bytes / t_sdpa / 1e9,
                "rel_err_out": {"sdpa": rel(masked_sdpa(q, k, v), o_ref), "two_pass": rel(o2, o_ref), "split_k": rel(o3, o_ref)},
                "rel_err_colsum": {"two_pass": rel(c2, c_ref), "split_k": rel(c3, c_ref)}}
         rows.append(row)
         print(f"B {B:3d} Hq/Hkv {Hq}/{Hkv} L {L:5d}: SDPA {row['sdpa_ms']:.3f} ms, two-pass {row['two_pass_ms']:.3f} "
-              f"({row['two_pass_vs_sdpa']:.2f}x), split-K {row['split_k_ms']:.3f} ({row['split_k_vs_sdpa']:.2f}x); "
+              f"({row['two_pass_vs_sdpa']:.2f}x), split-K {row['split_k_ms']:.3f} ({row['split_k_vs_sdpa']:.2f}x), "
+              f"best {best} {sweep[best]:.3f} ({row['split_k_best_vs_sdpa']:.2f}x); "
               f"err out {row['rel_err_out']['split_k']:.1e} colsum {row['rel_err_colsum']['split_k']:.1e}", flush=True)
         del q, k, v, scores
         if dev == "cuda":

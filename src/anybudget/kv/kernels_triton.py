@@ -225,41 +225,45 @@ def _decode_combine(
     S, Mp, Lp, Ap, Out, Col,
     sob, soh, som, sod,
     Hkv, G, Lq, Lk, NS,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
 ):
-    bk = tl.program_id(0)
+    # Grid (key blocks of BLOCK_C, B * Hkv): every program merges the partial softmax states of its
+    # rows (R x NS floats, cheap) into the log-sum-exp and turns its block of stored scores into
+    # column sums; the programs of the first key block also write the output.
+    pc = tl.program_id(0)
+    bk = tl.program_id(1)
     b = bk // Hkv
     hk = bk % Hkv
     R = G * Lq
     offs_r = tl.arange(0, BLOCK_M)
     r_ok = offs_r < R
     row = (bk * R + offs_r).to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D)
-    m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    for sp in range(0, NS):
-        m = tl.maximum(m, tl.load(Mp + row * NS + sp, mask=r_ok, other=float("-inf")))
+    offs_s = tl.arange(0, BLOCK_S)
+    s_ok = offs_s < NS
+    ms = tl.load(Mp + row[:, None] * NS + offs_s[None, :], mask=r_ok[:, None] & s_ok[None, :], other=float("-inf"))
+    m = tl.max(ms, 1)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    l = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for sp in range(0, NS):
-        w = tl.exp(tl.load(Mp + row * NS + sp, mask=r_ok, other=float("-inf")) - m_safe)
-        l += w * tl.load(Lp + row * NS + sp, mask=r_ok, other=0.0)
-        a = tl.load(Ap + (row[:, None] * NS + sp) * BLOCK_D + offs_d[None, :], mask=r_ok[:, None], other=0.0)
-        acc += w[:, None] * a
+    w = tl.exp(ms - m_safe[:, None])
+    l = tl.sum(w * tl.load(Lp + row[:, None] * NS + offs_s[None, :], mask=r_ok[:, None] & s_ok[None, :], other=0.0), 1)
     empty = l == 0.0
-    out = acc / tl.where(empty, 1.0, l)[:, None]
-    g = offs_r // Lq
-    i = offs_r % Lq
-    h = hk * G + g
-    tl.store(Out + b * sob + h[:, None] * soh + i[:, None] * som + offs_d[None, :] * sod,
-             out.to(Out.dtype.element_ty), mask=r_ok[:, None] & (offs_d[None, :] < D))
+    if pc == 0:
+        offs_d = tl.arange(0, BLOCK_D)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for sp in range(0, NS):
+            wi = tl.exp(tl.load(Mp + row * NS + sp, mask=r_ok, other=float("-inf")) - m_safe)
+            a = tl.load(Ap + (row[:, None] * NS + sp) * BLOCK_D + offs_d[None, :], mask=r_ok[:, None], other=0.0)
+            acc += wi[:, None] * a
+        out = acc / tl.where(empty, 1.0, l)[:, None]
+        g = offs_r // Lq
+        i = offs_r % Lq
+        h = hk * G + g
+        tl.store(Out + b * sob + h[:, None] * soh + i[:, None] * som + offs_d[None, :] * sod,
+                 out.to(Out.dtype.element_ty), mask=r_ok[:, None] & (offs_d[None, :] < D))
     lse = tl.where(empty, float("inf"), m_safe + tl.log(tl.where(empty, 1.0, l)))
-    for start in range(0, Lk, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < Lk
-        s = tl.load(S + row[:, None] * Lk + offs_n[None, :], mask=r_ok[:, None] & n_ok[None, :], other=float("-inf"))
-        p = tl.exp(s - lse[:, None])
-        tl.store(Col + bk * Lk + offs_n, tl.sum(p, 0), mask=n_ok)
+    offs_n = pc * BLOCK_C + tl.arange(0, BLOCK_C)
+    n_ok = offs_n < Lk
+    sc = tl.load(S + row[:, None] * Lk + offs_n[None, :], mask=r_ok[:, None] & n_ok[None, :], other=float("-inf"))
+    tl.store(Col + bk * Lk + offs_n, tl.sum(tl.exp(sc - lse[:, None]), 0), mask=n_ok)
 
 
 def _num_sms(device) -> int:
@@ -268,11 +272,12 @@ def _num_sms(device) -> int:
     return 8
 
 
-def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key_mask=None, block_n=64, num_splits=None):
+def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key_mask=None, block_n=64, num_splits=None,
+                                        split_waves=2, num_warps=4, num_stages=2):
     """Split-K version of :func:`attention_with_colsum_triton` for few queries (``G * Lq <= 128``).
 
-    ``num_splits`` (default: enough programs for about two waves on the GPU's SMs) cuts the keys
-    into that many ranges; the result does not depend on it beyond float rounding.
+    ``num_splits`` (default: enough programs for ``split_waves`` waves on the GPU's SMs) cuts the
+    keys into that many ranges; the result does not depend on it beyond float rounding.
     """
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
@@ -286,7 +291,7 @@ def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key
     BN = block_n
     nblocks = triton.cdiv(max(Lk, 1), BN)
     if num_splits is None:
-        num_splits = triton.cdiv(2 * _num_sms(q.device), B * Hkv)
+        num_splits = triton.cdiv(int(split_waves * _num_sms(q.device)), B * Hkv)
     ns = max(1, min(int(num_splits), nblocks))
     split_len = triton.cdiv(nblocks, ns) * BN
     ns = triton.cdiv(max(Lk, 1), split_len)
@@ -308,12 +313,13 @@ def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key
         *q.stride(), *k.stride(), *v.stride(),
         skmb, skmh, Hkv, G, Lq, Lk, split_len, ns, scale,
         CAUSAL=bool(causal), HAS_KM=has_km, DOT_F32=q.dtype == torch.float32,
-        BLOCK_M=BLOCK_M, BLOCK_N=BN, BLOCK_D=BLOCK_D, D=D,
+        BLOCK_M=BLOCK_M, BLOCK_N=BN, BLOCK_D=BLOCK_D, D=D, num_warps=num_warps, num_stages=num_stages,
     )
-    _decode_combine[(B * Hkv,)](
+    BLOCK_C = 256
+    _decode_combine[(triton.cdiv(max(Lk, 1), BLOCK_C), B * Hkv)](
         S, Mp, Lp, Ap, out, col,
         *out.stride(), Hkv, G, Lq, Lk, ns,
-        BLOCK_M=BLOCK_M, BLOCK_N=BN, BLOCK_D=BLOCK_D, D=D,
+        BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, BLOCK_S=max(2, triton.next_power_of_2(ns)), BLOCK_D=BLOCK_D, D=D,
     )
     return out, col
 
