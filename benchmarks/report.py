@@ -136,6 +136,16 @@ def speed_md():
             out += (f"| {p['prompt']} | {p['sdpa_peak_gib']:.2f} / {p['sdpa_s']:.3f} | {p['h2o_20_peak_gib']:.2f} / {p['h2o_20_s']:.3f} | "
                     f"{kvp} | {p.get('h2o_vs_sdpa_peak', float('nan')):.2f}x |\n")
         out += f"\nSource: `benchmarks/results/kv_speed_ops.json` ({dev(o)}).\n"
+    d = load("kv_decode_kernel")
+    if d:
+        out += ("\n### Decode attention + column sums: two-pass kernels vs a split-K kernel (first try)\n\n"
+                "One query per sequence against the cache, bf16, scores accumulated as the cache does; SDPA computes "
+                "the output only. Not yet the default path (`attention_with_colsum` still uses the two-pass kernels).\n\n"
+                "| batch x Hq/Hkv x cache | SDPA ms | two-pass ms (vs SDPA) | split-K ms (vs SDPA) | split-K rel. error out / colsum |\n|---|---|---|---|---|\n")
+        for r in d["metrics"]["rows"]:
+            out += (f"| {r['batch']} x {r['Hq']}/{r['Hkv']} x {r['cache_len']} | {r['sdpa_ms']:.3f} | {r['two_pass_ms']:.3f} ({r['two_pass_vs_sdpa']:.2f}x) | "
+                    f"{r['split_k_ms']:.3f} ({r['split_k_vs_sdpa']:.2f}x) | {r['rel_err_out']['split_k']:.1e} / {r['rel_err_colsum']['split_k']:.1e} |\n")
+        out += f"\nSource: `benchmarks/results/kv_decode_kernel.json` ({dev(d)}).\n"
     return out
 
 

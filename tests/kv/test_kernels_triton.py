@@ -16,6 +16,7 @@ import os
 import torch
 from anybudget.kv.attention import attention_with_colsum_reference as ref
 from anybudget.kv.kernels_triton import attention_with_colsum_triton as tri
+from anybudget.kv.kernels_triton import decode_attention_with_colsum_triton as dec
 dev = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 worst = 0.0
 for seed, (B, Hq, Hkv, Lq, Lk, D, causal, mask) in enumerate([
@@ -23,7 +24,8 @@ for seed, (B, Hq, Hkv, Lq, Lk, D, causal, mask) in enumerate([
         (1, 3, 3, 1, 37, 80, True, "2d"),         # decode, D not a power of two, padding
         (2, 4, 2, 5, 70, 32, True, "3d"),         # a chunk after a cache, per-head evicted slots
         (2, 2, 1, 33, 33, 64, False, "2d"),       # non-causal
-        (1, 4, 2, 17, 17, 64, True, "empty")]):   # a sequence with no visible key
+        (1, 4, 2, 17, 17, 64, True, "empty"),     # a sequence with no visible key
+        (2, 8, 2, 3, 150, 32, True, "3d")]):      # a few GQA queries against a longer cache
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, Hq, Lq, D, generator=g).to(dev)
     k = torch.randn(B, Hkv, Lk, D, generator=g).to(dev)
@@ -44,6 +46,11 @@ for seed, (B, Hq, Hkv, Lq, Lk, D, causal, mask) in enumerate([
     if mask == "empty":
         assert o1.abs().sum() == 0 and c1.abs().sum() == 0
     worst = max(worst, eo, ec)
+    if (Hq // Hkv) * Lq <= 128:  # the split-K decode kernel, cut into 3 key ranges
+        o3, c3 = dec(qt, k, v, scale=0.6, causal=causal, key_mask=km, num_splits=3, block_n=32)
+        assert torch.isfinite(o3).all() and torch.isfinite(c3).all()
+        worst = max(worst, ((o3 - o2).norm() / o2.norm().clamp_min(1e-12)).item(),
+                    ((c3 - c2).norm() / c2.norm().clamp_min(1e-12)).item())
 print("WORST", worst)
 """
 
@@ -70,3 +77,12 @@ def test_triton_kernels_match_reference_interpreter():
 def test_triton_kernels_match_reference_gpu():
     worst = _run({})
     assert worst < 1e-4, worst  # fp32 with IEEE dots
+
+
+def test_decode_kernel_rejects_too_many_query_rows():
+    from anybudget.kv.kernels_triton import decode_attention_with_colsum_triton
+
+    q = torch.zeros(1, 8, 17, 16)
+    k = v = torch.zeros(1, 1, 32, 16)
+    with pytest.raises(ValueError, match=r"\(Hq / Hkv\) \* Lq <= 128, got 8 \* 17 = 136"):
+        decode_attention_with_colsum_triton(q, k, v)
