@@ -219,6 +219,7 @@ def _report(state, args, device, tcfg, complete: bool) -> int:
                     f"of 300k examples ~ 150k steps, early stop at 0.99); AdamW lr {args.lr} wd 0.1 cosine; "
                     "fresh examples each step from the reference mixture; TF32 matmuls",
         "test": f"seq 1024, kv 64/128/256, {args.test_examples} examples each",
+        "history_loss": "mean training loss over each eval interval (batches mix all segments)",
         "train": asdict(tcfg), "seed": args.seed, "device": device,
         "step_time_s": state.get("step_time_s"),
     }

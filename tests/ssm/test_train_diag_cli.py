@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from anybudget.ssm import LMConfig, MambaConfig, MambaLM
 from anybudget.ssm.diagnostics import (
@@ -50,6 +51,56 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path, monkeypat
     assert r2["done"] and r2["step"] == 6
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_recorded_loss_is_the_mean_over_the_interval_not_the_last_batch():
+    import copy
+
+    from anybudget.ssm.mqar import MQARStream
+    from anybudget.ssm.train import labeled_logits
+
+    # Batches come from segments of different difficulty (as in the reference mixture), so a
+    # record must average them. lr ~ 0 keeps the model at its init, so the losses can be replayed.
+    segs = (MQARSegment(16, 100, 1), MQARSegment(64, 100, 16))
+    cfg = TrainConfig(lr=1e-12, batch_size=4, max_steps=8, eval_every=4, vocab_size=96, test_examples=4)
+    lm = tiny_lm()
+    init = copy.deepcopy(lm)
+    hist = train_mqar(lm, cfg, segs, TESTS, quiet=True)["history"]
+    stream = MQARStream(segs, cfg.batch_size, cfg.vocab_size, cfg.seed, cfg.power_a)
+    with torch.no_grad():
+        per_step = [F.cross_entropy(*labeled_logits(init, *stream.batch(s)[:2])).item() for s in range(8)]
+    assert [h["step"] for h in hist] == [4, 8]
+    for h, chunk in zip(hist, (per_step[:4], per_step[4:])):
+        assert h["loss"] == pytest.approx(sum(chunk) / 4, rel=1e-4)
+    assert hist[-1]["loss"] != pytest.approx(per_step[-1], rel=1e-4)  # not the last batch alone
+
+
+class _RecallOracle(torch.nn.Module):
+    """Predicts, at every position, the token that followed the first earlier copy of the current
+    token: the right answer at every MQAR query. ``wrong_rows`` shifts the answer for odd rows."""
+
+    def __init__(self, vocab, wrong_rows=False):
+        super().__init__()
+        self.vocab, self.wrong_rows = vocab, wrong_rows
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids):
+        n = ids.shape[1]
+        t = torch.arange(n)
+        earlier = (ids[:, :, None] == ids[:, None, :]) & (t[None, :] < t[:, None])[None]
+        first = torch.where(earlier.any(-1), earlier.float().argmax(-1), torch.zeros_like(ids))
+        pred = ids.gather(1, (first + 1).clamp(max=n - 1))
+        if self.wrong_rows:
+            pred[1::2] = (pred[1::2] + 1) % self.vocab
+        return F.one_hot(pred, self.vocab).float()
+
+
+def test_accuracy_is_the_fraction_of_queries_answered_right():
+    acc = evaluate_mqar(_RecallOracle(96), TESTS, vocab_size=96, batch_size=4, num_examples=8)
+    assert acc == {"kv4": 1.0, "kv8": 1.0, "avg": 1.0}
+    # Every row has the same number of queries, so getting odd rows wrong is exactly one half.
+    acc = evaluate_mqar(_RecallOracle(96, wrong_rows=True), TESTS, vocab_size=96, batch_size=4, num_examples=8)
+    assert acc == {"kv4": 0.5, "kv8": 0.5, "avg": 0.5}
 
 
 def test_evaluate_counts_only_labeled_positions():

@@ -183,7 +183,11 @@ class AttentionLM(nn.Module):
         self.layers = nn.ModuleList(_AttnBlock(cfg) for _ in range(cfg.n_layers))
         self.norm_f = nn.LayerNorm(cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # Zoology initialises every embedding N(0, 0.02). nn.Embedding's default N(0, 1) for the
+        # positions would be 50x the tokens: after the first LayerNorm the token identity is ~2% of
+        # the signal and tiny MQAR stays at chance (loss ln(V/2)) for 1000+ steps.
         nn.init.normal_(self.embedding.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
 
