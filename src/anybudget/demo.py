@@ -57,8 +57,11 @@ def run_demo(model=None, budget="kv=20%", tokens=64, device=None, quiet=False) -
     ids = tok(sample, return_tensors="pt")["input_ids"][:, :512].to(dev)
     print(f"\nQuality: streaming perplexity on a held-out passage ({ids.shape[1]} tokens, one token per step)")
     ppl = {}
-    for name, make in (("full", DynamicCache), (f"h2o {kvq}", lambda: H2OCache(kvq)), (f"local {kvq}", lambda: LocalCache(kvq))):
-        nll = streaming_nll(lm, ids, make())
+    # The full cache evicts nothing, so one causal forward makes exactly the predictions that
+    # streaming would (a third of the demo's time saved); the budgeted caches stream token by token.
+    for name, make, chunk in (("full", DynamicCache, ids.shape[1]), (f"h2o {kvq}", lambda: H2OCache(kvq), 1),
+                              (f"local {kvq}", lambda: LocalCache(kvq), 1)):
+        nll = streaming_nll(lm, ids, make(), chunk=chunk)
         ppl[name] = float(torch.exp(nll.mean()))
     base = ppl["full"]
     for name, v in ppl.items():
