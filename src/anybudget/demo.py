@@ -55,7 +55,7 @@ def run_demo(model=None, budget="kv=20%", tokens=64, device=None, quiet=False) -
 
     sample = (ASSETS / "sample.txt").read_text(encoding="utf-8")
     ids = tok(sample, return_tensors="pt")["input_ids"][:, :512].to(dev)
-    print(f"\nQuality: streaming perplexity on a held-out passage ({ids.shape[1]} tokens, one token per step)")
+    print(f"\nQuality: streaming perplexity on a held-out passage ({ids.shape[1]} tokens, budgeted caches fed one token per step)")
     ppl = {}
     # The full cache evicts nothing, so one causal forward makes exactly the predictions that
     # streaming would (a third of the demo's time saved); the budgeted caches stream token by token.
