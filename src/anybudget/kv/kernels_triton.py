@@ -36,6 +36,30 @@ __all__ = ["attention_with_colsum_triton", "decode_attention_with_colsum_triton"
 
 
 @triton.jit
+def _scores(q, k, scale, DOT_F32: tl.constexpr):
+    """``q @ k^T * scale`` (IEEE float32 dots for float32 inputs)."""
+    if DOT_F32:
+        return tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+    return tl.dot(q, tl.trans(k)) * scale
+
+
+@triton.jit
+def _softmax_step(s, v, m_i, l_i, acc, DOT_F32: tl.constexpr):
+    """One online-softmax step over a key block (masked scores are -inf); rows that have seen no
+    visible key keep m = -inf, l = 0, acc = 0. Returns the new (m, l, acc)."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp(s - m_safe[:, None])
+    alpha = tl.exp(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if DOT_F32:
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _attn_fwd(
     Q, K, V, Out, Lse, KM,
     sqb, sqh, sqm, sqd,
@@ -71,10 +95,7 @@ def _attn_fwd(
         n_ok = offs_n < Lk
         k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        if DOT_F32:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
-        else:
-            s = tl.dot(q, tl.trans(k)) * scale
+        s = _scores(q, k, scale, DOT_F32)
         vis = m_ok[:, None] & n_ok[None, :]
         if CAUSAL:
             vis = vis & (offs_n[None, :] <= qpos[:, None])
@@ -82,18 +103,9 @@ def _attn_fwd(
             km = tl.load(KM + b * skmb + hk * skmh + offs_n, mask=n_ok, other=0)
             vis = vis & (km[None, :] != 0)
         s = tl.where(vis, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        if DOT_F32:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, DOT_F32)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     # lse = +inf for rows that see nothing: then exp(s - lse) = 0 in the column-sum pass.
@@ -142,10 +154,7 @@ def _colsum(
             q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
                         mask=m_ok[:, None] & d_ok[None, :], other=0.0)
             lse = tl.load(Lse + (b * Hq + h) * Lq + offs_m, mask=m_ok, other=float("inf"))
-            if DOT_F32:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
-            else:
-                s = tl.dot(q, tl.trans(k)) * scale
+            s = _scores(q, k, scale, DOT_F32)
             vis = m_ok[:, None] & keep[None, :]
             if CAUSAL:
                 vis = vis & (offs_n[None, :] <= (offs_m + (Lk - Lq))[:, None])
@@ -191,10 +200,7 @@ def _decode_split(
         n_ok = offs_n < hi
         k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        if DOT_F32:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
-        else:
-            s = tl.dot(q, tl.trans(k)) * scale
+        s = _scores(q, k, scale, DOT_F32)
         vis = r_ok[:, None] & n_ok[None, :]
         if CAUSAL:
             vis = vis & (offs_n[None, :] <= qpos[:, None])
@@ -203,18 +209,9 @@ def _decode_split(
             vis = vis & (km[None, :] != 0)
         s = tl.where(vis, s, float("-inf"))
         tl.store(S + row[:, None] * Lk + offs_n[None, :], s, mask=r_ok[:, None] & n_ok[None, :])
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        if DOT_F32:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, DOT_F32)
     tl.store(Mp + row * NS + sp, m_i, mask=r_ok)
     tl.store(Lp + row * NS + sp, l_i, mask=r_ok)
     tl.store(Ap + (row[:, None] * NS + sp) * BLOCK_D + offs_d[None, :], acc, mask=r_ok[:, None])
@@ -266,6 +263,15 @@ def _decode_combine(
     tl.store(Col + bk * Lk + offs_n, tl.sum(tl.exp(sc - lse[:, None]), 0), mask=n_ok)
 
 
+def _key_mask_args(key_mask, dummy):
+    """(pointer, batch stride, head stride, present) of a (B, Lk) or (B, Hkv, Lk) key mask; with no
+    mask, ``dummy`` stands in as a pointer that is never read."""
+    if key_mask is None:
+        return dummy, 0, 0, False
+    km = key_mask.to(torch.int8)
+    return km, km.stride(0), (0 if km.dim() == 2 else km.stride(1)), True
+
+
 def _num_sms(device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -302,12 +308,7 @@ def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key
     Mp = torch.empty(B * Hkv * R, ns, dtype=torch.float32, device=dev)
     Lp = torch.empty_like(Mp)
     Ap = torch.empty(B * Hkv * R, ns, BLOCK_D, dtype=torch.float32, device=dev)
-    if key_mask is not None:
-        km = key_mask.to(torch.int8)
-        skmb, skmh = (km.stride(0), 0) if km.dim() == 2 else (km.stride(0), km.stride(1))
-        has_km = True
-    else:
-        km, skmb, skmh, has_km = Mp, 0, 0, False  # dummy pointer, never read
+    km, skmb, skmh, has_km = _key_mask_args(key_mask, Mp)
     _decode_split[(ns, B * Hkv)](
         q, k, v, km, S, Mp, Lp, Ap,
         *q.stride(), *k.stride(), *v.stride(),
@@ -336,12 +337,7 @@ def attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key_mask=N
     out = torch.empty(B, Hq, Lq, v.shape[-1], dtype=q.dtype, device=q.device)
     lse = torch.empty(B, Hq, Lq, dtype=torch.float32, device=q.device)
     col = torch.empty(B, Hkv, Lk, dtype=torch.float32, device=q.device)
-    if key_mask is not None:
-        km = key_mask.to(torch.int8)
-        skmb, skmh = (km.stride(0), 0) if km.dim() == 2 else (km.stride(0), km.stride(1))
-        has_km = True
-    else:
-        km, skmb, skmh, has_km = lse, 0, 0, False  # dummy pointer, never read
+    km, skmb, skmh, has_km = _key_mask_args(key_mask, lse)
     dot_f32 = q.dtype == torch.float32
     common = dict(CAUSAL=bool(causal), HAS_KM=has_km, DOT_F32=dot_f32, BLOCK_D=BLOCK_D, D=D)
     _attn_fwd[(triton.cdiv(Lq, BM), B * Hq)](
