@@ -100,7 +100,12 @@ def main(argv=None) -> int:
                     help="seconds of training for all configs: time a few steps at depth 2 and 4, "
                          "then set --steps so every config gets the same number and all fit")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="train this many configs at once, one process each (state in <state-dir>/<config>/), "
+                         "spread over the GPUs round robin; then merge into one record")
     args = ap.parse_args(argv)
+    if args.workers > 1:
+        return _parallel(args, argv if argv is not None else sys.argv[1:])
 
     from anybudget.io import atomic_write_json, write_results
     from anybudget.ssm.train import TrainConfig, train_mqar
@@ -182,7 +187,7 @@ def main(argv=None) -> int:
             torch.save(ck, mfile)
             torch.save(opt_part, ofile)
             print(f"time limit: {name} stopped at step {res['step']}; rerun with the same --state-dir", flush=True)
-            state["in_progress"] = {"config": name, "step": res["step"]}
+            state["in_progress"] = {"config": name, "step": res["step"], "history": res["history"]}
             atomic_write_json(state_path, state)
             return _report(state, args, device, tcfg, complete=False)
         state["done"][name] = {"final": res["final"], "history": res["history"]}
@@ -192,6 +197,70 @@ def main(argv=None) -> int:
             if f.exists():
                 f.unlink()
     return _report(state, args, device, tcfg, complete=all(_name(*c) in state["done"] for c in wanted))
+
+
+def _strip(argv, *names):
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a.split("=")[0] in names:
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
+def _parallel(args, argv) -> int:
+    """Run each config in its own process (own state folder, so resumes stay independent)."""
+    import os
+    import subprocess
+
+    from anybudget.ssm.train import TrainConfig
+
+    names = args.configs.split(",")
+    base = Path(args.state_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    rest = _strip(argv, "--workers", "--configs", "--state-dir", "--out")
+    pending, procs = list(names), []
+    while pending or procs:
+        while pending and len(procs) < args.workers:
+            name = pending.pop(0)
+            env = dict(os.environ)
+            if n_gpu:
+                env["CUDA_VISIBLE_DEVICES"] = str(len(procs) % n_gpu if n_gpu else 0)
+            sub = base / name
+            cmd = [sys.executable, __file__, *rest, "--configs", name, "--state-dir", str(sub),
+                   "--out", str(sub), "--quiet"]
+            log = open(sub.with_suffix(".log"), "a")
+            procs.append((name, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+            print(f"started {name} on GPU {env.get('CUDA_VISIBLE_DEVICES', '-')}", flush=True)
+        time.sleep(2)
+        for item in list(procs):
+            if item[1].poll() is not None:
+                item[2].close()
+                procs.remove(item)
+                print(f"finished {item[0]} (exit {item[1].returncode})", flush=True)
+    # Merge the per-config states into one.
+    state = {"done": {}}
+    for name in names:
+        f = base / name / "table2_state.json"
+        if not f.exists():
+            continue
+        sub = json.loads(f.read_text())
+        state["steps"] = sub.get("steps", args.steps)
+        state.setdefault("step_time_s", {})
+        state["done"].update(sub.get("done", {}))
+        if "in_progress" in sub:
+            state.setdefault("in_progress", []).append(sub["in_progress"])
+    args.steps = state.get("steps", args.steps)
+    tcfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_steps=args.steps, seed=args.seed,
+                       eval_every=min(args.eval_every, args.steps), test_examples=args.test_examples,
+                       checkpoint_every=10**9)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return _report(state, args, device, tcfg, complete=all(n in state["done"] for n in names))
 
 
 def _report(state, args, device, tcfg, complete: bool) -> int:
@@ -206,10 +275,20 @@ def _report(state, args, device, tcfg, complete: bool) -> int:
         rows.append({"config": pol, "layers": L,
                      "ours": [round(100 * fin[k], 2) for k in ("kv64", "kv128", "kv256", "avg")],
                      "paper": PAPER[(pol, L)]})
+    partial = state.get("in_progress") or []
+    partial = [partial] if isinstance(partial, dict) else partial
+    for p in partial:  # configs stopped by the time limit: their latest evaluation, marked
+        if not p.get("history"):
+            continue
+        pol, L = p["config"].rsplit("_L", 1)
+        h = p["history"][-1]
+        rows.append({"config": pol, "layers": int(L), "partial_step": h["step"],
+                     "ours": [round(100 * h[k], 2) for k in ("kv64", "kv128", "kv256", "avg")],
+                     "paper": PAPER[(pol, int(L))]})
     lines = ["| config | L | ours 64 | 128 | 256 | avg | paper 64 | 128 | 256 | avg |", "|" + "---|" * 10]
     for r in rows:
         p = r["paper"] or ("-",) * 4
-        lines.append(f"| {r['config']} | {r['layers']} | " + " | ".join(map(str, r["ours"])) + " | "
+        lines.append(f"| {r['config']}{' (step %d)' % r['partial_step'] if 'partial_step' in r else ''} | {r['layers']} | " + " | ".join(map(str, r["ours"])) + " | "
                      + " | ".join(map(str, p)) + " |")
     table = "\n".join(lines)
     print(table)
@@ -225,7 +304,8 @@ def _report(state, args, device, tcfg, complete: bool) -> int:
     }
     path = write_results("ssm_table2", config, {"complete": complete, "in_progress": state.get("in_progress"),
                                                 "rows": rows, "table_md": table,
-                                                "history": {k: v["history"] for k, v in state["done"].items()}},
+                                                "history": {**{p["config"]: p.get("history", []) for p in partial},
+                                                            **{k: v["history"] for k, v in state["done"].items()}}},
                          baseline={"source": "Wang et al. ICLR 2025 Table 2", "rows": {f"{p}_L{L}": v for (p, L), v in PAPER.items()}},
                          out_dir=args.out)
     try:
