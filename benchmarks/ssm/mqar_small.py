@@ -40,13 +40,13 @@ def main(argv=None) -> int:
     ap.add_argument("--train", default="64:4,128:8,256:16", help="seq:kv,... (equal weights)")
     ap.add_argument("--test", default="64:4,128:8,256:16")
     ap.add_argument("--runs", default="default_L2@1e-3,default_L2@3e-3,both_L2@1e-3,both_L4@1e-3",
-                    help="config_L<depth>@lr,...")
+                    help="config_L<depth>@lr[:scan backend],...; config attn = attention baseline")
     ap.add_argument("--test-examples", type=int, default=500)
     ap.add_argument("--name", default="ssm_mqar_small")
     args = ap.parse_args(argv)
 
     from anybudget.io import write_results
-    from anybudget.ssm import LMConfig, MambaConfig, MambaLM
+    from anybudget.ssm import AttentionLM, LMConfig, MambaConfig, MambaLM
     from anybudget.ssm.plots import plot_history
     from anybudget.ssm.train import TrainConfig, train_mqar
 
@@ -57,17 +57,23 @@ def main(argv=None) -> int:
     runs, hist = [], {}
     for spec in args.runs.split(","):
         name, lr = spec.split("@")
+        lr, _, backend = lr.partition(":")  # optional ":chunked" / ":ref" scan backend
         pol, depth = name.rsplit("_L", 1)
         torch.manual_seed(123)
-        mc = MambaConfig(d_model=128, d_state=16, polarize=None if pol == "default" else pol)
-        model = MambaLM(LMConfig(vocab_size=8192, d_model=128, n_layers=int(depth), mamba=mc)).to(device)
+        if pol == "attn":  # the attention baseline of the same width (1 head, MLP x4, learned positions)
+            model = AttentionLM(LMConfig(vocab_size=8192, d_model=128, n_layers=int(depth), mixer="attention",
+                                         max_seq_len=1024)).to(device)
+        else:
+            mc = MambaConfig(d_model=128, d_state=16, polarize=None if pol == "default" else pol,
+                             scan_backend=backend or "auto")
+            model = MambaLM(LMConfig(vocab_size=8192, d_model=128, n_layers=int(depth), mamba=mc)).to(device)
         cfg = TrainConfig(lr=float(lr), max_steps=args.steps, eval_every=args.eval_every,
                           test_examples=args.test_examples, checkpoint_every=10**9, early_stop_acc=1.01)
         t0 = time.perf_counter()
         res = train_mqar(model, cfg, segments=train, test_sets=test, quiet=True,
                          log=lambda h, s=spec: print(s, json.dumps(h), flush=True))
         secs = time.perf_counter() - t0
-        runs.append({"run": spec, "config": pol, "layers": int(depth), "lr": float(lr),
+        runs.append({"run": spec, "config": pol, "layers": int(depth), "lr": float(lr), "scan": backend or "auto",
                      "final": res["final"], "seconds": secs, "history": res["history"]})
         hist[spec] = res["history"]
         print(spec, "final", res["final"], f"{secs:.1f} s", flush=True)

@@ -46,6 +46,10 @@ for seed, (B, Hq, Hkv, Lq, Lk, D, causal, mask) in enumerate([
     if mask == "empty":
         assert o1.abs().sum() == 0 and c1.abs().sum() == 0
     worst = max(worst, eo, ec)
+    if Lq == 1:  # tri dispatched to split-K above; the two-pass kernels must agree too
+        o4, c4 = tri(qt, k, v, scale=0.6, causal=causal, key_mask=km, decode_kernel=False)
+        worst = max(worst, ((o4 - o2).norm() / o2.norm().clamp_min(1e-12)).item(),
+                    ((c4 - c2).norm() / c2.norm().clamp_min(1e-12)).item())
     if (Hq // Hkv) * Lq <= 128:  # the split-K decode kernel, cut into 3 key ranges
         o3, c3 = dec(qt, k, v, scale=0.6, causal=causal, key_mask=km, num_splits=3, block_n=32)
         assert torch.isfinite(o3).all() and torch.isfinite(c3).all()

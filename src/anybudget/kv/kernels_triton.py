@@ -279,11 +279,14 @@ def _num_sms(device) -> int:
 
 
 def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key_mask=None, block_n=64, num_splits=None,
-                                        split_waves=2, num_warps=4, num_stages=2):
+                                        split_waves=None, num_warps=4, num_stages=3):
     """Split-K version of :func:`attention_with_colsum_triton` for few queries (``G * Lq <= 128``).
 
     ``num_splits`` (default: enough programs for ``split_waves`` waves on the GPU's SMs) cuts the
     keys into that many ranges; the result does not depend on it beyond float rounding.
+    Defaults (block_n 64, 3 stages, 4 waves for MHA and 2 for GQA) are within 10% of the best of
+    the 12-point sweep of ``benchmarks/kv/decode_kernel.py`` at every measured shape
+    (``kv_decode_kernel.json``, H200).
     """
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
@@ -297,7 +300,8 @@ def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key
     BN = block_n
     nblocks = triton.cdiv(max(Lk, 1), BN)
     if num_splits is None:
-        num_splits = triton.cdiv(int(split_waves * _num_sms(q.device)), B * Hkv)
+        waves = split_waves if split_waves is not None else (4 if G == 1 else 2)
+        num_splits = triton.cdiv(int(waves * _num_sms(q.device)), B * Hkv)
     ns = max(1, min(int(num_splits), nblocks))
     split_len = triton.cdiv(nblocks, ns) * BN
     ns = triton.cdiv(max(Lk, 1), split_len)
@@ -325,11 +329,20 @@ def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key
     return out, col
 
 
-def attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key_mask=None, block_m=None, block_n=None):
-    """Triton version of ``attention_with_colsum`` (same contract). Returns (out, colsum)."""
+def attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key_mask=None, block_m=None, block_n=None,
+                                 decode_kernel=None):
+    """Triton version of ``attention_with_colsum`` (same contract). Returns (out, colsum).
+
+    One query per sequence (a decoding step) goes to the split-K kernel
+    (:func:`decode_attention_with_colsum_triton`), faster than the two passes at every shape of
+    ``kv_decode_kernel.json``; ``decode_kernel=False`` forces the two passes, ``True`` split-K
+    (needs ``G * Lq <= 128``).
+    """
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     G = Hq // Hkv
+    if decode_kernel or (decode_kernel is None and Lq == 1 and G <= 128 and block_m is None and block_n is None):
+        return decode_attention_with_colsum_triton(q, k, v, scale=scale, causal=causal, key_mask=key_mask)
     scale = float(D**-0.5 if scale is None else scale)
     BLOCK_D = max(16, triton.next_power_of_2(D))
     BM = block_m or (16 if Lq <= 16 else 64)
