@@ -190,6 +190,7 @@ def main(argv=None) -> int:
             state["in_progress"] = {"config": name, "step": res["step"], "history": res["history"]}
             atomic_write_json(state_path, state)
             return _report(state, args, device, tcfg, complete=False)
+        torch.save(model.state_dict(), state_dir / f"{name}_final.pt")  # for the diagnostics
         state["done"][name] = {"final": res["final"], "history": res["history"]}
         state.pop("in_progress", None)
         atomic_write_json(state_path, state)
