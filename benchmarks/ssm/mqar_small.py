@@ -32,6 +32,57 @@ def parse_segments(text: str, n: int):
     return tuple(out)
 
 
+def run_file_name(spec: str) -> str:
+    return spec.replace("@", "_lr").replace(":", "_")
+
+
+def save_model(model, path: Path, meta: dict) -> None:
+    from anybudget.io import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({"meta": meta, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp)
+
+
+def run_parallel(args, argv) -> int:
+    """One process per run (at most ``--workers`` at once), then one merged record and plot."""
+    import subprocess
+
+    from anybudget.io import write_results
+    from anybudget.ssm.plots import plot_history
+
+    specs = args.runs.split(",")
+    base = [a for a in argv]
+    tmp = Path(args.out) / f"{args.name}_parts"
+    tmp.mkdir(parents=True, exist_ok=True)
+    procs, done = [], []
+    for i, spec in enumerate(specs):
+        while len([p for p in procs if p.poll() is None]) >= args.workers:
+            time.sleep(1.0)
+        cmd = [sys.executable, __file__, *base, "--workers", "1", "--runs", spec, "--out", str(tmp / str(i)),
+               "--name", "part"]
+        procs.append(subprocess.Popen(cmd))
+    rcs = [p.wait() for p in procs]
+    runs, hist, config = [], {}, None
+    for i, spec in enumerate(specs):
+        f = tmp / str(i) / "part.json"
+        if not f.exists():
+            print(f"run {spec} failed (exit {rcs[i]})", file=sys.stderr)
+            continue
+        rec = json.loads(f.read_text())
+        config = rec["config"]
+        for r in rec["metrics"]["runs"]:
+            runs.append(r)
+            hist[r["run"]] = r["history"]
+    if not runs:
+        return 1
+    config["workers"] = args.workers
+    path = write_results(args.name, config, {"runs": runs}, out_dir=args.out)
+    plot_history(hist, Path(args.out) / f"{args.name}.png", title="small MQAR: test accuracy")
+    print("wrote", path)
+    return 0 if all(rc == 0 for rc in rcs) else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
@@ -43,6 +94,10 @@ def main(argv=None) -> int:
                     help="config_L<depth>@lr[:scan backend],...; config attn = attention baseline")
     ap.add_argument("--test-examples", type=int, default=500)
     ap.add_argument("--name", default="ssm_mqar_small")
+    ap.add_argument("--save-models", default=None, help="folder: save each run's trained weights as <run>.pt")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="seconds per run: stop training there and report the last evaluation")
+    ap.add_argument("--workers", type=int, default=1, help="runs in parallel processes (one GPU shared)")
     args = ap.parse_args(argv)
 
     from anybudget.io import write_results
@@ -50,6 +105,8 @@ def main(argv=None) -> int:
     from anybudget.ssm.plots import plot_history
     from anybudget.ssm.train import TrainConfig, train_mqar
 
+    if args.workers > 1:
+        return run_parallel(args, argv or sys.argv[1:])
     torch.backends.cuda.matmul.allow_tf32 = True
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train = parse_segments(args.train, 20_000)
@@ -70,12 +127,17 @@ def main(argv=None) -> int:
         cfg = TrainConfig(lr=float(lr), max_steps=args.steps, eval_every=args.eval_every,
                           test_examples=args.test_examples, checkpoint_every=10**9, early_stop_acc=1.01)
         t0 = time.perf_counter()
-        res = train_mqar(model, cfg, segments=train, test_sets=test, quiet=True,
+        res = train_mqar(model, cfg, segments=train, test_sets=test, quiet=True, time_budget_s=args.time_budget,
                          log=lambda h, s=spec: print(s, json.dumps(h), flush=True))
+        if res["final"] is None:  # stopped by --time-budget: the last evaluation stands
+            res["final"] = dict(res["history"][-1], stopped_by_time_budget=True) if res["history"] else None
         secs = time.perf_counter() - t0
         runs.append({"run": spec, "config": pol, "layers": int(depth), "lr": float(lr), "scan": backend or "auto",
                      "final": res["final"], "seconds": secs, "history": res["history"]})
         hist[spec] = res["history"]
+        if args.save_models:
+            save_model(model, Path(args.save_models) / f"{run_file_name(spec)}.pt",
+                       {"run": spec, "config": pol, "layers": int(depth)})
         print(spec, "final", res["final"], f"{secs:.1f} s", flush=True)
     config = {"task": f"MQAR vocab 8192, d_model 128, d_state 16; train segments {args.train} (equal weight), "
                       f"test {args.test} ({args.test_examples} held-out examples each)",
