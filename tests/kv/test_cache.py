@@ -197,3 +197,38 @@ def test_cache_without_enable_raises_and_unsupported_model():
     gpt2 = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(ValueError, match="model type 'gpt2' is not supported.*llama, mistral, qwen2, qwen3, gpt_neox"):
         kv.enable(gpt2)
+
+
+@pytest.mark.parametrize("policy", list(POLICY_CACHES))
+def test_single_eviction_fast_path_equals_the_sorting_path(policy, monkeypatch):
+    """A decoding step's sort-free eviction leaves every slot buffer exactly as the general path
+    does, also with tied scores (the later position goes first) and left-padded rows."""
+    import anybudget.kv.cache as kc
+
+    g = torch.Generator().manual_seed(5)
+    B, H, D = 3, 2, 4
+    caches = [POLICY_CACHES[policy](6), POLICY_CACHES[policy](6)]
+    layers = []
+    for c in caches:
+        layers.append(BudgetLayer(c, 0))
+        c.layers.append(layers[-1])
+    pad = torch.ones(B, 5, dtype=torch.bool)
+    pad[1, :2] = False  # left padding in row 1
+    n_fast = 0
+    for step, q in enumerate((5, 1, 1, 2, 1, 1, 1, 1, 1, 1)):
+        k = torch.randn(B, H, q, D, generator=g)
+        valid = pad if step == 0 else None
+        colsum = torch.randint(0, 3, (B, H, layers[0].length + q), generator=g).float()  # many ties
+        for fast, layer in zip((True, False), layers):
+            monkeypatch.setattr(kc, "FAST_SINGLE_EVICTION", fast)
+            layer.update(k, k + 1)
+            layer.mark_new_tokens(valid)
+            layer.add_scores(colsum)
+            if fast and layer.length - caches[0]._cache_size(layer.seen) == 1:
+                n_fast += 1
+            layer.evict()
+        a, b = layers
+        assert a.length == b.length
+        for name in a._buffers():
+            assert torch.equal(getattr(a, name)[:, :, : a.length], getattr(b, name)[:, :, : b.length]), (step, name)
+    assert n_fast >= 4  # the fast path did run

@@ -36,6 +36,8 @@ __all__ = ["KVBudgetCache", "H2OCache", "StreamingCache", "LocalCache", "RandomC
 PENDING: contextvars.ContextVar = contextvars.ContextVar("anybudget_kv_pending", default=None)
 
 _INF = float("inf")
+# Decoding steps that evict one token per row take the sort-free path (same result; tests compare).
+FAST_SINGLE_EVICTION = True
 
 
 def parse_kv_budget(budget) -> Quantity:
@@ -149,8 +151,11 @@ class BudgetLayer(DynamicLayer):
         E = L - target
         prio = self.prio[:, :, :L]
         pos = self.pos[:, :, :L]
-        prio = torch.where(self.valid[:, :, :L], prio, torch.full_like(prio, -_INF))
-        prio = torch.where(pos >= self.seen - recent, torch.full_like(prio, _INF), prio)
+        prio = torch.where(self.valid[:, :, :L], prio, -_INF)
+        prio = torch.where(pos >= self.seen - recent, _INF, prio)
+        if E == 1 and FAST_SINGLE_EVICTION:
+            self._evict_one(prio, pos, L)
+            return
         # Victims: lowest priority first; among equal priorities the later position goes first,
         # matching h2o_keep_indices (which keeps the earlier one).
         by_pos = torch.argsort(pos, dim=-1, descending=True)
@@ -174,9 +179,29 @@ class BudgetLayer(DynamicLayer):
                     idx_s, idx_d = src, holes
                 buf.scatter_(2, idx_d, buf.gather(2, idx_s))
         self.length = target
+        self._shrink()
+
+    def _shrink(self) -> None:
         # Give back what a long prompt needed once it is evicted (keeps peak memory per layer).
-        if self.capacity > 2 * (target + self.cache._headroom(target)):
-            self._resize(target + self.cache._headroom(target))
+        n = self.length + self.cache._headroom(self.length)
+        if self.capacity > 2 * n:
+            self._resize(n)
+
+    def _evict_one(self, prio: torch.Tensor, pos: torch.Tensor, L: int) -> None:
+        """A decoding step's eviction (one victim per row and head) without sorting.
+
+        Same victim and same slot layout as the general path: the victim is the lowest priority,
+        the later position among equals; the last slot's token moves into the victim's slot.
+        """
+        low = prio.amin(-1, keepdim=True)
+        victim = torch.where(prio == low, pos, -1).argmax(-1, keepdim=True)  # (B, H, 1)
+        for name in self._buffers():
+            buf = getattr(self, name)
+            last = buf[:, :, L - 1 : L].clone()
+            idx = victim if buf.dim() == 3 else victim.unsqueeze(-1).expand(*victim.shape, buf.shape[-1])
+            buf.scatter_(2, idx, last)
+        self.length = L - 1
+        self._shrink()
 
     # -- HF Cache API -------------------------------------------------------------------------
     def get_seq_length(self) -> int:
