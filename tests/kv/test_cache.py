@@ -232,3 +232,27 @@ def test_single_eviction_fast_path_equals_the_sorting_path(policy, monkeypatch):
         for name in a._buffers():
             assert torch.equal(getattr(a, name)[:, :, : a.length], getattr(b, name)[:, :, : b.length]), (step, name)
     assert n_fast >= 4  # the fast path did run
+
+
+def test_masks_only_once_padding_was_seen():
+    """Without padding the layers pass no key mask (no host sync per layer); a padded row turns it on."""
+    from anybudget.kv.hf import _all_real
+
+    model = tiny_model("llama")
+    kv.enable(model)
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(0))
+    for pad_first in (False, True):
+        am = torch.ones(2, 12, dtype=torch.long)
+        if pad_first:
+            am[0, :3] = 0
+        cache = kv.H2OCache(16)  # keeps all 12: the padding slots stay
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=am, past_key_values=cache)
+        mask = cache.layers[0].key_mask()
+        assert (mask is not None) == pad_first
+        if pad_first:
+            assert not mask[0].all() and mask[1].all()
+    m = torch.ones(2, 4, dtype=torch.bool)
+    assert _all_real(m)
+    m[0, 0] = False  # in-place change: the memo must notice
+    assert not _all_real(m)

@@ -124,18 +124,17 @@ def attention_with_colsum(q, k, v, *, scale=None, causal=True, key_mask=None, ch
 def masked_sdpa(q, k, v, *, scale=None, key_mask=None) -> torch.Tensor:
     """Causal SDPA where the queries are the newest keys, plus an optional per-(kv-head) key mask.
 
-    Used by the policies that need no scores. The boolean mask is only materialized when some
-    key is hidden; rows with no visible key give zeros (not NaN).
+    Used by the policies that need no scores. With ``key_mask=None`` no boolean mask is built
+    (one query, or as many queries as keys: SDPA's own causal path); a given mask is used as is,
+    without reading it on the host (no device sync). Rows with no visible key give zeros (not NaN).
     """
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     G = Hq // Hkv
-    if key_mask is None or bool(key_mask.all()):
-        if Lq == 1 or Lq == Lk:
-            return torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, is_causal=(Lq == Lk and Lq > 1), scale=scale, enable_gqa=G > 1
-            )
-        key_mask = None
+    if key_mask is None and (Lq == 1 or Lq == Lk):
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=(Lq == Lk and Lq > 1), scale=scale, enable_gqa=G > 1
+        )
     causal = torch.arange(Lk, device=q.device)[None, :] <= (torch.arange(Lq, device=q.device) + (Lk - Lq))[:, None]
     mask = causal.view(1, 1, Lq, Lk)
     if key_mask is not None:

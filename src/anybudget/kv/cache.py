@@ -77,6 +77,7 @@ class BudgetLayer(DynamicLayer):
         self.pos = torch.empty(B, H, 0, dtype=torch.long, device=self.device)
         self.valid = torch.empty(B, H, 0, dtype=torch.bool, device=self.device)
         self.real_seen = torch.zeros(B, dtype=torch.long, device=self.device)  # valid tokens per row
+        self.any_padding = False  # host-side: was a padding token ever inserted (then masks are needed)
         self.is_initialized = True
 
     def _buffers(self):
@@ -131,12 +132,14 @@ class BudgetLayer(DynamicLayer):
         sl = slice(L - q, L)
         if new_valid is not None:
             self.valid[:, :, sl] = new_valid[:, None, :]
+            self.any_padding = True
         self.cache._initial_priority(self, sl, new_valid)
         nv = new_valid.sum(-1) if new_valid is not None else torch.full_like(self.real_seen, q)
         self.real_seen += nv
 
-    def key_mask(self) -> torch.Tensor:
-        return self.valid[:, :, : self.length]
+    def key_mask(self) -> torch.Tensor | None:
+        """(B, H, length) bool, False = padding; None while no padding was ever inserted."""
+        return self.valid[:, :, : self.length] if self.any_padding else None
 
     def add_scores(self, colsum: torch.Tensor) -> None:
         self.prio[:, :, : self.length] += colsum

@@ -26,6 +26,18 @@ def _padding_mask(*args, attention_mask=None, **kwargs):
     return attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
 
 
+_PAD_MEMO: dict = {"mask": None, "version": None, "all": None}
+
+
+def _all_real(pad: torch.Tensor) -> bool:
+    """Whether a (batch, tokens) padding mask has no padding. All layers of one forward get the
+    same mask tensor, so the device-to-host read happens once per forward, not once per layer."""
+    m = _PAD_MEMO
+    if m["mask"] is not pad or m["version"] != pad._version:
+        m.update(mask=pad, version=pad._version, all=bool(pad.all()))
+    return m["all"]
+
+
 def anybudget_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention for anybudget caches; plain causal attention for any other cache (or none).
 
@@ -34,6 +46,8 @@ def anybudget_attention(module, query, key, value, attention_mask, scaling=None,
     """
     q_len, L = query.shape[2], key.shape[2]
     pad = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+    if pad is not None and _all_real(pad):
+        pad = None  # no padding anywhere: no masks, and no host sync in the layers
     new_valid = pad[:, -q_len:].bool() if pad is not None and pad.shape[-1] >= q_len else None
     layer = PENDING.get()
     if layer is None or not layer.awaiting_attention or layer.keys.data_ptr() != key.data_ptr():
