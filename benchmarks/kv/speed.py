@@ -65,6 +65,20 @@ def cleanup():
 
 
 # ------------------------------------------------------------------------------------------------
+def host_us(fn, n=200):
+    """Host (CPU) microseconds per call: launches queued without waiting for the GPU. This is what
+    a launch-bound decoding step (small batch) pays per layer."""
+    for _ in range(10):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t = (time.perf_counter() - t0) / n * 1e6
+    sync()
+    return t
+
+
 def part_decode(model, cfg, out, smoke=False):
     """Decode-step overhead of H2O scores at equal cache length."""
     res = []
@@ -86,7 +100,8 @@ def part_decode(model, cfg, out, smoke=False):
         o_h2o = h2o().float()
         rel = ((o_h2o - o_ref).norm() / o_ref.norm()).item()
         res.append({"batch": B, "cache_len": L, "sdpa_ms": t_sdpa * 1e3, "h2o_attn_ms": t_h2o * 1e3,
-                    "overhead": t_h2o / t_sdpa - 1, "rel_err_vs_sdpa": rel})
+                    "overhead": t_h2o / t_sdpa - 1, "rel_err_vs_sdpa": rel,
+                    "host_us_sdpa": host_us(lambda: masked_sdpa(q, k, v)), "host_us_h2o": host_us(h2o)})
         print("decode attn", res[-1], flush=True)
         del q, k, v, scores
         cleanup()

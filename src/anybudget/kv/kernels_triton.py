@@ -24,6 +24,8 @@ CPU it runs under Triton's interpreter (``TRITON_INTERPRET=1``) for tests.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 try:
@@ -272,10 +274,31 @@ def _key_mask_args(key_mask, dummy):
     return km, km.stride(0), (0 if km.dim() == 2 else km.stride(1)), True
 
 
-def _num_sms(device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+@functools.lru_cache(maxsize=16)
+def _num_sms_index(kind: str, index: int | None) -> int:
+    if kind == "cuda":
+        return torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device()).multi_processor_count
     return 8
+
+
+def _num_sms(device) -> int:
+    return _num_sms_index(device.type, device.index)
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_plan(B, Hkv, G, Lq, Lk, D, block_n, num_splits, split_waves, sms):
+    """(BLOCK_D, BLOCK_M, split_len, num_splits) of a decode launch; cached, as a decoding step
+    repeats the same shapes in every layer (host time matters there: the step is launch-bound)."""
+    BLOCK_D = max(16, triton.next_power_of_2(D))
+    BLOCK_M = max(16, triton.next_power_of_2(G * Lq))
+    nblocks = triton.cdiv(max(Lk, 1), block_n)
+    if num_splits is None:
+        waves = split_waves if split_waves is not None else (4 if G == 1 else 2)
+        num_splits = triton.cdiv(int(waves * sms), B * Hkv)
+    ns = max(1, min(int(num_splits), nblocks))
+    split_len = triton.cdiv(nblocks, ns) * block_n
+    ns = triton.cdiv(max(Lk, 1), split_len)
+    return BLOCK_D, BLOCK_M, split_len, ns
 
 
 def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key_mask=None, block_n=64, num_splits=None,
@@ -295,23 +318,22 @@ def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key
     if R > 128:
         raise ValueError(f"decode path needs (Hq / Hkv) * Lq <= 128, got {G} * {Lq} = {R}")
     scale = float(D**-0.5 if scale is None else scale)
-    BLOCK_D = max(16, triton.next_power_of_2(D))
-    BLOCK_M = max(16, triton.next_power_of_2(R))
+    BLOCK_D, BLOCK_M, split_len, ns = _decode_plan(B, Hkv, G, Lq, Lk, D, block_n, num_splits, split_waves,
+                                                   _num_sms(q.device))
     BN = block_n
-    nblocks = triton.cdiv(max(Lk, 1), BN)
-    if num_splits is None:
-        waves = split_waves if split_waves is not None else (4 if G == 1 else 2)
-        num_splits = triton.cdiv(int(waves * _num_sms(q.device)), B * Hkv)
-    ns = max(1, min(int(num_splits), nblocks))
-    split_len = triton.cdiv(nblocks, ns) * BN
-    ns = triton.cdiv(max(Lk, 1), split_len)
     dev = q.device
     out = torch.empty(B, Hq, Lq, v.shape[-1], dtype=q.dtype, device=dev)
-    col = torch.empty(B, Hkv, Lk, dtype=torch.float32, device=dev)
-    S = torch.empty(B * Hkv * R, max(Lk, 1), dtype=torch.float32, device=dev)
-    Mp = torch.empty(B * Hkv * R, ns, dtype=torch.float32, device=dev)
-    Lp = torch.empty_like(Mp)
-    Ap = torch.empty(B * Hkv * R, ns, BLOCK_D, dtype=torch.float32, device=dev)
+    # One float32 workspace (one allocation instead of five): column sums, raw scores, partial
+    # max / sum / accumulator per split; each part starts on a 128-byte boundary.
+    rows, Lk1 = B * Hkv * R, max(Lk, 1)
+    sizes = (B * Hkv * Lk, rows * Lk1, rows * ns, rows * ns, rows * ns * BLOCK_D)
+    starts, n = [], 0
+    for size in sizes:
+        starts.append(n)
+        n += -(-size // 32) * 32
+    ws = torch.empty(n, dtype=torch.float32, device=dev)
+    col, S, Mp, Lp, Ap = (ws[a:a + size] for a, size in zip(starts, sizes))
+    col, S, Mp, Lp, Ap = col.view(B, Hkv, Lk), S.view(rows, Lk1), Mp.view(rows, ns), Lp.view(rows, ns), Ap.view(rows, ns, BLOCK_D)
     km, skmb, skmh, has_km = _key_mask_args(key_mask, Mp)
     _decode_split[(ns, B * Hkv)](
         q, k, v, km, S, Mp, Lp, Ap,
