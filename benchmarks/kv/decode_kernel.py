@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -26,6 +27,21 @@ from anybudget.measure import latency  # noqa: E402
 
 def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+
+
+def host_us(fn, n=100):
+    """Host microseconds per call (queued, not waited for): what a launch-bound step pays."""
+    for _ in range(5):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t = (time.perf_counter() - t0) / n * 1e6
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return t
 
 
 def main(argv=None) -> int:
@@ -56,33 +72,50 @@ def main(argv=None) -> int:
             return o, c
 
         def split_k():
-            o, c = decode_attention_with_colsum_triton(q, k, v)
+            o, c = decode_attention_with_colsum_triton(q, k, v, fused=False)
             scores.add_(c)
             return o, c
+
+        def fused():  # one launch, sums added into the scores inside the kernel
+            return decode_attention_with_colsum_triton(q, k, v, fused=True, colsum_out=scores)
+
+        def default():  # what H2OCache runs: the dispatch's choice, sums added in the kernel
+            return decode_attention_with_colsum_triton(q, k, v, colsum_out=scores)
 
         t_sdpa = latency(lambda: masked_sdpa(q, k, v), repeat=repeat).median_s
         t_two = latency(two_pass, repeat=repeat).median_s
         t_split = latency(split_k, repeat=repeat).median_s
+        t_fused = latency(fused, repeat=repeat).median_s
+        t_default = latency(default, repeat=repeat).median_s
         sweep = {}
         for bn, waves, stages in [(bn, w, st) for bn in (64, 128) for w in (2, 4, 8) for st in (2, 3)] if not args.smoke else [(64, 2, 2)]:
             def run(bn=bn, waves=waves, stages=stages):
-                o, c = decode_attention_with_colsum_triton(q, k, v, block_n=bn, split_waves=waves, num_stages=stages)
+                o, c = decode_attention_with_colsum_triton(q, k, v, block_n=bn, split_waves=waves, num_stages=stages,
+                                                           fused=False)
                 scores.add_(c)
             sweep[f"block_n={bn},waves={waves},stages={stages}"] = latency(run, repeat=repeat).median_s * 1e3
         best = min(sweep, key=sweep.get)
         o2, c2 = two_pass()
         o3, c3 = split_k()
+        o5, c5 = decode_attention_with_colsum_triton(q, k, v, fused=True)
         kv_bytes = 2 * k.numel() * k.element_size()
         row = {"batch": B, "Hq": Hq, "Hkv": Hkv, "cache_len": L, "D": D,
                "sdpa_ms": t_sdpa * 1e3, "two_pass_ms": t_two * 1e3, "split_k_ms": t_split * 1e3,
                "two_pass_vs_sdpa": t_two / t_sdpa, "split_k_vs_sdpa": t_split / t_sdpa,
+               "fused_ms": t_fused * 1e3, "fused_vs_sdpa": t_fused / t_sdpa,
+               "default_ms": t_default * 1e3, "default_vs_sdpa": t_default / t_sdpa,
+               "default_is_fused": bool(2 * B * Hkv >= (torch.cuda.get_device_properties(0).multi_processor_count if dev == "cuda" else 8)),
+               "host_us": {"sdpa": host_us(lambda: masked_sdpa(q, k, v)), "split_k": host_us(split_k),
+                           "fused": host_us(fused), "default": host_us(default)},
                "split_k_sweep_ms": sweep, "split_k_best": best, "split_k_best_ms": sweep[best],
                "split_k_best_vs_sdpa": sweep[best] * 1e-3 / t_sdpa, "split_k_kv_gbps": kv_bytes / t_split / 1e9, "sdpa_kv_gbps": kv_bytes / t_sdpa / 1e9,
-               "rel_err_out": {"sdpa": rel(masked_sdpa(q, k, v), o_ref), "two_pass": rel(o2, o_ref), "split_k": rel(o3, o_ref)},
-               "rel_err_colsum": {"two_pass": rel(c2, c_ref), "split_k": rel(c3, c_ref)}}
+               "rel_err_out": {"sdpa": rel(masked_sdpa(q, k, v), o_ref), "two_pass": rel(o2, o_ref), "split_k": rel(o3, o_ref),
+                               "fused": rel(o5, o_ref)},
+               "rel_err_colsum": {"two_pass": rel(c2, c_ref), "split_k": rel(c3, c_ref), "fused": rel(c5, c_ref)}}
         rows.append(row)
         print(f"B {B:3d} Hq/Hkv {Hq}/{Hkv} L {L:5d}: SDPA {row['sdpa_ms']:.3f} ms, two-pass {row['two_pass_ms']:.3f} "
               f"({row['two_pass_vs_sdpa']:.2f}x), split-K {row['split_k_ms']:.3f} ({row['split_k_vs_sdpa']:.2f}x), "
+              f"fused {row['fused_ms']:.3f} ({row['fused_vs_sdpa']:.2f}x), host us {row['host_us']}, "
               f"best {best} {sweep[best]:.3f} ({row['split_k_best_vs_sdpa']:.2f}x); "
               f"err out {row['rel_err_out']['split_k']:.1e} colsum {row['rel_err_colsum']['split_k']:.1e}", flush=True)
         del q, k, v, scores

@@ -55,6 +55,22 @@ for seed, (B, Hq, Hkv, Lq, Lk, D, causal, mask) in enumerate([
         assert torch.isfinite(o3).all() and torch.isfinite(c3).all()
         worst = max(worst, ((o3 - o2).norm() / o2.norm().clamp_min(1e-12)).item(),
                     ((c3 - c2).norm() / c2.norm().clamp_min(1e-12)).item())
+        o5, c5 = dec(qt, k, v, scale=0.6, causal=causal, key_mask=km, fused=True, block_n=32)  # one launch
+        worst = max(worst, ((o5 - o2).norm() / o2.norm().clamp_min(1e-12)).item(),
+                    ((c5 - c2).norm() / c2.norm().clamp_min(1e-12)).item())
+    # colsum_out: the sums are added into a strided slice of a wider score buffer, in place.
+    for kw in ([dict(fused=True), dict(fused=False, num_splits=3)] if (Hq // Hkv) * Lq <= 128 else []) + [None]:
+        wide = torch.rand(B, Hkv, Lk + 7, generator=g).to(dev)
+        buf = wide[..., :Lk]
+        want, tail = buf + c2, wide[..., Lk:].clone()
+        if kw is None:  # the two-pass kernels
+            o6, c6 = tri(qt, k, v, scale=0.6, causal=causal, key_mask=km, decode_kernel=False, colsum_out=buf)
+        else:
+            o6, c6 = dec(qt, k, v, scale=0.6, causal=causal, key_mask=km, colsum_out=buf, **kw)
+        assert c6.data_ptr() == buf.data_ptr()
+        assert torch.equal(wide[..., Lk:], tail)  # nothing written past the slice
+        worst = max(worst, ((buf - want).norm() / want.norm()).item(),
+                    ((o6 - o2).norm() / o2.norm().clamp_min(1e-12)).item())
 print("WORST", worst)
 """
 

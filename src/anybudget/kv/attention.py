@@ -108,17 +108,24 @@ def _triton_available(t: torch.Tensor) -> bool:
     return True
 
 
-def attention_with_colsum(q, k, v, *, scale=None, causal=True, key_mask=None, chunk_size=1024):
+def attention_with_colsum(q, k, v, *, scale=None, causal=True, key_mask=None, chunk_size=1024, colsum_out=None):
     """Dispatch: Triton kernels on CUDA when available, else the chunked PyTorch reference.
 
-    Same contract as :func:`attention_with_colsum_reference`.
+    Same contract as :func:`attention_with_colsum_reference`. ``colsum_out``: a float32
+    (B, Hkv, Lk) tensor the column sums are added to (H2O's running scores), returned as colsum.
     """
     if _triton_available(q):
         from anybudget.kv.kernels_triton import attention_with_colsum_triton
 
         _check(q, k, v, key_mask)
-        return attention_with_colsum_triton(q, k, v, scale=scale, causal=causal, key_mask=key_mask)
-    return attention_with_colsum_reference(q, k, v, scale=scale, causal=causal, key_mask=key_mask, chunk_size=chunk_size)
+        return attention_with_colsum_triton(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
+                                            colsum_out=colsum_out)
+    out, col = attention_with_colsum_reference(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
+                                               chunk_size=chunk_size)
+    if colsum_out is None:
+        return out, col
+    colsum_out += col
+    return out, colsum_out
 
 
 def masked_sdpa(q, k, v, *, scale=None, key_mask=None) -> torch.Tensor:

@@ -144,6 +144,10 @@ class BudgetLayer(DynamicLayer):
     def add_scores(self, colsum: torch.Tensor) -> None:
         self.prio[:, :, : self.length] += colsum
 
+    def scores_view(self) -> torch.Tensor:
+        """The running scores of the used slots, (B, H, length) float32, for in-place accumulation."""
+        return self.prio[:, :, : self.length]
+
     def evict(self) -> None:
         self.awaiting_attention = False
         target = self.cache._cache_size(self.seen)

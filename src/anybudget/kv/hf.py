@@ -61,9 +61,9 @@ def anybudget_attention(module, query, key, value, attention_mask, scaling=None,
         # Query chunk so that one chunk's float32 logits stay under ~256 MB (prefill memory).
         B, Hq, _, _ = query.shape
         chunk = max(16, min(1024, (1 << 26) // max(1, B * Hq * L)))
-        out, colsum = attention_with_colsum(query, key, value, scale=scaling, causal=True, key_mask=key_mask,
-                                            chunk_size=chunk)
-        layer.add_scores(colsum)
+        # The column sums are added straight into the layer's running scores (in the kernel on GPU).
+        out, _ = attention_with_colsum(query, key, value, scale=scaling, causal=True, key_mask=key_mask,
+                                       chunk_size=chunk, colsum_out=layer.scores_view())
     else:
         out = masked_sdpa(query, key, value, scale=scaling, key_mask=key_mask)
     out = out.transpose(1, 2).contiguous()
