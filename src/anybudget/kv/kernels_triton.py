@@ -166,18 +166,9 @@ def _colsum(
 
 
 @triton.jit
-def _decode_split(
-    Q, K, V, KM, S, Mp, Lp, Ap,
-    sqb, sqh, sqm, sqd,
-    skb, skh, skn, skd,
-    svb, svh, svn, svd,
-    skmb, skmh,
-    Hkv, G, Lq, Lk, split_len, NS, scale,
-    CAUSAL: tl.constexpr, HAS_KM: tl.constexpr, DOT_F32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
-):
-    sp = tl.program_id(0)
-    bk = tl.program_id(1)
+def _decode_rows(bk, Hkv, G, Lq, BLOCK_M: tl.constexpr):
+    """The query rows of one (batch, KV head) program: the G heads of the group x Lq queries.
+    Returns (b, hk, row mask, query head, query index, global row index)."""
     b = bk // Hkv
     hk = bk % Hkv
     R = G * Lq
@@ -185,7 +176,19 @@ def _decode_split(
     r_ok = offs_r < R
     g = offs_r // Lq
     i = offs_r % Lq
-    h = hk * G + g
+    return b, hk, r_ok, hk * G + g, i, (bk * R + offs_r).to(tl.int64)
+
+
+@triton.jit
+def _decode_keys(
+    Q, K, V, KM, S, b, hk, r_ok, h, i, row, lo, hi,
+    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, skmb, skmh,
+    Lq, Lk, scale,
+    CAUSAL: tl.constexpr, HAS_KM: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
+):
+    """Online softmax of the program's rows over keys [lo, hi), storing the masked scores in S.
+    Returns the partial state (m, l, acc)."""
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     q = tl.load(Q + b * sqb + h[:, None] * sqh + i[:, None] * sqm + offs_d[None, :] * sqd,
@@ -194,9 +197,6 @@ def _decode_split(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    lo = sp * split_len
-    hi = tl.minimum(Lk, lo + split_len)
-    row = (bk * R + offs_r).to(tl.int64)
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < hi
@@ -214,6 +214,43 @@ def _decode_split(
         v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, DOT_F32)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _decode_colsum(S, Col, b, hk, r_ok, row, lse, start, scb, sch, Lk, ACCUM: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Column sums of keys [start, start + BLOCK_C) from the stored scores and the rows'
+    log-sum-exp, written (or, with ACCUM, added) to Col[b, hk, :]."""
+    offs_n = start + tl.arange(0, BLOCK_C)
+    n_ok = offs_n < Lk
+    sc = tl.load(S + row[:, None] * Lk + offs_n[None, :], mask=r_ok[:, None] & n_ok[None, :], other=float("-inf"))
+    c = tl.sum(tl.exp(sc - lse[:, None]), 0)
+    cp = Col + b * scb + hk * sch + offs_n
+    if ACCUM:
+        c += tl.load(cp, mask=n_ok, other=0.0)
+    tl.store(cp, c, mask=n_ok)
+
+
+@triton.jit
+def _decode_split(
+    Q, K, V, KM, S, Mp, Lp, Ap,
+    sqb, sqh, sqm, sqd,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    skmb, skmh,
+    Hkv, G, Lq, Lk, split_len, NS, scale,
+    CAUSAL: tl.constexpr, HAS_KM: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
+):
+    sp = tl.program_id(0)
+    b, hk, r_ok, h, i, row = _decode_rows(tl.program_id(1), Hkv, G, Lq, BLOCK_M)
+    lo = sp * split_len
+    m_i, l_i, acc = _decode_keys(
+        Q, K, V, KM, S, b, hk, r_ok, h, i, row, lo, tl.minimum(Lk, lo + split_len),
+        sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, skmb, skmh, Lq, Lk, scale,
+        CAUSAL, HAS_KM, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_D, D,
+    )
+    offs_d = tl.arange(0, BLOCK_D)
     tl.store(Mp + row * NS + sp, m_i, mask=r_ok)
     tl.store(Lp + row * NS + sp, l_i, mask=r_ok)
     tl.store(Ap + (row[:, None] * NS + sp) * BLOCK_D + offs_d[None, :], acc, mask=r_ok[:, None])
@@ -232,13 +269,7 @@ def _decode_combine(
     # rows (R x NS floats, cheap) into the log-sum-exp and turns its block of stored scores into
     # column sums; the programs of the first key block also write the output.
     pc = tl.program_id(0)
-    bk = tl.program_id(1)
-    b = bk // Hkv
-    hk = bk % Hkv
-    R = G * Lq
-    offs_r = tl.arange(0, BLOCK_M)
-    r_ok = offs_r < R
-    row = (bk * R + offs_r).to(tl.int64)
+    b, hk, r_ok, h, i, row = _decode_rows(tl.program_id(1), Hkv, G, Lq, BLOCK_M)
     offs_s = tl.arange(0, BLOCK_S)
     s_ok = offs_s < NS
     ms = tl.load(Mp + row[:, None] * NS + offs_s[None, :], mask=r_ok[:, None] & s_ok[None, :], other=float("-inf"))
@@ -255,20 +286,10 @@ def _decode_combine(
             a = tl.load(Ap + (row[:, None] * NS + sp) * BLOCK_D + offs_d[None, :], mask=r_ok[:, None], other=0.0)
             acc += wi[:, None] * a
         out = acc / tl.where(empty, 1.0, l)[:, None]
-        g = offs_r // Lq
-        i = offs_r % Lq
-        h = hk * G + g
         tl.store(Out + b * sob + h[:, None] * soh + i[:, None] * som + offs_d[None, :] * sod,
                  out.to(Out.dtype.element_ty), mask=r_ok[:, None] & (offs_d[None, :] < D))
     lse = tl.where(empty, float("inf"), m_safe + tl.log(tl.where(empty, 1.0, l)))
-    offs_n = pc * BLOCK_C + tl.arange(0, BLOCK_C)
-    n_ok = offs_n < Lk
-    sc = tl.load(S + row[:, None] * Lk + offs_n[None, :], mask=r_ok[:, None] & n_ok[None, :], other=float("-inf"))
-    c = tl.sum(tl.exp(sc - lse[:, None]), 0)
-    cp = Col + b * scb + hk * sch + offs_n
-    if ACCUM:
-        c += tl.load(cp, mask=n_ok, other=0.0)
-    tl.store(cp, c, mask=n_ok)
+    _decode_colsum(S, Col, b, hk, r_ok, row, lse, pc * BLOCK_C, scb, sch, Lk, ACCUM, BLOCK_C)
 
 
 @triton.jit
@@ -288,41 +309,14 @@ def _decode_fused(
     # kept in S), then the output, then the column sums from S and the row log-sum-exp. One launch
     # instead of two: for batches that fill the GPU on their own, where a decoding step is bound
     # by the host's launches rather than by the GPU.
-    bk = tl.program_id(0)
-    b = bk // Hkv
-    hk = bk % Hkv
-    R = G * Lq
-    offs_r = tl.arange(0, BLOCK_M)
-    r_ok = offs_r < R
-    g = offs_r // Lq
-    i = offs_r % Lq
-    h = hk * G + g
+    b, hk, r_ok, h, i, row = _decode_rows(tl.program_id(0), Hkv, G, Lq, BLOCK_M)
+    m_i, l_i, acc = _decode_keys(
+        Q, K, V, KM, S, b, hk, r_ok, h, i, row, 0, Lk,
+        sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, skmb, skmh, Lq, Lk, scale,
+        CAUSAL, HAS_KM, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_D, D,
+    )
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
-    q = tl.load(Q + b * sqb + h[:, None] * sqh + i[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=r_ok[:, None] & d_ok[None, :], other=0.0)
-    qpos = i + (Lk - Lq)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    row = (bk * R + offs_r).to(tl.int64)
-    for start in range(0, Lk, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < Lk
-        k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        s = _scores(q, k, scale, DOT_F32)
-        vis = r_ok[:, None] & n_ok[None, :]
-        if CAUSAL:
-            vis = vis & (offs_n[None, :] <= qpos[:, None])
-        if HAS_KM:
-            km = tl.load(KM + b * skmb + hk * skmh + offs_n, mask=n_ok, other=0)
-            vis = vis & (km[None, :] != 0)
-        s = tl.where(vis, s, float("-inf"))
-        tl.store(S + row[:, None] * Lk + offs_n[None, :], s, mask=r_ok[:, None] & n_ok[None, :])
-        v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, DOT_F32)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     tl.store(Out + b * sob + h[:, None] * soh + i[:, None] * som + offs_d[None, :] * sod,
@@ -330,15 +324,7 @@ def _decode_fused(
     lse = tl.where(empty, float("inf"), tl.where(empty, 0.0, m_i) + tl.log(tl.where(empty, 1.0, l_i)))
     tl.debug_barrier()  # this program's stores to S are read back below by other threads of it
     for start in range(0, Lk, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < Lk
-        sc = tl.load(S + row[:, None] * Lk + offs_n[None, :], mask=r_ok[:, None] & n_ok[None, :],
-                     other=float("-inf"))
-        c = tl.sum(tl.exp(sc - lse[:, None]), 0)
-        cp = Col + b * scb + hk * sch + offs_n
-        if ACCUM:
-            c += tl.load(cp, mask=n_ok, other=0.0)
-        tl.store(cp, c, mask=n_ok)
+        _decode_colsum(S, Col, b, hk, r_ok, row, lse, start, scb, sch, Lk, ACCUM, BLOCK_N)
 
 
 def _key_mask_args(key_mask, dummy):
