@@ -24,7 +24,7 @@ def run_demo(model=None, budget="kv=20%", tokens=64, device=None, quiet=False) -
     import torch
     from transformers import DynamicCache
 
-    from anybudget.kv import H2OCache, LocalCache, enable
+    from anybudget.kv import H2OCache, LocalCache, cache_kwargs, enable
     from anybudget.kv.cache import parse_kv_budget
     from anybudget.kv.cli import load
     from anybudget.kv.evaluate import streaming_nll
@@ -41,7 +41,7 @@ def run_demo(model=None, budget="kv=20%", tokens=64, device=None, quiet=False) -
     outs = {}
     for name, cache in (("full cache", DynamicCache()), (f"H2O {kvq}", H2OCache(kvq))):
         with torch.no_grad():
-            out = lm.generate(**enc, max_new_tokens=tokens, do_sample=False, past_key_values=cache,
+            out = lm.generate(**enc, max_new_tokens=tokens, do_sample=False, **cache_kwargs(lm, cache),
                               pad_token_id=tok.pad_token_id, repetition_penalty=1.1)
         outs[name] = (tok.decode(out[0], skip_special_tokens=True), cache)
     full_bytes = _cache_bytes_full(outs["full cache"][1])

@@ -256,3 +256,27 @@ def test_masks_only_once_padding_was_seen():
     assert _all_real(m)
     m[0, 0] = False  # in-place change: the memo must notice
     assert not _all_real(m)
+
+
+def test_cache_kwargs_follows_the_installed_transformers():
+    """Library code passes the cache under the name the model's forward takes (``cache`` on recent
+    transformers, ``past_key_values`` before), so it runs without deprecation warnings."""
+    import inspect
+    import warnings
+
+    from anybudget.kv.evaluate import streaming_nll
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None):
+            return input_ids
+
+    assert list(kv.cache_kwargs(Old(), "C")) == ["past_key_values"]
+    model = tiny_model("llama")
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    assert kv.cache_kwargs(model, "C") == {name: "C"}
+    kv.enable(model)
+    ids = torch.randint(0, 96, (1, 12), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        nll = streaming_nll(model, ids, kv.H2OCache("50%"))
+    assert nll.shape == (1, 11) and torch.isfinite(nll).all()

@@ -64,7 +64,7 @@ def load(model_dir, device=None, dtype=None):
 def _generate(args) -> int:
     import torch
 
-    from anybudget.kv import enable, make_cache
+    from anybudget.kv import cache_kwargs, enable, make_cache
 
     model, tok, device = load(args.model, args.device, args.dtype)
     enable(model)
@@ -77,7 +77,7 @@ def _generate(args) -> int:
     enc = tok(" ".join(args.prompt), return_tensors="pt").to(device)
     gen = dict(do_sample=True, temperature=0.8, top_p=0.95) if args.sample else dict(do_sample=False)
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=args.max_new_tokens, past_key_values=cache,
+        out = model.generate(**enc, max_new_tokens=args.max_new_tokens, **cache_kwargs(model, cache),
                              pad_token_id=tok.pad_token_id, **gen)
     print(tok.decode(out[0], skip_special_tokens=True))
     if args.kv != "full":

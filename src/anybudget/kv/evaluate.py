@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from anybudget.kv.cache import make_cache, parse_kv_budget
-from anybudget.kv.hf import enable
+from anybudget.kv.hf import cache_kwargs, enable
 
 __all__ = ["streaming_nll", "evaluate_policies", "EvalResult", "plot_results"]
 
@@ -30,10 +30,11 @@ def streaming_nll(model, input_ids: torch.Tensor, cache, chunk: int = 1, progres
         raise ValueError(f"chunk={chunk!r} must be an integer >= 1")
     B, N = input_ids.shape
     nll = torch.empty(B, N - 1, dtype=torch.float32, device=input_ids.device)
+    kw = cache_kwargs(model, cache)
     for s in range(0, N - 1, chunk):
         e = min(N - 1, s + chunk)
         pos = torch.arange(s, e, device=input_ids.device).expand(B, -1)
-        logits = model(input_ids=input_ids[:, s:e], past_key_values=cache, position_ids=pos, use_cache=True).logits
+        logits = model(input_ids=input_ids[:, s:e], **kw, position_ids=pos, use_cache=True).logits
         nll[:, s:e] = torch.nn.functional.cross_entropy(
             logits.float().transpose(1, 2), input_ids[:, s + 1 : e + 1], reduction="none"
         )

@@ -18,7 +18,7 @@ from anybudget.kv.cache import PENDING
 ATTN_NAME = "anybudget"
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt_neox")
 
-__all__ = ["enable", "disable", "enabled", "ATTN_NAME", "SUPPORTED"]
+__all__ = ["enable", "disable", "enabled", "cache_kwargs", "ATTN_NAME", "SUPPORTED"]
 
 
 def _padding_mask(*args, attention_mask=None, **kwargs):
@@ -69,6 +69,19 @@ def anybudget_attention(module, query, key, value, attention_mask, scaling=None,
     out = out.transpose(1, 2).contiguous()
     layer.evict()
     return out, None
+
+
+def cache_kwargs(model, cache) -> dict:
+    """``{"cache": cache}`` where the model's forward takes ``cache`` (recent transformers, which
+    deprecate ``past_key_values``), else ``{"past_key_values": cache}``; for ``model(...)`` and
+    ``model.generate(...)`` alike."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
 def _register() -> None:
