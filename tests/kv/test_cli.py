@@ -1,0 +1,56 @@
+"""``anybudget generate`` and ``anybudget kv eval`` on the embedded reference LM (CPU, seconds)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from anybudget.budget import BudgetError
+from anybudget.cli import main
+
+SAMPLE = Path(__file__).resolve().parents[2] / "src/anybudget/assets/reflm/sample.txt"
+
+
+def _generate(capsys, *args):
+    assert main(["generate", "--device", "cpu", "--max-new-tokens", "12", *args, "The Linux kernel"]) == 0
+    return capsys.readouterr().out
+
+
+def test_generate_at_full_budget_equals_the_full_cache_and_reports_the_cache(capsys):
+    full = _generate(capsys, "--kv", "full")
+    h2o_all = _generate(capsys, "--kv", "h2o", "--budget", "kv=100%")
+    assert h2o_all.split("\n[")[0].strip() == full.strip()  # greedy text identical
+    h2o = _generate(capsys, "--kv", "h2o", "--budget", "kv=50%")
+    kept, seen = (int(x) for x in h2o.split("kept ")[1].split(" tokens")[0].split(" of "))
+    assert kept == -(-seen // 2)  # ceil(50% of the tokens seen)
+    assert "KV cache" in h2o and "MiB" in h2o
+
+
+def test_kv_eval_writes_table_json_and_png(tmp_path, capsys):
+    out = tmp_path / "ev"
+    rc = main(["kv", "eval", "--device", "cpu", "--text", str(SAMPLE), "--seq-len", "64", "--num-seqs", "2",
+               "--budgets", "100%,50%", "--policies", "full,h2o,local", "--out", str(out), "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "h2o" in printed and "local" in printed
+    rec = json.loads(out.with_suffix(".json").read_text())
+    rows = {(r["policy"], r["budget"]): r for r in rec["metrics"]["results"]}
+    assert set(rows) >= {("h2o", "50%"), ("local", "50%")}
+    full = next(r for r in rec["metrics"]["results"] if r["policy"] == "full")
+    assert rec["baseline"]["full_ppl"] == pytest.approx(full["ppl"])
+    for r in rows.values():
+        assert r["ppl"] > 1 and r["tokens"] == 2 * 63
+    assert 0.45 < rows[("h2o", "50%")]["kept_fraction"] <= 0.55
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_kv_eval_bad_input(tmp_path):
+    base = ["kv", "eval", "--device", "cpu", "--text", str(SAMPLE), "--out", str(tmp_path / "x")]
+    with pytest.raises(SystemExit, match="--policies has unknown"):
+        main(base + ["--policies", "full,lru"])
+    with pytest.raises(BudgetError):
+        main(base + ["--budgets", "0%"])
+    with pytest.raises(SystemExit, match="is not a file"):
+        main(["kv", "eval", "--device", "cpu", "--text", str(tmp_path / "missing.txt")])
+    with pytest.raises(SystemExit, match="fewer than --seq-len"):
+        main(base + ["--seq-len", "100000"])
