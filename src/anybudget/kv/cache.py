@@ -36,8 +36,6 @@ __all__ = ["KVBudgetCache", "H2OCache", "StreamingCache", "LocalCache", "RandomC
 PENDING: contextvars.ContextVar = contextvars.ContextVar("anybudget_kv_pending", default=None)
 
 _INF = float("inf")
-# Decoding steps that evict one token per row take the sort-free path (same result; tests compare).
-FAST_SINGLE_EVICTION = True
 
 
 def parse_kv_budget(budget) -> Quantity:
@@ -160,7 +158,7 @@ class BudgetLayer(DynamicLayer):
         pos = self.pos[:, :, :L]
         prio = torch.where(self.valid[:, :, :L], prio, -_INF)
         prio = torch.where(pos >= self.seen - recent, _INF, prio)
-        if E == 1 and FAST_SINGLE_EVICTION:
+        if E == 1 and self.cache.fast_single_eviction:
             self._evict_one(prio, pos, L)
             return
         # Victims: lowest priority first; among equal priorities the later position goes first,
@@ -266,6 +264,9 @@ class KVBudgetCache(Cache):
 
     policy = "full"
     needs_scores = False
+    # A decoding step's eviction (one victim per row and head) skips the sorts; same result as the
+    # general path (tests compare both). False forces the general path.
+    fast_single_eviction = True
 
     def __init__(self, budget="20%", *, recent_ratio: float = 0.5, sink_tokens: int = 4, seed: int = 0):
         self.budget = parse_kv_budget(budget)

@@ -26,16 +26,15 @@ def _padding_mask(*args, attention_mask=None, **kwargs):
     return attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
 
 
-_PAD_MEMO: dict = {"mask": None, "version": None, "all": None}
-
-
 def _all_real(pad: torch.Tensor) -> bool:
     """Whether a (batch, tokens) padding mask has no padding. All layers of one forward get the
-    same mask tensor, so the device-to-host read happens once per forward, not once per layer."""
-    m = _PAD_MEMO
-    if m["mask"] is not pad or m["version"] != pad._version:
-        m.update(mask=pad, version=pad._version, all=bool(pad.all()))
-    return m["all"]
+    same mask tensor, so the answer is kept on the tensor itself (with its version, in case it is
+    changed in place) and the device-to-host read happens once per forward, not once per layer."""
+    memo = getattr(pad, "_anybudget_all_real", None)
+    if memo is None or memo[0] != pad._version:
+        memo = (pad._version, bool(pad.all()))
+        pad._anybudget_all_real = memo
+    return memo[1]
 
 
 def anybudget_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
