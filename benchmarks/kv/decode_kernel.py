@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU, Triton interpreter)")
     args = ap.parse_args(argv)
-    from anybudget.kv.kernels_triton import attention_with_colsum_triton, decode_attention_with_colsum_triton
+    from anybudget.kv.decode_triton import decode_attention_with_colsum_triton
+    from anybudget.kv.kernels_triton import attention_with_colsum_triton
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32

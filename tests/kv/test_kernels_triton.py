@@ -16,7 +16,7 @@ import os
 import torch
 from anybudget.kv.attention import attention_with_colsum_reference as ref
 from anybudget.kv.kernels_triton import attention_with_colsum_triton as tri
-from anybudget.kv.kernels_triton import decode_attention_with_colsum_triton as dec
+from anybudget.kv.decode_triton import decode_attention_with_colsum_triton as dec
 dev = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 worst = 0.0
 for seed, (B, Hq, Hkv, Lq, Lk, D, causal, mask) in enumerate([
@@ -100,7 +100,7 @@ def test_triton_kernels_match_reference_gpu():
 
 
 def test_decode_kernel_rejects_too_many_query_rows():
-    from anybudget.kv.kernels_triton import decode_attention_with_colsum_triton
+    from anybudget.kv.decode_triton import decode_attention_with_colsum_triton
 
     q = torch.zeros(1, 8, 17, 16)
     k = v = torch.zeros(1, 1, 32, 16)
