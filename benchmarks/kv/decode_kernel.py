@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,26 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 from anybudget.io import write_results  # noqa: E402
 from anybudget.kv.attention import attention_with_colsum_reference, masked_sdpa  # noqa: E402
-from anybudget.measure import latency  # noqa: E402
+from anybudget.measure import host_time, latency  # noqa: E402
 
 
 def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
-
-
-def host_us(fn, n=100):
-    """Host microseconds per call (queued, not waited for): what a launch-bound step pays."""
-    for _ in range(5):
-        fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t = (time.perf_counter() - t0) / n * 1e6
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return t
 
 
 def main(argv=None) -> int:
@@ -106,8 +90,8 @@ def main(argv=None) -> int:
                "fused_ms": t_fused * 1e3, "fused_vs_sdpa": t_fused / t_sdpa,
                "default_ms": t_default * 1e3, "default_vs_sdpa": t_default / t_sdpa,
                "default_is_fused": bool(2 * B * Hkv >= (torch.cuda.get_device_properties(0).multi_processor_count if dev == "cuda" else 8)),
-               "host_us": {"sdpa": host_us(lambda: masked_sdpa(q, k, v)), "split_k": host_us(split_k),
-                           "fused": host_us(fused), "default": host_us(default)},
+               "host_us": {name: host_time(f) * 1e6 for name, f in
+                           (("sdpa", lambda: masked_sdpa(q, k, v)), ("split_k", split_k), ("fused", fused), ("default", default))},
                "split_k_sweep_ms": sweep, "split_k_best": best, "split_k_best_ms": sweep[best],
                "split_k_best_vs_sdpa": sweep[best] * 1e-3 / t_sdpa, "split_k_kv_gbps": kv_bytes / t_split / 1e9, "sdpa_kv_gbps": kv_bytes / t_sdpa / 1e9,
                "rel_err_out": {"sdpa": rel(masked_sdpa(q, k, v), o_ref), "two_pass": rel(o2, o_ref), "split_k": rel(o3, o_ref),

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from anybudget.io import write_results  # noqa: E402
 from anybudget.kv import H2OCache, LocalCache, enable  # noqa: E402
 from anybudget.kv.attention import attention_with_colsum, masked_sdpa  # noqa: E402
-from anybudget.measure import latency, peak_memory  # noqa: E402
+from anybudget.measure import host_time, latency, peak_memory  # noqa: E402
 
 GiB = 2**30
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU only for --smoke
@@ -65,20 +65,6 @@ def cleanup():
 
 
 # ------------------------------------------------------------------------------------------------
-def host_us(fn, n=200):
-    """Host (CPU) microseconds per call: launches queued without waiting for the GPU. This is what
-    a launch-bound decoding step (small batch) pays per layer."""
-    for _ in range(10):
-        fn()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t = (time.perf_counter() - t0) / n * 1e6
-    sync()
-    return t
-
-
 def part_decode(model, cfg, out, smoke=False):
     """Decode-step overhead of H2O scores at equal cache length."""
     res = []
@@ -100,7 +86,8 @@ def part_decode(model, cfg, out, smoke=False):
         rel = ((o_h2o - o_ref).norm() / o_ref.norm()).item()
         res.append({"batch": B, "cache_len": L, "sdpa_ms": t_sdpa * 1e3, "h2o_attn_ms": t_h2o * 1e3,
                     "overhead": t_h2o / t_sdpa - 1, "rel_err_vs_sdpa": rel,
-                    "host_us_sdpa": host_us(lambda: masked_sdpa(q, k, v)), "host_us_h2o": host_us(h2o)})
+                    "host_us_sdpa": host_time(lambda: masked_sdpa(q, k, v), warmup=10, repeat=200) * 1e6,
+                    "host_us_h2o": host_time(h2o, warmup=10, repeat=200) * 1e6})
         print("decode attn", res[-1], flush=True)
         del q, k, v, scores
         cleanup()

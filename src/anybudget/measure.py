@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Timing", "latency", "peak_memory", "model_bytes", "file_size", "device_record"]
+__all__ = ["Timing", "latency", "host_time", "peak_memory", "model_bytes", "file_size", "device_record"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,34 @@ def latency(
             times.append(time.perf_counter() - t0)
         dev = "cpu"
     return Timing(tuple(times), dev, warmup, result)
+
+
+def _cuda_sync() -> None:
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def host_time(fn: Callable[..., Any], *args, warmup: int = 5, repeat: int = 100, **kwargs) -> float:
+    """Host seconds per call of ``fn(*args, **kwargs)``: the calls are queued back to back and the
+    clock stops before waiting for the GPU, so this is the launch cost a host-bound loop (a
+    small-batch decoding step) pays per call, not the GPU time (use :func:`latency` for that)."""
+    _check_count("warmup", warmup, 0)
+    _check_count("repeat", repeat, 1)
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+    for _ in range(warmup):
+        fn(*args, **kwargs)
+    _cuda_sync()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn(*args, **kwargs)
+    t = (time.perf_counter() - t0) / repeat
+    _cuda_sync()
+    return t
 
 
 def peak_memory(fn: Callable[..., Any], *args, **kwargs) -> tuple[Any, int | None]:

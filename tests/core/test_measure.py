@@ -56,3 +56,21 @@ def test_device_record_fields():
     for k in ("date", "commit", "torch", "transformers", "gpu", "driver", "python"):
         assert k in rec
     assert rec["torch"] == torch.__version__
+
+
+def test_host_time_counts_the_calls_and_checks_its_arguments():
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        time.sleep(0.002)
+
+    t = measure.host_time(fn, 7, warmup=2, repeat=5)
+    assert calls == [7] * 7  # warm-up + timed calls, arguments passed through
+    assert 0.0019 < t < 0.2  # seconds per call
+    with pytest.raises(ValueError, match="repeat=0 must be an integer >= 1"):
+        measure.host_time(fn, 1, repeat=0)
+    with pytest.raises(ValueError, match="warmup=-1"):
+        measure.host_time(fn, 1, warmup=-1)
+    with pytest.raises(TypeError, match="fn must be callable"):
+        measure.host_time(3)
