@@ -18,7 +18,7 @@ import functools
 
 import torch
 
-from anybudget.kv.kernels_triton import _key_mask_args, _scores, _softmax_step, tl, triton
+from anybudget.kv.kernels_triton import _key_block, _key_mask_args, _softmax_step, tl, triton
 
 __all__ = ["decode_attention_with_colsum_triton"]
 
@@ -58,19 +58,10 @@ def _decode_keys(
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < hi
-        k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        s = _scores(q, k, scale, DOT_F32)
-        vis = r_ok[:, None] & n_ok[None, :]
-        if CAUSAL:
-            vis = vis & (offs_n[None, :] <= qpos[:, None])
-        if HAS_KM:
-            km = tl.load(KM + b * skmb + hk * skmh + offs_n, mask=n_ok, other=0)
-            vis = vis & (km[None, :] != 0)
-        s = tl.where(vis, s, float("-inf"))
+        s, v = _key_block(q, K, V, KM, b, hk, offs_n, n_ok, r_ok, qpos, scale,
+                          skb, skh, skn, skd, svb, svh, svn, svd, skmb, skmh,
+                          CAUSAL, HAS_KM, DOT_F32, BLOCK_D, D)
         tl.store(S + row[:, None] * Lk + offs_n[None, :], s, mask=r_ok[:, None] & n_ok[None, :])
-        v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, DOT_F32)
     return m_i, l_i, acc
 

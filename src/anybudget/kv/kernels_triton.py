@@ -55,6 +55,31 @@ def _softmax_step(s, v, m_i, l_i, acc, DOT_F32: tl.constexpr):
 
 
 @triton.jit
+def _key_block(
+    q, K, V, KM, b, hk, offs_n, n_ok, row_ok, qpos, scale,
+    skb, skh, skn, skd, svb, svh, svn, svd, skmb, skmh,
+    CAUSAL: tl.constexpr, HAS_KM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
+):
+    """Scores of the query rows against keys ``offs_n`` of KV head ``hk``, -inf where a row may not
+    see a key (outside the rows or keys, causal, key mask), and the matching value block."""
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    s = _scores(q, k, scale, DOT_F32)
+    vis = row_ok[:, None] & n_ok[None, :]
+    if CAUSAL:
+        vis = vis & (offs_n[None, :] <= qpos[:, None])
+    if HAS_KM:
+        km = tl.load(KM + b * skmb + hk * skmh + offs_n, mask=n_ok, other=0)
+        vis = vis & (km[None, :] != 0)
+    s = tl.where(vis, s, float("-inf"))
+    v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
+                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    return s, v
+
+
+@triton.jit
 def _attn_fwd(
     Q, K, V, Out, Lse, KM,
     sqb, sqh, sqm, sqd,
@@ -87,19 +112,9 @@ def _attn_fwd(
         hi = Lk
     for start in range(0, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < Lk
-        k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        s = _scores(q, k, scale, DOT_F32)
-        vis = m_ok[:, None] & n_ok[None, :]
-        if CAUSAL:
-            vis = vis & (offs_n[None, :] <= qpos[:, None])
-        if HAS_KM:
-            km = tl.load(KM + b * skmb + hk * skmh + offs_n, mask=n_ok, other=0)
-            vis = vis & (km[None, :] != 0)
-        s = tl.where(vis, s, float("-inf"))
-        v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        s, v = _key_block(q, K, V, KM, b, hk, offs_n, offs_n < Lk, m_ok, qpos, scale,
+                          skb, skh, skn, skd, svb, svh, svn, svd, skmb, skmh,
+                          CAUSAL, HAS_KM, DOT_F32, BLOCK_D, D)
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, DOT_F32)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
