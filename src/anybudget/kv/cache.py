@@ -140,7 +140,7 @@ class BudgetLayer(DynamicLayer):
         return self.valid[:, :, : self.length] if self.any_padding else None
 
     def add_scores(self, colsum: torch.Tensor) -> None:
-        self.prio[:, :, : self.length] += colsum
+        self.scores_view().add_(colsum)
 
     def scores_view(self) -> torch.Tensor:
         """The running scores of the used slots, (B, H, length) float32, for in-place accumulation."""
