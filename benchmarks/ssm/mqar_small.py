@@ -52,14 +52,13 @@ def run_parallel(args, argv) -> int:
     from anybudget.ssm.plots import plot_history
 
     specs = args.runs.split(",")
-    base = [a for a in argv]
     tmp = Path(args.out) / f"{args.name}_parts"
     tmp.mkdir(parents=True, exist_ok=True)
-    procs, done = [], []
+    procs = []
     for i, spec in enumerate(specs):
         while len([p for p in procs if p.poll() is None]) >= args.workers:
             time.sleep(1.0)
-        cmd = [sys.executable, __file__, *base, "--workers", "1", "--runs", spec, "--out", str(tmp / str(i)),
+        cmd = [sys.executable, __file__, *argv, "--workers", "1", "--runs", spec, "--out", str(tmp / str(i)),
                "--name", "part"]
         procs.append(subprocess.Popen(cmd))
     rcs = [p.wait() for p in procs]
