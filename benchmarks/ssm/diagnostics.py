@@ -67,7 +67,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"--seq-len={args.seq_len} must be >= 2")
 
     from anybudget.io import write_results
-    from anybudget.ssm.diagnostics import influence_scores, layer_sharpness, plot_influence, plot_sharpness
+    from anybudget.ssm.diagnostics import (
+        influence_scores,
+        layer_sharpness,
+        plot_influence,
+        plot_sharpness,
+    )
     from anybudget.ssm.mqar import multiquery_ar
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

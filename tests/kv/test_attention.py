@@ -57,3 +57,33 @@ def test_bad_shapes():
         attention_with_colsum_reference(torch.randn(1, 2, 5, 8), k, k)
     with pytest.raises(ValueError, match="key_mask"):
         attention_with_colsum_reference(torch.randn(1, 2, 4, 8), k, k, key_mask=torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_colsum_out_accumulates_in_place_and_bad_colsum_out_raises():
+    from anybudget.kv.attention import attention_with_colsum
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 4, 3, 8, generator=g), torch.randn(2, 2, 6, 8, generator=g), torch.randn(2, 2, 6, 8, generator=g)
+    out_ref, col_ref = attention_with_colsum_reference(q, k, v)
+    wide = torch.rand(2, 2, 9, generator=g)
+    scores, tail, before = wide[..., :6], wide[..., 6:].clone(), wide[..., :6].clone()
+    out, col = attention_with_colsum(q, k, v, colsum_out=scores)
+    assert col.data_ptr() == scores.data_ptr()
+    torch.testing.assert_close(scores, before + col_ref)
+    torch.testing.assert_close(out, out_ref)
+    assert torch.equal(wide[..., 6:], tail)
+    for bad, got in ((torch.zeros(2, 2, 5), "got (2, 2, 5) torch.float32"),
+                     (torch.zeros(2, 2, 6, dtype=torch.float64), "got (2, 2, 6) torch.float64"),
+                     (torch.zeros(2, 6, 2).transpose(1, 2), "got (2, 2, 6) torch.float32"),  # last stride 2
+                     ([0.0] * 12, "got list")):
+        with pytest.raises(ValueError, match=r"colsum_out must be a float32 \(2, 2, 6\) tensor") as e:
+            attention_with_colsum(q, k, v, colsum_out=bad)
+        assert got in str(e.value)
+    pytest.importorskip("triton")
+    from anybudget.kv.decode_triton import decode_attention_with_colsum_triton
+    from anybudget.kv.kernels_triton import attention_with_colsum_triton
+
+    with pytest.raises(ValueError, match="colsum_out must be a float32"):  # checked before any launch
+        decode_attention_with_colsum_triton(q[:, :, :1], k, v, colsum_out=torch.zeros(2, 2, 5))
+    with pytest.raises(ValueError, match="colsum_out must be a float32"):
+        attention_with_colsum_triton(q, k, v, decode_kernel=False, colsum_out=torch.zeros(2, 2, 5))

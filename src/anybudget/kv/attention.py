@@ -30,6 +30,17 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Te
         raise ValueError(f"key_mask {tuple(key_mask.shape)} must be (batch, keys) or (batch, kv_heads, keys)")
 
 
+def _check_colsum_out(colsum_out: torch.Tensor, B: int, Hkv: int, Lk: int, device) -> None:
+    """``colsum_out`` must be a float32 (B, Hkv, Lk) tensor on ``device`` with unit last stride."""
+    if (not isinstance(colsum_out, torch.Tensor) or tuple(colsum_out.shape) != (B, Hkv, Lk)
+            or colsum_out.dtype != torch.float32 or colsum_out.device != torch.device(device)
+            or colsum_out.stride(-1) != 1):
+        got = (f"{tuple(colsum_out.shape)} {colsum_out.dtype} on {colsum_out.device}"
+               if isinstance(colsum_out, torch.Tensor) else type(colsum_out).__name__)
+        raise ValueError(f"colsum_out must be a float32 ({B}, {Hkv}, {Lk}) tensor on {device} with unit stride "
+                         f"in the last dimension; got {got}")
+
+
 def _matmul_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` with float32 output. On CUDA with 16-bit inputs, cuBLAS accumulates and writes in
     float32 straight from the bf16/fp16 operands (no float32 copy of the whole cache per step)."""
@@ -114,12 +125,14 @@ def attention_with_colsum(q, k, v, *, scale=None, causal=True, key_mask=None, ch
     Same contract as :func:`attention_with_colsum_reference`. ``colsum_out``: a float32
     (B, Hkv, Lk) tensor the column sums are added to (H2O's running scores), returned as colsum.
     """
-    if _triton_available(q):
+    if _triton_available(q):  # the Triton paths check colsum_out themselves (once per call)
         from anybudget.kv.kernels_triton import attention_with_colsum_triton
 
         _check(q, k, v, key_mask)
         return attention_with_colsum_triton(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
                                             colsum_out=colsum_out)
+    if colsum_out is not None:
+        _check_colsum_out(colsum_out, q.shape[0], k.shape[1], k.shape[2], q.device)
     out, col = attention_with_colsum_reference(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
                                                chunk_size=chunk_size)
     if colsum_out is None:

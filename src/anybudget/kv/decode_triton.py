@@ -18,6 +18,7 @@ import functools
 
 import torch
 
+from anybudget.kv.attention import _check_colsum_out
 from anybudget.kv.kernels_triton import _key_block, _key_mask_args, _softmax_step, tl, triton
 
 __all__ = ["decode_attention_with_colsum_triton"]
@@ -207,10 +208,7 @@ def _colsum_target(colsum_out, B, Hkv, Lk, dev):
     """(tensor, batch stride, head stride, accumulate) where the column sums go."""
     if colsum_out is None:
         return None, 0, 0, False
-    if (colsum_out.shape != (B, Hkv, Lk) or colsum_out.dtype != torch.float32 or colsum_out.device != dev
-            or colsum_out.stride(-1) != 1):
-        raise ValueError(f"colsum_out must be a float32 ({B}, {Hkv}, {Lk}) tensor on {dev} with unit stride "
-                         f"in the last dimension; got {tuple(colsum_out.shape)} {colsum_out.dtype}")
+    _check_colsum_out(colsum_out, B, Hkv, Lk, dev)
     return colsum_out, colsum_out.stride(0), colsum_out.stride(1), True
 
 
@@ -262,7 +260,7 @@ def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key
         scb, sch = Hkv * Lk, Lk
     S = parts[1].view(rows, Lk1)
     km, skmb, skmh, has_km = _key_mask_args(key_mask, S)
-    flags = dict(CAUSAL=bool(causal), HAS_KM=has_km, DOT_F32=q.dtype == torch.float32)
+    flags = {"CAUSAL": bool(causal), "HAS_KM": has_km, "DOT_F32": q.dtype == torch.float32}
     if fused:
         _decode_fused[(B * Hkv,)](
             q, k, v, km, S, out, col,

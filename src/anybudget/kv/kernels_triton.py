@@ -27,6 +27,8 @@ try:
 except ImportError as e:  # pragma: no cover - exercised where triton is absent
     raise ImportError("anybudget.kv.kernels_triton needs triton: pip install 'anybudget[gpu]'") from e
 
+from anybudget.kv.attention import _check_colsum_out  # attention.py imports no kernels: no cycle
+
 __all__ = ["attention_with_colsum_triton"]
 
 
@@ -202,6 +204,8 @@ def attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key_mask=N
 
         return decode_attention_with_colsum_triton(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
                                                    colsum_out=colsum_out)
+    if colsum_out is not None:
+        _check_colsum_out(colsum_out, B, Hkv, Lk, q.device)
     scale = float(D**-0.5 if scale is None else scale)
     BLOCK_D = max(16, triton.next_power_of_2(D))
     BM = block_m or (16 if Lq <= 16 else 64)
