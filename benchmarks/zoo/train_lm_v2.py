@@ -1,0 +1,258 @@
+"""Train the v2 reference LM (Llama: GQA, RoPE, RMSNorm, SwiGLU; 27.3M parameters) on the v2 corpus.
+
+One GPU, or several through ``torchrun`` (DDP; each rank draws its own random windows):
+  torchrun --nproc_per_node 2 benchmarks/zoo/train_lm_v2.py --out $OUT --minutes 8.3
+CPU smoke run (tiny model, a few steps):
+  python benchmarks/zoo/train_lm_v2.py --smoke --out /tmp/smoke
+
+bf16 autocast, torch.compile, fused AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), linear
+warm-up then cosine decay scheduled to the wall-clock budget. Validation loss every --eval-every
+steps; the best weights are kept. At the end: bits per byte on the v2 validation and test splits,
+on v1's test documents and on the held-out domain (lm_eval.py), greedy and sampled continuations.
+
+Output: the model folder (save_pretrained, bf16), train_record.json and loss.png are packed into
+one tar split into 15 MiB parts (``pack.tar.part-aa`` ...) so that they come back from the GPU
+machine, plus a copy of train_record.json. Unpack with ``cat pack.tar.part-* | tar xf -``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lm_eval import evaluate as eval_bpb
+from lm_eval import read_ids, window_losses
+from train_lm import plot
+
+from anybudget.io import atomic_write_json
+from anybudget.measure import device_record
+
+PROMPTS = [
+    "The Linux kernel",
+    "In the Linux kernel, a device driver",
+    "To install a package on a Debian system,",
+    "Abdication, n. The act of",
+    "The history of the printing press",
+    "When the file is opened,",
+]
+DATA2 = ROOT / "benchmarks/zoo/data_v2"
+
+
+def model_config(vocab: int, smoke: bool, bos: int, eos: int, pad: int):
+    from transformers import LlamaConfig
+
+    if smoke:
+        dims = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2}
+    else:
+        # 27.3M parameters: 8 layers x 2.36M + tied 16384 x 512 embedding; GQA 8 query / 4 KV heads.
+        dims = {"hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 8,
+                "num_attention_heads": 8, "num_key_value_heads": 4}
+    return LlamaConfig(vocab_size=vocab, head_dim=64 if not smoke else 16, max_position_embeddings=4096,
+                       rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=bos,
+                       eos_token_id=eos, pad_token_id=pad, attention_bias=False, mlp_bias=False, **dims)
+
+
+@torch.no_grad()
+def samples(model, tok, device, max_new_tokens=60) -> list[dict]:
+    model.eval()
+    out = []
+    for i, p in enumerate(PROMPTS):
+        enc = tok(p, return_tensors="pt").to(device)
+        g = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.1)
+        torch.manual_seed(i)
+        s = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_p=0.95)
+        out.append({"prompt": p, "greedy_rp1.1": tok.decode(g[0], skip_special_tokens=True),
+                    "sampled_t0.8_p0.95": tok.decode(s[0], skip_special_tokens=True)})
+    model.train()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train", default=str(ROOT / ".carry/zoo2/train.u16.xz"))
+    ap.add_argument("--tokenizer", default=str(ROOT / ".carry/zoo2/tokenizer"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--minutes", type=float, default=8.3, help="wall-clock budget of the training loop")
+    ap.add_argument("--max-epochs", type=float, default=30.0)
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=64, help="sequences per GPU per step")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--min-lr-frac", type=float, default=0.05)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--eval-every", type=int, default=400)
+    ap.add_argument("--val-windows", type=int, default=96)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args(argv)
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
+    if ddp:
+        import torch.distributed as dist
+
+        local = int(os.environ["LOCAL_RANK"])
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            dist.init_process_group("nccl")
+            device = torch.device("cuda", local)
+        else:  # CPU smoke run of the distributed path
+            dist.init_process_group("gloo")
+            device = torch.device("cpu")
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    main_rank = rank == 0
+    say = print if main_rank else (lambda *a, **k: None)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed + 1000 * rank)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    train = read_ids(args.train)
+    evals = {s: read_ids(DATA2 / f"{s}.u16.xz") for s in ("validation", "test", "v1_test", "heldout")}
+    if args.smoke:
+        args.seq, args.batch, args.eval_every, args.warmup, args.val_windows = 64, 4, 5, 2, 4
+        train = train[:200_000]
+    cfg = model_config(len(tok), args.smoke, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    model = LlamaForCausalLM(cfg).to(device)
+    model.config._attn_implementation = "sdpa"
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
+    net = model
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    fwd = torch.compile(net) if device.type == "cuda" else net
+
+    tokens_per_step = args.batch * args.seq * world
+    max_steps = int(args.max_epochs * len(train) / tokens_per_step)
+    total_steps = 12 if args.smoke else None
+    budget_s = args.minutes * 60
+    t_start = time.perf_counter()
+    t_rate0 = step_rate0 = None
+    step, tokens_seen, curve, best = 0, 0, [], (float("inf"), None, 0)
+
+    def lr_at(s: int) -> float:
+        if s < args.warmup:
+            return args.lr * (s + 1) / args.warmup
+        prog = min(1.0, (s - args.warmup) / max(1, (total_steps or max_steps) - args.warmup))
+        return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * prog)))
+
+    def sync_int(v: int) -> int:
+        if not ddp:
+            return v
+        t = torch.tensor([v], device=device)
+        torch.distributed.broadcast(t, 0)
+        return int(t.item())
+
+    model.train()
+    while total_steps is None or step < total_steps:
+        starts = rng.integers(0, len(train) - args.seq - 1, size=args.batch)
+        x = torch.from_numpy(np.stack([train[s: s + args.seq + 1] for s in starts])).to(device, non_blocking=True)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = fwd(input_ids=x[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += tokens_per_step
+        if step == 30 and device.type == "cuda":  # compile and warm-up done: measure speed from here
+            torch.cuda.synchronize()
+            t_rate0, step_rate0 = time.perf_counter(), step
+        if total_steps is None and t_rate0 is not None and step - step_rate0 == 60:
+            torch.cuda.synchronize()
+            rate = 60 / (time.perf_counter() - t_rate0)
+            remaining = budget_s - (time.perf_counter() - t_start)
+            n_evals = remaining * rate / args.eval_every
+            total_steps = sync_int(min(max_steps, step + int(remaining * rate - n_evals * 1.5 * rate)))
+            say(f"{rate:.2f} steps/s = {rate * tokens_per_step / 1e6:.2f} M tok/s on {world} GPU(s); "
+                f"schedule {total_steps} steps = {total_steps * tokens_per_step / 1e6:.0f}M tokens = "
+                f"{total_steps * tokens_per_step / len(train):.1f} epochs", flush=True)
+        if step % 25 == 0 and main_rank:
+            curve.append({"step": step, "epoch": tokens_seen / len(train), "train_loss": loss.item(), "lr": lr_at(step)})
+        if step % args.eval_every == 0 or step == total_steps:
+            if main_rank:
+                v_sum, v_t = window_losses(model, evals["validation"], args.seq, 32, device, args.val_windows)
+                v = v_sum / v_t.size
+                curve.append({"step": step, "epoch": tokens_seen / len(train), "val_loss": v,
+                              "elapsed_s": time.perf_counter() - t_start})
+                say(f"step {step} epoch {tokens_seen / len(train):.2f} train {loss.item():.3f} val {v:.3f} "
+                    f"({time.perf_counter() - t_start:.0f}s)", flush=True)
+                if v < best[0]:
+                    best = (v, {k: t.detach().clone() for k, t in model.state_dict().items()}, step)
+            if ddp:
+                torch.distributed.barrier()
+        if step % 50 == 0 and sync_int(int(time.perf_counter() - t_start > budget_s * 1.04)):
+            say("time budget reached", flush=True)
+            break
+    train_time = time.perf_counter() - t_start
+    if ddp:
+        torch.distributed.barrier()
+    if not main_rank:
+        torch.distributed.destroy_process_group()
+        return 0
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    cap = 4 if args.smoke else None
+    metrics_eval = {s: eval_bpb(model, tok, ids, args.seq, 32, device, cap) for s, ids in evals.items()}
+    for s, r in metrics_eval.items():
+        say(f"{s}: ppl {r['ppl']:.2f}  bits/byte {r['bits_per_byte']:.4f}  ({r['tokens']} tokens)", flush=True)
+    smp = samples(model, tok, device, max_new_tokens=60 if not args.smoke else 8)
+    for s in smp:
+        say(json.dumps(s), flush=True)
+    work = Path(tempfile.mkdtemp())
+    model.to(torch.bfloat16)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(work / "model", safe_serialization=True)
+    tok.save_pretrained(work / "model")
+    rec = device_record()
+    record = {
+        "name": "reflm_v2_train",
+        "config": {**vars(args), "world_size": world, "tokens_per_step": tokens_per_step, "model": cfg.to_dict()},
+        "metrics": {"params": n_params, "steps": step, "tokens_seen": tokens_seen,
+                    "epochs": tokens_seen / len(train), "train_tokens": len(train),
+                    "train_time_s": train_time, "best_step": best[2], "best_val_nll": best[0],
+                    "eval": metrics_eval, "curve": curve, "samples": smp},
+        "baseline": None, "device": rec, "torch": rec["torch"], "transformers": rec["transformers"],
+        "commit": rec["commit"], "date": rec["date"],
+    }
+    atomic_write_json(work / "train_record.json", record)
+    plot(curve, work / "loss.png")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "train_record.json", record)
+    subprocess.run(f"tar cf - -C {work} model train_record.json loss.png | split -b 15M - {out}/pack.tar.part-",
+                   shell=True, check=True)
+    say(f"done in {time.perf_counter() - t_start:.0f}s", flush=True)
+    if ddp:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
