@@ -23,7 +23,8 @@ def has_gsplat() -> bool:
 
 def render_gsplat(scene: GaussianScene, cam: Camera, background=None, sh_degree: int | None = None,
                   near: float = 0.2) -> RenderOutput:
-    """gsplat ``rasterization`` (classic mode, unpacked so ``means2d`` is per Gaussian)."""
+    """gsplat ``rasterization`` (classic mode, unpacked so ``means2d`` is per Gaussian; here
+    ``means2d`` keeps gsplat's ``(1, N, 2)`` shape so that its ``.grad`` is populated)."""
     try:
         from gsplat import rasterization
     except ImportError as e:
@@ -36,11 +37,13 @@ def render_gsplat(scene: GaussianScene, cam: Camera, background=None, sh_degree:
         cam.world_to_cam.to(dev)[None], cam.K.to(dev)[None], cam.width, cam.height,
         near_plane=near, sh_degree=deg, backgrounds=bg[None], packed=False, rasterize_mode="classic",
     )
+    means2d = meta["means2d"]
+    if means2d.requires_grad:
+        means2d.retain_grad()  # (1, N, 2); the trainer reads .grad of this very tensor
     radii = meta["radii"][0]
     if radii.dim() == 2:  # gsplat >= 1.5 gives per-axis radii
         radii = radii.max(-1).values
-    return RenderOutput(colors[0], alphas[0, ..., 0], meta["means2d"][0] if meta["means2d"].dim() == 3
-                        else meta["means2d"], radii.long())
+    return RenderOutput(colors[0], alphas[0, ..., 0], means2d, radii.long())
 
 
 def render(scene: GaussianScene, cam: Camera, background=None, sh_degree: int | None = None,

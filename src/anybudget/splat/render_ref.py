@@ -116,6 +116,8 @@ def render_reference(scene: GaussianScene, cam: Camera, background=None, sh_degr
     deg = scene.sh_degree if sh_degree is None else min(sh_degree, scene.sh_degree)
     bg = torch.zeros(3, device=dev) if background is None else torch.as_tensor(background, dtype=torch.float32, device=dev)
     means2d, conics, depth, radii = project(scene, cam, near)
+    if means2d.requires_grad:
+        means2d.retain_grad()  # its gradient is the 3DGS densification signal
     colors = sh_colors(deg, scene.sh, scene.means, cam.position.to(dev))
     opac = scene.opacities
     H, W = cam.height, cam.width
