@@ -18,6 +18,7 @@ import torch
 
 __all__ = [
     "Camera",
+    "find_points",
     "load_colmap_text",
     "load_image",
     "load_nerf_synthetic",
@@ -200,6 +201,14 @@ def load_colmap_text(sparse: str | os.PathLike, images_dir: str | os.PathLike | 
     return sorted(cams, key=lambda c: c.name)
 
 
+def find_points(folder: str | os.PathLike) -> Path | None:
+    """The folder holding ``points3D.txt`` in a dataset (``sparse/0``, ``sparse`` or the root)."""
+    for sparse in (Path(folder) / "sparse" / "0", Path(folder) / "sparse", Path(folder)):
+        if (sparse / "points3D.txt").is_file():
+            return sparse
+    return None
+
+
 def read_colmap_points(sparse: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     """Points ``(N, 3)`` and colours ``(N, 3)`` in [0, 1] from ``points3D.txt``."""
     pts, cols = [], []
@@ -211,13 +220,13 @@ def read_colmap_points(sparse: str | os.PathLike) -> tuple[torch.Tensor, torch.T
 
 
 def load_views(folder: str | os.PathLike, split: str = "train", images: bool = True,
-               test_every: int = 8) -> list[Camera]:
+               test_every: int = 8, background=(0.0, 0.0, 0.0)) -> list[Camera]:
     """Cameras of a dataset folder, NeRF-synthetic if ``transforms_{split}.json`` is there, else
     COLMAP text under ``sparse/0`` or ``sparse`` (split: every ``test_every``-th image is a test
     view, the Mip-NeRF 360 convention 3DGS uses; ``split="all"`` keeps all)."""
     folder = Path(folder)
     if (folder / f"transforms_{split}.json").is_file():
-        return load_nerf_synthetic(folder, split, images)
+        return load_nerf_synthetic(folder, split, images, background)
     for sparse in (folder / "sparse" / "0", folder / "sparse", folder):
         if (sparse / "cameras.txt").is_file():
             cams = load_colmap_text(sparse, folder / "images", images)

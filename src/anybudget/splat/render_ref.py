@@ -110,9 +110,12 @@ def _tile_pairs(means2d, radii, depth, width, height):
 
 
 def render_reference(scene: GaussianScene, cam: Camera, background=None, sh_degree: int | None = None,
-                     stats: bool = False, near: float = 0.2, max_elements: int = 1 << 22) -> RenderOutput:
-    """Render ``scene`` from ``cam``; differentiable w.r.t. every scene tensor."""
+                     stats: bool = False, near: float = 0.2, max_elements: int | None = None) -> RenderOutput:
+    """Render ``scene`` from ``cam``; differentiable w.r.t. every scene tensor. ``max_elements``
+    caps the floats of one (tiles x pixels x Gaussians) intermediate (2^22 on CPU, 2^26 on CUDA)."""
     dev, n = scene.means.device, len(scene)
+    if max_elements is None:
+        max_elements = 1 << 26 if dev.type == "cuda" else 1 << 22
     deg = scene.sh_degree if sh_degree is None else min(sh_degree, scene.sh_degree)
     bg = torch.zeros(3, device=dev) if background is None else torch.as_tensor(background, dtype=torch.float32, device=dev)
     means2d, conics, depth, radii = project(scene, cam, near)

@@ -171,7 +171,7 @@ class GaussianScene:
         )
 
 
-def knn_scale(points: torch.Tensor, k: int = 3, chunk: int = 4096) -> torch.Tensor:
+def knn_scale(points: torch.Tensor, k: int = 3, chunk: int = 1024) -> torch.Tensor:
     """Root of the mean squared distance to the ``k`` nearest neighbours (3DGS's initial scale)."""
     out = []
     for i in range(0, points.shape[0], chunk):

@@ -270,6 +270,29 @@ def finetune(scene: GaussianScene, views: list[Camera], iterations: int, cfg: Tr
     return trainer.scene.detach()
 
 
+def initial_scene(folder, views: list[Camera], random_points: int = 100_000, sh_degree: int = 3,
+                  seed: int = 0) -> GaussianScene:
+    """3DGS initialisation: the dataset's ``points3D.txt`` (SfM points or, for our synthetic scenes,
+    surface samples) with colours; without one, ``random_points`` uniform points in a cube of half
+    side 1.3 (the NeRF-synthetic practice of 3DGS) with random colours. Scales from the 3 nearest
+    neighbours, opacity 0.1."""
+    from anybudget.splat.cameras import find_points, read_colmap_points
+    from anybudget.splat.scene import knn_scale
+
+    sparse = find_points(folder) if folder is not None else None
+    if sparse is not None:
+        pts, cols = read_colmap_points(sparse)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        pts = torch.rand(random_points, 3, generator=g) * 2.6 - 1.3
+        cols = torch.rand(random_points, 3, generator=g)
+    if len(pts) < 4:
+        raise ValueError(f"{len(pts)} initial points; 3DGS needs at least 4")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    scale = knn_scale(pts.to(dev)).cpu()
+    return GaussianScene.from_points(pts, cols, sh_degree, scale=scale)
+
+
 def _check_views(views):
     if not views:
         raise ValueError("views is empty; training needs at least one camera with an image")
