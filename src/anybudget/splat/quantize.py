@@ -143,6 +143,9 @@ def quantize(scene: GaussianScene, significance: torch.Tensor, config: QuantizeC
     n = len(scene)
     if significance.shape != (n,):
         raise ValueError(f"significance has shape {tuple(significance.shape)}; expected ({n},)")
+    # k-means runs where the scene lives (a GPU makes 8,192 codewords x 80k samples cheap); the
+    # stored result is on the CPU.
+    dev = scene.device
     s = scene.detach().to("cpu")
     sh = torch.cat([s.sh_dc, s.sh_rest.reshape(n, -1)], dim=1)
     order = torch.argsort(significance.cpu(), stable=True)
@@ -150,10 +153,11 @@ def quantize(scene: GaussianScene, significance: torch.Tensor, config: QuantizeC
     vq_mask = torch.zeros(n, dtype=torch.bool)
     vq_mask[order[:m]] = True
     if m:
-        code = weighted_kmeans(sh[vq_mask], significance.cpu()[vq_mask], config.codebook_size, config.iterations,
-                               config.batch, config.decay, config.refresh, config.seed, progress)
-        codebook = code.half()
-        indices = nearest_code(sh[vq_mask], codebook.float()).to(torch.int32)
+        x = sh[vq_mask].to(dev)
+        code = weighted_kmeans(x, significance[vq_mask.to(significance.device)].to(dev), config.codebook_size,
+                               config.iterations, config.batch, config.decay, config.refresh, config.seed, progress)
+        codebook = code.half().cpu()
+        indices = nearest_code(x, codebook.float().to(dev)).to(torch.int32).cpu()
     else:
         codebook, indices = torch.zeros(0, sh.shape[1], dtype=torch.float16), torch.zeros(0, dtype=torch.int32)
     means, means_q, rng = s.means.clone(), None, None
