@@ -96,3 +96,35 @@ def test_pipeline_end_to_end_with_budget_and_resume(toy, tmp_path):
     assert fit.plan.prune_ratio > 0.66 and fit.save(tmp_path / "b.lgz") <= target
     with pytest.raises(ValueError, match="prune_ratio=1.2"):
         LightGaussianConfig(prune_ratio=1.2)
+
+
+def test_training_resumes_bit_exactly_from_checkpoint(toy, tmp_path):
+    _, views = toy
+    g = torch.Generator().manual_seed(0)
+    init = GaussianScene.from_points(torch.rand(20, 3, generator=g) - 0.5, torch.rand(20, 3, generator=g), scale=0.05)
+    cfg = TrainConfig(iterations=12, densify_from_iter=3, densify_until_iter=10, densification_interval=4,
+                      densify_grad_threshold=1e-5, opacity_reset_interval=8, sh_increase_interval=4)
+    straight = train(init, views, cfg, progress=False)
+
+    def stop(trainer):
+        if trainer.step == 7:
+            raise KeyboardInterrupt
+
+    ck = tmp_path / "ck.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(init, views, cfg, progress=False, checkpoint=ck, checkpoint_every=5, callback=stop)
+    resumed = train(init, views, cfg, progress=False, checkpoint=ck, checkpoint_every=5)
+    assert len(resumed) == len(straight) and torch.equal(resumed.means, straight.means)
+    assert torch.equal(resumed.sh_rest, straight.sh_rest) and torch.equal(resumed.opacity_logits, straight.opacity_logits)
+
+
+def test_initial_scene_from_points_or_random(tmp_path, toy):
+    from anybudget.splat.dataset import write_points3d
+    from anybudget.splat.train import initial_scene
+
+    _, views = toy
+    rnd = initial_scene(None, views, random_points=50, sh_degree=1)
+    assert len(rnd) == 50 and rnd.sh_degree == 1 and rnd.means.abs().max() <= 1.3
+    write_points3d(tmp_path / "points3D.txt", torch.rand(10, 3), torch.rand(10, 3))
+    pts = initial_scene(tmp_path, views)
+    assert len(pts) == 10 and torch.allclose(pts.opacities, torch.full((10,), 0.1))

@@ -18,6 +18,7 @@ def register(sub) -> None:
     t.add_argument("--densify-until", type=int, default=15_000, help="last densification step (default 15000)")
     t.add_argument("--random-points", type=int, default=100_000,
                    help="random initial points when the folder has no points3D.txt (default 100000)")
+    t.add_argument("--checkpoint", default=None, help="save the training state here every 1000 steps; resume from it")
     t.add_argument("--white-background", action="store_true")
     t.add_argument("--seed", type=int, default=0)
     _common(t)
@@ -92,7 +93,7 @@ def _train(args) -> int:
     init = initial_scene(args.views, views, args.random_points, seed=args.seed).to(dev)
     cfg = TrainConfig(iterations=args.iterations, densify_until_iter=args.densify_until, background=_bg(args),
                       seed=args.seed)
-    scene = train(init, views, cfg, backend=args.backend, progress=not args.quiet)
+    scene = train(init, views, cfg, backend=args.backend, progress=not args.quiet, checkpoint=args.checkpoint)
     size = write_ply(scene, args.out)
     print(f"wrote {args.out}: {len(scene)} Gaussians, {size / 1e6:.2f} MB")
     return 0

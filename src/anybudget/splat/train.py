@@ -7,8 +7,10 @@ PyTorch reference (a few hundred Gaussians at 32x32 train on a CPU in seconds).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -215,6 +217,52 @@ class GaussianTrainer:
         self._edit(keep=keep)
         self._reset_stats()
 
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def save_checkpoint(self, path, order: list[int]) -> None:
+        """Everything a bit-exact resume needs (params, Adam moments, statistics, RNG, view order)
+        in one safetensors file."""
+        from safetensors.torch import save_file
+
+        from anybudget.io import atomic_path
+
+        t = {f"param.{k}": v.detach().contiguous() for k, v in self.params.items()}
+        meta = {"step": str(self.step), "order": json.dumps(order)}
+        for k, p in self.params.items():
+            st = self.opt.state.get(p)
+            if st:
+                t[f"exp_avg.{k}"], t[f"exp_avg_sq.{k}"] = st["exp_avg"], st["exp_avg_sq"]
+                meta[f"adam_step.{k}"] = str(float(st["step"]))
+        t.update(grad_accum=self.grad_accum, denom=self.denom, max_radii=self.max_radii,
+                 rng=self.gen.get_state())
+        with atomic_path(path) as tmp:
+            save_file({k: v.cpu().contiguous() for k, v in t.items()}, str(tmp), metadata=meta)
+
+    def load_checkpoint(self, path) -> list[int]:
+        """Restore a :meth:`save_checkpoint` file; returns the pending view order."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        t = load_file(str(path))
+        dev = self.params["means"].device
+        for k in PARAMS:
+            q = torch.nn.Parameter(t[f"param.{k}"].to(dev))
+            for g in self.opt.param_groups:
+                if g["params"][0] is self.params[k]:
+                    self.opt.state.pop(self.params[k], None)
+                    g["params"][0] = q
+                    if f"exp_avg.{k}" in t:
+                        self.opt.state[q] = {"step": torch.tensor(float(meta[f"adam_step.{k}"])),
+                                             "exp_avg": t[f"exp_avg.{k}"].to(dev),
+                                             "exp_avg_sq": t[f"exp_avg_sq.{k}"].to(dev)}
+            self.params[k] = q
+        self.normals = None
+        self.grad_accum, self.denom, self.max_radii = (t[k].to(dev) for k in ("grad_accum", "denom", "max_radii"))
+        self.gen.set_state(t["rng"])
+        self.step = int(meta["step"])
+        return json.loads(meta["order"])
+
     def reset_opacity(self):
         logits = self.params["opacity_logits"].data
         cap = math.log(0.01 / 0.99)
@@ -227,15 +275,23 @@ class GaussianTrainer:
 
 
 def train(scene: GaussianScene, views: list[Camera], cfg: TrainConfig = TrainConfig(),
-          backend: str = "auto", progress: bool = True, callback=None) -> GaussianScene:
-    """Optimise ``scene`` (e.g. :meth:`GaussianScene.from_points`) on ``views`` (images required)."""
+          backend: str = "auto", progress: bool = True, callback=None, checkpoint=None,
+          checkpoint_every: int = 1000) -> GaussianScene:
+    """Optimise ``scene`` (e.g. :meth:`GaussianScene.from_points`) on ``views`` (images required).
+
+    With ``checkpoint`` (a file path) the full training state is saved every ``checkpoint_every``
+    steps and a later call with the same path resumes from it exactly (on the same device).
+    """
     _check_views(views)
     trainer = GaussianTrainer(scene, cfg, scene_extent(views))
     dev = scene.device
     targets = [v.image.to(dev) for v in views]
     cams = [v.to(dev) for v in views]
     order: list[int] = []
-    bar = tqdm(range(cfg.iterations), desc="3dgs train", disable=not progress)
+    if checkpoint is not None and Path(checkpoint).exists():
+        order = trainer.load_checkpoint(checkpoint)
+    bar = tqdm(range(trainer.step, cfg.iterations), desc="3dgs train", disable=not progress,
+               initial=trainer.step, total=cfg.iterations)
     for it in bar:
         if not order:
             order = torch.randperm(len(views), generator=trainer.gen).tolist()
@@ -243,6 +299,8 @@ def train(scene: GaussianScene, views: list[Camera], cfg: TrainConfig = TrainCon
         loss = trainer.train_step(cams[i], targets[i], backend)
         if it % 100 == 0:
             bar.set_postfix(loss=f"{loss:.4f}", n=trainer.params["means"].shape[0])
+        if checkpoint is not None and trainer.step % checkpoint_every == 0:
+            trainer.save_checkpoint(checkpoint, order)
         if callback is not None:
             callback(trainer)
     return trainer.scene.detach()
