@@ -27,7 +27,7 @@ def _nerf_folder(tmp_path):
     c2w_a = np.eye(4)
     c2w_a[:3, 3] = [0, 0, 4]
     c2w_b = np.array([[0, 0, 1, 4], [0, 1, 0, 0], [-1, 0, 0, 0], [0, 0, 0, 1.0]])
-    frames = [{"file_path": "./train/r_0", "transform_matrix": c2w_a.tolist()},
+    frames = [{"file_path": "./train/r_0", "transform_matrix": c2w_a.tolist()},  # no extension: .png
               {"file_path": "./train/r_1.png", "transform_matrix": c2w_b.tolist()}]
     (tmp_path / "train").mkdir()
     rgba = np.zeros((8, 10, 4), np.uint8)
@@ -76,6 +76,11 @@ def test_colmap_text_matches_nerf_and_reads_points(tmp_path):
         assert (c.fx, c.fy, c.cx, c.cy) == (10, 10, 5, 4)
     pts, cols = read_colmap_points(sparse)
     assert torch.allclose(pts, torch.tensor([[0.5, 1, -2], [0, 0, 0]])) and cols[0, 2] == pytest.approx(128 / 255)
+    (tmp_path / "c" / "images").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 10, 3), 60 * i, np.uint8)).save(tmp_path / "c" / "images" / f"img_{i}.png")
+    with_images = load_colmap_text(sparse)  # images found at <root>/images from sparse/0
+    assert with_images[1].image.shape == (8, 10, 3) and with_images[1].image[0, 0, 0] == pytest.approx(60 / 255)
     assert len(load_views(tmp_path / "c", "test", images=False)) == 1
     assert len(load_views(tmp_path / "c", "train", images=False)) == 1
 

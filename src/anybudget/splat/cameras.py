@@ -117,8 +117,9 @@ def load_nerf_synthetic(folder: str | os.PathLike, split: str = "train", images:
         c2w[:3, 1:3] *= -1  # OpenGL (y up, z back) -> OpenCV (y down, z forward)
         w2c = torch.linalg.inv(c2w).float()
         img_path = folder / frame["file_path"]
-        if not img_path.suffix:
-            img_path = img_path.with_suffix(".png")
+        if not img_path.suffix:  # NeRF-synthetic omits the extension (".png")
+            img_path = next((img_path.with_suffix(x) for x in (".png", ".jpg", ".jpeg")
+                             if img_path.with_suffix(x).exists()), img_path.with_suffix(".png"))
         img = load_image(img_path, background) if images else None
         if img is not None:
             h, w = img.shape[:2]
@@ -195,7 +196,11 @@ def load_colmap_text(sparse: str | os.PathLike, images_dir: str | os.PathLike | 
         fx, fy, cx, cy, w, h = intr[cid]
         img = None
         if images:
-            folder = Path(images_dir) if images_dir is not None else sparse.parent / "images"
+            if images_dir is not None:
+                folder = Path(images_dir)
+            else:  # <root>/sparse/0 or <root>/sparse -> <root>/images
+                folder = next((p / "images" for p in (sparse.parent, sparse.parent.parent) if (p / "images").is_dir()),
+                              sparse.parent / "images")
             img = load_image(folder / p[9])
         cams.append(Camera(w2c, fx, fy, cx, cy, w, h, img, name=p[9]))
     return sorted(cams, key=lambda c: c.name)
