@@ -73,7 +73,16 @@ def _device(args):
 
 
 def _bg(args):
-    return (1.0, 1.0, 1.0) if args.white_background else (0.0, 0.0, 0.0)
+    """--white-background, else the dataset's recorded ``background`` (done.json of
+    benchmarks/splat/make_scenes.py), else black (the 3DGS default)."""
+    if args.white_background:
+        return (1.0, 1.0, 1.0)
+    meta = Path(args.views) / "done.json"
+    if meta.is_file():
+        bg = json.loads(meta.read_text()).get("background")
+        if bg is not None:
+            return tuple(float(c) for c in bg)
+    return (0.0, 0.0, 0.0)
 
 
 def _load_scene(path):
