@@ -99,8 +99,10 @@ def main(argv=None) -> int:
     p.add_argument("--vq-iterations", type=int, default=500, help="k-means steps (paper 1000)")
     p.add_argument("--codebook", type=int, default=8192)
     p.add_argument("--ablation-recovery", type=int, default=1000, help="recovery steps per ablation arm")
-    p.add_argument("--deadline", type=float, default=480.0,
-                   help="seconds from the start; an ablation arm that would end after it is skipped (480)")
+    p.add_argument("--train-budget", type=float, default=180.0,
+                   help="seconds; 3DGS training stops early past it (the steps done are recorded) (180)")
+    p.add_argument("--deadline", type=float, default=420.0,
+                   help="seconds from the start; an ablation arm that would end after it is skipped (420)")
     p.add_argument("--smoke", action="store_true", help="CPU, toy dataset, a few steps")
     a = p.parse_args(argv)
     t0 = time.time()
@@ -147,8 +149,15 @@ def main(argv=None) -> int:
     tcfg = TrainConfig(iterations=a.iterations, position_lr_max_steps=a.iterations,
                        densify_until_iter=tcfg_until(a), background=bg,
                        **({"densify_from_iter": 5, "densification_interval": 5} if a.smoke else {}))
-    trained = train(init, train_views, tcfg, backend=backend, progress=False)
+    done = {}
+
+    def budget(trainer):
+        done["steps"] = trainer.step
+        return time.time() - t > a.train_budget
+
+    trained = train(init, train_views, tcfg, backend=backend, progress=False, callback=budget)
     metrics["timing_s"]["train"] = round(time.time() - t, 1)
+    metrics["train_steps_done"] = done.get("steps", 0)
     stage_eval("3dgs", trained, len(ply_bytes(trained)))
 
     # 2. the pipeline (significance, prune + recover, distil, VQ)

@@ -279,6 +279,7 @@ def train(scene: GaussianScene, views: list[Camera], cfg: TrainConfig = TrainCon
           checkpoint_every: int = 1000) -> GaussianScene:
     """Optimise ``scene`` (e.g. :meth:`GaussianScene.from_points`) on ``views`` (images required).
 
+    ``callback(trainer)`` runs after every step; returning True stops training there.
     With ``checkpoint`` (a file path) the full training state is saved every ``checkpoint_every``
     steps and a later call with the same path resumes from it exactly (on the same device).
     """
@@ -301,8 +302,8 @@ def train(scene: GaussianScene, views: list[Camera], cfg: TrainConfig = TrainCon
             bar.set_postfix(loss=f"{loss:.4f}", n=trainer.params["means"].shape[0])
         if checkpoint is not None and trainer.step % checkpoint_every == 0:
             trainer.save_checkpoint(checkpoint, order)
-        if callback is not None:
-            callback(trainer)
+        if callback is not None and callback(trainer):
+            break  # the callback asked to stop (e.g. a time budget)
     return trainer.scene.detach()
 
 
