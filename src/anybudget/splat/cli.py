@@ -1,0 +1,170 @@
+"""``anybudget splat train | compress | decompress | eval``. Heavy imports stay inside the commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    sp = sub.add_parser("splat", help="LightGaussian: compress 3DGS scenes to a size budget (train, eval)")
+    ssub = sp.add_subparsers(dest="splat_command", metavar="VERB", required=True)
+
+    t = ssub.add_parser("train", help="train a 3DGS scene on a NeRF-synthetic or COLMAP folder")
+    t.add_argument("--views", required=True, help="dataset folder (transforms_train.json or sparse/0)")
+    t.add_argument("--out", required=True, help="output .ply")
+    t.add_argument("--iterations", type=int, default=30_000, help="steps (default 30000, the 3DGS default)")
+    t.add_argument("--densify-until", type=int, default=15_000, help="last densification step (default 15000)")
+    t.add_argument("--random-points", type=int, default=100_000,
+                   help="random initial points when the folder has no points3D.txt (default 100000)")
+    t.add_argument("--checkpoint", default=None, help="save the training state here every 1000 steps; resume from it")
+    t.add_argument("--white-background", action="store_true")
+    t.add_argument("--seed", type=int, default=0)
+    _common(t)
+    t.set_defaults(func=_train)
+
+    c = ssub.add_parser("compress", help="LightGaussian: prune, distil SH, vector-quantise, write .lgz")
+    c.add_argument("scene", help="input 3DGS .ply")
+    c.add_argument("--views", required=True, help="the training views (dataset folder)")
+    c.add_argument("--out", required=True, help="output .lgz")
+    c.add_argument("--budget", default=None, help="size budget, e.g. size=40MB (default: the paper's ratios)")
+    c.add_argument("--prune-ratio", type=float, default=0.66, help="(default 0.66; a budget may raise it)")
+    c.add_argument("--recovery-iterations", type=int, default=5000, help="fine-tune steps after pruning (5000)")
+    c.add_argument("--distill-iterations", type=int, default=10_000, help="SH distillation steps (10000)")
+    c.add_argument("--no-distill", action="store_true", help="keep the SH degree")
+    c.add_argument("--score", default="lightgaussian",
+                   choices=("lightgaussian", "alpha_t", "opacity_t", "hit_count", "opacity"))
+    c.add_argument("--codebook", type=int, default=8192, help="VQ codewords (8192)")
+    c.add_argument("--vq-ratio", type=float, default=0.6, help="fraction of Gaussians with VQ colour (0.6)")
+    c.add_argument("--vq-iterations", type=int, default=1000, help="k-means steps (1000)")
+    c.add_argument("--workdir", default=None, help="save each stage here and resume from it")
+    c.add_argument("--white-background", action="store_true")
+    _common(c)
+    c.set_defaults(func=_compress)
+
+    d = ssub.add_parser("decompress", help="decode a .lgz into a standard 3DGS .ply")
+    d.add_argument("scene", help="input .lgz")
+    d.add_argument("--out", required=True, help="output .ply")
+    d.set_defaults(func=_decompress)
+
+    e = ssub.add_parser("eval", help="PSNR, SSIM, size, FPS on held-out views; side-by-side PNG")
+    e.add_argument("scenes", nargs="+", help=".ply or .lgz files")
+    e.add_argument("--views", required=True, help="dataset folder")
+    e.add_argument("--split", default="test", help="views to score (default test)")
+    e.add_argument("--png", default=None, help="write ground truth | renders side by side here")
+    e.add_argument("--out", default=None, help="write the metrics as JSON here")
+    e.add_argument("--white-background", action="store_true")
+    _common(e)
+    e.set_defaults(func=_eval)
+
+
+def _common(p):
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--backend", default="auto", choices=("auto", "reference", "gsplat"),
+                   help="rasteriser (auto: gsplat on CUDA when installed)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _device(args):
+    import torch
+
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _bg(args):
+    """--white-background, else the dataset's recorded ``background`` (done.json of
+    benchmarks/splat/make_scenes.py), else black (the 3DGS default)."""
+    if args.white_background:
+        return (1.0, 1.0, 1.0)
+    meta = Path(args.views) / "done.json"
+    if meta.is_file():
+        bg = json.loads(meta.read_text()).get("background")
+        if bg is not None:
+            return tuple(float(c) for c in bg)
+    return (0.0, 0.0, 0.0)
+
+
+def _load_scene(path):
+    from anybudget.splat.codec import load_lgz
+    from anybudget.splat.ply import read_ply
+
+    return load_lgz(path).to_scene() if str(path).endswith(".lgz") else read_ply(path)
+
+
+def _train(args) -> int:
+    from anybudget.splat.cameras import load_views
+    from anybudget.splat.ply import write_ply
+    from anybudget.splat.train import TrainConfig, initial_scene, train
+
+    dev = _device(args)
+    views = load_views(args.views, "train", background=_bg(args))
+    init = initial_scene(args.views, views, args.random_points, seed=args.seed).to(dev)
+    cfg = TrainConfig(iterations=args.iterations, densify_until_iter=args.densify_until, background=_bg(args),
+                      seed=args.seed)
+    scene = train(init, views, cfg, backend=args.backend, progress=not args.quiet, checkpoint=args.checkpoint)
+    size = write_ply(scene, args.out)
+    print(f"wrote {args.out}: {len(scene)} Gaussians, {size / 1e6:.2f} MB")
+    return 0
+
+
+def _compress(args) -> int:
+    from dataclasses import replace
+
+    from anybudget.splat.cameras import load_views
+    from anybudget.splat.distill import DistillConfig
+    from anybudget.splat.pipeline import LightGaussianConfig, lightgaussian
+    from anybudget.splat.quantize import QuantizeConfig
+    from anybudget.splat.significance import SignificanceConfig
+
+    dev = _device(args)
+    scene = _load_scene(args.scene).to(dev)
+    views = load_views(args.views, "train", background=_bg(args))
+    cfg = LightGaussianConfig(
+        prune_ratio=args.prune_ratio, recovery_iterations=args.recovery_iterations,
+        significance=SignificanceConfig(score=args.score),
+        distill=None if args.no_distill else DistillConfig(iterations=args.distill_iterations),
+        quantize=QuantizeConfig(codebook_size=args.codebook, ratio=args.vq_ratio, iterations=args.vq_iterations),
+        background=_bg(args),
+    )
+    cfg = replace(cfg, train=replace(cfg.train, background=_bg(args)))
+    res = lightgaussian(scene, views, budget=args.budget, config=cfg, backend=args.backend,
+                        workdir=args.workdir, progress=not args.quiet)
+    size = res.save(args.out)
+    plan = f" (prune {res.config.prune_ratio:.3f}, VQ {res.config.quantize.ratio})" if res.plan else ""
+    print(f"wrote {args.out}: {len(res.quantized)} Gaussians, {size / 1e6:.3f} MB{plan}")
+    return 0
+
+
+def _decompress(args) -> int:
+    from anybudget.splat.codec import decompress_to_ply
+
+    size = decompress_to_ply(args.scene, args.out)
+    print(f"wrote {args.out}: {size / 1e6:.2f} MB")
+    return 0
+
+
+def _eval(args) -> int:
+    from anybudget.io import atomic_write_json
+    from anybudget.splat.cameras import load_views
+    from anybudget.splat.evaluate import evaluate, side_by_side_png
+
+    dev = _device(args)
+    views = load_views(args.views, args.split, background=_bg(args))
+    scenes, rows = {}, {}
+    for path in args.scenes:
+        s = _load_scene(path).to(dev)
+        scenes[Path(path).name] = s
+        m = evaluate(s, views, _bg(args), args.backend)
+        m["size_bytes"] = Path(path).stat().st_size
+        rows[Path(path).name] = m
+        fps = f"{m['fps']:.1f}" if m["fps"] else "-"
+        print(f"{Path(path).name}: PSNR {m['psnr']:.2f} SSIM {m['ssim']:.4f} size {m['size_bytes'] / 1e6:.2f} MB "
+              f"FPS {fps} ({m['num_gaussians']} Gaussians)", file=sys.stdout)
+    if args.png:
+        side_by_side_png(scenes, views, args.png, background=_bg(args), backend=args.backend)
+    if args.out:
+        atomic_write_json(args.out, rows)
+    elif not args.png:
+        print(json.dumps(rows))
+    return 0
