@@ -1,0 +1,72 @@
+import pytest
+import torch
+import transformers as tr
+from elastic_helpers import tiny_model, token_batches
+
+from anybudget.elastic import LayerConfig, SubnetConfig, make_elastic
+from anybudget.elastic.export import export, uniform_cover
+from anybudget.elastic.latency import (
+    CostTable,
+    Workload,
+    measure_latency_table,
+    memory_bytes,
+    param_count,
+)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_export_equals_elastic_and_reloads(family, tied, tmp_path):
+    model = tiny_model(family, tied=tied)
+    em = make_elastic(model, token_batches())
+    ids = token_batches(n=1, seed=5)[0]
+    sub = em.uniform(0.5)
+    with em.use(sub):
+        ref = model(ids).logits
+    small = export(em, sub)
+    assert type(small) is type(model)
+    assert small.config.intermediate_size == 32 and small.config.num_key_value_heads == 1
+    assert sum(p.numel() for p in small.parameters()) == param_count(em, sub)
+    torch.testing.assert_close(small(ids).logits, ref, rtol=1e-5, atol=1e-5)
+    small.save_pretrained(tmp_path)
+    again = tr.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(again(ids).logits, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_full_param_count_and_heterogeneous_export():
+    model = tiny_model("qwen3")
+    em = make_elastic(model, token_batches())
+    assert param_count(em, em.full()) == sum(p.numel() for p in model.parameters())
+    het = SubnetConfig((LayerConfig(2, 16), LayerConfig(1, 48)))
+    with pytest.raises(ValueError, match="different widths per layer"):
+        export(em, het)
+    assert uniform_cover(het) == SubnetConfig((LayerConfig(2, 48),) * 2)
+    assert export(em, het, heterogeneous="cover").config.intermediate_size == 48
+
+
+@pytest.mark.parametrize("mode", ["prefill", "decode"])
+def test_latency_table_round_trip_and_sum(mode):
+    model = tiny_model("mistral")
+    em = make_elastic(model, token_batches())
+    t = measure_latency_table(em, Workload(batch=1, seq=8, mode=mode, dtype="float32"), warmup=0, repeat=1)
+    assert len(t.per_layer) == 2 and len(t.per_layer[0]) == 2 and len(t.per_layer[0][0]) == 4
+    again = CostTable.from_json(t.to_json())
+    assert again == t
+    sub = SubnetConfig((LayerConfig(2, 16), LayerConfig(1, 48)))
+    assert t.cost(sub) == pytest.approx(t.fixed + t.per_layer[0][0][3] + t.per_layer[1][1][1])
+    # expected cost at one-hot probabilities is the cost of that config
+    p_kv = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    p_mlp = torch.tensor([[0, 0, 0, 1.0], [0, 1.0, 0, 0]], dtype=torch.float64)
+    assert float(t.expected(p_kv, p_mlp)) == pytest.approx(t.cost(sub))
+
+
+def test_memory_model_decreases_with_width():
+    em = make_elastic(tiny_model(), token_batches())
+    w = Workload(batch=2, seq=16, mode="decode", dtype="float32")
+    full, small = memory_bytes(em, em.full(), w), memory_bytes(em, em.smallest(), w)
+    assert small < full
+    # weights part: the difference is exactly the removed parameters and KV entries
+    dparams = param_count(em, em.full()) - param_count(em, em.smallest())
+    dkv = 2 * 2 * 17 * (2 - 1) * 8 * 4 * 2  # 2 (k,v) * batch * (seq+1) * groups removed * head_dim * bytes * layers
+    assert full - small == dparams * 4 + dkv
+    with pytest.raises(ValueError, match="mode='x'"):
+        Workload(mode="x")
