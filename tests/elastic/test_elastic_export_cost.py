@@ -70,3 +70,12 @@ def test_memory_model_decreases_with_width():
     assert full - small == dparams * 4 + dkv
     with pytest.raises(ValueError, match="mode='x'"):
         Workload(mode="x")
+
+
+def test_monotone_table_never_lets_a_wider_choice_cost_less():
+    em = make_elastic(tiny_model(), token_batches())
+    t = measure_latency_table(em, Workload(batch=1, seq=4, dtype="float32"), warmup=0, repeat=1)
+    x = torch.tensor(t.per_layer)
+    assert torch.all(x[:, :-1, :] >= x[:, 1:, :]) and torch.all(x[:, :, :-1] >= x[:, :, 1:])
+    raw = torch.tensor(t.extra["raw"])
+    assert torch.all(x >= raw) and torch.equal(x[:, -1, -1], raw[:, -1, -1])

@@ -158,12 +158,16 @@ def measure_latency_table(
     warmup: int = 3,
     repeat: int = 10,
     per_layer: bool = True,
+    monotone: bool = True,
     quiet: bool = True,
 ) -> CostTable:
     """Time every decoder layer under every (KV groups, MLP width) choice, and the fixed part.
 
     CUDA events on a GPU, ``perf_counter`` on the CPU (anybudget.measure.latency). With
     ``per_layer=False`` layer 0 is timed and its row copied to the others (all layers have one shape).
+    ``monotone``: timing noise can make a wider choice read faster than a narrower one; each entry is
+    raised to the largest entry of any choice it contains (nested sub-networks never cost less), so
+    the raw medians are kept in ``extra["raw"]``.
     """
     from anybudget.measure import latency
 
@@ -220,4 +224,9 @@ def measure_latency_table(
     if not per_layer:
         per = per * len(layers)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    return CostTable("latency", fixed, per, em.kv_choices, em.mlp_choices, asdict(workload), name)
+    extra = {"raw": per, "monotone": monotone, "warmup": warmup, "repeat": repeat}
+    if monotone:
+        # choices are sorted widest first: a reversed cumulative max along both axes
+        t = torch.tensor(per, dtype=torch.float64).flip(1, 2).cummax(1).values.cummax(2).values.flip(1, 2)
+        per = t.tolist()
+    return CostTable("latency", fixed, per, em.kv_choices, em.mlp_choices, asdict(workload), name, extra)

@@ -187,7 +187,8 @@ def route(em: ElasticLlama, budget, router: StaticRouter | None = None, table: C
         fits = [c for c in uniform_configs(em) if costs.cost(c) <= target] or [em.smallest()]
         if router is not None and router.surrogate is not None:
             sur = router.surrogate
-            sub = min(fits, key=lambda c: float(sur(*[t.to(next(sur.parameters()).device) for t in one_hot_config(em, c)])))
+            with torch.no_grad():
+                sub = min(fits, key=lambda c: float(sur(*one_hot_config(em, c))))
         else:
             sub = max(fits, key=costs.cost)
     return fit_to_budget(em, sub, costs, target)
