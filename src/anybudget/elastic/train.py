@@ -131,7 +131,18 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _average_grads(params: list[torch.nn.Parameter], world: int) -> None:
+def _any_rank(flag: bool, world: int, dev: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any (ranks must stop at the same step)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     import torch.distributed as dist
 
     grads = [p.grad for p in params if p.grad is not None]
@@ -211,7 +222,7 @@ def train_elastic(
     bar = tqdm(total=cfg.steps, initial=step, desc="elastic training", disable=quiet or rank != 0)
     first = step
     while step < cfg.steps:
-        if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+        if time_budget_s is not None and _any_rank(time.perf_counter() - start > time_budget_s, world, dev):
             stopped = "time"
             break
         if stop_after is not None and step - first >= stop_after:
@@ -236,7 +247,7 @@ def train_elastic(
             (loss / cfg.subnets_per_step).backward()
             losses.append(float(loss.detach()))
         if world > 1:
-            _average_grads(params, world)
+            average_gradients(params, world)
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
