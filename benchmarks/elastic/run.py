@@ -61,6 +61,7 @@ def parse(argv=None):
     ap.add_argument("--dynamic-steps", type=int, default=150)
     ap.add_argument("--lut-batch", type=int, default=64)
     ap.add_argument("--lut-seq", type=int, default=1024)
+    ap.add_argument("--route-margin", type=float, default=0.02, help="routers aim 2%% under each target (timing noise)")
     ap.add_argument("--eval-tokens", type=int, default=262_144)
     ap.add_argument("--smoke", action="store_true", help="tiny random model on the CPU, every phase, seconds")
     ap.add_argument("--quiet", action="store_true")
@@ -117,9 +118,10 @@ def main(argv=None) -> int:
     if world > 1:
         import torch.distributed as dist
 
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dev = torch.device("cuda", torch.cuda.current_device())
-        dist.init_process_group("nccl")
+        if dev.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dev = torch.device("cuda", torch.cuda.current_device())
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     quiet = a.quiet or rank != 0
     t_start, phases = time.perf_counter(), {}
     from transformers import AutoModelForCausalLM
@@ -170,6 +172,10 @@ def main(argv=None) -> int:
     probe = E.train_elastic(probe_em, data, probe_cfg, teacher=original, stop_after=3, quiet=True)
     del probe_em
     steps = max(4, int(a.train_seconds / (probe["seconds"] / 3)))
+    if world > 1:  # every rank must run the same schedule: rank 0's
+        n = torch.tensor([steps], device=dev)
+        torch.distributed.broadcast(n, 0)
+        steps = int(n.item())
     cfg = E.ElasticTrainConfig(steps=steps, lr=a.lr, warmup_steps=min(20, steps // 10 + 1), sampling=a.sampling)
     res = E.train_elastic(em, data, cfg, teacher=original, time_budget_s=a.train_seconds * 1.1, quiet=quiet)
     train_tokens = res["tokens"]
@@ -226,8 +232,8 @@ def main(argv=None) -> int:
     for f in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0):
         target = lo + f * (hi - lo)
         budget = f"latency={target * 1e3:.6f}ms"
-        pick = E.route(em, budget, router=router, table=table)
-        upick = E.route(em, budget, table=table, uniform=True)
+        pick = E.route(em, budget, router=router, table=table, margin=a.route_margin)
+        upick = E.route(em, budget, table=table, uniform=True, margin=a.route_margin)
         row = {"fraction": f, "target_ms": target * 1e3}
         for kind, s in (("router", pick), ("uniform", upick)):
             m = meas.get(str(s)) or measured(s)

@@ -79,3 +79,20 @@ def test_monotone_table_never_lets_a_wider_choice_cost_less():
     assert torch.all(x[:, :-1, :] >= x[:, 1:, :]) and torch.all(x[:, :, :-1] >= x[:, :, 1:])
     raw = torch.tensor(t.extra["raw"])
     assert torch.all(x >= raw) and torch.equal(x[:, -1, -1], raw[:, -1, -1])
+
+
+def test_decode_table_reads_the_fixed_past(monkeypatch):
+    from anybudget.elastic import latency as lat
+
+    seen = []
+    real = lat._PastCache.update
+
+    def spy(self, k, v, layer_idx, *args, **kwargs):
+        out = real(self, k, v, layer_idx, *args, **kwargs)
+        seen.append((k.shape[1], out[0].shape[2]))
+        return out
+
+    monkeypatch.setattr(lat._PastCache, "update", spy)
+    em = make_elastic(tiny_model(), token_batches())
+    measure_latency_table(em, Workload(batch=1, seq=6, mode="decode", dtype="float32"), warmup=0, repeat=1)
+    assert {s for s in seen} == {(2, 7), (1, 7)}  # both KV-group choices, 6 cached + 1 new position

@@ -10,6 +10,7 @@ parameters, the embeddings / head / final norm.
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -159,6 +160,7 @@ def measure_latency_table(
     repeat: int = 10,
     per_layer: bool = True,
     monotone: bool = True,
+    fixed: str = "model",
     quiet: bool = True,
 ) -> CostTable:
     """Time every decoder layer under every (KV groups, MLP width) choice, and the fixed part.
@@ -168,7 +170,13 @@ def measure_latency_table(
     ``monotone``: timing noise can make a wider choice read faster than a narrower one; each entry is
     raised to the largest entry of any choice it contains (nested sub-networks never cost less), so
     the raw medians are kept in ``extra["raw"]``.
+    ``fixed``: ``"parts"`` times embedding + final norm + LM head alone; ``"model"`` (prefill only,
+    default) takes the full model's measured forward minus the sum of its layers' entries, so the
+    glue a layer-by-layer timing misses (rotary tables, masks, Python between layers) is counted
+    once and the table reproduces the full model's measured latency; both are kept in ``extra``.
     """
+    if fixed not in ("model", "parts"):
+        raise ValueError(f"fixed={fixed!r} must be 'model' or 'parts'")
     from anybudget.measure import latency
 
     workload = workload or Workload()
@@ -191,6 +199,9 @@ def measure_latency_table(
                 kv = torch.randn(B, g, S, s["head_dim"], device=dev, dtype=dt)
                 past[(li, g)] = (kv, kv.clone())
         cache = _PastCache(past)
+    # transformers renamed the layer's past_key_values argument to cache (5.2x); pass what it takes
+    params = inspect.signature(layers[0].forward).parameters
+    cache_kw = {} if cache is None else {("cache" if "cache" in params else "past_key_values"): cache}
     timed = range(len(layers)) if per_layer else range(1)
     per = []
     was_training = model.training
@@ -205,7 +216,7 @@ def measure_latency_table(
                 for w in em.mlp_choices:
                     sub = em.full().layers[:li] + (LayerConfig(g, w),) + em.full().layers[li + 1:]
                     with em.use(SubnetConfig(sub)):
-                        t = latency(layers[li], x, position_embeddings=cos_sin, position_ids=pos, cache=cache,
+                        t = latency(layers[li], x, position_embeddings=cos_sin, position_ids=pos, **cache_kw,
                                     warmup=warmup, repeat=repeat, device=device)
                     row.append(t.median_s)
                     bar.update()
@@ -218,15 +229,25 @@ def measure_latency_table(
             h = model.model.embed_tokens(ids)
             return model.lm_head(model.model.norm(h))
 
-        fixed = latency(fixed_part, warmup=warmup, repeat=repeat, device=device).median_s
+        parts = latency(fixed_part, warmup=warmup, repeat=repeat, device=device).median_s
+        whole = None
+        if fixed == "model" and workload.mode == "prefill":
+            with em.use(em.full()):
+                whole = latency(lambda: model(input_ids=ids, use_cache=False), warmup=warmup, repeat=repeat,
+                                device=device).median_s
     finally:
         model.train(was_training)
     if not per_layer:
         per = per * len(layers)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    extra = {"raw": per, "monotone": monotone, "warmup": warmup, "repeat": repeat}
+    raw = per
     if monotone:
         # choices are sorted widest first: a reversed cumulative max along both axes
         t = torch.tensor(per, dtype=torch.float64).flip(1, 2).cummax(1).values.cummax(2).values.flip(1, 2)
         per = t.tolist()
-    return CostTable("latency", fixed, per, em.kv_choices, em.mlp_choices, asdict(workload), name, extra)
+    layers_full = sum(row[0][0] for row in per)
+    from_model = whole is not None and whole > layers_full
+    fixed_s = whole - layers_full if from_model else parts
+    extra = {"raw": raw, "monotone": monotone, "warmup": warmup, "repeat": repeat, "fixed_parts_s": parts,
+             "full_model_s": whole, "fixed_from": "model" if from_model else "parts"}
+    return CostTable("latency", fixed_s, per, em.kv_choices, em.mlp_choices, asdict(workload), name, extra)

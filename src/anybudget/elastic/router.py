@@ -162,15 +162,18 @@ def _budget_target(budget) -> tuple[str, float]:
 
 
 def route(em: ElasticLlama, budget, router: StaticRouter | None = None, table: CostTable | None = None,
-          uniform: bool = False, workload: Workload | None = None) -> SubnetConfig:
+          uniform: bool = False, workload: Workload | None = None, margin: float = 0.0) -> SubnetConfig:
     """The sub-network for ``budget`` (``"latency=20ms"``, ``"mem=2GiB"``, ``"params=20M"``).
 
     With a router trained for this budget key: its argmax choice; otherwise (or with ``uniform``)
     the uniform config of largest cost within the budget (lowest surrogate loss if the router has
     one). If the choice exceeds the budget (checked against the table), layer choices step down to
     the next-smaller option, largest cost saving first, until it fits. A budget below the smallest
-    sub-network raises BudgetError naming the smallest feasible budget.
+    sub-network raises BudgetError naming the smallest feasible budget. ``margin`` in [0, 1): aim
+    at ``(1 - margin) * budget`` (head-room for timing noise when the budget is checked by measuring).
     """
+    if not 0 <= margin < 1:
+        raise ValueError(f"margin={margin} must be in [0, 1)")
     router = router if router is not None else getattr(em, "router", None)
     table = table if table is not None else getattr(em, "latency_table", None)
     key, target = _budget_target(budget)
@@ -181,6 +184,7 @@ def route(em: ElasticLlama, budget, router: StaticRouter | None = None, table: C
         need = Quantity(math.ceil(smallest * 1e6) / 1e6 if key == "latency" else math.ceil(smallest), unit)
         raise BudgetError(f"{key}={Quantity(target, unit)} is below the smallest sub-network "
                           f"({em.smallest()}); the smallest feasible budget is {key}={need}")
+    target = max(target * (1 - margin), smallest)
     if router is not None and router.meta["key"] == key and not uniform:
         sub = router.choose(em, target)
     else:

@@ -201,7 +201,8 @@ def train_elastic(
     """Train ``em`` in place; ``batches(step, rank)`` gives ``(B, S+1)`` token windows.
 
     Resumes from ``checkpoint`` if it holds a run (a resumed run equals an uninterrupted one: data
-    and sub-networks are functions of the step). ``time_budget_s`` / ``stop_after`` (steps in this
+    and sub-networks are functions of the step). Under torchrun every rank must pass the same
+    ``config`` (the step count sets the schedule). ``time_budget_s`` / ``stop_after`` (steps in this
     call) end the call early with a checkpoint; calling again continues. Returns ``{"steps", "tokens", "history", ...}``.
     """
     cfg = config or ElasticTrainConfig()
