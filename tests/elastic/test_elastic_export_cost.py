@@ -96,3 +96,28 @@ def test_decode_table_reads_the_fixed_past(monkeypatch):
     em = make_elastic(tiny_model(), token_batches())
     measure_latency_table(em, Workload(batch=1, seq=6, mode="decode", dtype="float32"), warmup=0, repeat=1)
     assert {s for s in seen} == {(2, 7), (1, 7)}  # both KV-group choices, 6 cached + 1 new position
+
+
+def test_generate_under_a_subnet_equals_the_exported_model():
+    model = tiny_model("llama")
+    em = make_elastic(model, token_batches())
+    sub = em.uniform(0.25, 0.5)
+    small = export(em, sub)
+    ids = token_batches(n=1, batch=1, seq=5)[0]
+    with em.use(sub):
+        a = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    b = small.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(a, b)
+
+
+def test_importance_state_dict_round_trip(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from anybudget.elastic import Importance, activation_importance
+
+    imp = activation_importance(tiny_model(), token_batches(), embedding=True)
+    save_file(imp.state_dict(), str(tmp_path / "imp.safetensors"))
+    again = Importance.from_state_dict(load_file(str(tmp_path / "imp.safetensors")))
+    for name in ("heads", "kv_groups", "neurons"):
+        assert all(torch.equal(x, y) for x, y in zip(getattr(imp, name), getattr(again, name)))
+    assert torch.equal(imp.embedding, again.embedding) and again.layers is None

@@ -88,3 +88,14 @@ def test_unsupported_family_names_the_supported_ones():
     m = tr.GPT2LMHeadModel(tr.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(UnsupportedModelError, match="llama, mistral, qwen2, qwen3"):
         ElasticLlama(m)
+
+
+def test_use_nests_and_restores():
+    em = ElasticLlama(tiny_model())
+    mlp = em.model.model.layers[0].mlp
+    with em.use(em.uniform(0.5)):
+        assert mlp.gate_proj.out_active == 32
+        with em.use(em.smallest()):
+            assert mlp.gate_proj.out_active == 16 and em.active == em.smallest()
+        assert mlp.gate_proj.out_active == 32
+    assert mlp.gate_proj.out_active is None and em.active is None

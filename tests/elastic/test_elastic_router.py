@@ -68,3 +68,19 @@ def test_router_save_load_round_trip(trained, tmp_path):
     for x, y in zip(router(t), again(t)):
         assert torch.equal(x, y)
     assert again.surrogate is not None
+
+
+@pytest.mark.parametrize("encoding,cost_loss", [("onehot", "asymmetric"), ("scalar", "hinge")])
+def test_router_variants_train_and_meet_budgets(encoding, cost_loss):
+    em = make_elastic(tiny_model("qwen2"), token_batches())
+    windows = eval_windows(torch.randint(0, 97, (120,), generator=torch.Generator().manual_seed(1)), seq=16, batch=4)
+    table = _fake_latency_table(em)
+    cfg = RouterTrainConfig(steps=12, surrogate_samples=10, surrogate_threshold=10.0, encoding=encoding, cost_loss=cost_loss)
+    router, stats = train_static_router(em, table, windows, cfg)
+    assert stats["router_steps"] == 12
+    lo, hi = table.cost(em.smallest()), table.cost(em.full())
+    for f in cfg.onehot_budgets:
+        t = lo + f * (hi - lo)
+        assert table.cost(route(em, f"latency={t * 1e3}ms", router=router, table=table)) <= t * (1 + 1e-9)
+    with pytest.raises(ValueError, match="cost_loss='x'"):
+        RouterTrainConfig(cost_loss="x")

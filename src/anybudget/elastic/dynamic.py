@@ -55,7 +55,7 @@ class DynamicRouter(nn.Module):
         self.mlp_choices = tuple(mlp_choices)
         self.min_cost, self.max_cost = float(min_cost), float(max_cost)
         self.layers = nn.ModuleList(
-            nn.Sequential(nn.Linear(hidden_size + 1, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, len(mlp_choices)))
+            nn.Sequential(nn.Linear(hidden_size + 1, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, len(mlp_choices)))
             for _ in range(num_layers))
 
     def normalise(self, target: float) -> float:
@@ -65,7 +65,7 @@ class DynamicRouter(nn.Module):
         tt = torch.full((*h.shape[:-1], 1), t, dtype=h.dtype, device=h.device)
         x = torch.cat([h, tt], dim=-1)
         net = self.layers[layer]
-        return F.linear(F.leaky_relu(F.linear(x, net[0].weight.to(x.dtype), net[0].bias.to(x.dtype)), 0.2),
+        return F.linear(F.leaky_relu(F.linear(x, net[0].weight.to(x.dtype), net[0].bias.to(x.dtype)), 0.1),
                         net[2].weight.to(x.dtype), net[2].bias.to(x.dtype)).float()
 
 

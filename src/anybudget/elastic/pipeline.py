@@ -49,6 +49,10 @@ def load_elastic(out: str | os.PathLike, device: str | None = None) -> tuple[Ela
     em = ElasticLlama(model.to(dev).eval(), ElasticSpace(**{k: tuple(v) for k, v in meta["space"].items()}))
     table = CostTable.from_json((out / "latency_table.json").read_text()) if (out / "latency_table.json").is_file() else None
     router = StaticRouter.load(out / "router.safetensors") if (out / "router.safetensors").is_file() else None
+    # route(em, budget) falls back on these when no router / table is passed
+    em.latency_table = table
+    if router is not None:
+        em.router = router
     return em, table, router
 
 

@@ -39,12 +39,16 @@ class RouterTrainConfig:
         hidden: router width (Megatron Flextron ``router_inter_dim`` 128).
         tau_init, tau_final: Gumbel-softmax temperature, annealed geometrically (Nemotron Elastic 1.0 -> 0.05).
         latency_weight: lambda of the cost term (Nemotron Elastic: 1).
-        cost_loss: ``abs`` |cost - target| (Nemotron Elastic) or ``hinge`` max(0, cost - target).
+        cost_loss: ``abs`` |cost - target| (Nemotron Elastic paper), ``hinge`` max(0, cost - target),
+            or ``asymmetric`` (Megatron's Flextron code: the gap above the target as is, the gap
+            below it times ``under_budget_weight``, their ``router_beta``).
         targets_per_step: budgets drawn per step, uniform over the feasible range.
         surrogate_samples: random configs measured before training; ``sample_every``: steps between
             fresh measurements of the router's picks; ``surrogate_threshold``: relative error below
             which the router may step (Flextron Fig. 3); ``surrogate_hidden``: its width.
-        encoding: ``scalar`` (normalised target) or ``onehot`` over ``onehot_budgets`` fractions.
+        encoding: ``scalar`` (normalised target; any budget in range) or ``onehot`` over the
+            ``onehot_budgets`` fractions of the range (Megatron's router input; a budget between
+            them is served by the nearest, then fitted to the budget).
     """
 
     steps: int = 300
@@ -54,6 +58,7 @@ class RouterTrainConfig:
     tau_final: float = 0.05
     latency_weight: float = 1.0
     cost_loss: str = "abs"
+    under_budget_weight: float = 0.1
     targets_per_step: int = 8
     surrogate_samples: int = 64
     sample_every: int = 10
@@ -64,8 +69,8 @@ class RouterTrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.cost_loss not in ("abs", "hinge"):
-            raise ValueError(f"cost_loss={self.cost_loss!r} must be 'abs' or 'hinge'")
+        if self.cost_loss not in ("abs", "hinge", "asymmetric"):
+            raise ValueError(f"cost_loss={self.cost_loss!r} must be 'abs', 'hinge' or 'asymmetric'")
         if self.encoding not in ("scalar", "onehot"):
             raise ValueError(f"encoding={self.encoding!r} must be 'scalar' or 'onehot'")
         if not (0 < self.tau_final <= self.tau_init):
@@ -83,7 +88,7 @@ class StaticRouter(nn.Module):
                      "encoding": encoding, "onehot_budgets": list(onehot_budgets)}
         d_in = 1 if encoding == "scalar" else len(onehot_budgets)
         self.L, self.A, self.M = num_layers, len(kv_choices), len(mlp_choices)
-        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, num_layers * (self.A + self.M)))
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, num_layers * (self.A + self.M)))
         self.surrogate: Surrogate | None = None
 
     def normalise(self, target: torch.Tensor) -> torch.Tensor:
@@ -246,7 +251,11 @@ def train_static_router(em: ElasticLlama, table: CostTable, windows: list[torch.
     stats = {"router_steps": 0, "measured": len(pool_y), "surrogate_error": [err]}
     for step in tqdm(range(cfg.steps), desc="static router", disable=quiet):
         tau = cfg.tau_init * (cfg.tau_final / cfg.tau_init) ** (step / max(1, cfg.steps - 1))
-        targets = lo + span * torch.rand(cfg.targets_per_step, generator=g, dtype=torch.float64)
+        if cfg.encoding == "onehot":  # Megatron: budgets drawn from the fixed budget list
+            pick = torch.randint(0, len(cfg.onehot_budgets), (cfg.targets_per_step,), generator=g)
+            targets = lo + span * torch.tensor(cfg.onehot_budgets, dtype=torch.float64)[pick]
+        else:
+            targets = lo + span * torch.rand(cfg.targets_per_step, generator=g, dtype=torch.float64)
         if step % cfg.sample_every == 0 and step:
             fresh = [router.choose(em, float(t)) for t in targets[:2]]
             ka = torch.stack([one_hot_config(em, s)[0] for s in fresh])
@@ -264,7 +273,12 @@ def train_static_router(em: ElasticLlama, table: CostTable, windows: list[torch.
         pa, pm = F.gumbel_softmax(la, tau=tau, dim=-1), F.gumbel_softmax(lm, tau=tau, dim=-1)
         cost = table.expected(pa.double(), pm.double()).float()
         gap = (cost - targets.float()) / span
-        cost_term = gap.abs() if cfg.cost_loss == "abs" else gap.clamp_min(0)
+        if cfg.cost_loss == "abs":
+            cost_term = gap.abs()
+        elif cfg.cost_loss == "hinge":
+            cost_term = gap.clamp_min(0)
+        else:
+            cost_term = gap.clamp_min(0) + cfg.under_budget_weight * (-gap).clamp_min(0)
         loss = sur(pa, pm).mean() + cfg.latency_weight * cost_term.mean()
         opt.zero_grad()
         loss.backward()

@@ -40,7 +40,7 @@ class Surrogate(nn.Module):
 
     def __init__(self, num_layers: int, n_kv: int, n_mlp: int, hidden: int = 256):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(num_layers * (n_kv + n_mlp), hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(nn.Linear(num_layers * (n_kv + n_mlp), hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, 1))
         self.register_buffer("mean", torch.zeros(()))
         self.register_buffer("std", torch.ones(()))
 
