@@ -54,6 +54,9 @@ def parse(argv=None):
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--train-seconds", type=float, default=150)
     ap.add_argument("--scratch-seconds", type=float, default=150, help="for all from-scratch models together")
+    ap.add_argument("--wall-seconds", type=float, default=500, help="whole run; the from-scratch phase shrinks to keep "
+                    "--reserve-seconds for the phases after it")
+    ap.add_argument("--reserve-seconds", type=float, default=120)
     ap.add_argument("--scratch-lr", type=float, default=2e-3, help="from-scratch lr (the reference LM's)")
     ap.add_argument("--lr", type=float, default=3e-4, help="elastic training lr")
     ap.add_argument("--sampling", default="uniform", choices=("uniform", "budget"))
@@ -68,7 +71,7 @@ def parse(argv=None):
     a = ap.parse_args(argv)
     if a.smoke:
         torch.set_num_threads(1)  # tiny ops: a second thread only waits on a busy machine
-        a.batch, a.seq, a.train_seconds, a.scratch_seconds = 2, 32, 2, 2
+        a.batch, a.seq, a.train_seconds, a.scratch_seconds, a.wall_seconds = 2, 32, 2, 2, 60
         a.router_steps, a.dynamic_steps, a.lut_batch, a.lut_seq, a.eval_tokens = 20, 5, 1, 32, 1024
     return a
 
@@ -169,6 +172,7 @@ def main(argv=None) -> int:
     # time 3 steps on a throw-away copy to size the run (the LR schedule needs the step count)
     probe_em = E.ElasticLlama(copy.deepcopy(base), em.space)
     probe_cfg = E.ElasticTrainConfig(steps=10**6, lr=a.lr, warmup_steps=20, sampling=a.sampling)
+    E.train_elastic(probe_em, data, probe_cfg, teacher=original, stop_after=2, quiet=True)  # warm-up
     probe = E.train_elastic(probe_em, data, probe_cfg, teacher=original, stop_after=3, quiet=True)
     del probe_em
     steps = max(4, int(a.train_seconds / (probe["seconds"] / 3)))
@@ -184,6 +188,12 @@ def main(argv=None) -> int:
     # 4 baseline (b): from scratch on the same tokens ----------------------------------------------
     t = time.perf_counter()
     scratch = {}
+    scratch_budget = max(0.0, min(a.scratch_seconds, a.wall_seconds - a.reserve_seconds - (t - t_start)))
+    if world > 1:
+        n = torch.tensor([scratch_budget], device=dev, dtype=torch.float64)
+        torch.distributed.broadcast(n, 0)
+        scratch_budget = float(n.item())
+    phases["scratch_budget_s"] = scratch_budget
     shapes = [em.uniform(f) for f in (0.75, 0.5, 0.25)]
     for i, sub in enumerate(shapes):
         torch.manual_seed(i)
@@ -192,7 +202,7 @@ def main(argv=None) -> int:
             for p in fresh.parameters():
                 torch.distributed.broadcast(p.data, 0)
         want = math.ceil(train_tokens / (a.batch * a.seq * world))
-        done = train_scratch(fresh, data, want, a.scratch_lr, a.scratch_seconds / len(shapes), rank, world, dev)
+        done = train_scratch(fresh, data, want, a.scratch_lr, scratch_budget / len(shapes), rank, world, dev)
         if rank == 0:
             scratch[str(sub)] = {"ppl": E.perplexity(fresh, windows), "steps": done, "tokens": done * a.batch * a.seq * world,
                                  "params": E.param_count(em, sub)}
@@ -224,7 +234,7 @@ def main(argv=None) -> int:
 
     # 6 static router ------------------------------------------------------------------------------
     t = time.perf_counter()
-    rcfg = E.RouterTrainConfig(steps=a.router_steps, surrogate_samples=16 if a.smoke else 64)
+    rcfg = E.RouterTrainConfig(steps=a.router_steps, surrogate_samples=16 if a.smoke else 128)
     router, rstats = E.train_static_router(em, table, router_windows, rcfg, quiet=quiet)
     router.save(out / "static_router.safetensors")
     lo, hi = table.cost(em.smallest()), table.cost(em.full())
@@ -240,6 +250,11 @@ def main(argv=None) -> int:
             row[kind] = {"subnet": s.to_dict(), "label": str(s), "lut_ms": table.cost(s) * 1e3, "measured_ms": m * 1e3,
                          "meets_measured": m <= target, "params": E.param_count(em, s),
                          "ppl": elastic_ppl.get(str(s)) or E.perplexity(em, windows, s)}
+        # oracle baseline: the uniform config of lowest test perplexity whose LUT latency fits
+        fits = [s for s in uniform if table.cost(s) <= target]
+        best = min(fits, key=lambda s: elastic_ppl[str(s)]) if fits else em.smallest()
+        row["uniform_best"] = {"label": str(best), "lut_ms": table.cost(best) * 1e3, "measured_ms": meas[str(best)] * 1e3,
+                               "params": E.param_count(em, best), "ppl": elastic_ppl[str(best)]}
         sweep.append(row)
     phases["router_s"] = time.perf_counter() - t
 
@@ -292,6 +307,8 @@ def main(argv=None) -> int:
                              "loss_last": res["history"][-1] if res["history"] else None},
         "router_meets_all_measured": all(r["router"]["meets_measured"] for r in sweep),
         "router_at_least_uniform": sum(r["router"]["ppl"] <= r["uniform"]["ppl"] + 1e-9 for r in sweep),
+        "router_at_least_best_uniform": sum(r["router"]["ppl"] <= r["uniform_best"]["ppl"] + 1e-9 for r in sweep),
+        "uniform_meets_all_measured": all(r["uniform"]["meets_measured"] for r in sweep),
         "full_measured_ms": meas[full_key] * 1e3, "lut_full_ms": hi * 1e3, "lut_smallest_ms": lo * 1e3,
         "phases_s": phases, "total_s": time.perf_counter() - t_start,
     }
