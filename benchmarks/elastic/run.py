@@ -202,7 +202,8 @@ def main(argv=None) -> int:
             for p in fresh.parameters():
                 torch.distributed.broadcast(p.data, 0)
         want = math.ceil(train_tokens / (a.batch * a.seq * world))
-        done = train_scratch(fresh, data, want, a.scratch_lr, scratch_budget / len(shapes), rank, world, dev)
+        done = train_scratch(fresh, data, want, a.scratch_lr,
+                             (scratch_budget - (time.perf_counter() - t)) / (len(shapes) - i), rank, world, dev)
         if rank == 0:
             scratch[str(sub)] = {"ppl": E.perplexity(fresh, windows), "steps": done, "tokens": done * a.batch * a.seq * world,
                                  "params": E.param_count(em, sub)}

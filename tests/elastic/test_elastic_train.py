@@ -10,8 +10,8 @@ from anybudget.elastic.evaluate import perplexity
 from anybudget.elastic.train import ElasticTrainConfig, forward_kl, sample_subnets, train_elastic
 
 
-def _setup(seed=0):
-    model = tiny_model("llama", seed=seed)
+def _setup(seed=0, tied=False):
+    model = tiny_model("llama", seed=seed, tied=tied)
     em = make_elastic(model, token_batches())
     data = TokenBatches(torch.randint(0, 97, (2000,), generator=torch.Generator().manual_seed(3)), batch=2, seq=16)
     return em, data
@@ -20,15 +20,16 @@ def _setup(seed=0):
 CFG = ElasticTrainConfig(steps=4, lr=3e-3, warmup_steps=1, subnets_per_step=3, checkpoint_every=2)
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    em_a, data = _setup()
+@pytest.mark.parametrize("tied", [False, True])
+def test_resume_equals_uninterrupted(tmp_path, tied):
+    em_a, data = _setup(tied=tied)
     teacher_a = copy.deepcopy(em_a.model)
     ra = train_elastic(em_a, data, CFG, teacher=teacher_a)
-    em_b, _ = _setup()
+    em_b, _ = _setup(tied=tied)
     teacher_b = copy.deepcopy(em_b.model)
     rb1 = train_elastic(em_b, data, CFG, teacher=teacher_b, checkpoint=tmp_path, stop_after=2)
     assert rb1["steps"] == 2 and rb1["stopped"] == "stop_after"
-    em_c, _ = _setup(seed=9)  # a fresh process: different weights until the checkpoint is loaded
+    em_c, _ = _setup(seed=9, tied=tied)  # a fresh process: different weights until the checkpoint is loaded
     rc = train_elastic(em_c, data, CFG, teacher=teacher_b, checkpoint=tmp_path)
     assert rc["steps"] == 4 and rc["tokens"] == ra["tokens"] == 4 * 32
     for (n, p), q in zip(em_a.model.named_parameters(), em_c.model.parameters()):

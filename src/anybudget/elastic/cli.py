@@ -117,7 +117,9 @@ def _export(args) -> int:
         raise SystemExit(f"error: {e}") from None
     small.save_pretrained(args.out)
     src = Path(args.model) / "model"
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+    from anybudget.elastic.pipeline import TOKENIZER_FILES
+
+    for name in TOKENIZER_FILES:
         if (src / name).is_file() and not (Path(args.out) / name).exists():
             (Path(args.out) / name).write_bytes((src / name).read_bytes())
     lat = f", LUT latency {table.cost(sub) * 1e3:.3f} ms" if table is not None else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from anybudget.elastic.train import ElasticTrainConfig, train_elastic
 from anybudget.io import atomic_write_json, atomic_write_text
 
 __all__ = ["build_elastic", "load_elastic", "tokens_from_file"]
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "generation_config.json")
 
 
 def tokens_from_file(path: str | os.PathLike, model_dir: str | os.PathLike) -> np.ndarray:
@@ -92,6 +96,9 @@ def build_elastic(
         em = make_elastic(model, calib, space, quiet=quiet)
         save_file(em.importance.state_dict(), str(out / "importance.safetensors"))
         model.save_pretrained(str(out / "model"))
+        for name in TOKENIZER_FILES:  # so that out/model and exported models are complete folders
+            if (Path(model_dir) / name).is_file():
+                shutil.copyfile(Path(model_dir) / name, out / "model" / name)
         meta = {"phases": ["permute"], "space": asdict(space), "source": str(model_dir)}
         atomic_write_json(meta_path, meta)
     else:
@@ -100,6 +107,7 @@ def build_elastic(
     if "train" not in meta["phases"]:
         result = train_elastic(em, data, train, checkpoint=out / "ckpt", quiet=quiet)
         model.save_pretrained(str(out / "model"))
+        shutil.rmtree(out / "ckpt", ignore_errors=True)  # finished: the resume checkpoint is not needed
         meta["phases"].append("train")
         meta["train"] = {k: result[k] for k in ("steps", "tokens", "seconds", "world_size")}
         atomic_write_json(meta_path, meta)

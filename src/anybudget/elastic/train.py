@@ -161,8 +161,13 @@ def _save(path: Path, model, opt, step: int, tokens: int, history: list) -> None
     from anybudget.io import atomic_path, atomic_write_json
 
     path.mkdir(parents=True, exist_ok=True)
+    weights, seen = {}, set()
+    for k, v in model.state_dict().items():  # tied weights (embedding = LM head) are stored once
+        if v.data_ptr() not in seen:
+            seen.add(v.data_ptr())
+            weights[k] = v.detach().contiguous()
     with atomic_path(path / "model.safetensors") as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        save_file(weights, str(tmp))
     state, names = {}, {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
         for p in group["params"]:
