@@ -289,6 +289,7 @@ def main(argv=None) -> int:
         ts = timed_forward(small, ids, a.smoke)
         exported.append({"subnet": str(sub), "params": sum(p.numel() for p in small.parameters()), "measured_ms": ts * 1e3,
                          "full_ms": t_full * 1e3, "speedup": t_full / ts, "ppl": small_ppl,
+                         "elastic_sliced_ms": meas[str(sub)] * 1e3,
                          "elastic_ppl": elastic_ppl[str(sub)], "class": type(small).__name__})
         del small
     phases["export_s"] = time.perf_counter() - t
