@@ -99,3 +99,14 @@ def test_use_nests_and_restores():
             assert mlp.gate_proj.out_active == 16 and em.active == em.smallest()
         assert mlp.gate_proj.out_active == 32
     assert mlp.gate_proj.out_active is None and em.active is None
+
+
+def test_unwrap_gives_plain_linears_and_same_function():
+    model = tiny_model("mistral")
+    ids = token_batches(n=1)[0]
+    ref = model(ids).logits
+    em = ElasticLlama(model)
+    plain = em.unwrap()
+    assert type(plain.model.layers[0].mlp.down_proj) is torch.nn.Linear
+    assert not hasattr(plain.model.layers[0].mlp.down_proj, "in_active")
+    assert torch.equal(plain(ids).logits, ref)

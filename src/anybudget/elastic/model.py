@@ -231,6 +231,17 @@ class ElasticLlama(nn.Module):
     def active(self) -> SubnetConfig | None:
         return self._active
 
+    def unwrap(self) -> nn.Module:
+        """The wrapped model with plain ``nn.Linear`` layers again (full width); ``self`` is unusable after."""
+        self._select(None)
+        for layer in decoder_layers(self.model):
+            a, m = layer.self_attn, layer.mlp
+            for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj):
+                lin.__class__ = nn.Linear
+                lin.__dict__.pop("out_active", None)
+                lin.__dict__.pop("in_active", None)
+        return self.model
+
     def forward(self, *args, subnet: SubnetConfig | None = None, **kwargs):
         """``model(*args, **kwargs)`` under ``subnet`` (None: the one selected by ``use``, else full)."""
         if subnet is None:

@@ -245,7 +245,15 @@ def train_static_router(em: ElasticLlama, table: CostTable, windows: list[torch.
     subs += [_random_subnet(em, g, False) for _ in range(max(0, cfg.surrogate_samples - len(subs)))]
     for s in tqdm(subs, desc="surrogate samples", disable=quiet):
         add(s)
-    err = sur.fit(torch.stack(pool_kv), torch.stack(pool_m), torch.tensor(pool_y), iters=400)
+    # the gate reads the error on samples the surrogate was not fitted on: hold out a fifth first
+    n_fit = max(1, len(pool_y) * 4 // 5)
+    perm = torch.randperm(len(pool_y), generator=g)
+    fit_i, held_i = perm[:n_fit], perm[n_fit:]
+    kv_all, m_all, y_all = torch.stack(pool_kv), torch.stack(pool_m), torch.tensor(pool_y)
+    err = sur.fit(kv_all[fit_i], m_all[fit_i], y_all[fit_i], iters=400)
+    if len(held_i):
+        err = float(sur.relative_error(kv_all[held_i], m_all[held_i], y_all[held_i]))
+    sur.fit(kv_all, m_all, y_all, iters=400)
     opt = torch.optim.Adam(router.parameters(), lr=cfg.lr)
     span = max(hi - lo, 1e-12)
     stats = {"router_steps": 0, "measured": len(pool_y), "surrogate_error": [err]}
