@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 
@@ -98,7 +99,8 @@ def _build(args) -> int:
     tokens = tokens_from_file(args.text, args.model)
     meta = build_elastic(args.model, tokens, args.out, train, router, wl, space, args.batch, args.seq,
                          args.calib_batches, device=args.device, quiet=args.quiet)
-    print(f"built {args.out}: phases {', '.join(meta['phases'])}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"built {args.out}: phases {', '.join(meta['phases'])}")
     return 0
 
 

@@ -22,7 +22,7 @@ from anybudget.elastic.data import TokenBatches, eval_windows, read_tokens
 from anybudget.elastic.latency import CostTable, Workload, measure_latency_table
 from anybudget.elastic.model import ElasticLlama, ElasticSpace
 from anybudget.elastic.router import RouterTrainConfig, StaticRouter, train_static_router
-from anybudget.elastic.train import ElasticTrainConfig, train_elastic
+from anybudget.elastic.train import ElasticTrainConfig, _world, train_elastic
 from anybudget.io import atomic_write_json, atomic_write_text
 
 __all__ = ["build_elastic", "load_elastic", "tokens_from_file"]
@@ -60,6 +60,13 @@ def load_elastic(out: str | os.PathLike, device: str | None = None) -> tuple[Ela
     return em, table, router
 
 
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def build_elastic(
     model_dir: str | os.PathLike,
     tokens: np.ndarray,
@@ -81,15 +88,18 @@ def build_elastic(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dev = torch.device("cuda", torch.cuda.current_device())
+    rank, world = _world()  # under torchrun: rank 0 writes every file, the others wait and read
     space = space or ElasticSpace()
     n_held = max(seq + 2, int(len(tokens) * heldout_fraction))
     held, train_tokens = tokens[:n_held], tokens[n_held:]
     meta_path = out / "elastic.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"phases": []}
-    src = out / "model" if "permute" in meta["phases"] else Path(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).to(dev).eval()
     data = TokenBatches(train_tokens, batch, seq, seed=0)
-    if "permute" not in meta["phases"]:
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"phases": []}
+    if "permute" not in meta["phases"] and rank == 0:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(dev).eval()
         from safetensors.torch import save_file
 
         calib = [data(10**9 + i)[:, :-1] for i in range(calib_batches)]
@@ -101,17 +111,23 @@ def build_elastic(
                 shutil.copyfile(Path(model_dir) / name, out / "model" / name)
         meta = {"phases": ["permute"], "space": asdict(space), "source": str(model_dir)}
         atomic_write_json(meta_path, meta)
-    else:
-        em = ElasticLlama(model, space)
+    _barrier(world)
+    meta = json.loads(meta_path.read_text())
+    space = ElasticSpace(**{k: tuple(v) for k, v in meta["space"].items()})
+    model = AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32).to(dev).eval()
+    em = ElasticLlama(model, space)
     train = train or ElasticTrainConfig()
     if "train" not in meta["phases"]:
         result = train_elastic(em, data, train, checkpoint=out / "ckpt", quiet=quiet)
-        model.save_pretrained(str(out / "model"))
-        shutil.rmtree(out / "ckpt", ignore_errors=True)  # finished: the resume checkpoint is not needed
-        meta["phases"].append("train")
-        meta["train"] = {k: result[k] for k in ("steps", "tokens", "seconds", "world_size")}
-        atomic_write_json(meta_path, meta)
-    if int(os.environ.get("RANK", "0")) != 0:
+        if rank == 0:
+            model.save_pretrained(str(out / "model"))
+            meta["phases"].append("train")
+            meta["train"] = {k: result[k] for k in ("steps", "tokens", "seconds", "world_size")}
+            atomic_write_json(meta_path, meta)
+        _barrier(world)
+        if rank == 0:
+            shutil.rmtree(out / "ckpt", ignore_errors=True)  # finished: the resume checkpoint is not needed
+    if rank != 0:
         return meta
     windows = eval_windows(held, seq, batch)
     if "latency" not in meta["phases"]:
