@@ -11,7 +11,8 @@ Phases (each with a wall-clock budget; all numbers come from this one run):
   6 static router; 8 latency targets, each pick *measured* (whole-model forward, CUDA events) and
     compared with the best uniform config whose LUT latency fits the same target
   7 dynamic per-token router at one target (latency = expected LUT latency, see dynamic.py)
-  8 exported dense models (plain LlamaForCausalLM): measured speedup vs the full base model
+  8 exported dense models (plain LlamaForCausalLM): measured speedup vs the full base model, and
+    memory (analytic model vs weights + measured peak of a cached prefill)
 
 GPU (one H100, or two with the training phases data-parallel):
     python benchmarks/elastic/run.py --out $OUT
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from anybudget import elastic as E
 from anybudget.elastic.train import _any_rank, average_gradients
 from anybudget.io import atomic_path, atomic_write_text, write_results
-from anybudget.measure import latency
+from anybudget.measure import latency, model_bytes, peak_memory
 
 
 def parse(argv=None):
@@ -280,7 +281,15 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     full_plain = copy.deepcopy(original).to(dt)
     t_full = timed_forward(full_plain, ids, a.smoke)
-    exported = []
+
+    def memory(m, sub):
+        """Analytic model (weights + KV cache + activation workspace) vs weights + measured peak of a cached prefill."""
+        with torch.no_grad():
+            _, peak = peak_memory(lambda: m(input_ids=ids, use_cache=True))
+        return {"predicted": E.memory_bytes(em, sub, wl), "measured": None if peak is None else model_bytes(m) + peak}
+
+    exported, mem_full = [], memory(full_plain, em.full())
+    del full_plain
     for f in (0.75, 0.5, 0.25):
         sub = em.uniform(f)
         small = E.export(em, sub)
@@ -289,8 +298,8 @@ def main(argv=None) -> int:
         ts = timed_forward(small, ids, a.smoke)
         exported.append({"subnet": str(sub), "params": sum(p.numel() for p in small.parameters()), "measured_ms": ts * 1e3,
                          "full_ms": t_full * 1e3, "speedup": t_full / ts, "ppl": small_ppl,
-                         "elastic_sliced_ms": meas[str(sub)] * 1e3,
-                         "elastic_ppl": elastic_ppl[str(sub)], "class": type(small).__name__})
+                         "elastic_sliced_ms": meas[str(sub)] * 1e3, "memory_bytes": memory(small, sub),
+                         "full_memory_bytes": mem_full, "elastic_ppl": elastic_ppl[str(sub)], "class": type(small).__name__})
         del small
     phases["export_s"] = time.perf_counter() - t
 
