@@ -121,3 +121,17 @@ def test_importance_state_dict_round_trip(tmp_path):
     for name in ("heads", "kv_groups", "neurons"):
         assert all(torch.equal(x, y) for x, y in zip(getattr(imp, name), getattr(again, name)))
     assert torch.equal(imp.embedding, again.embedding) and again.layers is None
+
+
+def test_cached_generation_under_a_heterogeneous_subnet_equals_recomputation():
+    model = tiny_model("qwen3", layers=3)
+    em = make_elastic(model, token_batches())
+    sub = SubnetConfig((LayerConfig(1, 16), LayerConfig(2, 48), LayerConfig(1, 64)))
+    ids = token_batches(n=1, batch=1, seq=4)[0]
+    with em.use(sub):
+        cached = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        seq = ids
+        for _ in range(5):  # greedy without a cache: the whole sequence again each step
+            nxt = model(seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    assert torch.equal(cached, seq)
