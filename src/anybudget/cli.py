@@ -18,6 +18,7 @@ _GROUPS = {
     "ssm": ("anybudget.ssm.cli", "polarized Mamba: MQAR training/eval, recency and over-smoothing"),
     "nas": ("anybudget.nas.cli", "TE-NAS training-free architecture search on NAS-Bench-201"),
     "splat": ("anybudget.splat.cli", "LightGaussian: compress 3DGS scenes to a size budget (train, eval)"),
+    "elastic": ("anybudget.elastic.cli", "Flextron elastic sub-networks: build, export for a latency/mem/params budget, eval"),
 }
 
 

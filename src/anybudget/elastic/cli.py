@@ -1,0 +1,178 @@
+"""``anybudget elastic build | export | eval``. Flags of the training / router / workload settings are
+generated from their dataclasses (one flag per field, the dataclass holds the defaults)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+
+def _add_dataclass(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
+    doc = cls.__name__
+    g = p.add_argument_group(f"{doc} (prefix --{prefix})" if prefix else doc)
+    for f in dataclasses.fields(cls):
+        default = f.default
+        flag = "--" + prefix + f.name.replace("_", "-")
+        dest = (prefix + f.name).replace("-", "_")
+        if isinstance(default, bool):
+            g.add_argument(flag, dest=dest, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+                           help=f"true/false (default {default})")
+        elif isinstance(default, tuple):
+            g.add_argument(flag, dest=dest, default=None, help=f"comma-separated (default {','.join(map(str, default))})")
+        else:
+            g.add_argument(flag, dest=dest, type=type(default), default=None, help=f"(default {default})")
+
+
+def _from_args(cls, args: argparse.Namespace, prefix: str = ""):
+    kw = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, (prefix + f.name).replace("-", "_"), None)
+        if v is None:
+            continue
+        if isinstance(f.default, tuple):
+            v = tuple(float(x) for x in str(v).split(","))
+        kw[f.name] = v
+    return cls(**kw)
+
+
+def register(sub) -> None:
+    from anybudget.elastic.latency import Workload
+    from anybudget.elastic.model import ElasticSpace
+    from anybudget.elastic.router import RouterTrainConfig
+    from anybudget.elastic.train import ElasticTrainConfig
+
+    el = sub.add_parser("elastic", help="Flextron elastic sub-networks: build, export for a budget, evaluate")
+    es = el.add_subparsers(dest="elastic_command", metavar="VERB", required=True)
+
+    b = es.add_parser("build", help="importance + permutation, elastic training, latency table, router (resumable)")
+    b.add_argument("--model", required=True, help="Hugging Face model folder (Llama/Mistral/Qwen2/Qwen3)")
+    b.add_argument("--text", required=True, help="training text file (or a .u16.xz token file)")
+    b.add_argument("--out", required=True, help="output folder; re-running resumes unfinished phases")
+    b.add_argument("--batch", type=int, default=8, help="sequences per step (default 8)")
+    b.add_argument("--seq", type=int, default=256, help="tokens per sequence (default 256)")
+    b.add_argument("--calib-batches", type=int, default=8, help="calibration batches for importance (default 8)")
+    b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_dataclass(b, ElasticSpace)
+    _add_dataclass(b, ElasticTrainConfig, "train-")
+    _add_dataclass(b, RouterTrainConfig, "router-")
+    _add_dataclass(b, Workload, "workload-")
+    b.set_defaults(func=_build)
+
+    x = es.add_parser("export", help="the sub-network for a budget as a plain smaller model folder")
+    x.add_argument("--model", required=True, help="folder written by `anybudget elastic build`")
+    x.add_argument("--budget", required=True, help="latency=20ms, mem=2GiB or params=20M")
+    x.add_argument("--out", required=True, help="folder for the exported model (save_pretrained)")
+    x.add_argument("--heterogeneous", default="uniform", choices=("uniform", "cover", "error"),
+                   help="uniform: route among uniform configs (default); cover: router's pick, exported as "
+                        "its smallest uniform cover; error: router's pick, fail if heterogeneous")
+    x.set_defaults(func=_export)
+
+    v = es.add_parser("eval", help="perplexity and costs of uniform sub-networks and router picks: table + PNG")
+    v.add_argument("--model", required=True, help="folder written by `anybudget elastic build`")
+    v.add_argument("--text", required=True, help="evaluation text file (or a .u16.xz token file)")
+    v.add_argument("--out", required=True, help="folder for elastic_eval.json and elastic_eval.png")
+    v.add_argument("--seq", type=int, default=256)
+    v.add_argument("--batch", type=int, default=8)
+    v.add_argument("--max-tokens", type=int, default=200_000, help="evaluate on at most this many tokens")
+    v.add_argument("--device", default=None)
+    v.set_defaults(func=_eval)
+
+
+def _build(args) -> int:
+    from anybudget.elastic.latency import Workload
+    from anybudget.elastic.model import ElasticSpace
+    from anybudget.elastic.pipeline import build_elastic, tokens_from_file
+    from anybudget.elastic.router import RouterTrainConfig
+    from anybudget.elastic.train import ElasticTrainConfig
+
+    try:
+        space = _from_args(ElasticSpace, args)
+        train = _from_args(ElasticTrainConfig, args, "train_")
+        router = _from_args(RouterTrainConfig, args, "router_")
+        wl = _from_args(Workload, args, "workload_") if any(
+            getattr(args, "workload_" + f.name) is not None for f in dataclasses.fields(Workload)) else None
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    tokens = tokens_from_file(args.text, args.model)
+    meta = build_elastic(args.model, tokens, args.out, train, router, wl, space, args.batch, args.seq,
+                         args.calib_batches, device=args.device, quiet=args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"built {args.out}: phases {', '.join(meta['phases'])}")
+    return 0
+
+
+def _export(args) -> int:
+    from anybudget.budget import BudgetError
+    from anybudget.elastic.export import export
+    from anybudget.elastic.latency import param_count
+    from anybudget.elastic.pipeline import load_elastic
+    from anybudget.elastic.router import route
+
+    em, table, router = load_elastic(args.model, device="cpu")
+    try:
+        sub = route(em, args.budget, router=router, table=table, uniform=args.heterogeneous == "uniform")
+        small = export(em, sub, heterogeneous="cover" if args.heterogeneous == "cover" else "error")
+    except (BudgetError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    small.save_pretrained(args.out)
+    src = Path(args.model) / "model"
+    from anybudget.elastic.pipeline import TOKENIZER_FILES
+
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file() and not (Path(args.out) / name).exists():
+            (Path(args.out) / name).write_bytes((src / name).read_bytes())
+    lat = f", LUT latency {table.cost(sub) * 1e3:.3f} ms" if table is not None else ""
+    print(f"{args.budget}: {sub}; {param_count(em, sub) / 1e6:.2f} M params{lat} -> {args.out}")
+    return 0
+
+
+def _eval(args) -> int:
+    from anybudget.elastic.data import eval_windows
+    from anybudget.elastic.evaluate import perplexity
+    from anybudget.elastic.latency import param_count
+    from anybudget.elastic.pipeline import load_elastic, tokens_from_file
+    from anybudget.elastic.router import route, uniform_configs
+    from anybudget.io import atomic_path, atomic_write_json
+
+    em, table, router = load_elastic(args.model, device=args.device)
+    windows = eval_windows(tokens_from_file(args.text, Path(args.model) / "model"), args.seq, args.batch, args.max_tokens)
+    rows = []
+    for sub in uniform_configs(em):
+        rows.append({"kind": "uniform", "subnet": str(sub), "params": param_count(em, sub),
+                     "latency_ms": table.cost(sub) * 1e3 if table else None, "ppl": perplexity(em, windows, sub)})
+    if router is not None and table is not None:
+        lo, hi = table.cost(em.smallest()), table.cost(em.full())
+        for f in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0):
+            target = lo + f * (hi - lo)
+            sub = route(em, f"latency={target * 1e3:.6f}ms", router=router, table=table)
+            rows.append({"kind": "router", "subnet": str(sub), "params": param_count(em, sub), "target_ms": target * 1e3,
+                         "latency_ms": table.cost(sub) * 1e3, "ppl": perplexity(em, windows, sub)})
+    print(f"{'kind':8} {'params(M)':>9} {'LUT ms':>8} {'ppl':>8}  subnet")
+    for r in rows:
+        lat = f"{r['latency_ms']:8.3f}" if r["latency_ms"] is not None else f"{'-':>8}"
+        print(f"{r['kind']:8} {r['params'] / 1e6:9.2f} {lat} {r['ppl']:8.2f}  {r['subnet']}")
+    out = Path(args.out)
+    atomic_write_json(out / "elastic_eval.json", {"rows": rows})
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(no PNG: pip install 'anybudget[plot]')")
+        return 0
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, mark in (("uniform", "o"), ("router", "x")):
+        pts = [(r["latency_ms"] if r["latency_ms"] is not None else r["params"] / 1e6, r["ppl"]) for r in rows if r["kind"] == kind]
+        if pts:
+            ax.scatter(*zip(*pts), marker=mark, label=kind)
+    ax.set_xlabel("LUT latency (ms)" if table else "parameters (M)")
+    ax.set_ylabel("perplexity")
+    ax.legend()
+    with atomic_path(out / "elastic_eval.png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    print(f"wrote {out / 'elastic_eval.json'} and {out / 'elastic_eval.png'}")
+    return 0

@@ -1,0 +1,148 @@
+"""The whole Flextron recipe on a model folder, phase by phase, each phase resumable from ``out``.
+
+``out/`` holds: ``model/`` (the permuted, elastically trained model, a plain HF folder),
+``elastic.json`` (space, tokens, phases done), ``importance.safetensors``, ``ckpt/`` (training
+checkpoint), ``latency_table.json``, ``router.safetensors``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anybudget.elastic.api import make_elastic
+from anybudget.elastic.data import TokenBatches, eval_windows, read_tokens
+from anybudget.elastic.latency import CostTable, Workload, measure_latency_table
+from anybudget.elastic.model import ElasticLlama, ElasticSpace
+from anybudget.elastic.router import RouterTrainConfig, StaticRouter, train_static_router
+from anybudget.elastic.train import ElasticTrainConfig, _world, train_elastic
+from anybudget.io import atomic_write_json, atomic_write_text
+
+__all__ = ["build_elastic", "load_elastic", "tokens_from_file"]
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "generation_config.json")
+
+
+def tokens_from_file(path: str | os.PathLike, model_dir: str | os.PathLike) -> np.ndarray:
+    """Token ids of a text file (tokenised with the model folder's tokenizer) or of a .u16(.xz) file."""
+    path = Path(path)
+    if path.name.endswith((".u16.xz", ".u16", ".npy")):
+        return read_tokens(path)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    return np.asarray(tok(path.read_text(encoding="utf-8"))["input_ids"], dtype=np.int64)
+
+
+def load_elastic(out: str | os.PathLike, device: str | None = None) -> tuple[ElasticLlama, CostTable | None, StaticRouter | None]:
+    """The elastic model, latency table and router that ``build_elastic`` wrote to ``out``."""
+    from transformers import AutoModelForCausalLM
+
+    out = Path(out)
+    meta = json.loads((out / "elastic.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    em = ElasticLlama(model.to(dev).eval(), ElasticSpace(**{k: tuple(v) for k, v in meta["space"].items()}))
+    table = CostTable.from_json((out / "latency_table.json").read_text()) if (out / "latency_table.json").is_file() else None
+    router = StaticRouter.load(out / "router.safetensors") if (out / "router.safetensors").is_file() else None
+    # route(em, budget) falls back on these when no router / table is passed
+    em.latency_table = table
+    if router is not None:
+        em.router = router
+    return em, table, router
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def build_elastic(
+    model_dir: str | os.PathLike,
+    tokens: np.ndarray,
+    out: str | os.PathLike,
+    train: ElasticTrainConfig | None = None,
+    router: RouterTrainConfig | None = None,
+    workload: Workload | None = None,
+    space: ElasticSpace | None = None,
+    batch: int = 8,
+    seq: int = 256,
+    calib_batches: int = 8,
+    heldout_fraction: float = 0.05,
+    device: str | None = None,
+    quiet: bool = False,
+) -> dict:
+    """Importance + permutation, elastic training, latency table, static router; skips finished phases."""
+    from transformers import AutoModelForCausalLM
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dev = torch.device("cuda", torch.cuda.current_device())
+    rank, world = _world()  # under torchrun: rank 0 writes every file, the others wait and read
+    space = space or ElasticSpace()
+    n_held = max(seq + 2, int(len(tokens) * heldout_fraction))
+    held, train_tokens = tokens[:n_held], tokens[n_held:]
+    meta_path = out / "elastic.json"
+    data = TokenBatches(train_tokens, batch, seq, seed=0)
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"phases": []}
+    if "permute" not in meta["phases"] and rank == 0:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(dev).eval()
+        from safetensors.torch import save_file
+
+        calib = [data(10**9 + i)[:, :-1] for i in range(calib_batches)]
+        em = make_elastic(model, calib, space, quiet=quiet)
+        save_file(em.importance.state_dict(), str(out / "importance.safetensors"))
+        model.save_pretrained(str(out / "model"))
+        for name in TOKENIZER_FILES:  # so that out/model and exported models are complete folders
+            if (Path(model_dir) / name).is_file():
+                shutil.copyfile(Path(model_dir) / name, out / "model" / name)
+        meta = {"phases": ["permute"], "space": asdict(space), "source": str(model_dir)}
+        atomic_write_json(meta_path, meta)
+    _barrier(world)
+    meta = json.loads(meta_path.read_text())
+    space = ElasticSpace(**{k: tuple(v) for k, v in meta["space"].items()})
+    model = AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32).to(dev).eval()
+    em = ElasticLlama(model, space)
+    train = train or ElasticTrainConfig()
+    if "train" not in meta["phases"]:
+        result = train_elastic(em, data, train, checkpoint=out / "ckpt", quiet=quiet)
+        if rank == 0:
+            model.save_pretrained(str(out / "model"))
+            meta["phases"].append("train")
+            meta["train"] = {k: result[k] for k in ("steps", "tokens", "seconds", "world_size")}
+            atomic_write_json(meta_path, meta)
+        _barrier(world)
+        if rank == 0:
+            shutil.rmtree(out / "ckpt", ignore_errors=True)  # finished: the resume checkpoint is not needed
+    if rank != 0:
+        return meta
+    windows = eval_windows(held, seq, batch)
+    if "latency" not in meta["phases"]:
+        wl = workload or Workload(dtype="bfloat16" if dev.type == "cuda" else "float32")
+        timed = ElasticLlama(copy.deepcopy(model).to(wl.torch_dtype), space)  # keep the fp32 weights exact
+        table = measure_latency_table(timed, wl, quiet=quiet)
+        del timed
+        atomic_write_text(out / "latency_table.json", table.to_json())
+        meta["phases"].append("latency")
+        atomic_write_json(meta_path, meta)
+    table = CostTable.from_json((out / "latency_table.json").read_text())
+    if "router" not in meta["phases"]:
+        r, stats = train_static_router(em, table, windows[:4], router or RouterTrainConfig(), quiet=quiet)
+        r.save(out / "router.safetensors")
+        meta["phases"].append("router")
+        meta["router"] = {k: stats[k] for k in ("router_steps", "measured")}
+        atomic_write_json(meta_path, meta)
+    return meta

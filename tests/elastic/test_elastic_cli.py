@@ -1,0 +1,64 @@
+import json
+import lzma
+
+import numpy as np
+import pytest
+import torch
+import transformers as tr
+from elastic_helpers import tiny_model
+
+from anybudget.cli import main
+from anybudget.elastic.latency import CostTable
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("elastic_cli")
+    tiny_model("llama").save_pretrained(root / "base")
+    toks = np.random.default_rng(0).integers(0, 97, 3000).astype(np.uint16)
+    (root / "train.u16.xz").write_bytes(lzma.compress(toks.tobytes()))
+    args = ["elastic", "build", "--model", str(root / "base"), "--text", str(root / "train.u16.xz"),
+            "--out", str(root / "el"), "--batch", "2", "--seq", "16", "--calib-batches", "2", "--quiet",
+            "--train-steps", "3", "--train-checkpoint-every", "2", "--router-steps", "6",
+            "--router-surrogate-samples", "8", "--router-surrogate-threshold", "100",
+            "--workload-batch", "1", "--workload-seq", "8", "--workload-dtype", "float32"]
+    assert main(args) == 0
+    return root, args
+
+
+def test_build_writes_every_phase_and_resumes(built, capsys):
+    root, args = built
+    meta = json.loads((root / "el/elastic.json").read_text())
+    assert meta["phases"] == ["permute", "train", "latency", "router"] and meta["train"]["steps"] == 3
+    for name in ("model/config.json", "importance.safetensors", "latency_table.json", "router.safetensors"):
+        assert (root / "el" / name).is_file()
+    mtime = (root / "el/router.safetensors").stat().st_mtime_ns
+    assert main(args) == 0  # every phase done: nothing recomputed
+    assert (root / "el/router.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_export_and_eval(built, capsys):
+    root, _ = built
+    table = CostTable.from_json((root / "el/latency_table.json").read_text())
+    from anybudget.elastic.pipeline import load_elastic
+
+    em, _, _ = load_elastic(root / "el", device="cpu")
+    assert table.cost(em.full()) >= table.cost(em.uniform(0.5)) >= table.cost(em.smallest())  # monotone
+    mid = (table.cost(em.smallest()) + table.cost(em.full())) / 2 * 1e3
+    assert main(["elastic", "export", "--model", str(root / "el"), "--budget", f"latency={mid}ms",
+                 "--out", str(root / "small")]) == 0
+    small = tr.AutoModelForCausalLM.from_pretrained(root / "small")
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in em.model.parameters())
+    ids = torch.randint(0, 97, (1, 10))
+    x = small.config
+    from anybudget.elastic import LayerConfig, SubnetConfig
+
+    sub = SubnetConfig((LayerConfig(x.num_key_value_heads, x.intermediate_size),) * x.num_hidden_layers)
+    torch.testing.assert_close(small(ids).logits, em(ids, subnet=sub).logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(SystemExit, match="smallest feasible budget is latency="):
+        main(["elastic", "export", "--model", str(root / "el"), "--budget", "latency=1ns", "--out", str(root / "x")])
+    assert main(["elastic", "eval", "--model", str(root / "el"), "--text", str(root / "train.u16.xz"),
+                 "--out", str(root / "ev"), "--seq", "16", "--max-tokens", "200"]) == 0
+    rows = json.loads((root / "ev/elastic_eval.json").read_text())["rows"]
+    assert len([r for r in rows if r["kind"] == "uniform"]) == 8 and len([r for r in rows if r["kind"] == "router"]) == 8
+    assert (root / "ev/elastic_eval.png").is_file()
