@@ -168,7 +168,7 @@ def load_mask(path: str | os.PathLike) -> tuple[Mask, dict]:
     mask = {}
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-        for k in f:
+        for k in f.keys():  # noqa: SIM118 (safe_open is not iterable)
             t = f.get_tensor(k)
             if t.dtype != torch.bool:
                 raise ValueError(f"mask file {path}: tensor {k!r} is {t.dtype}, expected bool")

@@ -167,7 +167,7 @@ def load_task(path) -> tuple[TaskSpec, dict[str, TaskData], dict]:
 
     with safe_open(str(path), framework="np") as f:
         meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f}
+        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     splits = {s: TaskData(t[f"{s}.ids"], t[f"{s}.offsets"], t[f"{s}.seg"], t[f"{s}.labels"])
               for s in SPLITS if f"{s}.ids" in t}
     return TaskSpec(**json.loads(meta["spec"])), splits, json.loads(meta["info"])
