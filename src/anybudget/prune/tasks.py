@@ -33,6 +33,7 @@ __all__ = [
     "TaskSpec",
     "binary_rows",
     "consecutive_pairs",
+    "encode",
     "load_task",
     "metric",
     "parse_vader",
@@ -149,25 +150,38 @@ class TaskData:
 
 
 def save_task(path, spec: TaskSpec, splits: dict[str, TaskData], info: dict) -> Path:
-    """One safetensors file per task: ``<split>.ids`` etc., with the spec and split info as JSON."""
-    from safetensors.numpy import save_file
+    """One safetensors file per task (``<split>.ids`` etc., the spec and split info as JSON
+    metadata); a path ending in ``.xz`` is written lzma-compressed (what travels to the GPU)."""
+    import lzma
+
+    from safetensors.numpy import save
 
     tensors = {}
     for s, d in splits.items():
         tensors.update({f"{s}.ids": d.ids.astype(np.uint16), f"{s}.offsets": d.offsets.astype(np.int64),
                         f"{s}.seg": d.seg.astype(np.int32), f"{s}.labels": d.labels.astype(np.float32)})
     meta = {"spec": json.dumps(spec.__dict__), "info": json.dumps(info, sort_keys=True)}
+    blob = save(tensors, metadata=meta)
+    if str(path).endswith(".xz"):
+        blob = lzma.compress(blob, preset=9 | lzma.PRESET_EXTREME)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        Path(tmp).write_bytes(blob)
     return Path(path)
 
 
 def load_task(path) -> tuple[TaskSpec, dict[str, TaskData], dict]:
-    from safetensors import safe_open
+    """``(spec, {split: TaskData}, info)`` from a file written by ``save_task``."""
+    import lzma
+    import struct
 
-    with safe_open(str(path), framework="np") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    from safetensors.numpy import load
+
+    blob = Path(path).read_bytes()
+    if str(path).endswith(".xz"):
+        blob = lzma.decompress(blob)
+    (n,) = struct.unpack("<Q", blob[:8])
+    meta = json.loads(blob[8:8 + n]).get("__metadata__", {})
+    t = load(blob)
     splits = {s: TaskData(t[f"{s}.ids"], t[f"{s}.offsets"], t[f"{s}.seg"], t[f"{s}.labels"])
               for s in SPLITS if f"{s}.ids" in t}
     return TaskSpec(**json.loads(meta["spec"])), splits, json.loads(meta["info"])
@@ -196,3 +210,21 @@ def metric(kind: str, preds: np.ndarray, labels: np.ndarray) -> dict[str, float]
             return float((a * b).sum() / d) if d > 0 else 0.0
         return {"pearson": corr(preds, labels), "spearman": corr(_ranks(preds), _ranks(labels))}
     raise ValueError(f"kind={kind!r} is unknown; allowed: 'binary', 'regression'")
+
+
+def encode(tokenizer, examples, max_len: int = 64) -> TaskData:
+    """Tokenize ``[(text, label)]`` or ``[(text_a, text_b, label)]`` with a ``tokenizers``
+    WordPiece tokenizer whose post-processor adds [CLS]/[SEP] (``BertWordPieceTokenizer``)."""
+    tokenizer.enable_truncation(max_length=max_len)
+    inputs = [e[0] if len(e) == 2 else (e[0], e[1]) for e in examples]
+    encs = tokenizer.encode_batch(inputs)
+    ids, offsets, seg = [], [0], []
+    for enc in encs:
+        ids.extend(enc.ids)
+        offsets.append(len(ids))
+        tt = enc.type_ids
+        seg.append(tt.index(1) if 1 in tt else len(tt))
+    if max(ids, default=0) >= 2**16:
+        raise ValueError("vocabulary larger than 65536 ids does not fit the uint16 storage")
+    return TaskData(np.asarray(ids, np.uint16), np.asarray(offsets, np.int64),
+                    np.asarray(seg, np.int32), np.asarray([e[-1] for e in examples], np.float32))
