@@ -92,14 +92,16 @@ class MaskEnforcer:
     def __init__(self, model: nn.Module, mask: Mask, optimizer: torch.optim.Optimizer, strict=True):
         check_mask(model, mask, strict=strict)
         params = dict(model.named_parameters())
-        self._pairs = [(params[k], m.to(params[k].device)) for k, m in mask.items() if k in params]
+        kept = [k for k in mask if k in params]
+        self._params = [params[k] for k in kept]
+        self._masks = [mask[k].to(params[k].device, params[k].dtype) for k in kept]
         self._handle = optimizer.register_step_post_hook(lambda *_: self.enforce())
         self.enforce()
 
     @torch.no_grad()
     def enforce(self) -> None:
-        for p, m in self._pairs:
-            p.mul_(m.to(p.dtype))
+        if self._params:
+            torch._foreach_mul_(self._params, self._masks)
 
     def remove(self) -> None:
         if self._handle is not None:

@@ -58,8 +58,9 @@ def world() -> tuple[int, int]:
 def _optimizer(model: nn.Module, cfg: FineTuneConfig, total: int):
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     other = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    fused = all(p.is_cuda for p in decay + other)  # one kernel per step: small models are launch-bound
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": other, "weight_decay": 0.0}], lr=cfg.lr)
+                             {"params": other, "weight_decay": 0.0}], lr=cfg.lr, fused=fused or None)
     warm = int(cfg.warmup_ratio * total)
 
     def lam(step):
