@@ -31,8 +31,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import atomic_write_bytes, atomic_write_json  # noqa: E402
-from anybudget.prune.tasks import (  # noqa: E402
+from anybudget.io import atomic_write_bytes, atomic_write_json
+from anybudget.prune.tasks import (
     TASKS,
     binary_rows,
     consecutive_pairs,

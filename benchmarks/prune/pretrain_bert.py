@@ -27,9 +27,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import write_results  # noqa: E402
-from anybudget.prune.mlm import MLMStream, add_mlm_head, mlm_accuracy  # noqa: E402
-from anybudget.prune.train import FineTuneConfig, finetune  # noqa: E402
+from anybudget.io import write_results
+from anybudget.prune.mlm import MLMStream, add_mlm_head, mlm_accuracy
+from anybudget.prune.train import FineTuneConfig, finetune
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

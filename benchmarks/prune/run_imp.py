@@ -26,12 +26,12 @@ ROOT = HERE.parents[1]
 for p in (str(ROOT / "src"), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
-import jobs  # noqa: E402
-import report  # noqa: E402
+import jobs
+import report
 
-from anybudget.io import write_results  # noqa: E402
-from anybudget.prune.controls import CONTROLS  # noqa: E402
-from anybudget.prune.tasks import TASKS  # noqa: E402
+from anybudget.io import write_results
+from anybudget.prune.controls import CONTROLS
+from anybudget.prune.tasks import TASKS
 
 
 def run_phase(todo: list[tuple], workers: int, quiet: bool) -> list[dict]:

@@ -19,9 +19,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-from anybudget.measure import latency  # noqa: E402
-from anybudget.prune.masks import apply_mask  # noqa: E402
-from anybudget.prune.sparse24 import mask_24, to_semi_structured  # noqa: E402
+from anybudget.measure import latency
+from anybudget.prune.masks import apply_mask
+from anybudget.prune.sparse24 import mask_24, to_semi_structured
 
 
 def matmul_speed(tokens: int = 16384, hidden: int = 768, repeat: int = 50) -> dict:
