@@ -92,6 +92,14 @@ def train_tokenizer(texts_file: Path, vocab: int):
     tok = BertWordPieceTokenizer(lowercase=True)
     tok.train([str(texts_file)], vocab_size=vocab, min_frequency=2, special_tokens=SPECIALS,
               show_progress=False)
+    return with_bert_processing(tok)
+
+
+def with_bert_processing(tok):
+    """[CLS] a [SEP] (b [SEP]): a tokenizer trained from scratch has no post-processor yet."""
+    from tokenizers.processors import BertProcessing
+
+    tok.post_processor = BertProcessing(("[SEP]", tok.token_to_id("[SEP]")), ("[CLS]", tok.token_to_id("[CLS]")))
     return tok
 
 
@@ -127,10 +135,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / ".carry/prune")
     ap.add_argument("--build", type=Path, default=ROOT / "benchmarks/prune/build")
     ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--vocab-file", type=Path, default=None,
+                    help="use this WordPiece vocab.txt (e.g. MiniLM's) instead of training one")
     ap.add_argument("--max-len", type=int, default=64, help="task sequence length (default 64)")
     ap.add_argument("--max-pairs", type=int, default=8000, help="train pairs of the pair task")
-    ap.add_argument("--pretrain-tokens", type=int, default=3_600_000, help="MLM tokens for call 1")
-    ap.add_argument("--imp-tokens", type=int, default=400_000, help="MLM tokens for call 2")
+    ap.add_argument("--pretrain-tokens", type=int, default=9_000_000, help="MLM tokens for call 1")
+    ap.add_argument("--imp-tokens", type=int, default=1_200_000, help="MLM tokens for call 2")
     ap.add_argument("--model", type=Path, default=None, help="only add this pre-trained model to imp/model")
     args = ap.parse_args(argv)
     if args.model is not None:
@@ -146,7 +156,12 @@ def main(argv=None) -> int:
         texts = Path(tmp) / "texts.txt"
         extra = "\n".join(" ".join(map(str, e[:-1])) for n in TASKS for e in examples[n]["train"])
         texts.write_text(corpus_train + "\n" + extra, encoding="utf-8")
-        tok = train_tokenizer(texts, args.vocab)
+        if args.vocab_file is not None:
+            from tokenizers import BertWordPieceTokenizer
+
+            tok = with_bert_processing(BertWordPieceTokenizer(str(args.vocab_file), lowercase=True))
+        else:
+            tok = train_tokenizer(texts, args.vocab)
     record = {"vader": str(vdir), "corpus": str(args.corpus), "vocab": args.vocab, "max_len": args.max_len,
               "split_rule": "vader tasks: sha1(text) % 10: 0 test, 1 dev, else train; consecutive: "
                             "the corpus's document splits (train / validation / test)",

@@ -17,6 +17,7 @@ _GROUPS = {
     "generate": ("anybudget.kv.cli", "generate text from a local model under a KV budget"),
     "ssm": ("anybudget.ssm.cli", "polarized Mamba: MQAR training/eval, recency and over-smoothing"),
     "nas": ("anybudget.nas.cli", "TE-NAS training-free architecture search on NAS-Bench-201"),
+    "prune": ("anybudget.prune.cli", "lottery tickets: IMP with rewinding, masks as data, 2:4 export"),
 }
 
 

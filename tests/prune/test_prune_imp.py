@@ -66,8 +66,8 @@ def test_resumed_imp_equals_uninterrupted(make_model, task_data, tmp_path):
             assert torch.equal(full.masks[r][k], resumed.masks[r][k])
     a, b = load_file(tmp_path / "a/trained.safetensors"), load_file(tmp_path / "b/trained.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="another config"):
-        imp(make_model, train_fn, eval_fn, IMPConfig(rounds=4), seed=5, out_dir=tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="another config: head=.keep. there, .rewind. here"):
+        imp(make_model, train_fn, eval_fn, IMPConfig(rounds=3, rewind_step=2, head="rewind"), seed=5, out_dir=tmp_path / "a", progress=False)
 
 
 def test_controls_build_the_right_subnetworks(make_model, task_data, tiny_pretrained):

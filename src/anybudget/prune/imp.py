@@ -133,10 +133,12 @@ def imp(
     trained = None
     if out is not None and (out / "imp.json").exists():
         saved = read_json(out / "imp.json")
-        if saved["config"] != cfg_json:
+        diff = {k: (saved["config"].get(k), v) for k, v in cfg_json.items()
+                if k != "rounds" and saved["config"].get(k) != v}
+        if diff:  # a different round count only extends or shortens the same run
             raise ValueError(f"out_dir={os.fspath(out)!r} holds an IMP run with another config: "
-                             f"{saved['config']} (this call: {cfg_json})")
-        rounds = saved["rounds"]
+                             + ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in diff.items()))
+        rounds = saved["rounds"][:len(sparsities)]
         for r in rounds:
             masks[r["round"]] = load_mask(out / f"round_{r['round']:02d}.mask.safetensors")[0]
         if rounds:

@@ -1,0 +1,87 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from anybudget.cli import main
+from anybudget.prune.masks import load_mask, mask_sparsity
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "prune"
+sys.path.insert(0, str(BENCH))
+
+
+@pytest.fixture
+def smoke_data(tmp_path):
+    import smoke
+
+    return smoke.build(tmp_path / "data")
+
+
+def test_cli_imp_resumes_then_apply_and_report(smoke_data, tmp_path, capsys):
+    data, model = smoke_data
+    common = ["prune", "imp", "--model", str(model), "--task", "rt", "--data", str(data),
+              "--out", str(tmp_path / "run"), "--epochs", "1", "--lr", "3e-3", "--batch-size", "16",
+              "--device", "cpu", "--quiet"]
+    assert main(common + ["--rounds", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "round 2: sparsity 0.200" in text and "dev.accuracy" in text
+    with pytest.raises(SystemExit, match="another config"):
+        main(common + ["--rounds", "3", "--schedule", "geometric"])
+    assert main(common + ["--rounds", "3"]) == 0  # extends the same run by one round
+    assert "round 3: sparsity 0.300" in capsys.readouterr().out
+    mask_file = tmp_path / "run" / "round_02.mask.safetensors"
+    assert main(["prune", "report", "--mask", str(mask_file), "--layers"]) == 0
+    text = capsys.readouterr().out
+    assert "4,352 weights, 870 pruned" in text and "pooler.dense.weight" in text  # round(0.2 * 4352)
+    apply = ["prune", "apply", "--mask", str(mask_file), "--model", str(model), "--out", str(tmp_path / "baked")]
+    with pytest.raises(SystemExit, match="unknown parameter name.*pooler"):
+        main(apply)  # the task mask has the pooler, the MLM model has none
+    assert main([*apply, "--skip-missing"]) == 0
+    assert "skipped 1 entries" in capsys.readouterr().out
+    from transformers import BertForMaskedLM
+
+    baked = BertForMaskedLM.from_pretrained(tmp_path / "baked")
+    mask, _ = load_mask(mask_file)
+    params = dict(baked.named_parameters())
+    shared = [k for k in mask if k in params]
+    assert shared and all(torch.all(params[k][~mask[k]] == 0) for k in shared)
+    assert (tmp_path / "baked" / "vocab.txt").exists()
+    with pytest.raises(SystemExit, match="--task 'sst9'"):
+        main(common[:5] + ["sst9"] + common[6:])
+    with pytest.raises(SystemExit, match="rounds=-2"):
+        main(common + ["--rounds", "-2"])
+
+
+def test_cli_imp_on_mlm(smoke_data, tmp_path, capsys):
+    data, model = smoke_data
+    assert main(["prune", "imp", "--model", str(model), "--task", "mlm", "--data", str(data), "--out",
+                 str(tmp_path / "mlm"), "--rounds", "1", "--mlm-steps", "3", "--batch-size", "4",
+                 "--device", "cpu", "--quiet"]) == 0
+    assert "dev.mlm_accuracy" in capsys.readouterr().out
+    assert mask_sparsity(load_mask(tmp_path / "mlm" / "round_01.mask.safetensors")[0]) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_run_imp_smoke_writes_record_and_pngs(tmp_path):
+    import run_imp
+
+    assert run_imp.main(["--smoke", "--workers", "0", "--out", str(tmp_path), "--quiet"]) == 0
+    rec = json.loads((tmp_path / "prune_imp_smoke.json").read_text())
+    m = rec["metrics"]
+    assert set(m["tasks"]) == {"mlm", "rt", "rt_reg"} and not m["skipped"]
+    rt = m["tasks"]["rt"]
+    assert set(rt["controls"]) == {"random_pruning", "random_reinit", "oneshot", "shuffled"}
+    assert len(rt["full"]["runs"]) == 2 and "transfer_mlm" in rt and "sparse24" in rt
+    assert rec["baseline"]["paper_sparsest_matching"]["SST-2"] == 0.6
+    assert (tmp_path / "imp_curves.png").stat().st_size > 1000
+    assert (tmp_path / "transfer.png").exists() and (tmp_path / "mlm_mask70.safetensors").exists()
+
+
+def test_pretrain_smoke(tmp_path):
+    import pretrain_bert
+
+    assert pretrain_bert.main(["--smoke", "--out", str(tmp_path), "--quiet"]) == 0
+    rec = json.loads((tmp_path / "prune_pretrain_bert_smoke.json").read_text())
+    assert rec["metrics"]["steps"] == 30 and 0 <= rec["metrics"]["mlm_accuracy"] <= 1
+    assert (tmp_path / "bert" / "model.safetensors").exists() and (tmp_path / "bert" / "vocab.txt").exists()
