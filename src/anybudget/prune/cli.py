@@ -143,7 +143,7 @@ def _streams(args):
 def _apply(args: argparse.Namespace) -> int:
     from anybudget.prune.masks import bake, load_mask, sparsity_report
 
-    mask, meta = load_mask(args.mask)
+    mask, _ = load_mask(args.mask)
     model = _load_model(args.model)
     names = {n for n, _ in model.named_parameters()}
     prefix = getattr(model, "base_model_prefix", "") + "."
