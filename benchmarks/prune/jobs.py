@@ -102,6 +102,17 @@ def _stream(data: Path, name: str, model_dir: str, seq_len: int) -> MLMStream:
     return MLMStream(toks, seq_len, vocab["[CLS]"], vocab["[SEP]"], vocab["[MASK]"], len(vocab))
 
 
+def run(fn: str, j: dict) -> dict:
+    """Run job ``fn``; a failure is returned as a skipped job with its error, not raised, so one
+    broken job (say, a transfer whose MLM mask is missing) does not lose the whole GPU call."""
+    import traceback
+
+    try:
+        return globals()[fn](j)
+    except Exception as e:  # noqa: BLE001
+        return {**j, "skipped": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]}
+
+
 def _late(j) -> bool:
     return time.time() > j.get("deadline", float("inf"))
 

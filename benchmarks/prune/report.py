@@ -34,7 +34,8 @@ def summarise(results: list[dict], tasks: list[str], args) -> dict:
     skipped = []
     for r in results:
         if r.get("skipped"):
-            skipped.append({k: r.get(k) for k in ("task", "seed", "kind", "round", "mask_path") if r.get(k) is not None})
+            skipped.append({k: r.get(k) for k in ("task", "seed", "kind", "round", "skipped", "traceback")
+                            if r.get(k) is not None})
             continue
         t = r["task"]
         if "rounds" in r:

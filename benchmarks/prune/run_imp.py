@@ -40,12 +40,12 @@ def run_phase(todo: list[tuple], workers: int, quiet: bool) -> list[dict]:
     out = []
     if workers == 0:
         for fn, j in tqdm(todo, disable=quiet, desc="jobs"):
-            out.append(getattr(jobs, fn)(j))
+            out.append(jobs.run(fn, j))
         return out
     import multiprocessing as mp
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-        futs = [ex.submit(getattr(jobs, fn), j) for fn, j in todo]
+        futs = [ex.submit(jobs.run, fn, j) for fn, j in todo]
         for f in tqdm(as_completed(futs), total=len(futs), disable=quiet, desc="jobs"):
             out.append(f.result())
     return out

@@ -85,3 +85,21 @@ def test_pretrain_smoke(tmp_path):
     rec = json.loads((tmp_path / "prune_pretrain_bert_smoke.json").read_text())
     assert rec["metrics"]["steps"] == 30 and 0 <= rec["metrics"]["mlm_accuracy"] <= 1
     assert (tmp_path / "bert" / "model.safetensors").exists() and (tmp_path / "bert" / "vocab.txt").exists()
+
+
+def test_imp_runs_data_parallel_under_torchrun(smoke_data, tmp_path):
+    """Two CPU processes (gloo): each takes half of every batch; rank 0 writes the run."""
+    import os
+    import subprocess
+
+    data, model = smoke_data
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "anybudget.cli", "prune", "imp", "--model", str(model), "--task", "rt", "--data", str(data),
+           "--out", str(tmp_path / "ddp"), "--rounds", "1", "--epochs", "1", "--batch-size", "16",
+           "--lr", "3e-3", "--device", "cpu", "--quiet"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((tmp_path / "ddp" / "imp.json").read_text())
+    assert [x["round"] for x in rec["rounds"]] == [0, 1]
+    assert mask_sparsity(load_mask(tmp_path / "ddp" / "round_01.mask.safetensors")[0]) == pytest.approx(0.1, abs=1e-3)
