@@ -117,22 +117,43 @@ def _late(j) -> bool:
     return time.time() > j.get("deadline", float("inf"))
 
 
+class _Deadline(Exception):
+    pass
+
+
+def _imp_until_deadline(j, make, train_fn, eval_fn) -> dict:
+    """IMP whose rounds stop starting at the deadline; the rounds done are kept (imp.json)."""
+    import json
+
+    def guarded(model, **kw):
+        if _late(j):
+            raise _Deadline
+        return train_fn(model, **kw)
+
+    t = time.time()
+    try:
+        res = imp(make, guarded, eval_fn, IMPConfig(**j["imp"]), seed=j["seed"], out_dir=j["work"], progress=False)
+        rounds, note = res.rounds, None
+    except _Deadline:
+        f = Path(j["work"]) / "imp.json"
+        rounds = json.loads(f.read_text())["rounds"] if f.exists() else []
+        note = f"deadline after {len(rounds)} rounds"
+    return {**j, "rounds": rounds, "seconds": time.time() - t, "note": note}
+
+
 def job_imp(j) -> dict:
     if _late(j):
         return {**j, "skipped": "deadline"}
     device = _device(j)
-    t = time.time()
     spec, train_fn, eval_fn = _task_fns(j, device)
     make = task_factory(j["model"], spec.kind, device, head_seed=j["seed"])
-    res = imp(make, train_fn, eval_fn, IMPConfig(**j["imp"]), seed=j["seed"], out_dir=j["work"], progress=False)
-    return {**j, "rounds": res.rounds, "seconds": time.time() - t}
+    return _imp_until_deadline(j, make, train_fn, eval_fn)
 
 
 def job_mlm_imp(j) -> dict:
     if _late(j):
         return {**j, "skipped": "deadline"}
     device = _device(j)
-    t = time.time()
     data = Path(j["data"])
     train = _stream(data, "mlm_train", j["model"], j["seq_len"])
     val = _stream(data, "mlm_val", j["model"], j["seq_len"])
@@ -144,9 +165,7 @@ def job_mlm_imp(j) -> dict:
     def eval_fn(model):
         return {f"dev.{k}": v for k, v in mlm_accuracy(model, val, n_windows=j["eval_windows"]).items()}
 
-    res = imp(mlm_factory(j["model"], device), train_fn, eval_fn, IMPConfig(**j["imp"]),
-              seed=j["seed"], out_dir=j["work"], progress=False)
-    return {**j, "rounds": res.rounds, "seconds": time.time() - t}
+    return _imp_until_deadline(j, mlm_factory(j["model"], device), train_fn, eval_fn)
 
 
 def job_control(j) -> dict:

@@ -88,6 +88,9 @@ def main(argv=None) -> int:
     if args.encoder is not None:
         model = add_mlm_head(BertModel.from_pretrained(args.encoder, dtype=torch.float32))
         vocab = load_vocab(args.encoder / "vocab.txt")
+        if load_vocab(args.data / "vocab.txt") != vocab:
+            raise SystemExit(f"error: --data {args.data} was tokenized with another vocabulary than "
+                             f"--encoder {args.encoder}; run prepare.py --vocab-file {args.encoder}/vocab.txt")
     else:
         cfg = BertConfig(vocab_size=len(vocab), hidden_size=args.hidden, num_hidden_layers=args.layers,
                          num_attention_heads=args.heads, intermediate_size=args.intermediate,

@@ -31,8 +31,11 @@ def summarise(results: list[dict], tasks: list[str], args) -> dict:
     imp_test = defaultdict(lambda: defaultdict(list))
     ctrl = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     trans, s24 = defaultdict(list), defaultdict(list)
-    skipped = []
+    skipped, imp_jobs = [], []
     for r in results:
+        if "rounds" in r:
+            imp_jobs.append({"task": r["task"], "seed": r["seed"], "rounds": len(r["rounds"]),
+                             "seconds": r.get("seconds"), "note": r.get("note")})
         if r.get("skipped"):
             skipped.append({k: r.get(k) for k in ("task", "seed", "kind", "round", "skipped", "traceback")
                             if r.get(k) is not None})
@@ -52,7 +55,7 @@ def summarise(results: list[dict], tasks: list[str], args) -> dict:
             trans[t + ".sparsity"].append(r["sparsity"])
         else:
             s24[t].append(r["metrics"][_key(t)])
-    out = {"tasks": {}, "skipped": skipped}
+    out = {"tasks": {}, "skipped": skipped, "imp_jobs": imp_jobs}
     for t in ["mlm"] + tasks:
         if 0.0 not in imp[t]:
             continue

@@ -103,3 +103,11 @@ def test_imp_runs_data_parallel_under_torchrun(smoke_data, tmp_path):
     rec = json.loads((tmp_path / "ddp" / "imp.json").read_text())
     assert [x["round"] for x in rec["rounds"]] == [0, 1]
     assert mask_sparsity(load_mask(tmp_path / "ddp" / "round_01.mask.safetensors")[0]) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_run_imp_past_its_deadline_skips_jobs_and_still_writes_a_record(tmp_path):
+    import run_imp
+
+    assert run_imp.main(["--smoke", "--workers", "0", "--out", str(tmp_path), "--quiet", "--minutes", "0"]) == 0
+    m = json.loads((tmp_path / "prune_imp_smoke.json").read_text())["metrics"]
+    assert m["tasks"] == {} and len(m["skipped"]) > 0 and all(s["skipped"] == "deadline" for s in m["skipped"])
