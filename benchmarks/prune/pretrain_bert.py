@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--intermediate", type=int, default=768)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--minutes", type=float, default=6.0, help="training time to fill (default 6)")
     ap.add_argument("--max-steps", type=int, default=None, help="fix the step count instead")
     ap.add_argument("--smoke", action="store_true", help="tiny model and data on the CPU, seconds")

@@ -142,7 +142,8 @@ def plots(summary: dict, out: Path) -> None:
         ax.set_xlabel("sparsity of the encoder matrices")
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=6)
+    used = list(axes.flat)[:len(tasks)]
+    max(used, key=lambda a: len(a.get_legend_handles_labels()[1])).legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "imp_curves.png", dpi=110)
     plt.close(fig)

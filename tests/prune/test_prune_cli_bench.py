@@ -84,7 +84,7 @@ def test_pretrain_smoke(tmp_path):
     assert pretrain_bert.main(["--smoke", "--out", str(tmp_path), "--quiet"]) == 0
     rec = json.loads((tmp_path / "prune_pretrain_bert_smoke.json").read_text())
     assert rec["metrics"]["steps"] == 30 and 0 <= rec["metrics"]["mlm_accuracy"] <= 1
-    assert (tmp_path / "bert" / "model.safetensors").exists() and (tmp_path / "bert" / "vocab.txt").exists()
+    assert rec["metrics"]["params"] > 0 and (tmp_path / "pretrain_bert.png").exists()
 
 
 def test_imp_runs_data_parallel_under_torchrun(smoke_data, tmp_path):
@@ -111,3 +111,15 @@ def test_run_imp_past_its_deadline_skips_jobs_and_still_writes_a_record(tmp_path
     assert run_imp.main(["--smoke", "--workers", "0", "--out", str(tmp_path), "--quiet", "--minutes", "0"]) == 0
     m = json.loads((tmp_path / "prune_imp_smoke.json").read_text())["metrics"]
     assert m["tasks"] == {} and len(m["skipped"]) > 0 and all(s["skipped"] == "deadline" for s in m["skipped"])
+
+
+def test_pretrain_output_goes_into_the_carry_folder(tmp_path):
+    import prepare
+    import pretrain_bert
+
+    assert pretrain_bert.main(["--smoke", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert prepare.main(["--model", str(tmp_path / "out" / "bert"), "--out", str(tmp_path / "carry")]) == 0
+    from transformers import BertForMaskedLM
+
+    m = BertForMaskedLM.from_pretrained(tmp_path / "carry" / "imp" / "model")
+    assert m.dtype == torch.float16 and (tmp_path / "carry" / "imp" / "model" / "vocab.txt").exists()

@@ -1,11 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from transformers import BertModel
+from transformers import BertConfig, BertModel
 
 from anybudget.prune.mlm import MLMStream, add_mlm_head, mask_tokens, mlm_accuracy
-
-from conftest import tiny_config
 
 
 def test_mask_tokens_is_80_10_10_and_never_touches_specials():
@@ -35,7 +33,8 @@ def test_stream_windows_and_fixed_eval_batches_are_deterministic():
 
 def test_add_mlm_head_ties_decoder_and_freezes_the_encoder():
     torch.manual_seed(0)
-    enc = BertModel(tiny_config())
+    enc = BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=32))
     mlm = add_mlm_head(enc)
     assert mlm.cls.predictions.decoder.weight.data_ptr() == mlm.bert.embeddings.word_embeddings.weight.data_ptr()
     assert torch.equal(mlm.bert.encoder.layer[0].attention.self.query.weight, enc.encoder.layer[0].attention.self.query.weight)
