@@ -137,13 +137,15 @@ def finetune(
             nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()  # the mask is re-applied by the enforcer's post-step hook
         sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())  # no .item() here: a sync per step stalls the launch queue
+        if len(losses) > 50:
+            losses.pop(0)
         if on_step is not None:
             on_step(step + 1, model)
     if enforcer is not None:
         enforcer.remove()
     model.eval()
-    return {"steps": total, "loss": float(np.mean(losses[-50:])) if losses else float("nan")}
+    return {"steps": total, "loss": float(torch.stack(losses).float().mean()) if losses else float("nan")}
 
 
 @torch.no_grad()
