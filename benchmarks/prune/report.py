@@ -84,7 +84,7 @@ def summarise(results: list[dict], tasks: list[str], args) -> dict:
 
 def table(summary: dict) -> str:
     lines = ["task        metric     full             IMP win  " + "  ".join(f"{k[:8]:>8}" for k in
-             ("random_pruning", "random_reinit", "oneshot", "shuffled")) + "  paper  MLM70->task  2:4"]
+             ("random_pruning", "random_reinit", "oneshot", "shuffled")) + "  paper  MLM->task  2:4"]
     for t, r in summary["tasks"].items():
         sw = r["sparsest_winning"]
         f = r["full"]
@@ -93,7 +93,7 @@ def table(summary: dict) -> str:
         lines.append(
             f"{t:<11} {r['metric'][4:14]:<10} {f['mean']:.3f}+-{f['std']:.3f}  {_pct(sw['imp']):>7}  "
             + "  ".join(f"{_pct(sw.get(k, 'n/a')):>8}" for k in ("random_pruning", "random_reinit", "oneshot", "shuffled"))
-            + f"  {_pct(r['paper_sparsest']):>5}  "
+            + f"  {_pct(r['paper_sparsest']) if r['paper_analogue'] else '-':>5}  "
             + (f"{tr['mean']:.3f}{'*' if tr['win'] else ' '}" if tr else "    -")
             + (f"  {s24['mean']:.3f}{'*' if s24['win'] else ' '}" if s24 else "")
         )

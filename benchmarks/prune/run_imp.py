@@ -8,13 +8,15 @@ original encoder weights, rewinding to the pre-trained weights), and IMP with th
 Phase 2: the four controls at a few IMP sparsities, the MLM mask transferred to every task, and a
 2:4 magnitude mask fine-tuned per task. Then (main process, GPU idle otherwise) the 2:4 speed test.
 A deadline skips phase-2 jobs that would not finish in time; skipped jobs are listed.
-Writes <out>/prune_imp.json (record), <out>/imp_curves.png, <out>/transfer.png, <out>/mlm_mask70.safetensors.
+Writes <out>/prune_imp.json (record), <out>/imp_curves.png, <out>/transfer.png, <out>/mlm_mask70.safetensors (the
+MLM mask of --transfer-round, seed 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -133,9 +135,9 @@ def main(argv=None) -> int:
     report.plots(summary, args.out)
     mlm_mask = work / "mlm_s0" / f"round_{args.transfer_round:02d}.mask.safetensors"
     if mlm_mask.exists():
-        import shutil
-
-        shutil.copy(mlm_mask, args.out / "mlm_mask70.safetensors")
+        shutil.copy(mlm_mask, args.out / f"mlm_mask{10 * args.transfer_round}.safetensors")
+    if args.work is None:  # checkpoints were only for this run's own resumption
+        shutil.rmtree(tmp, ignore_errors=True)
     print(report.table(summary))
     print(f"done in {summary['seconds']:.0f} s; skipped jobs: {len(summary['skipped'])}")
     return 0

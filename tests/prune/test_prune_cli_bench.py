@@ -75,7 +75,7 @@ def test_run_imp_smoke_writes_record_and_pngs(tmp_path):
     assert len(rt["full"]["runs"]) == 2 and "transfer_mlm" in rt and "sparse24" in rt
     assert rec["baseline"]["paper_sparsest_matching"]["SST-2"] == 0.6
     assert (tmp_path / "imp_curves.png").stat().st_size > 1000
-    assert (tmp_path / "transfer.png").exists() and (tmp_path / "mlm_mask70.safetensors").exists()
+    assert (tmp_path / "transfer.png").exists() and (tmp_path / "mlm_mask20.safetensors").exists()
 
 
 def test_pretrain_smoke(tmp_path):
