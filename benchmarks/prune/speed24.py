@@ -52,6 +52,7 @@ def model_speed(model_dir: str, batch: dict, repeat: int = 50) -> dict:
 
     mask = load_mask(Path(model_dir) / "mask.safetensors")[0]
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float16).cuda().eval()
+    labels = batch["labels"].cuda()
     batch = {k: v.cuda() for k, v in batch.items() if k != "labels"}
     with torch.inference_mode():
         ref = model(**batch).logits.float()
@@ -62,7 +63,10 @@ def model_speed(model_dir: str, batch: dict, repeat: int = 50) -> dict:
     return {"dense_ms": dense * 1e3, "sparse_ms": sparse * 1e3, "speedup": dense / sparse,
             "converted": len(converted), "prunable": len(mask),
             "max_abs_logit_diff": float((out - ref).abs().max()),
-            "argmax_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean())}
+            "argmax_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
+            "accuracy_dense": float((ref.argmax(-1) == labels).float().mean()),
+            "accuracy_sparse_kernels": float((out.argmax(-1) == labels).float().mean()),
+            "examples": int(labels.numel())}
 
 
 def main(argv=None) -> int:

@@ -123,3 +123,22 @@ def test_pretrain_output_goes_into_the_carry_folder(tmp_path):
 
     m = BertForMaskedLM.from_pretrained(tmp_path / "carry" / "imp" / "model")
     assert m.dtype == torch.float16 and (tmp_path / "carry" / "imp" / "model" / "vocab.txt").exists()
+
+
+def test_mlm_head_on_a_frozen_encoder_keeps_the_encoder(tmp_path):
+    """The MiniLM path: pretrain_bert --encoder trains only a tied MLM head."""
+    import pretrain_bert
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    words = pretrain_bert.SPECIALS + [f"w{i}" for i in range(59)]
+    torch.manual_seed(0)
+    enc = BertModel(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=64))
+    enc.save_pretrained(tmp_path / "enc")
+    (tmp_path / "enc" / "vocab.txt").write_text("\n".join(words) + "\n")
+    assert pretrain_bert.main(["--smoke", "--encoder", str(tmp_path / "enc"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    mlm = BertForMaskedLM.from_pretrained(tmp_path / "o" / "bert")
+    q = "encoder.layer.1.attention.self.query.weight"
+    assert torch.allclose(mlm.bert.state_dict()[q].float(), enc.state_dict()[q].half().float())
+    rec = json.loads((tmp_path / "o" / "prune_pretrain_bert_smoke.json").read_text())
+    assert rec["config"]["model"] == "MLM head on a frozen encoder"
