@@ -19,6 +19,7 @@ _GROUPS = {
     "nas": ("anybudget.nas.cli", "TE-NAS training-free architecture search on NAS-Bench-201"),
     "splat": ("anybudget.splat.cli", "LightGaussian: compress 3DGS scenes to a size budget (train, eval)"),
     "elastic": ("anybudget.elastic.cli", "Flextron elastic sub-networks: build, export for a latency/mem/params budget, eval"),
+    "prune": ("anybudget.prune.cli", "lottery tickets: IMP with rewinding, masks as data, 2:4 export"),
 }
 
 

@@ -1,0 +1,144 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from anybudget.cli import main
+from anybudget.prune.masks import load_mask, mask_sparsity
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "prune"
+sys.path.insert(0, str(BENCH))
+
+
+@pytest.fixture
+def smoke_data(tmp_path):
+    import smoke
+
+    return smoke.build(tmp_path / "data")
+
+
+def test_cli_imp_resumes_then_apply_and_report(smoke_data, tmp_path, capsys):
+    data, model = smoke_data
+    common = ["prune", "imp", "--model", str(model), "--task", "rt", "--data", str(data),
+              "--out", str(tmp_path / "run"), "--epochs", "1", "--lr", "3e-3", "--batch-size", "16",
+              "--device", "cpu", "--quiet"]
+    assert main(common + ["--rounds", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "round 2: sparsity 0.200" in text and "dev.accuracy" in text
+    with pytest.raises(SystemExit, match="another config"):
+        main(common + ["--rounds", "3", "--schedule", "geometric"])
+    assert main(common + ["--rounds", "3"]) == 0  # extends the same run by one round
+    assert "round 3: sparsity 0.300" in capsys.readouterr().out
+    mask_file = tmp_path / "run" / "round_02.mask.safetensors"
+    assert main(["prune", "report", "--mask", str(mask_file), "--layers"]) == 0
+    text = capsys.readouterr().out
+    assert "4,352 weights, 870 pruned" in text and "pooler.dense.weight" in text  # round(0.2 * 4352)
+    apply = ["prune", "apply", "--mask", str(mask_file), "--model", str(model), "--out", str(tmp_path / "baked")]
+    with pytest.raises(SystemExit, match="unknown parameter name.*pooler"):
+        main(apply)  # the task mask has the pooler, the MLM model has none
+    assert main([*apply, "--skip-missing"]) == 0
+    assert "skipped 1 entries" in capsys.readouterr().out
+    from transformers import BertForMaskedLM
+
+    baked = BertForMaskedLM.from_pretrained(tmp_path / "baked")
+    mask, _ = load_mask(mask_file)
+    params = dict(baked.named_parameters())
+    shared = [k for k in mask if k in params]
+    assert shared and all(torch.all(params[k][~mask[k]] == 0) for k in shared)
+    assert (tmp_path / "baked" / "vocab.txt").exists()
+    with pytest.raises(SystemExit, match="--task 'sst9'"):
+        main(common[:5] + ["sst9"] + common[6:])
+    with pytest.raises(SystemExit, match="rounds=-2"):
+        main(common + ["--rounds", "-2"])
+
+
+def test_cli_imp_on_mlm(smoke_data, tmp_path, capsys):
+    data, model = smoke_data
+    assert main(["prune", "imp", "--model", str(model), "--task", "mlm", "--data", str(data), "--out",
+                 str(tmp_path / "mlm"), "--rounds", "1", "--mlm-steps", "3", "--batch-size", "4",
+                 "--device", "cpu", "--quiet"]) == 0
+    assert "dev.mlm_accuracy" in capsys.readouterr().out
+    assert mask_sparsity(load_mask(tmp_path / "mlm" / "round_01.mask.safetensors")[0]) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_run_imp_smoke_writes_record_and_pngs(tmp_path):
+    import run_imp
+
+    assert run_imp.main(["--smoke", "--workers", "0", "--out", str(tmp_path), "--quiet"]) == 0
+    rec = json.loads((tmp_path / "prune_imp_smoke.json").read_text())
+    m = rec["metrics"]
+    assert set(m["tasks"]) == {"mlm", "rt", "rt_reg"} and not m["skipped"]
+    rt = m["tasks"]["rt"]
+    assert set(rt["controls"]) == {"random_pruning", "random_reinit", "oneshot", "shuffled"}
+    assert len(rt["full"]["runs"]) == 2 and "transfer_mlm" in rt and "sparse24" in rt
+    assert rec["baseline"]["paper_sparsest_matching"]["SST-2"] == 0.6
+    assert (tmp_path / "imp_curves.png").stat().st_size > 1000
+    assert (tmp_path / "transfer.png").exists() and (tmp_path / "mlm_mask20.safetensors").exists()
+
+
+def test_pretrain_smoke(tmp_path):
+    import pretrain_bert
+
+    assert pretrain_bert.main(["--smoke", "--out", str(tmp_path), "--quiet"]) == 0
+    rec = json.loads((tmp_path / "prune_pretrain_bert_smoke.json").read_text())
+    assert rec["metrics"]["steps"] == 30 and 0 <= rec["metrics"]["mlm_accuracy"] <= 1
+    assert rec["metrics"]["params"] > 0 and (tmp_path / "pretrain_bert.png").exists()
+
+
+def test_imp_runs_data_parallel_under_torchrun(smoke_data, tmp_path):
+    """Two CPU processes (gloo): each takes half of every batch; rank 0 writes the run."""
+    import os
+    import subprocess
+
+    data, model = smoke_data
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "anybudget.cli", "prune", "imp", "--model", str(model), "--task", "rt", "--data", str(data),
+           "--out", str(tmp_path / "ddp"), "--rounds", "1", "--epochs", "1", "--batch-size", "16",
+           "--lr", "3e-3", "--device", "cpu", "--quiet"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((tmp_path / "ddp" / "imp.json").read_text())
+    assert [x["round"] for x in rec["rounds"]] == [0, 1]
+    assert mask_sparsity(load_mask(tmp_path / "ddp" / "round_01.mask.safetensors")[0]) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_run_imp_past_its_deadline_skips_jobs_and_still_writes_a_record(tmp_path):
+    import run_imp
+
+    assert run_imp.main(["--smoke", "--workers", "0", "--out", str(tmp_path), "--quiet", "--minutes", "0"]) == 0
+    m = json.loads((tmp_path / "prune_imp_smoke.json").read_text())["metrics"]
+    assert m["tasks"] == {} and len(m["skipped"]) > 0 and all(s["skipped"] == "deadline" for s in m["skipped"])
+
+
+def test_pretrain_output_goes_into_the_carry_folder(tmp_path):
+    import prepare
+    import pretrain_bert
+
+    assert pretrain_bert.main(["--smoke", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert prepare.main(["--model", str(tmp_path / "out" / "bert"), "--out", str(tmp_path / "carry")]) == 0
+    from transformers import BertForMaskedLM
+
+    m = BertForMaskedLM.from_pretrained(tmp_path / "carry" / "imp" / "model")
+    assert m.dtype == torch.float16 and (tmp_path / "carry" / "imp" / "model" / "vocab.txt").exists()
+
+
+def test_mlm_head_on_a_frozen_encoder_keeps_the_encoder(tmp_path):
+    """The MiniLM path: pretrain_bert --encoder trains only a tied MLM head."""
+    import pretrain_bert
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    words = pretrain_bert.SPECIALS + [f"w{i}" for i in range(59)]
+    torch.manual_seed(0)
+    enc = BertModel(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=64))
+    enc.save_pretrained(tmp_path / "enc")
+    (tmp_path / "enc" / "vocab.txt").write_text("\n".join(words) + "\n")
+    assert pretrain_bert.main(["--smoke", "--encoder", str(tmp_path / "enc"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    mlm = BertForMaskedLM.from_pretrained(tmp_path / "o" / "bert")
+    q = "encoder.layer.1.attention.self.query.weight"
+    assert torch.allclose(mlm.bert.state_dict()[q].float(), enc.state_dict()[q].half().float())
+    rec = json.loads((tmp_path / "o" / "prune_pretrain_bert_smoke.json").read_text())
+    assert rec["config"]["model"] == "MLM head on a frozen encoder"
