@@ -84,3 +84,20 @@ def test_router_variants_train_and_meet_budgets(encoding, cost_loss):
         assert table.cost(route(em, f"latency={t * 1e3}ms", router=router, table=table)) <= t * (1 + 1e-9)
     with pytest.raises(ValueError, match="cost_loss='x'"):
         RouterTrainConfig(cost_loss="x")
+
+
+def test_route_with_calibration_is_no_worse_than_any_uniform_width_that_fits(trained):
+    from anybudget.elastic.router import uniform_configs
+    from anybudget.elastic.surrogate import measure_loss
+
+    em, table, router, _ = trained
+    calib = eval_windows(torch.randint(0, 97, (120,), generator=torch.Generator().manual_seed(5)), seq=16, batch=4)
+    lo, hi = table.cost(em.smallest()), table.cost(em.full())
+    for frac in (0.2, 0.5, 0.9):
+        target = lo + frac * (hi - lo)
+        sub = route(em, f"latency={target * 1e3:.6f}ms", router=router, table=table, calib=calib)
+        assert table.cost(sub) <= target * (1 + 1e-9)
+        fits = [c for c in uniform_configs(em) if table.cost(c) <= target]
+        assert fits
+        best_uniform = min(measure_loss(em, c, calib) for c in fits)
+        assert measure_loss(em, sub, calib) <= best_uniform + 1e-6

@@ -167,7 +167,8 @@ def _budget_target(budget) -> tuple[str, float]:
 
 
 def route(em: ElasticLlama, budget, router: StaticRouter | None = None, table: CostTable | None = None,
-          uniform: bool = False, workload: Workload | None = None, margin: float = 0.0) -> SubnetConfig:
+          uniform: bool = False, workload: Workload | None = None, margin: float = 0.0,
+          calib: list[torch.Tensor] | None = None) -> SubnetConfig:
     """The sub-network for ``budget`` (``"latency=20ms"``, ``"mem=2GiB"``, ``"params=20M"``).
 
     With a router trained for this budget key: its argmax choice; otherwise (or with ``uniform``)
@@ -176,6 +177,11 @@ def route(em: ElasticLlama, budget, router: StaticRouter | None = None, table: C
     the next-smaller option, largest cost saving first, until it fits. A budget below the smallest
     sub-network raises BudgetError naming the smallest feasible budget. ``margin`` in [0, 1): aim
     at ``(1 - margin) * budget`` (head-room for timing noise when the budget is checked by measuring).
+
+    ``calib`` (held-out (B, S+1) token windows): a check beyond the paper. The router's pick and
+    every uniform sub-network within the budget are scored by their measured loss on ``calib``
+    and the best is returned, so a router whose surrogate was fitted on few samples never routes
+    worse (on ``calib``) than a uniform width; without ``calib`` the router's pick stands (Flextron).
     """
     if not 0 <= margin < 1:
         raise ValueError(f"margin={margin} must be in [0, 1)")
@@ -191,7 +197,11 @@ def route(em: ElasticLlama, budget, router: StaticRouter | None = None, table: C
                           f"({em.smallest()}); the smallest feasible budget is {key}={need}")
     target = max(target * (1 - margin), smallest)
     if router is not None and router.meta["key"] == key and not uniform:
-        sub = router.choose(em, target)
+        sub = fit_to_budget(em, router.choose(em, target), costs, target)
+        if calib:
+            fits = [c for c in uniform_configs(em) if costs.cost(c) <= target]
+            sub = min([sub, *fits], key=lambda c: measure_loss(em, c, calib))
+        return sub
     else:
         fits = [c for c in uniform_configs(em) if costs.cost(c) <= target] or [em.smallest()]
         if router is not None and router.surrogate is not None:
