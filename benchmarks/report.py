@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 RES = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/report.py) -->", "<!-- RESULTS:END -->"
 
@@ -311,7 +312,11 @@ def ssm_md():
 
 
 def render():
-    return "\n".join(x for x in (reflm_md(), quality_md(), attention_md(), speed_md(), nas_md(), ssm_md()) if x)
+    from report_lm_elastic import elastic_md
+    from report_lm_elastic import reflm_md as reflm_v2_md
+
+    lm = reflm_v2_md() or reflm_md()
+    return "\n".join(x for x in (lm, quality_md(), attention_md(), speed_md(), elastic_md(), nas_md(), ssm_md()) if x)
 
 
 def main(argv=None):

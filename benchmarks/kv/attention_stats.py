@@ -25,14 +25,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import write_results  # noqa: E402
+from anybudget.io import write_results
 
 
 @torch.no_grad()
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "src/anybudget/assets/reflm"))
-    ap.add_argument("--data", default=str(ROOT / "benchmarks/zoo/data/test.u16.xz"))
+    ap.add_argument("--data", default=str(ROOT / "benchmarks/zoo/data_v2/v1_test.u16.xz"))
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--stride", type=int, default=16, help="evaluate every stride-th query of the second half")

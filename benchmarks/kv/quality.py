@@ -1,7 +1,7 @@
 """Quality of each KV policy on the reference LM: streaming perplexity on the held-out test split.
 
 The embedded reference LM (src/anybudget/assets/reflm) streams consecutive 1024-token windows of
-the test split (benchmarks/zoo/data/test.u16.xz, never trained on) one token per step through
+v1's test documents in v2 tokens (benchmarks/zoo/data_v2/v1_test.u16.xz, never trained on) one token per step through
 each budgeted cache; every prediction is made from the evicted cache as it stands then.
 
 Usage:  python benchmarks/kv/quality.py [--num-seqs 32] [--out benchmarks/results]
@@ -20,14 +20,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import write_results  # noqa: E402
-from anybudget.kv.evaluate import evaluate_policies, plot_results  # noqa: E402
+from anybudget.io import write_results
+from anybudget.kv.evaluate import evaluate_policies, plot_results
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "src/anybudget/assets/reflm"))
-    ap.add_argument("--data", default=str(ROOT / "benchmarks/zoo/data/test.u16.xz"))
+    ap.add_argument("--data", default=str(ROOT / "benchmarks/zoo/data_v2/v1_test.u16.xz"))
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--num-seqs", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -51,7 +51,7 @@ def main(argv=None):
               "tokens": r.tokens, "kept_fraction": r.kept_fraction} for r in res]
     for t in table:
         print(f"{t['policy']:<10} {t['budget']:>5} ppl {t['ppl']:8.3f}  x{t['ppl_ratio_vs_full']:.3f}  kept {t['kept_fraction']:.1%}")
-    cfg = {"model": "anybudget reference LM (19.4M Llama)", "data": "test split of the reference corpus",
+    cfg = {"model": args.model, "data": args.data,
            "seq_len": args.seq_len, "num_seqs": args.num_seqs, "feed": "one token per step (streaming)",
            "dtype": "float32", "h2o_recent_ratio": 0.5, "streaming_sink_tokens": 4, "random_seed": 0}
     path = write_results(args.name, cfg, {"results": table}, baseline={"full_ppl": full.ppl}, out_dir=args.out)

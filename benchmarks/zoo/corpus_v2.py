@@ -42,8 +42,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-import corpus as v1  # noqa: E402
-from anybudget.io import atomic_write_json, atomic_write_text  # noqa: E402
+import corpus as v1
+
+from anybudget.io import atomic_write_json, atomic_write_text
 
 NEW_PACKAGES = (
     "dict-gcide", "wordnet-base", "debian-handbook", "rust-doc", "gnucash-docs", "manpages",
@@ -165,12 +166,13 @@ def _rst_sources(root: Path, base: str):
 
 def clean_man(path: str) -> str:
     """Render a man page with groff to plain text, keep prose paragraphs joined to one line."""
-    data = gzip.open(path, "rb").read() if path.endswith(".gz") else open(path, "rb").read()
+    with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as fh:
+        data = fh.read()
     if data.startswith(b".so "):  # a link to another page
         return ""
     try:
         out = subprocess.run(["groff", "-t", "-man", "-Tutf8", "-P-c", "-P-b", "-P-o", "-P-u"],
-                             input=data, capture_output=True, timeout=30).stdout
+                             input=data, capture_output=True, timeout=30, check=False).stdout
     except subprocess.TimeoutExpired:
         return ""
     text = out.decode("utf-8", errors="replace")
@@ -287,7 +289,8 @@ def new_documents(pkg: str, root: Path):
     elif pkg == "vim-runtime":
         files = ((f, clean_plain) for f in sorted(glob.glob(str(root / "usr/share/vim/vim90/doc/*.txt"))))
     elif pkg == "jargon-text":
-        text = clean_plain(gzip.open(root / f"{doc}/jargon-text/jargon.txt.gz", "rt", encoding="utf-8", errors="replace").read())
+        with gzip.open(root / f"{doc}/jargon-text/jargon.txt.gz", "rt", encoding="utf-8", errors="replace") as fh:
+            text = clean_plain(fh.read())
         for i, d in enumerate(_chunks(text.split("\n\n"), 150)):
             yield f"jargon-text/{i:04d}", d
         return

@@ -1,0 +1,108 @@
+"""README sections for the reference LM and for anybudget.elastic (used by report.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RES = Path(__file__).resolve().parent / "results"
+
+
+def load(name):
+    p = RES / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def dev(rec):
+    d = rec.get("device", {})
+    n = d.get("gpu_count") or 0
+    gpu = f"{n} x {d['gpu']}" if d.get("gpu") and n > 1 else (d.get("gpu") or "CPU")
+    return (f"{gpu}, torch {rec.get('torch')}, transformers {rec.get('transformers')}, "
+            f"commit {str(rec.get('commit'))[:8]}, {str(rec.get('date'))[:10]}")
+
+
+def reflm_md():
+    r = load("reflm_v2_train")
+    if not r:
+        return ""
+    m, c = r["metrics"], r["config"]["model"]
+    tok = json.loads((RES.parent / "zoo/data_v2/tokens.json").read_text())
+    n_pkg = sum(1 for v in tok["corpus"]["packages"].values() if sum(v["documents"].values()))
+    total = sum(s["tokens"] for k, s in tok["splits"].items() if k != "elastic_train")
+    cmp = load("reflm_v1_vs_v2")
+    ev = m["eval"]
+    names = {"validation": "v2 validation", "test": "v2 test", "v1_test": "v1's test documents",
+             "heldout": "held-out domain (GnuCash guide, never trained on)"}
+    rows = ""
+    for k in ("validation", "test", "v1_test", "heldout"):
+        v1 = ""
+        if cmp and k in cmp["metrics"]["splits"]:
+            s = cmp["metrics"]["splits"][k]
+            v1 = f"{s['v1']['bits_per_byte']:.3f} | {s['v2_lower_by']:.1%}"
+        else:
+            v1 = "- | -"
+        rows += f"| {names[k]} | {ev[k]['bits_per_byte']:.3f} | {ev[k]['ppl']:.2f} | {v1} |\n"
+    s = m["samples"][1]
+    return (
+        "### Reference language model v2 (`src/anybudget/assets/reflm`)\n\n"
+        f"A {m['params'] / 1e6:.1f}M-parameter `LlamaForCausalLM` ({c['num_hidden_layers']} layers, hidden "
+        f"{c['hidden_size']}, {c['num_attention_heads']} query / {c['num_key_value_heads']} KV heads, SwiGLU "
+        f"{c['intermediate_size']}, byte-level BPE of {c['vocab_size']} with a BOS token at every document start) trained "
+        f"from scratch on {r['config']['world_size']} GPUs for {m['train_time_s'] / 60:.1f} minutes: "
+        f"{m['tokens_seen'] / 1e6:.0f}M tokens ({m['epochs']:.1f} epochs of the {m['train_tokens'] / 1e6:.1f}M-token "
+        f"training split; the weights kept are those of the best validation loss, step {m['best_step']} of {m['steps']}). "
+        f"The corpus ({total / 1e6:.1f}M tokens) is English from {n_pkg} Debian packages (documentation, manual pages, "
+        "GCIDE, FOLDOC, WordNet glosses, fortunes, the Jargon File); `benchmarks/zoo/data_v2/tokens.json` is its manifest.\n\n"
+        "| evaluation text (1024-token windows) | v2 bits/byte | v2 perplexity | v1 bits/byte | v2 lower by |\n"
+        "|---|---|---|---|---|\n" + rows +
+        f"\nSample (greedy, repetition penalty 1.1): *{s['greedy_rp1.1']!s}*\n\n"
+        f"![loss](benchmarks/results/reflm_v2_train_loss.png)\n\n"
+        f"Source: `benchmarks/results/reflm_v2_train.json` ({dev(r)})"
+        + (f"; v1 column: `benchmarks/results/reflm_v1_vs_v2.json` ({dev(cmp)})" if cmp else "") + ".\n"
+    )
+
+
+def elastic_md():
+    r = load("elastic_flextron")
+    if not r:
+        return ""
+    m = r["metrics"]
+    t = m["elastic_training"]
+    out = ("### Elastic sub-networks (Flextron) on the reference LM\n\n"
+           f"Heads (per KV group) and MLP neurons ranked by activation magnitude and permuted (full model unchanged: "
+           f"perplexity {m['ppl_original']:.3f} before, {m['ppl_permuted_full']:.3f} after), then elastic continued "
+           f"training: {t['tokens'] / 1e6:.1f}M tokens ({t['pct_of_pretraining']:.1f}% of the base model's pre-training "
+           f"tokens; the paper used 7.63%) on {t['world_size']} GPUs, forward KL from the frozen original + LM loss. "
+           "Test perplexity (v2 test split) of every uniform sub-network, against the same sub-network after "
+           "permutation and pruning only, and against the same shape trained from scratch on the same tokens; "
+           "latency = one forward of 64 x 1024 tokens, bf16, measured:\n\n"
+           "| sub-network (KV groups, MLP width) x 8 layers | params | ms | elastic | pruned only | from scratch |\n"
+           "|---|---|---|---|---|---|\n")
+    for u in m["uniform_points"]:
+        sc = f"{u['scratch_ppl']:.1f}" if u["scratch_ppl"] else ""
+        out += (f"| {u['subnet'].replace('uniform', '').replace(' x 8', '')} | {u['params'] / 1e6:.1f}M | "
+                f"{u['measured_ms']:.1f} | {u['elastic_ppl']:.1f} | {u['pruned_ppl']:.1f} | {sc} |\n")
+    out += ("\nStatic router (Flextron's surrogate model + latency lookup table, Gumbel-softmax) over 8 latency "
+            "targets; every pick is timed, not predicted. `route` = the router's pick checked against the uniform "
+            "widths on held-out training windows (`route(..., calib=...)`); the last column is an oracle: the "
+            "uniform sub-network of lowest *test* perplexity whose table latency fits.\n\n"
+            "| target ms | route: measured ms, ppl | router alone: ppl | largest uniform that fits: ppl | best uniform (oracle): ppl |\n"
+            "|---|---|---|---|---|\n")
+    for s in m["router_sweep"]:
+        ro, rr, u, ub = s["router"], s["router_raw"], s["uniform"], s["uniform_best"]
+        out += (f"| {s['target_ms']:.2f} | {ro['measured_ms']:.2f}, {ro['ppl']:.1f} | {rr['ppl']:.1f} | "
+                f"{u['ppl']:.1f} | {ub['ppl']:.1f} ({ub['label'].replace('uniform', '').replace(' x 8', '')}) |\n")
+    d = m["dynamic"]
+    out += (f"\nEvery routed pick meets its budget when measured: {m['router_meets_all_measured']}. "
+            f"Router at least as good as the largest uniform width that fits: {m['router_at_least_uniform']} of 8; "
+            f"as the oracle's best uniform: {m['router_at_least_best_uniform']} of 8. Dynamic per-token router "
+            f"(MLP width per token): perplexity {d['ppl']:.1f} at an expected table latency of {d['expected_lut_ms']:.2f} ms "
+            f"(target {d['target_ms']:.2f} ms; accounted from the table, not measured, since masking still computes "
+            "the full width).\n\n"
+            "| exported dense model | params | ms | speedup vs full (same run) | ppl |\n|---|---|---|---|---|\n")
+    for e in m["exported"]:
+        out += (f"| {e['subnet'].replace('uniform', '').replace(' x 8', '')} | {e['params'] / 1e6:.1f}M | "
+                f"{e['measured_ms']:.1f} | {e['speedup']:.2f}x | {e['ppl']:.1f} |\n")
+    out += ("\n![elastic](benchmarks/results/elastic_flextron.png)\n\n"
+            f"Source: `benchmarks/results/elastic_flextron.json` ({dev(r)}).\n")
+    return out
