@@ -64,6 +64,13 @@ def quality_md():
             x = next(x for x in rows if x["policy"] == p and x["budget"] == b)
             cells.append(f"{x['ppl']:.2f} (x{x['ppl_ratio_vs_full']:.3f})")
         out += f"| {p} | " + " | ".join(cells) + " |\n"
+    v1 = load("kv_quality_v1")
+    if v1:
+        def ratio(rec, pol, b):
+            return next(x for x in rec["metrics"]["results"] if x["policy"] == pol and x["budget"] == b)["ppl_ratio_vs_full"]
+        out += ("\nThe same measurement on the v1 reference LM (19.4M, `kv_quality_v1.json`): at 20%, H2O "
+                f"x{ratio(v1, 'h2o', '20%'):.3f}, StreamingLLM x{ratio(v1, 'streaming', '20%'):.3f}, local "
+                f"x{ratio(v1, 'local', '20%'):.3f}, random x{ratio(v1, 'random', '20%'):.3f}.\n")
     out += f"\n![kv quality](benchmarks/results/kv_quality.png)\n\nSource: `benchmarks/results/kv_quality.json` ({dev(r)}).\n"
     return out
 
@@ -72,16 +79,29 @@ def attention_md():
     r = load("kv_attention_stats")
     if not r:
         return ""
+    v1 = load("kv_attention_stats_v1")
     m = r["metrics"]["mean_over_layers"]
-    return ("### Why H2O does not beat the local window here: where the attention goes\n\n"
-            f"Exact attention of the reference LM on {r['config']['windows']} test windows of {r['config']['seq_len']} tokens, "
-            "queries in the second half, mean over layers and heads (`benchmarks/kv/attention_stats.py`):\n\n"
-            "| attention mass captured by | share |\n|---|---|\n"
-            f"| the first token (StreamingLLM's sink) | {m['sink_mass']:.3f} |\n"
-            f"| the newest 20% of tokens (local window) | {m['local20_mass']:.3f} |\n"
-            f"| 10% recent + the 10% older keys H2O's accumulated scores pick | {m['accumulated20_mass']:.3f} |\n"
-            f"| 10% recent + each query's own best 10% older keys (an oracle, upper bound) | {m['h2o_oracle20_mass']:.3f} |\n\n"
-            f"Source: `benchmarks/results/kv_attention_stats.json` ({dev(r)}).\n")
+    m1 = v1["metrics"]["mean_over_layers"] if v1 else {}
+    rows = (("the first token (StreamingLLM's sink)", "sink_mass"),
+            ("document-boundary tokens (BOS / end-of-text) anywhere in the window", "boundary_mass"),
+            ("the newest 20% of tokens (local window)", "local20_mass"),
+            ("10% recent + the 10% older keys H2O's accumulated scores pick", "accumulated20_mass"),
+            ("10% recent + each query's own best 10% older keys (an oracle, upper bound)", "h2o_oracle20_mass"))
+    out = ("### Where the reference LM's attention goes\n\n"
+           f"Exact attention on {r['config']['windows']} windows of {r['config']['seq_len']} tokens (v1's test documents), "
+           "queries in the second half, mean over heads and queries (`benchmarks/kv/attention_stats.py`):\n\n"
+           "| attention mass captured by | v2, mean over layers | v1, mean over layers |\n|---|---|---|\n")
+    for label, k in rows:
+        old = f"{m1[k]:.3f}" if k in m1 else "-"
+        out += f"| {label} | {m[k]:.3f} | {old} |\n"
+    per = r["metrics"]["per_layer"]
+    out += ("\nPer layer (v2):\n\n| layer | " + " | ".join(str(i) for i in range(len(per["sink_mass"]))) + " |\n|---|"
+            + "---|" * len(per["sink_mass"]) + "\n")
+    for label, k in rows:
+        out += f"| {k} | " + " | ".join(f"{x:.2f}" for x in per[k]) + " |\n"
+    out += f"\nSource: `benchmarks/results/kv_attention_stats.json` ({dev(r)})"
+    out += f"; v1: `kv_attention_stats_v1.json` ({dev(v1)}).\n" if v1 else ".\n"
+    return out
 
 
 def speed_md():

@@ -3,6 +3,9 @@
 For windows of the test split, with exact (eager) attention, and for every query position t in
 the second half of the window, per layer (averaged over heads, queries and windows):
   sink_mass          attention on the first token of the window (StreamingLLM's sink)
+  sink4_mass         attention on the first 4 tokens (what StreamingCache(sink_tokens=4) keeps)
+  boundary_mass      attention on the document-boundary tokens visible (BOS / end-of-text, wherever
+                     they are in the window: a sink need not be the window's first token)
   local20_mass       attention on the newest 20% of the t+1 visible tokens (what LocalCache keeps)
   h2o_oracle20_mass  the most a 10%-recent + 10%-heavy cache could capture for that query: the
                      recent 10% plus the query's own top-10% older keys (an upper bound for H2O)
@@ -44,10 +47,13 @@ def main(argv=None):
     ids = np.frombuffer(lzma.decompress(Path(args.data).read_bytes()), dtype=np.uint16).astype(np.int64)
     n = args.seq_len
     L = model.config.num_hidden_layers
-    acc = {k: np.zeros(L) for k in ("sink_mass", "local20_mass", "h2o_oracle20_mass", "accumulated20_mass")}
+    acc = {k: np.zeros(L) for k in ("sink_mass", "sink4_mass", "boundary_mass", "local20_mass",
+                                    "h2o_oracle20_mass", "accumulated20_mass")}
+    specials = {t for t in (model.config.bos_token_id, model.config.eos_token_id) if t is not None}
     count = 0
     for w in range(args.windows):
         x = torch.from_numpy(ids[w * n:(w + 1) * n])[None]
+        is_boundary = torch.tensor([int(t) in specials for t in x[0]])
         att = model(input_ids=x, output_attentions=True).attentions  # L x (1, H, n, n)
         for li, a in enumerate(att):
             a = a[0]  # H, n, n
@@ -59,6 +65,8 @@ def main(argv=None):
                 rec = k20 // 2
                 heavy = k20 - rec
                 acc["sink_mass"][li] += row[:, 0].mean().item()
+                acc["sink4_mass"][li] += row[:, :4].sum(-1).mean().item()
+                acc["boundary_mass"][li] += row[:, is_boundary[:vis]].sum(-1).mean().item()
                 acc["local20_mass"][li] += row[:, vis - k20:].sum(-1).mean().item()
                 old = row[:, : vis - rec]
                 top = old.topk(heavy, dim=-1).values.sum(-1)

@@ -35,7 +35,7 @@ def run_demo(model=None, budget="kv=20%", tokens=64, device=None, quiet=False) -
     t0 = time.perf_counter()
     lm, tok, dev = load(model, device)
     enable(lm)
-    print(f"model: {model or 'embedded reference LM (19.4M-parameter Llama, trained on Debian documentation)'}"
+    print(f"model: {model or 'embedded reference LM v2 (27.3M-parameter Llama, trained on English from Debian packages)'}"
           f" on {dev}; KV budget {kvq}")
     enc = tok(PROMPT, return_tensors="pt").to(dev)
     outs = {}
