@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # group -> (module providing register(), one-line help). Extra top-level commands a module adds
@@ -21,6 +22,50 @@ _GROUPS = {
     "elastic": ("anybudget.elastic.cli", "Flextron elastic sub-networks: build, export for a latency/mem/params budget, eval"),
     "prune": ("anybudget.prune.cli", "lottery tickets: IMP with rewinding, masks as data, 2:4 export"),
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: argument --x: ... (see `anybudget kv eval --help`)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+# User errors: bad inputs, files, decoding, missing packages. Anything else is a runtime failure (1).
+_USER_ERRORS = (ValueError, OSError, ImportError, LookupError)
+
+
+def _one_line(e: BaseException) -> str:
+    """The exception as one short line (the first line of its message, at most 300 characters)."""
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else type(e).__name__
+    if isinstance(e, UnicodeDecodeError):
+        msg = f"input is not UTF-8 text ({msg})"
+    elif type(e).__name__ == "SafetensorError":
+        msg = f"a safetensors file is damaged or not a safetensors file ({msg})"
+    elif isinstance(e, KeyError):
+        msg = f"missing key {msg}"
+    return msg if len(msg) <= 300 else msg[:297] + "..."
+
+
+def _run_command(args: argparse.Namespace, debug: bool) -> int:
+    """The error boundary: one ``error:`` line on stderr instead of a traceback (``--debug`` keeps it)."""
+    try:
+        return int(args.func(args) or 0)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        user = isinstance(e, _USER_ERRORS) or type(e).__name__ == "SafetensorError"
+        hint = "" if user else f" [{type(e).__name__}; rerun with --debug or ANYBUDGET_DEBUG=1 for the traceback]"
+        print(f"error: {_one_line(e)}{hint}", file=sys.stderr)
+        return 2 if user else 1
 
 
 def _version() -> str:
@@ -70,11 +115,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser(load: str | None = None) -> argparse.ArgumentParser:
     """The parser; ``load`` names the one group whose full sub-commands are registered."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="anybudget",
         description="Make a trained model meet any device budget (KV memory, latency, size, compute).",
     )
     p.add_argument("--version", action="version", version=f"anybudget {_version()}")
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback on errors (also: env ANYBUDGET_DEBUG=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     info = sub.add_parser("info", help="versions, and whether CUDA / triton / gsplat are usable")
@@ -102,13 +149,16 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere on the line, not only before the command.
+    debug = "--debug" in argv or os.environ.get("ANYBUDGET_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(load=command if command in _GROUPS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if command is None else 2
-    return int(args.func(args) or 0)
+    return _run_command(args, debug)
 
 
 if __name__ == "__main__":
