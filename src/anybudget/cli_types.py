@@ -178,3 +178,13 @@ def require(extra: str, *modules: str) -> None:
         raise SystemExit(
             f"error: this command needs {', '.join(missing)}: pip install 'anybudget[{extra}]'"
         )
+
+
+def as_path(check):
+    """``check`` (one of the above), returning a :class:`pathlib.Path` for commands that use paths."""
+
+    def typ(text: str) -> Path:
+        return Path(check(text))
+
+    typ.__name__ = getattr(check, "__name__", "path")
+    return typ

@@ -75,3 +75,99 @@ def test_boundary_debug_reraises_and_system_exit_keeps_its_code():
 def test_parser_errors_are_one_line():
     r = run_cli("frobnicate")
     assert_one_line_error(r, "frobnicate")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "ok.txt").write_text("hello world\n" * 20, encoding="utf-8")
+    (d / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    (d / "not_a_table.csv").write_text("a,b\n1,2\n")
+    (d / "afile").write_text("x")
+    return d
+
+
+# (argv with {d} for the inputs folder, words the one error line must contain)
+BAD = [
+    (["generate", "--budget", "kv=150%", "hi"], ["--budget", "kv=150%"]),
+    (["generate", "--budget", "", "hi"], ["--budget", "empty"]),
+    (["generate", "--max-new-tokens", "0", "hi"], ["--max-new-tokens"]),
+    (["generate", "--recent-ratio", "1.5", "hi"], ["--recent-ratio", "[0, 1]"]),
+    (["generate", "--sink-tokens", "-1", "hi"], ["--sink-tokens"]),
+    (["generate", ""], ["prompt is empty"]),
+    (["kv", "eval", "--text", "{d}/latin1.txt"], ["--text", "not UTF-8"]),
+    (["kv", "eval", "--text", "{d}/missing.txt"], ["--text", "does not exist"]),
+    (["kv", "eval", "--text", "{d}/ok.txt", "--budgets", ""], ["--budgets", "empty"]),
+    (["kv", "eval", "--text", "{d}/ok.txt", "--budgets", "kv=0%"], ["--budgets", "kv=0%"]),
+    (["kv", "eval", "--text", "{d}/ok.txt", "--policies", ""], ["--policies", "empty"]),
+    (["kv", "eval", "--text", "{d}/ok.txt", "--seq-len", "0"], ["--seq-len"]),
+    (["kv", "eval", "--text", "{d}/ok.txt", "--chunk", "0"], ["--chunk"]),
+    (["kv", "eval", "--text", "{d}/ok.txt", "--batch-size", "0"], ["--batch-size"]),
+    (["kv", "eval", "--text", "{d}/ok.txt", "--num-seqs", "0"], ["--num-seqs"]),
+    (["kv", "eval", "--text", "{d}/ok.txt", "--out", "/proc/nope/kv"], ["--out", "not writable"]),
+    (["kv", "eval", "--text", "{d}/ok.txt", "--out", "{d}/afile/kv"], ["--out", "not a folder"]),
+    (["ssm", "mqar", "--steps", "0"], ["--steps"]),
+    (["ssm", "mqar", "--eval-every", "0"], ["--eval-every"]),
+    (["ssm", "mqar", "--out", "{d}/afile/runs"], ["--out", "not a folder"]),
+    (["ssm", "mqar", "--checkpoint", "{d}/afile/ck.pt"], ["--checkpoint"]),
+    (["ssm", "mqar", "--vocab-size", "64", "--max-seq-len", "64"], ["--vocab-size", "--max-seq-len"]),
+    (["ssm", "diagnose", "--checkpoint", "{d}/missing.pt"], ["--checkpoint", "does not exist"]),
+    (["nas", "search", "--table", "{d}/missing.csv"], ["--table", "does not exist"]),
+    (["nas", "search", "--budget", ""], ["--budget", "empty"]),
+    (["nas", "search", "--repeat", "0"], ["--repeat"]),
+    (["nas", "search", "--out", "/proc/nope/s.json"], ["--out", "not writable"]),
+    (["nas", "correlate", "--ntk-batch", "0"], ["--ntk-batch"]),
+    (["nas", "correlate", "--table", "{d}/not_a_table.csv"], ["missing column"]),
+    (["prune", "imp", "--model", "m", "--task", "mlm", "--out", "{d}/afile/run", "--rounds", "1"], ["--out"]),
+    (["prune", "report", "--mask", "{d}/missing.safetensors"], ["--mask", "does not exist"]),
+    (["splat", "decompress", "{d}/missing.lgz", "--out", "x.ply"], ["scene", "does not exist"]),
+    (["splat", "compress", "{d}/afile", "--views", "{d}", "--out", "x.lgz", "--vq-ratio", "2"], ["--vq-ratio"]),
+]
+
+
+# One case per command group also runs in a real subprocess (the user's view: stderr, exit code);
+# the rest run in-process, so the whole file stays fast (each subprocess pays the torch import).
+SUBPROCESS = {0, 6, 15, 17, 23, 30, 31}
+
+
+def run_inproc(argv, capsys):
+    try:
+        rc = cli.main(argv)
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else 1
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    cap = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, rc, cap.out, cap.err)
+
+
+@pytest.mark.parametrize("i", range(len(BAD)), ids=[" ".join(a[:3]) + " " + w[0] for a, w in BAD])
+def test_bad_input_is_one_line_and_writes_nothing(inputs, tmp_path, monkeypatch, capsys, i):
+    argv, words = BAD[i]
+    argv = [a.replace("{d}", str(inputs)) for a in argv]
+    before = sorted(p.name for p in inputs.iterdir())
+    if i in SUBPROCESS:
+        r = run_cli(*argv, cwd=tmp_path)
+    else:
+        monkeypatch.chdir(tmp_path)
+        r = run_inproc(argv, capsys)
+    assert r.returncode in (1, 2), (r.returncode, r.stderr)
+    assert_one_line_error(r, *words, code=r.returncode)
+    assert list(tmp_path.iterdir()) == [], "a failed command wrote files"
+    assert sorted(p.name for p in inputs.iterdir()) == before
+
+
+def test_debug_shows_the_traceback(inputs, tmp_path):
+    argv = ["nas", "correlate", "--table", str(inputs / "not_a_table.csv")]
+    r = run_cli(*argv, cwd=tmp_path)
+    assert_one_line_error(r, "missing column", code=2)
+    r = run_cli(*argv, cwd=tmp_path, env={"ANYBUDGET_DEBUG": "1"})
+    assert r.returncode != 0 and "Traceback" in r.stderr and "ValueError" in r.stderr
+    r = run_cli(*argv, "--debug", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_missing_nb201_env_table_is_an_error(tmp_path):
+    r = run_cli("nas", "search", "--repeat", "1", cwd=tmp_path,
+                env={"ANYBUDGET_NB201_CSV": str(tmp_path / "nope.csv")})
+    assert_one_line_error(r, "nope.csv", code=2)

@@ -8,6 +8,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from anybudget.cli_types import budget, existing_file, positive_int, writable_dir
+
 
 def _add_dataclass(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
     doc = cls.__name__
@@ -48,11 +50,11 @@ def register(sub) -> None:
 
     b = es.add_parser("build", help="importance + permutation, elastic training, latency table, router (resumable)")
     b.add_argument("--model", required=True, help="Hugging Face model folder (Llama/Mistral/Qwen2/Qwen3)")
-    b.add_argument("--text", required=True, help="training text file (or a .u16.xz token file)")
-    b.add_argument("--out", required=True, help="output folder; re-running resumes unfinished phases")
-    b.add_argument("--batch", type=int, default=8, help="sequences per step (default 8)")
-    b.add_argument("--seq", type=int, default=256, help="tokens per sequence (default 256)")
-    b.add_argument("--calib-batches", type=int, default=8, help="calibration batches for importance (default 8)")
+    b.add_argument("--text", required=True, type=existing_file, help="training text file (or a .u16.xz token file)")
+    b.add_argument("--out", required=True, type=writable_dir, help="output folder; re-running resumes unfinished phases")
+    b.add_argument("--batch", type=positive_int, default=8, help="sequences per step (default 8)")
+    b.add_argument("--seq", type=positive_int, default=256, help="tokens per sequence (default 256)")
+    b.add_argument("--calib-batches", type=positive_int, default=8, help="calibration batches for importance (default 8)")
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dataclass(b, ElasticSpace)
@@ -63,8 +65,8 @@ def register(sub) -> None:
 
     x = es.add_parser("export", help="the sub-network for a budget as a plain smaller model folder")
     x.add_argument("--model", required=True, help="folder written by `anybudget elastic build`")
-    x.add_argument("--budget", required=True, help="latency=20ms, mem=2GiB or params=20M")
-    x.add_argument("--out", required=True, help="folder for the exported model (save_pretrained)")
+    x.add_argument("--budget", required=True, type=budget, help="latency=20ms, mem=2GiB or params=20M")
+    x.add_argument("--out", required=True, type=writable_dir, help="folder for the exported model (save_pretrained)")
     x.add_argument("--heterogeneous", default="uniform", choices=("uniform", "cover", "error"),
                    help="uniform: route among uniform configs (default); cover: router's pick, exported as "
                         "its smallest uniform cover; error: router's pick, fail if heterogeneous")
@@ -72,11 +74,11 @@ def register(sub) -> None:
 
     v = es.add_parser("eval", help="perplexity and costs of uniform sub-networks and router picks: table + PNG")
     v.add_argument("--model", required=True, help="folder written by `anybudget elastic build`")
-    v.add_argument("--text", required=True, help="evaluation text file (or a .u16.xz token file)")
-    v.add_argument("--out", required=True, help="folder for elastic_eval.json and elastic_eval.png")
-    v.add_argument("--seq", type=int, default=256)
-    v.add_argument("--batch", type=int, default=8)
-    v.add_argument("--max-tokens", type=int, default=200_000, help="evaluate on at most this many tokens")
+    v.add_argument("--text", required=True, type=existing_file, help="evaluation text file (or a .u16.xz token file)")
+    v.add_argument("--out", required=True, type=writable_dir, help="folder for elastic_eval.json and elastic_eval.png")
+    v.add_argument("--seq", type=positive_int, default=256, help="(default 256)")
+    v.add_argument("--batch", type=positive_int, default=8, help="(default 8)")
+    v.add_argument("--max-tokens", type=positive_int, default=200_000, help="evaluate on at most this many tokens")
     v.add_argument("--device", default=None)
     v.set_defaults(func=_eval)
 

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from anybudget.cli_types import (
+    fraction,
+    kv_budget,
+    kv_budget_list,
+    nonneg_int,
+    positive_int,
+    require,
+    utf8_file,
+    writable_stem,
+)
+
 POLICY_CHOICES = ("full", "h2o", "streaming", "local", "random")
 
 
@@ -19,10 +30,10 @@ def register(sub) -> None:
     g = sub.add_parser("generate", help="generate text from a local model under a KV budget")
     _common(g)
     g.add_argument("--kv", default="h2o", choices=POLICY_CHOICES, help="eviction policy (default h2o)")
-    g.add_argument("--budget", default="kv=20%", help="KV budget: kv=20%% (of tokens seen) or kv=512 (tokens)")
-    g.add_argument("--recent-ratio", type=float, default=0.5, help="h2o/random: recent share of the cache (default 0.5)")
-    g.add_argument("--sink-tokens", type=int, default=4, help="streaming: attention sinks kept (default 4)")
-    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--budget", default="kv=20%", type=kv_budget, help="KV budget: kv=20%% (of tokens seen) or kv=512 (tokens)")
+    g.add_argument("--recent-ratio", type=fraction, default=0.5, help="h2o/random: recent share of the cache (default 0.5)")
+    g.add_argument("--sink-tokens", type=nonneg_int, default=4, help="streaming: attention sinks kept (default 4)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=64, help="(default 64)")
     g.add_argument("--sample", action="store_true", help="sample (temperature 0.8, top-p 0.95) instead of greedy")
     g.add_argument("prompt", nargs="+", help="prompt text")
     g.set_defaults(func=_generate)
@@ -31,14 +42,14 @@ def register(sub) -> None:
     ksub = kv.add_subparsers(dest="kv_command", metavar="VERB", required=True)
     e = ksub.add_parser("eval", help="streaming perplexity of each policy at each budget; table, JSON and PNG")
     _common(e)
-    e.add_argument("--text", required=True, help="a UTF-8 text file to evaluate on (held-out text)")
-    e.add_argument("--budgets", default="100%,50%,20%,10%", help="comma-separated KV budgets (default 100%%,50%%,20%%,10%%)")
+    e.add_argument("--text", required=True, type=utf8_file, help="a UTF-8 text file to evaluate on (held-out text)")
+    e.add_argument("--budgets", default="100%,50%,20%,10%", type=kv_budget_list, help="comma-separated KV budgets (default 100%%,50%%,20%%,10%%)")
     e.add_argument("--policies", default=",".join(POLICY_CHOICES), help="comma-separated policies")
-    e.add_argument("--seq-len", type=int, default=1024, help="tokens per evaluated sequence (default 1024)")
-    e.add_argument("--num-seqs", type=int, default=None, help="sequences to evaluate (default: all that fit, at most 16)")
-    e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--chunk", type=int, default=1, help="tokens per forward (1 = faithful streaming)")
-    e.add_argument("--out", default="kv_eval", help="output stem: writes OUT.json and OUT.png (default kv_eval)")
+    e.add_argument("--seq-len", type=positive_int, default=1024, help="tokens per evaluated sequence (default 1024)")
+    e.add_argument("--num-seqs", type=positive_int, default=None, help="sequences to evaluate (default: all that fit, at most 16)")
+    e.add_argument("--batch-size", type=positive_int, default=8, help="(default 8)")
+    e.add_argument("--chunk", type=positive_int, default=1, help="tokens per forward (1 = faithful streaming)")
+    e.add_argument("--out", default="kv_eval", type=writable_stem(".json", ".png"), help="output stem: writes OUT.json and OUT.png (default kv_eval)")
     e.set_defaults(func=_eval)
 
 
@@ -66,6 +77,9 @@ def _generate(args) -> int:
 
     from anybudget.kv import cache_kwargs, enable, make_cache
 
+    prompt = " ".join(args.prompt)
+    if not prompt.strip():
+        raise SystemExit("error: the prompt is empty; give some text to continue")
     model, tok, device = load(args.model, args.device, args.dtype)
     enable(model)
     kw = {}
@@ -74,7 +88,7 @@ def _generate(args) -> int:
     if args.kv == "streaming":
         kw["sink_tokens"] = args.sink_tokens
     cache = make_cache(args.kv, args.budget, **kw)
-    enc = tok(" ".join(args.prompt), return_tensors="pt").to(device)
+    enc = tok(prompt, return_tensors="pt").to(device)
     gen = dict(do_sample=True, temperature=0.8, top_p=0.95) if args.sample else dict(do_sample=False)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=args.max_new_tokens, **cache_kwargs(model, cache),
@@ -97,7 +111,10 @@ def _eval(args) -> int:
     from anybudget.kv.cache import parse_kv_budget
     from anybudget.kv.evaluate import evaluate_policies, plot_results
 
+    require("plot", "matplotlib")
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if not policies:
+        raise SystemExit(f"error: --policies is empty; choose from {', '.join(POLICY_CHOICES)}")
     bad = [p for p in policies if p not in POLICY_CHOICES]
     if bad:
         raise SystemExit(f"error: --policies has unknown {bad}; choose from {', '.join(POLICY_CHOICES)}")
@@ -112,6 +129,8 @@ def _eval(args) -> int:
     fit = ids.numel() // args.seq_len
     if fit < 1:
         raise SystemExit(f"error: --text has {ids.numel()} tokens, fewer than --seq-len {args.seq_len}")
+    if args.num_seqs and args.num_seqs > fit:
+        raise SystemExit(f"error: --num-seqs {args.num_seqs}: --text holds only {fit} sequences of --seq-len {args.seq_len}")
     n = args.num_seqs or min(fit, 16)
     evaluated = [b for b in budgets if b != "100%"] or budgets
     res = evaluate_policies(model, ids, policies=policies, budgets=evaluated, seq_len=args.seq_len, num_seqs=n,

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from anybudget.cli_types import (
+    budget,
+    existing_file,
+    positive_float,
+    positive_int,
+    require,
+    writable_file,
+)
+
 PROXY_NAMES = ("ntk_cond", "linear_regions", "naswot", "synflow", "snip", "grad_norm", "params")
 
 
@@ -13,31 +22,31 @@ def register(sub) -> None:
 
     s = nsub.add_parser("search", help="TE-NAS search (optionally under a FLOPs/params/latency budget)")
     s.add_argument("--space", default="nb201", choices=("nb201", "darts"), help="search space (default nb201)")
-    s.add_argument("--budget", default=None, help="one of flops=100M, params=0.8M, latency=5ms (nb201 only)")
-    s.add_argument("--seeds", type=int, default=1, help="number of seeds 0..S-1 to run (default 1)")
+    s.add_argument("--budget", default=None, type=budget, help="one of flops=100M, params=0.8M, latency=5ms (nb201 only)")
+    s.add_argument("--seeds", type=positive_int, default=1, help="number of seeds 0..S-1 to run (default 1)")
     s.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    s.add_argument("--table", default=None, help="nats_bench.csv for real accuracies (or env ANYBUDGET_NB201_CSV)")
+    s.add_argument("--table", default=None, type=existing_file, help="nats_bench.csv for real accuracies (or env ANYBUDGET_NB201_CSV)")
     s.add_argument("--init", default="kaiming_normal", choices=("kaiming_normal", "reference"),
                    help="kaiming_normal (paper) or reference (what the released code runs)")
-    s.add_argument("--repeat", type=int, default=3, help="draws per candidate op (default 3)")
-    s.add_argument("--batch-size", type=int, default=None, help="NTK batch (default 72 nb201, 14 darts)")
+    s.add_argument("--repeat", type=positive_int, default=3, help="draws per candidate op (default 3)")
+    s.add_argument("--batch-size", type=positive_int, default=None, help="NTK batch (default 72 nb201, 14 darts)")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    s.add_argument("--out", default=None, help="write the results as JSON here")
+    s.add_argument("--out", default=None, type=writable_file, help="write the results as JSON here")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_search)
 
     c = nsub.add_parser("correlate", help="Kendall tau / Spearman of each proxy vs the real accuracies")
     c.add_argument("--num-archs", type=int, default=1000, help="architectures sampled by seed (default 1000; 15625 = all)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--table", default=None, help="nats_bench.csv (or env ANYBUDGET_NB201_CSV)")
+    c.add_argument("--table", default=None, type=existing_file, help="nats_bench.csv (or env ANYBUDGET_NB201_CSV)")
     c.add_argument("--proxies", default=",".join(PROXY_NAMES), help="comma-separated subset of " + ",".join(PROXY_NAMES))
     c.add_argument("--init", default="kaiming_normal", choices=("kaiming_normal", "pytorch_default"))
-    c.add_argument("--ntk-batch", type=int, default=72, help="NTK batch (default 72, the paper's)")
-    c.add_argument("--zc-batch", type=int, default=64, help="NASWOT/snip/grad_norm batch (default 64)")
-    c.add_argument("--time-limit", type=float, default=None, help="stop scoring after this many seconds")
-    c.add_argument("--checkpoint", default=None, help="JSON file to save scores to and resume from")
+    c.add_argument("--ntk-batch", type=positive_int, default=72, help="NTK batch (default 72, the paper's)")
+    c.add_argument("--zc-batch", type=positive_int, default=64, help="NASWOT/snip/grad_norm batch (default 64)")
+    c.add_argument("--time-limit", type=positive_float, default=None, help="stop scoring after this many seconds")
+    c.add_argument("--checkpoint", default=None, type=writable_file, help="JSON file to save scores to and resume from")
     c.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    c.add_argument("--out", default=None, help="write scores + table as JSON here")
+    c.add_argument("--out", default=None, type=writable_file, help="write scores + table as JSON here")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=_correlate)
 
@@ -48,8 +57,10 @@ def _load_table(path):
     try:
         return NB201Table.load(path)
     except FileNotFoundError:
-        if path is not None:
-            raise
+        import os
+
+        if path is not None or os.environ.get("ANYBUDGET_NB201_CSV"):
+            raise  # an explicit table that is missing (--table or the env var) is an error, not "no table"
         return None
 
 
@@ -60,6 +71,7 @@ def _search(args: argparse.Namespace) -> int:
     from anybudget.nas.benchmark import DATASETS
     from anybudget.nas.cost import arch_cost
 
+    require("nas", "skimage")  # the proxies' real-image inputs
     if args.seeds < 1:
         raise SystemExit(f"error: --seeds={args.seeds} must be >= 1")
     if args.space == "darts":
@@ -125,6 +137,7 @@ def _correlate(args: argparse.Namespace) -> int:
         score_archs,
     )
 
+    require("nas", "scipy", "skimage")
     proxies = tuple(p.strip() for p in args.proxies.split(",") if p.strip())
     bad = [p for p in proxies if p not in PROXIES]
     if bad:

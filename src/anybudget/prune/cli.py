@@ -6,6 +6,16 @@ import argparse
 import shutil
 from pathlib import Path
 
+from anybudget.cli_types import (
+    as_path,
+    existing_file,
+    fraction,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    writable_dir,
+)
+
 
 def register(sub) -> None:
     p = sub.add_parser("prune", help="lottery tickets: IMP with rewinding, masks as data, 2:4 export")
@@ -16,32 +26,32 @@ def register(sub) -> None:
     i.add_argument("--task", required=True, help="task file name under --data/tasks, or 'mlm'")
     i.add_argument("--data", type=Path, default=Path(".carry/prune/imp"),
                    help="prepared data (benchmarks/prune/prepare.py; default .carry/prune/imp)")
-    i.add_argument("--out", required=True, type=Path, help="run folder: masks, checkpoints, imp.json")
-    i.add_argument("--rounds", type=int, default=9, help="pruning rounds (default 9: 10%%..90%%)")
+    i.add_argument("--out", required=True, type=as_path(writable_dir), help="run folder: masks, checkpoints, imp.json")
+    i.add_argument("--rounds", type=positive_int, default=9, help="pruning rounds (default 9: 10%%..90%%)")
     i.add_argument("--schedule", default="linear", choices=("linear", "geometric"))
-    i.add_argument("--rate", type=float, default=None, help="per-round rate (0.1 linear, 0.2 geometric)")
+    i.add_argument("--rate", type=fraction, default=None, help="per-round rate (0.1 linear, 0.2 geometric)")
     i.add_argument("--scope", default="global", choices=("global", "layerwise"))
-    i.add_argument("--rewind-step", type=int, default=0, help="0: pre-trained weights; k: step k of round 0")
+    i.add_argument("--rewind-step", type=nonneg_int, default=0, help="0: pre-trained weights; k: step k of round 0")
     i.add_argument("--head", default="keep", choices=("keep", "rewind"))
     i.add_argument("--seed", type=int, default=0)
-    i.add_argument("--epochs", type=float, default=3.0)
-    i.add_argument("--lr", type=float, default=2e-5)
-    i.add_argument("--batch-size", type=int, default=32)
-    i.add_argument("--mlm-steps", type=int, default=1000, help="MLM steps per round (task mlm)")
+    i.add_argument("--epochs", type=positive_float, default=3.0)
+    i.add_argument("--lr", type=positive_float, default=2e-5)
+    i.add_argument("--batch-size", type=positive_int, default=32)
+    i.add_argument("--mlm-steps", type=positive_int, default=1000, help="MLM steps per round (task mlm)")
     i.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     i.add_argument("--quiet", action="store_true")
     i.set_defaults(func=_imp)
 
     a = ps.add_parser("apply", help="apply a mask to a model and save a plain (baked) copy")
-    a.add_argument("--mask", required=True, type=Path)
+    a.add_argument("--mask", required=True, type=as_path(existing_file))
     a.add_argument("--model", required=True, type=Path)
-    a.add_argument("--out", required=True, type=Path)
+    a.add_argument("--out", required=True, type=as_path(writable_dir))
     a.add_argument("--skip-missing", action="store_true",
                    help="ignore mask entries the model lacks (e.g. a classifier's pooler on an MLM model)")
     a.set_defaults(func=_apply)
 
     r = ps.add_parser("report", help="overall and per-matrix sparsity of a mask file")
-    r.add_argument("--mask", required=True, type=Path)
+    r.add_argument("--mask", required=True, type=as_path(existing_file))
     r.add_argument("--layers", action="store_true", help="one line per matrix")
     r.set_defaults(func=_report)
 

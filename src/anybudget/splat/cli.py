@@ -6,6 +6,16 @@ import json
 import sys
 from pathlib import Path
 
+from anybudget.cli_types import (
+    budget,
+    existing_file,
+    fraction,
+    nonneg_int,
+    positive_int,
+    writable_dir,
+    writable_file,
+)
+
 
 def register(sub) -> None:
     sp = sub.add_parser("splat", help="LightGaussian: compress 3DGS scenes to a size budget (train, eval)")
@@ -13,47 +23,47 @@ def register(sub) -> None:
 
     t = ssub.add_parser("train", help="train a 3DGS scene on a NeRF-synthetic or COLMAP folder")
     t.add_argument("--views", required=True, help="dataset folder (transforms_train.json or sparse/0)")
-    t.add_argument("--out", required=True, help="output .ply")
-    t.add_argument("--iterations", type=int, default=30_000, help="steps (default 30000, the 3DGS default)")
-    t.add_argument("--densify-until", type=int, default=15_000, help="last densification step (default 15000)")
-    t.add_argument("--random-points", type=int, default=100_000,
+    t.add_argument("--out", required=True, type=writable_file, help="output .ply")
+    t.add_argument("--iterations", type=positive_int, default=30_000, help="steps (default 30000, the 3DGS default)")
+    t.add_argument("--densify-until", type=nonneg_int, default=15_000, help="last densification step (default 15000)")
+    t.add_argument("--random-points", type=positive_int, default=100_000,
                    help="random initial points when the folder has no points3D.txt (default 100000)")
-    t.add_argument("--checkpoint", default=None, help="save the training state here every 1000 steps; resume from it")
+    t.add_argument("--checkpoint", default=None, type=writable_file, help="save the training state here every 1000 steps; resume from it")
     t.add_argument("--white-background", action="store_true")
     t.add_argument("--seed", type=int, default=0)
     _common(t)
     t.set_defaults(func=_train)
 
     c = ssub.add_parser("compress", help="LightGaussian: prune, distil SH, vector-quantise, write .lgz")
-    c.add_argument("scene", help="input 3DGS .ply")
+    c.add_argument("scene", type=existing_file, help="input 3DGS .ply")
     c.add_argument("--views", required=True, help="the training views (dataset folder)")
-    c.add_argument("--out", required=True, help="output .lgz")
-    c.add_argument("--budget", default=None, help="size budget, e.g. size=40MB (default: the paper's ratios)")
-    c.add_argument("--prune-ratio", type=float, default=0.66, help="(default 0.66; a budget may raise it)")
-    c.add_argument("--recovery-iterations", type=int, default=5000, help="fine-tune steps after pruning (5000)")
-    c.add_argument("--distill-iterations", type=int, default=10_000, help="SH distillation steps (10000)")
+    c.add_argument("--out", required=True, type=writable_file, help="output .lgz")
+    c.add_argument("--budget", default=None, type=budget, help="size budget, e.g. size=40MB (default: the paper's ratios)")
+    c.add_argument("--prune-ratio", type=fraction, default=0.66, help="(default 0.66; a budget may raise it)")
+    c.add_argument("--recovery-iterations", type=nonneg_int, default=5000, help="fine-tune steps after pruning (5000)")
+    c.add_argument("--distill-iterations", type=nonneg_int, default=10_000, help="SH distillation steps (10000)")
     c.add_argument("--no-distill", action="store_true", help="keep the SH degree")
     c.add_argument("--score", default="lightgaussian",
                    choices=("lightgaussian", "alpha_t", "opacity_t", "hit_count", "opacity"))
-    c.add_argument("--codebook", type=int, default=8192, help="VQ codewords (8192)")
-    c.add_argument("--vq-ratio", type=float, default=0.6, help="fraction of Gaussians with VQ colour (0.6)")
-    c.add_argument("--vq-iterations", type=int, default=1000, help="k-means steps (1000)")
-    c.add_argument("--workdir", default=None, help="save each stage here and resume from it")
+    c.add_argument("--codebook", type=positive_int, default=8192, help="VQ codewords (8192)")
+    c.add_argument("--vq-ratio", type=fraction, default=0.6, help="fraction of Gaussians with VQ colour (0.6)")
+    c.add_argument("--vq-iterations", type=positive_int, default=1000, help="k-means steps (1000)")
+    c.add_argument("--workdir", default=None, type=writable_dir, help="save each stage here and resume from it")
     c.add_argument("--white-background", action="store_true")
     _common(c)
     c.set_defaults(func=_compress)
 
     d = ssub.add_parser("decompress", help="decode a .lgz into a standard 3DGS .ply")
-    d.add_argument("scene", help="input .lgz")
-    d.add_argument("--out", required=True, help="output .ply")
+    d.add_argument("scene", type=existing_file, help="input .lgz")
+    d.add_argument("--out", required=True, type=writable_file, help="output .ply")
     d.set_defaults(func=_decompress)
 
     e = ssub.add_parser("eval", help="PSNR, SSIM, size, FPS on held-out views; side-by-side PNG")
-    e.add_argument("scenes", nargs="+", help=".ply or .lgz files")
+    e.add_argument("scenes", nargs="+", type=existing_file, help=".ply or .lgz files")
     e.add_argument("--views", required=True, help="dataset folder")
     e.add_argument("--split", default="test", help="views to score (default test)")
-    e.add_argument("--png", default=None, help="write ground truth | renders side by side here")
-    e.add_argument("--out", default=None, help="write the metrics as JSON here")
+    e.add_argument("--png", default=None, type=writable_file, help="write ground truth | renders side by side here")
+    e.add_argument("--out", default=None, type=writable_file, help="write the metrics as JSON here")
     e.add_argument("--white-background", action="store_true")
     _common(e)
     e.set_defaults(func=_eval)

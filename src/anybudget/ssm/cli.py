@@ -7,6 +7,15 @@ from __future__ import annotations
 
 import argparse
 
+from anybudget.cli_types import (
+    existing_file,
+    positive_float,
+    positive_int,
+    require,
+    writable_dir,
+    writable_file,
+)
+
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixer", choices=["mamba", "attention"], default="mamba")
@@ -14,10 +23,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="polarized state channels (default none = vanilla Mamba)")
     p.add_argument("--polar-form", choices=["exact", "reference"], default="exact",
                    help="exact: A-bar = 1 / 0 exactly; reference: A = 0 / -100 as in SSM-Bottleneck")
-    p.add_argument("--layers", type=int, default=2, help="number of blocks (default 2)")
-    p.add_argument("--d-model", type=int, default=128, help="model width (default 128)")
-    p.add_argument("--d-state", type=int, default=16, help="learned state size (default 16)")
-    p.add_argument("--vocab-size", type=int, default=8192, help="MQAR vocabulary (default 8192)")
+    p.add_argument("--layers", type=positive_int, default=2, help="number of blocks (default 2)")
+    p.add_argument("--d-model", type=positive_int, default=128, help="model width (default 128)")
+    p.add_argument("--d-state", type=positive_int, default=16, help="learned state size (default 16)")
+    p.add_argument("--vocab-size", type=positive_int, default=8192, help="MQAR vocabulary (default 8192)")
     p.add_argument("--scan-backend", choices=["auto", "triton", "chunked", "ref"], default="auto")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--seed", type=int, default=123)
@@ -30,25 +39,25 @@ def register(subparsers) -> None:
 
     m = sub.add_parser("mqar", help="train on the MQAR mixture and evaluate at seq 1024, 64/128/256 kv pairs")
     _model_args(m)
-    m.add_argument("--steps", type=int, default=None,
+    m.add_argument("--steps", type=positive_int, default=None,
                    help="training steps (default: the reference's 64 epochs of 300k examples)")
-    m.add_argument("--batch-size", type=int, default=128)
-    m.add_argument("--lr", type=float, default=1e-3)
-    m.add_argument("--eval-every", type=int, default=500)
-    m.add_argument("--test-examples", type=int, default=None, help="examples per test set (default 1000)")
-    m.add_argument("--max-seq-len", type=int, default=1024,
+    m.add_argument("--batch-size", type=positive_int, default=128, help="(default 128)")
+    m.add_argument("--lr", type=positive_float, default=1e-3, help="(default 1e-3)")
+    m.add_argument("--eval-every", type=positive_int, default=500, help="(default 500)")
+    m.add_argument("--test-examples", type=positive_int, default=None, help="examples per test set (default 1000)")
+    m.add_argument("--max-seq-len", type=positive_int, default=1024,
                    help="drop training segments longer than this and test at this length (kv = len/16, /8, /4)")
-    m.add_argument("--time-budget", type=float, default=None, help="stop and checkpoint after this many seconds")
-    m.add_argument("--checkpoint", default=None, help="checkpoint file; resumes if it exists")
-    m.add_argument("--out", default="runs/ssm", help="folder for the JSON record and PNG (default runs/ssm)")
+    m.add_argument("--time-budget", type=positive_float, default=None, help="stop and checkpoint after this many seconds")
+    m.add_argument("--checkpoint", default=None, type=writable_file, help="checkpoint file; resumes if it exists")
+    m.add_argument("--out", default="runs/ssm", type=writable_dir, help="folder for the JSON record and PNG (default runs/ssm)")
     m.set_defaults(func=_cmd_mqar)
 
     d = sub.add_parser("diagnose", help="influence-vs-distance and per-layer sharpness of a model, PNG + JSON")
     _model_args(d)
-    d.add_argument("--checkpoint", default=None, help="a checkpoint written by `ssm mqar` (default: fresh init)")
-    d.add_argument("--seq-len", type=int, default=256)
-    d.add_argument("--batch", type=int, default=4)
-    d.add_argument("--out", default="runs/ssm")
+    d.add_argument("--checkpoint", default=None, type=existing_file, help="a checkpoint written by `ssm mqar` (default: fresh init)")
+    d.add_argument("--seq-len", type=positive_int, default=256, help="(default 256)")
+    d.add_argument("--batch", type=positive_int, default=4, help="(default 4)")
+    d.add_argument("--out", default="runs/ssm", type=writable_dir, help="output folder (default runs/ssm)")
     d.set_defaults(func=_cmd_diagnose)
     ssm.set_defaults(func=lambda a: (ssm.print_help(), 0)[1])
 
@@ -83,6 +92,9 @@ def _cmd_mqar(args) -> int:
     from anybudget.ssm.plots import plot_history
     from anybudget.ssm.train import TrainConfig, train_mqar
 
+    require("plot", "matplotlib")
+    if args.vocab_size <= args.max_seq_len:
+        raise SystemExit(f"error: --vocab-size {args.vocab_size} must be > --max-seq-len {args.max_seq_len}")
     model, cfg, device = _build(args)
     L = args.max_seq_len
     segments = tuple(s for s in TRAIN_MIXTURE if s.seq_len <= L)
@@ -123,6 +135,7 @@ def _cmd_diagnose(args) -> int:
     )
     from anybudget.ssm.mqar import multiquery_ar
 
+    require("plot", "matplotlib")
     model, cfg, device = _build(args)
     if args.checkpoint:
         model.load_state_dict(torch.load(args.checkpoint, map_location=device, weights_only=False)["model"])
@@ -132,10 +145,11 @@ def _cmd_diagnose(args) -> int:
     sharp = layer_sharpness(model, ids)
     out = Path(args.out)
     name = f"ssm_diagnose_{args.mixer}_{args.polarize}_L{args.layers}_d{args.d_model}"
-    plot_influence({name: infl}, out / f"{name}_influence.png")
-    plot_sharpness({name: sharp}, out / f"{name}_sharpness.png")
+    # The JSON first: a failed plot never loses the numbers.
     path = write_results(name, {"args": {k: v for k, v in vars(args).items() if k != "func"}},
                          {"influence_log_norm": infl.tolist(), "sharpness": sharp}, out_dir=out)
+    plot_influence({name: infl}, out / f"{name}_influence.png")
+    plot_sharpness({name: sharp}, out / f"{name}_sharpness.png")
     print(f"sharpness per layer: {[round(s, 4) for s in sharp]}")
     print(f"wrote {path}")
     return 0
