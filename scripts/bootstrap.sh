@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create ./.venv and install anybudget into it (editable). Idempotent: a second run is instant.
-#   bash scripts/bootstrap.sh        # library + what `anybudget demo` needs
+#   bash scripts/bootstrap.sh        # library + what the README's commands need (plot and nas extras)
 #   bash scripts/bootstrap.sh dev    # + test tools (pytest, hypothesis, ruff, triton's CPU interpreter)
 # torch: ANYBUDGET_TORCH picks the requirement (e.g. "torch==2.13.0" or "torch>=2.6").
 # Default: on a machine without an NVIDIA GPU, the CPU-only pin torch==2.13.0 (which CI's
@@ -33,7 +33,7 @@ fi
 if [ "$extra" = "dev" ]; then
   pipq -e ".[dev]"
 else
-  pipq -e "."
+  pipq -e ".[plot,nas]"
 fi
 "$vpy" -c "import anybudget, torch, transformers" || { echo "bootstrap: install failed" >&2; exit 1; }
 echo "$want" > "$stamp"

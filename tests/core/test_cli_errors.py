@@ -171,3 +171,21 @@ def test_missing_nb201_env_table_is_an_error(tmp_path):
     r = run_cli("nas", "search", "--repeat", "1", cwd=tmp_path,
                 env={"ANYBUDGET_NB201_CSV": str(tmp_path / "nope.csv")})
     assert_one_line_error(r, "nope.csv", code=2)
+
+
+@pytest.mark.parametrize("argv, extra", [
+    (["kv", "eval", "--text", "{d}/ok.txt"], "anybudget[plot]"),
+    (["ssm", "diagnose"], "anybudget[plot]"),
+    (["nas", "correlate"], "anybudget[nas]"),
+    (["nas", "search"], "anybudget[nas]"),
+])
+def test_missing_extra_is_named_before_any_work(inputs, tmp_path, monkeypatch, capsys, argv, extra):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    hidden = {"matplotlib", "scipy", "skimage"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
+    monkeypatch.chdir(tmp_path)
+    r = run_inproc([a.replace("{d}", str(inputs)) for a in argv], capsys)
+    assert_one_line_error(r, extra, code=1)
+    assert list(tmp_path.iterdir()) == []
