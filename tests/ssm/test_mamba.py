@@ -121,3 +121,10 @@ def test_lm_step_equals_forward():
     _, states = lm(ids, return_states=True)
     for a, b in zip(states, st):
         torch.testing.assert_close(a.ssm, b.ssm, rtol=1e-5, atol=1e-6)
+
+
+def test_polarize_none_string_means_vanilla():
+    cfg = MambaConfig(d_model=8, d_state=3, polarize="none")
+    assert cfg.polarize is None and cfg == MambaConfig(d_model=8, d_state=3, polarize=None)
+    with pytest.raises(ValueError, match="polarize='two'.*'none'"):
+        MambaConfig(d_model=8, polarize="two")

@@ -36,7 +36,7 @@ POLARIZE_CHOICES = ("one", "zero", "both", None)
 class MambaConfig:
     """Mamba-1 mixer settings; defaults are Mamba's and the reference PolarizedMamba's.
 
-    polarize: which fixed channels to add, one of ``"one"``, ``"zero"``, ``"both"``, ``None``.
+    polarize: which fixed channels to add, one of ``"one"``, ``"zero"``, ``"both"``, ``None`` (or ``"none"``).
     d_ones / d_zeros: how many channels of each kind when enabled (reference: 1 and 1).
     polar_form: ``"exact"`` (A-bar exactly 1 / 0) or ``"reference"`` (A = value_ones / value_zeros).
     scan_backend: ``"auto"`` (Triton on CUDA, chunked PyTorch otherwise), ``"triton"``,
@@ -75,8 +75,10 @@ class MambaConfig:
         _int("expand", 1)
         _int("d_ones", 0)
         _int("d_zeros", 0)
+        if self.polarize == "none":  # the CLI's spelling of None (the README lists it)
+            object.__setattr__(self, "polarize", None)
         if self.polarize not in POLARIZE_CHOICES:
-            raise ValueError(f"polarize={self.polarize!r}; allowed: 'one', 'zero', 'both', None")
+            raise ValueError(f"polarize={self.polarize!r}; allowed: 'none' (or None), 'one', 'zero', 'both'")
         if self.polar_form not in ("exact", "reference"):
             raise ValueError(f"polar_form={self.polar_form!r}; allowed: 'exact', 'reference'")
         if self.dt_rank != "auto":
