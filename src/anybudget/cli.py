@@ -11,6 +11,8 @@ import importlib
 import os
 import sys
 
+from anybudget.cli_types import device  # standard library only: --help stays instant
+
 # group -> (module providing register(), one-line help). Extra top-level commands a module adds
 # (kv adds `generate`) are routed to it through _ROUTES.
 _GROUPS = {
@@ -134,7 +136,7 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--model", default=None, help="model folder (default: the embedded reference LM)")
     demo.add_argument("--budget", default="kv=20%", help="KV budget, e.g. kv=20%% or kv=256 (default kv=20%%)")
     demo.add_argument("--tokens", type=int, default=64, help="new tokens to generate (default 64)")
-    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    demo.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda if available)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 

@@ -188,3 +188,22 @@ def as_path(check):
 
     typ.__name__ = getattr(check, "__name__", "path")
     return typ
+
+
+def device(text: str) -> str:
+    """A torch device that exists here (``cpu``, ``cuda``, ``cuda:1``); checked before any model loads."""
+    import torch
+
+    try:
+        d = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu or cuda") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device here (torch {torch.__version__}); use cpu")
+        if d.index is not None and d.index >= n:
+            raise argparse.ArgumentTypeError(f"{text!r}: only {n} CUDA device(s) here")
+    elif d.type != "cpu" and d.type != "mps":
+        raise argparse.ArgumentTypeError(f"{text!r}: use cpu or cuda")
+    return text

@@ -122,6 +122,10 @@ BAD = [
     (["prune", "report", "--mask", "{d}/missing.safetensors"], ["--mask", "does not exist"]),
     (["splat", "decompress", "{d}/missing.lgz", "--out", "x.ply"], ["scene", "does not exist"]),
     (["splat", "compress", "{d}/afile", "--views", "{d}", "--out", "x.lgz", "--vq-ratio", "2"], ["--vq-ratio"]),
+    (["generate", "--device", "tpu", "hi"], ["--device", "tpu"]),
+    (["kv", "eval", "--text", "{d}/ok.txt", "--device", "cuda:99"], ["--device", "cuda:99"]),
+    (["ssm", "mqar", "--device", "cuda:99"], ["--device", "cuda:99"]),
+    (["demo", "--device", "cuda:99"], ["--device", "cuda:99"]),
 ]
 
 

@@ -8,7 +8,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from anybudget.cli_types import budget, existing_file, positive_int, writable_dir
+from anybudget.cli_types import budget, device, existing_file, positive_int, writable_dir
 
 
 def _add_dataclass(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
@@ -55,7 +55,7 @@ def register(sub) -> None:
     b.add_argument("--batch", type=positive_int, default=8, help="sequences per step (default 8)")
     b.add_argument("--seq", type=positive_int, default=256, help="tokens per sequence (default 256)")
     b.add_argument("--calib-batches", type=positive_int, default=8, help="calibration batches for importance (default 8)")
-    b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    b.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda if available)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dataclass(b, ElasticSpace)
     _add_dataclass(b, ElasticTrainConfig, "train-")
@@ -79,7 +79,7 @@ def register(sub) -> None:
     v.add_argument("--seq", type=positive_int, default=256, help="(default 256)")
     v.add_argument("--batch", type=positive_int, default=8, help="(default 8)")
     v.add_argument("--max-tokens", type=positive_int, default=200_000, help="evaluate on at most this many tokens")
-    v.add_argument("--device", default=None)
+    v.add_argument("--device", default=None, type=device)
     v.set_defaults(func=_eval)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from anybudget.cli_types import (
+    device,
     fraction,
     kv_budget,
     kv_budget_list,
@@ -20,7 +21,7 @@ POLICY_CHOICES = ("full", "h2o", "streaming", "local", "random")
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="local model folder (default: the embedded reference LM)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="weights dtype (default: bfloat16 on cuda, float32 on cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

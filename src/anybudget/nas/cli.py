@@ -6,6 +6,7 @@ import argparse
 
 from anybudget.cli_types import (
     budget,
+    device,
     existing_file,
     positive_float,
     positive_int,
@@ -30,7 +31,7 @@ def register(sub) -> None:
                    help="kaiming_normal (paper) or reference (what the released code runs)")
     s.add_argument("--repeat", type=positive_int, default=3, help="draws per candidate op (default 3)")
     s.add_argument("--batch-size", type=positive_int, default=None, help="NTK batch (default 72 nb201, 14 darts)")
-    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    s.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda if available)")
     s.add_argument("--out", default=None, type=writable_file, help="write the results as JSON here")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_search)
@@ -45,7 +46,7 @@ def register(sub) -> None:
     c.add_argument("--zc-batch", type=positive_int, default=64, help="NASWOT/snip/grad_norm batch (default 64)")
     c.add_argument("--time-limit", type=positive_float, default=None, help="stop scoring after this many seconds")
     c.add_argument("--checkpoint", default=None, type=writable_file, help="JSON file to save scores to and resume from")
-    c.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    c.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda if available)")
     c.add_argument("--out", default=None, type=writable_file, help="write scores + table as JSON here")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=_correlate)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from anybudget.cli_types import (
     as_path,
+    device,
     existing_file,
     fraction,
     nonneg_int,
@@ -38,7 +39,7 @@ def register(sub) -> None:
     i.add_argument("--lr", type=positive_float, default=2e-5)
     i.add_argument("--batch-size", type=positive_int, default=32)
     i.add_argument("--mlm-steps", type=positive_int, default=1000, help="MLM steps per round (task mlm)")
-    i.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    i.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda if available)")
     i.add_argument("--quiet", action="store_true")
     i.set_defaults(func=_imp)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from anybudget.cli_types import (
     budget,
+    device,
     existing_file,
     fraction,
     nonneg_int,
@@ -70,7 +71,7 @@ def register(sub) -> None:
 
 
 def _common(p):
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--backend", default="auto", choices=("auto", "reference", "gsplat"),
                    help="rasteriser (auto: gsplat on CUDA when installed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
