@@ -56,3 +56,15 @@ def test_kv_eval_bad_input(tmp_path, capsys):
     assert ei.value.code == 2 and "argument --text" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="fewer than --seq-len"):
         main(base + ["--seq-len", "100000"])
+
+
+def test_plot_axis_names_token_budgets_as_kept_fractions(tmp_path):
+    from anybudget.kv.evaluate import EvalResult, plot_results
+
+    full = EvalResult("full", "100%", 3.0, 100, 1.0)
+    pct = [full, EvalResult("h2o", "20%", 3.5, 100, 0.2), EvalResult("h2o", "50%", 3.2, 100, 0.5)]
+    assert "budget" in plot_results(pct, tmp_path / "pct.png")
+    tokens = [full, EvalResult("h2o", "64", 3.5, 100, 0.125), EvalResult("h2o", "256", 3.2, 100, 0.5)]
+    label = plot_results(tokens, tmp_path / "tok.png")
+    assert "kept" in label and "measured" in label
+    assert (tmp_path / "pct.png").stat().st_size > 0 and (tmp_path / "tok.png").stat().st_size > 0

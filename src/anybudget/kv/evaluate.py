@@ -104,8 +104,13 @@ def evaluate_policies(
     return results
 
 
-def plot_results(results: list[EvalResult], path, title: str = "perplexity under a KV budget") -> None:
-    """Perplexity against budget, one curve per policy (full drawn as a horizontal line)."""
+def plot_results(results: list[EvalResult], path, title: str = "perplexity under a KV budget") -> str:
+    """Perplexity against budget, one curve per policy (full drawn as a horizontal line).
+
+    Percentage budgets are plotted as given; token-count (or mixed) budgets by the fraction of the
+    tokens seen that the cache actually kept, so the axis never calls a token count a percentage.
+    Returns the x-axis label.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,15 +118,18 @@ def plot_results(results: list[EvalResult], path, title: str = "perplexity under
 
     from anybudget.io import atomic_path
 
+    budgeted = [r for r in results if r.policy != "full"]
+    as_percent = all(parse_kv_budget(r.budget).unit == "%" for r in budgeted)
+    xlabel = "KV budget (% of tokens seen)" if as_percent else "KV kept (% of tokens seen, measured)"
     fig, ax = plt.subplots(figsize=(6, 4))
     for policy in dict.fromkeys(r.policy for r in results):
         rs = [r for r in results if r.policy == policy]
         if policy == "full":
             ax.axhline(rs[0].ppl, color="k", ls="--", label=f"full ({rs[0].ppl:.2f})")
             continue
-        xs = [parse_kv_budget(r.budget).value for r in rs]
+        xs = [parse_kv_budget(r.budget).value if as_percent else 100 * r.kept_fraction for r in rs]
         ax.plot(xs, [r.ppl for r in rs], "o-", label=policy)
-    ax.set_xlabel("KV budget (% of tokens seen)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("perplexity (streaming)")
     ax.set_yscale("log")
     ax.set_title(title)
@@ -130,3 +138,4 @@ def plot_results(results: list[EvalResult], path, title: str = "perplexity under
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
+    return xlabel
