@@ -20,8 +20,23 @@ def test_table_reads_the_real_accuracies(table):
         table.accuracy(0, "svhn")
 
 
-def test_table_path_errors(tmp_path, monkeypatch):
+def test_packaged_table_is_the_shared_one(table, monkeypatch):
+    from anybudget.nas.benchmark import PACKAGED
+
     monkeypatch.delenv(ENV_VAR, raising=False)
+    shipped = NB201Table.load()
+    assert shipped.path == str(PACKAGED) and len(shipped.arch_strings) == 15625
+    assert shipped.arch_strings == table.arch_strings
+    for d in ("cifar10", "cifar100", "ImageNet16-120"):
+        assert (shipped.acc[d] == table.acc[d]).all()
+    assert round(shipped.best("cifar10")[1], 2) == 94.37
+
+
+def test_table_path_errors(tmp_path, monkeypatch):
+    import anybudget.nas.benchmark as nb
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(nb, "PACKAGED", tmp_path / "absent.csv.xz")
     with pytest.raises(FileNotFoundError, match="set ANYBUDGET_NB201_CSV"):
         NB201Table.load()
     with pytest.raises(FileNotFoundError, match="does not exist"):

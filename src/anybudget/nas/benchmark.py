@@ -3,14 +3,17 @@
 The table (``nats_bench.csv``: 15,625 rows in benchmark index order, columns
 ``CIFAR10TestAccuracy200Epochs, CIFAR100TestAccuracy200Epochs, ImageNetTestAccuracy200Epochs,
 ArchitectureString, UniqueString``) holds seed-averaged 200-epoch test accuracies from
-NATS-Bench (Dong et al.). Pass its path, or set ``ANYBUDGET_NB201_CSV``. Nothing is read at import.
+NATS-Bench (Dong et al.). The package ships it; pass another path, or set ``ANYBUDGET_NB201_CSV``.
+Nothing is read at import.
 """
 
 from __future__ import annotations
 
 import csv
+import lzma
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +22,8 @@ from anybudget.nas.space import NUM_ARCHS, arch_index, format_arch, parse_arch
 __all__ = ["DATASETS", "ENV_VAR", "NB201Table", "kendall_spearman"]
 
 ENV_VAR = "ANYBUDGET_NB201_CSV"
+# The table ships with the package (xz, 0.3 MB; NATS-Bench's numbers, MIT: see the NOTICE beside it).
+PACKAGED = Path(__file__).resolve().parents[1] / "assets" / "nasbench201" / "nats_bench.csv.xz"
 DATASETS = ("cifar10", "cifar100", "ImageNet16-120")
 _COLUMNS = {
     "cifar10": "CIFAR10TestAccuracy200Epochs",
@@ -37,14 +42,16 @@ class NB201Table:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> NB201Table:
-        path = path or os.environ.get(ENV_VAR)
+        """``path``, else ``$ANYBUDGET_NB201_CSV``, else the table shipped in the package (.csv or .csv.xz)."""
+        path = path or os.environ.get(ENV_VAR) or (PACKAGED if PACKAGED.is_file() else None)
         if not path:
             raise FileNotFoundError(
                 f"no NAS-Bench-201 table given: pass path=... or set {ENV_VAR} to nats_bench.csv"
             )
         if not os.path.isfile(path):
             raise FileNotFoundError(f"NAS-Bench-201 table {path!r} does not exist")
-        with open(path, newline="") as f:
+        opener = lzma.open if str(path).endswith(".xz") else open
+        with opener(path, "rt", newline="") as f:
             reader = csv.DictReader(f)
             missing = [c for c in (*_COLUMNS.values(), "ArchitectureString") if c not in (reader.fieldnames or [])]
             if missing:
