@@ -176,6 +176,11 @@ def test_cli_mqar_writes_json_and_png(tmp_path):
     rec = json.loads((tmp_path / "ssm_mqar_mamba_both_L1_d16.json").read_text())
     assert rec["metrics"]["final"]["step"] == 3 and "kv16" in rec["metrics"]["final"]
     assert (tmp_path / "ssm_mqar_mamba_both_L1_d16.png").exists()
+    # training checkpointed into the output folder by default (no --checkpoint given)
+    ck = tmp_path / "ssm_mqar_mamba_both_L1_d16.ckpt.pt"
+    import torch
+
+    assert torch.load(ck, map_location="cpu", weights_only=False)["step"] == 3
 
 
 def test_cli_diagnose_and_bad_args(tmp_path, capsys):

@@ -49,7 +49,8 @@ def register(subparsers) -> None:
     m.add_argument("--max-seq-len", type=positive_int, default=1024,
                    help="drop training segments longer than this and test at this length (kv = len/16, /8, /4)")
     m.add_argument("--time-budget", type=positive_float, default=None, help="stop and checkpoint after this many seconds")
-    m.add_argument("--checkpoint", default=None, type=writable_file, help="checkpoint file; resumes if it exists")
+    m.add_argument("--checkpoint", default=None, type=writable_file,
+                   help="checkpoint file; resumes if it exists (default: <out>/<run name>.ckpt.pt)")
     m.add_argument("--out", default="runs/ssm", type=writable_dir, help="folder for the JSON record and PNG (default runs/ssm)")
     m.set_defaults(func=_cmd_mqar)
 
@@ -105,12 +106,16 @@ def _cmd_mqar(args) -> int:
     tcfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_steps=args.steps, seed=args.seed,
                        eval_every=args.eval_every, vocab_size=args.vocab_size,
                        test_examples=args.test_examples)
-    res = train_mqar(model, tcfg, segments, tests, checkpoint=args.checkpoint,
-                     time_budget_s=args.time_budget, quiet=args.quiet)
     out = Path(args.out)
     name = _run_name(args)
+    # Training always checkpoints (into the output folder unless told otherwise), so a stop by
+    # --time-budget or an interruption never throws the finished steps away.
+    checkpoint = args.checkpoint or out / f"{name}.ckpt.pt"
+    res = train_mqar(model, tcfg, segments, tests, checkpoint=checkpoint,
+                     time_budget_s=args.time_budget, quiet=args.quiet)
     if not res["done"]:
-        print(f"stopped at step {res['step']} by --time-budget; rerun with the same --checkpoint to resume")
+        print(f"stopped at step {res['step']} by --time-budget; checkpoint {checkpoint}: rerun the same "
+              "command to resume")
         return 0
     config = {"model": asdict(cfg), "train": asdict(tcfg), "device": device,
               "train_segments": [asdict(s) for s in segments], "test_sets": [asdict(s) for s in tests]}
