@@ -89,7 +89,7 @@ def _search(args: argparse.Namespace) -> int:
             geno, res = darts_tenas_search(cfg, seed=seed, device=args.device, quiet=args.quiet)
             print(f"seed {seed}: {geno}  ({res.seconds:.1f} s)")
             rows.append({"seed": seed, "genotype": str(geno), "seconds": res.seconds})
-        _maybe_write(args.out, {"space": "darts", "runs": rows})
+        _maybe_write(args.out, {"space": "darts", "runs": rows}, args)
         return 0
 
     from anybudget.nas.search import TENASConfig, tenas_search
@@ -124,7 +124,7 @@ def _search(args: argparse.Namespace) -> int:
             print(f"{d}: {statistics.fmean(v):.2f} +- {statistics.stdev(v):.2f}")
     if table is None:
         print("(no accuracy table: pass --table nats_bench.csv or set ANYBUDGET_NB201_CSV)")
-    _maybe_write(args.out, {"space": "nb201", "budget": str(budget) if budget else None, "runs": rows})
+    _maybe_write(args.out, {"space": "nb201", "budget": str(budget) if budget else None, "runs": rows}, args)
     return 0
 
 
@@ -161,13 +161,18 @@ def _correlate(args: argparse.Namespace) -> int:
 
     for p, row in corr.items():
         print(f"{p:<16}" + "".join(f(row[d]["kendall"], 20) + f(row[d]["spearman"], 8) for d in DATASETS))
-    _maybe_write(args.out, {"scores": scores, "correlations": corr})
+    _maybe_write(args.out, {"scores": scores, "correlations": corr}, args)
     return 0
 
 
-def _maybe_write(path, obj) -> None:
+def _maybe_write(path, obj, args: argparse.Namespace | None = None) -> None:
+    """Write the command's result with its configuration and the device record (date, versions, commit)."""
     if path:
         from anybudget.io import atomic_write_json
+        from anybudget.measure import device_record
 
-        atomic_write_json(path, obj)
+        config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))} if args else {}
+        dev = device_record()
+        atomic_write_json(path, {**obj, "config": config, "device": dev, "torch": dev.get("torch"),
+                                 "commit": dev.get("commit"), "date": dev.get("date")})
         print(f"wrote {path}")
