@@ -213,11 +213,11 @@ def clean_pod(src: str) -> str:
     return "\n\n".join(paras)
 
 
-def fetch_debs(dest: Path) -> dict[str, Path]:
+def fetch_debs(dest: Path, packages=PACKAGES) -> dict[str, Path]:
     """The .deb of each package in ``dest``, downloaded with apt-get if missing."""
     dest.mkdir(parents=True, exist_ok=True)
     debs = {}
-    for pkg in PACKAGES:
+    for pkg in packages:
         found = sorted(dest.glob(f"{pkg}_*.deb"))
         if not found:
             subprocess.run(["apt-get", "download", pkg], cwd=dest, check=True)
@@ -260,9 +260,14 @@ def documents(debs: dict[str, Path], workdir: Path):
                 yield f"{pkg}/{rel}", text
 
 
+def bucket(doc_id: str) -> int:
+    """A document's fixed bucket in 0..99 (sha1 of its id), from which splits are cut."""
+    return int(hashlib.sha1(doc_id.encode()).hexdigest()[:8], 16) % 100
+
+
 def split_of(doc_id: str) -> str:
     """Deterministic split by document: 3% test, 3% validation, 94% train."""
-    h = int(hashlib.sha1(doc_id.encode()).hexdigest()[:8], 16) % 100
+    h = bucket(doc_id)
     return "test" if h < 3 else "validation" if h < 6 else "train"
 
 

@@ -314,20 +314,8 @@ def split_v2(pkg: str, doc_id: str) -> str:
         return "v1_test" if s == "test" else s
     if pkg == HELDOUT:
         return "heldout"
-    h = int(hashlib.sha1(doc_id.encode()).hexdigest()[:8], 16) % 100
+    h = v1.bucket(doc_id)
     return "test" if h < 2 else "validation" if h < 4 else "train"
-
-
-def fetch(dest: Path, packages) -> dict[str, Path]:
-    dest.mkdir(parents=True, exist_ok=True)
-    debs = {}
-    for pkg in packages:
-        found = sorted(dest.glob(f"{pkg}_*.deb"))
-        if not found:
-            subprocess.run(["apt-get", "download", pkg], cwd=dest, check=True)
-            found = sorted(dest.glob(f"{pkg}_*.deb"))
-        debs[pkg] = found[-1]
-    return debs
 
 
 def main(argv=None) -> int:
@@ -339,7 +327,7 @@ def main(argv=None) -> int:
                          "(the same result as a full run: packages are processed in the same order)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    debs = fetch(Path(args.debs) if args.debs else out / "debs", v1.PACKAGES + NEW_PACKAGES)
+    debs = v1.fetch_debs(Path(args.debs) if args.debs else out / "debs", v1.PACKAGES + NEW_PACKAGES)
     names = ("train", "validation", "test", "v1_test", "heldout")
     splits: dict[str, list[str]] = {s: [] for s in names}
     manifest: dict[str, dict] = {}

@@ -12,7 +12,6 @@ Writes  <build>/tokenizer/                       (AutoTokenizer.from_pretrained 
 from __future__ import annotations
 
 import argparse
-import lzma
 import shutil
 import sys
 import time
@@ -22,7 +21,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import atomic_write_bytes, atomic_write_json, read_json
+from anybudget.io import atomic_write_json, read_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tokenize_corpus import write_xz
 
 DOC_SEP = "\n\n\f\n\n"
 BOS, EOS, PAD = "<|bos|>", "<|endoftext|>", "<|pad|>"
@@ -65,12 +67,6 @@ def encode_split(fast, txt: Path) -> np.ndarray:
     arr = np.concatenate(parts)
     assert int(arr.max()) < 2**16
     return arr
-
-
-def write_xz(path: Path, arr: np.ndarray) -> int:
-    data = lzma.compress(arr.astype(np.uint16).tobytes(), preset=9)
-    atomic_write_bytes(path, data)
-    return len(data)
 
 
 def main(argv=None) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import lzma
 import math
 import os
 import sys
@@ -35,6 +34,9 @@ sys.path.insert(0, str(ROOT / "src"))
 from anybudget.io import atomic_path, atomic_write_json  # noqa: E402
 from anybudget.measure import device_record  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lm_eval import read_ids, window_losses
+
 PROMPTS = [
     "The Python interpreter",
     "In the Linux kernel, a device driver",
@@ -42,10 +44,6 @@ PROMPTS = [
     "This module provides functions for",
     "When the file is opened,",
 ]
-
-
-def read_ids(path: Path) -> np.ndarray:
-    return np.frombuffer(lzma.decompress(Path(path).read_bytes()), dtype=np.uint16).astype(np.int64)
 
 
 def model_config(vocab: int, smoke: bool, eos_id: int):
@@ -71,31 +69,18 @@ def model_config(vocab: int, smoke: bool, eos_id: int):
     )
 
 
-@torch.no_grad()
 def evaluate(model, ids: np.ndarray, seq: int, batch: int, device, max_windows: int | None = None) -> float:
     """Mean token NLL over non-overlapping windows of ``seq`` tokens (each window predicted fully)."""
-    model.eval()
-    n = (len(ids) - 1) // seq
-    if max_windows:
-        n = min(n, max_windows)
-    total, count = 0.0, 0
-    for s in range(0, n, batch):
-        idx = range(s, min(n, s + batch))
-        x = torch.stack([torch.from_numpy(ids[i * seq: i * seq + seq + 1]) for i in idx]).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(input_ids=x[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum")
-        total += loss.item()
-        count += x[:, 1:].numel()
-    model.train()
-    return total / max(count, 1)
+    total, targets = window_losses(model, ids, seq, batch, device, max_windows)
+    return total / max(targets.size, 1)
 
 
 @torch.no_grad()
-def samples(model, tok, device, max_new_tokens=60) -> list[dict]:
+def samples(model, tok, device, max_new_tokens=60, prompts=PROMPTS) -> list[dict]:
+    """Greedy (repetition penalty 1.1) and sampled (t 0.8, top-p 0.95) continuations of ``prompts``."""
     model.eval()
     out = []
-    for i, p in enumerate(PROMPTS):
+    for i, p in enumerate(prompts):
         enc = tok(p, return_tensors="pt").to(device)
         g = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.1)
         torch.manual_seed(i)

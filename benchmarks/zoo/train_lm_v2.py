@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lm_eval import evaluate as eval_bpb
 from lm_eval import read_ids, window_losses
-from train_lm import plot
+from train_lm import plot, samples
 
 from anybudget.io import atomic_write_json
 from anybudget.measure import device_record
@@ -64,21 +64,6 @@ def model_config(vocab: int, smoke: bool, bos: int, eos: int, pad: int):
     return LlamaConfig(vocab_size=vocab, head_dim=64 if not smoke else 16, max_position_embeddings=4096,
                        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=bos,
                        eos_token_id=eos, pad_token_id=pad, attention_bias=False, mlp_bias=False, **dims)
-
-
-@torch.no_grad()
-def samples(model, tok, device, max_new_tokens=60) -> list[dict]:
-    model.eval()
-    out = []
-    for i, p in enumerate(PROMPTS):
-        enc = tok(p, return_tensors="pt").to(device)
-        g = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.1)
-        torch.manual_seed(i)
-        s = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_p=0.95)
-        out.append({"prompt": p, "greedy_rp1.1": tok.decode(g[0], skip_special_tokens=True),
-                    "sampled_t0.8_p0.95": tok.decode(s[0], skip_special_tokens=True)})
-    model.train()
-    return out
 
 
 def main(argv=None) -> int:
@@ -221,7 +206,7 @@ def main(argv=None) -> int:
     metrics_eval = {s: eval_bpb(model, tok, ids, args.seq, 32, device, cap) for s, ids in evals.items()}
     for s, r in metrics_eval.items():
         say(f"{s}: ppl {r['ppl']:.2f}  bits/byte {r['bits_per_byte']:.4f}  ({r['tokens']} tokens)", flush=True)
-    smp = samples(model, tok, device, max_new_tokens=60 if not args.smoke else 8)
+    smp = samples(model, tok, device, max_new_tokens=60 if not args.smoke else 8, prompts=PROMPTS)
     for s in smp:
         say(json.dumps(s), flush=True)
     work = Path(tempfile.mkdtemp())
