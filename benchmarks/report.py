@@ -7,43 +7,14 @@ Usage:  python benchmarks/report.py            # prints markdown
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-RES = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/report.py) -->", "<!-- RESULTS:END -->"
 
-
-def load(name):
-    p = RES / f"{name}.json"
-    return json.loads(p.read_text()) if p.exists() else None
-
-
-def dev(rec):
-    d = rec.get("device", {})
-    return f"{d.get('gpu') or 'CPU'}, torch {rec.get('torch')}, transformers {rec.get('transformers')}, commit {str(rec.get('commit'))[:8]}, {str(rec.get('date'))[:10]}"
-
-
-def reflm_md():
-    r = load("reflm_train")
-    if not r:
-        return ""
-    m = r["metrics"]
-    s = m["samples"][1]
-    return (
-        "### Reference language model (`src/anybudget/assets/reflm`)\n\n"
-        f"A {m['params'] / 1e6:.1f}M-parameter `LlamaForCausalLM` (10 layers, hidden 384, 6 query / 3 KV heads, "
-        f"byte-level BPE vocabulary of {r['corpus']['vocab_size']}) trained from scratch for {m['epochs']:.1f} epochs "
-        f"({m['tokens_seen'] / 1e6:.0f}M tokens, {m['train_time_s']:.0f} s) on {r['corpus']['splits']['train']['tokens'] / 1e6:.1f}M "
-        "tokens of English prose from Debian documentation packages "
-        f"({', '.join(r['corpus']['corpus']['sources'])}).\n\n"
-        f"| split | perplexity (1024-token windows) |\n|---|---|\n| validation | {m['val_ppl']:.2f} |\n| test | {m['test_ppl']:.2f} |\n\n"
-        f"Sample (greedy, repetition penalty 1.1): *{s['greedy_rp1.1']!s}*\n\n"
-        f"Source: `benchmarks/results/reflm_train.json` ({dev(r)}).\n"
-    )
+from report_lm_elastic import dev, elastic_md, load, reflm_md  # noqa: E402
 
 
 def quality_md():
@@ -332,11 +303,7 @@ def ssm_md():
 
 
 def render():
-    from report_lm_elastic import elastic_md
-    from report_lm_elastic import reflm_md as reflm_v2_md
-
-    lm = reflm_v2_md() or reflm_md()
-    return "\n".join(x for x in (lm, quality_md(), attention_md(), speed_md(), elastic_md(), nas_md(), ssm_md()) if x)
+    return "\n".join(x for x in (reflm_md(), quality_md(), attention_md(), speed_md(), elastic_md(), nas_md(), ssm_md()) if x)
 
 
 def main(argv=None):
