@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/report.py) -->", "<!-- RESULTS:END -->"
 
-from report_lm_elastic import dev, elastic_md, load, reflm_md  # noqa: E402
+from report_lm_elastic import dev, elastic_md, load, reflm_md
 
 
 def quality_md():
