@@ -196,20 +196,16 @@ def route(em: ElasticLlama, budget, router: StaticRouter | None = None, table: C
         raise BudgetError(f"{key}={Quantity(target, unit)} is below the smallest sub-network "
                           f"({em.smallest()}); the smallest feasible budget is {key}={need}")
     target = max(target * (1 - margin), smallest)
+    fits = [c for c in uniform_configs(em) if costs.cost(c) <= target] or [em.smallest()]
     if router is not None and router.meta["key"] == key and not uniform:
         sub = fit_to_budget(em, router.choose(em, target), costs, target)
-        if calib:
-            fits = [c for c in uniform_configs(em) if costs.cost(c) <= target]
-            sub = min([sub, *fits], key=lambda c: measure_loss(em, c, calib))
-        return sub
+        return min([sub, *fits], key=lambda c: measure_loss(em, c, calib)) if calib else sub
+    if router is not None and router.surrogate is not None:
+        sur = router.surrogate
+        with torch.no_grad():
+            sub = min(fits, key=lambda c: float(sur(*one_hot_config(em, c))))
     else:
-        fits = [c for c in uniform_configs(em) if costs.cost(c) <= target] or [em.smallest()]
-        if router is not None and router.surrogate is not None:
-            sur = router.surrogate
-            with torch.no_grad():
-                sub = min(fits, key=lambda c: float(sur(*one_hot_config(em, c))))
-        else:
-            sub = max(fits, key=costs.cost)
+        sub = max(fits, key=costs.cost)
     return fit_to_budget(em, sub, costs, target)
 
 
