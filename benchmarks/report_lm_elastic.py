@@ -6,6 +6,17 @@ import json
 from pathlib import Path
 
 RES = Path(__file__).resolve().parent / "results"
+H100_BF16_DENSE_TFLOPS = 989.4  # datasheet peak (SXM), not a measured ceiling
+
+
+def _flops_bound_ms(params: int, kv_groups: int, cfg: dict) -> float:
+    """Compute floor of one forward: 2 x params x tokens (linear layers, tied LM head) + causal attention
+    (QK^T and PV: 4 x layers x seq/2 x head_dim x query heads per token), at the bf16 peak."""
+    wl, sh = cfg["workload"], cfg["shape"]
+    tokens = wl["batch"] * wl["seq"]
+    q_heads = kv_groups * sh["heads"] // sh["kv_heads"]
+    attn = 4 * sh["layers"] * (wl["seq"] / 2) * sh["head_dim"] * q_heads
+    return (2 * params + attn) * tokens / (H100_BF16_DENSE_TFLOPS * 1e12) * 1e3
 
 
 def load(name):
@@ -75,13 +86,16 @@ def elastic_md():
            f"tokens; the paper used 7.63%) on {t['world_size']} GPUs, forward KL from the frozen original + LM loss. "
            "Test perplexity (v2 test split) of every uniform sub-network, against the same sub-network after "
            "permutation and pruning only, and against the same shape trained from scratch on the same tokens; "
-           "latency = one forward of 64 x 1024 tokens, bf16, measured:\n\n"
-           "| sub-network (KV groups, MLP width) x 8 layers | params | ms | elastic | pruned only | from scratch |\n"
-           "|---|---|---|---|---|---|\n")
+           "latency = one forward of 64 x 1024 tokens, bf16, measured; beside it the compute floor "
+           f"(FLOPs at the H100's {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s bf16 datasheet peak):\n\n"
+           "| sub-network (KV groups, MLP width) x 8 layers | params | ms | FLOPs floor ms | elastic | pruned only | from scratch |\n"
+           "|---|---|---|---|---|---|---|\n")
     for u in m["uniform_points"]:
         sc = f"{u['scratch_ppl']:.1f}" if u["scratch_ppl"] else ""
+        kv = int(u["subnet"].split("kv=")[1].split(",")[0])
         out += (f"| {u['subnet'].replace('uniform', '').replace(' x 8', '')} | {u['params'] / 1e6:.1f}M | "
-                f"{u['measured_ms']:.1f} | {u['elastic_ppl']:.1f} | {u['pruned_ppl']:.1f} | {sc} |\n")
+                f"{u['measured_ms']:.1f} | {_flops_bound_ms(u['params'], kv, r['config']):.1f} | "
+                f"{u['elastic_ppl']:.1f} | {u['pruned_ppl']:.1f} | {sc} |\n")
     out += ("\nStatic router (Flextron's surrogate model + latency lookup table, Gumbel-softmax) over 8 latency "
             "targets; every pick is timed, not predicted. `route` = the router's pick checked against the uniform "
             "widths on held-out training windows (`route(..., calib=...)`); the last column is an oracle: the "
