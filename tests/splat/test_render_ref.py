@@ -118,3 +118,22 @@ def test_render_dispatch_on_cpu_uses_reference():
     assert torch.equal(render(scene, cam).image, render_reference(scene, cam).image)
     with pytest.raises(ValueError, match="backend='cuda'"):
         render(scene, cam, backend="cuda")
+
+
+def test_non_finite_gaussians_are_culled_not_crashing():
+    """Gaussians whose covariance overflows (huge scales, as a trained outdoor scene can hold) are
+    culled with radius 0 instead of producing undefined tile indices; the rest renders unchanged."""
+    with torch.no_grad():
+        scene = random_scene(30, seed=3, spread=0.5)
+        cam = orbit_cameras(1, size=20, seed=3)[0]
+        bad = torch.tensor([2, 7, 11])
+        broken = GaussianScene(scene.means.clone(), scene.log_scales.clone(), scene.quats, scene.opacity_logits,
+                               scene.sh_dc, scene.sh_rest, scene.normals)
+        broken.log_scales[bad[:2]] = 60.0  # exp(60)^2 overflows float32: infinite covariance
+        broken.means[bad[2], 0] = float("nan")
+        out = render_reference(broken, cam, background=(0.1, 0.2, 0.3), stats=True)
+        keep = torch.ones(len(scene), dtype=torch.bool)
+        keep[bad] = False
+        ref = render_reference(scene.subset(keep), cam, background=(0.1, 0.2, 0.3))
+    assert torch.all(out.radii[bad] == 0) and torch.all(out.hits[bad] == 0)
+    assert torch.allclose(out.image, ref.image, atol=1e-6)

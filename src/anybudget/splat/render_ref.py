@@ -74,13 +74,18 @@ def project(scene: GaussianScene, cam: Camera, near: float = 0.2, eps2d: float =
     cov2 = tw @ (m @ m.transpose(1, 2)) @ tw.transpose(1, 2)
     a, b, c = cov2[:, 0, 0] + eps2d, cov2[:, 0, 1], cov2[:, 1, 1] + eps2d
     det = a * c - b * b
-    ok = in_front & (det > 0)
-    det_s = torch.where(ok, det, torch.ones_like(det))
-    conics = torch.stack([c / det_s, -b / det_s, a / det_s], dim=-1)
     mid = 0.5 * (a + c)
     lam = mid + torch.sqrt((mid * mid - det).clamp_min(0.1))
-    radii = torch.where(ok, torch.ceil(3 * torch.sqrt(lam.detach())), torch.zeros_like(lam)).to(torch.int64)
     means2d = torch.stack([cam.fx * p[:, 0] / zs + cam.cx, cam.fy * p[:, 1] / zs + cam.cy], dim=-1)
+    # a Gaussian whose covariance or projection is not finite (huge scales far from the camera) is
+    # culled, as gsplat's projection does; its radius would otherwise be an undefined integer
+    finite = torch.isfinite(lam) & torch.isfinite(det) & torch.isfinite(means2d).all(-1)
+    ok = in_front & (det > 0) & finite
+    det_s = torch.where(ok, det, torch.ones_like(det))
+    conics = torch.stack([c / det_s, -b / det_s, a / det_s], dim=-1)
+    # radii are capped (2^30 px) before the integer cast, which is undefined for huge floats
+    r = torch.ceil(3 * torch.sqrt(torch.where(ok, lam.detach(), torch.zeros_like(lam)))).clamp(max=float(1 << 30))
+    radii = torch.where(ok, r, torch.zeros_like(r)).to(torch.int64)
     return means2d, conics, z, radii
 
 
@@ -88,12 +93,14 @@ def _tile_pairs(means2d, radii, depth, width, height):
     """(tile id, Gaussian id) for every tile a Gaussian's 3-sigma square touches, sorted by tile,
     then front to back."""
     gx, gy = math.ceil(width / TILE), math.ceil(height / TILE)
-    m, r = means2d.detach(), radii.to(means2d.dtype)
+    vis = (radii > 0) & torch.isfinite(means2d.detach()).all(-1)
+    m = torch.nan_to_num(means2d.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+    r = torch.where(vis, radii, torch.zeros_like(radii)).to(means2d.dtype)
     x0 = ((m[:, 0] - r) / TILE).floor().clamp(0, gx).long()
     x1 = ((m[:, 0] + r) / TILE).ceil().clamp(0, gx).long()
     y0 = ((m[:, 1] - r) / TILE).floor().clamp(0, gy).long()
     y1 = ((m[:, 1] + r) / TILE).ceil().clamp(0, gy).long()
-    nx, ny = (x1 - x0) * (radii > 0), (y1 - y0) * (radii > 0)
+    nx, ny = (x1 - x0).clamp_min(0) * vis, (y1 - y0).clamp_min(0) * vis  # >= 0 on every backend
     per = nx * ny
     gid = torch.repeat_interleave(torch.arange(len(per), device=m.device), per)
     if gid.numel() == 0:
