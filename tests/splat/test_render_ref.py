@@ -137,3 +137,19 @@ def test_non_finite_gaussians_are_culled_not_crashing():
         ref = render_reference(scene.subset(keep), cam, background=(0.1, 0.2, 0.3))
     assert torch.all(out.radii[bad] == 0) and torch.all(out.hits[bad] == 0)
     assert torch.allclose(out.image, ref.image, atol=1e-6)
+
+
+def test_scene_with_fewer_tile_pairs_than_gaussians():
+    """Most Gaussians culled (behind the camera): fewer (tile, Gaussian) pairs than Gaussians, the
+    case of a large trained scene seen from one view; renders like the scene of the visible ones."""
+    with torch.no_grad():
+        scene = random_scene(40, seed=5, spread=0.5)
+        cam = orbit_cameras(1, size=16, seed=5)[0]
+        behind = torch.arange(40) >= 4
+        eye = cam.position
+        scene.means[behind] = eye + 10 * (eye - scene.means[behind].mean(0))  # far behind the camera
+        out = render_reference(scene, cam, background=(0.1, 0.2, 0.3), stats=True)
+        ref = render_reference(scene.subset(~behind), cam, background=(0.1, 0.2, 0.3))
+    assert int((out.radii > 0).sum()) <= 4
+    assert torch.all(out.hits[behind] == 0)
+    assert torch.allclose(out.image, ref.image, atol=1e-6)

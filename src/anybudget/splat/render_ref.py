@@ -110,7 +110,7 @@ def _tile_pairs(means2d, radii, depth, width, height):
     tx = x0[gid] + local % nx[gid]
     ty = y0[gid] + torch.div(local, nx[gid], rounding_mode="floor")
     tile = ty * gx + tx
-    rank = torch.empty_like(gid)
+    rank = torch.empty(len(depth), dtype=torch.long, device=m.device)  # depth order of every Gaussian
     rank[torch.argsort(depth.detach(), stable=True)] = torch.arange(len(depth), device=m.device)
     order = torch.argsort(tile * len(depth) + rank[gid])
     return tile[order], gid[order], gx, gy
