@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         import numpy as np
 
         batch = splits["dev"].batch(np.arange(min(256, len(splits["dev"]))))
-        speed = {"model": speed24.model_speed(str(work / "m24"), batch), "bert_base_layer": speed24.matmul_speed()}
+        speed = speed24.all_backends(str(work / "m24"), batch)
     summary = report.summarise(res1 + res2, tasks, args)
     summary["speed24"] = speed
     summary["seconds"] = time.time() - t0
