@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/report.py) -->", "<!-- RESULTS:END -->"
 
 from report_lm_elastic import dev, elastic_md, load, reflm_md
+from report_prune_splat import prune_md, splat_md
 
 
 def quality_md():
@@ -303,7 +304,7 @@ def ssm_md():
 
 
 def render():
-    return "\n".join(x for x in (reflm_md(), quality_md(), attention_md(), speed_md(), elastic_md(), nas_md(), ssm_md()) if x)
+    return "\n".join(x for x in (reflm_md(), quality_md(), attention_md(), speed_md(), elastic_md(), prune_md(), splat_md(), nas_md(), ssm_md()) if x)
 
 
 def main(argv=None):

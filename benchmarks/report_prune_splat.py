@@ -1,0 +1,125 @@
+"""README sections for `prune` (lottery tickets) and `splat` (LightGaussian), rendered from
+benchmarks/results/*.json by benchmarks/report.py."""
+
+from __future__ import annotations
+
+from report_lm_elastic import dev, load
+
+CONTROLS = ("random_pruning", "random_reinit", "oneshot", "shuffled")
+SCENES = ("garden", "panda", "tabletop")
+
+
+def _pct(s):
+    return "none" if s is None else f"{100 * s:.0f}%"
+
+
+def _constant(t):
+    """True when the full model scored the same in every run (std 0): on a classification task,
+    the sign of a majority-class predictor, against which every level 'wins'."""
+    return len({round(v, 6) for v in t["full"]["runs"]}) == 1
+
+
+def prune_md():
+    r = load("prune_imp")
+    if not r:
+        return ""
+    pre = load("prune_pretrain_bert")
+    tasks = r["metrics"]["tasks"]
+    c = r["config"]
+    out = "### Lottery tickets in a pre-trained BERT (IMP with rewinding)\n\n"
+    if pre:
+        m = pre["metrics"]
+        out += (f"The BERT: {m['params'] / 1e6:.1f}M parameters (hidden 192, 4 layers), pre-trained here with masked-LM "
+                f"for {m['seconds'] / 60:.1f} min on one GPU ({m['tokens_seen'] / 1e6:.0f}M tokens of the Debian "
+                f"documentation corpus): held-out MLM accuracy {m['mlm_accuracy']:.3f} "
+                f"(`prune_pretrain_bert.json`, {dev(pre)}). ")
+    out += (f"IMP: {c['rounds']} rounds of 10% of the encoder weights, rewinding to the pre-trained weights, "
+            f"{c['seeds']} seeds; fine-tuning {c['epochs']:g} epochs at lr {c['lr']:g}. A sparsity *wins* when its mean is "
+            "within one standard deviation of the full model's (the paper's criterion); the table gives the sparsest "
+            "winning level of IMP and of each control at 50/70/90%, the paper's sparsest winning level on the GLUE "
+            "task this one stands in for, the mask found by MLM IMP at 70% transferred to the task (with the "
+            "task's own 70% ticket beside it), and a 2:4 magnitude mask.\n\n")
+    out += ("| task (metric) | full | IMP 50% | IMP 70% | IMP 90% | sparsest winning: IMP | random pruning | "
+            "random re-init | one-shot | shuffled | paper (task) | MLM mask 70% (own) | 2:4 (IMP 50%) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    flat = []
+    for name, t in tasks.items():
+        f = t["full"]
+        imp = t["imp"]
+        cells = [f"{imp[k]['mean']:.3f}" if k in imp else "" for k in ("0.5", "0.7", "0.9")]
+        sw = t.get("sparsest_winning", {})
+        ctrl = [_pct(sw.get(k)) if k in sw else "n/a" for k in CONTROLS]
+        paper = f"{_pct(t['paper_sparsest'])} ({t['paper_analogue']})" if t.get("paper_sparsest") is not None else "-"
+        tr = t.get("transfer_mlm")
+        trs = f"{tr['mean']:.3f} ({tr['own_ticket']['mean']:.3f})" if tr else "-"
+        s24 = t.get("sparse24")
+        s24s = f"{s24['mean']:.3f} ({s24['imp_at_50']['mean']:.3f})" if s24 else "-"
+        label = f"{name} ({t['metric'].split('.')[-1]})"
+        if _constant(t):
+            label += " *"
+            flat.append(name)
+        imp_win = sw.get("imp") if "imp" in sw else next(
+            (float(k) for k in sorted(imp, key=float, reverse=True) if imp[k].get("win")), None)
+        out += (f"| {label} | {f['mean']:.3f} +- {f['std']:.3f} | " + " | ".join(cells) + f" | **{_pct(imp_win)}** | "
+                + " | ".join(ctrl) + f" | {paper} | {trs} | {s24s} |\n")
+    if flat:
+        out += (f"\n\\* {', '.join(flat)}: the full model scores the same in every run (std 0), the share of the "
+                "majority class on its dev split: it has not learned the task, and every pruned model that also predicts the "
+                "majority class 'wins', so this task does not tell tickets from controls.\n")
+    out += "\n![imp curves](benchmarks/results/prune_imp_curves.png)\n"
+    sp = load("prune_speed24")
+    if sp:
+        out += "\n2:4 sparse kernels against dense (fp16, same run; each backend checked against the dense product):\n\n"
+        out += "| backend | correct | BERT-base layer speed-up (16k tokens) | classifier speed-up |\n|---|---|---|---|\n"
+        for b, v in sp["metrics"].items():
+            lay = v["bert_base_layer"]
+            mod = v.get("model", {})
+            out += (f"| {b} | {lay.get('all_correct')} / {mod.get('correct', '-')} | "
+                    f"{lay.get('layer_speedup', float('nan')):.2f}x | {mod.get('speedup', float('nan')):.2f}x |\n")
+        out += f"\nSource: `benchmarks/results/prune_speed24.json` ({dev(sp)}).\n"
+    out += f"\nSource: `benchmarks/results/prune_imp.json` ({dev(r)}).\n"
+    return out
+
+
+def splat_md():
+    recs = {s: load(f"splat_lightgaussian_{s}") for s in SCENES}
+    recs = {s: r for s, r in recs.items() if r and r["metrics"].get("stages", {}).get("quantized")}
+    if not recs:
+        return ""
+    any_r = next(iter(recs.values()))
+    cfg = any_r["config"]
+    out = ("### LightGaussian: compressing trained 3DGS scenes\n\n"
+           f"Scenes rendered offline from procedural 3D models ({cfg['train_views']} training / {cfg['test_views']} "
+           f"test views, {cfg['resolution'][0]} px), 3DGS trained {cfg['iterations']} steps with gsplat, then "
+           f"LightGaussian: prune {100 * cfg['prune_ratio']:.0f}% by global significance + {cfg['recovery']} recovery "
+           f"steps, SH degree 3 -> {cfg['sh_degree_after']} distilled ({cfg['distill']} steps), vector-quantise "
+           f"{100 * cfg['vq_ratio']:.0f}% of the SH (codebook {cfg['codebook']}); size = the stage's file "
+           "(`.ply`, then `.lgz`), PSNR / SSIM on the test views, FPS of gsplat at the scene's resolution.\n\n")
+    out += "| scene | stage | Gaussians | size MB | PSNR | SSIM | FPS |\n|---|---|---|---|---|---|---|\n"
+    for s, r in recs.items():
+        for st, v in r["metrics"]["stages"].items():
+            out += (f"| {s} | {st} | {v['num_gaussians']:,} | {v['size_bytes'] / 1e6:.2f} | {v['psnr']:.2f} | "
+                    f"{v['ssim']:.3f} | {v['fps']:.0f} |\n")
+    tg = any_r["baseline"]["targets"]
+    out += ("\n| scene | compression | PSNR drop dB | FPS gain (at 1024 px) | codebook share of the `.lgz` |\n"
+            "|---|---|---|---|---|\n")
+    for s, r in recs.items():
+        m = r["metrics"]
+        sm = m["summary"]
+        sec = m["lgz_section_bytes"]
+        out += (f"| {s} | {sm['compression_x']:.1f}x | {sm['psnr_drop_db']:.2f} | {sm['fps_gain_x']:.2f}x "
+                f"({sm['fps_1024_gain_x']:.2f}x) | {sec['codebook'] / sum(sec.values()):.0%} |\n")
+    out += (f"\nPaper targets (Mip-NeRF 360 average): compression {tg['compression']}, PSNR drop {tg['psnr_drop_db']}, "
+            f"FPS gain {tg['fps_gain']}.\n\nSignificance ablation (PSNR after pruning {100 * cfg['prune_ratio']:.0f}% by "
+            "each score and the same recovery):\n\n")
+    arms = list(next(iter(recs.values()))["metrics"]["ablation"])
+    out += "| scene | " + " | ".join(arms) + " |\n|---|" + "---|" * len(arms) + "\n"
+    for s, r in recs.items():
+        ab = r["metrics"]["ablation"]
+        out += f"| {s} | " + " | ".join(f"{ab[a]['psnr']:.2f}" if isinstance(ab.get(a), dict) else str(ab.get(a))
+                                        for a in arms) + " |\n"
+    for s in recs:
+        out += f"\n![{s}](benchmarks/results/splat_lightgaussian_{s}.png)"
+    out += "\n\nSources: " + ", ".join(f"`benchmarks/results/splat_lightgaussian_{s}.json`" for s in recs)
+    out += f" ({dev(any_r)}).\n"
+    return out
