@@ -94,6 +94,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"), help="output folder ($OUT)")
     p.add_argument("--iterations", type=int, default=7000, help="3DGS training steps (7000)")
     p.add_argument("--densify-until", type=int, default=None, help="last densification step (iterations / 2)")
+    p.add_argument("--densify-grad", type=float, default=2e-4,
+                   help="densification gradient threshold (3DGS: 2e-4; lower grows more Gaussians on small images)")
     p.add_argument("--recovery", type=int, default=2000, help="fine-tune steps after pruning (paper 5000)")
     p.add_argument("--distill", type=int, default=2000, help="SH distillation steps (paper 10000)")
     p.add_argument("--vq-iterations", type=int, default=500, help="k-means steps (paper 1000)")
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     train_views, test_views = load_views(data, "train", background=bg), load_views(data, "test", background=bg)
     backend = "gsplat" if dev == "cuda" and has_gsplat() else "reference"
-    config = {"scene": data.name, "iterations": a.iterations, "densify_until": tcfg_until(a), "recovery": a.recovery, "distill": a.distill,
+    config = {"scene": data.name, "iterations": a.iterations, "densify_until": tcfg_until(a), "densify_grad": a.densify_grad, "recovery": a.recovery, "distill": a.distill,
               "vq_iterations": a.vq_iterations, "codebook": a.codebook, "ablation_recovery": a.ablation_recovery,
               "train_views": len(train_views), "test_views": len(test_views),
               "resolution": [train_views[0].width, train_views[0].height], "backend": backend, "background": bg,
@@ -147,7 +149,7 @@ def main(argv=None) -> int:
     t = time.time()
     init = initial_scene(data, train_views).to(dev)
     tcfg = TrainConfig(iterations=a.iterations, position_lr_max_steps=a.iterations,
-                       densify_until_iter=tcfg_until(a), background=bg,
+                       densify_until_iter=tcfg_until(a), densify_grad_threshold=a.densify_grad, background=bg,
                        **({"densify_from_iter": 5, "densification_interval": 5} if a.smoke else {}))
     done = {}
 
