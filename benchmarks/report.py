@@ -27,7 +27,8 @@ def quality_md():
     budgets = [b for b in dict.fromkeys(x["budget"] for x in rows if x["policy"] != "full")]
     pols = [p for p in dict.fromkeys(x["policy"] for x in rows if x["policy"] != "full")]
     out = ("### What a KV budget costs: streaming perplexity on the reference LM\n\n"
-           f"{r['config']['num_seqs']} test-split windows of {r['config']['seq_len']} tokens streamed one token per step "
+           f"{r['config']['num_seqs']} windows of {r['config']['seq_len']} tokens of `{r['config']['data'].split('/')[-1]}` "
+           "streamed one token per step "
            f"through each cache (float32). Full cache: perplexity **{full['ppl']:.2f}**. Cells: perplexity (ratio to full).\n\n")
     out += "| policy | " + " | ".join(budgets) + " |\n|---|" + "---|" * len(budgets) + "\n"
     for p in pols:

@@ -51,12 +51,15 @@ def main(argv=None):
               "tokens": r.tokens, "kept_fraction": r.kept_fraction} for r in res]
     for t in table:
         print(f"{t['policy']:<10} {t['budget']:>5} ppl {t['ppl']:8.3f}  x{t['ppl_ratio_vs_full']:.3f}  kept {t['kept_fraction']:.1%}")
-    cfg = {"model": args.model, "data": args.data,
+    rel = lambda p: str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else str(p)
+    params = sum(p.numel() for p in model.parameters())
+    cfg = {"model": rel(args.model), "model_params": params, "data": rel(args.data),
            "seq_len": args.seq_len, "num_seqs": args.num_seqs, "feed": "one token per step (streaming)",
            "dtype": "float32", "h2o_recent_ratio": 0.5, "streaming_sink_tokens": 4, "random_seed": 0}
     path = write_results(args.name, cfg, {"results": table}, baseline={"full_ppl": full.ppl}, out_dir=args.out)
     plot_results(res, Path(args.out) / f"{args.name}.png",
-                 title=f"reference LM, test split, {args.num_seqs}x{args.seq_len} tokens streamed")
+                 title=f"reference LM ({params / 1e6:.1f}M), {Path(args.data).name}, "
+                       f"{args.num_seqs}x{args.seq_len} tokens streamed")
     print("wrote", path)
 
 
