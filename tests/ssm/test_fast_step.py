@@ -139,3 +139,39 @@ def test_step_mode_errors():
     with pytest.raises(ValueError, match="needs a CUDA device"):
         FastStepConfig.from_mode("cudagraph", "cpu")
     assert FastStepConfig.from_mode("auto", "cpu") == FastStepConfig()
+
+
+def test_cli_mqar_refuses_a_step_that_does_not_fit_before_allocating(tmp_path, monkeypatch):
+    from anybudget.cli import main
+    from anybudget.ssm import lm
+
+    built = []
+    monkeypatch.setattr(lm, "build_lm", lambda cfg: built.append(cfg))
+    with pytest.raises(SystemExit, match=r"--batch-size 128 at --max-seq-len 1024 needs ~\d+ GB .*"
+                                         r"more than the 2\.0 GB allowed .*try --batch-size \d+"):
+        main(["ssm", "mqar", "--device", "cpu", "--quiet", "--max-memory", "2", "--out", str(tmp_path)])
+    assert built == [] and not any(tmp_path.iterdir())  # nothing built, nothing written
+
+
+def test_step_memory_estimate_grows_with_batch_seq_depth_and_state():
+    from anybudget.ssm.train import estimate_step_bytes
+
+    cfg = LMConfig(d_model=128, n_layers=2, mamba=MambaConfig(d_model=128, polarize="both"))
+    base = estimate_step_bytes(cfg, 8, 256)
+    # Measured peak RSS of this step on a CPU: 1.9 GB (batch 8, seq 256, depth 2, d_model 128).
+    assert 1.6e9 < base < 2.6e9
+    assert estimate_step_bytes(cfg, 128, 1024) > 40 * base  # the reference default: ~100 GB on a CPU
+    assert estimate_step_bytes(cfg, 8, 256, scan="triton") < base / 3
+
+
+def test_cli_mqar_fast_step_runs(tmp_path):
+    import json
+
+    from anybudget.cli import main
+
+    rc = main(["ssm", "mqar", "--layers", "1", "--d-model", "16", "--d-state", "4", "--vocab-size", "96",
+               "--max-seq-len", "64", "--steps", "3", "--batch-size", "4", "--test-examples", "4",
+               "--eval-every", "3", "--device", "cpu", "--quiet", "--step", "auto", "--out", str(tmp_path)])
+    assert rc == 0
+    rec = json.loads((tmp_path / "ssm_mqar_mamba_none_L1_d16.json").read_text())
+    assert rec["metrics"]["final"]["step"] == 3 and rec["metrics"]["final"]["loss"] > 0
