@@ -20,8 +20,9 @@ from anybudget.ssm.scan_triton import ScanBlocks, selective_scan_triton
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
 
-def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd=(4, 32, 4), dtype=torch.float32):
-    ScanBlocks.fwd, ScanBlocks.bwd = fwd, bwd
+def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd=(4, 32, 4), dtype=torch.float32,
+          variant="time_last"):
+    ScanBlocks.fwd, ScanBlocks.bwd, ScanBlocks.variant = fwd, bwd, variant
     ins = [t.detach().float() for t in scan_inputs(b, d, seq, n, polar=polar, seed=seq + n)]
     if not softplus:
         ins[1] = ins[1].abs() * 0.3
@@ -46,7 +47,7 @@ def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd
         err = ((c.float() - a).abs().max() / scale).item()
         assert err < (1e-4 if dtype == torch.float32 else 5e-2), f"grad {NAMES[i]}: rel err {err:.2e}"
     print(f"ok b={b} d={d} seq={seq} n={n} polar={polar} optional={optional} softplus={softplus} "
-          f"fwd={fwd} bwd={bwd} {dtype}", flush=True)
+          f"fwd={fwd} bwd={bwd} {dtype} {variant}", flush=True)
 
 
 if __name__ == "__main__":
@@ -54,4 +55,10 @@ if __name__ == "__main__":
     check(1, 3, 20, 3, polar=False, optional=False, softplus=False)
     check(2, 8, 45, 18, polar=True, fwd=(4, 16, 4), bwd=(8, 8, 4))  # backward tiling differs
     check(1, 4, 33, 4, polar=True, dtype=torch.bfloat16)
+    # The time-major tiles: same cases (tile edges, masks, a different backward tiling, bf16).
+    check(2, 5, 37, 6, polar=True, fwd=(4, 16, 4), bwd=(4, 16, 4), variant="time_first")
+    check(1, 3, 20, 3, polar=False, optional=False, softplus=False, fwd=(4, 8, 4), bwd=(4, 8, 4),
+          variant="time_first")
+    check(2, 8, 45, 18, polar=True, fwd=(4, 16, 4), bwd=(8, 8, 4), variant="time_first")
+    check(1, 4, 33, 4, polar=True, dtype=torch.bfloat16, fwd=(4, 16, 4), bwd=(4, 16, 4), variant="time_first")
     print("ALL OK")
