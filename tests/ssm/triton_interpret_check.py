@@ -33,7 +33,7 @@ def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd
              else (t.detach().clone().requires_grad_() if t is not None else None) for i, t in enumerate(ins)]
     o1, h1 = selective_scan_ref(*ins, delta_softplus=softplus, return_last_state=True)
     o2, h2 = selective_scan_triton(*ins_t, delta_softplus=softplus, return_last_state=True)
-    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 3e-2, "atol": 3e-2}
     assert o2.dtype == dtype
     torch.testing.assert_close(o2.float(), o1.float(), **tol)
     torch.testing.assert_close(h2, h1, **tol)

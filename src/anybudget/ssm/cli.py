@@ -203,7 +203,7 @@ def _cmd_diagnose(args) -> int:
     from anybudget.ssm.mqar import multiquery_ar
 
     require("plot", "matplotlib")
-    model, cfg, device = _build(args)
+    model, _cfg, device = _build(args)
     if args.checkpoint:
         model.load_state_dict(torch.load(args.checkpoint, map_location=device, weights_only=False)["model"])
     ids, _ = multiquery_ar(args.vocab_size, args.seq_len, max(1, args.seq_len // 16), args.batch,
