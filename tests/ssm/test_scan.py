@@ -90,7 +90,7 @@ def test_auto_backend_on_cpu_is_chunked_and_rejects_unknown_backend(inputs):
 
 @pytest.mark.parametrize("fn", [selective_scan_ref, selective_scan_chunked])
 def test_bad_shapes_raise(fn, inputs):
-    u, delta, A, B, C, D, z, bias = [t.detach() for t in inputs]
+    u, delta, A, B, C, D, z, _bias = [t.detach() for t in inputs]
     with pytest.raises(ValueError, match="delta shape"):
         fn(u, delta[..., :-1], A, B, C)
     with pytest.raises(ValueError, match=r"A must be \(d_inner=6, d_state\)"):
@@ -116,8 +116,9 @@ def test_bad_shapes_raise(fn, inputs):
 @pytest.mark.parametrize("ones, zeros", [(1, 1), (1, 0), (0, 1), (2, 1)])
 @pytest.mark.parametrize("scan_fn", [selective_scan_ref, selective_scan_chunked])
 def test_fixed_channels_in_closed_form_equal_the_full_scan(scan_fn, ones, zeros):
-    from anybudget.ssm.scan_split import selective_scan_split
     from ssm_helpers import scan_inputs
+
+    from anybudget.ssm.scan_split import selective_scan_split
 
     ins = scan_inputs(2, 5, 23, 4 + ones + zeros, polar=False, seed=ones * 3 + zeros)
     with torch.no_grad():  # the layout polarization promises: [ones | learned | zeros]
