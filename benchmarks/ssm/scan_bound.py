@@ -2,7 +2,9 @@
 
 Used by ``train_speed.py``. Shape: batch 16, d_inner 256, d_state 16 + 2 polarized (exact form),
 seq 4096 (``ssm_scan_speed.json``'s configuration). Both tile layouts (``ScanBlocks.variant``),
-a small tile sweep each, fp32 and bf16 inputs for the best.
+a small tile sweep each on the path the model runs (``selective_scan`` with the polarized
+channels in closed form, ``scan_split``), then for the best tiles: that path and the kernel over
+all 18 states (the issue's 9.73 ms measurement), fp32 and bf16 inputs.
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ def _inputs(dtype):
     return ins
 
 
+def model_path(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The scan as ``Mamba`` calls it on CUDA: Triton over the learned states, polarized in closed form."""
+    from anybudget.ssm.scan import selective_scan
+
+    return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend="triton",
+                          fixed_channels=(1, 1))
+
+
 def scan_speed_with_bound(peak_bw: dict) -> dict:
     from scan_speed import fwd_bwd
 
@@ -75,7 +85,7 @@ def scan_speed_with_bound(peak_bw: dict) -> dict:
                 else:
                     ScanBlocks.fwd, ScanBlocks.bwd = best["fwd"], (tile[0], best["fwd"][1], tile[2])
                 try:
-                    t = latency(lambda: fwd_bwd(selective_scan_triton, ins, grad), warmup=2, repeat=10).median_s
+                    t = latency(lambda: fwd_bwd(model_path, ins, grad), warmup=2, repeat=10).median_s
                 except Exception as e:  # noqa: BLE001 - a tile that does not fit (registers / shared memory)
                     out["sweep"].append({"variant": variant, "kind": kind, "tile": tile, "error": repr(e)[:200]})
                     continue
@@ -93,22 +103,25 @@ def scan_speed_with_bound(peak_bw: dict) -> dict:
         for dtype in (torch.float32, torch.bfloat16):
             x = ins if dtype == torch.float32 else _inputs(dtype)
             g = grad.to(dtype)
-            t = latency(lambda x=x, g=g: fwd_bwd(selective_scan_triton, x, g), warmup=3, repeat=20).median_s
             elem = torch.finfo(dtype).bits // 8
             nbytes = traffic_bytes(BATCH, D_INNER, N_LEARNED + 2, SEQ, elem, best["fwd"][1])
-            key = "fp32" if dtype == torch.float32 else "bf16"
-            row[key] = {"fwd_bwd_s": t, "bytes": nbytes,
-                        "bound_s_datasheet": nbytes / peak if peak else None,
-                        "bound_s_measured_copy": nbytes / copy_bw,
-                        "x_over_bound_measured": t / (nbytes / copy_bw)}
-            with torch.no_grad():
-                row[key]["fwd_s"] = latency(lambda x=x: selective_scan_triton(*x, delta_softplus=True),
-                                            warmup=3, repeat=20).median_s
+            for path, fn in (("model_path", model_path), ("kernel_18_states", selective_scan_triton)):
+                t = latency(lambda x=x, g=g, fn=fn: fwd_bwd(fn, x, g), warmup=3, repeat=20).median_s
+                key = ("fp32" if dtype == torch.float32 else "bf16") + ("" if path == "model_path" else "_" + path)
+                row[key] = {"fwd_bwd_s": t, "bytes": nbytes,
+                            "bound_s_datasheet": nbytes / peak if peak else None,
+                            "bound_s_measured_copy": nbytes / copy_bw,
+                            "x_over_bound_measured": t / (nbytes / copy_bw)}
+                with torch.no_grad():
+                    row[key]["fwd_s"] = latency(lambda x=x, fn=fn: fn(*x, delta_softplus=True),
+                                                warmup=3, repeat=20).median_s
         out["by_variant"][variant] = row
         print("scan best", variant, row, flush=True)
     ok = {v: r["fp32"]["fwd_bwd_s"] for v, r in out["by_variant"].items() if "fp32" in r}
     if ok:
         out["best_variant"] = min(ok, key=ok.get)
+        r = out["by_variant"][out["best_variant"]]
+        out["best_tiles"] = {"fwd": r["fwd_tile"], "bwd": r["bwd_tile"]}
         out["issue_baseline_fwd_bwd_s"] = 0.00973406410217285  # ssm_scan_speed.json, seq 4096 (time_last, 4/32/4)
     # Equality with the chunked PyTorch scan at this length (fp32, the chosen variant's best tiles).
     for variant, r in out["by_variant"].items():
@@ -119,7 +132,7 @@ def scan_speed_with_bound(peak_bw: dict) -> dict:
             leaves = [ins[i] for i in (0, 1, 3, 4, 5, 6, 7)]
             o1 = selective_scan_chunked(*ins, delta_softplus=True)
             g1 = torch.autograd.grad(o1, leaves, grad)
-            o2 = selective_scan_triton(*ins, delta_softplus=True)
+            o2 = model_path(*ins, delta_softplus=True)
             g2 = torch.autograd.grad(o2, leaves, grad)
             r["max_abs_err_out"] = (o2 - o1).abs().max().item()
             r["max_rel_err_grads"] = max(((b - a).abs().max() / a.abs().max().clamp_min(1.0)).item()

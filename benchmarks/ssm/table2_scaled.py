@@ -286,7 +286,7 @@ def main(argv=None) -> int:
     ap.add_argument("--state-dir", default=".carry/ssm/table2_scaled")
     ap.add_argument("--steps", default=None, help="training steps for every run, or 'auto' (from the pilot)")
     ap.add_argument("--pilot", action="store_true", help="only the pilot (default L2), its own JSON")
-    ap.add_argument("--pilot-steps", type=int, default=6000)
+    ap.add_argument("--pilot-steps", type=int, default=10000)
     ap.add_argument("--time-limit", type=float, default=480.0,
                     help="seconds of training in this call (default 480: a 9-minute call with start-up and report)")
     ap.add_argument("--procs-per-gpu", type=int, default=2)

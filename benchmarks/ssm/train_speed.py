@@ -107,10 +107,18 @@ def first_step_of_each_shape(stream, start=10_000, limit=5_000):
     return steps
 
 
-def time_mode(mode, layers, args, device, segments, variant):
-    from anybudget.ssm.scan_triton import ScanBlocks
+def set_scan(variant, split, tiles):
+    """Choose the Triton scan: tile layout, polarized channels split out or not, tile sizes."""
+    try:
+        from anybudget.ssm.scan_triton import ScanBlocks
+    except ImportError:  # CPU smoke without triton: the chunked scan runs
+        return
+    ScanBlocks.variant, ScanBlocks.split_fixed = variant, split
+    ScanBlocks.fwd, ScanBlocks.bwd = tiles
 
-    ScanBlocks.variant = variant
+
+def time_mode(mode, layers, args, device, segments, variant, split=True, tiles=((4, 32, 4), (4, 32, 4))):
+    set_scan(variant, split, tiles)
     model = build(layers, args.d_model, args.vocab, device)
     r = Runner(mode, model, segments, args.batch, args.vocab, seed=7, compile_backend=args.compile_backend)
     t0 = time.perf_counter()
@@ -123,13 +131,12 @@ def time_mode(mode, layers, args, device, segments, variant):
         r.step(20_000 + i)
     _sync()
     per = (time.perf_counter() - t0) / args.steps
-    return {"mode": mode, "layers": layers, "scan_variant": variant, "step_s": per, "warmup_s": warm}
+    return {"mode": mode, "layers": layers, "scan_variant": variant, "split_fixed": split, "tiles": tiles,
+            "step_s": per, "warmup_s": warm}
 
 
-def loss_curve(mode, layers, args, device, segments, variant):
-    from anybudget.ssm.scan_triton import ScanBlocks
-
-    ScanBlocks.variant = variant
+def loss_curve(mode, layers, args, device, segments, scan):
+    set_scan(*scan)
     r = Runner(mode, build(layers, args.d_model, args.vocab, device, seed=1), segments, args.batch, args.vocab,
                seed=123, total=args.curve_steps, compile_backend=args.compile_backend)
     curve = []
@@ -150,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="reference,eager,cudagraph",
                     help="comma list from reference, eager, compile, cudagraph, compile+cudagraph")
     ap.add_argument("--skip-scan", action="store_true")
+    ap.add_argument("--time-limit", type=float, default=420.0,
+                    help="seconds after which remaining step timings are skipped (recorded as skipped)")
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (--smoke: eager)")
     args = ap.parse_args(argv)
     from anybudget.io import write_results
@@ -169,40 +178,51 @@ def main(argv=None) -> int:
         args.batch, args.d_model, args.vocab = 128, 128, 8192
         segments = TRAIN_MIXTURE
         modes = args.modes.split(",")
-    variants = ["time_last", "time_first"] if cuda else ["time_last"]
     depths = [int(d) for d in args.depths.split(",")]
     metrics: dict = {"steps": [], "loss_curves": {}, "speedup": {}}
     t_start = time.perf_counter()
+    # The old path: the reference step, the time_last kernel over all 18 states, its default tiles.
+    old = ("time_last", False, ((4, 32, 4), (4, 32, 4)))
+    new = ("time_last", True, ((4, 32, 4), (4, 32, 4)))
     if cuda and not args.skip_scan:
         metrics["scan"] = scan_part(args)
-        best = metrics["scan"].get("best_variant")
-        variants = [best] + [v for v in variants if v != best] if best else variants
+        if metrics["scan"].get("best_variant"):
+            bt = metrics["scan"]["best_tiles"]
+            new = (metrics["scan"]["best_variant"], True, (tuple(bt["fwd"]), tuple(bt["bwd"])))
+    # Each fast mode with the new scan; the best fast mode also with the old scan (what each part gives).
+    plans = [(m, old if m == "reference" else new) for m in modes]
+    if cuda:
+        plans += [("reference", new), (modes[-1], old), (modes[-1], (new[0], False, new[2]))]
     for layers in depths:
-        for mode in modes:
-            for variant in (variants if "cudagraph" in mode else variants[:1]):
+        for mode, scan in plans:
+            if time.perf_counter() - t_start > args.time_limit:
+                row = {"mode": mode, "layers": layers, "skipped": f"past --time-limit {args.time_limit} s"}
+            else:
                 try:
-                    row = time_mode(mode, layers, args, device, segments, variant)
+                    row = time_mode(mode, layers, args, device, segments, *scan)
                 except Exception as e:  # noqa: BLE001 - record and go on: one failing mode must not lose the others
-                    row = {"mode": mode, "layers": layers, "scan_variant": variant, "error": repr(e)[:300]}
-                metrics["steps"].append(row)
-                print(row, flush=True)
-                if cuda:
-                    torch.cuda.empty_cache()
+                    row = {"mode": mode, "layers": layers, "scan_variant": scan[0], "split_fixed": scan[1],
+                           "error": repr(e)[:300]}
+            metrics["steps"].append(row)
+            print(row, flush=True)
+            if cuda:
+                torch.cuda.empty_cache()
         ref = next((r["step_s"] for r in metrics["steps"] if r["layers"] == layers and r["mode"] == "reference"
-                    and "step_s" in r), None)
+                    and "step_s" in r and not r["split_fixed"]), None)
         fast = [r for r in metrics["steps"] if r["layers"] == layers and r["mode"] != "reference" and "step_s" in r]
         if ref and fast:
             best_row = min(fast, key=lambda r: r["step_s"])
-            metrics["speedup"][f"L{layers}"] = {"reference_s": ref, "best_s": best_row["step_s"],
-                                                "best_mode": f"{best_row['mode']}/{best_row['scan_variant']}",
-                                                "speedup": ref / best_row["step_s"]}
+            metrics["speedup"][f"L{layers}"] = {
+                "reference_s": ref, "best_s": best_row["step_s"],
+                "best": f"{best_row['mode']}/{best_row['scan_variant']}/split={best_row['split_fixed']}",
+                "speedup": ref / best_row["step_s"]}
     layers = depths[0]
-    curves = {"reference": loss_curve("reference", layers, args, device, segments, variants[0])}
+    curves = {"reference": loss_curve("reference", layers, args, device, segments, old)}
     for mode in modes:
         if mode == "reference":
             continue
         try:
-            curves[mode] = loss_curve(mode, layers, args, device, segments, variants[0])
+            curves[mode] = loss_curve(mode, layers, args, device, segments, new)
         except Exception as e:  # noqa: BLE001 - recorded, the run goes on
             curves[mode] = repr(e)[:300]
     metrics["loss_curves"] = {"layers": layers, "every": 10, "curves": curves,
