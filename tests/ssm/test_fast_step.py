@@ -175,3 +175,23 @@ def test_cli_mqar_fast_step_runs(tmp_path):
     assert rc == 0
     rec = json.loads((tmp_path / "ssm_mqar_mamba_none_L1_d16.json").read_text())
     assert rec["metrics"]["final"]["step"] == 3 and rec["metrics"]["final"]["loss"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["eager", "cudagraph"])
+@pytest.mark.parametrize("variant", ["time_last", "time_first"])
+def test_fast_step_on_gpu_follows_the_reference(mode, variant):
+    pytest.importorskip("triton")
+    from anybudget.ssm.scan_triton import ScanBlocks
+
+    saved = ScanBlocks.variant
+    ScanBlocks.variant = variant
+    try:
+        cfg = TrainConfig(lr=3e-3, batch_size=8, max_steps=24, eval_every=8, vocab_size=96, test_examples=8)
+        a, b = tiny_lm().cuda(), tiny_lm().cuda()
+        ra = train_mqar(a, cfg, SEGS, TESTS, quiet=True)
+        rb = train_mqar(b, cfg, SEGS, TESTS, quiet=True, step=mode)
+    finally:
+        ScanBlocks.variant = saved
+    assert [h["loss"] for h in rb["history"]] == pytest.approx([h["loss"] for h in ra["history"]], rel=1e-3)
