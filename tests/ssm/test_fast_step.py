@@ -195,3 +195,27 @@ def test_fast_step_on_gpu_follows_the_reference(mode, variant):
     finally:
         ScanBlocks.variant = saved
     assert [h["loss"] for h in rb["history"]] == pytest.approx([h["loss"] for h in ra["history"]], rel=1e-3)
+
+
+def test_fast_step_loads_optimizer_state_in_place_once_graphs_exist():
+    import copy
+
+    from anybudget.ssm.fast_step import FastStep
+    from anybudget.ssm.train import _param_groups
+
+    lm = tiny_lm()
+    fs = FastStep(lm, _param_groups(lm, 0.1), 1e-3)
+    x, pos, val = mqar_queries(96, 32, 2, 4, seed=0)
+    fs.step(x, pos, val, 1e-3)
+    sd = copy.deepcopy(fs.state_dict())
+    fs.step(x, pos, val, 1e-3)
+    tensors = [v for p in fs.params for v in fs.opt.state[p].values()]
+    fs._graphs = {"captured": None}  # as after a capture: the graph holds these tensors' addresses
+    fs.load_state_dict(sd)
+    now = [v for p in fs.params for v in fs.opt.state[p].values()]
+    assert all(a is b for a, b in zip(tensors, now))
+    for i, p in enumerate(fs.params):
+        for k, v in sd["state"][i].items():
+            assert torch.equal(fs.opt.state[p][k], v), (i, k)
+    s, n = fs.take_loss()
+    assert n == 2 and s > 0 and fs.take_loss() == (0.0, 0)

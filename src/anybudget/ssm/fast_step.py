@@ -112,6 +112,8 @@ class FastStep:
         # A tensor lr lets a captured optimizer step read a new value each replay.
         self.lr = torch.tensor(float(lr), device=device) if self.capturable else float(lr)
         self.opt = torch.optim.AdamW(groups, lr=self.lr, capturable=self.capturable)
+        # The tensors a captured step reads (one per group if the optimizer copied them).
+        self._lr_tensors = [g["lr"] for g in self.opt.param_groups] if self.capturable else []
         self.loss_sum = torch.zeros((), device=device)
         self.n = 0
         loss = static_mqar_loss
@@ -130,8 +132,9 @@ class FastStep:
         self.loss_sum.add_(loss.detach())
 
     def set_lr(self, lr: float) -> None:
-        if isinstance(self.lr, Tensor):
-            self.lr.fill_(lr)  # a kernel with a host scalar: no sync
+        if self._lr_tensors:
+            for t in self._lr_tensors:
+                t.fill_(lr)  # a kernel with a host scalar: no sync
         else:
             for g in self.opt.param_groups:
                 g["lr"] = lr
@@ -202,10 +205,10 @@ class FastStep:
         """Load optimizer state; captured graphs keep reading the same tensors (copied in place)."""
         if not self._graphs:
             self.opt.load_state_dict(sd)
-            if self.capturable:  # load_state_dict replaced the lr tensor with the saved one
-                for g in self.opt.param_groups:
-                    g["lr"] = self.lr
+            for g, t in zip(self.opt.param_groups, self._lr_tensors):
+                g["lr"] = t  # load_state_dict put the saved lr (a float or another tensor) there
             return
-        for p, (_, st) in zip(self.params, sorted(sd["state"].items())):
-            for k, v in st.items():
+        # state_dict numbers parameters in param-group order, the order of self.params.
+        for i, p in enumerate(self.params):
+            for k, v in sd["state"].get(i, {}).items():
                 self.opt.state[p][k].copy_(v)
