@@ -219,3 +219,18 @@ def test_fast_step_loads_optimizer_state_in_place_once_graphs_exist():
             assert torch.equal(fs.opt.state[p][k], v), (i, k)
     s, n = fs.take_loss()
     assert n == 2 and s > 0 and fs.take_loss() == (0.0, 0)
+
+
+def test_cli_diagnose_refuses_a_checkpoint_of_another_model(tmp_path, capsys):
+    from anybudget.cli import main
+
+    common = ["--d-model", "16", "--d-state", "4", "--vocab-size", "96", "--device", "cpu", "--quiet"]
+    assert main(["ssm", "mqar", "--layers", "1", *common, "--max-seq-len", "64", "--steps", "1",
+                 "--batch-size", "2", "--test-examples", "2", "--eval-every", "1", "--out", str(tmp_path)]) == 0
+    ck = tmp_path / "ssm_mqar_mamba_none_L1_d16.ckpt.pt"
+    diag = ["ssm", "diagnose", "--seq-len", "16", "--batch", "1", "--out", str(tmp_path / "d"),
+            "--checkpoint", str(ck), "--d-model", "16", "--d-state", "4", "--vocab-size", "96", "--device", "cpu"]
+    assert main([*diag, "--layers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.n_layers: checkpoint 1, now 2" in err and "Traceback" not in err
+    assert main([*diag, "--layers", "1"]) == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointMismatch", "check_run_config", "load_checkpoint", "run_config"]
+__all__ = ["CheckpointMismatch", "check_run_config", "load_checkpoint", "load_model_weights", "run_config"]
 
 # Free to change between a run and its resume: they decide speed or bookkeeping, not the weights.
 IGNORED_KEYS = frozenset({"train.checkpoint_every", "train.test_batch_size", "model.mamba.scan_backend"})
@@ -88,3 +88,31 @@ def load_checkpoint(path: str | Path, current: dict, device) -> dict:
         raise CheckpointMismatch(f"checkpoint {path} is not an MQAR training checkpoint (no model / step)")
     check_run_config(ck.get("run_config"), current, path)
     return ck
+
+
+def load_model_weights(model, path: str | Path, device) -> None:
+    """Load the weights of a training checkpoint into ``model``, refusing one of another model.
+
+    The model settings recorded in the checkpoint are compared first (differing keys named); a
+    checkpoint without them is loaded if its tensors fit, else refused in one line.
+    """
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise CheckpointMismatch(f"checkpoint {path} cannot be read as a training checkpoint: {e}") from e
+    if not isinstance(ck, dict) or "model" not in ck:
+        raise CheckpointMismatch(f"checkpoint {path} is not an MQAR training checkpoint (no model weights)")
+    saved = (ck.get("run_config") or {}).get("model")
+    if saved is not None:
+        a, b = _flatten({"model": saved}), _flatten({"model": _plain(getattr(model, "config", {}))})
+        diff = [k for k in sorted(set(a) | set(b)) if k not in IGNORED_KEYS and a.get(k) != b.get(k)]
+        if diff:
+            shown = "; ".join(f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in diff[:6])
+            raise CheckpointMismatch(f"checkpoint {path} holds another model: {shown}; give the model flags it was "
+                                     "trained with (--layers, --d-model, --d-state, --polarize, ...)")
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:2] or [str(e)]
+        raise CheckpointMismatch(f"checkpoint {path} does not fit this model ({first[0].strip()}); give the "
+                                 "model flags it was trained with") from e

@@ -191,8 +191,6 @@ def _cmd_mqar(args) -> int:
 def _cmd_diagnose(args) -> int:
     from pathlib import Path
 
-    import torch
-
     from anybudget.io import write_results
     from anybudget.ssm.diagnostics import (
         influence_scores,
@@ -205,7 +203,9 @@ def _cmd_diagnose(args) -> int:
     require("plot", "matplotlib")
     model, _cfg, device = _build(args)
     if args.checkpoint:
-        model.load_state_dict(torch.load(args.checkpoint, map_location=device, weights_only=False)["model"])
+        from anybudget.ssm.checkpoint import load_model_weights
+
+        load_model_weights(model, args.checkpoint, device)
     ids, _ = multiquery_ar(args.vocab_size, args.seq_len, max(1, args.seq_len // 16), args.batch,
                            seed=args.seed, random_non_queries=True, device=device)
     infl = influence_scores(model, ids)
