@@ -107,6 +107,7 @@ def pilot(args, plan) -> int:
     (Path(args.state_dir) / "pilot.json").parent.mkdir(parents=True, exist_ok=True)
     (Path(args.state_dir) / "pilot.json").write_text(json.dumps({"metrics": metrics}))
     print(f"suggested --steps {metrics['suggested_steps']}; wrote {path}")
+    pack_state(Path(args.state_dir), Path(args.out) / "table2_scaled_state.tar")
     return 0
 
 
@@ -289,7 +290,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pilot-steps", type=int, default=10000)
     ap.add_argument("--time-limit", type=float, default=480.0,
                     help="seconds of training in this call (default 480: a 9-minute call with start-up and report)")
-    ap.add_argument("--procs-per-gpu", type=int, default=2)
+    ap.add_argument("--procs-per-gpu", type=int, default=1,
+                    help="worker processes per GPU (default 1; 2 may overlap small kernels better)")
     ap.add_argument("--step", default="auto", help="training step mode (anybudget.ssm.fast_step.STEP_MODES)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny settings, whole code path")
     ap.add_argument("--report-only", action="store_true")

@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="reference,eager,cudagraph",
                     help="comma list from reference, eager, compile, cudagraph, compile+cudagraph")
     ap.add_argument("--skip-scan", action="store_true")
-    ap.add_argument("--time-limit", type=float, default=420.0,
+    ap.add_argument("--time-limit", type=float, default=360.0,
                     help="seconds after which remaining step timings are skipped (recorded as skipped)")
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (--smoke: eager)")
     args = ap.parse_args(argv)
