@@ -52,7 +52,8 @@ def register(subparsers) -> None:
     m.add_argument("--checkpoint", default=None, type=writable_file,
                    help="checkpoint file; resumes if it exists (default: <out>/<run name>.ckpt.pt)")
     m.add_argument("--out", default="runs/ssm", type=writable_dir, help="folder for the JSON record and PNG (default runs/ssm)")
-    m.add_argument("--step", choices=["reference", "auto", "eager", "compile", "cudagraph", "compile+cudagraph"],
+    m.add_argument("--step", choices=["reference", "auto", "eager", "compile", "cudagraph", "compile+cudagraph",
+                                      "cudagraph+bf16"],
                    default="reference",
                    help="training step: reference (masked positions), or the static-shape step without host "
                         "syncs: auto = CUDA graphs on CUDA, eager otherwise (same losses; default reference)")

@@ -29,18 +29,21 @@ from torch import Tensor, nn
 
 __all__ = ["FastStep", "FastStepConfig", "static_mqar_loss"]
 
-STEP_MODES = ("reference", "auto", "eager", "compile", "cudagraph", "compile+cudagraph")
+STEP_MODES = ("reference", "auto", "eager", "compile", "cudagraph", "compile+cudagraph", "cudagraph+bf16")
 
 
 @dataclass(frozen=True)
 class FastStepConfig:
     """How the static step runs. ``compile``: torch.compile the loss; ``cuda_graph``: capture the
-    whole step per segment shape (CUDA only); ``compile_backend``: torch.compile's backend."""
+    whole step per segment shape (CUDA only); ``compile_backend``: torch.compile's backend;
+    ``bf16``: bf16 autocast for the forward (matmuls and the scan's inputs in bf16, the scan
+    accumulating in fp32, the loss in fp32; not the reference's precision: opt-in)."""
 
     compile: bool = False
     cuda_graph: bool = False
     compile_backend: str = "inductor"
     warmup_steps: int = 2
+    bf16: bool = False
 
     @staticmethod
     def from_mode(mode: str, device) -> FastStepConfig:
@@ -52,7 +55,7 @@ class FastStepConfig:
             mode = "cudagraph" if cuda else "eager"
         if "cudagraph" in mode and not cuda:
             raise ValueError(f"step={mode!r} needs a CUDA device, got {device}; use 'eager' or 'compile'")
-        return FastStepConfig(compile="compile" in mode, cuda_graph="cudagraph" in mode)
+        return FastStepConfig(compile="compile" in mode, cuda_graph="cudagraph" in mode, bf16="bf16" in mode)
 
 
 class _EmbeddingIndexAdd(torch.autograd.Function):
@@ -104,7 +107,7 @@ class FastStep:
     def __init__(self, model: nn.Module, groups, lr: float, grad_clip: float | None = None,
                  config: FastStepConfig = FastStepConfig()):
         self.model, self.config, self.grad_clip = model, config, grad_clip
-        device = next(model.parameters()).device
+        self.device = device = next(model.parameters()).device
         if config.cuda_graph and device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the model on CUDA, it is on {device}")
         self.params = [p for g in groups for p in g["params"]]
@@ -124,7 +127,8 @@ class FastStep:
         self._pool = None
 
     def _body(self, inputs, positions, values):
-        loss = self._loss(self.model, inputs, positions, values)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            loss = self._loss(self.model, inputs, positions, values)
         loss.backward()
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
