@@ -127,7 +127,8 @@ class FastStep:
         self._pool = None
 
     def _body(self, inputs, positions, values):
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+        # cache_enabled=False: autocast's cast cache must not outlive a captured graph (torch docs).
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16, cache_enabled=False):
             loss = self._loss(self.model, inputs, positions, values)
         loss.backward()
         if self.grad_clip:
