@@ -85,12 +85,19 @@ def pilot(args, plan) -> int:
     steps = 8 if args.smoke else args.pilot_steps
     step_s = {}
     for L in (4, 2):  # the depth-4 step time, for the budget rule, from a short run
-        model = w.build("both", L, plan["seeds"][0], plan).to(device)
         n = 4 if args.smoke else 300
         # A tiny final evaluation; the graph captures / compiles stay in: every real run pays them.
         cfg = w.train_config({**plan, "eval_every": 10**6, "test_examples": 8}, plan["seeds"][0], steps=n)
         t0 = time.monotonic()
-        train_mqar(model, cfg, segs, tests, quiet=True, step=args.step)
+        try:
+            train_mqar(w.build("both", L, plan["seeds"][0], plan).to(device), cfg, segs, tests, quiet=True,
+                       step=args.step)
+        except Exception as e:  # noqa: BLE001 - the fast step failed here: the workers will fall back too
+            print(f"step={args.step} failed ({e!r:.200}); the pilot uses step=reference", flush=True)
+            args.step = "reference"
+            t0 = time.monotonic()
+            train_mqar(w.build("both", L, plan["seeds"][0], plan).to(device), cfg, segs, tests, quiet=True,
+                       step=args.step)
         step_s[str(L)] = (time.monotonic() - t0) / n
     model = w.build("default", 2, plan["seeds"][0], plan).to(device)
     cfg = w.train_config({**plan, "eval_every": 4 if args.smoke else 250, "test_examples": plan["test_examples"]},
