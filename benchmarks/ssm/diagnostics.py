@@ -35,7 +35,8 @@ def build(pol: str, layers: int, d_model: int, vocab: int):
 
 
 def find_weights(folder: Path, pol: str, layers: int) -> Path | None:
-    for pat in (f"{pol}_L{layers}_final.pt", f"{pol}_L{layers}_lr*.pt", f"{pol}_L{layers}*.pt"):
+    for pat in (f"{pol}_L{layers}_final.pt", f"{pol}_L{layers}_lr*.pt", f"{pol}_L{layers}*.pt",
+                f"{pol}_L{layers}_s*.safetensors"):  # the last: table2_scaled.py's trained models
         hits = sorted(folder.glob(pat))
         if hits:
             return hits[0]
@@ -43,6 +44,14 @@ def find_weights(folder: Path, pol: str, layers: int) -> Path | None:
 
 
 def load_weights(model, path: Path) -> None:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = {k: v.float() for k, v in load_file(str(path)).items()}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:  # the head is tied to the embedding
+            raise ValueError(f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
+        return
     obj = torch.load(path, map_location="cpu", weights_only=False)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):

@@ -25,7 +25,7 @@ def test_structure_matches_zoology_semantics():
 
 
 def test_power_law_puts_queries_near_the_context_and_random_filler():
-    x, y = multiquery_ar(4096, 1024, 8, 200, seed=0, power_a=0.01)
+    _x, y = multiquery_ar(4096, 1024, 8, 200, seed=0, power_a=0.01)
     pos = (y != -100).nonzero()[:, 1].float()
     uniform_mean = 16 + (1024 - 16) / 2
     assert pos.mean() < uniform_mean - 100  # p(gap) ~ gap^-0.99 favours short gaps
@@ -41,8 +41,8 @@ def test_deterministic_by_seed_and_stream_resumable():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
     s1, s2 = MQARStream(batch_size=2, seed=5), MQARStream(batch_size=2, seed=5)
     for step in (0, 7, 7):
-        x1, y1, seg1 = s1.batch(step)
-        x2, y2, seg2 = s2.batch(step)
+        x1, _y1, seg1 = s1.batch(step)
+        x2, _y2, seg2 = s2.batch(step)
         assert seg1 == seg2 and torch.equal(x1, x2) and x1.shape == (2, seg1.seq_len)
 
 
@@ -50,7 +50,7 @@ def test_reference_mixture_and_test_sets():
     assert sum(s.num_examples for s in TRAIN_MIXTURE) == 300_000
     assert [(s.seq_len, s.num_kv_pairs, s.num_examples) for s in TEST_SETS] == [
         (1024, 64, 1000), (1024, 128, 1000), (1024, 256, 1000)]
-    x, y = multiquery_ar(8192, 1024, 256, 2, seed=0)  # the hardest test set fits exactly
+    _x, y = multiquery_ar(8192, 1024, 256, 2, seed=0)  # the hardest test set fits exactly
     assert ((y != -100).sum(1) == 256).all()
 
 

@@ -90,7 +90,7 @@ def test_auto_backend_on_cpu_is_chunked_and_rejects_unknown_backend(inputs):
 
 @pytest.mark.parametrize("fn", [selective_scan_ref, selective_scan_chunked])
 def test_bad_shapes_raise(fn, inputs):
-    u, delta, A, B, C, D, z, bias = [t.detach() for t in inputs]
+    u, delta, A, B, C, D, z, _bias = [t.detach() for t in inputs]
     with pytest.raises(ValueError, match="delta shape"):
         fn(u, delta[..., :-1], A, B, C)
     with pytest.raises(ValueError, match=r"A must be \(d_inner=6, d_state\)"):
@@ -111,3 +111,28 @@ def test_bad_shapes_raise(fn, inputs):
         fn(u, delta, -A.nan_to_num(neginf=-1.0) + 1, B, C)
     with pytest.raises(ValueError, match="chunk_size=0"):
         selective_scan_chunked(u, delta, A, B, C, chunk_size=0)
+
+
+@pytest.mark.parametrize("ones, zeros", [(1, 1), (1, 0), (0, 1), (2, 1)])
+@pytest.mark.parametrize("scan_fn", [selective_scan_ref, selective_scan_chunked])
+def test_fixed_channels_in_closed_form_equal_the_full_scan(scan_fn, ones, zeros):
+    from ssm_helpers import scan_inputs
+
+    from anybudget.ssm.scan_split import selective_scan_split
+
+    ins = scan_inputs(2, 5, 23, 4 + ones + zeros, polar=False, seed=ones * 3 + zeros)
+    with torch.no_grad():  # the layout polarization promises: [ones | learned | zeros]
+        ins[2][:, :ones] = 0.0
+        ins[2][:, ins[2].shape[1] - zeros:] = float("-inf")
+    o1, h1 = selective_scan_ref(*ins, delta_softplus=True, return_last_state=True)
+    o2, h2 = selective_scan_split(scan_fn, *ins, delta_softplus=True, return_last_state=True,
+                                  n_ones=ones, n_zeros=zeros)
+    torch.testing.assert_close(o2, o1, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h2, h1, rtol=1e-10, atol=1e-10)
+    leaves = [t for i, t in enumerate(ins) if i != 2]
+    g1 = torch.autograd.grad(o1.sum(), leaves)
+    g2 = torch.autograd.grad(o2.sum(), leaves)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-10)
+    with pytest.raises(ValueError, match="leave a learned column"):
+        selective_scan_split(scan_fn, *ins, n_ones=ins[2].shape[1], n_zeros=0)

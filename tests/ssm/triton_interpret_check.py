@@ -20,8 +20,9 @@ from anybudget.ssm.scan_triton import ScanBlocks, selective_scan_triton
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
 
-def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd=(4, 32, 4), dtype=torch.float32):
-    ScanBlocks.fwd, ScanBlocks.bwd = fwd, bwd
+def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd=(4, 32, 4), dtype=torch.float32,
+          variant="time_last"):
+    ScanBlocks.fwd, ScanBlocks.bwd, ScanBlocks.variant = fwd, bwd, variant
     ins = [t.detach().float() for t in scan_inputs(b, d, seq, n, polar=polar, seed=seq + n)]
     if not softplus:
         ins[1] = ins[1].abs() * 0.3
@@ -32,7 +33,7 @@ def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd
              else (t.detach().clone().requires_grad_() if t is not None else None) for i, t in enumerate(ins)]
     o1, h1 = selective_scan_ref(*ins, delta_softplus=softplus, return_last_state=True)
     o2, h2 = selective_scan_triton(*ins_t, delta_softplus=softplus, return_last_state=True)
-    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 3e-2, "atol": 3e-2}
     assert o2.dtype == dtype
     torch.testing.assert_close(o2.float(), o1.float(), **tol)
     torch.testing.assert_close(h2, h1, **tol)
@@ -46,12 +47,36 @@ def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd
         err = ((c.float() - a).abs().max() / scale).item()
         assert err < (1e-4 if dtype == torch.float32 else 5e-2), f"grad {NAMES[i]}: rel err {err:.2e}"
     print(f"ok b={b} d={d} seq={seq} n={n} polar={polar} optional={optional} softplus={softplus} "
-          f"fwd={fwd} bwd={bwd} {dtype}", flush=True)
+          f"fwd={fwd} bwd={bwd} {dtype} {variant}", flush=True)
+
+
+def check_split(variant):
+    """The dispatch's split path: Triton over the learned columns, polarized ones in closed form."""
+    from anybudget.ssm.scan import selective_scan
+
+    ScanBlocks.fwd, ScanBlocks.bwd, ScanBlocks.variant = (4, 16, 4), (4, 16, 4), variant
+    ins = [t.detach().float().requires_grad_() for t in scan_inputs(2, 5, 37, 6, polar=True, seed=11)]
+    o1, h1 = selective_scan_ref(*ins, delta_softplus=True, return_last_state=True)
+    o2, h2 = selective_scan(*ins, delta_softplus=True, return_last_state=True, backend="triton", fixed_channels=(1, 1))
+    torch.testing.assert_close(o2, o1, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h2, h1, rtol=1e-4, atol=1e-4)
+    leaves = [t for i, t in enumerate(ins) if i != 2]
+    for a, c in zip(torch.autograd.grad(o1.sum(), leaves), torch.autograd.grad(o2.sum(), leaves)):
+        assert ((c - a).abs().max() / a.abs().max().clamp_min(1.0)).item() < 1e-4
+    print(f"ok split fixed channels {variant}", flush=True)
 
 
 if __name__ == "__main__":
+    check_split("time_last")
+    check_split("time_first")
     check(2, 5, 37, 6, polar=True)  # two tiles, masked channels (5 of 8) and states (6 of 8)
     check(1, 3, 20, 3, polar=False, optional=False, softplus=False)
     check(2, 8, 45, 18, polar=True, fwd=(4, 16, 4), bwd=(8, 8, 4))  # backward tiling differs
     check(1, 4, 33, 4, polar=True, dtype=torch.bfloat16)
+    # The time-major tiles: same cases (tile edges, masks, a different backward tiling, bf16).
+    check(2, 5, 37, 6, polar=True, fwd=(4, 16, 4), bwd=(4, 16, 4), variant="time_first")
+    check(1, 3, 20, 3, polar=False, optional=False, softplus=False, fwd=(4, 8, 4), bwd=(4, 8, 4),
+          variant="time_first")
+    check(2, 8, 45, 18, polar=True, fwd=(4, 16, 4), bwd=(8, 8, 4), variant="time_first")
+    check(1, 4, 33, 4, polar=True, dtype=torch.bfloat16, fwd=(4, 16, 4), bwd=(4, 16, 4), variant="time_first")
     print("ALL OK")

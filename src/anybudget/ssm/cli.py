@@ -52,6 +52,14 @@ def register(subparsers) -> None:
     m.add_argument("--checkpoint", default=None, type=writable_file,
                    help="checkpoint file; resumes if it exists (default: <out>/<run name>.ckpt.pt)")
     m.add_argument("--out", default="runs/ssm", type=writable_dir, help="folder for the JSON record and PNG (default runs/ssm)")
+    m.add_argument("--step", choices=["reference", "auto", "eager", "compile", "cudagraph", "compile+cudagraph",
+                                      "cudagraph+bf16"],
+                   default="reference",
+                   help="training step: reference (masked positions), or the static-shape step without host "
+                        "syncs: auto = CUDA graphs on CUDA, eager otherwise (same losses; default reference)")
+    m.add_argument("--max-memory", type=positive_float, default=None,
+                   help="GB a training step may use (default: 80%% of the free memory of the device); "
+                        "larger settings are refused with a suggestion before anything is allocated")
     m.set_defaults(func=_cmd_mqar)
 
     d = sub.add_parser("diagnose", help="influence-vs-distance and per-layer sharpness of a model, PNG + JSON")
@@ -81,6 +89,59 @@ def _build(args):
     return build_lm(cfg).to(device), cfg, device
 
 
+def _free_bytes(device: str) -> int:
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _check_memory(args) -> None:
+    """Refuse, before any allocation, a batch x sequence that one training step cannot hold.
+
+    The CPU scan keeps (batch, d_inner, seq, d_state) tensors for the backward: the reference's
+    batch 128 x seq 1024 needs ~100 GB on a CPU, which the kernel would kill without a word.
+    """
+    import torch
+
+    from anybudget.ssm.lm import LMConfig
+    from anybudget.ssm.mamba import MambaConfig
+    from anybudget.ssm.train import estimate_step_bytes
+
+    if args.mixer != "mamba":
+        return
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    scan = args.scan_backend
+    if scan == "auto":
+        scan = "triton" if device.startswith("cuda") else "chunked"
+    pol = None if args.polarize == "none" else args.polarize
+    cfg = LMConfig(vocab_size=args.vocab_size, d_model=args.d_model, n_layers=args.layers,
+                   mamba=MambaConfig(d_model=args.d_model, d_state=args.d_state, polarize=pol))
+    limit = args.max_memory * 1e9 if args.max_memory else 0.8 * _free_bytes(device)
+    need = estimate_step_bytes(cfg, args.batch_size, args.max_seq_len, scan)
+    if need <= limit:
+        return
+    fit = next((b for b in (64, 32, 16, 8, 4, 2, 1) if b < args.batch_size
+                and estimate_step_bytes(cfg, b, args.max_seq_len, scan) <= limit), None)
+    if fit is not None:
+        hint = f"try --batch-size {fit} (~{estimate_step_bytes(cfg, fit, args.max_seq_len, scan) / 1e9:.1f} GB)"
+    else:
+        hint = "try --batch-size 8 --max-seq-len 256" + ("" if device.startswith("cuda") else " or a GPU")
+    raise SystemExit(
+        f"error: --batch-size {args.batch_size} at --max-seq-len {args.max_seq_len} needs ~{need / 1e9:.0f} GB "
+        f"for one training step on {device} ({scan} scan), more than the {limit / 1e9:.1f} GB allowed "
+        f"(--max-memory); {hint}"
+    )
+
+
 def _run_name(args) -> str:
     return f"ssm_mqar_{args.mixer}_{args.polarize}_L{args.layers}_d{args.d_model}"
 
@@ -97,6 +158,7 @@ def _cmd_mqar(args) -> int:
     require("plot", "matplotlib")
     if args.vocab_size <= args.max_seq_len:
         raise SystemExit(f"error: --vocab-size {args.vocab_size} must be > --max-seq-len {args.max_seq_len}")
+    _check_memory(args)
     model, cfg, device = _build(args)
     L = args.max_seq_len
     segments = tuple(s for s in TRAIN_MIXTURE if s.seq_len <= L)
@@ -112,7 +174,7 @@ def _cmd_mqar(args) -> int:
     # --time-budget or an interruption never throws the finished steps away.
     checkpoint = args.checkpoint or out / f"{name}.ckpt.pt"
     res = train_mqar(model, tcfg, segments, tests, checkpoint=checkpoint,
-                     time_budget_s=args.time_budget, quiet=args.quiet)
+                     time_budget_s=args.time_budget, quiet=args.quiet, step=args.step)
     if not res["done"]:
         print(f"stopped at step {res['step']} by --time-budget; checkpoint {checkpoint}: rerun the same "
               "command to resume")
@@ -130,8 +192,6 @@ def _cmd_mqar(args) -> int:
 def _cmd_diagnose(args) -> int:
     from pathlib import Path
 
-    import torch
-
     from anybudget.io import write_results
     from anybudget.ssm.diagnostics import (
         influence_scores,
@@ -142,9 +202,11 @@ def _cmd_diagnose(args) -> int:
     from anybudget.ssm.mqar import multiquery_ar
 
     require("plot", "matplotlib")
-    model, cfg, device = _build(args)
+    model, _cfg, device = _build(args)
     if args.checkpoint:
-        model.load_state_dict(torch.load(args.checkpoint, map_location=device, weights_only=False)["model"])
+        from anybudget.ssm.checkpoint import load_model_weights
+
+        load_model_weights(model, args.checkpoint, device)
     ids, _ = multiquery_ar(args.vocab_size, args.seq_len, max(1, args.seq_len // 16), args.batch,
                            seed=args.seed, random_non_queries=True, device=device)
     infl = influence_scores(model, ids)

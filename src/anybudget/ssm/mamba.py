@@ -181,6 +181,12 @@ class Mamba(nn.Module):
             parts.append(learned.new_full((learned.shape[0], c.n_zeros), zero))
         return torch.cat(parts, dim=-1) if len(parts) > 1 else learned
 
+    def _fixed_channels(self) -> tuple[int, int]:
+        """(leading A = 0 columns, trailing A = -inf columns): exact only in the exact form."""
+        c = self.config
+        ones = c.n_ones if (c.polar_form == "exact" or c.value_ones == 0.0) else 0
+        return ones, c.n_zeros if c.polar_form == "exact" else 0
+
     def _ssm_inputs(self, x: Tensor):
         """x: (batch, d_inner, seq) after conv -> dt (b, d_inner, seq), B, C (b, n_total, seq)."""
         c = self.config
@@ -203,6 +209,7 @@ class Mamba(nn.Module):
         res = selective_scan(
             x, dt, self.A(), B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True, return_last_state=return_state, backend=self.config.scan_backend,
+            fixed_channels=self._fixed_channels(),
         )
         if not return_state:
             return self.out_proj(res.transpose(1, 2))

@@ -23,6 +23,7 @@ __all__ = [
     "MQARSegment",
     "MQARStream",
     "check_mqar_args",
+    "mqar_queries",
     "multiquery_ar",
 ]
 
@@ -83,6 +84,55 @@ def _distinct(n: int, k: int, low: int, high: int, gen: torch.Generator, device)
     return noise.topk(k, dim=1).indices + low
 
 
+def _sample_without_replacement(p: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    """(n, k) indices drawn without replacement with probability ~ p (n, m), no host sync.
+
+    The exponential-race form (top-k of p / Exp(1)) that ``torch.multinomial`` uses for
+    ``replacement=False``, so the draws are identical to it for the same generator; torch's own
+    version first checks p on the host (``.item()``), a device sync on CUDA every batch.
+    """
+    q = torch.empty_like(p).exponential_(1, generator=gen)
+    return (p / q).topk(k, dim=1).indices
+
+
+def mqar_queries(
+    vocab_size: int,
+    seq_len: int,
+    num_kv_pairs: int,
+    num_examples: int,
+    seed: int = 0,
+    power_a: float = 0.01,
+    random_non_queries: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """MQAR examples with static-shape answers: ``inputs (n, seq_len)``, ``positions (n, k)``,
+    ``values (n, k)`` int64, where ``inputs[i, positions[i, j]]`` is a queried key whose answer is
+    ``values[i, j]`` (k = num_kv_pairs, every key is queried exactly once). No host sync, so a
+    training loop can draw batches on the device ahead of the GPU."""
+    check_mqar_args(vocab_size, seq_len, num_kv_pairs, power_a)
+    if not isinstance(num_examples, int) or num_examples < 1:
+        raise ValueError(f"num_examples={num_examples!r} must be an integer >= 1")
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    n, k = num_examples, num_kv_pairs
+    half = vocab_size // 2
+    keys = _distinct(n, k, 1, half, gen, device)
+    values = _distinct(n, k, half, vocab_size, gen, device)
+    context = 2 * k
+    space = (seq_len - context) // 2
+    i = torch.arange(1, space + 1, device=device, dtype=torch.float64)
+    p = (power_a * i ** (power_a - 1)).float()
+    gaps = _sample_without_replacement(p.expand(n, space), k, gen)
+    inputs = torch.zeros(n, seq_len, dtype=torch.int64, device=device)
+    inputs[:, 0:context:2] = keys
+    inputs[:, 1:context:2] = values
+    q = context + 2 * gaps
+    inputs.scatter_(1, q, keys)
+    if random_non_queries:
+        filler = torch.randint(vocab_size, (n, seq_len), generator=gen, device=device)
+        inputs = torch.where(inputs == 0, filler, inputs)
+    return inputs, q, values
+
+
 def multiquery_ar(
     vocab_size: int,
     seq_len: int,
@@ -96,31 +146,13 @@ def multiquery_ar(
     """MQAR examples: ``inputs, labels``, both ``(num_examples, seq_len)`` int64 on ``device``.
 
     ``labels[i, q] = value`` where ``inputs[i, q]`` is a queried key, -100 elsewhere (the label is
-    aligned with the input position whose next token is the answer, as in Zoology).
+    aligned with the input position whose next token is the answer, as in Zoology). Same draws as
+    :func:`mqar_queries` for the same arguments.
     """
-    check_mqar_args(vocab_size, seq_len, num_kv_pairs, power_a)
-    if not isinstance(num_examples, int) or num_examples < 1:
-        raise ValueError(f"num_examples={num_examples!r} must be an integer >= 1")
-    gen = torch.Generator(device=device).manual_seed(int(seed))
-    n, k = num_examples, num_kv_pairs
-    half = vocab_size // 2
-    keys = _distinct(n, k, 1, half, gen, device)
-    values = _distinct(n, k, half, vocab_size, gen, device)
-    context = 2 * k
-    space = (seq_len - context) // 2
-    i = torch.arange(1, space + 1, device=device, dtype=torch.float64)
-    p = (power_a * i ** (power_a - 1)).float()
-    gaps = torch.multinomial(p.expand(n, space), k, replacement=False, generator=gen)
-    inputs = torch.zeros(n, seq_len, dtype=torch.int64, device=device)
-    inputs[:, 0:context:2] = keys
-    inputs[:, 1:context:2] = values
-    q = context + 2 * gaps
-    inputs.scatter_(1, q, keys)
-    labels = torch.full((n, seq_len), -100, dtype=torch.int64, device=device)
+    inputs, q, values = mqar_queries(vocab_size, seq_len, num_kv_pairs, num_examples, seed, power_a,
+                                     random_non_queries, device)
+    labels = torch.full(inputs.shape, -100, dtype=torch.int64, device=inputs.device)
     labels.scatter_(1, q, values)
-    if random_non_queries:
-        filler = torch.randint(vocab_size, (n, seq_len), generator=gen, device=device)
-        inputs = torch.where(inputs == 0, filler, inputs)
     return inputs, labels
 
 
@@ -155,12 +187,22 @@ class MQARStream:
     def examples_per_epoch(self) -> int:
         return sum(s.num_examples for s in self.segments)
 
-    def batch(self, step: int) -> tuple[Tensor, Tensor, MQARSegment]:
+    def segment(self, step: int) -> MQARSegment:
+        """The segment batch ``step`` comes from (drawn on the host: no device work)."""
         pick = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        seg = self.segments[int(torch.multinomial(self.weights, 1, generator=pick))]
-        inputs, labels = multiquery_ar(
-            self.vocab_size, seg.seq_len, seg.num_kv_pairs, self.batch_size,
-            seed=self.seed * 7_919 + 1_000_003 * step + 17, power_a=self.power_a,
-            random_non_queries=self.random_non_queries, device=self.device,
-        )
+        return self.segments[int(torch.multinomial(self.weights, 1, generator=pick))]
+
+    def _args(self, step: int, seg: MQARSegment):
+        return (self.vocab_size, seg.seq_len, seg.num_kv_pairs, self.batch_size,
+                self.seed * 7_919 + 1_000_003 * step + 17, self.power_a, self.random_non_queries, self.device)
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor, MQARSegment]:
+        seg = self.segment(step)
+        inputs, labels = multiquery_ar(*self._args(step, seg))
         return inputs, labels, seg
+
+    def batch_queries(self, step: int) -> tuple[Tensor, Tensor, Tensor, MQARSegment]:
+        """Batch ``step`` as ``inputs, positions, values, segment`` (:func:`mqar_queries`): the same
+        examples as :meth:`batch`, with answers in static (batch, num_kv_pairs) shapes."""
+        seg = self.segment(step)
+        return (*mqar_queries(*self._args(step, seg)), seg)

@@ -210,11 +210,15 @@ def selective_scan(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     backend: str = "auto",
+    fixed_channels: tuple[int, int] | None = None,
 ):
     """Selective scan with the fastest available backend (same contract as the reference).
 
     ``backend``: ``"auto"`` (Triton on CUDA when triton imports, else chunked), ``"triton"``,
-    ``"chunked"`` or ``"ref"``.
+    ``"chunked"`` or ``"ref"``. ``fixed_channels = (n_ones, n_zeros)``: the caller's promise that
+    A's first n_ones columns are exactly 0 and its last n_zeros exactly -inf (polarization); the
+    Triton backend then scans only the other columns and adds those in closed form
+    (``scan_split``; ``ScanBlocks.split_fixed = False`` turns that off).
     """
     if backend not in ("auto", "triton", "chunked", "ref"):
         raise ValueError(f"backend={backend!r}; allowed: 'auto', 'triton', 'chunked', 'ref'")
@@ -222,8 +226,13 @@ def selective_scan(
     if backend == "auto":
         backend = "triton" if u.is_cuda and _triton_available() else "chunked"
     if backend == "triton":
-        from anybudget.ssm.scan_triton import selective_scan_triton
+        from anybudget.ssm.scan_triton import ScanBlocks, selective_scan_triton
 
+        if fixed_channels and any(fixed_channels) and ScanBlocks.split_fixed:
+            from anybudget.ssm.scan_split import selective_scan_split
+
+            return selective_scan_split(selective_scan_triton, *args, n_ones=fixed_channels[0],
+                                        n_zeros=fixed_channels[1])
         return selective_scan_triton(*args)
     if backend == "ref":
         return selective_scan_ref(*args)

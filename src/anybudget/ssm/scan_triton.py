@@ -31,29 +31,35 @@ except ImportError as e:  # pragma: no cover - exercised only without triton
     ) from e
 
 from anybudget.ssm.scan import check_scan_inputs
+from anybudget.ssm.scan_triton_common import combine as _combine
+from anybudget.ssm.scan_triton_common import softplus as _softplus
+from anybudget.ssm.scan_triton_tm import bwd_kernel_tm, fwd_kernel_tm
 
 __all__ = ["ScanBlocks", "selective_scan_triton"]
 
 
 class ScanBlocks:
-    """Tile sizes (powers of two). Overridable for tuning: ``ScanBlocks.fwd = (d, t, warps)``.
+    """Tile sizes (powers of two) and tile layout. Overridable for tuning: ``ScanBlocks.fwd = (d, t, warps)``.
 
-    Defaults: the fastest of benchmarks/ssm/scan_speed.py's sweep on an H100 (batch 16,
-    d_inner 256, seq 1024, d_state 18): forward 0.69 ms, forward+backward 2.64 ms."""
+    ``variant``: ``"time_last"`` (tiles (channel, state, time): this file's kernels) or
+    ``"time_first"`` (tiles (time, channel, state): ``scan_triton_tm``, the scan over time in
+    registers). Defaults: the fastest of benchmarks/ssm/scan_speed.py's sweep on an H100 (batch 16,
+    d_inner 256, seq 1024, d_state 18): forward 0.69 ms, forward+backward 2.64 ms (time_last)."""
 
     fwd = (4, 32, 4)
     bwd = (4, 32, 4)
+    variant = "time_last"
+    # Polarized channels (A exactly 0 / -inf) in closed form outside the kernel (scan_split):
+    # 16 learned states tile as 16, 16 + 2 would pad to 32.
+    split_fixed = True
 
 
-@triton.jit
-def _combine(a1, b1, a2, b2):
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _softplus(x):
-    # torch's threshold: identity above 20, where log1p(exp(x)) == x in float32.
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+def _kernels():
+    if ScanBlocks.variant == "time_first":
+        return fwd_kernel_tm, bwd_kernel_tm
+    if ScanBlocks.variant != "time_last":
+        raise ValueError(f"ScanBlocks.variant={ScanBlocks.variant!r}; allowed: 'time_last', 'time_first'")
+    return _fwd_kernel, _bwd_kernel
 
 
 @triton.jit
@@ -235,7 +241,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         states = torch.empty(bsz, n_tiles, n_inner, n_state, device=u.device, dtype=torch.float32)
         last = torch.empty(bsz, n_inner, n_state, device=u.device, dtype=torch.float32)
         grid = (bsz, triton.cdiv(n_inner, block_d))
-        _fwd_kernel[grid](
+        _kernels()[0][grid](
             u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
             delta_bias if delta_bias is not None else u, out, states, last,
             n_inner, n_state, seq, N_TILES=n_tiles,
@@ -272,7 +278,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         dD = torch.empty(bsz, n_inner, device=u.device, dtype=torch.float32)
         dbias = torch.empty(bsz, n_inner, device=u.device, dtype=torch.float32)
         grid = (bsz, triton.cdiv(n_inner, block_d))
-        _bwd_kernel[grid](
+        _kernels()[1][grid](
             u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
             delta_bias if delta_bias is not None else u, dout, states,
             du, ddelta, dz if dz is not None else du, dB, dC, dA, dD, dbias,
@@ -298,7 +304,7 @@ def _states_for_tiling(u, delta, A, B, C, delta_bias, delta_softplus, block_t):
     last = torch.empty(bsz, n_inner, A.shape[1], device=u.device, dtype=torch.float32)
     out = torch.empty_like(u)
     block_d, _, warps = ScanBlocks.fwd
-    _fwd_kernel[(bsz, triton.cdiv(n_inner, block_d))](
+    _kernels()[0][(bsz, triton.cdiv(n_inner, block_d))](
         u, delta, A, B, C, u, u, delta_bias if delta_bias is not None else u, out, states, last,
         n_inner, A.shape[1], seq, N_TILES=n_tiles,
         HAS_D=False, HAS_Z=False, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,

@@ -20,7 +20,7 @@ from torch import nn
 
 from anybudget.ssm.mqar import TEST_SETS, TRAIN_MIXTURE, MQARStream, multiquery_ar
 
-__all__ = ["TrainConfig", "evaluate_mqar", "labeled_logits", "mqar_accuracy", "train_mqar"]
+__all__ = ["TrainConfig", "cosine_lr", "estimate_step_bytes", "evaluate_mqar", "labeled_logits", "mqar_accuracy", "train_mqar"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,21 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} must be an integer >= 1")
+
+
+def estimate_step_bytes(model_cfg, batch_size: int, seq_len: int, scan: str = "chunked") -> int:
+    """Peak memory of one training step of a MambaLM (bytes, an upper estimate), before any allocation.
+
+    The PyTorch scans keep ~20 tensors of (batch, d_inner, seq, d_state_total) float32 per layer
+    for the backward (the chunked scan's log2(64) doubling levels); the Triton scan keeps none of
+    that size. Both keep ~24 (batch, seq, d_inner) tensors per layer. Fitted on a CPU to the peak
+    RSS of a step (d_model 128, seq 256-512, batch 4-8: within 10%), plus 0.4 GB for the rest.
+    """
+    m = model_cfg.mamba
+    per_token_layer = 24 * m.d_inner * 4
+    if scan != "triton":
+        per_token_layer += 20 * m.d_inner * m.d_state_total * 4
+    return int(batch_size * seq_len * model_cfg.n_layers * per_token_layer + 0.4 * 2**30)
 
 
 def labeled_logits(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor):
@@ -109,6 +124,11 @@ def _param_groups(model: nn.Module, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def cosine_lr(cfg: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of (0-based) step ``step``: cosine decay from ``cfg.lr`` to 0 over ``total``."""
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
 def train_mqar(
     model: nn.Module,
     cfg: TrainConfig = TrainConfig(),
@@ -118,94 +138,141 @@ def train_mqar(
     time_budget_s: float | None = None,
     quiet: bool = False,
     log=None,
+    step: str = "reference",
 ) -> dict:
     """Train ``model`` on the MQAR mixture; returns ``{"history", "final", "step", "done"}``.
 
     Each history record holds the test accuracies and ``loss``: the mean training loss over the
     steps since the previous record.
 
-    With ``checkpoint`` the state (model, optimizer, schedule, step, history) is saved atomically
-    every ``checkpoint_every`` steps and when ``time_budget_s`` runs out; a later call with the
-    same path resumes where it stopped. ``done`` is False when stopped by the time budget.
+    ``step``: ``"reference"`` (the original step: masked labeled positions, one host read per
+    step) or a fast static-shape step (``fast_step.STEP_MODES``: ``"auto"``, ``"eager"``,
+    ``"compile"``, ``"cudagraph"``, ``"compile+cudagraph"``): same batches, same loss up to
+    summation order, no host sync between records.
+
+    With ``checkpoint`` the state (model, optimizer, step, history, and the run's configuration)
+    is saved atomically every ``checkpoint_every`` steps and when ``time_budget_s`` runs out; a
+    later call with the same path resumes where it stopped, and refuses a checkpoint written with
+    another configuration (:class:`checkpoint.CheckpointMismatch`, naming the differing keys).
+    ``done`` is False when stopped by the time budget.
     """
     from tqdm.auto import tqdm
 
     from anybudget.io import atomic_path
+    from anybudget.ssm.checkpoint import load_checkpoint, run_config
 
     device = next(model.parameters()).device
+    fast = None
+    if step != "reference":
+        from anybudget.ssm.fast_step import FastStep, FastStepConfig
+
+        fast_cfg = FastStepConfig.from_mode(step, device)  # validates the name before any work
     torch.manual_seed(cfg.seed)
     stream = MQARStream(segments, cfg.batch_size, cfg.vocab_size, cfg.seed, cfg.power_a,
                         cfg.random_non_queries, device=device)
     steps_per_epoch = math.ceil(stream.examples_per_epoch / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    step, history, stopped_early = 0, [], False
+    run_cfg = run_config(model, cfg, segments, test_sets)
+    ck = load_checkpoint(checkpoint, run_cfg, device) if checkpoint is not None and Path(checkpoint).exists() else None
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+    if step == "reference":
+        opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(cfg, s, total) / cfg.lr)
+    else:
+        fast = FastStep(model, _param_groups(model, cfg.weight_decay), cfg.lr, cfg.grad_clip, fast_cfg)
+        opt = fast.opt
+    it, history, stopped_early = 0, [], False
     # Each batch is one segment (seq 64 / 4 pairs up to seq 1024 / 256 pairs), and their losses
     # differ by ~ln(256): a single batch's loss says which segment came last, not how training
     # goes (the 4.1 -> 2.9 -> 8.0 "blow-up" of the first GPU Table 2 run), so records average.
     loss_sum, loss_n = 0.0, 0
-    if checkpoint is not None and Path(checkpoint).exists():
-        ck = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        step, history, stopped_early = ck["step"], ck["history"], ck.get("stopped_early", False)
+    if ck is not None:
+        if fast is not None:
+            fast.load_state_dict(ck["opt"])
+        else:
+            opt.load_state_dict(ck["opt"])
+            if ck.get("sched") is not None:
+                sched.load_state_dict(ck["sched"])
+            else:  # written by a fast step, which keeps no scheduler: set the schedule's position
+                sched.last_epoch = ck["step"]
+                for g in opt.param_groups:
+                    g["lr"] = cosine_lr(cfg, ck["step"], total)
+        it, history, stopped_early = ck["step"], ck["history"], ck.get("stopped_early", False)
         loss_sum, loss_n = ck.get("interval_loss", (0.0, 0))
 
+    def interval_loss():
+        if fast is None:
+            return float(loss_sum), loss_n
+        s, n = fast.take_loss()  # one device read per record
+        return loss_sum + s, loss_n + n
+
     def save():
+        nonlocal loss_sum, loss_n
         if checkpoint is None:
             return
+        if fast is not None:
+            loss_sum, loss_n = interval_loss()
         with atomic_path(checkpoint) as tmp:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "step": step, "history": history, "stopped_early": stopped_early,
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict() if fast is None else None,
+                        "step": it, "history": history, "stopped_early": stopped_early,
                         "interval_loss": (float(loss_sum), loss_n),
-                        "config": asdict(cfg)}, tmp)
+                        "config": asdict(cfg), "run_config": run_cfg}, tmp)
+
+    def evaluate():
+        return evaluate_mqar(model, test_sets, cfg.vocab_size, cfg.test_batch_size, cfg.seed,
+                             cfg.test_examples, cfg.power_a, cfg.random_non_queries)
 
     t0 = time.monotonic()
     model.train()
-    bar = tqdm(total=total, initial=step, disable=quiet, desc="mqar", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=it, disable=quiet, desc="mqar", dynamic_ncols=True)
     loss_ema = None
-    while step < total and not stopped_early:
+    while it < total and not stopped_early:
         if time_budget_s is not None and time.monotonic() - t0 > time_budget_s:
             save()
             bar.close()
-            return {"history": history, "final": None, "step": step, "done": False}
-        inputs, labels, _ = stream.batch(step)
-        logits, lab = labeled_logits(model, inputs, labels)
-        loss = F.cross_entropy(logits.float(), lab)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        loss_sum, loss_n = loss_sum + loss.detach(), loss_n + 1  # a tensor: no device sync per step
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
+            return {"history": history, "final": None, "step": it, "done": False}
+        if fast is not None:
+            inputs, positions, values, _ = stream.batch_queries(it)
+            fast.step(inputs, positions, values, cosine_lr(cfg, it, total))
+        else:
+            inputs, labels, _ = stream.batch(it)
+            logits, lab = labeled_logits(model, inputs, labels)
+            loss = F.cross_entropy(logits.float(), lab)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            loss_sum, loss_n = loss_sum + loss.detach(), loss_n + 1  # a tensor: no device sync per step
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+        it += 1
         bar.update(1)
-        if step % 20 == 0 or step == total:
+        if fast is None and (it % 20 == 0 or it == total):
             cur = loss.item()
             loss_ema = cur if loss_ema is None else 0.9 * loss_ema + 0.1 * cur
             bar.set_postfix(loss=f"{loss_ema:.3f}")
-        if step % cfg.eval_every == 0 or step == total:
-            acc = evaluate_mqar(model, test_sets, cfg.vocab_size, cfg.test_batch_size, cfg.seed,
-                                cfg.test_examples, cfg.power_a, cfg.random_non_queries)
-            history.append({"step": step, "loss": float(loss_sum) / loss_n, "elapsed_s": time.monotonic() - t0,
-                            **acc})
+        if it % cfg.eval_every == 0 or it == total:
+            acc = evaluate()
+            s, n = interval_loss()
+            history.append({"step": it, "loss": s / n if n else None, "elapsed_s": time.monotonic() - t0, **acc})
             loss_sum, loss_n = 0.0, 0
+            if fast is not None:
+                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
             if log:
                 log(history[-1])
             if acc["avg"] >= cfg.early_stop_acc:
                 stopped_early = True
-        if step % cfg.checkpoint_every == 0:
+        if it % cfg.checkpoint_every == 0:
             save()
     bar.close()
-    final = history[-1] if history and history[-1]["step"] == step else None
+    final = history[-1] if history and history[-1]["step"] == it else None
     if final is None:
-        acc = evaluate_mqar(model, test_sets, cfg.vocab_size, cfg.test_batch_size, cfg.seed,
-                            cfg.test_examples, cfg.power_a, cfg.random_non_queries)
-        final = {"step": step, "loss": float(loss_sum) / loss_n if loss_n else None,
-                 "elapsed_s": time.monotonic() - t0, **acc}
+        acc = evaluate()
+        s, n = interval_loss()
+        final = {"step": it, "loss": s / n if n else None, "elapsed_s": time.monotonic() - t0, **acc}
+        loss_sum, loss_n = 0.0, 0
         history.append(final)
     save()
-    return {"history": history, "final": final, "step": step, "done": True}
+    return {"history": history, "final": final, "step": it, "done": True}

@@ -1,0 +1,182 @@
+"""Time-major Triton selective-scan kernels: the same algorithm as ``scan_triton``'s, tiles laid out
+``(time, channel, state)`` instead of ``(channel, state, time)``.
+
+Why: Triton spreads a tile's last axis over the 32 lanes of a warp. With time last, every
+``associative_scan`` over a tile's time steps (two per step in the backward) and every
+"state at the tile's end" read is a log2(BLOCK_T)-round exchange of registers between lanes,
+for each (channel, state) pair. With time first, the lanes hold states, the time steps of a
+tile sit in one thread's registers, and the scan over time is a plain sequential loop in
+registers; only the sum over states (``y = <C, h>``) crosses lanes, once per (time, channel).
+Which layout is faster is measured (``benchmarks/ssm/scan_speed.py``, ``train_speed.py``);
+``ScanBlocks.variant`` chooses. Same arguments, same results (tested against the reference).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from anybudget.ssm.scan_triton_common import combine, softplus
+
+__all__ = ["bwd_kernel_tm", "fwd_kernel_tm"]
+
+
+@triton.jit
+def fwd_kernel_tm(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    out_ptr, states_ptr, last_ptr,
+    n_inner, n_state, seq,
+    N_TILES: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    t_loc = tl.arange(0, BLOCK_T)
+    mask_d = offs_d < n_inner
+    mask_n = offs_n < n_state
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    a_zero = (A == float("-inf"))[None, :, :]
+    A_safe = tl.where(A == float("-inf"), 0.0, A)[None, :, :]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    row = pid_b * n_inner * seq + offs_d[None, :] * seq  # (1, D)
+    rowB = pid_b * n_state * seq + offs_n[None, :] * seq  # (1, N)
+    st_off = offs_d[:, None] * n_state + offs_n[None, :]
+    for tile in range(N_TILES):
+        offs_t = tile * BLOCK_T + t_loc
+        mask_t = offs_t < seq
+        tl.store(states_ptr + (pid_b * N_TILES + tile) * n_inner * n_state + st_off, h, mask=mask_dn)
+        m_td = mask_t[:, None] & mask_d[None, :]
+        m_tn = mask_t[:, None] & mask_n[None, :]
+        u = tl.load(u_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)  # (T, D)
+        dt = tl.load(delta_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias[None, :]
+        if SOFTPLUS:
+            dt = softplus(dt)
+        Bt = tl.load(B_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)  # (T, N)
+        Ct = tl.load(C_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)
+        a = tl.exp(dt[:, :, None] * A_safe)  # (T, D, N)
+        a = tl.where(a_zero, 0.0, a)
+        a = tl.where(mask_t[:, None, None], a, 1.0)  # past the end: carry the state unchanged
+        b = (dt * u)[:, :, None] * Bt[:, None, :]
+        a_cum, h_loc = tl.associative_scan((a, b), axis=0, combine_fn=combine)
+        hs = h_loc + a_cum * h[None, :, :]
+        y = tl.sum(hs * Ct[:, None, :], axis=2)  # (T, D)
+        if HAS_D:
+            y += Dv[None, :] * u
+        if HAS_Z:
+            z = tl.load(z_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
+            y = y * z * tl.sigmoid(z)
+        tl.store(out_ptr + row + offs_t[:, None], y.to(out_ptr.dtype.element_ty), mask=m_td)
+        h = tl.sum(tl.where((t_loc == BLOCK_T - 1)[:, None, None], hs, 0.0), axis=0)
+    tl.store(last_ptr + pid_b * n_inner * n_state + st_off, h, mask=mask_dn)
+
+
+@triton.jit
+def bwd_kernel_tm(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    n_inner, n_state, seq,
+    N_TILES: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    t_loc = tl.arange(0, BLOCK_T)
+    mask_d = offs_d < n_inner
+    mask_n = offs_n < n_state
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    a_zero = (A == float("-inf"))[None, :, :]
+    A2 = tl.where(A == float("-inf"), 0.0, A)
+    A_safe = A2[None, :, :]
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    row = pid_b * n_inner * seq + offs_d[None, :] * seq
+    rowB = pid_b * n_state * seq + offs_n[None, :] * seq
+    st_off = offs_d[:, None] * n_state + offs_n[None, :]
+    g_next = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # g at the next tile's first step
+    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for i in range(N_TILES):
+        tile = N_TILES - 1 - i
+        offs_t = tile * BLOCK_T + t_loc
+        mask_t = offs_t < seq
+        m_td = mask_t[:, None] & mask_d[None, :]
+        m_tn = mask_t[:, None] & mask_n[None, :]
+        h0 = tl.load(states_ptr + (pid_b * N_TILES + tile) * n_inner * n_state + st_off, mask=mask_dn, other=0.0)
+        u = tl.load(u_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
+        dtr = tl.load(delta_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32) + bias[None, :]
+        dt = dtr
+        if SOFTPLUS:
+            dt = softplus(dtr)
+        Bt = tl.load(B_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
+        a = tl.exp(dt[:, :, None] * A_safe)
+        a = tl.where(a_zero, 0.0, a)
+        a = tl.where(mask_t[:, None, None], a, 1.0)
+        dtu = dt * u
+        b = dtu[:, :, None] * Bt[:, None, :]
+        a_cum, h_loc = tl.associative_scan((a, b), axis=0, combine_fn=combine)
+        hs = h_loc + a_cum * h0[None, :, :]
+        dy = dout
+        if HAS_Z:
+            y = tl.sum(hs * Ct[:, None, :], axis=2)
+            if HAS_D:
+                y += Dv[None, :] * u
+            z = tl.load(z_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(z)
+            dz = dout * y * sz * (1.0 + z * (1.0 - sz))
+            tl.store(dz_ptr + row + offs_t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=m_td)
+            dy = dout * z * sz
+        # a_{t+1} carries g_{t+1} back to step t; 0 past the end (g_L = 0).
+        offs_t1 = offs_t + 1
+        m_td1 = (offs_t1 < seq)[:, None] & mask_d[None, :]
+        dt1 = tl.load(delta_ptr + row + offs_t1[:, None], mask=m_td1, other=0.0).to(tl.float32) + bias[None, :]
+        if SOFTPLUS:
+            dt1 = softplus(dt1)
+        a1 = tl.exp(dt1[:, :, None] * A_safe)
+        a1 = tl.where(a_zero | (offs_t1 >= seq)[:, None, None], 0.0, a1)
+        c = Ct[:, None, :] * dy[:, :, None]
+        g_cum, g_loc = tl.associative_scan((a1, c), axis=0, combine_fn=combine, reverse=True)
+        g = g_loc + g_cum * g_next[None, :, :]
+        gq = g * (hs - b)  # g_t a_t h_{t-1}, no division by a_t (A-bar = 0 stays exact)
+        gB = tl.sum(g * Bt[:, None, :], axis=2)  # (T, D)
+        ddt = gB * u + tl.sum(gq * A_safe, axis=2)
+        dA_acc += tl.sum(gq * dt[:, :, None], axis=0)
+        du = gB * dt
+        if HAS_D:
+            du += Dv[None, :] * dy
+            dD_acc += tl.sum(tl.where(m_td, dy * u, 0.0), axis=0)
+        if SOFTPLUS:
+            ddt = ddt * tl.where(dtr > 20.0, 1.0, tl.sigmoid(dtr))
+        ddt = tl.where(m_td, ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=0)
+        tl.store(du_ptr + row + offs_t[:, None], du.to(du_ptr.dtype.element_ty), mask=m_td)
+        tl.store(ddelta_ptr + row + offs_t[:, None], ddt.to(ddelta_ptr.dtype.element_ty), mask=m_td)
+        dB_t = tl.sum(g * dtu[:, :, None], axis=1)  # (T, N): channel blocks add up atomically
+        dC_t = tl.sum(hs * dy[:, :, None], axis=1)
+        tl.atomic_add(dB_ptr + rowB + offs_t[:, None], dB_t, mask=m_tn)
+        tl.atomic_add(dC_ptr + rowB + offs_t[:, None], dC_t, mask=m_tn)
+        g_next = tl.sum(tl.where((t_loc == 0)[:, None, None], g, 0.0), axis=0)
+    tl.store(dA_ptr + pid_b * n_inner * n_state + st_off, dA_acc, mask=mask_dn)
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * n_inner + offs_d, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + pid_b * n_inner + offs_d, dbias_acc, mask=mask_d)

@@ -1,0 +1,104 @@
+"""Smoke modes of the GPU benchmarks (same code paths on a CPU): train_speed and table2_scaled."""
+
+import importlib
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "ssm"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    for m in ("train_speed", "table2_scaled", "table2_worker"):
+        sys.modules.pop(m, None)
+    return lambda name: importlib.import_module(name)
+
+
+def test_train_speed_smoke_records_both_steps_and_equal_losses(bench, tmp_path):
+    ts = bench("train_speed")
+    assert ts.main(["--smoke", "--depths", "2", "--modes", "reference,eager", "--out", str(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "ssm_train_speed_smoke.json").read_text())
+    modes = {r["mode"] for r in rec["metrics"]["steps"] if r.get("step_s", 0) > 0}
+    assert modes == {"reference", "eager"} and "L2" in rec["metrics"]["speedup"]
+    assert rec["metrics"]["loss_curves"]["max_rel_diff_vs_reference"]["eager"] < 1e-4
+    assert (tmp_path / "ssm_train_speed_smoke_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scan_traffic_bound_counts_each_tensor_once(bench):
+    sb = bench("scan_bound")
+    b, d, n, seq = 16, 256, 18, 4096
+    nbytes = sb.traffic_bytes(b, d, n, seq, 4, block_t=seq)  # one tile: states negligible
+    # 11 (b, d, seq) tensors and 6 (b, n, seq) ones (B, C read twice, dB, dC written) in fp32
+    assert nbytes == 11 * b * d * seq * 4 + 6 * b * n * seq * 4 + 2 * b * d * n * 4
+    assert sb.traffic_bytes(b, d, n, seq, 2, block_t=seq) < 0.6 * nbytes  # bf16 inputs
+
+
+def test_table2_scaled_resumes_a_cut_run_and_reports_partial_results(bench, tmp_path, monkeypatch):
+    t2, w = bench("table2_scaled"), bench("table2_worker")
+    import anybudget.ssm.train as tr
+
+    plan = {**t2.SMOKE_PLAN, "seeds": [1]}
+    state = tmp_path / "state"
+    (state / "runs").mkdir(parents=True)
+    real, calls = tr.time.monotonic, {"n": 0}
+
+    def jumping_clock():
+        calls["n"] += 1
+        return real() + (1e6 if calls["n"] > 7 else 0.0)  # the worker reads it twice first
+
+    monkeypatch.setattr(tr.time, "monotonic", jumping_clock)  # the guard cuts the run after a few steps
+    w.work(state, plan, time.monotonic() + 1e4, "auto", log=lambda s: None, only={"zero_L2_s1"})
+    monkeypatch.setattr(tr.time, "monotonic", real)
+    ck = state / "runs" / "zero_L2_s1.ckpt.pt"
+    assert ck.exists() and not (state / "runs" / "zero_L2_s1.json").exists()
+    cut_at = torch.load(ck, weights_only=True)["step"]
+    assert 0 < cut_at < plan["steps"]
+    for c in (state / "claims").iterdir():  # the launcher clears claims at each call
+        c.unlink()
+    w.work(state, plan, time.monotonic() + 1e4, "auto", log=lambda s: None, only={"zero_L2_s1"})
+    rec = json.loads((state / "runs" / "zero_L2_s1.json").read_text())
+    assert rec["final"]["step"] == plan["steps"] and not ck.exists()
+    assert [h["step"] for h in rec["history"]] == [4, 8]  # the history from before the cut was kept
+
+    # A run with no time left is not started.
+    w.work(state, plan, time.monotonic() + 5, "auto", log=lambda s: None, only={"one_L2_s1"})
+    assert not list((state / "runs").glob("one_L2_s1*"))
+
+    args = type("A", (), {"state_dir": str(state), "out": str(tmp_path / "out"), "step": "auto", "smoke": True})
+    (tmp_path / "out").mkdir()
+    assert t2.report(args, plan) == 0
+    out = json.loads((tmp_path / "out" / "ssm_table2_scaled_smoke.json").read_text())["metrics"]
+    assert not out["complete"] and "one_L2_s1" in out["pending"] and len(out["pending"]) == 7
+    row = next(r for r in out["rows"] if r["config"] == "zero" and r["layers"] == 2)
+    assert row["mean"] is not None and row["paper_seq1024"] == [98.41, 81.35, 36.55, 72.1]
+    with tarfile.open(tmp_path / "out" / "table2_scaled_state.tar") as tar:
+        assert "state/runs/zero_L2_s1.json" in tar.getnames()
+
+
+def test_table2_scaled_plan_is_fixed_by_the_first_call(bench, tmp_path):
+    t2 = bench("table2_scaled")
+    args = type("A", (), {"state_dir": str(tmp_path), "smoke": False, "steps": "3000"})
+    assert t2.load_plan(args)["steps"] == 3000
+    args.steps = None
+    assert t2.load_plan(args)["steps"] == 3000  # a resumed call keeps the registered step count
+    args.steps = "5000"
+    with pytest.raises(SystemExit, match="another plan.*steps: 3000 vs 5000"):
+        t2.load_plan(args)
+
+
+def test_steps_rule_from_the_pilot(bench):
+    t2 = bench("table2_scaled")
+    hist = [{"step": s, "kv16": a} for s, a in ((250, 0.0), (500, 0.1), (750, 0.2), (1000, 0.6))]
+    rec = {"metrics": {"history": hist, "step_s": {"2": 0.004, "4": 0.006}}}
+    assert t2.steps_from_pilot(rec) == 2000  # 2 x 1000, at least 2000
+    hist[-1]["step"] = 3250
+    assert t2.steps_from_pilot(rec) == 6500  # 2 x 3250 rounded up to 500
+    rec["metrics"]["history"] = hist[:3]  # never reached 0.5: the budget cap (2 x 480 s x 2 GPUs / 16 runs)
+    assert t2.steps_from_pilot(rec) == int(480 * 2 * 2 / (16 * 0.005) // 500 * 500)
