@@ -23,11 +23,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def fit_folder(model_dir, budget, workload: ServingWorkload, text: str | os.PathLike | None = None,
                quality: Quality | None = None, device: str | None = None, policies=("h2o", "streaming", "local"),
                kv_percents=(50.0, 20.0, 10.0), techniques=("elastic", "kv"), max_trials: int = 5,
-               quality_kw: dict | None = None, quiet: bool = True):
+               quality_tokens: int = 256, quiet: bool = True):
     """``(plan, em)`` for a folder written by ``anybudget elastic build``.
 
     ``text``: held-out text for the quality data (default: the embedded held-out passage), or give
-    ``quality`` measured before (e.g. ``Quality.from_dict(old_plan.quality)``).
+    ``quality`` measured before (e.g. ``Quality.from_dict(old_plan.quality)``). ``quality_tokens``:
+    tokens per sequence of the KV quality curve (streamed one per step; its cost grows with it).
     """
     import torch
 
@@ -41,8 +42,8 @@ def fit_folder(model_dir, budget, workload: ServingWorkload, text: str | os.Path
         path = Path(text) if text is not None else Path(__file__).resolve().parents[1] / "assets" / "reflm" / "sample.txt"
         tok = AutoTokenizer.from_pretrained(str(Path(model_dir) / "model"))
         ids = torch.tensor(tok(path.read_text(encoding="utf-8"))["input_ids"])
-        kw = {"seq": min(256, ids.numel() - 1), "kv_seq": min(256, ids.numel())} | (quality_kw or {})
-        quality = measure_quality(em, ids, policies, kv_percents, quiet=quiet, **kw)
+        quality = measure_quality(em, ids, policies, kv_percents, seq=min(256, ids.numel() - 1),
+                                  kv_seq=min(quality_tokens, ids.numel()), quiet=quiet)
         quality.source["text"] = str(path)
     lat, calib = decode_latency_model(em, workload, policies, min(kv_percents), calibrate=True)
     plan = fit(em, budget, workload, quality, lat, policies, kv_percents, techniques, max_trials,
