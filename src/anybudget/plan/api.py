@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from anybudget.plan.costs import Quality, ServingWorkload
-from anybudget.plan.fit import Plan, check_budget, fit, load_elastic_folder
+from anybudget.plan.fit import Plan, check_budget, check_reachable, fit, load_elastic_folder
 
 __all__ = ["fit_folder", "generate", "load_plan", "load_planned_model", "plot_candidates", "write_plan"]
 
@@ -36,6 +36,10 @@ def fit_folder(model_dir, budget, workload: ServingWorkload, text: str | os.Path
 
     budget = check_budget(budget)
     em, _meta = load_elastic_folder(model_dir, device)
+    if budget.mem is not None:  # memory is analytic: checked before anything is measured
+        check_reachable(em, f"mem={budget.mem}", workload, None, policies, kv_percents, techniques)
+    lat, calib = decode_latency_model(em, workload, policies, min(kv_percents), calibrate=True)
+    check_reachable(em, budget, workload, lat, policies, kv_percents, techniques)  # before measuring quality
     if quality is None:
         from transformers import AutoTokenizer
 
@@ -45,7 +49,6 @@ def fit_folder(model_dir, budget, workload: ServingWorkload, text: str | os.Path
         quality = measure_quality(em, ids, policies, kv_percents, seq=min(256, ids.numel() - 1),
                                   kv_seq=min(quality_tokens, ids.numel()), quiet=quiet)
         quality.source["text"] = str(path)
-    lat, calib = decode_latency_model(em, workload, policies, min(kv_percents), calibrate=True)
     plan = fit(em, budget, workload, quality, lat, policies, kv_percents, techniques, max_trials,
                source=str(model_dir), quiet=quiet)
     plan.latency_model["calibration"] = calib

@@ -24,7 +24,7 @@ from anybudget.plan.costs import (
     predict,
 )
 
-__all__ = ["NotElasticError", "Plan", "fit", "fits", "load_elastic_folder"]
+__all__ = ["NotElasticError", "Plan", "check_reachable", "fit", "fits", "load_elastic_folder", "predict_all"]
 
 PLAN_KEYS = ("mem", "latency")
 BUILD_HINT = "anybudget elastic build --model HF_FOLDER --text TRAIN.txt --out DIR"
@@ -148,6 +148,31 @@ def _mib(b: float) -> str:
     return f"{math.ceil(b / 2**20)}MiB"
 
 
+def predict_all(em, workload: ServingWorkload, quality: Quality | None, latency_model: LatencyModel | None,
+                policies=("h2o", "streaming", "local"), kv_percents=(50.0, 20.0, 10.0),
+                techniques=("elastic", "kv")) -> list[dict]:
+    """Predicted numbers of every candidate (``ppl`` is None without ``quality``)."""
+    from anybudget.elastic import param_count
+
+    rows = []
+    for c in enumerate_candidates(em.kv_choices, em.mlp_choices, policies, kv_percents, techniques):
+        sub = em.uniform_choice(em.kv_choices.index(c.kv_groups), em.mlp_choices.index(c.mlp_width))
+        q = quality if quality is not None else Quality({c.subnet_label: math.nan}, {c.kv_label: math.nan})
+        r = predict(c, em.shape, param_count(em, sub), workload, latency_model, q)
+        rows.append({"label": c.label, "candidate": c.__dict__.copy(), **r} | ({} if quality is not None else {"ppl": None}))
+    return rows
+
+
+def check_reachable(em, budget, workload: ServingWorkload, latency_model: LatencyModel | None = None,
+                    policies=("h2o", "streaming", "local"), kv_percents=(50.0, 20.0, 10.0),
+                    techniques=("elastic", "kv")) -> None:
+    """Raise the BudgetError of :func:`fit` when no candidate is predicted to fit (before any quality is measured)."""
+    budget = check_budget(budget)
+    rows = predict_all(em, workload, None, latency_model, policies, kv_percents, techniques)
+    if not any(fits(r, budget, "mem", "latency_s") for r in rows):
+        raise _reachable_error(budget, rows)
+
+
 def fit(em, budget, workload: ServingWorkload, quality: Quality, latency_model: LatencyModel | None = None,
         policies=("h2o", "streaming", "local"), kv_percents=(50.0, 20.0, 10.0), techniques=("elastic", "kv"),
         max_trials: int = 5, table_rows: int = 12, measure=None, source: str = "", quiet: bool = True) -> Plan:
@@ -159,7 +184,6 @@ def fit(em, budget, workload: ServingWorkload, quality: Quality, latency_model: 
     one). Raises BudgetError when nothing is predicted to fit (naming the smallest memory and latency
     reachable) or when ``max_trials`` measured candidates all break the budget.
     """
-    from anybudget.elastic import param_count
     from anybudget.plan.device import export_candidate, measure_candidate
 
     budget = check_budget(budget)
@@ -170,13 +194,7 @@ def fit(em, budget, workload: ServingWorkload, quality: Quality, latency_model: 
     import torch
 
     measure = measure or measure_candidate
-    shape = em.shape
-    cands = enumerate_candidates(em.kv_choices, em.mlp_choices, policies, kv_percents, techniques)
-    rows = []
-    for c in cands:
-        sub = em.uniform_choice(em.kv_choices.index(c.kv_groups), em.mlp_choices.index(c.mlp_width))
-        rows.append({"label": c.label, "candidate": c.__dict__.copy(),
-                     **predict(c, shape, param_count(em, sub), workload, latency_model, quality)})
+    rows = predict_all(em, workload, quality, latency_model, policies, kv_percents, techniques)
     ok = [r for r in rows if fits(r, budget, "mem", "latency_s")]
     if not ok:
         raise _reachable_error(budget, rows)
