@@ -12,14 +12,15 @@ Memory (analytic, bytes, the peak of one ``generate`` call of the workload)::
 
 Latency (seconds per decoding step, i.e. per new token of every sequence in the batch)::
 
-    step = fixed + sum_l t_l(g, w, ctx) + overhead_generate + layers * overhead_policy
+    step = scale * (fixed + sum_l t_l(g, w, ctx)) + overhead_generate + layers * overhead_policy
 
 ``t_l(g, w, ctx)`` is the elastic latency table measured in decode mode (``anybudget.elastic.
 measure_latency_table``, Flextron Sec. 3.3) at two cached lengths and interpolated linearly in the
 number of cached tokens the layer attends over (``ctx`` = the mean kept length over the decoding
 steps: ``ceil(f * (prompt + new/2))`` at a KV budget ``f``). The overheads are fitted on the device:
-``overhead_generate`` from the full model with the full cache, ``overhead_policy`` (per layer and
-step: the cache's eviction bookkeeping) from the full model at each policy's smallest budget.
+``overhead_generate`` from the full model with the full cache (or, when the tables add up to more
+than that measurement, ``scale`` < 1 instead), ``overhead_policy`` (per layer and step: the cache's
+eviction bookkeeping, >= 0) from the full model at each policy's smallest budget.
 
 Quality (assumption, stated): eviction adds the same negative log-likelihood to every sub-network,
 so ``ppl(c) = ppl_elastic(subnet) * ratio_kv(policy, budget)``, with ``ppl_elastic`` measured per
@@ -212,6 +213,7 @@ class LatencyModel:
     overhead_generate: float = 0.0
     overhead_policy: dict = field(default_factory=dict)
     device: str = "unknown"
+    scale: float = 1.0
 
     def layer_time(self, g: int, w: int, ctx: float) -> float:
         k = f"{g}/{w}"
@@ -227,7 +229,7 @@ class LatencyModel:
 
     def step(self, c: Candidate, wl: ServingWorkload) -> float:
         over = 0.0 if c.policy == "full" else self.layers * self.overhead_policy.get(c.policy, 0.0)
-        return self.core(c, wl) + self.overhead_generate + over
+        return self.scale * self.core(c, wl) + self.overhead_generate + over
 
     def to_dict(self) -> dict:
         return asdict(self)
