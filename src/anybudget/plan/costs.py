@@ -165,8 +165,12 @@ def _headroom(n: int) -> int:
     return max(64, n // 4)  # KVBudgetCache._headroom for percentage budgets
 
 
-def memory_terms(shape: dict, params: int, c: Candidate, wl: ServingWorkload) -> dict:
-    """Bytes of weights, KV cache (used at the end, and allocated at the peak) and activations."""
+def memory_terms(shape: dict, params: int, c: Candidate, wl: ServingWorkload, fused_scores: bool = False) -> dict:
+    """Bytes of weights, KV cache (used at the end, and allocated at the peak) and activations.
+
+    ``fused_scores``: H2O's attention scores come from the Triton kernels (CUDA with triton), which
+    keep no logits; otherwise the PyTorch reference holds one query chunk's float32 logits.
+    """
     b, B, P, hd, L = wl.bytes_per_value, wl.batch, wl.prompt, shape["head_dim"], shape["layers"]
     g, w = c.kv_groups, c.mlp_width
     n_rep = shape["heads"] // shape["kv_heads"]
@@ -190,7 +194,7 @@ def memory_terms(shape: dict, params: int, c: Candidate, wl: ServingWorkload) ->
     tokens = B * P
     hidden = shape["hidden"]
     act = tokens * b * (3 * hidden + 2 * q + 2 * kv + 3 * w)
-    if c.policy in SCORE_POLICIES:
+    if c.policy in SCORE_POLICIES and not fused_scores:
         # kv/hf.py: query chunks sized so one chunk's float32 logits stay under 2**26 values
         chunk = max(16, min(1024, (1 << 26) // max(1, B * g * n_rep * P)))
         act += 2 * 4 * B * g * n_rep * min(chunk, P) * P
@@ -240,8 +244,8 @@ class LatencyModel:
 
 
 def predict(c: Candidate, shape: dict, params: int, wl: ServingWorkload, lat: LatencyModel | None,
-            quality: Quality) -> dict:
+            quality: Quality, fused_scores: bool = False) -> dict:
     """Predicted numbers for ``c``: memory terms, ``latency_s`` (None without a latency model), ``ppl``."""
-    m = memory_terms(shape, params, c, wl)
+    m = memory_terms(shape, params, c, wl, fused_scores)
     return {**m, "params": params, "latency_s": lat.step(c, wl) if lat is not None else None,
             "ppl": quality.ppl(c)}

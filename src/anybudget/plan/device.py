@@ -57,8 +57,9 @@ def _sync(dev: torch.device) -> None:
 def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2, seed: int = 0, warmup: bool = True) -> dict:
     """Serve the workload once with ``model`` (a dense model, ``anybudget.kv.enable``-d here) and
     ``c``'s cache: per-step decode latency ``(T(new) - T(1)) / (new - 1)`` (fastest of ``repeat`` each)
-    and memory. CUDA: ``peak_bytes`` = ``torch.cuda.max_memory_allocated`` over the call (weights
-    included; the CUDA context is not). CPU: no in-process peak exists, ``peak_bytes`` is the
+    and memory. CUDA: ``peak_bytes`` = ``torch.cuda.max_memory_allocated`` over the call minus what
+    other objects of the process hold (so: this model's weights + cache + activations; the CUDA
+    context is not counted). CPU: no in-process peak exists, ``peak_bytes`` is the
     resident weights + the cache's allocated tensors at the end (``peak_kind`` says which)."""
     from anybudget.kv import cache_kwargs, enable
     from anybudget.measure import model_bytes
@@ -84,6 +85,8 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
     if warmup:
         run(2)  # kernels, allocator, first-call paths
     t1s, tns, peak, cache = [], [], None, None
+    weights_all = model_bytes(model)
+    other = torch.cuda.memory_allocated(dev) - weights_all if dev.type == "cuda" else 0
     for _ in range(repeat):
         t1s.append(run(1)[0])
         if dev.type == "cuda":
@@ -91,7 +94,7 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
         tn, cache = run(wl.new_tokens)
         tns.append(tn)
         if dev.type == "cuda":
-            peak = max(peak or 0, torch.cuda.max_memory_allocated(dev))
+            peak = max(peak or 0, torch.cuda.max_memory_allocated(dev) - other)
     # the fastest of each (noise only adds time); a difference of two noisy times can still dip below 0
     step = max(0.0, (min(tns) - min(t1s)) / (wl.new_tokens - 1))
     kv_used, kv_alloc = _cache_bytes(cache)

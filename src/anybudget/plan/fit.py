@@ -148,17 +148,30 @@ def _mib(b: float) -> str:
     return f"{math.ceil(b / 2**20)}MiB"
 
 
+def _scaled(budget: Budget, f: float) -> Budget:
+    parts = {}
+    if budget.mem is not None:
+        parts["mem"] = max(1, int(budget.mem.value * f))
+    if budget.latency is not None:
+        parts["latency"] = f"{budget.latency.value * f}s"
+    return Budget(parts)
+
+
 def predict_all(em, workload: ServingWorkload, quality: Quality | None, latency_model: LatencyModel | None,
                 policies=("h2o", "streaming", "local"), kv_percents=(50.0, 20.0, 10.0),
                 techniques=("elastic", "kv")) -> list[dict]:
     """Predicted numbers of every candidate (``ppl`` is None without ``quality``)."""
+    import importlib.util
+
     from anybudget.elastic import param_count
 
+    dev = next(em.model.parameters()).device
+    fused = dev.type == "cuda" and importlib.util.find_spec("triton") is not None  # kv's attention dispatch
     rows = []
     for c in enumerate_candidates(em.kv_choices, em.mlp_choices, policies, kv_percents, techniques):
         sub = em.uniform_choice(em.kv_choices.index(c.kv_groups), em.mlp_choices.index(c.mlp_width))
         q = quality if quality is not None else Quality({c.subnet_label: math.nan}, {c.kv_label: math.nan})
-        r = predict(c, em.shape, param_count(em, sub), workload, latency_model, q)
+        r = predict(c, em.shape, param_count(em, sub), workload, latency_model, q, fused)
         rows.append({"label": c.label, "candidate": c.__dict__.copy(), **r} | ({} if quality is not None else {"ppl": None}))
     return rows
 
@@ -175,13 +188,16 @@ def check_reachable(em, budget, workload: ServingWorkload, latency_model: Latenc
 
 def fit(em, budget, workload: ServingWorkload, quality: Quality, latency_model: LatencyModel | None = None,
         policies=("h2o", "streaming", "local"), kv_percents=(50.0, 20.0, 10.0), techniques=("elastic", "kv"),
-        max_trials: int = 5, table_rows: int = 12, measure=None, source: str = "", quiet: bool = True) -> Plan:
+        max_trials: int = 5, table_rows: int = 12, measure=None, source: str = "", margin: float = 0.02,
+        quiet: bool = True) -> Plan:
     """Plan ``em`` (an ElasticLlama) for ``budget`` (``mem`` and/or per-token ``latency``) and ``workload``.
 
     ``quality``: measured data (``device.measure_quality``); ``latency_model``: a fitted decode model
     (``device.decode_latency_model``), required for a latency budget. ``measure(dense_model, candidate,
     workload) -> {"step_s", "peak_bytes", ...}`` defaults to ``device.measure_candidate`` (tests inject
-    one). Raises BudgetError when nothing is predicted to fit (naming the smallest memory and latency
+    one). ``margin`` in [0, 1): a candidate is taken as predicted to fit when its predictions are within
+    ``(1 - margin)`` of the budget (head-room for timing noise; the measured check uses the budget
+    itself), or, when none is, within the budget. Raises BudgetError when nothing is predicted to fit (naming the smallest memory and latency
     reachable) or when ``max_trials`` measured candidates all break the budget.
     """
     from anybudget.plan.device import export_candidate, measure_candidate
@@ -195,9 +211,13 @@ def fit(em, budget, workload: ServingWorkload, quality: Quality, latency_model: 
 
     measure = measure or measure_candidate
     rows = predict_all(em, workload, quality, latency_model, policies, kv_percents, techniques)
+    if not 0 <= margin < 1:
+        raise ValueError(f"margin={margin!r} must be in [0, 1)")
     ok = [r for r in rows if fits(r, budget, "mem", "latency_s")]
     if not ok:
         raise _reachable_error(budget, rows)
+    inner = _scaled(budget, 1 - margin)
+    ok = [r for r in ok if fits(r, inner, "mem", "latency_s")] or ok
     ok.sort(key=lambda r: (r["ppl"], r["mem"], r["latency_s"] or 0.0))
     trials, chosen = [], None
     dtype = getattr(torch, workload.dtype)
