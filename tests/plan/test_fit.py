@@ -142,3 +142,18 @@ def test_not_elastic_folder_names_the_build_command(tmp_path, elastic_folder):
         load_elastic_folder(tmp_path)
     em2, meta = load_elastic_folder(elastic_folder, "cpu")
     assert em2.kv_choices == (2, 1) and "space" in meta
+
+
+def test_demo_part_plans_two_memory_budgets(capsys):
+    from plan_helpers import tiny_llama
+
+    from anybudget.plan.demo import plan_demo
+
+    lm = tiny_llama(vocab=512)
+    ids = torch.randint(3, 512, (1, 300), generator=torch.Generator().manual_seed(0))
+    plans = plan_demo(lm, ids, {"full": 10.0, "h2o": 11.0, "local": 13.0}, 20.0,
+                      ServingWorkload(prompt=48, new_tokens=3, batch=2, dtype="float32"))
+    assert len(plans) == 2 and all(p.trials[-1]["meets"] for p in plans)
+    assert plans[0].quality["kv_ratio"] == {"h2o@20%": 1.1, "local@20%": 1.3}
+    assert plans[1].predicted["mem"] <= plans[0].predicted["mem"]  # the tighter budget
+    assert "plan for mem=" in capsys.readouterr().out
