@@ -139,10 +139,12 @@ def plot_candidates(plan: Plan, path) -> Path | None:
     sc = ax.scatter(mem, ppl, c=lat, cmap="viridis", s=[28 if r["fits"] else 10 for r in rows],
                     marker="o", alpha=0.85)
     fig.colorbar(sc, ax=ax, label="predicted ms per decoding step")
-    for t in plan.trials:
+    for t in plan.trials:  # measured: a line from the predicted point to the measured memory
         r = next(r for r in rows if r["label"] == t["label"])
-        ax.scatter([t["measured"]["peak_bytes"] / 2**20], [r["ppl"]], marker="x" if not t["meets"] else "*",
-                   s=120, color="red" if not t["meets"] else "black", zorder=3)
+        x_meas = t["measured"]["peak_bytes"] / 2**20
+        ax.plot([r["mem"] / 2**20, x_meas], [r["ppl"], r["ppl"]], color="gray", lw=0.8, zorder=2)
+        ax.scatter([x_meas], [r["ppl"]], marker="*" if t["meets"] else "x", s=120,
+                   color="black" if t["meets"] else "red", zorder=3)
     chosen = next(r for r in rows if r["label"] == plan.candidate.label)
     ax.annotate(f"chosen: {chosen['label']}", (chosen["mem"] / 2**20, chosen["ppl"]), textcoords="offset points",
                 xytext=(8, 8), fontsize=8)
@@ -150,7 +152,7 @@ def plot_candidates(plan: Plan, path) -> Path | None:
         ax.axvline(b.mem.value / 2**20, color="red", ls="--", label=f"mem budget {b.mem}")
     if b.latency is not None:
         ax.scatter([], [], s=10, color="gray", label=f"small: predicted over latency={b.latency} or mem")
-    ax.set_xlabel("predicted peak memory (MiB)")
+    ax.set_xlabel("peak memory (MiB): dots predicted, markers measured")
     ax.set_ylabel("predicted perplexity")
     ax.set_yscale("log")
     ax.set_title(f"anybudget fit: {plan.budget}; * measured plan, x measured and over budget", fontsize=9)
