@@ -100,3 +100,15 @@ def test_quality_combination_and_missing_keys():
     with pytest.raises(KeyError, match="kv1/mlp8"):
         q.ppl(Candidate(1, 8))
     assert Quality.from_dict(q.to_dict()) == q
+
+
+def test_export_candidate_computes_what_the_elastic_model_does():
+    em = tiny_elastic(vocab=512)
+    ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(3))
+    for c in (Candidate(2, 128), Candidate(1, 64)):
+        sub = em.uniform_choice(em.kv_choices.index(c.kv_groups), em.mlp_choices.index(c.mlp_width))
+        dense = export_candidate(em, c, dtype=torch.float32)
+        with torch.no_grad(), em.use(sub):
+            ref = em.model(input_ids=ids).logits
+        with torch.no_grad():
+            torch.testing.assert_close(dense(input_ids=ids).logits, ref, rtol=1e-5, atol=1e-5)

@@ -33,7 +33,7 @@ def plan_demo(lm, ids: torch.Tensor, kv_ppl: dict, kv_percent: float, workload: 
     wl = workload or ServingWorkload(prompt=128, new_tokens=4, batch=4, dtype="float32")
     n = ids.shape[1] // 2
     em = make_elastic(lm, [ids[:, :n], ids[:, n:2 * n]])
-    windows = [ids[:, : min(257, ids.shape[1])]]
+    windows = [ids[:, : min(129, ids.shape[1])]]
     elastic_ppl = {Candidate(s.layers[0].kv_groups, s.layers[0].mlp_width).subnet_label: perplexity(em, windows, s)
                    for s in uniform_configs(em)}
     pct = float(kv_percent)

@@ -27,11 +27,21 @@ def make_plan_cache(policy: str, kv_budget: str):
 
 
 def export_candidate(em, c: Candidate, dtype: torch.dtype | None = None):
-    """The candidate's sub-network as a plain dense model (``anybudget.elastic.export``)."""
+    """The candidate's sub-network as a plain dense model (``anybudget.elastic.export``).
+
+    The new model's random initialisation is skipped (every weight is then loaded from ``em``; the
+    export checks that none is missing): it is most of an export's time on a CPU."""
+    import contextlib
+
     from anybudget.elastic import LayerConfig, SubnetConfig, export
 
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers
+        no_init_weights = contextlib.nullcontext
     sub = SubnetConfig((LayerConfig(c.kv_groups, c.mlp_width),) * em.num_layers)
-    return export(em, sub, dtype=dtype)
+    with no_init_weights():
+        return export(em, sub, dtype=dtype)
 
 
 def _cache_bytes(cache) -> tuple[int, int]:

@@ -163,15 +163,16 @@ def predict_all(em, workload: ServingWorkload, quality: Quality | None, latency_
     """Predicted numbers of every candidate (``ppl`` is None without ``quality``)."""
     import importlib.util
 
-    from anybudget.elastic import param_count
+    from anybudget.elastic import params_table
 
     dev = next(em.model.parameters()).device
     fused = dev.type == "cuda" and importlib.util.find_spec("triton") is not None  # kv's attention dispatch
+    params = params_table(em)
     rows = []
     for c in enumerate_candidates(em.kv_choices, em.mlp_choices, policies, kv_percents, techniques):
         sub = em.uniform_choice(em.kv_choices.index(c.kv_groups), em.mlp_choices.index(c.mlp_width))
         q = quality if quality is not None else Quality({c.subnet_label: math.nan}, {c.kv_label: math.nan})
-        r = predict(c, em.shape, param_count(em, sub), workload, latency_model, q, fused)
+        r = predict(c, em.shape, int(params.cost(sub)), workload, latency_model, q, fused)
         rows.append({"label": c.label, "candidate": c.__dict__.copy(), **r} | ({} if quality is not None else {"ppl": None}))
     return rows
 
