@@ -39,6 +39,7 @@ def one_line_error(r, *needles):
     (["--kv-budgets", "120%"], ["--kv-budgets", "(0, 100)"]),
     (["--policies", "h2o,lru"], ["--policies", "h2o, streaming, local"]),
     (["--text", "/nonexistent.txt"], ["--text", "does not exist"]),
+    (["--quality", "/nonexistent.json"], ["--quality", "does not exist"]),
 ])
 def test_bad_arguments_fail_before_work(tmp_path, elastic_folder, args, needles):
     base = {"--model": elastic_folder, "--budget": "mem=1GiB", "--out": tmp_path / "o"}
@@ -73,6 +74,12 @@ def test_fit_then_generate_from_the_plan(tmp_path, elastic_folder):
     assert json.loads((out / "cache.json").read_text())["policy"] == plan["chosen"]["policy"]
     assert (out / "model" / "config.json").is_file() and (out / "model" / "tokenizer.json").is_file()
     assert (out / "candidates.png").stat().st_size > 1000
+    # a second budget reusing the measured quality data of the first plan
+    r2 = run("fit", "--model", elastic_folder, "--budget", "mem=64MiB,latency=10s", "--prompt", 32, "--new", 4, "--batch", 2,
+             "--policies", "h2o,local", "--kv-budgets", "50%,20%", "--quality", out / "plan.json", "--out", tmp_path / "d2",
+             "--quiet")
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert json.loads((tmp_path / "d2" / "plan.json").read_text())["quality"] == plan["quality"]
     g = run("generate", "--plan", out, "--max-new-tokens", 3, "The device")
     assert g.returncode == 0, g.stderr[-3000:]
     assert g.stdout.startswith("The device") and f"cache {plan['chosen']['policy']}" in g.stdout

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from anybudget.cli_types import device, positive_int, utf8_file, writable_dir
+from anybudget.cli_types import device, existing_file, positive_int, utf8_file, writable_dir
 
 BUILD_HINT = "anybudget elastic build --model HF_FOLDER --text TRAIN.txt --out DIR"
 POLICIES = ("h2o", "streaming", "local", "random")
@@ -80,6 +80,8 @@ def register(sub) -> None:
     f.add_argument("--batch", type=positive_int, default=8, help="concurrent sequences (default 8)")
     f.add_argument("--out", required=True, type=writable_dir, help="folder for model/, cache.json, plan.json, candidates.png")
     f.add_argument("--text", type=utf8_file, default=None, help="held-out text for the quality data (default: the embedded passage)")
+    f.add_argument("--quality", type=existing_file, default=None,
+                   help="reuse the measured quality data of an earlier plan.json of this model (skips measuring it)")
     f.add_argument("--quality-tokens", type=at_least_two, default=256,
                    help="tokens per sequence of the measured KV quality curve (default 256)")
     f.add_argument("--policies", type=policy_list, default=("h2o", "streaming", "local"), help="KV policies (default h2o,streaming,local)")
@@ -101,7 +103,7 @@ def register(sub) -> None:
 def _fit(args) -> int:
     import torch
 
-    from anybudget.plan import ServingWorkload, fit_folder, write_plan
+    from anybudget.plan import Quality, ServingWorkload, fit_folder, write_plan
 
     cfg = json.loads((Path(args.model) / "model" / "config.json").read_text())
     limit = cfg.get("max_position_embeddings")
@@ -111,7 +113,13 @@ def _fit(args) -> int:
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = args.dtype or ("bfloat16" if dev.type == "cuda" else "float32")
     wl = ServingWorkload(args.prompt, args.new, args.batch, dtype)
-    plan, em = fit_folder(args.model, args.budget, wl, text=args.text, device=str(dev), policies=args.policies,
+    quality = None
+    if args.quality is not None:
+        try:
+            quality = Quality.from_dict(json.loads(Path(args.quality).read_text(encoding="utf-8"))["quality"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"error: --quality {args.quality!r} is not a plan.json with quality data ({e})") from None
+    plan, em = fit_folder(args.model, args.budget, wl, text=args.text, quality=quality, device=str(dev), policies=args.policies,
                           kv_percents=args.kv_budgets, max_trials=args.max_trials,
                           quality_tokens=args.quality_tokens, quiet=args.quiet)
     out = write_plan(plan, em, args.out, source_model_dir=Path(args.model) / "model")

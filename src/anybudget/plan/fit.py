@@ -196,10 +196,11 @@ def fit(em, budget, workload: ServingWorkload, quality: Quality, latency_model: 
     ``quality``: measured data (``device.measure_quality``); ``latency_model``: a fitted decode model
     (``device.decode_latency_model``), required for a latency budget. ``measure(dense_model, candidate,
     workload) -> {"step_s", "peak_bytes", ...}`` defaults to ``device.measure_candidate`` (tests inject
-    one). ``margin`` in [0, 1): a candidate is taken as predicted to fit when its predictions are within
-    ``(1 - margin)`` of the budget (head-room for timing noise; the measured check uses the budget
-    itself), or, when none is, within the budget. Raises BudgetError when nothing is predicted to fit (naming the smallest memory and latency
-    reachable) or when ``max_trials`` measured candidates all break the budget.
+    one). ``margin`` in [0, 1): candidates predicted within ``(1 - margin)`` of the budget are tried
+    first (head-room for timing noise; the measured check uses the budget itself), or, when there
+    are none, those within the budget. Raises BudgetError when nothing is predicted to fit (naming
+    the smallest memory and latency reachable) or when ``max_trials`` measured candidates all break
+    the budget.
     """
     from anybudget.plan.device import export_candidate, measure_candidate
 
