@@ -16,7 +16,7 @@ Phases (all numbers from this one run):
   5 quality check of the assumption: measured streaming perplexity of each chosen combined plan
     (dense export + its cache) against its predicted perplexity, while time is left
 
-GPU (one H100; ~6-8 min; needs the reference LM weights in the repo and the training tokens):
+GPU (one H100; ~7-8 min, guarded by --wall-seconds; needs the reference LM weights in the repo and the training tokens):
     python benchmarks/plan/fit_grid.py --out $OUT
   carried: .carry/zoo2/elastic_train4m.u16.xz (2.9 MB, the elastic benchmark's training tokens;
   any .u16.xz of reference-LM token ids works via --train)
@@ -72,7 +72,7 @@ def parse(argv=None):
                          "must pay for itself) and this x the slowest candidate (loose)")
     ap.add_argument("--max-trials", type=int, default=4)
     ap.add_argument("--margin", type=float, default=0.03, help="plans aim this fraction under each budget (noise)")
-    ap.add_argument("--wall-seconds", type=float, default=480,
+    ap.add_argument("--wall-seconds", type=float, default=450,
                     help="past this, no new grid budget and no further quality check is started")
     ap.add_argument("--smoke", action="store_true", help="tiny random model on the CPU, every phase, seconds")
     ap.add_argument("--quiet", action="store_true")
