@@ -10,13 +10,15 @@ Phases (all numbers from this one run):
     policy x budget on the full model, as ratios to the full cache (``plan.measure_quality``)
   3 the decode latency model: elastic decode tables at two cached lengths + overheads fitted from
     measured ``generate`` runs (``plan.decode_latency_model``)
-  4 the grid: memory levels x latency levels set from the full model's predicted cost (so the grid
-    spans the trade-off on any GPU); per budget three ``plan.fit`` calls (both / elastic / kv), each
-    measuring its choice and falling back while a measurement breaks the budget
-  5 quality check of the assumption: measured streaming perplexity of each chosen combined plan
-    (dense export + its cache) against its predicted perplexity, while time is left
+  4 the grid: 3 memory levels (fractions of the full model's predicted peak) x 2 latency levels
+    (tight: just above the slowest full-cache candidate; loose: above every candidate; a small
+    model's decode step is host-bound, so latency separates cache policies more than widths);
+    per budget three ``plan.fit`` calls (both / elastic only / kv only), each measuring its choice
+    and falling back while a measurement breaks the budget
+  5 quality check of the assumption: measured streaming perplexity of the chosen plans (dense
+    export + its cache; combined plans first, then single-technique ones) while time is left
 
-GPU (one H100; ~7-8 min, guarded by --wall-seconds; needs the reference LM weights in the repo and the training tokens):
+GPU (one H100; ~7-8 min, guarded by --wall-seconds; needs the reference LM weights and training tokens):
     python benchmarks/plan/fit_grid.py --out $OUT
   carried: .carry/zoo2/elastic_train4m.u16.xz (2.9 MB, the elastic benchmark's training tokens;
   any .u16.xz of reference-LM token ids works via --train)
