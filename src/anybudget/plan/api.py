@@ -36,10 +36,9 @@ def fit_folder(model_dir, budget, workload: ServingWorkload, text: str | os.Path
 
     budget = check_budget(budget)
     em, _meta = load_elastic_folder(model_dir, device)
-    if budget.mem is not None:  # memory is analytic: checked before anything is measured
-        check_reachable(em, f"mem={budget.mem}", workload, None, policies, kv_percents, techniques)
     lat, calib = decode_latency_model(em, workload, policies, min(kv_percents), calibrate=True)
-    check_reachable(em, budget, workload, lat, policies, kv_percents, techniques)  # before measuring quality
+    # before the quality data (the costly part) is measured; the error names the smallest memory and latency
+    check_reachable(em, budget, workload, lat, policies, kv_percents, techniques)
     if quality is None:
         from transformers import AutoTokenizer
 
