@@ -119,7 +119,11 @@ class Plan:
         for r in self.table[:rows]:
             t = measured.get(r["label"])
             mark = "->" if r["label"] == self.candidate.label else ("x " if t and not t["meets"] else "  ")
-            mm = f"{t['measured']['peak_bytes'] / 2**20:10.1f}{t['measured']['step_s'] * 1e3:9.3f}" if t else f"{'-':>10}{'-':>9}"
+            if t:  # a step below timing resolution (few new tokens on a busy CPU) reads as ~0
+                ms = t["measured"]["step_s"] * 1e3
+                mm = f"{t['measured']['peak_bytes'] / 2**20:10.1f}" + (f"{ms:9.3f}" if ms > 0 else f"{'~0':>9}")
+            else:
+                mm = f"{'-':>10}{'-':>9}"
             lat = f"{r['latency_s'] * 1e3:9.3f}" if r["latency_s"] is not None else f"{'-':>9}"
             lines.append(f"{mark}{r['label']:<28}{r['mem'] / 2**20:10.1f}{lat}{r['ppl']:10.2f}{mm}")
         return "\n".join(lines)
