@@ -17,12 +17,13 @@ from anybudget.cli_types import device  # standard library only: --help stays in
 # (kv adds `generate`) are routed to it through _ROUTES.
 _GROUPS = {
     "kv": ("anybudget.kv.cli", "KV-cache eviction: H2O heavy hitters, StreamingLLM sinks (eval)"),
-    "generate": ("anybudget.kv.cli", "generate text from a local model under a KV budget"),
+    "generate": ("anybudget.plan.cli", "generate text from a local model under a KV budget, or from a plan (--plan)"),
     "ssm": ("anybudget.ssm.cli", "polarized Mamba: MQAR training/eval, recency and over-smoothing"),
     "nas": ("anybudget.nas.cli", "TE-NAS training-free architecture search on NAS-Bench-201"),
     "splat": ("anybudget.splat.cli", "LightGaussian: compress 3DGS scenes to a size budget (train, eval)"),
     "elastic": ("anybudget.elastic.cli", "Flextron elastic sub-networks: build, export for a latency/mem/params budget, eval"),
     "prune": ("anybudget.prune.cli", "lottery tickets: IMP with rewinding, masks as data, 2:4 export"),
+    "fit": ("anybudget.plan.cli", "plan an elastic sub-network + KV cache for a mem/latency budget, measured"),
 }
 
 

@@ -4,6 +4,8 @@
 2. Reports the KV-cache memory of each at the end of generation.
 3. Streams a held-out passage (``assets/reflm/sample.txt``, from the test split of the reference
    corpus, never trained on) through full, H2O and local-window caches and prints perplexities.
+4. Plans the model for two memory budgets with ``anybudget fit``'s planner (``anybudget.plan.demo``:
+   elastic sub-network x KV cache, the choice measured).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ def _cache_bytes_full(cache) -> int:
                for layer in cache.layers)
 
 
-def run_demo(model=None, budget="kv=20%", tokens=64, device=None, quiet=False) -> int:
+def run_demo(model=None, budget="kv=20%", tokens=64, device=None, quiet=False, plan=True) -> int:
     import torch
     from transformers import DynamicCache
 
@@ -66,5 +68,14 @@ def run_demo(model=None, budget="kv=20%", tokens=64, device=None, quiet=False) -
     base = ppl["full"]
     for name, v in ppl.items():
         print(f"  {name:<12} perplexity {v:8.2f}   x{v / base:.3f} of full")
+    pct = kvq.value if kvq.is_percent else 100.0 * kvq.value / ids.shape[1]  # a token budget, on this passage
+    if plan and pct < 100:
+        from anybudget.elastic import UnsupportedModelError
+        from anybudget.plan.demo import plan_demo
+
+        try:
+            plan_demo(lm, ids, {"full": ppl["full"], "h2o": ppl[f"h2o {kvq}"], "local": ppl[f"local {kvq}"]}, pct)
+        except UnsupportedModelError as e:
+            print(f"\n(no plan part: {e})")
     print(f"\ndone in {time.perf_counter() - t0:.1f} s")
     return 0

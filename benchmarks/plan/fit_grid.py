@@ -1,0 +1,295 @@
+"""anybudget fit on the reference LM, one GPU call: a grid of memory x latency budgets; for each, the
+combined plan (elastic sub-network x KV cache) and the best single-technique plans (elastic only with
+the full cache; the full model with KV eviction only), every one *measured* on the device.
+
+Phases (all numbers from this one run):
+  1 a quick elastic build of the reference LM (``anybudget.elastic.pipeline.build_elastic``:
+    importance + permutation, ``--train-steps`` of elastic distillation, prefill latency table, a
+    short router phase), kept in ``--build`` (git-ignored) so a re-run resumes or reuses it
+  2 quality data: test perplexity of every uniform sub-network; streaming perplexity of each KV
+    policy x budget on the full model, as ratios to the full cache (``plan.measure_quality``)
+  3 the decode latency model: elastic decode tables at two cached lengths + overheads fitted from
+    measured ``generate`` runs (``plan.decode_latency_model``)
+  4 the grid: 3 memory levels (fractions of the full model's predicted peak) x 2 latency levels
+    (tight: just above the slowest full-cache candidate; loose: above every candidate; a small
+    model's decode step is host-bound, so latency separates cache policies more than widths);
+    per budget three ``plan.fit`` calls (both / elastic only / kv only), each measuring its choice
+    and falling back while a measurement breaks the budget
+  5 quality check of the assumption: measured streaming perplexity of the chosen plans (dense
+    export + its cache; combined plans first, then single-technique ones) while time is left
+
+GPU (one H100; ~7-8 min, guarded by --wall-seconds; needs the reference LM weights and training tokens):
+    python benchmarks/plan/fit_grid.py --out $OUT
+  carried: .carry/zoo2/elastic_train4m.u16.xz (2.9 MB, the elastic benchmark's training tokens;
+  any .u16.xz of reference-LM token ids works via --train)
+CPU smoke (tiny random model, every phase, seconds):  python benchmarks/plan/fit_grid.py --smoke --out /tmp/fg
+Writes to --out: plan_fit_grid.json (results record), plan_fit_grid.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+from anybudget import plan as P
+from anybudget.budget import BudgetError
+from anybudget.elastic.data import read_tokens
+from anybudget.io import atomic_path, write_results
+from anybudget.plan.fit import predict_all
+
+KINDS = {"plan": ("elastic", "kv"), "elastic_only": ("elastic",), "kv_only": ("kv",)}
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(ROOT / "src/anybudget/assets/reflm"))
+    ap.add_argument("--train", default=str(ROOT / ".carry/zoo2/elastic_train4m.u16.xz"), help="training tokens (.u16.xz)")
+    ap.add_argument("--test", default=str(ROOT / "benchmarks/zoo/data/test.u16.xz"), help="held-out tokens (.u16.xz)")
+    ap.add_argument("--build", default=str(ROOT / "benchmarks/plan/build/elastic_reflm"), help="elastic build folder")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--train-steps", type=int, default=400)
+    ap.add_argument("--train-batch", type=int, default=32)
+    ap.add_argument("--train-seq", type=int, default=512)
+    ap.add_argument("--lr", type=float, default=1.5e-4, help="elastic training lr (the elastic benchmark's)")
+    ap.add_argument("--prompt", type=int, default=2048)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--policies", default="h2o,streaming,local")
+    ap.add_argument("--kv-budgets", default="50,20,10", help="percent")
+    ap.add_argument("--quality-seq", type=int, default=1024, help="tokens per streamed sequence (KV curve, check)")
+    ap.add_argument("--quality-seqs", type=int, default=8)
+    ap.add_argument("--eval-tokens", type=int, default=131_072, help="test tokens for sub-network perplexity")
+    ap.add_argument("--mem-levels", default="0.85,0.7,0.55", help="memory budgets as fractions of the full model's")
+    ap.add_argument("--latency-slack", type=float, default=1.1,
+                    help="latency budgets: this x the slowest full-cache candidate (tight: eviction's bookkeeping "
+                         "must pay for itself) and this x the slowest candidate (loose)")
+    ap.add_argument("--max-trials", type=int, default=4)
+    ap.add_argument("--margin", type=float, default=0.03, help="plans aim this fraction under each budget (noise)")
+    ap.add_argument("--wall-seconds", type=float, default=450,
+                    help="past this, no new grid budget and no further quality check is started")
+    ap.add_argument("--smoke", action="store_true", help="tiny random model on the CPU, every phase, seconds")
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        torch.set_num_threads(1)
+        a.train_steps, a.train_batch, a.train_seq, a.prompt, a.new, a.batch = 2, 2, 32, 48, 4, 2
+        a.quality_seq, a.quality_seqs, a.eval_tokens, a.max_trials = 24, 2, 2048, 3
+    return a
+
+
+def smoke_inputs(tmp: Path):
+    """A tiny random Llama folder (reference-LM tokenizer not needed: token files are ids) and tokens."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=2)
+    LlamaForCausalLM(cfg).save_pretrained(str(tmp / "base"))
+    g = np.random.default_rng(0)
+    return tmp / "base", g.integers(0, 512, 20_000, dtype=np.int64), g.integers(0, 512, 4_000, dtype=np.int64)
+
+
+def build(a, model_dir, train_tokens, dev):
+    from anybudget.elastic import ElasticTrainConfig, RouterTrainConfig, Workload
+    from anybudget.elastic.pipeline import build_elastic
+
+    train = ElasticTrainConfig(steps=a.train_steps, lr=a.lr, checkpoint_every=max(1, a.train_steps // 4))
+    router = RouterTrainConfig(steps=20 if a.smoke else 100, surrogate_samples=4 if a.smoke else 32)
+    wl = Workload(batch=1, seq=32, dtype="float32") if a.smoke else None
+    return build_elastic(model_dir, train_tokens, a.build, train, router, wl, batch=a.train_batch, seq=a.train_seq,
+                         calib_batches=2 if a.smoke else 8, device=str(dev), quiet=a.quiet)
+
+
+def levels(text):
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def grid(a, rows):
+    """Memory levels as fractions of the full model's predicted peak (at least 1.05 x the smallest
+    reachable); two latency levels, since a small model's decode step is host-bound and its latency
+    differs mainly by cache policy: tight (``slack`` x the slowest full-cache candidate) and loose
+    (``slack`` x the slowest candidate)."""
+    full = max(rows, key=lambda r: (r["candidate"]["kv_groups"], r["candidate"]["mlp_width"],
+                                    r["candidate"]["policy"] == "full"))
+    lo_mem = min(r["mem"] for r in rows)
+    tight = a.latency_slack * max(r["latency_s"] for r in rows if r["candidate"]["policy"] == "full")
+    loose = max(a.latency_slack * max(r["latency_s"] for r in rows), 1.25 * tight)  # two distinct levels
+    out = []
+    for fm in levels(a.mem_levels):
+        for lat in (tight, loose):
+            mem = max(fm * full["mem"], 1.05 * lo_mem)
+            out.append(f"mem={math.ceil(mem / 2**10)}KiB,latency={lat * 1e3:.4f}ms")
+    return out, full
+
+
+def plan_row(p: P.Plan) -> dict:
+    return {"chosen": p.candidate.label, "predicted_mem": p.predicted["mem"], "predicted_latency_s": p.predicted["latency_s"],
+            "predicted_ppl": p.predicted["ppl"], "measured_peak_bytes": p.measured["peak_bytes"],
+            "measured_step_s": p.measured["step_s"], "peak_kind": p.measured["peak_kind"],
+            "trials": [{"label": t["label"], "meets": t["meets"], "peak_bytes": t["measured"]["peak_bytes"],
+                        "step_s": t["measured"]["step_s"]} for t in p.trials]}
+
+
+@torch.no_grad()
+def measured_ppl(em, c: P.Candidate, ids) -> float:
+    """Streaming perplexity of the dense export of ``c`` with its cache (full cache: one forward)."""
+    from transformers import DynamicCache
+
+    from anybudget.kv import enable
+    from anybudget.kv.evaluate import streaming_nll
+    from anybudget.plan.device import make_plan_cache
+
+    dense = enable(P.export_candidate(em, c, dtype=torch.bfloat16 if ids.is_cuda else torch.float32))
+    if c.policy == "full":
+        nll = streaming_nll(dense, ids, DynamicCache(), chunk=ids.shape[1])
+    else:
+        nll = streaming_nll(dense, ids, make_plan_cache(c.policy, c.kv_budget), chunk=1)
+    return math.exp(float(nll.float().mean()))
+
+
+def main(argv=None) -> int:
+    a = parse(argv)
+    t_start = time.perf_counter()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cuda" if torch.cuda.is_available() and not a.smoke else "cpu")
+    phases = {}
+    if a.smoke:
+        a.build = str(out / "build")
+        model_dir, train_tokens, test_tokens = smoke_inputs(out / "build")
+    else:
+        done = (Path(a.build) / "elastic.json").is_file() and "router" in json.loads(
+            (Path(a.build) / "elastic.json").read_text()).get("phases", [])
+        if not done and not Path(a.train).is_file():
+            raise SystemExit(f"error: --train {a.train} is missing: carry .carry/zoo2/elastic_train4m.u16.xz (the elastic "
+                             "benchmark's training tokens) or give any .u16.xz of reference-LM token ids")
+        model_dir, test_tokens = a.model, read_tokens(a.test)
+        train_tokens = read_tokens(a.train) if not done else np.zeros(a.train_seq * 4, dtype=np.int64)
+    t = time.perf_counter()
+    meta = build(a, model_dir, train_tokens, dev)
+    phases["build_s"] = time.perf_counter() - t
+    em, _ = P.load_elastic_folder(a.build, device=str(dev))
+    policies = tuple(p for p in a.policies.split(",") if p)
+    pcts = tuple(levels(a.kv_budgets))
+    t = time.perf_counter()
+    quality = P.measure_quality(em, torch.as_tensor(test_tokens.astype(np.int64)), policies, pcts, seq=a.train_seq,
+                                max_tokens=a.eval_tokens, kv_seq=a.quality_seq, kv_seqs=a.quality_seqs)
+    phases["quality_s"] = time.perf_counter() - t
+    wl = P.ServingWorkload(a.prompt, a.new, a.batch, "bfloat16" if dev.type == "cuda" else "float32")
+    t = time.perf_counter()
+    lat, calib = P.decode_latency_model(em, wl, policies, min(pcts))
+    phases["latency_model_s"] = time.perf_counter() - t
+    rows = predict_all(em, wl, quality, lat, policies, pcts)
+    budgets, full = grid(a, rows)
+    results = []
+    t = time.perf_counter()
+    for b in budgets:
+        if time.perf_counter() - t_start > a.wall_seconds:  # keep the call under its limit; say so in the record
+            phases["grid_stopped_at_budget"] = b
+            break
+        entry = {"budget": b}
+        for kind, tech in KINDS.items():
+            try:
+                p = P.fit(em, b, wl, quality, lat, policies, pcts, tech, a.max_trials, margin=a.margin, quiet=a.quiet)
+                entry[kind] = plan_row(p)
+            except BudgetError as e:
+                entry[kind] = {"error": str(e)}
+        if not a.quiet:
+            print(b, {k: entry[k].get("chosen", "infeasible") for k in KINDS}, flush=True)
+        results.append(entry)
+    phases["grid_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    n = min(a.quality_seqs, len(test_tokens) // a.quality_seq)
+    ids = torch.as_tensor(test_tokens[-n * a.quality_seq:].astype(np.int64)).view(n, a.quality_seq).to(dev)
+    checked = {}
+    for kind in KINDS:  # the combined plans first, then the single-technique ones, while time is left
+        for e in results:
+            lab = e[kind].get("chosen")
+            if lab is None or lab in checked or time.perf_counter() - t_start > a.wall_seconds:
+                continue
+            c = next(P.Candidate(**r["candidate"]) for r in rows if r["label"] == lab)
+            pred = next(r["ppl"] for r in rows if r["label"] == lab)
+            checked[lab] = {"predicted_ppl": pred, "measured_ppl": measured_ppl(em, c, ids)}
+    phases["quality_check_s"] = time.perf_counter() - t
+    summary = summarize(results, checked)
+    metrics = {"grid": results, "summary": summary, "quality_check": checked, "full_model": {
+        "label": full["label"], "predicted_mem": full["mem"], "predicted_latency_s": full["latency_s"], "ppl": full["ppl"]},
+        "quality": quality.to_dict(), "latency_model": lat.to_dict() | {"calibration": calib},
+        "build": {k: meta.get(k) for k in ("phases", "train")}, "phases_s": phases,
+        "total_s": time.perf_counter() - t_start}
+    config = {"model": str(a.model) if not a.smoke else "smoke", "workload": wl.__dict__, "policies": policies,
+              "kv_percents": pcts, "train_steps": a.train_steps, "train_batch": a.train_batch, "train_seq": a.train_seq,
+              "quality_seq": a.quality_seq, "quality_seqs": a.quality_seqs, "mem_levels": a.mem_levels,
+              "latency_slack": a.latency_slack, "max_trials": a.max_trials, "margin": a.margin, "smoke": a.smoke,
+              "assumptions": ["quality: ppl(sub-network) x KV ratio measured on the full model",
+                              "latency: per decoding step of the whole batch (one new token per sequence)"]}
+    write_results("plan_fit_grid", config, metrics, {"single_technique": ["elastic_only", "kv_only"]}, out_dir=out)
+    plot(results, out / "plan_fit_grid.png")
+    print(f"wrote {out / 'plan_fit_grid.json'} ({summary}) in {metrics['total_s']:.0f} s")
+    return 0
+
+
+def summarize(results, checked) -> dict:
+    """Counts over the grid; ``*_measured_ppl`` compare the plans' streaming perplexity measured here."""
+    n = len(results)  # budgets run (fewer than the grid's if the wall-clock guard stopped it)
+    met = [e for e in results if "chosen" in e["plan"]]
+    out = {"budgets": n, "plans_found": len(met),
+           "plans_meet_budget_measured": len(met) == n and all(e["plan"]["trials"][-1]["meets"] for e in met)}
+    for key, value in (("predicted_ppl", lambda r: r["predicted_ppl"]),
+                       ("measured_ppl", lambda r: checked.get(r["chosen"], {}).get("measured_ppl"))):
+        ge = strict = compared = 0
+        for e in met:
+            mine = value(e["plan"])
+            singles = [value(e[k]) for k in ("elastic_only", "kv_only") if "chosen" in e[k]]
+            if mine is None or any(v is None for v in singles):
+                continue
+            best = min(singles) if singles else math.inf
+            compared += 1
+            ge += mine <= best * (1 + 1e-6)
+            strict += mine < best * (1 - 1e-6)
+        out[f"compared_{key}"] = compared
+        out[f"plan_at_least_best_single_{key}"] = ge
+        out[f"plan_strictly_better_{key}"] = strict
+    return out
+
+
+def plot(results, path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(results)), 4))
+    w = 0.27
+    for i, (kind, color) in enumerate((("plan", "C0"), ("elastic_only", "C1"), ("kv_only", "C2"))):
+        xs = [j + (i - 1) * w for j, e in enumerate(results) if "chosen" in e[kind]]
+        ys = [e[kind]["predicted_ppl"] for e in results if "chosen" in e[kind]]
+        ax.bar(xs, ys, w, color=color, label=kind.replace("_", " "))
+        for j, e in enumerate(results):
+            if "chosen" not in e[kind]:
+                ax.text(j + (i - 1) * w, 0.02, "none", rotation=90, ha="center", va="bottom", fontsize=7,
+                        transform=ax.get_xaxis_transform())
+    ax.set_xticks(range(len(results)))
+    ax.set_xticklabels([e["budget"].replace(",", "\n") for e in results], fontsize=7)
+    ax.set_ylabel("perplexity (predicted from measured parts)")
+    ax.set_yscale("log")
+    ax.set_title("anybudget fit: combined plan vs single-technique plans, each measured within its budget", fontsize=9)
+    ax.legend(fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
