@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["attention_with_colsum", "attention_with_colsum_reference", "masked_sdpa"]
+__all__ = [
+    "attention_with_colsum",
+    "attention_with_colsum_reference",
+    "budget_attention",
+    "masked_sdpa",
+    "slot_decode_attention",
+]
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> None:
@@ -165,3 +171,42 @@ def masked_sdpa(q, k, v, *, scale=None, key_mask=None) -> torch.Tensor:
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=G > 1)
     # A fully hidden row gives NaN in SDPA; those queries (padding) must output zeros.
     return torch.where(mask.any(-1, keepdim=True), out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None) -> torch.Tensor:
+    """One decoding step over static slots: the query sees every valid slot (slots are not in
+    position order, so no causal mask), plain PyTorch ops that ``torch.compile`` fuses.
+
+    q: (B, Hq, 1, D); k, v: (B, Hkv, S, D); key_mask: (B, Hkv, S) bool, at least one True per row.
+    colsum_out: float32 (B, Hkv, S) the attention each slot received is added to (H2O scores).
+    Logits are computed in the inputs' dtype and softmaxed in float32 (as Hugging Face's eager
+    attention does). Returns (B, Hq, 1, D).
+    """
+    B, Hq, _, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    scale = D**-0.5 if scale is None else scale
+    logits = torch.matmul(q.view(B, Hkv, G, D), k.transpose(-1, -2)).float() * scale  # (B, Hkv, G, S)
+    logits = logits.masked_fill(~key_mask[:, :, None, :], float("-inf"))
+    p = torch.softmax(logits, dim=-1)
+    out = torch.matmul(p.to(v.dtype), v)  # (B, Hkv, G, D)
+    if colsum_out is not None:
+        colsum_out.add_(p.sum(2))
+    return out.view(B, Hq, 1, v.shape[-1])
+
+
+def budget_attention(q, k, v, *, scale=None, key_mask=None, colsum_out=None, needs_scores: bool, decode_slots: bool):
+    """The attention of a budgeted cache's layer: prefill (causal over the newest keys; with the
+    column sums when the policy needs scores) or a static decoding step over slots.
+    Returns (out (B, Hq, Lq, D), column sums or None)."""
+    if decode_slots:
+        col = colsum_out if needs_scores else None
+        return slot_decode_attention(q, k, v, scale=scale, key_mask=key_mask, colsum_out=col), col
+    if needs_scores:
+        # Query chunk so that one chunk's float32 logits stay under ~256 MB (prefill memory).
+        B, Hq, _, _ = q.shape
+        chunk = max(16, min(1024, (1 << 26) // max(1, B * Hq * k.shape[2])))
+        out, col = attention_with_colsum(q, k, v, scale=scale, causal=True, key_mask=key_mask, chunk_size=chunk,
+                                         colsum_out=colsum_out)
+        return out, col
+    return masked_sdpa(q, k, v, scale=scale, key_mask=key_mask), None
