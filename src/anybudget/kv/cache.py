@@ -167,14 +167,13 @@ class KVBudgetCache(Cache):
         return sum(layer.used_bytes() for layer in self.layers)
 
     def kept_positions(self, layer_idx: int = 0):
-        """Original positions kept by one layer: (B, H, kept) sorted ascending (for inspection/tests;
-        a static layer lists its valid slots, padding rows' free slots as -1 first)."""
+        """Original positions kept by one layer: (B, H, slots) sorted ascending (for inspection and
+        tests); slots that hold no token (padding, free slots of a static cache) read -1, first."""
         import torch
 
         layer = self.layers[layer_idx]
-        if isinstance(layer, StaticSlotLayer):
-            return torch.sort(torch.where(layer.valid, layer.pos, -1), dim=-1).values
-        return torch.sort(layer.pos[:, :, : layer.length], dim=-1).values
+        n = layer.valid.shape[-1] if isinstance(layer, StaticSlotLayer) else layer.length
+        return torch.sort(torch.where(layer.valid[:, :, :n], layer.pos[:, :, :n], -1), dim=-1).values
 
 
 class H2OCache(KVBudgetCache):
