@@ -40,8 +40,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-from anybudget import kv  # noqa: E402
-from anybudget.io import write_results  # noqa: E402
+from anybudget import kv
+from anybudget.io import write_results
 
 GiB = 2**30
 CUDA = torch.cuda.is_available()
@@ -52,10 +52,10 @@ BUDGET_ROWS = [("h2o", "20%"), ("h2o", "10%"), ("streaming", "20%"), ("streaming
 def build_model(smoke: bool, max_pos: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    dims = (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=4, vocab_size=100) if smoke else
-            dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
-                 num_key_value_heads=16, vocab_size=32000))
+    dims = ({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 4, "vocab_size": 100} if smoke else
+            {"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 24, "num_attention_heads": 16,
+             "num_key_value_heads": 16, "vocab_size": 32000})
     cfg = LlamaConfig(max_position_embeddings=max_pos, **dims)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
@@ -154,7 +154,7 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes):
     dev = model.device
     ids = torch.randint(1, cfg.vocab_size, (B, P), generator=g).to(dev)
     mask = torch.ones_like(ids)
-    gen = dict(input_ids=ids, attention_mask=mask, do_sample=False, min_new_tokens=N)
+    gen = {"input_ids": ids, "attention_mask": mask, "do_sample": False, "min_new_tokens": N}
     if compile_config is not None:
         gen["compile_config"] = compile_config
     if row == "hf_static":
@@ -199,7 +199,10 @@ def plan(prompts, smoke):
     """(row, prompt, batches) in priority order: the two compared paths swept first."""
     start = {p: (1 if smoke else (8 if p <= 2048 else 2)) for p in prompts}
     cap = 2 if smoke else 1024
-    sweep = lambda p: [b for b in (start[p] * 2**i for i in range(12)) if b <= cap]  # noqa: E731
+
+    def sweep(p):
+        return [b for b in (start[p] * 2**i for i in range(12)) if b <= cap]
+
     ref = {p: (2 if smoke else (64 if p <= 2048 else 16)) for p in prompts}
     jobs = [(r, p, sweep(p)) for p in prompts for r in ("hf_static", "h2o_20")]
     jobs += [(r, p, [ref[p]]) for p in prompts for r in ("hf_dynamic", "ab_full")]
@@ -210,7 +213,10 @@ def plan(prompts, smoke):
 
 def summarize(rows, prompts, ref):
     ok = [r for r in rows if "decode_ms_per_step" in r]
-    get = lambda row, p, b: next((r for r in ok if r["row"] == row and r["prompt"] == p and r["batch"] == b), None)  # noqa: E731
+
+    def get(row, p, b):
+        return next((r for r in ok if r["row"] == row and r["prompt"] == p and r["batch"] == b), None)
+
     s = {"ratio_definition": "HF static+compile over the row: step ratios are HF ms/step / row ms/step, "
                              "throughput ratios row tok/s / HF tok/s (> 1: the budgeted cache is faster)"}
     for p in prompts:
@@ -334,7 +340,7 @@ def main(argv=None):
                 print("OOM", row, B, P, flush=True)
                 save()
                 break
-            except Exception as e:  # keep going: one failing row must not lose the others
+            except Exception as e:  # noqa: BLE001 - keep going: one failing row must not lose the others
                 cleanup(model)
                 rows.append({"row": row, "batch": B, "prompt": P, "error": f"{type(e).__name__}: {e}"[:500]})
                 print("ERROR", row, B, P, e, flush=True)
