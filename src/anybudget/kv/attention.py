@@ -5,13 +5,20 @@ Sec. 3.2). SDPA / FlashAttention never materialize the probabilities, and the us
 (eager attention with ``output_attentions``) holds the whole (batch, heads, n, n) matrix. Here the
 column sums are accumulated chunk by chunk over queries: extra memory O(chunk * n), never n x n.
 
-``attention_with_colsum`` is the reference (PyTorch, any device); on CUDA the Triton kernels in
-``kernels_triton.py`` are used when triton is installed (``pip install 'anybudget[gpu]'``).
+``attention_with_colsum`` dispatches: on CUDA with triton installed (``pip install
+'anybudget[gpu]'``) the decode kernels (``decode_triton.py``) for one query per sequence, the
+two-pass kernels (``kernels_triton.py``) otherwise; elsewhere the PyTorch reference. The kernel
+files import only ``contract.py`` and ``triton_blocks.py`` (leaves). ``budget_attention`` is what a
+budgeted cache's layer runs: a prompt (causal, with column sums when the policy needs scores) or
+a static decoding step over slots (``slot_decode_attention``, plain PyTorch that compiles).
 """
 
 from __future__ import annotations
 
 import torch
+
+from anybudget.kv.contract import check_colsum_out as _check_colsum_out
+from anybudget.kv.contract import check_qkv as _check
 
 __all__ = [
     "attention_with_colsum",
@@ -19,32 +26,8 @@ __all__ = [
     "budget_attention",
     "masked_sdpa",
     "slot_decode_attention",
+    "triton_attention_with_colsum",
 ]
-
-
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be 4-D (batch, heads, seq, head_dim); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    B, Hq, Lq, D = q.shape
-    if k.shape[0] != B or v.shape[:3] != k.shape[:3] or k.shape[3] != D:
-        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} do not match q {tuple(q.shape)}")
-    if Hq % k.shape[1]:
-        raise ValueError(f"query heads ({Hq}) must be a multiple of key/value heads ({k.shape[1]})")
-    if Lq > k.shape[2]:
-        raise ValueError(f"more queries ({Lq}) than keys ({k.shape[2]}): the queries must be the newest keys")
-    if key_mask is not None and key_mask.shape not in ((B, k.shape[2]), (B, k.shape[1], k.shape[2])):
-        raise ValueError(f"key_mask {tuple(key_mask.shape)} must be (batch, keys) or (batch, kv_heads, keys)")
-
-
-def _check_colsum_out(colsum_out: torch.Tensor, B: int, Hkv: int, Lk: int, device) -> None:
-    """``colsum_out`` must be a float32 (B, Hkv, Lk) tensor on ``device`` with unit last stride."""
-    if (not isinstance(colsum_out, torch.Tensor) or tuple(colsum_out.shape) != (B, Hkv, Lk)
-            or colsum_out.dtype != torch.float32 or colsum_out.device != torch.device(device)
-            or colsum_out.stride(-1) != 1):
-        got = (f"{tuple(colsum_out.shape)} {colsum_out.dtype} on {colsum_out.device}"
-               if isinstance(colsum_out, torch.Tensor) else type(colsum_out).__name__)
-        raise ValueError(f"colsum_out must be a float32 ({B}, {Hkv}, {Lk}) tensor on {device} with unit stride "
-                         f"in the last dimension; got {got}")
 
 
 def _matmul_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -125,6 +108,27 @@ def _triton_available(t: torch.Tensor) -> bool:
     return True
 
 
+def triton_attention_with_colsum(q, k, v, *, scale=None, causal=True, key_mask=None, decode_kernel=None,
+                                 colsum_out=None):
+    """The Triton kernels, prefill or decode (same contract as :func:`attention_with_colsum_reference`).
+
+    One query per sequence (a decoding step) goes to the decode kernels of ``decode_triton.py``:
+    fewer launches and less host time per call, which is what a decoding step is bound by at the
+    sizes of ``kv_speed_decode.json`` (in GPU time alone the two passes are faster at some shapes
+    of ``kv_decode_kernel.json``); otherwise the two passes of ``kernels_triton.py``.
+    ``decode_kernel`` forces one (True: decode, needs ``G * Lq <= 128``; False: two passes).
+    """
+    G = q.shape[1] // k.shape[1]
+    if decode_kernel or (decode_kernel is None and q.shape[2] == 1 and G <= 128):
+        from anybudget.kv.decode_triton import decode_attention_with_colsum_triton
+
+        return decode_attention_with_colsum_triton(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
+                                                   colsum_out=colsum_out)
+    from anybudget.kv.kernels_triton import attention_with_colsum_triton
+
+    return attention_with_colsum_triton(q, k, v, scale=scale, causal=causal, key_mask=key_mask, colsum_out=colsum_out)
+
+
 def attention_with_colsum(q, k, v, *, scale=None, causal=True, key_mask=None, chunk_size=1024, colsum_out=None):
     """Dispatch: Triton kernels on CUDA when available, else the chunked PyTorch reference.
 
@@ -132,10 +136,8 @@ def attention_with_colsum(q, k, v, *, scale=None, causal=True, key_mask=None, ch
     (B, Hkv, Lk) tensor the column sums are added to (H2O's running scores), returned as colsum.
     """
     if _triton_available(q):  # the Triton paths check colsum_out themselves (once per call)
-        from anybudget.kv.kernels_triton import attention_with_colsum_triton
-
         _check(q, k, v, key_mask)
-        return attention_with_colsum_triton(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
+        return triton_attention_with_colsum(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
                                             colsum_out=colsum_out)
     if colsum_out is not None:
         _check_colsum_out(colsum_out, q.shape[0], k.shape[1], k.shape[2], q.device)
