@@ -196,18 +196,21 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes):
 
 
 def plan(prompts, smoke):
-    """(row, prompt, batches) in priority order: the two compared paths swept first."""
-    start = {p: (1 if smoke else (8 if p <= 2048 else 2)) for p in prompts}
+    """(row, prompt, batches) in priority order: the compared pair at the reference batch of each
+    prompt, plain use at a large batch, the pair's batch sweeps (doubling until out of memory,
+    the reference batch not repeated), then the other rows at the reference batch."""
+    start = {p: (1 if smoke else (8 if p <= 2048 else 4)) for p in prompts}
     cap = 2 if smoke else 1024
+    ref = {p: (2 if smoke else (64 if p <= 2048 else 16)) for p in prompts}
 
     def sweep(p):
         return [b for b in (start[p] * 2**i for i in range(12)) if b <= cap]
 
-    ref = {p: (2 if smoke else (64 if p <= 2048 else 16)) for p in prompts}
-    jobs = [(r, p, sweep(p)) for p in prompts for r in ("hf_static", "h2o_20")]
+    jobs = [(r, p, [ref[p]]) for p in prompts for r in ("hf_static", "h2o_20")]
+    jobs += [("h2o_dynamic", prompts[0], [4 if smoke else 256])]
+    jobs += [(r, p, sweep(p)) for p in prompts for r in ("hf_static", "h2o_20")]
     jobs += [(r, p, [ref[p]]) for p in prompts for r in ("hf_dynamic", "ab_full")]
     jobs += [(f"{pol}_{pct[:-1]}", p, [ref[p]]) for p in prompts for pol, pct in BUDGET_ROWS if (pol, pct) != ("h2o", "20%")]
-    jobs += [("h2o_dynamic", prompts[0], [4 if smoke else 256])]
     return jobs, ref
 
 
@@ -278,7 +281,10 @@ def main(argv=None):
     ap.add_argument("--name", default="kv_serving")
     ap.add_argument("--prompts", default=None, help="comma list (default 2048,8192; smoke 16,32)")
     ap.add_argument("--new-tokens", type=int, default=None, help="default 128 (smoke 6)")
-    ap.add_argument("--minutes", type=float, default=8.3, help="wall-clock guard for the whole run")
+    ap.add_argument("--minutes", type=float, default=7.5, help="wall-clock guard for the whole run")
+    ap.add_argument("--static-shapes", action="store_true",
+                    help="compile with transformers' default (dynamic=None: static first, dynamic after a "
+                         "recompilation) instead of dynamic=True for every compiled row")
     ap.add_argument("--rows", default=None, help="comma list of rows to run (default all, in priority order)")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: the same code path in seconds")
     args = ap.parse_args(argv)
@@ -288,12 +294,16 @@ def main(argv=None):
     N = args.new_tokens or (6 if args.smoke else 128)
     if not CUDA and not args.smoke:
         raise SystemExit("error: no CUDA device; use --smoke on a CPU")
-    torch._dynamo.config.cache_size_limit = 256  # many shapes in one process: never fall back to eager
-    torch._dynamo.config.accumulated_cache_size_limit = 4096
-    compile_config = None
-    if args.smoke:  # transformers compiles only on accelerators; force it, with the cheap eager backend
-        from transformers import CompileConfig
+    for knob, value in (("cache_size_limit", 256), ("recompile_limit", 256), ("accumulated_cache_size_limit", 4096),
+                        ("accumulated_recompile_limit", 4096)):  # many shapes in one process: never fall back to eager
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, value)
+    from transformers import CompileConfig
 
+    # One compilation per path serves every batch and length (CUDA graphs are still recorded per
+    # shape); transformers' default reaches the same after its first recompilation.
+    compile_config = None if args.static_shapes else CompileConfig(dynamic=True)
+    if args.smoke:  # transformers compiles only on accelerators; force it, with the cheap eager backend
         compile_config = CompileConfig(backend="eager")
         compile_config._compile_all_devices = True
     model, cfg = build_model(args.smoke, max(prompts) + N + 8)
@@ -309,7 +319,9 @@ def main(argv=None):
               "dtype": str(model.dtype), "prompts": prompts, "new_tokens": N, "copy_bandwidth_gbps": bw / 1e9,
               "greedy": True, "reference_batches": ref, "smoke": args.smoke,
               "budgeted_rows": "static=True caches, decoding compiled by transformers' generate (inductor, "
-                               "reduce-overhead) like cache_implementation='static'"}
+                               "reduce-overhead) like cache_implementation='static'",
+              "compile_config": None if compile_config is None else compile_config.to_dict(),
+              "minutes_guard": args.minutes}
 
     def save():
         metrics = {"rows": rows, "skipped": skipped, "summary": summarize(rows, prompts, ref),
@@ -318,11 +330,16 @@ def main(argv=None):
         return path
 
     last_cost = {}  # (row, prompt) -> (batch, seconds): to predict the next doubling
+    tried = set()
     for row, P, batches in jobs:
         for B in batches:
+            if (row, P, B) in tried:
+                continue
+            tried.add((row, P, B))
             left = deadline - time.time()
             prev = last_cost.get((row, P))
-            guess = prev[1] * B / prev[0] if prev else 0.0
+            # a row's first batch may compile (about a minute on a GPU for this model)
+            guess = prev[1] * B / prev[0] if prev else (0.0 if args.smoke else 90.0)
             if left < 20 or guess > left:
                 skipped.append({"row": row, "prompt": P, "batch": B, "why": f"wall-clock guard ({left:.0f} s left)"})
                 continue
@@ -330,6 +347,7 @@ def main(argv=None):
             if CUDA and est + weight_bytes / GiB > 0.9 * total_mem:
                 rows.append({"row": row, "batch": B, "prompt": P, "oom": True,
                              "why": f"estimated cache {est:.1f} GiB + weights over 90% of {total_mem:.0f} GiB"})
+                tried.update((row, P, b) for b in batches if b > B)
                 break
             t0 = time.time()
             try:
@@ -337,6 +355,7 @@ def main(argv=None):
             except torch.OutOfMemoryError:
                 cleanup(model)
                 rows.append({"row": row, "batch": B, "prompt": P, "oom": True, "why": "torch.OutOfMemoryError"})
+                tried.update((row, P, b) for b in batches if b > B)
                 print("OOM", row, B, P, flush=True)
                 save()
                 break
