@@ -47,7 +47,7 @@ def test_static_eviction_equals_reference_with_ties_and_padding(policy, budget):
         q = P if step == 0 else 1
         k = torch.randn(B, H, q, D, generator=g)
         k[..., 0] = torch.arange(q) + (0 if step == 0 else P + step - 1)  # a key carries its position
-        layer.update(k, k + 1)
+        layer.update(k, k + 1, kwargs={})  # as the model passes its attention kwargs
         if step == 0:
             col = torch.randint(0, 3, (B, H, P), generator=g).float()
             before_pos, before_valid = torch.arange(P).expand(B, H, P), valid_p[:, None].expand(B, H, P)
@@ -171,6 +171,9 @@ def test_static_bad_inputs():
         kv.H2OCache("20%", prefill_batch_tokens=0)
     with pytest.raises(TypeError, match="static='yes' must be True or False"):
         kv.H2OCache(64, static="yes")
+    neox = kv.enable(tiny_model("gpt_neox"))
+    with torch.no_grad(), pytest.raises(ValueError, match="use static=False for this model"):
+        neox(input_ids=torch.randint(0, 96, (1, 5)), **kv.cache_kwargs(neox, kv.H2OCache(8, static=True)))
     model = kv.enable(tiny_model("llama"))
     cache = kv.H2OCache(8, static=True)
     with torch.no_grad():

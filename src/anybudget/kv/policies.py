@@ -154,8 +154,9 @@ class H2O:
         """(heavy, recent) slots of a cache of ``size`` slots (int or per-row long tensor)."""
         return _split_ratio(size, self.recent_ratio)
 
-    def initial_priority(self, pos, rank, valid, generator=None):
-        """Priority of new tokens (B, q) float32; None means 0 (H2O: scores are added later)."""
+    def initial_priority(self, pos, rank, valid, generator=None, heads: int = 1):
+        """Priority of new tokens, float32 (B, q) or (B, heads, q); None means 0 (H2O: scores are
+        added later). ``pos``, ``rank`` (index among the row's real tokens), ``valid``: (B, q)."""
         return
 
 
@@ -179,7 +180,7 @@ class Streaming:
             heavy = min(self.sink_tokens, size)
         return heavy, size - heavy
 
-    def initial_priority(self, pos, rank, valid, generator=None):
+    def initial_priority(self, pos, rank, valid, generator=None, heads: int = 1):
         # Sinks outrank everything; the rest are ordered oldest-first (never chosen while sinks exist).
         sink = valid & (rank < self.sink_tokens)
         return torch.where(sink, torch.ones_like(pos, dtype=torch.float32), -pos.float() - 1.0)
@@ -195,7 +196,7 @@ class Local:
     def split(self, size):
         return (torch.zeros_like(size) if isinstance(size, torch.Tensor) else 0), size
 
-    def initial_priority(self, pos, rank, valid, generator=None):
+    def initial_priority(self, pos, rank, valid, generator=None, heads: int = 1):
         return None
 
 
@@ -215,8 +216,9 @@ class Random:
     def split(self, size):
         return _split_ratio(size, self.recent_ratio)
 
-    def initial_priority(self, pos, rank, valid, generator=None):
-        return torch.rand(pos.shape, generator=generator, device=pos.device)
+    def initial_priority(self, pos, rank, valid, generator=None, heads: int = 1):
+        # One draw per (row, KV head, token): each head keeps its own random subset.
+        return torch.rand((pos.shape[0], heads, pos.shape[1]), generator=generator, device=pos.device)
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,7 @@ class Full:
     def split(self, size):
         return size, (torch.zeros_like(size) if isinstance(size, torch.Tensor) else 0)
 
-    def initial_priority(self, pos, rank, valid, generator=None):
+    def initial_priority(self, pos, rank, valid, generator=None, heads: int = 1):
         return None
 
 

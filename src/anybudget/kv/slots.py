@@ -61,12 +61,13 @@ def _link(layer, key_view: torch.Tensor, kwargs: dict) -> None:
 
 
 def _new_priority(layer, pos_q, valid_q):
-    """(B, q) float32 priority of new tokens from the policy, or None (zeros)."""
+    """(B, H, q) float32 priority of new tokens from the policy (broadcast over heads), or None (zeros)."""
     rank = None
     if getattr(layer.policy, "name", "") == "streaming":
         rank = layer.real_seen[:, None] + torch.cumsum(valid_q.long(), dim=-1) - 1  # index among real tokens
     gen = layer.rng.get(pos_q.device) if layer.rng is not None and layer.policy.name == "random" else None
-    return layer.policy.initial_priority(pos_q, rank, valid_q, gen)
+    p = layer.policy.initial_priority(pos_q, rank, valid_q, gen, heads=layer.heads)
+    return p if p is None or p.dim() == 3 else p[:, None, :]
 
 
 class SlotLayer(DynamicLayer):
@@ -153,7 +154,7 @@ class SlotLayer(DynamicLayer):
             valid_q = torch.ones(self.batch, q, dtype=torch.bool, device=self.device)
         p = _new_priority(self, self.pos[:, 0, sl], valid_q)
         if p is not None:
-            self.prio[:, :, sl] = p[:, None, :]
+            self.prio[:, :, sl] = p
         self.real_seen += valid_q.sum(-1) if new_valid is not None else q
 
     def key_mask(self) -> torch.Tensor | None:

@@ -102,6 +102,9 @@ class StaticSlotLayer(CacheLayerMixin):
 
     # -- update: prompt or one decoding step ------------------------------------------------------
     def update(self, key_states, value_states, *args, **kwargs):
+        if not isinstance(kwargs.get("kwargs"), dict):
+            raise ValueError("static=True needs a model whose attention hands its kwargs to the cache (Llama, "
+                             "Mistral, Qwen2, Qwen3 in transformers 5); use static=False for this model")
         if not self.prefilled:
             if not self.window:
                 self.lazy_initialization(key_states, value_states)
@@ -123,7 +126,7 @@ class StaticSlotLayer(CacheLayerMixin):
         self.valid.scatter_(2, idx, True)
         pos_q = self.seen.expand(self.batch, 1)
         p = _new_priority(self, pos_q, torch.ones(self.batch, 1, dtype=torch.bool, device=self.device))
-        self.prio.scatter_(2, idx, p[:, None, :].expand(idx.shape) if p is not None else torch.zeros_like(idx, dtype=torch.float32))
+        self.prio.scatter_(2, idx, p.expand(idx.shape) if p is not None else torch.zeros_like(idx, dtype=torch.float32))
         self.real_seen.add_(1)
         self.seen.add_(1)
         _link(self, self.keys, kwargs)
@@ -147,7 +150,7 @@ class StaticSlotLayer(CacheLayerMixin):
         init = _new_priority(self, pos_q, valid_q)
         prio = torch.zeros(B, H, P, dtype=torch.float32, device=dev)
         if init is not None:
-            prio += init[:, None, :]
+            prio += init
         if colsum is not None:
             prio += colsum
         real = valid_q.sum(-1)
