@@ -114,6 +114,22 @@ class StepClock:
         return (self.marks[-1] - self.marks[0]) * 1e3 / (len(self.marks) - 1)
 
 
+def hf_static_cache(model, cfg, B, P, N):
+    """transformers' StaticCache sized like ``cache_implementation="static"`` would size it, with
+    its batch and length dims marked dynamic like anybudget's slots (one compiled step for all
+    rows; CUDA graphs per shape). ``--static-shapes`` uses ``cache_implementation`` itself."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=cfg, max_cache_len=P + N + 1)
+    cache.early_initialization(B, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads, model.dtype,
+                               model.device)
+    for layer in cache.layers:
+        for t in (layer.keys, layer.values):
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+            torch._dynamo.maybe_mark_dynamic(t, 2)
+    return cache
+
+
 def make_cache(row: str, P: int, N: int):
     if row in ("hf_static", "hf_dynamic", "ab_full"):
         from transformers import DynamicCache
@@ -149,7 +165,7 @@ def estimate_cache_gib(row, cfg, B, P, N) -> float:
     return Lyr * B * H * slots * (2 * D * 2 + 17) / GiB
 
 
-def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes):
+def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_shapes=False):
     g = torch.Generator().manual_seed(B * 7 + P)
     dev = model.device
     ids = torch.randint(1, cfg.vocab_size, (B, P), generator=g).to(dev)
@@ -157,13 +173,13 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes):
     gen = {"input_ids": ids, "attention_mask": mask, "do_sample": False, "min_new_tokens": N}
     if compile_config is not None:
         gen["compile_config"] = compile_config
-    if row == "hf_static":
+    if row == "hf_static" and static_shapes:
         gen.update(cache_implementation="static", max_cache_len=P + N + 1)
     if row.startswith("hf"):
         kv.disable(model)
     else:
         kv.enable(model)
-    cache = make_cache(row, P, N)
+    cache = hf_static_cache(model, cfg, B, P, N) if row == "hf_static" and not static_shapes else make_cache(row, P, N)
     if cache is not None:
         gen.update(kv.cache_kwargs(model, cache))
     with torch.no_grad():
@@ -174,6 +190,8 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes):
         warm = time.perf_counter() - t0
         if row in ("hf_dynamic", "ab_full"):
             gen.update(kv.cache_kwargs(model, make_cache(row, P, N)))
+        elif row == "hf_static" and cache is not None:
+            cache.reset()  # a user's StaticCache is not reset by generate; anybudget's caches restart themselves
         clock = StepClock()
         if CUDA:
             torch.cuda.reset_peak_memory_stats()
@@ -283,8 +301,8 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=None, help="default 128 (smoke 6)")
     ap.add_argument("--minutes", type=float, default=7.5, help="wall-clock guard for the whole run")
     ap.add_argument("--static-shapes", action="store_true",
-                    help="compile with transformers' default (dynamic=None: static first, dynamic after a "
-                         "recompilation) instead of dynamic=True for every compiled row")
+                    help="transformers' defaults: cache_implementation='static' and its default compile config "
+                         "(recompiles for every batch and length) instead of dynamic batch/length dims")
     ap.add_argument("--rows", default=None, help="comma list of rows to run (default all, in priority order)")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: the same code path in seconds")
     args = ap.parse_args(argv)
@@ -351,7 +369,7 @@ def main(argv=None):
                 break
             t0 = time.time()
             try:
-                res = run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes)
+                res = run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, args.static_shapes)
             except torch.OutOfMemoryError:
                 cleanup(model)
                 rows.append({"row": row, "batch": B, "prompt": P, "oom": True, "why": "torch.OutOfMemoryError"})

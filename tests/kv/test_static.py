@@ -14,7 +14,7 @@ from anybudget.kv.slots import cache_size
 
 
 def _compile_config(backend="aot_eager"):
-    cc = CompileConfig(backend=backend, fullgraph=True)
+    cc = CompileConfig(backend=backend, fullgraph=True, dynamic=True)
     cc._compile_all_devices = True  # CPU: transformers compiles only on accelerators otherwise
     return cc
 
@@ -103,6 +103,14 @@ def test_compiled_static_100_percent_equals_full_cache_tokens(family):
                              compile_config=_compile_config(), **kv.cache_kwargs(model, cache))
         assert torch.equal(got, ref)
     assert hasattr(model, "_compiled_call")  # transformers took its compiled decoding path
+    # Another batch and budget: the slot buffers' batch and slot dims are dynamic, no recompilation.
+    ids2, mask2 = _padded(B=2, P=9, pads=(0, 2))
+    ref2 = model.generate(input_ids=ids2, attention_mask=mask2, max_new_tokens=5, do_sample=False,
+                          **kv.cache_kwargs(model, kv.H2OCache("100%")))
+    got2 = model.generate(input_ids=ids2, attention_mask=mask2, max_new_tokens=5, do_sample=False,
+                          compile_config=_compile_config(),
+                          **kv.cache_kwargs(model, kv.H2OCache("100%", static=True, max_new_tokens=5)))
+    assert torch.equal(got2, ref2)
     assert counters["stats"]["unique_graphs"] == 1
 
 

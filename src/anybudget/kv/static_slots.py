@@ -30,9 +30,17 @@ __all__ = ["StaticSlotLayer"]
 
 
 def _mark_static(*tensors) -> None:
-    if not torch.compiler.is_compiling():
-        for t in tensors:
-            torch._dynamo.mark_static_address(t)
+    """Fixed addresses (CUDA graphs replay in place) with the batch and slot dimensions marked
+    dynamic, so that one compiled step serves every batch size and budget (CUDA graphs are still
+    recorded per shape)."""
+    if torch.compiler.is_compiling():
+        return
+    for t in tensors:
+        torch._dynamo.mark_static_address(t)
+        if t.dim() >= 1:
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+        if t.dim() >= 3 and t.shape[2] > 1:
+            torch._dynamo.maybe_mark_dynamic(t, 2)
 
 
 class StaticSlotLayer(CacheLayerMixin):
@@ -103,7 +111,8 @@ class StaticSlotLayer(CacheLayerMixin):
     # -- update: prompt or one decoding step ------------------------------------------------------
     def update(self, key_states, value_states, *args, **kwargs):
         if not isinstance(kwargs.get("kwargs"), dict):
-            raise ValueError("static=True needs a model whose attention hands its kwargs to the cache (Llama, "
+            raise ValueError(  # noqa: TRY004 - an unsupported model, like kv.enable on an unknown family
+                "static=True needs a model whose attention hands its kwargs to the cache (Llama, "
                              "Mistral, Qwen2, Qwen3 in transformers 5); use static=False for this model")
         if not self.prefilled:
             if not self.window:
