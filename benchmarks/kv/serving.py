@@ -388,7 +388,10 @@ def main(argv=None):
             print(json.dumps(res), flush=True)
             save()
     path = save()
-    err = plot(rows, prompts, Path(args.out) / f"{args.name}.png")
+    try:  # the JSON is already written: a failed plot only costs the PNG
+        err = plot(rows, prompts, Path(args.out) / f"{args.name}.png")
+    except Exception as e:  # noqa: BLE001
+        err = f"{type(e).__name__}: {e}"
     if err:
         print("plot:", err, flush=True)
     print("wrote", path, json.dumps(summarize(rows, prompts, ref), indent=1), flush=True)
