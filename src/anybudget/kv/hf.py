@@ -126,7 +126,11 @@ def enable(model):
         model._anybudget_prev_attn = model.config._attn_implementation
     model.set_attn_implementation(ATTN_NAME)
     if not getattr(model.forward, "_anybudget_wrapped", False):
-        model.forward = microbatched_forward(model.forward)  # big prompts in row micro-batches
+        # Big prompts in row micro-batches. The wrapper is made once per model and kept, so that a
+        # compiled forward sees the same function after disable/enable (no recompilation).
+        if "_anybudget_forward" not in vars(model):
+            model._anybudget_forward = microbatched_forward(model.forward)
+        model.forward = model._anybudget_forward
     return model
 
 
