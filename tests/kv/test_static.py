@@ -169,6 +169,17 @@ def test_a_used_cache_passed_again_restarts(static):
     assert torch.equal(first, again)
 
 
+def test_static_cache_sized_for_fewer_new_tokens_stays_at_capacity():
+    model = kv.enable(tiny_model("llama"))
+    ids, mask = _padded(P=10)
+    cache = kv.H2OCache("50%", static=True, max_new_tokens=2)  # capacity ceil(0.5 * 12) = 6
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=9, do_sample=False,
+                         **kv.cache_kwargs(model, cache))
+    assert out.shape == (3, 19)
+    for layer in cache.layers:
+        assert layer.capacity == 6 and int(layer.valid.sum(-1).max()) <= 6
+
+
 def test_static_bad_inputs():
     with pytest.raises(ValueError, match=r"max_new_tokens=None: a static cache with a percentage budget"):
         kv.H2OCache("20%", static=True)

@@ -163,7 +163,7 @@ class StaticSlotLayer(CacheLayerMixin):
         if colsum is not None:
             prio += colsum
         real = valid_q.sum(-1)
-        tb = cache_size(self.budget, real) if self.budget.is_percent else self.capacity
+        tb = self._row_budget(real)
         recent = self.policy.split(tb)[1]
         validH, posH = valid_q[:, None, :].expand(B, H, P), pos_q[:, None, :].expand(B, H, P)
         order = select_victims(eviction_priority(prio, posH, validH, P, recent), posH, P)
@@ -183,10 +183,17 @@ class StaticSlotLayer(CacheLayerMixin):
         self.free.copy_(self.valid.to(torch.int8).argmin(-1, keepdim=True))
         self.prefilled = True
 
+    def _row_budget(self, real):
+        """Slots each row may keep: its percentage of its real tokens (at most the capacity, which
+        a generation longer than ``max_new_tokens`` reaches), or the token budget."""
+        if not self.budget.is_percent:
+            return self.capacity
+        return cache_size(self.budget, real).clamp(max=self.capacity)
+
     def evict(self) -> None:
         """After a decoding step's attention: free one slot of every row over its budget."""
         self.awaiting_attention = False
-        tb = cache_size(self.budget, self.real_seen) if self.budget.is_percent else self.capacity
+        tb = self._row_budget(self.real_seen)
         recent = self.policy.split(tb)[1]
         prio = eviction_priority(self.prio, self.pos, self.valid, self.seen, recent)
         victim = select_victims(torch.where(self.valid, prio, math.inf), self.pos, 1)
