@@ -241,9 +241,11 @@ def summarize(rows, prompts, ref):
     s = {"ratio_definition": "HF static+compile over the row: step ratios are HF ms/step / row ms/step, "
                              "throughput ratios row tok/s / HF tok/s (> 1: the budgeted cache is faster)"}
     for p in prompts:
-        hf, h2o = get("hf_static", p, ref[p]), get("h2o_20", p, ref[p])
-        if hf and h2o:
-            s[f"h2o20_over_hf_static_step_ratio_b{ref[p]}_p{p}"] = hf["decode_ms_per_step"] / h2o["decode_ms_per_step"]
+        hf = get("hf_static", p, ref[p])
+        for b in sorted({r["batch"] for r in ok if r["prompt"] == p}):  # every batch both ran at
+            x, y = get("hf_static", p, b), get("h2o_20", p, b)
+            if x and y:
+                s[f"h2o20_over_hf_static_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]
         for pol, pct in BUDGET_ROWS:
             r = get(f"{pol}_{pct[:-1]}", p, ref[p])
             if hf and r:
