@@ -5,8 +5,11 @@ Model: a Llama of 1.35B parameters with random bf16 weights (hidden 2048, 24 lay
 ``--new-tokens`` (128) tokens after prompts of 2k and 8k tokens, batch doubling until out of memory.
 
 Rows (all through ``model.generate``; what a user writes):
-  hf_static      ``cache_implementation="static"`` (transformers compiles the decoding step with
-                 torch.compile, CUDA graphs): the baseline of every ratio
+  hf_static      transformers' StaticCache (transformers compiles the decoding step with
+                 torch.compile, CUDA graphs): the baseline of every ratio; its batch and length dims
+                 are marked dynamic like anybudget's slots (one compilation for all rows)
+  hf_static_default  ``cache_implementation="static"`` with transformers' default compile
+                 config, at the reference batch: shows the baseline above is not handicapped
   hf_dynamic     DynamicCache + SDPA, no compilation
   ab_full        anybudget's attention with a DynamicCache (``kv.enable``), no compilation
   h2o / streaming / local at 20% and 10%: ``H2OCache("20%", static=True, max_new_tokens=128)``
@@ -131,10 +134,10 @@ def hf_static_cache(model, cfg, B, P, N):
 
 
 def make_cache(row: str, P: int, N: int):
-    if row in ("hf_static", "hf_dynamic", "ab_full"):
+    if row in ("hf_static", "hf_static_default", "hf_dynamic", "ab_full"):
         from transformers import DynamicCache
 
-        return None if row == "hf_static" else DynamicCache()
+        return None if row.startswith("hf_static") else DynamicCache()
     if row == "h2o_dynamic":
         return kv.H2OCache("20%")
     policy, pct = row.split("_")
@@ -144,7 +147,7 @@ def make_cache(row: str, P: int, N: int):
 def kv_bytes_per_step(row, cfg, B, P, N, cache) -> float:
     """Bytes of keys and values (and slot metadata) one decoding step reads, all layers."""
     H, D, Lyr = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads, cfg.num_hidden_layers
-    if row == "hf_static":
+    if row.startswith("hf_static"):
         slots, extra = P + N + 1, 0  # SDPA reads the whole static cache (masked)
     elif row in ("hf_dynamic", "ab_full"):
         slots, extra = P + N / 2, 0
@@ -171,9 +174,9 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
     ids = torch.randint(1, cfg.vocab_size, (B, P), generator=g).to(dev)
     mask = torch.ones_like(ids)
     gen = {"input_ids": ids, "attention_mask": mask, "do_sample": False, "min_new_tokens": N}
-    if compile_config is not None:
+    if compile_config is not None and row != "hf_static_default":
         gen["compile_config"] = compile_config
-    if row == "hf_static" and static_shapes:
+    if (row == "hf_static" and static_shapes) or row == "hf_static_default":
         gen.update(cache_implementation="static", max_cache_len=P + N + 1)
     if row.startswith("hf"):
         kv.disable(model)
@@ -228,6 +231,7 @@ def plan(prompts, smoke):
     jobs += [("h2o_dynamic", prompts[0], [4 if smoke else 256])]
     jobs += [(r, p, sweep(p)) for p in prompts for r in ("hf_static", "h2o_20")]
     jobs += [(r, p, [ref[p]]) for p in prompts for r in ("hf_dynamic", "ab_full")]
+    jobs += [("hf_static_default", prompts[0], [ref[prompts[0]]])]
     jobs += [(f"{pol}_{pct[:-1]}", p, [ref[p]]) for p in prompts for pol, pct in BUDGET_ROWS if (pol, pct) != ("h2o", "20%")]
     return jobs, ref
 
@@ -262,6 +266,11 @@ def summarize(rows, prompts, ref):
                 a["end_to_end_tok_per_s"] / b["end_to_end_tok_per_s"])
             s[f"max_batch_p{p}"] = {"h2o_20": a["batch"], "hf_static": b["batch"]}
             s[f"h2o20_fraction_of_bandwidth_limit_max_batch_p{p}"] = a["fraction_of_bandwidth_limit"]
+    p0 = prompts[0]
+    a, b = get("hf_static", p0, ref[p0]), get("hf_static_default", p0, ref[p0])
+    if a and b:
+        s[f"hf_static_dynamic_dims_over_default_step_ratio_b{ref[p0]}_p{p0}"] = (
+            b["decode_ms_per_step"] / a["decode_ms_per_step"])
     plain = [r for r in rows if r["row"] == "h2o_dynamic"]
     if plain:
         s["h2o20_plain_generate_large_batch"] = {k: plain[0].get(k) for k in ("batch", "prompt", "decode_ms_per_step", "oom", "error")}
