@@ -19,8 +19,12 @@ import torch
 __all__ = ["microbatched_forward"]
 
 
-def _rows(value, r0: int, r1: int, B: int):
-    if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == B:
+_ROW_MAJOR = ("input_ids", "inputs_embeds", "attention_mask", "position_ids", "token_type_ids")
+
+
+def _rows(name: str, value, r0: int, r1: int, B: int):
+    """Rows [r0, r1) of a batch-major input (a (1, tokens) position tensor is shared as is)."""
+    if name in _ROW_MAJOR and isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == B:
         return value[r0:r1]
     return value
 
@@ -66,7 +70,7 @@ def microbatched_forward(forward):
                     layer = part._new_layer()
                     layer.view_rows(mine, r0, r1)
                     part.layers.append(layer)
-            sub = {k: _rows(v, r0, r1, B) for k, v in kwargs.items()}
+            sub = {k: _rows(k, v, r0, r1, B) for k, v in kwargs.items()}
             sub[key] = part
             out = forward(**sub)
             logits.append(out.logits)
