@@ -28,18 +28,18 @@ from anybudget.kv.cache import (
 )
 from anybudget.kv.hf import SUPPORTED, cache_kwargs, disable, enable, enabled
 from anybudget.kv.policies import (
-    POLICIES,
     H2O,
+    POLICIES,
     Full,
     Local,
     Random,
     Streaming,
-    make_policy,
-    select_victims,
     full_keep_indices,
     h2o_keep_indices,
     local_keep_indices,
+    make_policy,
     random_keep_indices,
+    select_victims,
     split_budget,
     streaming_keep_indices,
 )
