@@ -147,7 +147,7 @@ def part_decode(model, cfg, out, smoke=False):
 def part_kernels(out):
     """Triton kernels vs the fp32 reference at realistic bf16 shapes, and their time vs SDPA."""
     from anybudget.kv.attention import attention_with_colsum_reference
-    from anybudget.kv.kernels_triton import attention_with_colsum_triton
+    from anybudget.kv.attention import triton_attention_with_colsum as attention_with_colsum_triton
 
     rows = []
     for B, Hq, Hkv, Lq, Lk, D in ((1, 16, 16, 4096, 4096, 128), (1, 32, 8, 8192, 8192, 64),

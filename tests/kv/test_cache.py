@@ -4,7 +4,6 @@ from transformers import DynamicCache
 
 import anybudget.kv as kv
 from anybudget import Budget, BudgetError
-from anybudget.kv.cache import BudgetLayer
 
 from conftest import tiny_model
 
@@ -51,7 +50,7 @@ def test_greedy_generate_h2o_100_equals_plain(family_model):
 def _drive(cache, B=2, H=3, steps=(7, 1, 1, 3, 1, 1, 1, 2, 1), D=4, seed=0):
     """Feed a layer synthetic keys and attention column sums; replay the policy on the side."""
     g = torch.Generator().manual_seed(seed)
-    layer = BudgetLayer(cache, 0)
+    layer = cache._new_layer()
     cache.layers.append(layer)
     acc = {}  # (b, h) -> {position: score}
     seen = 0
@@ -76,12 +75,12 @@ def _drive(cache, B=2, H=3, steps=(7, 1, 1, 3, 1, 1, 1, 2, 1), D=4, seed=0):
                     d[p] = d.get(p, 0.0) + float(col[b, h, j])
                 ordered = sorted(d)
                 yield_set = set(layer.pos[b, h, : layer.length].tolist())
-                if cache.policy == "h2o":
+                if cache.policy.name == "h2o":
                     sc = torch.tensor([d[p] for p in ordered])
                     keep = kv.h2o_keep_indices(sc, heavy, recent).tolist()
-                elif cache.policy == "streaming":
+                elif cache.policy.name == "streaming":
                     keep = kv.streaming_keep_indices(len(ordered), heavy, recent).tolist()
-                elif cache.policy == "local":
+                elif cache.policy.name == "local":
                     keep = kv.local_keep_indices(len(ordered), recent).tolist()
                 else:
                     keep = None
@@ -105,7 +104,7 @@ def test_eviction_keeps_exactly_what_the_policy_says(policy, budget):
 
 def test_kept_keys_travel_with_their_positions():
     cache = kv.H2OCache(6)
-    layer = BudgetLayer(cache, 0)
+    layer = cache._new_layer()
     cache.layers.append(layer)
     for step in range(12):
         k = torch.full((1, 2, 1, 4), float(step))  # key value encodes its position
@@ -209,14 +208,14 @@ def test_single_eviction_fast_path_equals_the_sorting_path(policy):
     caches[1].fast_single_eviction = False
     layers = []
     for c in caches:
-        layers.append(BudgetLayer(c, 0))
+        layers.append(c._new_layer())
         c.layers.append(layers[-1])
     pad = torch.ones(B, 5, dtype=torch.bool)
     pad[1, :2] = False  # left padding in row 1
     calls = []
-    fast_evict = layers[0]._evict_one
-    layers[0]._evict_one = lambda *a: (calls.append(1), fast_evict(*a))
-    layers[1]._evict_one = lambda *a: pytest.fail("the general path must not take the fast one")
+    fast_evict = layers[0]._move_last_into
+    layers[0]._move_last_into = lambda *a: (calls.append(1), fast_evict(*a))
+    layers[1]._move_last_into = lambda *a: pytest.fail("the general path must not take the fast one")
     for step, q in enumerate((5, 1, 1, 2, 1, 1, 1, 1, 1, 1)):
         k = torch.randn(B, H, q, D, generator=g)
         valid = pad if step == 0 else None

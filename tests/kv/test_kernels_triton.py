@@ -15,7 +15,7 @@ CASES = """
 import os
 import torch
 from anybudget.kv.attention import attention_with_colsum_reference as ref
-from anybudget.kv.kernels_triton import attention_with_colsum_triton as tri
+from anybudget.kv.attention import triton_attention_with_colsum as tri
 from anybudget.kv.decode_triton import decode_attention_with_colsum_triton as dec
 dev = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 worst = 0.0

@@ -4,6 +4,16 @@
     kv.enable(model)
     out = model.generate(**inputs, past_key_values=kv.H2OCache(budget="20%"))
     # (recent transformers name the argument ``cache=``; kv.cache_kwargs(model, cache) picks the right one)
+
+    # serving: fixed slots, eviction on the device, decoding steps compiled by generate (CUDA graphs)
+    cache = kv.H2OCache("20%", static=True, max_new_tokens=128)
+    out = model.generate(**inputs, max_new_tokens=128, **kv.cache_kwargs(model, cache))
+
+Layout: ``policies.py`` (the policy objects, one victim rule, the reference ``*_keep_indices``),
+``slots.py`` / ``static_slots.py`` (per-layer slot stores), ``cache.py`` (the caches),
+``attention.py`` (prefill or decode attention with H2O's column sums), ``hf.py`` (transformers
+integration), ``prefill.py`` (row micro-batched prompts), ``contract.py`` / ``triton_blocks.py``
+/ ``kernels_triton.py`` / ``decode_triton.py`` (checks and Triton kernels, leaves).
 """
 
 from anybudget.kv.attention import attention_with_colsum, attention_with_colsum_reference
@@ -18,11 +28,18 @@ from anybudget.kv.cache import (
 )
 from anybudget.kv.hf import SUPPORTED, cache_kwargs, disable, enable, enabled
 from anybudget.kv.policies import (
+    H2O,
     POLICIES,
+    Full,
+    Local,
+    Random,
+    Streaming,
     full_keep_indices,
     h2o_keep_indices,
     local_keep_indices,
+    make_policy,
     random_keep_indices,
+    select_victims,
     split_budget,
     streaming_keep_indices,
 )
@@ -32,5 +49,6 @@ __all__ = [
     "parse_kv_budget", "enable", "disable", "enabled", "cache_kwargs", "SUPPORTED", "POLICIES",
     "attention_with_colsum", "attention_with_colsum_reference",
     "h2o_keep_indices", "streaming_keep_indices", "local_keep_indices", "random_keep_indices",
-    "full_keep_indices", "split_budget",
+    "full_keep_indices", "split_budget", "H2O", "Streaming", "Local", "Random", "Full", "make_policy",
+    "select_victims",
 ]

@@ -5,40 +5,29 @@ Sec. 3.2). SDPA / FlashAttention never materialize the probabilities, and the us
 (eager attention with ``output_attentions``) holds the whole (batch, heads, n, n) matrix. Here the
 column sums are accumulated chunk by chunk over queries: extra memory O(chunk * n), never n x n.
 
-``attention_with_colsum`` is the reference (PyTorch, any device); on CUDA the Triton kernels in
-``kernels_triton.py`` are used when triton is installed (``pip install 'anybudget[gpu]'``).
+``attention_with_colsum`` dispatches: on CUDA with triton installed (``pip install
+'anybudget[gpu]'``) the decode kernels (``decode_triton.py``) for one query per sequence, the
+two-pass kernels (``kernels_triton.py``) otherwise; elsewhere the PyTorch reference. The kernel
+files import only ``contract.py`` and ``triton_blocks.py`` (leaves). ``budget_attention`` is what a
+budgeted cache's layer runs: a prompt (causal, with column sums when the policy needs scores) or
+a static decoding step over slots (``slot_decode_attention``, plain PyTorch that compiles).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["attention_with_colsum", "attention_with_colsum_reference", "masked_sdpa"]
+from anybudget.kv.contract import check_colsum_out as _check_colsum_out
+from anybudget.kv.contract import check_qkv as _check
 
-
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be 4-D (batch, heads, seq, head_dim); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    B, Hq, Lq, D = q.shape
-    if k.shape[0] != B or v.shape[:3] != k.shape[:3] or k.shape[3] != D:
-        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} do not match q {tuple(q.shape)}")
-    if Hq % k.shape[1]:
-        raise ValueError(f"query heads ({Hq}) must be a multiple of key/value heads ({k.shape[1]})")
-    if Lq > k.shape[2]:
-        raise ValueError(f"more queries ({Lq}) than keys ({k.shape[2]}): the queries must be the newest keys")
-    if key_mask is not None and key_mask.shape not in ((B, k.shape[2]), (B, k.shape[1], k.shape[2])):
-        raise ValueError(f"key_mask {tuple(key_mask.shape)} must be (batch, keys) or (batch, kv_heads, keys)")
-
-
-def _check_colsum_out(colsum_out: torch.Tensor, B: int, Hkv: int, Lk: int, device) -> None:
-    """``colsum_out`` must be a float32 (B, Hkv, Lk) tensor on ``device`` with unit last stride."""
-    if (not isinstance(colsum_out, torch.Tensor) or tuple(colsum_out.shape) != (B, Hkv, Lk)
-            or colsum_out.dtype != torch.float32 or colsum_out.device != torch.device(device)
-            or colsum_out.stride(-1) != 1):
-        got = (f"{tuple(colsum_out.shape)} {colsum_out.dtype} on {colsum_out.device}"
-               if isinstance(colsum_out, torch.Tensor) else type(colsum_out).__name__)
-        raise ValueError(f"colsum_out must be a float32 ({B}, {Hkv}, {Lk}) tensor on {device} with unit stride "
-                         f"in the last dimension; got {got}")
+__all__ = [
+    "attention_with_colsum",
+    "attention_with_colsum_reference",
+    "budget_attention",
+    "masked_sdpa",
+    "slot_decode_attention",
+    "triton_attention_with_colsum",
+]
 
 
 def _matmul_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -119,6 +108,27 @@ def _triton_available(t: torch.Tensor) -> bool:
     return True
 
 
+def triton_attention_with_colsum(q, k, v, *, scale=None, causal=True, key_mask=None, decode_kernel=None,
+                                 colsum_out=None):
+    """The Triton kernels, prefill or decode (same contract as :func:`attention_with_colsum_reference`).
+
+    One query per sequence (a decoding step) goes to the decode kernels of ``decode_triton.py``:
+    fewer launches and less host time per call, which is what a decoding step is bound by at the
+    sizes of ``kv_speed_decode.json`` (in GPU time alone the two passes are faster at some shapes
+    of ``kv_decode_kernel.json``); otherwise the two passes of ``kernels_triton.py``.
+    ``decode_kernel`` forces one (True: decode, needs ``G * Lq <= 128``; False: two passes).
+    """
+    G = q.shape[1] // k.shape[1]
+    if decode_kernel or (decode_kernel is None and q.shape[2] == 1 and G <= 128):
+        from anybudget.kv.decode_triton import decode_attention_with_colsum_triton
+
+        return decode_attention_with_colsum_triton(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
+                                                   colsum_out=colsum_out)
+    from anybudget.kv.kernels_triton import attention_with_colsum_triton
+
+    return attention_with_colsum_triton(q, k, v, scale=scale, causal=causal, key_mask=key_mask, colsum_out=colsum_out)
+
+
 def attention_with_colsum(q, k, v, *, scale=None, causal=True, key_mask=None, chunk_size=1024, colsum_out=None):
     """Dispatch: Triton kernels on CUDA when available, else the chunked PyTorch reference.
 
@@ -126,10 +136,8 @@ def attention_with_colsum(q, k, v, *, scale=None, causal=True, key_mask=None, ch
     (B, Hkv, Lk) tensor the column sums are added to (H2O's running scores), returned as colsum.
     """
     if _triton_available(q):  # the Triton paths check colsum_out themselves (once per call)
-        from anybudget.kv.kernels_triton import attention_with_colsum_triton
-
         _check(q, k, v, key_mask)
-        return attention_with_colsum_triton(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
+        return triton_attention_with_colsum(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
                                             colsum_out=colsum_out)
     if colsum_out is not None:
         _check_colsum_out(colsum_out, q.shape[0], k.shape[1], k.shape[2], q.device)
@@ -165,3 +173,42 @@ def masked_sdpa(q, k, v, *, scale=None, key_mask=None) -> torch.Tensor:
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=G > 1)
     # A fully hidden row gives NaN in SDPA; those queries (padding) must output zeros.
     return torch.where(mask.any(-1, keepdim=True), out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None) -> torch.Tensor:
+    """One decoding step over static slots: the query sees every valid slot (slots are not in
+    position order, so no causal mask), plain PyTorch ops that ``torch.compile`` fuses.
+
+    q: (B, Hq, 1, D); k, v: (B, Hkv, S, D); key_mask: (B, Hkv, S) bool, at least one True per row.
+    colsum_out: float32 (B, Hkv, S) the attention each slot received is added to (H2O scores).
+    Logits are computed in the inputs' dtype and softmaxed in float32 (as Hugging Face's eager
+    attention does). Returns (B, Hq, 1, D).
+    """
+    B, Hq, _, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    scale = D**-0.5 if scale is None else scale
+    logits = torch.matmul(q.view(B, Hkv, G, D), k.transpose(-1, -2)).float() * scale  # (B, Hkv, G, S)
+    logits = logits.masked_fill(~key_mask[:, :, None, :], float("-inf"))
+    p = torch.softmax(logits, dim=-1)
+    out = torch.matmul(p.to(v.dtype), v)  # (B, Hkv, G, D)
+    if colsum_out is not None:
+        colsum_out.add_(p.sum(2))
+    return out.view(B, Hq, 1, v.shape[-1])
+
+
+def budget_attention(q, k, v, *, scale=None, key_mask=None, colsum_out=None, needs_scores: bool, decode_slots: bool):
+    """The attention of a budgeted cache's layer: prefill (causal over the newest keys; with the
+    column sums when the policy needs scores) or a static decoding step over slots.
+    Returns (out (B, Hq, Lq, D), column sums or None)."""
+    if decode_slots:
+        col = colsum_out if needs_scores else None
+        return slot_decode_attention(q, k, v, scale=scale, key_mask=key_mask, colsum_out=col), col
+    if needs_scores:
+        # Query chunk so that one chunk's float32 logits stay under ~256 MB (prefill memory).
+        B, Hq, _, _ = q.shape
+        chunk = max(16, min(1024, (1 << 26) // max(1, B * Hq * k.shape[2])))
+        out, col = attention_with_colsum(q, k, v, scale=scale, causal=True, key_mask=key_mask, chunk_size=chunk,
+                                         colsum_out=colsum_out)
+        return out, col
+    return masked_sdpa(q, k, v, scale=scale, key_mask=key_mask), None

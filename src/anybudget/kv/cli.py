@@ -36,6 +36,7 @@ def register(sub) -> None:
     g.add_argument("--sink-tokens", type=nonneg_int, default=4, help="streaming: attention sinks kept (default 4)")
     g.add_argument("--max-new-tokens", type=positive_int, default=64, help="(default 64)")
     g.add_argument("--sample", action="store_true", help="sample (temperature 0.8, top-p 0.95) instead of greedy")
+    g.add_argument("--static", action="store_true", help="fixed slots, compiled decoding steps on a GPU (serving)")
     g.add_argument("prompt", nargs="+", help="prompt text")
     g.set_defaults(func=_generate)
 
@@ -88,6 +89,8 @@ def _generate(args) -> int:
         kw["recent_ratio"] = args.recent_ratio
     if args.kv == "streaming":
         kw["sink_tokens"] = args.sink_tokens
+    if args.static and args.kv != "full":
+        kw.update(static=True, max_new_tokens=args.max_new_tokens)
     cache = make_cache(args.kv, args.budget, **kw)
     enc = tok(prompt, return_tensors="pt").to(device)
     gen = dict(do_sample=True, temperature=0.8, top_p=0.95) if args.sample else dict(do_sample=False)
@@ -97,7 +100,8 @@ def _generate(args) -> int:
     print(tok.decode(out[0], skip_special_tokens=True))
     if args.kv != "full":
         layer = cache.layers[0]
-        print(f"\n[{args.kv} {cache.budget}: kept {layer.length} of {layer.seen} tokens per head; "
+        kept = int(layer.valid[0, 0].sum()) if cache.static else layer.length
+        print(f"\n[{args.kv} {cache.budget}: kept {kept} of {int(layer.seen)} tokens per head; "
               f"KV cache {cache.used_bytes() / 2**20:.2f} MiB]")
     return 0
 

@@ -18,8 +18,8 @@ import functools
 
 import torch
 
-from anybudget.kv.attention import _check_colsum_out
-from anybudget.kv.kernels_triton import _key_block, _key_mask_args, _softmax_step, tl, triton
+from anybudget.kv.contract import check_colsum_out as _check_colsum_out
+from anybudget.kv.triton_blocks import _key_block, _key_mask_args, _softmax_step, tl, triton
 
 __all__ = ["decode_attention_with_colsum_triton"]
 

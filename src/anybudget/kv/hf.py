@@ -12,17 +12,23 @@ import contextlib
 
 import torch
 
-from anybudget.kv.attention import attention_with_colsum, masked_sdpa
-from anybudget.kv.cache import PENDING
+from anybudget.kv.attention import budget_attention, masked_sdpa
+from anybudget.kv.prefill import microbatched_forward
+from anybudget.kv.slots import SLOTS_KEY
+from anybudget.kv.static_slots import StaticSlotLayer
 
 ATTN_NAME = "anybudget"
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt_neox")
 
-__all__ = ["enable", "disable", "enabled", "cache_kwargs", "ATTN_NAME", "SUPPORTED"]
+__all__ = ["ATTN_NAME", "SUPPORTED", "cache_kwargs", "disable", "enable", "enabled"]
 
 
-def _padding_mask(*args, attention_mask=None, **kwargs):
-    """Mask interface: pass the 2-D (batch, tokens) padding mask through untouched."""
+def _padding_mask(*args, attention_mask=None, kv_length=None, **kwargs):
+    """Mask interface: pass the 2-D (batch, tokens) padding mask through untouched; nothing when
+    the cache reports ``kv_length == 0`` (a static cache decoding: its slots carry their validity,
+    and a mask that grows by one column per step would change the compiled step's shapes)."""
+    if kv_length == 0:
+        return None
     return attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
 
 
@@ -43,30 +49,36 @@ def anybudget_attention(module, query, key, value, attention_mask, scaling=None,
     query: (B, Hq, q, D); key/value: (B, Hkv, L, D) as returned by the cache's update().
     Returns (B, q, Hq, D) like transformers' own attention functions, and no weights.
     """
+    slots = kwargs.get(SLOTS_KEY)
+    if slots is None and not torch.compiler.is_compiling():
+        slots = getattr(key, "_anybudget_slots", None)
+    if isinstance(slots, StaticSlotLayer) and slots.prefilled and slots.awaiting_attention:
+        out, _ = budget_attention(query, key, value, scale=scaling, key_mask=slots.valid, colsum_out=slots.prio,
+                                  needs_scores=slots.policy.needs_scores, decode_slots=True)
+        slots.evict()
+        return out.transpose(1, 2).contiguous(), None
     q_len, L = query.shape[2], key.shape[2]
     pad = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
     if pad is not None and _all_real(pad):
         pad = None  # no padding anywhere: no masks, and no host sync in the layers
     new_valid = pad[:, -q_len:].bool() if pad is not None and pad.shape[-1] >= q_len else None
-    layer = PENDING.get()
-    if layer is None or not layer.awaiting_attention or layer.keys.data_ptr() != key.data_ptr():
+    if slots is None or not slots.awaiting_attention:
         key_mask = pad[:, -L:].bool() if pad is not None and pad.shape[-1] >= L else None
         out = masked_sdpa(query, key, value, scale=scaling, key_mask=key_mask)
         return out.transpose(1, 2).contiguous(), None
-    PENDING.set(None)
-    layer.mark_new_tokens(new_valid)
-    key_mask = layer.key_mask()
-    if layer.cache.needs_scores:
-        # Query chunk so that one chunk's float32 logits stay under ~256 MB (prefill memory).
-        B, Hq, _, _ = query.shape
-        chunk = max(16, min(1024, (1 << 26) // max(1, B * Hq * L)))
-        # The column sums are added straight into the layer's running scores (in the kernel on GPU).
-        out, _ = attention_with_colsum(query, key, value, scale=scaling, causal=True, key_mask=key_mask,
-                                       chunk_size=chunk, colsum_out=layer.scores_view())
-    else:
-        out = masked_sdpa(query, key, value, scale=scaling, key_mask=key_mask)
+    needs = slots.policy.needs_scores
+    if isinstance(slots, StaticSlotLayer):  # the prompt: attend over it, then keep the best slots
+        out, col = budget_attention(query, key, value, scale=scaling, key_mask=new_valid, needs_scores=needs,
+                                    decode_slots=False)
+        slots.finish_prompt(col, new_valid)
+        return out.transpose(1, 2).contiguous(), None
+    slots.mark_new_tokens(new_valid)
+    # The column sums are added straight into the layer's running scores (in the kernel on GPU).
+    out, _ = budget_attention(query, key, value, scale=scaling, key_mask=slots.key_mask(),
+                              colsum_out=slots.scores_view() if needs else None, needs_scores=needs,
+                              decode_slots=False)
     out = out.transpose(1, 2).contiguous()
-    layer.evict()
+    slots.evict()
     return out, None
 
 
@@ -104,13 +116,21 @@ def _check_model(model) -> None:
 def enable(model):
     """Route ``model``'s attention through anybudget so its budgeted caches can evict. Returns model.
 
-    Exact for any other cache (plain causal attention with the padding mask).
+    Exact for any other cache (plain causal attention with the padding mask). Also wraps the
+    instance's ``forward`` so that big prompts into an empty anybudget cache are prefilled in row
+    micro-batches (:mod:`anybudget.kv.prefill`); :func:`disable` removes the wrapper.
     """
     _check_model(model)
     _register()
     if not hasattr(model, "_anybudget_prev_attn"):
         model._anybudget_prev_attn = model.config._attn_implementation
     model.set_attn_implementation(ATTN_NAME)
+    if not getattr(model.forward, "_anybudget_wrapped", False):
+        # Big prompts in row micro-batches. The wrapper is made once per model and kept, so that a
+        # compiled forward sees the same function after disable/enable (no recompilation).
+        if "_anybudget_forward" not in vars(model):
+            model._anybudget_forward = microbatched_forward(model.forward)
+        model.forward = model._anybudget_forward
     return model
 
 
@@ -120,6 +140,8 @@ def disable(model):
     if prev is not None:
         model.set_attn_implementation(prev)
         del model._anybudget_prev_attn
+    if "forward" in vars(model) and getattr(model.forward, "_anybudget_wrapped", False):
+        del model.forward
     return model
 
 

@@ -9,7 +9,8 @@ Two passes (see the research notes, "Attention scores without the n x n matrix")
    group, and sum over i in float32. Each program owns its keys, so no atomics; extra memory O(n).
 
 For decoding (few queries against a long cache) the kernels of ``decode_triton.py`` replace both
-passes (split-K and fused; they reuse the jit helpers here).
+passes (split-K and fused); ``attention.triton_attention_with_colsum`` chooses. The jit helpers
+shared with them are in ``triton_blocks.py``.
 
 Same contract as :func:`anybudget.kv.attention.attention_with_colsum_reference` (causal: query i
 sits at key position ``Lk - Lq + i``; ``key_mask`` False keys are never attended and get 0; rows
@@ -21,64 +22,17 @@ from __future__ import annotations
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError as e:  # pragma: no cover - exercised where triton is absent
-    raise ImportError("anybudget.kv.kernels_triton needs triton: pip install 'anybudget[gpu]'") from e
-
-from anybudget.kv.attention import _check_colsum_out  # attention.py imports no kernels: no cycle
+from anybudget.kv.contract import check_colsum_out
+from anybudget.kv.triton_blocks import (
+    _key_block,
+    _key_mask_args,
+    _scores,
+    _softmax_step,
+    tl,
+    triton,
+)
 
 __all__ = ["attention_with_colsum_triton"]
-
-
-@triton.jit
-def _scores(q, k, scale, DOT_F32: tl.constexpr):
-    """``q @ k^T * scale`` (IEEE float32 dots for float32 inputs)."""
-    if DOT_F32:
-        return tl.dot(q, tl.trans(k), input_precision="ieee") * scale
-    return tl.dot(q, tl.trans(k)) * scale
-
-
-@triton.jit
-def _softmax_step(s, v, m_i, l_i, acc, DOT_F32: tl.constexpr):
-    """One online-softmax step over a key block (masked scores are -inf); rows that have seen no
-    visible key keep m = -inf, l = 0, acc = 0. Returns the new (m, l, acc)."""
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp(s - m_safe[:, None])
-    alpha = tl.exp(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    if DOT_F32:
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-    else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return m_new, l_i, acc
-
-
-@triton.jit
-def _key_block(
-    q, K, V, KM, b, hk, offs_n, n_ok, row_ok, qpos, scale,
-    skb, skh, skn, skd, svb, svh, svn, svd, skmb, skmh,
-    CAUSAL: tl.constexpr, HAS_KM: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
-):
-    """Scores of the query rows against keys ``offs_n`` of KV head ``hk``, -inf where a row may not
-    see a key (outside the rows or keys, causal, key mask), and the matching value block."""
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
-    k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    s = _scores(q, k, scale, DOT_F32)
-    vis = row_ok[:, None] & n_ok[None, :]
-    if CAUSAL:
-        vis = vis & (offs_n[None, :] <= qpos[:, None])
-    if HAS_KM:
-        km = tl.load(KM + b * skmb + hk * skmh + offs_n, mask=n_ok, other=0)
-        vis = vis & (km[None, :] != 0)
-    s = tl.where(vis, s, float("-inf"))
-    v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
-                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    return s, v
 
 
 @triton.jit
@@ -158,7 +112,7 @@ def _colsum(
         lo = (lo // BLOCK_M) * BLOCK_M
     else:
         lo = 0
-    for g in range(0, G):
+    for g in range(G):
         h = hk * G + g
         for start in range(lo, Lq, BLOCK_M):
             offs_m = start + tl.arange(0, BLOCK_M)
@@ -175,37 +129,24 @@ def _colsum(
     tl.store(Col + bh * Lk + offs_n, col, mask=n_ok)
 
 
-def _key_mask_args(key_mask, dummy):
-    """(pointer, batch stride, head stride, present) of a (B, Lk) or (B, Hkv, Lk) key mask; with no
-    mask, ``dummy`` stands in as a pointer that is never read."""
-    if key_mask is None:
-        return dummy, 0, 0, False
-    km = key_mask.to(torch.int8)
-    return km, km.stride(0), (0 if km.dim() == 2 else km.stride(1)), True
-
-
 def attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key_mask=None, block_m=None, block_n=None,
                                  decode_kernel=None, colsum_out=None):
-    """Triton version of ``attention_with_colsum`` (same contract). Returns (out, colsum).
+    """The two-pass Triton kernels (same contract as ``attention_with_colsum``). Returns (out, colsum).
 
-    One query per sequence (a decoding step) goes to the decode kernels
-    (:func:`anybudget.kv.decode_triton.decode_attention_with_colsum_triton`): fewer launches and
-    less host time per call, which is what a decoding step is bound by at the sizes of
-    ``kv_speed_decode.json`` (in GPU time alone the two passes are faster at some shapes of
-    ``kv_decode_kernel.json``). ``decode_kernel=False`` forces the two passes, ``True`` the decode
-    kernels (needs ``G * Lq <= 128``). ``colsum_out`` (float32, (B, Hkv, Lk)): add the column sums
-    into it (in the kernel on the decode path) and return it as the colsum.
+    Any number of queries. For a decoding step :func:`anybudget.kv.attention.triton_attention_with_colsum`
+    picks the decode kernels instead; ``decode_kernel`` is accepted as False/None for callers of
+    earlier releases. ``colsum_out`` (float32, (B, Hkv, Lk)): add the column sums into it and
+    return it as the colsum.
     """
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     G = Hq // Hkv
-    if decode_kernel or (decode_kernel is None and Lq == 1 and G <= 128 and block_m is None and block_n is None):
-        from anybudget.kv.decode_triton import decode_attention_with_colsum_triton
-
-        return decode_attention_with_colsum_triton(q, k, v, scale=scale, causal=causal, key_mask=key_mask,
-                                                   colsum_out=colsum_out)
+    if decode_kernel:
+        raise ValueError("decode_kernel=True: the decode kernels are "
+                         "anybudget.kv.decode_triton.decode_attention_with_colsum_triton "
+                         "(anybudget.kv.attention.triton_attention_with_colsum picks one for you)")
     if colsum_out is not None:
-        _check_colsum_out(colsum_out, B, Hkv, Lk, q.device)
+        check_colsum_out(colsum_out, B, Hkv, Lk, q.device)
     scale = float(D**-0.5 if scale is None else scale)
     BLOCK_D = max(16, triton.next_power_of_2(D))
     BM = block_m or (16 if Lq <= 16 else 64)

@@ -1,0 +1,413 @@
+"""Serving benchmark: budgeted KV caches against Hugging Face's fastest decoding, in one process.
+
+Model: a Llama of 1.35B parameters with random bf16 weights (hidden 2048, 24 layers, 16 heads of
+128, MHA, SwiGLU 5504, vocab 32000); speed does not depend on the weights. Greedy decoding of
+``--new-tokens`` (128) tokens after prompts of 2k and 8k tokens, batch doubling until out of memory.
+
+Rows (all through ``model.generate``; what a user writes):
+  hf_static      transformers' StaticCache (transformers compiles the decoding step with
+                 torch.compile, CUDA graphs): the baseline of every ratio; its batch and length dims
+                 are marked dynamic like anybudget's slots (one compilation for all rows)
+  hf_static_default  ``cache_implementation="static"`` with transformers' default compile
+                 config, at the reference batch: shows the baseline above is not handicapped
+  hf_dynamic     DynamicCache + SDPA, no compilation
+  ab_full        anybudget's attention with a DynamicCache (``kv.enable``), no compilation
+  h2o / streaming / local at 20% and 10%: ``H2OCache("20%", static=True, max_new_tokens=128)``
+                 etc., whose decoding steps transformers compiles like its static cache
+  h2o_dynamic    ``H2OCache("20%")`` (dynamic slots) at batch 256, prompt 2k: plain use at 4x batch
+
+Decode ms/step: CUDA events recorded at every generated token (a logits processor), (last -
+first) / (n - 1): the same quantity as (T(n+1 new) - T(1 new)) / n without a second prefill.
+End-to-end tok/s: batch x new tokens / wall time of the whole call. The warm-up call (which
+compiles and records the CUDA graphs) is excluded and reported as ``warmup_s``. Bandwidth limit:
+bytes one step must read (weights except the embedding, keys and values, and for budgeted caches
+their per-slot score/position/validity) over the copy bandwidth measured at the start of the run.
+
+A wall-clock guard (``--minutes``) skips rows that would not finish and lists them; the JSON is
+rewritten after every row, so a killed run still leaves its results.
+
+Usage (GPU):  python benchmarks/kv/serving.py --out $OUT          (about 8 minutes on an H100)
+              python benchmarks/kv/serving.py --smoke --out /tmp/x  (CPU, seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+from anybudget import kv
+from anybudget.io import write_results
+
+GiB = 2**30
+CUDA = torch.cuda.is_available()
+BUDGET_ROWS = [("h2o", "20%"), ("h2o", "10%"), ("streaming", "20%"), ("streaming", "10%"),
+               ("local", "20%"), ("local", "10%")]
+
+
+def build_model(smoke: bool, max_pos: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dims = ({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 4, "vocab_size": 100} if smoke else
+            {"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 24, "num_attention_heads": 16,
+             "num_key_value_heads": 16, "vocab_size": 32000})
+    cfg = LlamaConfig(max_position_embeddings=max_pos, **dims)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device("cuda" if CUDA else "cpu"):
+        model = LlamaForCausalLM(cfg).to(torch.float32 if smoke else torch.bfloat16).eval()
+    model.generation_config.pad_token_id = 0
+    return model, cfg
+
+
+def cleanup(model=None):
+    if model is not None and hasattr(model, "_cache"):
+        del model._cache  # transformers keeps its static cache on the model between calls
+    gc.collect()
+    if CUDA:
+        torch.cuda.empty_cache()
+
+
+def copy_bandwidth(smoke: bool) -> float:
+    """Bytes per second of a device-to-device copy (read + write), best of 10."""
+    n = (1 << 20) if smoke else (1 << 30)
+    a = torch.empty(n, dtype=torch.uint8, device="cuda" if CUDA else "cpu")
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(10):
+        if CUDA:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        b.copy_(a)
+        if CUDA:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n / best
+
+
+class StepClock:
+    """A logits processor that timestamps every generated token (CUDA events: no host sync)."""
+
+    def __init__(self):
+        self.marks = []
+
+    def __call__(self, input_ids, scores):
+        if CUDA:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.marks.append(ev)
+        else:
+            self.marks.append(time.perf_counter())
+        return scores
+
+    def step_ms(self) -> float:
+        if len(self.marks) < 2:
+            return float("nan")
+        if CUDA:
+            torch.cuda.synchronize()
+            return self.marks[0].elapsed_time(self.marks[-1]) / (len(self.marks) - 1)
+        return (self.marks[-1] - self.marks[0]) * 1e3 / (len(self.marks) - 1)
+
+
+def hf_static_cache(model, cfg, B, P, N):
+    """transformers' StaticCache sized like ``cache_implementation="static"`` would size it, with
+    its batch and length dims marked dynamic like anybudget's slots (one compiled step for all
+    rows; CUDA graphs per shape). ``--static-shapes`` uses ``cache_implementation`` itself."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=cfg, max_cache_len=P + N + 1)
+    cache.early_initialization(B, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads, model.dtype,
+                               model.device)
+    for layer in cache.layers:
+        for t in (layer.keys, layer.values):
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+            torch._dynamo.maybe_mark_dynamic(t, 2)
+    return cache
+
+
+def make_cache(row: str, P: int, N: int):
+    if row in ("hf_static", "hf_static_default", "hf_dynamic", "ab_full"):
+        from transformers import DynamicCache
+
+        return None if row.startswith("hf_static") else DynamicCache()
+    if row == "h2o_dynamic":
+        return kv.H2OCache("20%")
+    policy, pct = row.split("_")
+    return kv.make_cache(policy, f"{pct}%", static=True, max_new_tokens=N)
+
+
+def kv_bytes_per_step(row, cfg, B, P, N, cache) -> float:
+    """Bytes of keys and values (and slot metadata) one decoding step reads, all layers."""
+    H, D, Lyr = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads, cfg.num_hidden_layers
+    if row.startswith("hf_static"):
+        slots, extra = P + N + 1, 0  # SDPA reads the whole static cache (masked)
+    elif row in ("hf_dynamic", "ab_full"):
+        slots, extra = P + N / 2, 0
+    elif row == "h2o_dynamic":
+        slots, extra = cache.layers[0].length, 4 * 2 + 8 + 1
+    else:
+        slots, extra = cache.layers[0].capacity + 1, 4 * 2 + 8 + 1  # score r/w, position, validity
+    return Lyr * B * H * slots * (2 * D * 2 + extra)
+
+
+def estimate_cache_gib(row, cfg, B, P, N) -> float:
+    H, D, Lyr = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads, cfg.num_hidden_layers
+    if row.startswith(("hf", "ab")):
+        slots = P + N + 1
+    else:
+        pct = 0.2 if row == "h2o_dynamic" else int(row.split("_")[1]) / 100
+        slots = int(pct * (P + N)) + 2
+    return Lyr * B * H * slots * (2 * D * 2 + 17) / GiB
+
+
+def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_shapes=False):
+    g = torch.Generator().manual_seed(B * 7 + P)
+    dev = model.device
+    ids = torch.randint(1, cfg.vocab_size, (B, P), generator=g).to(dev)
+    mask = torch.ones_like(ids)
+    gen = {"input_ids": ids, "attention_mask": mask, "do_sample": False, "min_new_tokens": N}
+    if compile_config is not None and row != "hf_static_default":
+        gen["compile_config"] = compile_config
+    if (row == "hf_static" and static_shapes) or row == "hf_static_default":
+        gen.update(cache_implementation="static", max_cache_len=P + N + 1)
+    if row.startswith("hf"):
+        kv.disable(model)
+    else:
+        kv.enable(model)
+    cache = hf_static_cache(model, cfg, B, P, N) if row == "hf_static" and not static_shapes else make_cache(row, P, N)
+    if cache is not None:
+        gen.update(kv.cache_kwargs(model, cache))
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model.generate(**{**gen, "min_new_tokens": 4}, max_new_tokens=4)  # compile + CUDA graph capture
+        if CUDA:
+            torch.cuda.synchronize()
+        warm = time.perf_counter() - t0
+        if row in ("hf_dynamic", "ab_full"):
+            gen.update(kv.cache_kwargs(model, make_cache(row, P, N)))
+        elif row == "hf_static" and cache is not None:
+            cache.reset()  # a user's StaticCache is not reset by generate; anybudget's caches restart themselves
+        clock = StepClock()
+        if CUDA:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        out = model.generate(**gen, max_new_tokens=N, logits_processor=[clock])
+        if CUDA:
+            torch.cuda.synchronize()
+        total = time.perf_counter() - t0
+    step = clock.step_ms()
+    read = weight_bytes + kv_bytes_per_step(row, cfg, B, P, N, cache)
+    limit_ms = read / bw * 1e3
+    res = {"row": row, "batch": B, "prompt": P, "new_tokens": out.shape[1] - P, "decode_ms_per_step": step,
+           "decode_tok_per_s": B / step * 1e3, "end_to_end_tok_per_s": B * N / total, "total_s": total,
+           "warmup_s": warm, "peak_gib": torch.cuda.max_memory_allocated() / GiB if CUDA else None,
+           "bytes_read_per_step": read, "bandwidth_limit_ms_per_step": limit_ms,
+           "fraction_of_bandwidth_limit": limit_ms / step}
+    del out, cache, ids
+    cleanup(model)
+    return res
+
+
+def plan(prompts, smoke):
+    """(row, prompt, batches) in priority order: the compared pair at the reference batch of each
+    prompt, plain use at a large batch, the pair's batch sweeps (doubling until out of memory,
+    the reference batch not repeated), then the other rows at the reference batch."""
+    start = {p: (1 if smoke else (8 if p <= 2048 else 4)) for p in prompts}
+    cap = 2 if smoke else 1024
+    ref = {p: (2 if smoke else (64 if p <= 2048 else 16)) for p in prompts}
+
+    def sweep(p):
+        return [b for b in (start[p] * 2**i for i in range(12)) if b <= cap]
+
+    jobs = [(r, p, [ref[p]]) for p in prompts for r in ("hf_static", "h2o_20")]
+    jobs += [("h2o_dynamic", prompts[0], [4 if smoke else 256])]
+    jobs += [(r, p, sweep(p)) for p in prompts for r in ("hf_static", "h2o_20")]
+    jobs += [(r, p, [ref[p]]) for p in prompts for r in ("hf_dynamic", "ab_full")]
+    jobs += [("hf_static_default", prompts[0], [ref[prompts[0]]])]
+    jobs += [(f"{pol}_{pct[:-1]}", p, [ref[p]]) for p in prompts for pol, pct in BUDGET_ROWS if (pol, pct) != ("h2o", "20%")]
+    return jobs, ref
+
+
+def summarize(rows, prompts, ref):
+    ok = [r for r in rows if "decode_ms_per_step" in r]
+
+    def get(row, p, b):
+        return next((r for r in ok if r["row"] == row and r["prompt"] == p and r["batch"] == b), None)
+
+    s = {"ratio_definition": "HF static+compile over the row: step ratios are HF ms/step / row ms/step, "
+                             "throughput ratios row tok/s / HF tok/s (> 1: the budgeted cache is faster)"}
+    for p in prompts:
+        hf = get("hf_static", p, ref[p])
+        for b in sorted({r["batch"] for r in ok if r["prompt"] == p}):  # every batch both ran at
+            x, y = get("hf_static", p, b), get("h2o_20", p, b)
+            if x and y:
+                s[f"h2o20_over_hf_static_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]
+        for pol, pct in BUDGET_ROWS:
+            r = get(f"{pol}_{pct[:-1]}", p, ref[p])
+            if hf and r:
+                s[f"{pol}{pct[:-1]}_over_hf_static_step_ratio_b{ref[p]}_p{p}"] = hf["decode_ms_per_step"] / r["decode_ms_per_step"]
+        best = {}
+        for row in ("hf_static", "h2o_20"):
+            mine = [r for r in ok if r["row"] == row and r["prompt"] == p]
+            if mine:
+                best[row] = max(mine, key=lambda r: r["batch"])
+        if len(best) == 2:
+            a, b = best["h2o_20"], best["hf_static"]
+            s[f"h2o20_over_hf_static_throughput_ratio_max_batch_p{p}"] = a["decode_tok_per_s"] / b["decode_tok_per_s"]
+            s[f"h2o20_over_hf_static_end_to_end_throughput_ratio_max_batch_p{p}"] = (
+                a["end_to_end_tok_per_s"] / b["end_to_end_tok_per_s"])
+            s[f"max_batch_p{p}"] = {"h2o_20": a["batch"], "hf_static": b["batch"]}
+            s[f"h2o20_fraction_of_bandwidth_limit_max_batch_p{p}"] = a["fraction_of_bandwidth_limit"]
+    p0 = prompts[0]
+    a, b = get("hf_static", p0, ref[p0]), get("hf_static_default", p0, ref[p0])
+    if a and b:
+        s[f"hf_static_dynamic_dims_over_default_step_ratio_b{ref[p0]}_p{p0}"] = (
+            b["decode_ms_per_step"] / a["decode_ms_per_step"])
+    plain = [r for r in rows if r["row"] == "h2o_dynamic"]
+    if plain:
+        s["h2o20_plain_generate_large_batch"] = {k: plain[0].get(k) for k in ("batch", "prompt", "decode_ms_per_step", "oom", "error")}
+    return s
+
+
+def plot(rows, prompts, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib missing: pip install 'anybudget[plot]'"
+    fig, axes = plt.subplots(1, len(prompts), figsize=(6 * len(prompts), 4.5), squeeze=False)
+    for ax, p in zip(axes[0], prompts):
+        for row in sorted({r["row"] for r in rows if r["prompt"] == p}):
+            pts = sorted((r["batch"], r["decode_tok_per_s"]) for r in rows
+                         if r["row"] == row and r["prompt"] == p and "decode_tok_per_s" in r)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=row)
+        ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="decode tokens/s", title=f"prompt {p}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    from anybudget.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--name", default="kv_serving")
+    ap.add_argument("--prompts", default=None, help="comma list (default 2048,8192; smoke 16,32)")
+    ap.add_argument("--new-tokens", type=int, default=None, help="default 128 (smoke 6)")
+    ap.add_argument("--minutes", type=float, default=7.5, help="wall-clock guard for the whole run")
+    ap.add_argument("--static-shapes", action="store_true",
+                    help="transformers' defaults: cache_implementation='static' and its default compile config "
+                         "(recompiles for every batch and length) instead of dynamic batch/length dims")
+    ap.add_argument("--rows", default=None, help="comma list of rows to run (default all, in priority order)")
+    ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: the same code path in seconds")
+    args = ap.parse_args(argv)
+    t_start = time.time()
+    deadline = t_start + args.minutes * 60
+    prompts = [int(x) for x in (args.prompts or ("16,32" if args.smoke else "2048,8192")).split(",")]
+    N = args.new_tokens or (6 if args.smoke else 128)
+    if not CUDA and not args.smoke:
+        raise SystemExit("error: no CUDA device; use --smoke on a CPU")
+    for knob, value in (("cache_size_limit", 256), ("recompile_limit", 256), ("accumulated_cache_size_limit", 4096),
+                        ("accumulated_recompile_limit", 4096)):  # many shapes in one process: never fall back to eager
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, value)
+    from transformers import CompileConfig
+
+    # One compilation per path serves every batch and length (CUDA graphs are still recorded per
+    # shape); transformers' default reaches the same after its first recompilation.
+    compile_config = None if args.static_shapes else CompileConfig(dynamic=True)
+    if args.smoke:  # transformers compiles only on accelerators; force it, with the cheap eager backend
+        compile_config = CompileConfig(backend="eager")
+        compile_config._compile_all_devices = True
+    model, cfg = build_model(args.smoke, max(prompts) + N + 8)
+    weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    bw = copy_bandwidth(args.smoke)
+    total_mem = torch.cuda.get_device_properties(0).total_memory / GiB if CUDA else 1e9
+    jobs, ref = plan(prompts, args.smoke)
+    if args.rows:
+        keep = set(args.rows.split(","))
+        jobs = [j for j in jobs if j[0] in keep]
+    rows, skipped = [], []
+    config = {"model": "LlamaForCausalLM, random weights", "params": sum(p.numel() for p in model.parameters()),
+              "dtype": str(model.dtype), "prompts": prompts, "new_tokens": N, "copy_bandwidth_gbps": bw / 1e9,
+              "greedy": True, "reference_batches": ref, "smoke": args.smoke,
+              "budgeted_rows": "static=True caches, decoding compiled by transformers' generate (inductor, "
+                               "reduce-overhead) like cache_implementation='static'",
+              "compile_config": None if compile_config is None else compile_config.to_dict(),
+              "minutes_guard": args.minutes}
+
+    def save():
+        metrics = {"rows": rows, "skipped": skipped, "summary": summarize(rows, prompts, ref),
+                   "wall_s": time.time() - t_start}
+        path = write_results(args.name, config, metrics, baseline={"every ratio": "hf_static"}, out_dir=args.out)
+        return path
+
+    last_cost = {}  # (row, prompt) -> (batch, seconds): to predict the next doubling
+    tried = set()
+    for row, P, batches in jobs:
+        for B in batches:
+            if (row, P, B) in tried:
+                continue
+            tried.add((row, P, B))
+            left = deadline - time.time()
+            prev = last_cost.get((row, P))
+            # a row's first batch may compile (about a minute on a GPU for this model)
+            guess = prev[1] * B / prev[0] if prev else (0.0 if args.smoke else 90.0)
+            if left < 20 or guess > left:
+                skipped.append({"row": row, "prompt": P, "batch": B, "why": f"wall-clock guard ({left:.0f} s left)"})
+                continue
+            est = estimate_cache_gib(row, cfg, B, P, N)
+            if CUDA and est + weight_bytes / GiB > 0.9 * total_mem:
+                rows.append({"row": row, "batch": B, "prompt": P, "oom": True,
+                             "why": f"estimated cache {est:.1f} GiB + weights over 90% of {total_mem:.0f} GiB"})
+                tried.update((row, P, b) for b in batches if b > B)
+                break
+            t0 = time.time()
+            try:
+                res = run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, args.static_shapes)
+            except torch.OutOfMemoryError:
+                cleanup(model)
+                rows.append({"row": row, "batch": B, "prompt": P, "oom": True, "why": "torch.OutOfMemoryError"})
+                tried.update((row, P, b) for b in batches if b > B)
+                print("OOM", row, B, P, flush=True)
+                save()
+                break
+            except Exception as e:  # noqa: BLE001 - keep going: one failing row must not lose the others
+                cleanup(model)
+                rows.append({"row": row, "batch": B, "prompt": P, "error": f"{type(e).__name__}: {e}"[:500]})
+                print("ERROR", row, B, P, e, flush=True)
+                save()
+                break
+            last_cost[(row, P)] = (B, time.time() - t0 - res["warmup_s"] + 5)
+            rows.append(res)
+            print(json.dumps(res), flush=True)
+            save()
+    path = save()
+    try:  # the JSON is already written: a failed plot only costs the PNG
+        err = plot(rows, prompts, Path(args.out) / f"{args.name}.png")
+    except Exception as e:  # noqa: BLE001
+        err = f"{type(e).__name__}: {e}"
+    if err:
+        print("plot:", err, flush=True)
+    print("wrote", path, json.dumps(summarize(rows, prompts, ref), indent=1), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

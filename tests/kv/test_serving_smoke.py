@@ -1,0 +1,25 @@
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_serving_benchmark_smoke(tmp_path):
+    """benchmarks/kv/serving.py --smoke: the GPU script's code path on a tiny CPU model (compiled
+    with the eager backend): rows, ratios in the summary, an incremental JSON record."""
+    spec = importlib.util.spec_from_file_location("kv_serving", ROOT / "benchmarks" / "kv" / "serving.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--smoke", "--out", str(tmp_path), "--prompts", "16",
+                     "--rows", "hf_static,h2o_20,local_10,h2o_dynamic"]) == 0
+    rec = json.loads((tmp_path / "kv_serving.json").read_text())
+    rows = rec["metrics"]["rows"]
+    done = {(r["row"], r["batch"]) for r in rows if "decode_ms_per_step" in r}
+    assert {("hf_static", 1), ("hf_static", 2), ("h2o_20", 1), ("h2o_20", 2), ("local_10", 2)} <= done, rows
+    assert all(r["new_tokens"] == 6 and r["decode_ms_per_step"] > 0 and r["fraction_of_bandwidth_limit"] > 0
+               for r in rows if "decode_ms_per_step" in r)
+    summary = rec["metrics"]["summary"]
+    assert any("step_ratio" in k for k in summary) and any("throughput_ratio" in k for k in summary)
+    assert summary["h2o20_plain_generate_large_batch"]["batch"] == 4
+    assert rec["commit"] and rec["config"]["copy_bandwidth_gbps"] > 0
