@@ -1,37 +1,5 @@
 import pytest
-import torch
-
-
-def tiny_model(family: str, seed: int = 0):
-    """A tiny random causal LM of ``family`` (fp32, CPU)."""
-    import transformers as tf
-
-    torch.manual_seed(seed)
-    common = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=64, max_position_embeddings=256)
-    if family == "llama":
-        cfg = tf.LlamaConfig(num_key_value_heads=2, **common)
-    elif family == "mistral":
-        cfg = tf.MistralConfig(num_key_value_heads=2, sliding_window=None, **common)
-    elif family == "qwen2":
-        cfg = tf.Qwen2Config(num_key_value_heads=2, **common)
-    elif family == "qwen3":
-        cfg = tf.Qwen3Config(num_key_value_heads=2, head_dim=8, **common)
-    elif family == "gpt_neox":
-        cfg = tf.GPTNeoXConfig(rotary_pct=0.5, **common)
-    else:
-        raise ValueError(family)
-    cfg._attn_implementation = "sdpa"
-    model = tf.AutoModelForCausalLM.from_config(cfg).eval()
-    # Random init gives near-uniform attention; sharpen it so heavy hitters differ from local.
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if any(k in n for k in ("q_proj", "k_proj", "query_key_value")):
-                p.mul_(4.0)
-    return model
-
-
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gpt_neox"]
+from kv_helpers import FAMILIES, tiny_model
 
 
 @pytest.fixture(params=FAMILIES)

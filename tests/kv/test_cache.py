@@ -5,7 +5,7 @@ from transformers import DynamicCache
 import anybudget.kv as kv
 from anybudget import Budget, BudgetError
 
-from conftest import tiny_model
+from kv_helpers import tiny_model
 
 POLICY_CACHES = {
     "h2o": lambda b: kv.H2OCache(b),

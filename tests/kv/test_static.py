@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model
+from kv_helpers import tiny_model
 from transformers import CompileConfig
 
 from anybudget import kv
