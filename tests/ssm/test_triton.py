@@ -47,8 +47,10 @@ def test_triton_scan_gpu_matches_reference(seq, n, variant, split, monkeypatch):
     torch.testing.assert_close(o2, o1, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(h2, h1, rtol=1e-3, atol=1e-3)
     g = torch.randn_like(o1)
-    g1 = torch.autograd.grad((o1 * g).sum(), ins)
-    g2 = torch.autograd.grad((o2 * g).sum(), ins)
+    g1 = list(torch.autograd.grad((o1 * g).sum(), ins))
+    g2 = list(torch.autograd.grad((o2 * g).sum(), ins))
+    if split:  # the model builds A's polarized columns as constants: only the learned columns have a gradient
+        g1[2], g2[2] = g1[2][:, 1:-1], g2[2][:, 1:-1]
     for a, b in zip(g1, g2):
         assert (b - a).abs().max() / a.abs().max().clamp_min(1.0) < 1e-3
 

@@ -111,9 +111,12 @@ class StaticSlotLayer(CacheLayerMixin):
     # -- update: prompt or one decoding step ------------------------------------------------------
     def update(self, key_states, value_states, *args, **kwargs):
         if not isinstance(kwargs.get("kwargs"), dict):
+            import transformers
+
             raise ValueError(  # noqa: TRY004 - an unsupported model, like kv.enable on an unknown family
-                "static=True needs a model whose attention hands its kwargs to the cache (Llama, "
-                             "Mistral, Qwen2, Qwen3 in transformers 5); use static=False for this model")
+                "static=True needs a model whose attention hands its kwargs to the cache: Llama, Mistral, "
+                f"Qwen2, Qwen3 from transformers 5.24 on (this is transformers {transformers.__version__}); "
+                "upgrade transformers or use static=False")
         if not self.prefilled:
             if not self.window:
                 self.lazy_initialization(key_states, value_states)
