@@ -19,9 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from anybudget.io import atomic_path, read_json, write_results
+from anybudget.measure import default_device
 from anybudget.nas.benchmark import DATASETS, NB201Table
 from anybudget.nas.correlate import (
     PROXIES,
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny networks and batches (CPU check of the script)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     table = NB201Table.load(args.table)
     method = args.ntk_method
     if method == "auto":

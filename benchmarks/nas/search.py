@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from anybudget.io import atomic_write_json, read_json, write_results
+from anybudget.measure import default_device
 from anybudget.nas.benchmark import DATASETS, NB201Table
 from anybudget.nas.correlate import ProxyConfig, score_arch, tenas_score
 from anybudget.nas.cost import arch_cost
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     deadline = t_start + args.time_budget
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     table = NB201Table.load(args.table)
     method, method_times = pick_ntk_method(device) if args.ntk_method == "auto" else (args.ntk_method, {})
     print(f"device {device}; NTK method {method} ({ {k: round(v * 1e3, 1) for k, v in method_times.items()} } ms per call)", flush=True)

@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 __all__ = [
     "atomic_path",
@@ -23,6 +23,11 @@ __all__ = [
     "results_record",
     "write_results",
     "read_json",
+    "save_figure",
+    "write_plot",
+    "write_json_and_plot",
+    "CheckpointMismatch",
+    "check_checkpoint_config",
 ]
 
 
@@ -145,3 +150,86 @@ def write_results(
     """Write ``<out_dir>/<name>.json`` atomically with the device record; return its path."""
     record = results_record(name, config, metrics, baseline)
     return atomic_write_json(Path(out_dir) / f"{name}.json", record)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120, **kwargs) -> Path:
+    """Save a matplotlib figure as PNG atomically, then close it (frees its memory)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png", **kwargs)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def write_plot(path: str | os.PathLike, draw: Callable[[Path], Any]) -> Path | None:
+    """Call ``draw(path)`` to write a plot; a failure is reported as one ``warning:`` line on stderr.
+
+    A plot is a view of results already written elsewhere, so it never stops the caller: a missing
+    matplotlib, an unwritable path or a bug in the drawing code each cost the PNG only. Returns the
+    path, or ``None`` when nothing was written. ``ANYBUDGET_DEBUG=1`` re-raises instead.
+    """
+    import sys
+
+    try:
+        draw(Path(path))
+        return Path(path)
+    except Exception as e:  # reported in one line; the JSON is safe
+        if os.environ.get("ANYBUDGET_DEBUG", "") not in ("", "0"):
+            raise
+        if isinstance(e, ImportError):
+            why = f"{e.name or e} is missing: pip install 'anybudget[plot]'"
+        else:
+            lines = str(e).strip().splitlines()
+            why = f"{type(e).__name__}: {lines[0] if lines else ''}"
+        print(f"warning: {os.fspath(path)} not written ({why[:300]}); the JSON results are complete",
+              file=sys.stderr)
+        return None
+
+
+def write_json_and_plot(
+    json_path: str | os.PathLike,
+    obj: Any,
+    png_path: str | os.PathLike,
+    draw: Callable[[Path], Any],
+) -> tuple[Path, Path | None]:
+    """Write ``obj`` as JSON atomically first, then the PNG with :func:`write_plot`.
+
+    The pair every command and benchmark writes: the numbers are on disk before any plotting
+    starts, and a failed plot is one ``warning:`` line that loses nothing else.
+    ``draw(path)`` writes the PNG to ``path`` (e.g. ``save_figure(fig, path)``).
+    """
+    jp = atomic_write_json(json_path, obj)
+    return jp, write_plot(png_path, draw)
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint (or resumable output folder) was written by a run with another configuration."""
+
+
+def _short(v: Any) -> str:
+    t = json.dumps(_jsonable(v))
+    return t if len(t) <= 40 else t[:37] + "..."
+
+
+def check_checkpoint_config(
+    path: str | os.PathLike, stored: dict | None, wanted: dict, what: str = "checkpoint", hint: str = ""
+) -> None:
+    """Refuse to resume from ``path`` when its stored configuration differs from ``wanted``.
+
+    Both dicts are compared as JSON values (tuples == lists). Keys that ``stored`` lacks (a file
+    written before the key existed) are not compared. Raises :class:`CheckpointMismatch` with one
+    line naming every differing key, its stored value and the asked one, and what to do.
+    """
+    if stored is None:
+        return
+    s, w = _jsonable(stored), _jsonable(wanted)
+    diff = [k for k in w if k in s and s[k] != w[k]]
+    if diff:
+        items = "; ".join(f"{k}: {_short(s[k])} there, {_short(w[k])} now" for k in diff)
+        raise CheckpointMismatch(
+            f"{what} {os.fspath(path)!r} was written with another configuration ({items}); "
+            + (hint or "use another path, or delete it to start over")
+        )

@@ -24,6 +24,7 @@ from anybudget.elastic.model import ElasticLlama, ElasticSpace
 from anybudget.elastic.router import RouterTrainConfig, StaticRouter, train_static_router
 from anybudget.elastic.train import ElasticTrainConfig, _world, train_elastic
 from anybudget.io import atomic_write_json, atomic_write_text
+from anybudget.measure import default_device
 
 __all__ = ["build_elastic", "load_elastic", "tokens_from_file"]
 
@@ -49,7 +50,7 @@ def load_elastic(out: str | os.PathLike, device: str | None = None) -> tuple[Ela
     out = Path(out)
     meta = json.loads((out / "elastic.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(default_device(device))
     em = ElasticLlama(model.to(dev).eval(), ElasticSpace(**{k: tuple(v) for k, v in meta["space"].items()}))
     table = CostTable.from_json((out / "latency_table.json").read_text()) if (out / "latency_table.json").is_file() else None
     router = StaticRouter.load(out / "router.safetensors") if (out / "router.safetensors").is_file() else None
@@ -87,7 +88,7 @@ def build_elastic(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(default_device(device))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dev = torch.device("cuda", torch.cuda.current_device())

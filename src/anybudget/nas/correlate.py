@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from anybudget.measure import default_device
 from anybudget.nas.benchmark import DATASETS, NB201Table, kendall_spearman
 from anybudget.nas.network import NB201Network
 from anybudget.nas.proxies import (
@@ -136,7 +137,7 @@ def score_archs(
     unknown = [p for p in proxies if p not in PROXIES]
     if unknown:
         raise ValueError(f"unknown proxies {unknown}; known: {', '.join(PROXIES)}")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = default_device(device)
     n_img = max(cfg.ntk_batch, cfg.zc_batch)
     images, labels = photo_batch(n_img, seed=seed)
     crops = crops_from(photo_batch(max(256, cfg.region_samples // 12), seed=seed + 7)[0], cfg.region_samples, rng=np.random.default_rng(seed))

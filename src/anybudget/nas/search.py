@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from anybudget.measure import default_device
 from anybudget.nas.network import NB201Network, mask_to_arch
 from anybudget.nas.proxies import init_model, linear_regions, ntk_condition_number
 from anybudget.nas.space import EDGES, NUM_EDGES, OPS, arch_index, format_arch
@@ -298,7 +299,7 @@ def tenas_search(
     """
     from anybudget.nas.data import photo_batch
 
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = default_device(device)
     t_start = time.perf_counter()
     mask = torch.ones(NUM_EDGES, len(OPS), dtype=torch.bool)
     mask[:, OPS.index("none")] = False  # the reference masks `none` out from the start

@@ -78,9 +78,9 @@ def _common(p):
 
 
 def _device(args):
-    import torch
+    from anybudget.measure import default_device
 
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return default_device(args.device)
 
 
 def _bg(args):

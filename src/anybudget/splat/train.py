@@ -347,7 +347,9 @@ def initial_scene(folder, views: list[Camera], random_points: int = 100_000, sh_
         cols = torch.rand(random_points, 3, generator=g)
     if len(pts) < 4:
         raise ValueError(f"{len(pts)} initial points; 3DGS needs at least 4")
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    from anybudget.measure import default_device
+
+    dev = default_device()
     scale = knn_scale(pts.to(dev)).cpu()
     return GaussianScene.from_points(pts, cols, sh_degree, scale=scale)
 
