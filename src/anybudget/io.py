@@ -21,6 +21,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "results_record",
+    "command_record",
     "write_results",
     "read_json",
     "save_figure",
@@ -140,6 +141,27 @@ def results_record(name: str, config: dict, metrics: dict, baseline: dict | None
     }
 
 
+def command_record(obj: dict, config: Any) -> dict:
+    """A command's output ``obj`` with its configuration and the device record (versions, commit, date).
+
+    ``config``: a dict, a dataclass or an ``argparse.Namespace`` (its plain str/number/bool/None
+    values are kept; the handler function and such are dropped).
+    """
+    from anybudget.measure import device_record
+
+    if hasattr(config, "__dataclass_fields__"):
+        import dataclasses
+
+        config = dataclasses.asdict(config)
+    elif not isinstance(config, dict):
+        config = vars(config)
+    config = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in config.items()}
+    config = {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple, dict))}
+    dev = device_record()
+    return {**obj, "config": config, "device": dev, "torch": dev.get("torch"),
+            "transformers": dev.get("transformers"), "commit": dev.get("commit"), "date": dev.get("date")}
+
+
 def write_results(
     name: str,
     config: dict,
@@ -214,18 +236,32 @@ def _short(v: Any) -> str:
     return t if len(t) <= 40 else t[:37] + "..."
 
 
+def _flat(d: Any, prefix: str = "") -> dict:
+    """Nested dicts as one level of dotted keys (``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``)."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def check_checkpoint_config(
     path: str | os.PathLike, stored: dict | None, wanted: dict, what: str = "checkpoint", hint: str = ""
 ) -> None:
     """Refuse to resume from ``path`` when its stored configuration differs from ``wanted``.
 
-    Both dicts are compared as JSON values (tuples == lists). Keys that ``stored`` lacks (a file
+    Both dicts are compared as JSON values (tuples == lists; nested dicts key by key, named
+    ``outer.inner``). Keys that ``stored`` lacks (a file
     written before the key existed) are not compared. Raises :class:`CheckpointMismatch` with one
     line naming every differing key, its stored value and the asked one, and what to do.
     """
     if stored is None:
         return
-    s, w = _jsonable(stored), _jsonable(wanted)
+    s, w = _flat(_jsonable(stored)), _flat(_jsonable(wanted))
     diff = [k for k in w if k in s and s[k] != w[k]]
     if diff:
         items = "; ".join(f"{k}: {_short(s[k])} there, {_short(w[k])} now" for k in diff)

@@ -48,5 +48,7 @@ def test_cli_train_compress_decompress_eval(tmp_path, capsys):
     assert main(["splat", "eval", str(tmp_path / "gt.ply"), str(tmp_path / "s.lgz"), "--views", d,
                  "--png", str(tmp_path / "cmp.png"), "--out", str(tmp_path / "m.json"), "--quiet", "--device", "cpu"]) == 0
     m = json.loads((tmp_path / "m.json").read_text())
+    assert "commit" in m and m["config"]["split"] == "test" and m["device"]
+    m = m["scenes"]
     assert m["gt.ply"]["psnr"] > 60 and m["s.lgz"]["size_bytes"] < m["gt.ply"]["size_bytes"]
     assert (tmp_path / "cmp.png").stat().st_size > 0

@@ -168,11 +168,7 @@ def _correlate(args: argparse.Namespace) -> int:
 def _maybe_write(path, obj, args: argparse.Namespace | None = None) -> None:
     """Write the command's result with its configuration and the device record (date, versions, commit)."""
     if path:
-        from anybudget.io import atomic_write_json
-        from anybudget.measure import device_record
+        from anybudget.io import atomic_write_json, command_record
 
-        config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))} if args else {}
-        dev = device_record()
-        atomic_write_json(path, {**obj, "config": config, "device": dev, "torch": dev.get("torch"),
-                                 "commit": dev.get("commit"), "date": dev.get("date")})
+        atomic_write_json(path, command_record(obj, args if args is not None else {}))
         print(f"wrote {path}")

@@ -297,6 +297,7 @@ def tenas_search(
     ``checkpoint``: a JSON file written after every round; a run finds it and resumes (rounds
     are seeded by ``(seed, round)``, so a resumed run matches an uninterrupted one).
     """
+    from anybudget.io import check_checkpoint_config
     from anybudget.nas.data import photo_batch
 
     dev = default_device(device)
@@ -313,8 +314,10 @@ def tenas_search(
     if checkpoint is not None and os.path.exists(checkpoint):
         with open(checkpoint) as f:
             state = json.load(f)
-        if state.get("seed") != seed or state.get("config") != asdict(config) or state.get("budget") != (str(budget) if budget else None):
-            raise ValueError(f"checkpoint {checkpoint} belongs to another run (seed/config/budget differ); remove it")
+        check_checkpoint_config(
+            checkpoint, {k: state.get(k) for k in ("seed", "config", "budget")},
+            {"seed": seed, "config": asdict(config), "budget": str(budget) if budget else None}, "checkpoint",
+            "it belongs to another run; use another checkpoint, or delete it to start over")
         mask = torch.tensor(state["mask"], dtype=torch.bool)
         rounds = state["rounds"]
         elapsed_before = state["seconds"]

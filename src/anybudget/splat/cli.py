@@ -156,7 +156,7 @@ def _decompress(args) -> int:
 
 
 def _eval(args) -> int:
-    from anybudget.io import atomic_write_json
+    from anybudget.io import atomic_write_json, command_record, write_plot
     from anybudget.splat.cameras import load_views
     from anybudget.splat.evaluate import evaluate, side_by_side_png
 
@@ -172,10 +172,12 @@ def _eval(args) -> int:
         fps = f"{m['fps']:.1f}" if m["fps"] else "-"
         print(f"{Path(path).name}: PSNR {m['psnr']:.2f} SSIM {m['ssim']:.4f} size {m['size_bytes'] / 1e6:.2f} MB "
               f"FPS {fps} ({m['num_gaussians']} Gaussians)", file=sys.stdout)
-    if args.png:
-        side_by_side_png(scenes, views, args.png, background=_bg(args), backend=args.backend)
-    if args.out:
-        atomic_write_json(args.out, rows)
+    if args.out:  # the numbers first: a failed picture never costs them
+        atomic_write_json(args.out, command_record({"scenes": rows}, args))
+        print(f"wrote {args.out}")
     elif not args.png:
         print(json.dumps(rows))
+    if args.png and write_plot(args.png, lambda p: side_by_side_png(scenes, views, p, background=_bg(args),
+                                                                    backend=args.backend)):
+        print(f"wrote {args.png}")
     return 0
