@@ -43,6 +43,7 @@ def test_cli_train_compress_decompress_eval(tmp_path, capsys):
                  "--recovery-iterations", "2", "--distill-iterations", "2", "--codebook", "4", "--vq-iterations", "3",
                  "--quiet", "--device", "cpu"]) == 0
     assert len(load_lgz(tmp_path / "s.lgz")) == 40 - round(0.66 * 40)
+    assert not (tmp_path / "s.lgz.work").exists() and not (tmp_path / "t.ply.ckpt.safetensors").exists()
     assert main(["splat", "decompress", str(tmp_path / "s.lgz"), "--out", str(tmp_path / "s.ply")]) == 0
     assert read_ply(tmp_path / "s.ply").equal(load_lgz(tmp_path / "s.lgz").to_scene())
     assert main(["splat", "eval", str(tmp_path / "gt.ply"), str(tmp_path / "s.lgz"), "--views", d,
