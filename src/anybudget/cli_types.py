@@ -282,8 +282,8 @@ def add_dataclass_args(p: argparse.ArgumentParser, cls, prefix: str = "", only=N
 def dataclass_from_args(cls, args: argparse.Namespace, prefix: str = "", **fixed):
     """``cls`` from the flags :func:`add_dataclass_args` added (fields not given keep their defaults).
 
-    ``fixed``: values set by the command itself. A ``ValueError`` of the dataclass's own checks
-    becomes one ``error:`` line naming the flag (exit 2).
+    ``fixed``: values set by the command itself. A ``ValueError`` of the dataclass's own checks is
+    raised again with the flag's name in front (the CLI's boundary prints it as one line, exit 2).
     """
     import dataclasses
 
@@ -299,4 +299,4 @@ def dataclass_from_args(cls, args: argparse.Namespace, prefix: str = "", **fixed
         msg = str(e)
         named = [f.name for f in dataclasses.fields(cls) if msg.startswith((f.name + "=", f.name + " "))]
         flag = f"{_flag(prefix, named[0])}: " if named and named[0] not in fixed else ""
-        raise SystemExit(f"error: {flag}{msg}") from None
+        raise ValueError(f"{flag}{msg}") from None
