@@ -37,7 +37,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 from anybudget import elastic as E
 from anybudget.elastic.train import _any_rank, average_gradients
 from anybudget.io import atomic_write_text, save_figure, write_plot, write_results

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 from anybudget.io import save_figure, write_plot, write_results
 from anybudget.prune.mlm import MLMStream, add_mlm_head, mlm_accuracy
 from anybudget.prune.train import FineTuneConfig, finetune
