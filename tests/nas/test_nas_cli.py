@@ -64,21 +64,28 @@ def _cli(*args):
                           timeout=120, check=False)
 
 
-def test_correlate_resume_with_other_proxies_is_refused_and_the_checkpoint_kept(csv_path, tmp_path):
+def test_correlate_resume_with_other_proxies_is_refused_and_the_checkpoint_kept(csv_path, tmp_path, capsys):
     out, ck = tmp_path / "c.json", tmp_path / "c.checkpoint.json"
     base = ["nas", "correlate", "--num-archs", "4", "--table", str(csv_path), "--device", "cpu", "--quiet"]
     assert main([*base, "--proxies", "linear_regions,params", "--out", str(out)]) == 0
     saved = ck.read_bytes()  # the default checkpoint, beside --out
     assert json.loads(saved)["proxies"] == ["linear_regions", "params"]
-    for proxies, words in (("linear_regions,params,naswot", ["proxies:", "naswot"]), ("params", ["proxies:"])):
-        r = _cli(*base, "--proxies", proxies, "--out", str(tmp_path / "d.json"), "--checkpoint", str(ck))
-        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error: --checkpoint"), r.stderr
-        assert all(w in lines[0] for w in words) and "delete it to start over" in lines[0]
-        assert ck.read_bytes() == saved and not (tmp_path / "d.json").exists()
-    r = _cli(*base, "--proxies", "linear_regions,params", "--zc-batch", "8", "--checkpoint", str(ck))
-    assert r.returncode == 2 and "config.zc_batch: 64 there, 8 now" in r.stderr and ck.read_bytes() == saved
+    # in a subprocess, as a user sees it: exit 2, one line naming the argument and the keys, nothing written
+    r = _cli(*base, "--proxies", "linear_regions,params,naswot", "--out", str(tmp_path / "d.json"), "--checkpoint", str(ck))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --checkpoint"), r.stderr
+    assert "proxies:" in lines[0] and "naswot" in lines[0] and "delete it to start over" in lines[0]
+    assert ck.read_bytes() == saved and not (tmp_path / "d.json").exists()
+    capsys.readouterr()
+    for extra, words in ((["--proxies", "params"], "proxies: "), (["--proxies", "linear_regions,params", "--zc-batch", "8"],
+                                                                   "config.zc_batch: 64 there, 8 now")):
+        assert main([*base, *extra, "--checkpoint", str(ck), "--out", str(tmp_path / "d.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and ck.read_bytes() == saved and not (tmp_path / "d.json").exists()
+    # the same proxies in another order are the same run: resumed, nothing rescored
+    assert main([*base, "--proxies", "params,linear_regions", "--checkpoint", str(ck)]) == 0
+    assert ck.read_bytes() == saved
 
 
 def test_correlate_resume_with_fewer_archs_reports_only_those(csv_path, tmp_path):
@@ -94,13 +101,9 @@ def test_correlate_resume_with_fewer_archs_reports_only_those(csv_path, tmp_path
     assert len(json.loads(ck.read_text())["scores"]["index"]) == 6 and len(full["index"]) == 6
 
 
-def test_search_bad_inputs_one_line(tmp_path):
-    r = _cli("nas", "search", "--repeat", "0", "--out", str(tmp_path / "s.json"))
-    assert r.returncode == 2 and "--repeat" in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
-    r = _cli("nas", "search", "--init", "xavier", "--out", str(tmp_path / "s.json"))
-    assert r.returncode == 2 and "--init" in r.stderr and not list(tmp_path.iterdir())
-    (tmp_path / "s.checkpoint.json").mkdir()  # the default checkpoint's path is blocked
-    r = _cli("nas", "search", "--out", str(tmp_path / "s.json"), "--device", "cpu")
-    assert r.returncode == 2 and r.stderr.startswith("error: --checkpoint") and "Traceback" not in r.stderr
-    assert not (tmp_path / "s.json").exists()
+def test_search_blocked_default_checkpoint_is_named_before_any_work(tmp_path, capsys):
+    (tmp_path / "s.checkpoint.json").mkdir()  # the default checkpoint's path is blocked by a folder
+    assert main(["nas", "search", "--out", str(tmp_path / "s.json"), "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --checkpoint (default beside --out)") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.checkpoint.json"]

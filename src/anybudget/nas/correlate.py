@@ -147,12 +147,12 @@ def score_archs(
     images, labels, crops = images.to(dev), labels.to(dev), crops.to(dev)
     proxies = tuple(proxies)
     res: dict = {"index": [], **{p: [] for p in proxies}}
-    key = {"config": asdict(cfg), "seed": seed, "proxies": list(proxies)}
+    key = {"config": asdict(cfg), "seed": seed, "proxies": sorted(proxies)}  # the set counts, not its order
     if checkpoint is not None and os.path.exists(checkpoint):
         state = read_json(checkpoint)
         stored = {"config": state.get("config"), "seed": state.get("seed"),
                   # a checkpoint from before proxies were stored: its score columns say which
-                  "proxies": state.get("proxies", [p for p in state.get("scores", {}) if p != "index"])}
+                  "proxies": sorted(state.get("proxies", [p for p in state.get("scores", {}) if p != "index"]))}
         check_checkpoint_config(checkpoint, stored, key, "--checkpoint",
                                 "use another --checkpoint, or delete it to start over")
         res = state["scores"]
