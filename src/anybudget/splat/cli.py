@@ -21,6 +21,10 @@ from anybudget.cli_types import (
 
 
 def register(sub) -> None:
+    from anybudget.splat.distill import DistillConfig
+    from anybudget.splat.pipeline import LightGaussianConfig
+    from anybudget.splat.quantize import QuantizeConfig
+    from anybudget.splat.significance import SignificanceConfig
     from anybudget.splat.train import TrainConfig
 
     sp = sub.add_parser("splat", help="LightGaussian: compress 3DGS scenes to a size budget (train, eval)")
@@ -47,15 +51,19 @@ def register(sub) -> None:
     c.add_argument("--views", required=True, help="the training views (dataset folder)")
     c.add_argument("--out", required=True, type=writable_file, help="output .lgz")
     c.add_argument("--budget", default=None, type=budget, help="size budget, e.g. size=40MB (default: the paper's ratios)")
-    c.add_argument("--prune-ratio", type=fraction, default=0.66, help="(default 0.66; a budget may raise it)")
-    c.add_argument("--recovery-iterations", type=nonneg_int, default=5000, help="fine-tune steps after pruning (5000)")
-    c.add_argument("--distill-iterations", type=nonneg_int, default=10_000, help="SH distillation steps (10000)")
     c.add_argument("--no-distill", action="store_true", help="keep the SH degree")
-    c.add_argument("--score", default="lightgaussian",
-                   choices=("lightgaussian", "alpha_t", "opacity_t", "hit_count", "opacity"))
-    c.add_argument("--codebook", type=positive_int, default=8192, help="VQ codewords (8192)")
-    c.add_argument("--vq-ratio", type=fraction, default=0.6, help="fraction of Gaussians with VQ colour (0.6)")
-    c.add_argument("--vq-iterations", type=positive_int, default=1000, help="k-means steps (1000)")
+    # the paper's defaults live in the stage configs; one flag per field used here
+    add_dataclass_args(c, LightGaussianConfig, only=("prune_ratio", "recovery_iterations"), title="LightGaussian", overrides={
+        "prune_ratio": {"type": fraction, "help": "share of Gaussians pruned (a budget may raise it)"},
+        "recovery_iterations": {"type": nonneg_int, "help": "fine-tune steps after pruning"}})
+    add_dataclass_args(c, SignificanceConfig, only=("score",), title="significance", overrides={
+        "score": {"choices": ("lightgaussian", "alpha_t", "opacity_t", "hit_count", "opacity")}})
+    add_dataclass_args(c, DistillConfig, "distill-", only=("iterations",), title="SH distillation", overrides={
+        "iterations": {"type": nonneg_int, "help": "SH distillation steps"}})
+    add_dataclass_args(c, QuantizeConfig, "vq-", only=("codebook_size", "ratio", "iterations"), title="vector quantisation",
+                       overrides={"codebook_size": {"type": positive_int, "flag": "--codebook", "help": "VQ codewords"},
+                                  "ratio": {"type": fraction, "help": "fraction of Gaussians with VQ colour"},
+                                  "iterations": {"type": positive_int, "help": "k-means steps"}})
     c.add_argument("--workdir", default=None, type=writable_dir,
                    help="save each stage here and resume from it (default: OUT's name + .work/ beside it, "
                         "removed once OUT is written)")
@@ -148,11 +156,11 @@ def _compress(args) -> int:
     dev = _device(args)
     scene = _load_scene(args.scene).to(dev)
     views = load_views(args.views, "train", background=_bg(args))
-    cfg = LightGaussianConfig(
-        prune_ratio=args.prune_ratio, recovery_iterations=args.recovery_iterations,
-        significance=SignificanceConfig(score=args.score),
-        distill=None if args.no_distill else DistillConfig(iterations=args.distill_iterations),
-        quantize=QuantizeConfig(codebook_size=args.codebook, ratio=args.vq_ratio, iterations=args.vq_iterations),
+    cfg = dataclass_from_args(
+        LightGaussianConfig, args,
+        significance=dataclass_from_args(SignificanceConfig, args),
+        distill=None if args.no_distill else dataclass_from_args(DistillConfig, args, "distill_"),
+        quantize=dataclass_from_args(QuantizeConfig, args, "vq_"),
         background=_bg(args),
     )
     cfg = replace(cfg, train=replace(cfg.train, background=_bg(args)))
