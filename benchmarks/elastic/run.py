@@ -37,10 +37,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 from anybudget import elastic as E
 from anybudget.elastic.train import _any_rank, average_gradients
-from anybudget.io import atomic_path, atomic_write_text, write_results
+from anybudget.io import atomic_write_text, save_figure, write_plot, write_results
 from anybudget.measure import latency, model_bytes, peak_memory
 
 
@@ -332,20 +331,18 @@ def main(argv=None) -> int:
               "sampling": a.sampling, "train_config": res["config"], "workload": wl.__dict__, "eval_tokens": a.eval_tokens,
               "importance": {"depth": em.importance.layers.tolist(), "embedding_top8": em.importance.embedding.topk(8).indices.tolist()}}
     write_results("elastic_flextron", config, metrics, baseline={"pruned_only": pruned, "scratch": scratch}, out_dir=out)
-    plot(out / "elastic_flextron.png", points, sweep, dynamic, exported)
+    write_plot(out / "elastic_flextron.png", lambda p: plot(p, points, sweep, dynamic, exported))
     print(json.dumps({"ppl_original": ppl_orig, "tokens": train_tokens, "meets": metrics["router_meets_all_measured"],
                       "router>=uniform": metrics["router_at_least_uniform"], "total_s": metrics["total_s"]}))
     return 0
 
 
 def plot(path, points, sweep, dynamic, exported):
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, x, label in ((axes[0], "measured_ms", "measured latency (ms)"), (axes[1], "params", "parameters")):
         for key, name, mark in (("elastic_ppl", "elastic (ours)", "o"), ("pruned_ppl", "permute + prune only", "s"),
@@ -363,9 +360,7 @@ def plot(path, points, sweep, dynamic, exported):
         ax.set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.suptitle("Flextron elastic sub-networks")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from anybudget.io import atomic_path, read_json, write_results
+from anybudget.io import read_json, save_figure, write_plot, write_results
+from anybudget.measure import default_device
 from anybudget.nas.benchmark import DATASETS, NB201Table
 from anybudget.nas.correlate import (
     PROXIES,
@@ -63,9 +63,7 @@ def plot(scores: dict, table: NB201Table, path: Path) -> None:
         ax.set_ylabel("CIFAR-100 test acc (%)")
     fig.suptitle(f"NAS-Bench-201, {len(idx)} archs; proxy inputs: photo crops (not CIFAR)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> int:
@@ -83,7 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny networks and batches (CPU check of the script)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     table = NB201Table.load(args.table)
     method = args.ntk_method
     if method == "auto":
@@ -119,8 +117,8 @@ def main(argv=None) -> int:
               "inputs": DATA_NOTE, "order": "numpy default_rng(seed).permutation(15625), scored in order",
               "draws_per_arch": 1, "smoke": args.smoke}
     path = write_results(name, config, metrics, baseline={"paper_tenas": PAPER}, out_dir=out)
-    plot(scores, table, out / f"{name}.png")
-    print(f"wrote {path} and {out / (name + '.png')}")
+    png = write_plot(out / f"{name}.png", lambda p: plot(scores, table, p))
+    print(f"wrote {path}" + (f" and {png}" if png else ""))
     print(f"{'proxy':<16}" + "".join(f"{d + ' tau':>22}{'rho':>8}" for d in DATASETS))
     for p, row in corr.items():
         print(f"{p:<16}" + "".join(f"{row[d]['kendall']:>22.3f}{row[d]['spearman']:>8.3f}" for d in DATASETS))

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anybudget.io import atomic_write_json, read_json, write_results
+from anybudget.io import atomic_write_json, check_checkpoint_config, read_json, write_results
+from anybudget.measure import default_device
 from anybudget.nas.benchmark import DATASETS, NB201Table
 from anybudget.nas.correlate import ProxyConfig, score_arch, tenas_score
 from anybudget.nas.cost import arch_cost
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     deadline = t_start + args.time_budget
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     table = NB201Table.load(args.table)
     method, method_times = pick_ntk_method(device) if args.ntk_method == "auto" else (args.ntk_method, {})
     print(f"device {device}; NTK method {method} ({ {k: round(v * 1e3, 1) for k, v in method_times.items()} } ms per call)", flush=True)
@@ -130,17 +131,23 @@ def main(argv=None) -> int:
     seeds = list(range(args.seeds))
     metrics: dict = {"data": DATA_NOTE, "ntk_method": method, "ntk_call_ms": {k: v * 1e3 for k, v in method_times.items()}}
     partial = Path(args.out_dir) / "nas_search.partial.json"
+    cfg = TENASConfig(ntk_method=method, **small)
+    # what the finished parts depend on: a resume with another one is refused, never mixed in
+    key = {"seeds": seeds, "tenas": asdict(cfg), "smoke": args.smoke, "table": str(args.table)}
     if args.resume and partial.is_file():
         done = read_json(partial)
+        check_checkpoint_config(partial, done.get("resume_key"), key, "--resume",
+                                "rerun without --resume, or with the settings it was written with")
         metrics.update({k: v for k, v in done.items() if k.startswith("tenas")})
         print(f"resumed parts {[k for k in done if k.startswith('tenas')]} from {partial}", flush=True)
 
-    cfg = TENASConfig(ntk_method=method, **small)
+    def save_partial():
+        atomic_write_json(partial, {**metrics, "resume_key": key})
     if "tenas" not in metrics:
         print("TE-NAS, paper init (Kaiming normal, re-drawn per repeat):", flush=True)
         rows = run_tenas(cfg, seeds, table, device, args.quiet, deadline=deadline)
         metrics["tenas"] = {"runs": rows, **summarize(rows)}
-        atomic_write_json(partial, metrics)
+        save_partial()
 
     budget_flops = arch_cost(("nor_conv_3x3",) * 6).flops // 2
     brows = []
@@ -150,7 +157,7 @@ def main(argv=None) -> int:
     if brows:
         metrics["tenas_flops_budget"] = {"limit": budget_flops, "runs": brows, **summarize(brows),
                                          "all_within": all(r["flops"] <= budget_flops for r in brows)}
-    atomic_write_json(partial, metrics)
+    save_partial()
 
     t_eq = metrics["tenas"]["seconds"]["mean"]
     print(f"random search, {t_eq:.1f} s each (= mean TE-NAS search time):", flush=True)
@@ -166,7 +173,7 @@ def main(argv=None) -> int:
     metrics["random_arch"] = {d: {"mean": float(table.acc[d].mean()), "std": float(table.acc[d].std())} for d in DATASETS}
     best = {d: float(table.acc[d].max()) for d in DATASETS}
     metrics["benchmark_optimum"] = best
-    atomic_write_json(partial, metrics)
+    save_partial()
 
     print("TE-NAS, reference-code init (PyTorch default, not re-drawn):", flush=True)
     rrows = run_tenas(TENASConfig(ntk_method=method, init="reference", **small), seeds, table, device, args.quiet, deadline=deadline)

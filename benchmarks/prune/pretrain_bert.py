@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import write_results
+from anybudget.io import save_figure, write_plot, write_results
 from anybudget.prune.mlm import MLMStream, add_mlm_head, mlm_accuracy
 from anybudget.prune.train import FineTuneConfig, finetune
 
@@ -139,7 +138,8 @@ def main(argv=None) -> int:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config["model"] = "MLM head on a frozen encoder" if args.encoder else "BERT pre-trained from scratch"
     write_results("prune_pretrain_bert" + ("_smoke" if args.smoke else ""), config, metrics, out_dir=args.out)
-    try:
+
+    def draw(path):
         import matplotlib
 
         matplotlib.use("Agg")
@@ -151,9 +151,9 @@ def main(argv=None) -> int:
         ax.set_ylabel("held-out MLM accuracy")
         ax.set_title(f"{config['model']}: {n_params / 1e6:.1f} M params")
         fig.tight_layout()
-        fig.savefig(args.out / "pretrain_bert.png", dpi=120)
-    except ImportError:
-        pass
+        save_figure(fig, path)
+
+    write_plot(args.out / "pretrain_bert.png", draw)
     print(f"MLM accuracy {before['mlm_accuracy']:.3f} -> {after['mlm_accuracy']:.3f} in {steps} steps "
           f"({seconds:.0f} s); saved {out}")
     return 0

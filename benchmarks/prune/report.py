@@ -111,13 +111,22 @@ def _pct(s) -> str:
 
 
 def plots(summary: dict, out: Path) -> None:
-    try:
-        import matplotlib
+    """imp_curves.png and transfer.png; each one that fails is one warning line (the JSON is written first)."""
+    from anybudget.io import write_plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+    write_plot(out / "imp_curves.png", lambda p: _imp_curves(summary, p))
+    if any(r.get("transfer_mlm") for r in summary["tasks"].values()):
+        write_plot(out / "transfer.png", lambda p: _transfer(summary, p))
+
+
+def _imp_curves(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from anybudget.io import save_figure
+
     tasks = list(summary["tasks"])
     if not tasks:
         return
@@ -145,8 +154,17 @@ def plots(summary: dict, out: Path) -> None:
     used = list(axes.flat)[:len(tasks)]
     max(used, key=lambda a: len(a.get_legend_handles_labels()[1])).legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "imp_curves.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
+
+
+def _transfer(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from anybudget.io import save_figure
+
     tr = [(t, r) for t, r in summary["tasks"].items() if r.get("transfer_mlm")]
     if tr:
         fig, ax = plt.subplots(figsize=(1.6 * len(tr) + 2, 3.4))
@@ -162,5 +180,4 @@ def plots(summary: dict, out: Path) -> None:
         ax.set_ylim(max(0.0, lo - 0.25), None)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / "transfer.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, path, dpi=110)

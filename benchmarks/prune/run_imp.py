@@ -25,9 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-for p in (str(ROOT / "src"), str(HERE)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+if str(HERE) not in sys.path:  # the sibling scripts (jobs, report, speed24) when imported from tests
+    sys.path.insert(0, str(HERE))
 import jobs
 import report
 
@@ -88,7 +87,7 @@ def main(argv=None) -> int:
     model = str(args.model or args.data / "model")
     tasks = args.tasks.split(",")
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(HERE), os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     deadline = t0 + args.minutes * 60
     base = {"data": str(args.data), "model": model, "device": device, "deadline": deadline,
             "threads": 1 if args.smoke else 2,

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 from anybudget.measure import latency
 from anybudget.prune.masks import apply_mask
 from anybudget.prune.sparse24 import mask_24, prune_24, to_semi_structured

@@ -24,11 +24,10 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 
 import torch
 
-from anybudget.io import atomic_write_json, write_results
+from anybudget.io import atomic_write_json, write_plot, write_results
 from anybudget.splat.cameras import load_views
 from anybudget.splat.codec import decode, encode, section_sizes
 from anybudget.splat.distill import DistillConfig
@@ -183,8 +182,10 @@ def main(argv=None) -> int:
                           "psnr_drop_db": base["psnr"] - fin["psnr"],
                           "fps_gain_x": (fin["fps"] / base["fps"]) if base["fps"] else None,
                           "fps_1024_gain_x": (fin["fps_1024"] / base["fps_1024"]) if "fps_1024" in base else None}
-    side_by_side_png({"3dgs": trained, "pruned": res.stages["pruned"], "distilled": res.stages["distilled"],
-                      "quantized": decoded}, test_views, out / f"{name}.png", count=3, background=bg, backend=backend)
+    save()  # the numbers first; a failed picture is one warning line
+    write_plot(out / f"{name}.png", lambda p: side_by_side_png(
+        {"3dgs": trained, "pruned": res.stages["pruned"], "distilled": res.stages["distilled"], "quantized": decoded},
+        test_views, p, count=3, background=bg, backend=backend))
 
     # 3. significance on both rasterisers (alpha variant) and the score ablation at 66%
     t = time.time()

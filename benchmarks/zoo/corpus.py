@@ -31,7 +31,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from anybudget.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 PACKAGES = (

@@ -41,7 +41,6 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 import corpus as v1
 
 from anybudget.io import atomic_write_json, atomic_write_text

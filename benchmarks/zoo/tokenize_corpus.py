@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 from anybudget.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 DOC_SEP = "\n\n\f\n\n"

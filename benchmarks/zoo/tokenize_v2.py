@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 from anybudget.io import atomic_write_json, read_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

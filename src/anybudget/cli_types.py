@@ -207,3 +207,96 @@ def device(text: str) -> str:
     elif d.type != "cpu" and d.type != "mps":
         raise argparse.ArgumentTypeError(f"{text!r}: use cpu or cuda")
     return text
+
+
+def _bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true/false")
+
+
+def _tuple_of(elem):
+    def parse(text: str) -> tuple:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("is empty; give comma-separated values")
+        try:
+            return tuple(elem(x) for x in items)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {elem.__name__}") from None
+
+    parse.__name__ = f"list of {elem.__name__}"
+    return parse
+
+
+def _flag(prefix: str, name: str) -> str:
+    return "--" + (prefix + name).replace("_", "-")
+
+
+def _dest(prefix: str, name: str) -> str:
+    return (prefix + name).replace("-", "_")
+
+
+def add_dataclass_args(p: argparse.ArgumentParser, cls, prefix: str = "", only=None, skip=(),
+                       overrides: dict | None = None, title: str | None = None) -> None:
+    """One flag per field of the dataclass ``cls``: ``--PREFIX-FIELD-NAME``, default and help from it.
+
+    The dataclass holds every default (the flag's own default is None: "not given"), so no default is
+    typed twice; :func:`dataclass_from_args` builds the instance. ``only`` / ``skip``: field names to
+    include / leave out. ``overrides``: ``{field: {"type": ..., "choices": ..., "help": ...,
+    "flag": "--name"}}`` where the default's type is not the right parser (e.g. ``positive_int``,
+    an optional field). Ints and floats are parsed as such; bools take true/false; tuples take
+    comma-separated values.
+    """
+    import dataclasses
+
+    overrides = overrides or {}
+    g = p.add_argument_group(title or (f"{cls.__name__} (--{prefix}...)" if prefix else cls.__name__))
+    for f in dataclasses.fields(cls):
+        if (only is not None and f.name not in only) or f.name in skip:
+            continue
+        o = dict(overrides.get(f.name, {}))
+        default = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        if "type" in o:
+            typ = o.pop("type")
+        elif isinstance(default, bool):
+            typ = _bool
+        elif isinstance(default, tuple):
+            typ = _tuple_of(type(default[0]) if default else str)
+        elif isinstance(default, (int, float, str)):
+            typ = type(default)
+        else:
+            continue  # nested or optional fields need an override to become flags
+        shown = (",".join(map(str, default)) if isinstance(default, tuple) else str(default)).replace("%", "%%")
+        text = o.pop("help", "")
+        flag = o.pop("flag", _flag(prefix, f.name))
+        g.add_argument(flag, dest=_dest(prefix, f.name), type=typ, default=None,
+                       help=f"{text + ' ' if text else ''}(default {shown})", **o)
+
+
+def dataclass_from_args(cls, args: argparse.Namespace, prefix: str = "", **fixed):
+    """``cls`` from the flags :func:`add_dataclass_args` added (fields not given keep their defaults).
+
+    ``fixed``: values set by the command itself. A ``ValueError`` of the dataclass's own checks is
+    raised again with the flag's name in front (the CLI's boundary prints it as one line, exit 2).
+    """
+    import dataclasses
+
+    kw = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, _dest(prefix, f.name), None)
+        if v is not None:
+            kw[f.name] = v
+    kw.update(fixed)
+    try:
+        return cls(**kw)
+    except ValueError as e:
+        msg = str(e)
+        named = [f.name for f in dataclasses.fields(cls) if msg.startswith((f.name + "=", f.name + " "))]
+        flag = f"{_flag(prefix, named[0])}: " if named and named[0] not in fixed else ""
+        raise ValueError(f"{flag}{msg}") from None

@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent / "assets" / "reflm"
+from anybudget.models import REFLM_DIR as ASSETS
+
 PROMPT = "The device-mapper target"
 
 
@@ -28,14 +28,14 @@ def run_demo(model=None, budget="kv=20%", tokens=64, device=None, quiet=False, p
 
     from anybudget.kv import H2OCache, LocalCache, cache_kwargs, enable
     from anybudget.kv.cache import parse_kv_budget
-    from anybudget.kv.cli import load
     from anybudget.kv.evaluate import streaming_nll
+    from anybudget.models import load_causal_lm
 
     if not isinstance(tokens, int) or tokens < 1:
         raise SystemExit(f"error: --tokens {tokens!r} must be an integer >= 1")
     kvq = parse_kv_budget(budget)
     t0 = time.perf_counter()
-    lm, tok, dev = load(model, device)
+    lm, tok, dev = load_causal_lm(model, device)
     enable(lm)
     print(f"model: {model or 'embedded reference LM v2 (27.3M-parameter Llama, trained on English from Debian packages)'}"
           f" on {dev}; KV budget {kvq}")

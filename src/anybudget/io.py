@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 __all__ = [
     "atomic_path",
@@ -21,8 +21,14 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "results_record",
+    "command_record",
     "write_results",
     "read_json",
+    "save_figure",
+    "write_plot",
+    "write_json_and_plot",
+    "CheckpointMismatch",
+    "check_checkpoint_config",
 ]
 
 
@@ -135,6 +141,27 @@ def results_record(name: str, config: dict, metrics: dict, baseline: dict | None
     }
 
 
+def command_record(obj: dict, config: Any) -> dict:
+    """A command's output ``obj`` with its configuration and the device record (versions, commit, date).
+
+    ``config``: a dict, a dataclass or an ``argparse.Namespace`` (its plain str/number/bool/None
+    values are kept; the handler function and such are dropped).
+    """
+    from anybudget.measure import device_record
+
+    if hasattr(config, "__dataclass_fields__"):
+        import dataclasses
+
+        config = dataclasses.asdict(config)
+    elif not isinstance(config, dict):
+        config = vars(config)
+    config = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in config.items()}
+    config = {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple, dict))}
+    dev = device_record()
+    return {**obj, "config": config, "device": dev, "torch": dev.get("torch"),
+            "transformers": dev.get("transformers"), "commit": dev.get("commit"), "date": dev.get("date")}
+
+
 def write_results(
     name: str,
     config: dict,
@@ -145,3 +172,100 @@ def write_results(
     """Write ``<out_dir>/<name>.json`` atomically with the device record; return its path."""
     record = results_record(name, config, metrics, baseline)
     return atomic_write_json(Path(out_dir) / f"{name}.json", record)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120, **kwargs) -> Path:
+    """Save a matplotlib figure as PNG atomically, then close it (frees its memory)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png", **kwargs)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def write_plot(path: str | os.PathLike, draw: Callable[[Path], Any]) -> Path | None:
+    """Call ``draw(path)`` to write a plot; a failure is reported as one ``warning:`` line on stderr.
+
+    A plot is a view of results already written elsewhere, so it never stops the caller: a missing
+    matplotlib, an unwritable path or a bug in the drawing code each cost the PNG only. Returns the
+    path, or ``None`` when nothing was written. ``ANYBUDGET_DEBUG=1`` re-raises instead.
+    """
+    import sys
+
+    try:
+        draw(Path(path))
+        return Path(path)
+    except Exception as e:  # reported in one line; the JSON is safe
+        if os.environ.get("ANYBUDGET_DEBUG", "") not in ("", "0"):
+            raise
+        if isinstance(e, ImportError):
+            why = f"{e.name or e} is missing: pip install 'anybudget[plot]'"
+        else:
+            lines = str(e).strip().splitlines()
+            why = f"{type(e).__name__}: {lines[0] if lines else ''}"
+        print(f"warning: {os.fspath(path)} not written ({why[:300]}); the JSON results are complete",
+              file=sys.stderr)
+        return None
+
+
+def write_json_and_plot(
+    json_path: str | os.PathLike,
+    obj: Any,
+    png_path: str | os.PathLike,
+    draw: Callable[[Path], Any],
+) -> tuple[Path, Path | None]:
+    """Write ``obj`` as JSON atomically first, then the PNG with :func:`write_plot`.
+
+    The pair every command and benchmark writes: the numbers are on disk before any plotting
+    starts, and a failed plot is one ``warning:`` line that loses nothing else.
+    ``draw(path)`` writes the PNG to ``path`` (e.g. ``save_figure(fig, path)``).
+    """
+    jp = atomic_write_json(json_path, obj)
+    return jp, write_plot(png_path, draw)
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint (or resumable output folder) was written by a run with another configuration."""
+
+
+def _short(v: Any) -> str:
+    t = json.dumps(_jsonable(v))
+    return t if len(t) <= 40 else t[:37] + "..."
+
+
+def _flat(d: Any, prefix: str = "") -> dict:
+    """Nested dicts as one level of dotted keys (``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``)."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_checkpoint_config(
+    path: str | os.PathLike, stored: dict | None, wanted: dict, what: str = "checkpoint", hint: str = ""
+) -> None:
+    """Refuse to resume from ``path`` when its stored configuration differs from ``wanted``.
+
+    Both dicts are compared as JSON values (tuples == lists; nested dicts key by key, named
+    ``outer.inner``). Keys that ``stored`` lacks (a file
+    written before the key existed) are not compared. Raises :class:`CheckpointMismatch` with one
+    line naming every differing key, its stored value and the asked one, and what to do.
+    """
+    if stored is None:
+        return
+    s, w = _flat(_jsonable(stored)), _flat(_jsonable(wanted))
+    diff = [k for k in w if k in s and s[k] != w[k]]
+    if diff:
+        items = "; ".join(f"{k}: {_short(s[k])} there, {_short(w[k])} now" for k in diff)
+        raise CheckpointMismatch(
+            f"{what} {os.fspath(path)!r} was written with another configuration ({items}); "
+            + (hint or "use another path, or delete it to start over")
+        )

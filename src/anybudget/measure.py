@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Timing", "latency", "host_time", "peak_memory", "model_bytes", "file_size", "device_record"]
+__all__ = ["default_device", "Timing", "latency", "host_time", "peak_memory", "model_bytes", "file_size", "device_record"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,18 @@ class Timing:
             "warmup": self.warmup,
             "device": self.device,
         }
+
+
+def default_device(device: Any = None) -> str:
+    """``device`` as a string when given, else ``"cuda"`` when a CUDA device is usable, else ``"cpu"``.
+
+    The one place every command and library entry point picks its default device.
+    """
+    if device is not None:
+        return str(device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _check_count(name: str, value: int, low: int) -> None:

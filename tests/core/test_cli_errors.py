@@ -126,12 +126,26 @@ BAD = [
     (["kv", "eval", "--text", "{d}/ok.txt", "--device", "cuda:99"], ["--device", "cuda:99"]),
     (["ssm", "mqar", "--device", "cuda:99"], ["--device", "cuda:99"]),
     (["demo", "--device", "cuda:99"], ["--device", "cuda:99"]),
+    # flags generated from the config dataclasses: checked by argparse or by the dataclass, named
+    (["elastic", "build", "--model", "m", "--text", "{d}/ok.txt", "--out", "el", "--train-steps", "x"], ["--train-steps"]),
+    (["elastic", "build", "--model", "m", "--text", "{d}/ok.txt", "--out", "el", "--batch", "0"], ["--batch"]),
+    (["elastic", "build", "--model", "m", "--text", "{d}/ok.txt", "--out", "el", "--heldout-fraction", "1.5"],
+     ["--heldout-fraction", "heldout_fraction=1.5"]),
+    (["elastic", "build", "--model", "m", "--text", "{d}/ok.txt", "--out", "el", "--train-homogeneous", "maybe"],
+     ["--train-homogeneous", "true/false"]),
+    (["elastic", "eval", "--model", "m", "--text", "{d}/ok.txt", "--out", "ev", "--seq", "0"], ["--seq"]),
+    (["prune", "imp", "--model", "m", "--task", "mlm", "--out", "run", "--schedule", "cubic"], ["--schedule"]),
+    (["prune", "imp", "--model", "m", "--task", "mlm", "--out", "run", "--rate", "1.5"], ["--rate"]),
+    (["splat", "train", "--views", "{d}", "--out", "t.ply", "--densify-until", "-1"], ["--densify-until"]),
+    (["nas", "search", "--init", "xavier"], ["--init"]),
+    (["nas", "search", "--out", "s.json", "--checkpoint", "{d}/afile/ck.json"], ["--checkpoint"]),
+    (["nas", "correlate", "--zc-batch", "-3"], ["--zc-batch"]),
 ]
 
 
 # One case per command group also runs in a real subprocess (the user's view: stderr, exit code);
 # the rest run in-process, so the whole file stays fast (each subprocess pays the torch import).
-SUBPROCESS = {0, 6, 15, 17, 23, 30, 31}
+SUBPROCESS = {0, 6, 15, 17, 23, 30, 31, 39}
 
 
 def run_inproc(argv, capsys):
@@ -193,3 +207,34 @@ def test_missing_extra_is_named_before_any_work(inputs, tmp_path, monkeypatch, c
     r = run_inproc([a.replace("{d}", str(inputs)) for a in argv], capsys)
     assert_one_line_error(r, extra, code=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dataclass_flags_take_their_defaults_from_the_dataclass(capsys):
+    import dataclasses
+
+    from anybudget.cli_types import add_dataclass_args, dataclass_from_args, positive_int
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        steps: int = 300
+        lr: float = 1e-2
+        mode: str = "abs"
+        fused: bool = True
+        fractions: tuple = (1.0, 0.5)
+        rate: float | None = None
+
+        def __post_init__(self):
+            if self.lr > 1:
+                raise ValueError(f"lr={self.lr} must be <= 1")
+
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, Cfg, "r-", skip=("mode",), overrides={"steps": {"type": positive_int, "help": "steps"}})
+    assert dataclass_from_args(Cfg, p.parse_args([]), "r_") == Cfg()
+    got = dataclass_from_args(Cfg, p.parse_args(["--r-steps", "7", "--r-fused", "false", "--r-fractions", "1,0.25"]), "r_")
+    assert got == Cfg(steps=7, fused=False, fractions=(1.0, 0.25))
+    assert "(default 300)" in p.format_help() and "--r-mode" not in p.format_help() and "--r-rate" not in p.format_help()
+    with pytest.raises(ValueError, match=r"^--r-lr: lr=2.0 must be <= 1$"):
+        dataclass_from_args(Cfg, p.parse_args(["--r-lr", "2"]), "r_")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--r-steps", "0"])
+    assert "argument --r-steps: 0 must be a positive integer" in capsys.readouterr().err

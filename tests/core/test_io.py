@@ -40,3 +40,84 @@ def test_results_record_fields(tmp_path):
     assert set(rec) == {"name", "config", "metrics", "baseline", "device", "torch", "transformers", "commit", "date"}
     assert rec["metrics"]["t"] == [1.5, 2.0]
     assert rec["torch"] == torch.__version__ and rec["date"].startswith("20")
+
+
+def test_json_and_plot_pair_json_first_failed_plot_one_line(tmp_path, capsys, monkeypatch):
+    from anybudget.io import read_json, write_json_and_plot
+
+    monkeypatch.delenv("ANYBUDGET_DEBUG", raising=False)
+    seen = []
+
+    def draw(path):
+        seen.append((tmp_path / "r.json").is_file())  # the JSON is already on disk
+        raise RuntimeError("bad axis\nsecond line")
+
+    jp, png = write_json_and_plot(tmp_path / "r.json", {"a": 1}, tmp_path / "r.png", draw)
+    assert seen == [True] and png is None and read_json(jp) == {"a": 1}
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: ") and "RuntimeError: bad axis" in err
+    assert not (tmp_path / "r.png").exists()
+
+
+def test_json_and_plot_missing_matplotlib_and_blocked_png(tmp_path, capsys, monkeypatch):
+    from anybudget.io import save_figure, write_json_and_plot, write_plot
+
+    monkeypatch.delenv("ANYBUDGET_DEBUG", raising=False)
+
+    def no_mpl(path):
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    assert write_plot(tmp_path / "x.png", no_mpl) is None
+    assert "matplotlib is missing: pip install 'anybudget[plot]'" in capsys.readouterr().err
+    (tmp_path / "o.png").mkdir()  # the PNG's path is blocked by a folder
+
+    def draw(path):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        ax.plot([0, 1])
+        save_figure(fig, path)
+
+    jp, png = write_json_and_plot(tmp_path / "o.json", {"b": 2}, tmp_path / "o.png", draw)
+    assert jp.is_file() and png is None and "warning:" in capsys.readouterr().err
+    jp, png = write_json_and_plot(tmp_path / "p.json", {"b": 2}, tmp_path / "p.png", draw)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*.tmp*"))
+    monkeypatch.setenv("ANYBUDGET_DEBUG", "1")
+    with pytest.raises(ModuleNotFoundError):
+        write_plot(tmp_path / "y.png", no_mpl)
+
+
+def test_check_checkpoint_config_names_every_differing_key():
+    from anybudget.io import CheckpointMismatch, check_checkpoint_config
+
+    check_checkpoint_config("c.json", None, {"a": 1})  # nothing stored: nothing to compare
+    check_checkpoint_config("c.json", {"a": [1, 2], "b": "x"}, {"a": (1, 2), "b": "x", "new": 3})
+    with pytest.raises(CheckpointMismatch) as e:
+        check_checkpoint_config("c.json", {"a": 1, "b": "x", "c": [1]}, {"a": 2, "b": "x", "c": [1, 2]})
+    msg = str(e.value)
+    assert "\n" not in msg and "'c.json'" in msg
+    assert "a: 1 there, 2 now" in msg and "c: [1] there, [1, 2] now" in msg and "b:" not in msg
+    assert isinstance(e.value, ValueError)
+
+
+def test_default_device(monkeypatch):
+    import torch
+
+    from anybudget.measure import default_device
+
+    assert default_device("cpu") == "cpu" and default_device(torch.device("cpu")) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == "cuda"
+
+
+def test_check_checkpoint_config_names_nested_keys():
+    from anybudget.io import CheckpointMismatch, check_checkpoint_config
+
+    with pytest.raises(CheckpointMismatch, match=r"\(train\.lr: 0\.1 there, 0\.2 now\)"):
+        check_checkpoint_config("d", {"train": {"lr": 0.1, "steps": 3}}, {"train": {"lr": 0.2, "steps": 3}})

@@ -62,3 +62,27 @@ def test_export_and_eval(built, capsys):
     rows = json.loads((root / "ev/elastic_eval.json").read_text())["rows"]
     assert len([r for r in rows if r["kind"] == "uniform"]) == 8 and len([r for r in rows if r["kind"] == "router"]) == 8
     assert (root / "ev/elastic_eval.png").is_file()
+
+
+def test_build_refuses_another_configuration_in_the_same_out(built):
+    """Resuming into an --out built with other settings: one line naming the keys, exit 2, nothing changed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, args = built
+    before = {p: p.stat().st_mtime_ns for p in (root / "el").rglob("*") if p.is_file()}
+    changed = list(args)
+    changed[changed.index("--train-steps") + 1] = "5"
+    changed[changed.index("--seq") + 1] = "12"
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("ANYBUDGET_DEBUG", None)
+    r = subprocess.run([sys.executable, "-m", "anybudget.cli", *changed], capture_output=True, text=True,
+                       env=env, timeout=120, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --out"), r.stderr
+    assert "train.steps: 3 there, 5 now" in lines[0] and "build.seq: 16 there, 12 now" in lines[0]
+    assert {p: p.stat().st_mtime_ns for p in (root / "el").rglob("*") if p.is_file()} == before

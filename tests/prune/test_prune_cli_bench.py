@@ -29,6 +29,8 @@ def test_cli_imp_resumes_then_apply_and_report(smoke_data, tmp_path, capsys):
     assert "round 2: sparsity 0.200" in text and "dev.accuracy" in text
     with pytest.raises(SystemExit, match="another config"):
         main(common + ["--rounds", "3", "--schedule", "geometric"])
+    with pytest.raises(SystemExit, match=r"error: --out .*\(finetune\.lr: 0\.003 there, 0\.004 now\); use another --out"):
+        main([("4e-3" if a == "3e-3" else a) for a in common] + ["--rounds", "3"])  # fine-tuning settings count too
     assert main(common + ["--rounds", "3"]) == 0  # extends the same run by one round
     assert "round 3: sparsity 0.300" in capsys.readouterr().out
     mask_file = tmp_path / "run" / "round_02.mask.safetensors"

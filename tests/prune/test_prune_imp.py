@@ -66,7 +66,7 @@ def test_resumed_imp_equals_uninterrupted(make_model, task_data, tmp_path):
             assert torch.equal(full.masks[r][k], resumed.masks[r][k])
     a, b = load_file(tmp_path / "a/trained.safetensors"), load_file(tmp_path / "b/trained.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="another config: head=.keep. there, .rewind. here"):
+    with pytest.raises(ValueError, match=r'another configuration \(head: "keep" there, "rewind" now\)'):
         imp(make_model, train_fn, eval_fn, IMPConfig(rounds=3, rewind_step=2, head="rewind"), seed=5, out_dir=tmp_path / "a", progress=False)
 
 

@@ -43,10 +43,13 @@ def test_cli_train_compress_decompress_eval(tmp_path, capsys):
                  "--recovery-iterations", "2", "--distill-iterations", "2", "--codebook", "4", "--vq-iterations", "3",
                  "--quiet", "--device", "cpu"]) == 0
     assert len(load_lgz(tmp_path / "s.lgz")) == 40 - round(0.66 * 40)
+    assert not (tmp_path / "s.lgz.work").exists() and not (tmp_path / "t.ply.ckpt.safetensors").exists()
     assert main(["splat", "decompress", str(tmp_path / "s.lgz"), "--out", str(tmp_path / "s.ply")]) == 0
     assert read_ply(tmp_path / "s.ply").equal(load_lgz(tmp_path / "s.lgz").to_scene())
     assert main(["splat", "eval", str(tmp_path / "gt.ply"), str(tmp_path / "s.lgz"), "--views", d,
                  "--png", str(tmp_path / "cmp.png"), "--out", str(tmp_path / "m.json"), "--quiet", "--device", "cpu"]) == 0
     m = json.loads((tmp_path / "m.json").read_text())
+    assert "commit" in m and m["config"]["split"] == "test" and m["device"]
+    m = m["scenes"]
     assert m["gt.ply"]["psnr"] > 60 and m["s.lgz"]["size_bytes"] < m["gt.ply"]["size_bytes"]
     assert (tmp_path / "cmp.png").stat().st_size > 0

@@ -4,6 +4,7 @@ import pytest
 import torch
 from splat_helpers import orbit_cameras, random_scene
 
+from anybudget.io import CheckpointMismatch
 from anybudget.splat.budget import estimated_size
 from anybudget.splat.codec import load_lgz
 from anybudget.splat.distill import DistillConfig, distill_sh, pseudo_view
@@ -90,6 +91,10 @@ def test_pipeline_end_to_end_with_budget_and_resume(toy, tmp_path):
     assert (tmp_path / "w" / "distilled.ply").exists()
     again = lightgaussian(gt, views, config=cfg, workdir=tmp_path / "w", progress=False)  # resumes
     assert again.scene.equal(res.scene)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "w").iterdir()}
+    with pytest.raises(CheckpointMismatch, match=r"--workdir .*\(prune_ratio: 0\.66 there, 0\.5 now\)"):
+        lightgaussian(gt, views, config=replace(cfg, prune_ratio=0.5), workdir=tmp_path / "w", progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "w").iterdir()} == before  # stages kept as they were
     big = random_scene(400, seed=3, spread=0.4)
     target = estimated_size(400, 2, 0.66, 0.6, 8) - 300
     fit = lightgaussian(big, views, budget=f"size={target}", config=replace(cfg, recovery_iterations=0), progress=False)
@@ -113,6 +118,8 @@ def test_training_resumes_bit_exactly_from_checkpoint(toy, tmp_path):
     ck = tmp_path / "ck.safetensors"
     with pytest.raises(KeyboardInterrupt):
         train(init, views, cfg, progress=False, checkpoint=ck, checkpoint_every=5, callback=stop)
+    with pytest.raises(CheckpointMismatch, match=r"\(lambda_dssim: 0\.2 there, 0\.5 now\)"):
+        train(init, views, replace(cfg, lambda_dssim=0.5), progress=False, checkpoint=ck, checkpoint_every=5)
     resumed = train(init, views, cfg, progress=False, checkpoint=ck, checkpoint_every=5)
     assert len(resumed) == len(straight) and torch.equal(resumed.means, straight.means)
     assert torch.equal(resumed.sh_rest, straight.sh_rest) and torch.equal(resumed.opacity_logits, straight.opacity_logits)

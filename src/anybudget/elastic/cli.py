@@ -3,45 +3,25 @@ generated from their dataclasses (one flag per field, the dataclass holds the de
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from pathlib import Path
 
-from anybudget.cli_types import budget, device, existing_file, positive_int, writable_dir
-
-
-def _add_dataclass(p: argparse.ArgumentParser, cls, prefix: str = "") -> None:
-    doc = cls.__name__
-    g = p.add_argument_group(f"{doc} (prefix --{prefix})" if prefix else doc)
-    for f in dataclasses.fields(cls):
-        default = f.default
-        flag = "--" + prefix + f.name.replace("_", "-")
-        dest = (prefix + f.name).replace("-", "_")
-        if isinstance(default, bool):
-            g.add_argument(flag, dest=dest, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                           help=f"true/false (default {default})")
-        elif isinstance(default, tuple):
-            g.add_argument(flag, dest=dest, default=None, help=f"comma-separated (default {','.join(map(str, default))})")
-        else:
-            g.add_argument(flag, dest=dest, type=type(default), default=None, help=f"(default {default})")
-
-
-def _from_args(cls, args: argparse.Namespace, prefix: str = ""):
-    kw = {}
-    for f in dataclasses.fields(cls):
-        v = getattr(args, (prefix + f.name).replace("-", "_"), None)
-        if v is None:
-            continue
-        if isinstance(f.default, tuple):
-            v = tuple(float(x) for x in str(v).split(","))
-        kw[f.name] = v
-    return cls(**kw)
+from anybudget.cli_types import (
+    add_dataclass_args,
+    budget,
+    dataclass_from_args,
+    device,
+    existing_file,
+    positive_int,
+    writable_dir,
+)
 
 
 def register(sub) -> None:
     from anybudget.elastic.latency import Workload
     from anybudget.elastic.model import ElasticSpace
+    from anybudget.elastic.pipeline import ElasticBuildConfig
     from anybudget.elastic.router import RouterTrainConfig
     from anybudget.elastic.train import ElasticTrainConfig
 
@@ -52,15 +32,15 @@ def register(sub) -> None:
     b.add_argument("--model", required=True, help="Hugging Face model folder (Llama/Mistral/Qwen2/Qwen3)")
     b.add_argument("--text", required=True, type=existing_file, help="training text file (or a .u16.xz token file)")
     b.add_argument("--out", required=True, type=writable_dir, help="output folder; re-running resumes unfinished phases")
-    b.add_argument("--batch", type=positive_int, default=8, help="sequences per step (default 8)")
-    b.add_argument("--seq", type=positive_int, default=256, help="tokens per sequence (default 256)")
-    b.add_argument("--calib-batches", type=positive_int, default=8, help="calibration batches for importance (default 8)")
     b.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda if available)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_dataclass(b, ElasticSpace)
-    _add_dataclass(b, ElasticTrainConfig, "train-")
-    _add_dataclass(b, RouterTrainConfig, "router-")
-    _add_dataclass(b, Workload, "workload-")
+    add_dataclass_args(b, ElasticBuildConfig, overrides={
+        "batch": {"type": positive_int, "help": "sequences per step"}, "seq": {"type": positive_int, "help": "tokens per sequence"},
+        "calib_batches": {"type": positive_int, "help": "calibration batches for importance"}})
+    add_dataclass_args(b, ElasticSpace)
+    add_dataclass_args(b, ElasticTrainConfig, "train-")
+    add_dataclass_args(b, RouterTrainConfig, "router-")
+    add_dataclass_args(b, Workload, "workload-")
     b.set_defaults(func=_build)
 
     x = es.add_parser("export", help="the sub-network for a budget as a plain smaller model folder")
@@ -76,8 +56,8 @@ def register(sub) -> None:
     v.add_argument("--model", required=True, help="folder written by `anybudget elastic build`")
     v.add_argument("--text", required=True, type=existing_file, help="evaluation text file (or a .u16.xz token file)")
     v.add_argument("--out", required=True, type=writable_dir, help="folder for elastic_eval.json and elastic_eval.png")
-    v.add_argument("--seq", type=positive_int, default=256, help="(default 256)")
-    v.add_argument("--batch", type=positive_int, default=8, help="(default 8)")
+    add_dataclass_args(v, ElasticBuildConfig, only=("batch", "seq"), title="evaluation windows", overrides={
+        "batch": {"type": positive_int, "help": "sequences per forward"}, "seq": {"type": positive_int, "help": "tokens per window"}})
     v.add_argument("--max-tokens", type=positive_int, default=200_000, help="evaluate on at most this many tokens")
     v.add_argument("--device", default=None, type=device)
     v.set_defaults(func=_eval)
@@ -86,21 +66,19 @@ def register(sub) -> None:
 def _build(args) -> int:
     from anybudget.elastic.latency import Workload
     from anybudget.elastic.model import ElasticSpace
-    from anybudget.elastic.pipeline import build_elastic, tokens_from_file
+    from anybudget.elastic.pipeline import ElasticBuildConfig, build_elastic, tokens_from_file
     from anybudget.elastic.router import RouterTrainConfig
     from anybudget.elastic.train import ElasticTrainConfig
 
-    try:
-        space = _from_args(ElasticSpace, args)
-        train = _from_args(ElasticTrainConfig, args, "train_")
-        router = _from_args(RouterTrainConfig, args, "router_")
-        wl = _from_args(Workload, args, "workload_") if any(
-            getattr(args, "workload_" + f.name) is not None for f in dataclasses.fields(Workload)) else None
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    build = dataclass_from_args(ElasticBuildConfig, args)
+    space = dataclass_from_args(ElasticSpace, args)
+    train = dataclass_from_args(ElasticTrainConfig, args, "train_")
+    router = dataclass_from_args(RouterTrainConfig, args, "router_")
+    wl = dataclass_from_args(Workload, args, "workload_") if any(
+        getattr(args, "workload_" + f.name) is not None for f in dataclasses.fields(Workload)) else None
     tokens = tokens_from_file(args.text, args.model)
-    meta = build_elastic(args.model, tokens, args.out, train, router, wl, space, args.batch, args.seq,
-                         args.calib_batches, device=args.device, quiet=args.quiet)
+    meta = build_elastic(args.model, tokens, args.out, train, router, wl, space, build,
+                         device=args.device, quiet=args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"built {args.out}: phases {', '.join(meta['phases'])}")
     return 0
@@ -135,12 +113,13 @@ def _eval(args) -> int:
     from anybudget.elastic.data import eval_windows
     from anybudget.elastic.evaluate import perplexity
     from anybudget.elastic.latency import param_count
-    from anybudget.elastic.pipeline import load_elastic, tokens_from_file
+    from anybudget.elastic.pipeline import ElasticBuildConfig, load_elastic, tokens_from_file
     from anybudget.elastic.router import route, uniform_configs
-    from anybudget.io import atomic_path, atomic_write_json
+    from anybudget.io import command_record, save_figure, write_json_and_plot
 
     em, table, router = load_elastic(args.model, device=args.device)
-    windows = eval_windows(tokens_from_file(args.text, Path(args.model) / "model"), args.seq, args.batch, args.max_tokens)
+    ev = dataclass_from_args(ElasticBuildConfig, args)
+    windows = eval_windows(tokens_from_file(args.text, Path(args.model) / "model"), ev.seq, ev.batch, args.max_tokens)
     rows = []
     for sub in uniform_configs(em):
         rows.append({"kind": "uniform", "subnet": str(sub), "params": param_count(em, sub),
@@ -157,24 +136,25 @@ def _eval(args) -> int:
         lat = f"{r['latency_ms']:8.3f}" if r["latency_ms"] is not None else f"{'-':>8}"
         print(f"{r['kind']:8} {r['params'] / 1e6:9.2f} {lat} {r['ppl']:8.2f}  {r['subnet']}")
     out = Path(args.out)
-    atomic_write_json(out / "elastic_eval.json", {"rows": rows})
-    try:
+
+    def draw(path):
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
-        print("(no PNG: pip install 'anybudget[plot]')")
-        return 0
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for kind, mark in (("uniform", "o"), ("router", "x")):
-        pts = [(r["latency_ms"] if r["latency_ms"] is not None else r["params"] / 1e6, r["ppl"]) for r in rows if r["kind"] == kind]
-        if pts:
-            ax.scatter(*zip(*pts), marker=mark, label=kind)
-    ax.set_xlabel("LUT latency (ms)" if table else "parameters (M)")
-    ax.set_ylabel("perplexity")
-    ax.legend()
-    with atomic_path(out / "elastic_eval.png") as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    print(f"wrote {out / 'elastic_eval.json'} and {out / 'elastic_eval.png'}")
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for kind, mark in (("uniform", "o"), ("router", "x")):
+            pts = [(r["latency_ms"] if r["latency_ms"] is not None else r["params"] / 1e6, r["ppl"])
+                   for r in rows if r["kind"] == kind]
+            if pts:
+                ax.scatter(*zip(*pts), marker=mark, label=kind)
+        ax.set_xlabel("LUT latency (ms)" if table else "parameters (M)")
+        ax.set_ylabel("perplexity")
+        ax.legend()
+        save_figure(fig, path, bbox_inches="tight")
+
+    jp, png = write_json_and_plot(out / "elastic_eval.json", command_record({"rows": rows}, args),
+                                  out / "elastic_eval.png", draw)
+    print(f"wrote {jp}" + (f" and {png}" if png else ""))
     return 0

@@ -1,7 +1,7 @@
 """The whole Flextron recipe on a model folder, phase by phase, each phase resumable from ``out``.
 
 ``out/`` holds: ``model/`` (the permuted, elastically trained model, a plain HF folder),
-``elastic.json`` (space, tokens, phases done), ``importance.safetensors``, ``ckpt/`` (training
+``elastic.json`` (phases done, and the whole configuration: a rerun with another one is refused), ``importance.safetensors``, ``ckpt/`` (training
 checkpoint), ``latency_table.json``, ``router.safetensors``.
 """
 
@@ -11,7 +11,7 @@ import copy
 import json
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +24,43 @@ from anybudget.elastic.model import ElasticLlama, ElasticSpace
 from anybudget.elastic.router import RouterTrainConfig, StaticRouter, train_static_router
 from anybudget.elastic.train import ElasticTrainConfig, _world, train_elastic
 from anybudget.io import atomic_write_json, atomic_write_text
+from anybudget.measure import default_device
 
-__all__ = ["build_elastic", "load_elastic", "tokens_from_file"]
+__all__ = ["ElasticBuildConfig", "build_elastic", "load_elastic", "tokens_from_file"]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "generation_config.json")
+
+
+@dataclass(frozen=True)
+class ElasticBuildConfig:
+    """Data settings of ``build_elastic`` (the model's own settings are in the other configs).
+
+    Args:
+        batch: sequences per training step (8).
+        seq: tokens per sequence (256).
+        calib_batches: calibration batches for the importance ranking (8).
+        heldout_fraction: share of the tokens held out for the router's windows (0.05).
+    """
+
+    batch: int = 8
+    seq: int = 256
+    calib_batches: int = 8
+    heldout_fraction: float = 0.05
+
+    def __post_init__(self):
+        for f in ("batch", "seq", "calib_batches"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{f}={v!r} must be an integer >= 1")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction={self.heldout_fraction!r} must be in (0, 1)")
+
+
+def _token_digest(tokens: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(tokens, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def tokens_from_file(path: str | os.PathLike, model_dir: str | os.PathLike) -> np.ndarray:
@@ -49,7 +81,7 @@ def load_elastic(out: str | os.PathLike, device: str | None = None) -> tuple[Ela
     out = Path(out)
     meta = json.loads((out / "elastic.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(default_device(device))
     em = ElasticLlama(model.to(dev).eval(), ElasticSpace(**{k: tuple(v) for k, v in meta["space"].items()}))
     table = CostTable.from_json((out / "latency_table.json").read_text()) if (out / "latency_table.json").is_file() else None
     router = StaticRouter.load(out / "router.safetensors") if (out / "router.safetensors").is_file() else None
@@ -75,48 +107,59 @@ def build_elastic(
     router: RouterTrainConfig | None = None,
     workload: Workload | None = None,
     space: ElasticSpace | None = None,
-    batch: int = 8,
-    seq: int = 256,
-    calib_batches: int = 8,
-    heldout_fraction: float = 0.05,
+    build: ElasticBuildConfig | None = None,
     device: str | None = None,
     quiet: bool = False,
 ) -> dict:
-    """Importance + permutation, elastic training, latency table, static router; skips finished phases."""
+    """Importance + permutation, elastic training, latency table, static router; skips finished phases.
+
+    ``out/elastic.json`` records the whole configuration (source model, every config, the tokens'
+    count and digest); a rerun into the same ``out`` with another one raises
+    :class:`anybudget.io.CheckpointMismatch` naming the keys, before any work.
+    """
     from transformers import AutoModelForCausalLM
 
+    from anybudget.io import check_checkpoint_config
+
+    build = build or ElasticBuildConfig()
+    batch, seq = build.batch, build.seq
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(default_device(device))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dev = torch.device("cuda", torch.cuda.current_device())
     rank, world = _world()  # under torchrun: rank 0 writes every file, the others wait and read
     space = space or ElasticSpace()
-    n_held = max(seq + 2, int(len(tokens) * heldout_fraction))
+    train = train or ElasticTrainConfig()
+    config = {"source": os.fspath(model_dir), "space": asdict(space), "train": {k: v for k, v in asdict(train).items() if k != "checkpoint_every"},
+              "router": asdict(router or RouterTrainConfig()), "workload": asdict(workload) if workload else "auto",
+              "build": asdict(build), "tokens": {"count": int(len(tokens)), "sha256_16": _token_digest(tokens)}}
+    n_held = max(seq + 2, int(len(tokens) * build.heldout_fraction))
     held, train_tokens = tokens[:n_held], tokens[n_held:]
     meta_path = out / "elastic.json"
     data = TokenBatches(train_tokens, batch, seq, seed=0)
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"phases": []}
+    check_checkpoint_config(out, meta.get("config"), config, "--out",
+                            "use another --out, or delete it to start over")
     if "permute" not in meta["phases"] and rank == 0:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(dev).eval()
         from safetensors.torch import save_file
 
-        calib = [data(10**9 + i)[:, :-1] for i in range(calib_batches)]
+        calib = [data(10**9 + i)[:, :-1] for i in range(build.calib_batches)]
         em = make_elastic(model, calib, space, quiet=quiet)
         save_file(em.importance.state_dict(), str(out / "importance.safetensors"))
         model.save_pretrained(str(out / "model"))
         for name in TOKENIZER_FILES:  # so that out/model and exported models are complete folders
             if (Path(model_dir) / name).is_file():
                 shutil.copyfile(Path(model_dir) / name, out / "model" / name)
-        meta = {"phases": ["permute"], "space": asdict(space), "source": str(model_dir)}
+        meta = {"phases": ["permute"], "space": asdict(space), "source": str(model_dir), "config": config}
         atomic_write_json(meta_path, meta)
     _barrier(world)
     meta = json.loads(meta_path.read_text())
     space = ElasticSpace(**{k: tuple(v) for k, v in meta["space"].items()})
     model = AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32).to(dev).eval()
     em = ElasticLlama(model, space)
-    train = train or ElasticTrainConfig()
     if "train" not in meta["phases"]:
         result = train_elastic(em, data, train, checkpoint=out / "ckpt", quiet=quiet)
         if rank == 0:

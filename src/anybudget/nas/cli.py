@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 from anybudget.cli_types import (
+    add_dataclass_args,
     budget,
+    dataclass_from_args,
     device,
     existing_file,
     positive_float,
@@ -18,6 +20,10 @@ PROXY_NAMES = ("ntk_cond", "linear_regions", "naswot", "synflow", "snip", "grad_
 
 
 def register(sub) -> None:
+    from anybudget.nas.correlate import ProxyConfig
+    from anybudget.nas.darts import DartsSearchConfig
+    from anybudget.nas.search import INITS, TENASConfig
+
     nas = sub.add_parser("nas", help="TE-NAS training-free architecture search on NAS-Bench-201")
     nsub = nas.add_subparsers(dest="nas_command", metavar="VERB", required=True)
 
@@ -27,12 +33,17 @@ def register(sub) -> None:
     s.add_argument("--seeds", type=positive_int, default=1, help="number of seeds 0..S-1 to run (default 1)")
     s.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     s.add_argument("--table", default=None, type=existing_file, help="nats_bench.csv for real accuracies (or env ANYBUDGET_NB201_CSV)")
-    s.add_argument("--init", default="kaiming_normal", choices=("kaiming_normal", "reference"),
-                   help="kaiming_normal (paper) or reference (what the released code runs)")
-    s.add_argument("--repeat", type=positive_int, default=3, help="draws per candidate op (default 3)")
-    s.add_argument("--batch-size", type=positive_int, default=None, help="NTK batch (default 72 nb201, 14 darts)")
     s.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda if available)")
     s.add_argument("--out", default=None, type=writable_file, help="write the results as JSON here")
+    s.add_argument("--checkpoint", default=None, type=writable_file,
+                   help="JSON file to save finished seeds and rounds to and resume from "
+                        "(default with --out: OUT's name + .checkpoint.json)")
+    # TENASConfig / DartsSearchConfig hold the defaults (the reference launcher's)
+    add_dataclass_args(s, TENASConfig, only=("init", "repeat"), title="TE-NAS (TENASConfig)", overrides={
+        "init": {"choices": INITS, "help": "kaiming_normal (paper) or reference (what the released code runs)"},
+        "repeat": {"type": positive_int, "help": "draws per candidate op"}})
+    s.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"NTK batch (default {TENASConfig.batch_size} nb201, {DartsSearchConfig.batch_size} darts)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_search)
 
@@ -41,11 +52,13 @@ def register(sub) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--table", default=None, type=existing_file, help="nats_bench.csv (or env ANYBUDGET_NB201_CSV)")
     c.add_argument("--proxies", default=",".join(PROXY_NAMES), help="comma-separated subset of " + ",".join(PROXY_NAMES))
-    c.add_argument("--init", default="kaiming_normal", choices=("kaiming_normal", "pytorch_default"))
-    c.add_argument("--ntk-batch", type=positive_int, default=72, help="NTK batch (default 72, the paper's)")
-    c.add_argument("--zc-batch", type=positive_int, default=64, help="NASWOT/snip/grad_norm batch (default 64)")
+    add_dataclass_args(c, ProxyConfig, only=("init", "ntk_batch", "zc_batch"), title="proxies (ProxyConfig)", overrides={
+        "init": {"choices": ("kaiming_normal", "pytorch_default")},
+        "ntk_batch": {"type": positive_int, "help": "NTK batch (the paper's)"},
+        "zc_batch": {"type": positive_int, "help": "NASWOT/snip/grad_norm batch"}})
     c.add_argument("--time-limit", type=positive_float, default=None, help="stop scoring after this many seconds")
-    c.add_argument("--checkpoint", default=None, type=writable_file, help="JSON file to save scores to and resume from")
+    c.add_argument("--checkpoint", default=None, type=writable_file,
+                   help="JSON file to save scores to and resume from (default with --out: OUT's name + .checkpoint.json)")
     c.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda if available)")
     c.add_argument("--out", default=None, type=writable_file, help="write scores + table as JSON here")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -80,15 +93,16 @@ def _search(args: argparse.Namespace) -> int:
             raise SystemExit("error: --budget is supported for --space nb201 only")
         from anybudget.nas.darts import DartsSearchConfig, darts_tenas_search
 
-        kw = {"repeat": args.repeat, "init": args.init}
-        if args.batch_size:
-            kw["batch_size"] = args.batch_size
-        cfg = DartsSearchConfig(**kw)
+        cfg = dataclass_from_args(DartsSearchConfig, args, **_batch(args))
+        ck = _Seeds(_checkpoint(args), {"space": "darts", "config": cfg, "budget": None})
         rows = []
         for seed in range(args.seed, args.seed + args.seeds):
-            geno, res = darts_tenas_search(cfg, seed=seed, device=args.device, quiet=args.quiet)
-            print(f"seed {seed}: {geno}  ({res.seconds:.1f} s)")
-            rows.append({"seed": seed, "genotype": str(geno), "seconds": res.seconds})
+            row = ck.done(seed)
+            if row is None:
+                geno, res = darts_tenas_search(cfg, seed=seed, device=args.device, quiet=args.quiet)
+                row = ck.add({"seed": seed, "genotype": str(geno), "seconds": res.seconds})
+            print(f"seed {seed}: {row['genotype']}  ({row['seconds']:.1f} s)")
+            rows.append(row)
         _maybe_write(args.out, {"space": "darts", "runs": rows}, args)
         return 0
 
@@ -98,25 +112,27 @@ def _search(args: argparse.Namespace) -> int:
         budget = Budget(args.budget) if args.budget else None
     except BudgetError as e:
         raise SystemExit(f"error: {e}") from None
-    kw = {"repeat": args.repeat, "init": args.init}
-    if args.batch_size:
-        kw["batch_size"] = args.batch_size
-    cfg = TENASConfig(**kw)
+    cfg = dataclass_from_args(TENASConfig, args, **_batch(args))
     table = _load_table(args.table)
+    ck = _Seeds(_checkpoint(args), {"space": "nb201", "config": cfg, "budget": str(budget) if budget else None})
     rows = []
     for seed in range(args.seed, args.seed + args.seeds):
-        try:
-            res = tenas_search(cfg, seed=seed, budget=budget, device=args.device, quiet=args.quiet)
-        except BudgetError as e:
-            raise SystemExit(f"error: {e}") from None
-        cost = arch_cost(res.arch)
-        row = {"seed": seed, "arch": res.arch_string, "index": res.index, "flops": cost.flops,
-               "params": cost.params, "seconds": res.seconds}
-        line = f"seed {seed}: {res.arch_string}  index {res.index}  {cost.flops / 1e6:.1f} MFLOPs  {cost.params / 1e6:.3f} M params"
+        row = ck.done(seed)
+        if row is None:
+            try:
+                res = tenas_search(cfg, seed=seed, budget=budget, device=args.device, quiet=args.quiet,
+                                   checkpoint=ck.rounds_path(seed))
+            except BudgetError as e:
+                raise SystemExit(f"error: {e}") from None
+            cost = arch_cost(res.arch)
+            row = ck.add({"seed": seed, "arch": res.arch_string, "index": res.index, "flops": cost.flops,
+                          "params": cost.params, "seconds": res.seconds})
+        line = (f"seed {seed}: {row['arch']}  index {row['index']}  {row['flops'] / 1e6:.1f} MFLOPs  "
+                f"{row['params'] / 1e6:.3f} M params")
         if table is not None:
-            row["accuracy"] = table.accuracies(res.index)
-            line += "  acc " + " / ".join(f"{row['accuracy'][d]:.2f}" for d in DATASETS)
-        print(line + f"  ({res.seconds:.1f} s)")
+            row["accuracy"] = table.accuracies(row["index"])
+            line += "  acc " + " / ".join(f"{d} {row['accuracy'][d]:.2f}" for d in DATASETS)
+        print(line + f"  ({row['seconds']:.1f} s)")
         rows.append(row)
     if table is not None and len(rows) > 1:
         for d in DATASETS:
@@ -150,11 +166,16 @@ def _correlate(args: argparse.Namespace) -> int:
         idx = sample_indices(args.num_archs, seed=args.seed)
     except ValueError as e:
         raise SystemExit(f"error: --num-archs: {e}") from None
-    cfg = ProxyConfig(init=args.init, ntk_batch=args.ntk_batch, zc_batch=args.zc_batch)
+    cfg = dataclass_from_args(ProxyConfig, args)
+    checkpoint = _checkpoint(args)
     scores = score_archs(idx, cfg, seed=args.seed, proxies=proxies, device=args.device,
-                         time_limit_s=args.time_limit, checkpoint=args.checkpoint, quiet=args.quiet)
+                         time_limit_s=args.time_limit, checkpoint=checkpoint, quiet=args.quiet)
     corr = correlation_table(scores, table)
-    print(f"{len(scores['index'])} architectures (inputs: 32x32 photo crops, not CIFAR)")
+    n = len(scores["index"])
+    print(f"{n} architectures (inputs: 32x32 photo crops, not CIFAR)")
+    if n < len(idx):
+        again = f"; rerun with the same --checkpoint ({checkpoint}) to go on" if checkpoint else ""
+        print(f"stopped by --time-limit after {n} of {len(idx)} architectures{again}")
     print(f"{'proxy':<16}" + "".join(f"{d + ' tau':>20}{'rho':>8}" for d in DATASETS))
     def f(v, w):
         return f"{v:>{w}.3f}" if v is not None else f"{'n/a':>{w}}"
@@ -165,14 +186,71 @@ def _correlate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(args) -> dict:
+    return {"batch_size": args.batch_size} if args.batch_size else {}
+
+
+def _checkpoint(args):
+    """--checkpoint, else OUT's name + .checkpoint.json beside --out (checked writable), else None."""
+    if args.checkpoint or not args.out:
+        return args.checkpoint
+    from pathlib import Path
+
+    p = Path(args.out)
+    p = p.with_name(p.name.removesuffix(".json") + ".checkpoint.json")
+    try:
+        writable_file(str(p))
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f"--checkpoint (default beside --out): {e}") from None
+    return str(p)
+
+
+class _Seeds:
+    """The search command's checkpoint: finished seeds' rows, and per-seed round files beside it.
+
+    It stores the space, configuration and budget; another run's file is refused naming the keys."""
+
+    def __init__(self, path, key: dict):
+        from dataclasses import asdict
+
+        from anybudget.io import _jsonable, check_checkpoint_config, read_json
+
+        self.path = path
+        self.key = _jsonable({**key, "config": asdict(key["config"])})
+        self.rows: dict = {}
+        if path is not None:
+            import os
+
+            if os.path.exists(path):
+                state = read_json(path)
+                check_checkpoint_config(path, {k: state.get(k) for k in self.key}, self.key, "--checkpoint",
+                                        "use another --checkpoint, or delete it to start over")
+                self.rows = {int(r["seed"]): r for r in state.get("runs", [])}
+
+    def done(self, seed: int):
+        return self.rows.get(seed)
+
+    def rounds_path(self, seed: int):
+        return None if self.path is None else f"{self.path}.seed{seed}.rounds.json"
+
+    def add(self, row: dict) -> dict:
+        self.rows[row["seed"]] = row
+        if self.path is not None:
+            import os
+
+            from anybudget.io import atomic_write_json
+
+            atomic_write_json(self.path, {**self.key, "runs": [self.rows[k] for k in sorted(self.rows)]})
+            rounds = self.rounds_path(row["seed"])
+            if os.path.exists(rounds):
+                os.unlink(rounds)  # the seed's row holds its result now
+        return dict(row)
+
+
 def _maybe_write(path, obj, args: argparse.Namespace | None = None) -> None:
     """Write the command's result with its configuration and the device record (date, versions, commit)."""
     if path:
-        from anybudget.io import atomic_write_json
-        from anybudget.measure import device_record
+        from anybudget.io import atomic_write_json, command_record
 
-        config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))} if args else {}
-        dev = device_record()
-        atomic_write_json(path, {**obj, "config": config, "device": dev, "torch": dev.get("torch"),
-                                 "commit": dev.get("commit"), "date": dev.get("date")})
+        atomic_write_json(path, command_record(obj, args if args is not None else {}))
         print(f"wrote {path}")

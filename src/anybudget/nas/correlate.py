@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from anybudget.measure import default_device
 from anybudget.nas.benchmark import DATASETS, NB201Table, kendall_spearman
 from anybudget.nas.network import NB201Network
 from anybudget.nas.proxies import (
@@ -128,26 +129,38 @@ def score_archs(
     """Score architectures in the given order: ``{"index": [...], proxy: [...]}``.
 
     Stops early (keeping what is done) after ``time_limit_s``; with ``checkpoint`` (a JSON
-    file) the scores are saved every 100 archs and a rerun continues from them.
+    file) the scores are saved every 100 archs and a rerun continues from them. The checkpoint
+    stores the configuration, seed and proxies; a rerun that asks for another one of these is
+    refused (:class:`anybudget.io.CheckpointMismatch` naming the keys), never mixed into it. A
+    rerun with other ``indices`` reuses the scores it has and returns only the asked indices.
     """
-    from anybudget.io import atomic_write_json, read_json
+    from anybudget.io import atomic_write_json, check_checkpoint_config, read_json
     from anybudget.nas.data import crops_from, photo_batch
 
     unknown = [p for p in proxies if p not in PROXIES]
     if unknown:
         raise ValueError(f"unknown proxies {unknown}; known: {', '.join(PROXIES)}")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = default_device(device)
     n_img = max(cfg.ntk_batch, cfg.zc_batch)
     images, labels = photo_batch(n_img, seed=seed)
     crops = crops_from(photo_batch(max(256, cfg.region_samples // 12), seed=seed + 7)[0], cfg.region_samples, rng=np.random.default_rng(seed))
     images, labels, crops = images.to(dev), labels.to(dev), crops.to(dev)
+    proxies = tuple(proxies)
     res: dict = {"index": [], **{p: [] for p in proxies}}
+    key = {"config": asdict(cfg), "seed": seed, "proxies": sorted(proxies)}  # the set counts, not its order
     if checkpoint is not None and os.path.exists(checkpoint):
         state = read_json(checkpoint)
-        if state.get("config") == asdict(cfg) and state.get("seed") == seed:
-            res = state["scores"]
+        stored = {"config": state.get("config"), "seed": state.get("seed"),
+                  # a checkpoint from before proxies were stored: its score columns say which
+                  "proxies": sorted(state.get("proxies", [p for p in state.get("scores", {}) if p != "index"]))}
+        check_checkpoint_config(checkpoint, stored, key, "--checkpoint",
+                                "use another --checkpoint, or delete it to start over")
+        res = state["scores"]
+        if any(len(res[p]) != len(res["index"]) for p in proxies):
+            raise ValueError(f"--checkpoint {os.fspath(checkpoint)!r} is damaged (score lists of unequal "
+                             "length); delete it to start over")
     done = set(res["index"])
-    todo = [int(i) for i in indices if int(i) not in done]
+    todo = list(dict.fromkeys(int(i) for i in indices if int(i) not in done))
     t0 = time.perf_counter()
     bar = None
     if not quiet:
@@ -165,12 +178,16 @@ def score_archs(
         if bar is not None:
             bar.update(1)
         if checkpoint is not None and (k + 1) % 100 == 0:
-            atomic_write_json(checkpoint, {"config": asdict(cfg), "seed": seed, "scores": res})
+            atomic_write_json(checkpoint, {**key, "scores": res})
     if bar is not None:
         bar.close()
     if checkpoint is not None:
-        atomic_write_json(checkpoint, {"config": asdict(cfg), "seed": seed, "scores": res})
-    return res
+        atomic_write_json(checkpoint, {**key, "scores": res})
+    want = {int(i) for i in indices}
+    if set(res["index"]) <= want:
+        return res
+    keep = [j for j, i in enumerate(res["index"]) if i in want]  # the checkpoint may hold more
+    return {p: [v[j] for j in keep] for p, v in res.items()}
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from anybudget.measure import default_device
 from anybudget.nas.space import OPS, parse_arch, validate_ops
 
 __all__ = ["Cost", "arch_cost", "count_flops", "count_params", "edge_costs", "measure_latency"]
@@ -147,7 +148,7 @@ def measure_latency(
     from anybudget.measure import latency
     from anybudget.nas.network import NB201Network
 
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = default_device(device)
     model = NB201Network(arch, C=C, N=N, num_classes=num_classes).to(dev).eval()
     x = torch.randn(batch_size, 3, resolution, resolution, device=dev)
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from anybudget.measure import default_device
 from anybudget.nas.network import ReLUConvBN, Zero
 from anybudget.nas.search import SearchResult, TENASConfig, _round_to, rank_ops, score_candidates
 
@@ -205,7 +206,7 @@ def darts_tenas_search(config: DartsSearchConfig = DartsSearchConfig(), *, seed:
     """TE-NAS on the DARTS space: prune ops to one per edge, then edges to 2 per node."""
     from anybudget.nas.data import photo_batch
 
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = default_device(device)
     t0 = time.perf_counter()
     mask = torch.ones(2, len(DARTS_EDGES), len(DARTS_OPS), dtype=torch.bool)
     for k, op in enumerate(DARTS_OPS):

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from anybudget.measure import default_device
 from anybudget.nas.network import NB201Network, mask_to_arch
 from anybudget.nas.proxies import init_model, linear_regions, ntk_condition_number
 from anybudget.nas.space import EDGES, NUM_EDGES, OPS, arch_index, format_arch
@@ -296,9 +297,10 @@ def tenas_search(
     ``checkpoint``: a JSON file written after every round; a run finds it and resumes (rounds
     are seeded by ``(seed, round)``, so a resumed run matches an uninterrupted one).
     """
+    from anybudget.io import check_checkpoint_config
     from anybudget.nas.data import photo_batch
 
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = default_device(device)
     t_start = time.perf_counter()
     mask = torch.ones(NUM_EDGES, len(OPS), dtype=torch.bool)
     mask[:, OPS.index("none")] = False  # the reference masks `none` out from the start
@@ -312,8 +314,10 @@ def tenas_search(
     if checkpoint is not None and os.path.exists(checkpoint):
         with open(checkpoint) as f:
             state = json.load(f)
-        if state.get("seed") != seed or state.get("config") != asdict(config) or state.get("budget") != (str(budget) if budget else None):
-            raise ValueError(f"checkpoint {checkpoint} belongs to another run (seed/config/budget differ); remove it")
+        check_checkpoint_config(
+            checkpoint, {k: state.get(k) for k in ("seed", "config", "budget")},
+            {"seed": seed, "config": asdict(config), "budget": str(budget) if budget else None}, "checkpoint",
+            "it belongs to another run; use another checkpoint, or delete it to start over")
         mask = torch.tensor(state["mask"], dtype=torch.bool)
         rounds = state["rounds"]
         elapsed_before = state["seconds"]

@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 from anybudget.cli_types import (
+    add_dataclass_args,
     as_path,
+    dataclass_from_args,
     device,
     existing_file,
     fraction,
@@ -19,6 +21,9 @@ from anybudget.cli_types import (
 
 
 def register(sub) -> None:
+    from anybudget.prune.imp import IMPConfig
+    from anybudget.prune.train import FineTuneConfig
+
     p = sub.add_parser("prune", help="lottery tickets: IMP with rewinding, masks as data, 2:4 export")
     ps = p.add_subparsers(dest="prune_command", metavar="VERB", required=True)
 
@@ -28,17 +33,19 @@ def register(sub) -> None:
     i.add_argument("--data", type=Path, default=Path(".carry/prune/imp"),
                    help="prepared data (benchmarks/prune/prepare.py; default .carry/prune/imp)")
     i.add_argument("--out", required=True, type=as_path(writable_dir), help="run folder: masks, checkpoints, imp.json")
-    i.add_argument("--rounds", type=positive_int, default=9, help="pruning rounds (default 9: 10%%..90%%)")
-    i.add_argument("--schedule", default="linear", choices=("linear", "geometric"))
-    i.add_argument("--rate", type=fraction, default=None, help="per-round rate (0.1 linear, 0.2 geometric)")
-    i.add_argument("--scope", default="global", choices=("global", "layerwise"))
-    i.add_argument("--rewind-step", type=nonneg_int, default=0, help="0: pre-trained weights; k: step k of round 0")
-    i.add_argument("--head", default="keep", choices=("keep", "rewind"))
-    i.add_argument("--seed", type=int, default=0)
-    i.add_argument("--epochs", type=positive_float, default=3.0)
-    i.add_argument("--lr", type=positive_float, default=2e-5)
-    i.add_argument("--batch-size", type=positive_int, default=32)
-    i.add_argument("--mlm-steps", type=positive_int, default=1000, help="MLM steps per round (task mlm)")
+    i.add_argument("--seed", type=int, default=0, help="(default 0)")
+    i.add_argument("--mlm-steps", type=positive_int, default=1000, help="MLM steps per round (task mlm; default 1000)")
+    # IMPConfig and FineTuneConfig hold the defaults (the paper's); one flag per field used here
+    add_dataclass_args(i, IMPConfig, skip=("patterns",), title="IMP (IMPConfig)", overrides={
+        "rounds": {"type": positive_int, "help": "pruning rounds (10%% of the weights each, linear)"},
+        "schedule": {"choices": ("linear", "geometric")},
+        "rate": {"type": fraction, "help": "per-round rate (None: 0.1 linear, 0.2 geometric)"},
+        "scope": {"choices": ("global", "layerwise")},
+        "rewind_step": {"type": nonneg_int, "help": "0: pre-trained weights; k: step k of round 0"},
+        "head": {"choices": ("keep", "rewind")}})
+    add_dataclass_args(i, FineTuneConfig, only=("epochs", "lr", "batch_size"), title="fine-tuning (FineTuneConfig)",
+                       overrides={"epochs": {"type": positive_float}, "lr": {"type": positive_float},
+                                  "batch_size": {"type": positive_int}})
     i.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda if available)")
     i.add_argument("--quiet", action="store_true")
     i.set_defaults(func=_imp)
@@ -72,13 +79,8 @@ def _imp(args: argparse.Namespace) -> int:
     from anybudget.prune.imp import IMPConfig, imp
     from anybudget.prune.train import FineTuneConfig, dist_setup, evaluate, finetune
 
-    try:
-        cfg = IMPConfig(rounds=args.rounds, schedule=args.schedule, rate=args.rate, scope=args.scope,
-                        rewind_step=args.rewind_step, head=args.head)
-        ft = FineTuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                            max_steps=args.mlm_steps if args.task == "mlm" else None)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    cfg = dataclass_from_args(IMPConfig, args)
+    ft = dataclass_from_args(FineTuneConfig, args, max_steps=args.mlm_steps if args.task == "mlm" else None)
     device = dist_setup(args.device)
     if args.quiet:
         from transformers.utils import logging
@@ -124,7 +126,11 @@ def _imp(args: argparse.Namespace) -> int:
             return {f"dev.{k}": v for k, v in evaluate(model, splits["dev"], spec.kind).items()}
 
     try:
-        res = imp(make, train_fn, eval_fn, cfg, seed=args.seed, out_dir=args.out, progress=not args.quiet)
+        from dataclasses import asdict
+
+        run = {"model": str(args.model), "task": args.task, "finetune": asdict(ft)}
+        res = imp(make, train_fn, eval_fn, cfg, seed=args.seed, out_dir=args.out, progress=not args.quiet,
+                  run_config=run)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     for r in res.rounds:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from anybudget.io import atomic_path, atomic_write_json, read_json
+from anybudget.io import atomic_path, atomic_write_json, check_checkpoint_config, read_json
 from anybudget.prune.magnitude import BERT_PRUNABLE, full_mask, magnitude_prune, schedule
 from anybudget.prune.masks import Mask, apply_mask, load_mask, mask_sparsity, save_mask
 
@@ -110,6 +110,7 @@ def imp(
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    run_config: dict | None = None,
 ) -> IMPResult:
     """Run (or resume) IMP. Returns every round's sparsity, metrics and mask.
 
@@ -117,15 +118,19 @@ def imp(
     train_fn(model, seed=..., mask=..., on_step=...): fine-tunes in place (``train.finetune``).
     eval_fn(model) -> {metric: value}.
     out_dir: per round ``round_XX.mask.safetensors``, the latest trained weights, the rewind
-    point and ``imp.json``; an existing ``imp.json`` there is resumed (same config required).
+    point and ``imp.json``; an existing ``imp.json`` there is resumed (same config required: another
+    one raises :class:`anybudget.io.CheckpointMismatch` naming the keys; ``rounds`` may differ, which
+    extends or shortens the same run).
     stop_after: return after this many rounds of this call (to test resuming).
+    run_config: what else the run depends on (model, task, fine-tuning settings), stored and checked
+    with the IMP config.
     """
     from anybudget.prune.train import world
 
     rank, _ = world()
     out = Path(out_dir) if out_dir is not None else None
     sparsities = cfg.sparsities()
-    cfg_json = {**asdict(cfg), "patterns": list(cfg.patterns), "seed": seed}
+    cfg_json = {**asdict(cfg), "patterns": list(cfg.patterns), "seed": seed, **(run_config or {})}
     model = make_model()
     rounds: list[dict] = []
     masks: dict[int, Mask] = {}
@@ -133,11 +138,10 @@ def imp(
     trained = None
     if out is not None and (out / "imp.json").exists():
         saved = read_json(out / "imp.json")
-        diff = {k: (saved["config"].get(k), v) for k, v in cfg_json.items()
-                if k != "rounds" and saved["config"].get(k) != v}
-        if diff:  # a different round count only extends or shortens the same run
-            raise ValueError(f"out_dir={os.fspath(out)!r} holds an IMP run with another config: "
-                             + ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in diff.items()))
+        # a different round count only extends or shortens the same run
+        check_checkpoint_config(out, {k: v for k, v in saved["config"].items() if k != "rounds"},
+                                {k: v for k, v in cfg_json.items() if k != "rounds"}, "--out",
+                                "use another --out, or delete it to start over")
         rounds = saved["rounds"][:len(sparsities)]
         for r in rounds:
             masks[r["round"]] = load_mask(out / f"round_{r['round']:02d}.mask.safetensors")[0]

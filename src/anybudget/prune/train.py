@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from anybudget.measure import default_device
 from anybudget.prune.masks import Mask, MaskEnforcer
 from anybudget.prune.tasks import TaskData, metric
 
@@ -170,8 +171,7 @@ def dist_setup(device: str | None = None) -> torch.device:
     import torch.distributed as dist
 
     ws = int(os.environ.get("WORLD_SIZE", "1"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device(device)
     if ws > 1 and not dist.is_initialized():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device.startswith("cuda"):

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 from anybudget.cli_types import (
+    add_dataclass_args,
     budget,
+    dataclass_from_args,
     device,
     existing_file,
     fraction,
@@ -19,19 +21,28 @@ from anybudget.cli_types import (
 
 
 def register(sub) -> None:
+    from anybudget.splat.distill import DistillConfig
+    from anybudget.splat.pipeline import LightGaussianConfig
+    from anybudget.splat.quantize import QuantizeConfig
+    from anybudget.splat.significance import SignificanceConfig
+    from anybudget.splat.train import TrainConfig
+
     sp = sub.add_parser("splat", help="LightGaussian: compress 3DGS scenes to a size budget (train, eval)")
     ssub = sp.add_subparsers(dest="splat_command", metavar="VERB", required=True)
 
     t = ssub.add_parser("train", help="train a 3DGS scene on a NeRF-synthetic or COLMAP folder")
     t.add_argument("--views", required=True, help="dataset folder (transforms_train.json or sparse/0)")
     t.add_argument("--out", required=True, type=writable_file, help="output .ply")
-    t.add_argument("--iterations", type=positive_int, default=30_000, help="steps (default 30000, the 3DGS default)")
-    t.add_argument("--densify-until", type=nonneg_int, default=15_000, help="last densification step (default 15000)")
     t.add_argument("--random-points", type=positive_int, default=100_000,
                    help="random initial points when the folder has no points3D.txt (default 100000)")
-    t.add_argument("--checkpoint", default=None, type=writable_file, help="save the training state here every 1000 steps; resume from it")
+    t.add_argument("--checkpoint", default=None, type=writable_file,
+                   help="save the training state here every 1000 steps; resume from it (default: OUT's name "
+                        "+ .ckpt.safetensors beside it, removed once OUT is written)")
     t.add_argument("--white-background", action="store_true")
-    t.add_argument("--seed", type=int, default=0)
+    add_dataclass_args(t, TrainConfig, only=("iterations", "densify_until_iter", "seed"), title="3DGS training (TrainConfig)",
+                       overrides={"iterations": {"type": positive_int, "help": "steps"},
+                                  "densify_until_iter": {"type": nonneg_int, "flag": "--densify-until",
+                                                         "help": "last densification step"}})
     _common(t)
     t.set_defaults(func=_train)
 
@@ -40,16 +51,22 @@ def register(sub) -> None:
     c.add_argument("--views", required=True, help="the training views (dataset folder)")
     c.add_argument("--out", required=True, type=writable_file, help="output .lgz")
     c.add_argument("--budget", default=None, type=budget, help="size budget, e.g. size=40MB (default: the paper's ratios)")
-    c.add_argument("--prune-ratio", type=fraction, default=0.66, help="(default 0.66; a budget may raise it)")
-    c.add_argument("--recovery-iterations", type=nonneg_int, default=5000, help="fine-tune steps after pruning (5000)")
-    c.add_argument("--distill-iterations", type=nonneg_int, default=10_000, help="SH distillation steps (10000)")
     c.add_argument("--no-distill", action="store_true", help="keep the SH degree")
-    c.add_argument("--score", default="lightgaussian",
-                   choices=("lightgaussian", "alpha_t", "opacity_t", "hit_count", "opacity"))
-    c.add_argument("--codebook", type=positive_int, default=8192, help="VQ codewords (8192)")
-    c.add_argument("--vq-ratio", type=fraction, default=0.6, help="fraction of Gaussians with VQ colour (0.6)")
-    c.add_argument("--vq-iterations", type=positive_int, default=1000, help="k-means steps (1000)")
-    c.add_argument("--workdir", default=None, type=writable_dir, help="save each stage here and resume from it")
+    # the paper's defaults live in the stage configs; one flag per field used here
+    add_dataclass_args(c, LightGaussianConfig, only=("prune_ratio", "recovery_iterations"), title="LightGaussian", overrides={
+        "prune_ratio": {"type": fraction, "help": "share of Gaussians pruned (a budget may raise it)"},
+        "recovery_iterations": {"type": nonneg_int, "help": "fine-tune steps after pruning"}})
+    add_dataclass_args(c, SignificanceConfig, only=("score",), title="significance", overrides={
+        "score": {"choices": ("lightgaussian", "alpha_t", "opacity_t", "hit_count", "opacity")}})
+    add_dataclass_args(c, DistillConfig, "distill-", only=("iterations",), title="SH distillation", overrides={
+        "iterations": {"type": nonneg_int, "help": "SH distillation steps"}})
+    add_dataclass_args(c, QuantizeConfig, "vq-", only=("codebook_size", "ratio", "iterations"), title="vector quantisation",
+                       overrides={"codebook_size": {"type": positive_int, "flag": "--codebook", "help": "VQ codewords"},
+                                  "ratio": {"type": fraction, "help": "fraction of Gaussians with VQ colour"},
+                                  "iterations": {"type": positive_int, "help": "k-means steps"}})
+    c.add_argument("--workdir", default=None, type=writable_dir,
+                   help="save each stage here and resume from it (default: OUT's name + .work/ beside it, "
+                        "removed once OUT is written)")
     c.add_argument("--white-background", action="store_true")
     _common(c)
     c.set_defaults(func=_compress)
@@ -78,9 +95,9 @@ def _common(p):
 
 
 def _device(args):
-    import torch
+    from anybudget.measure import default_device
 
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return default_device(args.device)
 
 
 def _bg(args):
@@ -109,14 +126,22 @@ def _train(args) -> int:
     from anybudget.splat.train import TrainConfig, initial_scene, train
 
     dev = _device(args)
+    cfg = dataclass_from_args(TrainConfig, args, background=_bg(args))
     views = load_views(args.views, "train", background=_bg(args))
-    init = initial_scene(args.views, views, args.random_points, seed=args.seed).to(dev)
-    cfg = TrainConfig(iterations=args.iterations, densify_until_iter=args.densify_until, background=_bg(args),
-                      seed=args.seed)
-    scene = train(init, views, cfg, backend=args.backend, progress=not args.quiet, checkpoint=args.checkpoint)
+    init = initial_scene(args.views, views, args.random_points, seed=cfg.seed).to(dev)
+    ckpt = Path(args.checkpoint) if args.checkpoint else _beside(args.out, ".ckpt.safetensors")
+    scene = train(init, views, cfg, backend=args.backend, progress=not args.quiet, checkpoint=ckpt)
     size = write_ply(scene, args.out)
+    if not args.checkpoint:
+        ckpt.unlink(missing_ok=True)  # the default checkpoint served this run only
     print(f"wrote {args.out}: {len(scene)} Gaussians, {size / 1e6:.2f} MB")
     return 0
+
+
+def _beside(out, suffix: str) -> Path:
+    """``OUT``'s folder / ``OUT``'s file name + ``suffix`` (where a default checkpoint goes)."""
+    p = Path(out)
+    return p.with_name(p.name + suffix)
 
 
 def _compress(args) -> int:
@@ -131,17 +156,22 @@ def _compress(args) -> int:
     dev = _device(args)
     scene = _load_scene(args.scene).to(dev)
     views = load_views(args.views, "train", background=_bg(args))
-    cfg = LightGaussianConfig(
-        prune_ratio=args.prune_ratio, recovery_iterations=args.recovery_iterations,
-        significance=SignificanceConfig(score=args.score),
-        distill=None if args.no_distill else DistillConfig(iterations=args.distill_iterations),
-        quantize=QuantizeConfig(codebook_size=args.codebook, ratio=args.vq_ratio, iterations=args.vq_iterations),
+    cfg = dataclass_from_args(
+        LightGaussianConfig, args,
+        significance=dataclass_from_args(SignificanceConfig, args),
+        distill=None if args.no_distill else dataclass_from_args(DistillConfig, args, "distill_"),
+        quantize=dataclass_from_args(QuantizeConfig, args, "vq_"),
         background=_bg(args),
     )
     cfg = replace(cfg, train=replace(cfg.train, background=_bg(args)))
+    work = Path(args.workdir) if args.workdir else _beside(args.out, ".work")
     res = lightgaussian(scene, views, budget=args.budget, config=cfg, backend=args.backend,
-                        workdir=args.workdir, progress=not args.quiet)
+                        workdir=work, progress=not args.quiet)
     size = res.save(args.out)
+    if not args.workdir:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)  # the default work folder served this run only
     plan = f" (prune {res.config.prune_ratio:.3f}, VQ {res.config.quantize.ratio})" if res.plan else ""
     print(f"wrote {args.out}: {len(res.quantized)} Gaussians, {size / 1e6:.3f} MB{plan}")
     return 0
@@ -156,7 +186,7 @@ def _decompress(args) -> int:
 
 
 def _eval(args) -> int:
-    from anybudget.io import atomic_write_json
+    from anybudget.io import atomic_write_json, command_record, write_plot
     from anybudget.splat.cameras import load_views
     from anybudget.splat.evaluate import evaluate, side_by_side_png
 
@@ -172,10 +202,12 @@ def _eval(args) -> int:
         fps = f"{m['fps']:.1f}" if m["fps"] else "-"
         print(f"{Path(path).name}: PSNR {m['psnr']:.2f} SSIM {m['ssim']:.4f} size {m['size_bytes'] / 1e6:.2f} MB "
               f"FPS {fps} ({m['num_gaussians']} Gaussians)", file=sys.stdout)
-    if args.png:
-        side_by_side_png(scenes, views, args.png, background=_bg(args), backend=args.backend)
-    if args.out:
-        atomic_write_json(args.out, rows)
+    if args.out:  # the numbers first: a failed picture never costs them
+        atomic_write_json(args.out, command_record({"scenes": rows}, args))
+        print(f"wrote {args.out}")
     elif not args.png:
         print(json.dumps(rows))
+    if args.png and write_plot(args.png, lambda p: side_by_side_png(scenes, views, p, background=_bg(args),
+                                                                    backend=args.backend)):
+        print(f"wrote {args.png}")
     return 0

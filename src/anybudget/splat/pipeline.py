@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from anybudget.io import atomic_path, atomic_write_text
+from anybudget.io import atomic_path, atomic_write_text, check_checkpoint_config
 from anybudget.splat.budget import SizePlan, plan_for_size
 from anybudget.splat.cameras import Camera
 from anybudget.splat.codec import save_lgz
@@ -103,7 +103,12 @@ def lightgaussian(scene: GaussianScene, views: list[Camera], budget=None,
                   config: LightGaussianConfig = LightGaussianConfig(), backend: str = "auto",
                   workdir: str | os.PathLike | None = None, progress: bool = True,
                   keep_stages: bool = False) -> LightGaussianResult:
-    """Compress ``scene`` with LightGaussian using the training ``views`` (with images)."""
+    """Compress ``scene`` with LightGaussian using the training ``views`` (with images).
+
+    ``workdir``: each stage is saved there and a rerun resumes after the last finished one; the
+    folder's ``config.json`` records the configuration and input, and another one is refused
+    (:class:`anybudget.io.CheckpointMismatch` naming the keys) rather than mixed with old stages.
+    """
     if not views:
         raise ValueError("views is empty; LightGaussian needs the training cameras and images")
     plan = None
@@ -114,8 +119,15 @@ def lightgaussian(scene: GaussianScene, views: list[Camera], budget=None,
         config = replace(config, prune_ratio=plan.prune_ratio,
                          quantize=replace(config.quantize, ratio=plan.vq_ratio, position_bits=plan.position_bits))
     if workdir is not None:
+        # the stages saved there are only valid for this configuration and this input
+        run = {**json.loads(json.dumps(asdict(config), default=str)), "input_gaussians": len(scene),
+               "input_sh_degree": scene.sh_degree, "views": len(views)}
+        cfg_path = Path(workdir) / "config.json"
+        if cfg_path.is_file():
+            check_checkpoint_config(workdir, json.loads(cfg_path.read_text(encoding="utf-8")), run, "--workdir",
+                                    "use another --workdir, or delete it to start over")
         Path(workdir).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(workdir) / "config.json", json.dumps(asdict(config), indent=2, default=str))
+        atomic_write_text(cfg_path, json.dumps(run, indent=2))
     bg = config.background
     stages: dict[str, GaussianScene] = {}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -218,15 +218,17 @@ class GaussianTrainer:
         self._reset_stats()
 
     # ---- checkpoints -------------------------------------------------------------------------------
-    def save_checkpoint(self, path, order: list[int]) -> None:
+    def save_checkpoint(self, path, order: list[int], config: dict | None = None) -> None:
         """Everything a bit-exact resume needs (params, Adam moments, statistics, RNG, view order)
-        in one safetensors file."""
+        in one safetensors file; ``config`` (the run's settings) is stored in its metadata."""
         from safetensors.torch import save_file
 
         from anybudget.io import atomic_path
 
         t = {f"param.{k}": v.detach().contiguous() for k, v in self.params.items()}
         meta = {"step": str(self.step), "order": json.dumps(order)}
+        if config is not None:
+            meta["config"] = json.dumps(config)
         for k, p in self.params.items():
             st = self.opt.state.get(p)
             if st:
@@ -237,13 +239,22 @@ class GaussianTrainer:
         with atomic_path(path) as tmp:
             save_file({k: v.cpu().contiguous() for k, v in t.items()}, str(tmp), metadata=meta)
 
-    def load_checkpoint(self, path) -> list[int]:
-        """Restore a :meth:`save_checkpoint` file; returns the pending view order."""
+    def load_checkpoint(self, path, config: dict | None = None) -> list[int]:
+        """Restore a :meth:`save_checkpoint` file; returns the pending view order.
+
+        With ``config``, a file written with another one is refused before anything is restored
+        (:class:`anybudget.io.CheckpointMismatch` naming the keys)."""
         from safetensors import safe_open
         from safetensors.torch import load_file
 
+        from anybudget.io import check_checkpoint_config
+
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
+        if config is not None:
+            stored = json.loads(meta["config"]) if "config" in meta else None
+            check_checkpoint_config(path, stored, config, "--checkpoint",
+                                    "use another --checkpoint, or delete it to start over")
         t = load_file(str(path))
         dev = self.params["means"].device
         for k in PARAMS:
@@ -281,7 +292,9 @@ def train(scene: GaussianScene, views: list[Camera], cfg: TrainConfig = TrainCon
 
     ``callback(trainer)`` runs after every step; returning True stops training there.
     With ``checkpoint`` (a file path) the full training state is saved every ``checkpoint_every``
-    steps and a later call with the same path resumes from it exactly (on the same device).
+    steps and a later call with the same path resumes from it exactly (on the same device). The
+    file stores the configuration (all of ``cfg`` but ``iterations``, which may grow, and the view
+    count); a call with another one is refused, naming the keys.
     """
     _check_views(views)
     trainer = GaussianTrainer(scene, cfg, scene_extent(views))
@@ -289,8 +302,10 @@ def train(scene: GaussianScene, views: list[Camera], cfg: TrainConfig = TrainCon
     targets = [v.image.to(dev) for v in views]
     cams = [v.to(dev) for v in views]
     order: list[int] = []
+    run = {**{k: v for k, v in asdict(cfg).items() if k != "iterations"}, "views": len(views),
+           "initial_gaussians": len(scene)}
     if checkpoint is not None and Path(checkpoint).exists():
-        order = trainer.load_checkpoint(checkpoint)
+        order = trainer.load_checkpoint(checkpoint, run)
     bar = tqdm(range(trainer.step, cfg.iterations), desc="3dgs train", disable=not progress,
                initial=trainer.step, total=cfg.iterations)
     for it in bar:
@@ -301,7 +316,7 @@ def train(scene: GaussianScene, views: list[Camera], cfg: TrainConfig = TrainCon
         if it % 100 == 0:
             bar.set_postfix(loss=f"{loss:.4f}", n=trainer.params["means"].shape[0])
         if checkpoint is not None and trainer.step % checkpoint_every == 0:
-            trainer.save_checkpoint(checkpoint, order)
+            trainer.save_checkpoint(checkpoint, order, run)
         if callback is not None and callback(trainer):
             break  # the callback asked to stop (e.g. a time budget)
     return trainer.scene.detach()
@@ -347,7 +362,9 @@ def initial_scene(folder, views: list[Camera], random_points: int = 100_000, sh_
         cols = torch.rand(random_points, 3, generator=g)
     if len(pts) < 4:
         raise ValueError(f"{len(pts)} initial points; 3DGS needs at least 4")
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    from anybudget.measure import default_device
+
+    dev = default_device()
     scale = knn_scale(pts.to(dev)).cpu()
     return GaussianScene.from_points(pts, cols, sh_degree, scale=scale)
 
