@@ -100,13 +100,13 @@ def smoke_inputs(tmp: Path):
 
 def build(a, model_dir, train_tokens, dev):
     from anybudget.elastic import ElasticTrainConfig, RouterTrainConfig, Workload
-    from anybudget.elastic.pipeline import build_elastic
+    from anybudget.elastic.pipeline import ElasticBuildConfig, build_elastic
 
     train = ElasticTrainConfig(steps=a.train_steps, lr=a.lr, checkpoint_every=max(1, a.train_steps // 4))
     router = RouterTrainConfig(steps=20 if a.smoke else 100, surrogate_samples=4 if a.smoke else 32)
     wl = Workload(batch=1, seq=32, dtype="float32") if a.smoke else None
-    return build_elastic(model_dir, train_tokens, a.build, train, router, wl, batch=a.train_batch, seq=a.train_seq,
-                         calib_batches=2 if a.smoke else 8, device=str(dev), quiet=a.quiet)
+    data = ElasticBuildConfig(batch=a.train_batch, seq=a.train_seq, calib_batches=2 if a.smoke else 8)
+    return build_elastic(model_dir, train_tokens, a.build, train, router, wl, build=data, device=str(dev), quiet=a.quiet)
 
 
 def levels(text):
