@@ -190,7 +190,7 @@ def test_static_bad_inputs():
     with pytest.raises(TypeError, match="static='yes' must be True or False"):
         kv.H2OCache(64, static="yes")
     neox = kv.enable(tiny_model("gpt_neox"))
-    with torch.no_grad(), pytest.raises(ValueError, match="use static=False for this model"):
+    with torch.no_grad(), pytest.raises(ValueError, match="upgrade transformers or use static=False"):
         neox(input_ids=torch.randint(0, 96, (1, 5)), **kv.cache_kwargs(neox, kv.H2OCache(8, static=True)))
     model = kv.enable(tiny_model("llama"))
     cache = kv.H2OCache(8, static=True)
