@@ -39,6 +39,7 @@ VARIANTS = {  # name: (compile mode, reuse the warm-up's cache, micro-batched pr
     "legacy_reuse_no_microbatch": ("reduce-overhead", True, False, True),
     "legacy_reuse_no_cudagraphs": ("default", True, True, True),
 }
+DEFAULT_VARIANTS = ("reuse_cudagraphs", "legacy_reuse_cudagraphs", "legacy_reuse_no_cudagraphs")
 SMOKE_VARIANTS = ("reuse_cudagraphs", "legacy_reuse_cudagraphs")
 
 
@@ -77,8 +78,8 @@ def build_model(smoke: bool, max_pos: int):
 
     dims = ({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 4, "vocab_size": 100} if smoke else
-            {"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 4, "num_attention_heads": 16,
-             "num_key_value_heads": 16, "vocab_size": 32000})  # the serving model's layer, 4 layers deep
+            {"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 2, "num_attention_heads": 16,
+             "num_key_value_heads": 16, "vocab_size": 32000})  # the serving model's layers, 2 deep (compile time)
     cfg = LlamaConfig(max_position_embeddings=max_pos, **dims)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
@@ -131,7 +132,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     ap.add_argument("--name", default="kv_static_reuse")
-    ap.add_argument("--variants", default=None, help=f"comma list of {', '.join(VARIANTS)} (default all)")
+    ap.add_argument("--variants", default=None,
+                    help=f"comma list of {', '.join(VARIANTS)} (default {', '.join(DEFAULT_VARIANTS)})")
+    ap.add_argument("--timeout", type=float, default=170, help="seconds per variant (its own process)")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: the same code path in seconds")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
     if args.child:
         print("RESULT " + json.dumps(run_variant(args.child, args.smoke, B, P, N)), flush=True)
         return 0
-    names = args.variants.split(",") if args.variants else (SMOKE_VARIANTS if args.smoke else tuple(VARIANTS))
+    names = args.variants.split(",") if args.variants else (SMOKE_VARIANTS if args.smoke else DEFAULT_VARIANTS)
     bad = [n for n in names if n not in VARIANTS]
     if bad:
         raise SystemExit(f"error: --variants {bad} unknown; choose from {', '.join(VARIANTS)}")
@@ -150,12 +153,18 @@ def main(argv=None) -> int:
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for name in names:
         cmd = [sys.executable, __file__, "--child", name] + (["--smoke"] if args.smoke else [])
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=args.timeout)
+        except subprocess.TimeoutExpired as e:
+            r = subprocess.CompletedProcess(cmd, -9, stdout=e.stdout or "", stderr=f"timed out after {args.timeout} s")
+            r.stdout = r.stdout.decode() if isinstance(r.stdout, bytes) else r.stdout
         line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+        err = r.stderr.splitlines()
         row = json.loads(line[-1][7:]) if line else {
             "variant": name, "ok": False, "returncode": r.returncode,
-            "error": next((x for x in reversed(r.stderr.splitlines()) if "Error" in x or "assert" in x.lower()),
-                          r.stderr[-300:])[-400:]}
+            "index_assert": next((x[-400:] for x in err if "index out of bounds" in x), None),
+            "error": next((x for x in reversed(err) if "Error" in x), r.stderr[-300:])[-400:],
+            "stderr_tail": r.stderr[-1500:]}
         rows.append(row)
         print(json.dumps(row), flush=True)
     config = {"batch": B, "prompt": P, "new_tokens": N, "budget": "20%", "smoke": args.smoke,
