@@ -54,8 +54,8 @@ def use_legacy_stored_index() -> None:
 
     def new_allocate(self, B, H, *args, **kwargs):
         allocate(self, B, H, *args, **kwargs)
-        if getattr(self, "free", None) is None or self.free.shape[:2] != (B, H):
-            self.free = torch.zeros(B, H, 1, dtype=torch.long, device=self.device)
+        if getattr(self, "_free_of", None) is not self.keys:  # new buffers: a new index buffer with them
+            self.free, self._free_of = torch.zeros(B, H, 1, dtype=torch.long, device=self.device), self.keys
             _mark_static(self.free)
 
     def new_clear(self):
