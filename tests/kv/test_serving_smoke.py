@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,3 +24,20 @@ def test_serving_benchmark_smoke(tmp_path):
     assert any("step_ratio" in k for k in summary) and any("throughput_ratio" in k for k in summary)
     assert summary["h2o20_plain_generate_large_batch"]["batch"] == 4
     assert rec["commit"] and rec["config"]["copy_bandwidth_gbps"] > 0
+
+
+def test_static_reuse_check_smoke(tmp_path):
+    """benchmarks/kv/static_reuse.py --smoke: the GPU check's parent/child code path on a tiny CPU
+    model (one variant, in its own process): the reused cache's tokens equal a fresh cache's."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kv" / "static_reuse.py"), "--smoke", "--out",
+                        str(tmp_path), "--variants", "reuse_cudagraphs"], capture_output=True, text=True, env=env,
+                       check=False, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rec = json.loads((tmp_path / "kv_static_reuse.json").read_text())
+    (row,) = rec["metrics"]["rows"]
+    assert row["ok"] and row["second_equals_fresh"] and row["free_slot_in_every_row"]
+    assert row["share_equal_to_dynamic"] == 1.0 and rec["metrics"]["current_code_ok"]

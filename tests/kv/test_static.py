@@ -199,3 +199,73 @@ def test_static_bad_inputs():
         with pytest.raises(ValueError, match="a static cache decodes one token per step"):
             model(input_ids=torch.randint(0, 96, (1, 2)), position_ids=torch.tensor([[5, 6]]),
                   **kv.cache_kwargs(model, cache))
+
+
+def test_compiled_reused_cache_equals_fresh_cache():
+    """The serving benchmark's sequence (a short warm-up generate, then a long one on the same
+    cache) under transformers' compiled decoding, with left padding and a row micro-batched
+    prompt: the reused cache generates a fresh cache's tokens and the dynamic cache's, and keeps a
+    free slot in every row."""
+    model = kv.enable(tiny_model("llama"))
+    ids, mask = _padded(B=4, P=14, pads=(0, 3, 6, 1))
+    gen = {"input_ids": ids, "attention_mask": mask, "do_sample": False, "compile_config": _compile_config()}
+
+    def static():
+        return kv.H2OCache("30%", static=True, max_new_tokens=10, prefill_batch_tokens=28)  # 2 rows a batch
+
+    cache = static()
+    model.generate(**gen, max_new_tokens=3, **kv.cache_kwargs(model, cache))
+    again = model.generate(**gen, max_new_tokens=10, **kv.cache_kwargs(model, cache))
+    fresh = model.generate(**gen, max_new_tokens=10, **kv.cache_kwargs(model, static()))
+    dyn = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10,
+                         **kv.cache_kwargs(model, kv.H2OCache("30%")))
+    assert hasattr(model, "_compiled_call")
+    assert torch.equal(again, fresh) and torch.equal(again, dyn)
+    for layer in cache.layers:
+        assert bool((~layer.valid).any(-1).all()) and int(layer.valid.sum(-1).max()) <= layer.capacity
+
+
+def _prefilled_layer(B=3, H=2, P=9, D=4, pads=(0, 2, 5), budget="40%", steps=6):
+    cache = kv.H2OCache(budget, static=True, max_new_tokens=steps)
+    layer = cache._new_layer()
+    g = torch.Generator().manual_seed(3)
+    valid_p = torch.ones(B, P, dtype=torch.bool)
+    for b, n in enumerate(pads):
+        valid_p[b, :n] = False
+    k = torch.randn(B, H, P, D, generator=g)
+    k[..., 0] = torch.arange(P).float()
+    layer.update(k, k + 1, kwargs={})
+    layer.finish_prompt(torch.randint(0, 3, (B, H, P), generator=g).float(), valid_p)
+    return layer
+
+
+def test_reorder_cache_moves_every_buffer_and_next_token_lands_in_a_free_slot():
+    """Beam search reorders rows: scores, positions and validity move with their keys, in place
+    (the compiled step's buffers keep their addresses), and the next token is written into a slot
+    that is free in its (new) row, so no kept token is overwritten."""
+    layer = _prefilled_layer()
+    before = {n: getattr(layer, n).clone() for n in layer.ROW_BUFFERS}
+    ptrs = {n: getattr(layer, n).data_ptr() for n in layer.ROW_BUFFERS}
+    beam = torch.tensor([2, 0, 1])
+    layer.reorder_cache(beam)
+    for n in layer.ROW_BUFFERS:
+        assert torch.equal(getattr(layer, n), before[n][beam]), n
+        assert getattr(layer, n).data_ptr() == ptrs[n], n
+    kept = layer.valid.clone()
+    new = torch.full((3, 2, 1, 4), 100.0)
+    layer.update(new, new, kwargs={})
+    written = layer.keys[..., 0] == 100.0
+    assert torch.equal(written.sum(-1), torch.ones(3, 2, dtype=torch.long))
+    assert not bool((written & kept).any())  # landed in a slot that held no kept token
+    assert torch.equal(layer.valid, kept | written)
+
+
+def test_free_slot_follows_the_validity_mask_and_a_full_row_is_an_error():
+    layer = _prefilled_layer()
+    assert torch.equal(layer.free_slot(), layer.valid.to(torch.int8).argmin(-1, keepdim=True))
+    layer.valid[0, 1] = False
+    layer.valid[0, 1, 4] = True  # eager code changed the validity: the next write follows it
+    assert layer.free_slot()[0, 1, 0] == 0
+    layer.valid[2, 0] = True
+    with pytest.raises(RuntimeError, match=r"row 2, head 0 holds \d+ valid tokens in \d+ slots"):
+        layer.check_free_slot()

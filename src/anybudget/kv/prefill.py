@@ -36,7 +36,7 @@ def _join_static(parent, part0, B: int) -> None:
     for mine, src in zip(parent.layers, part0.layers):
         mine.allocate(B, src.heads, src.keys.shape[-1], src.values.shape[-1], src.dtype, src.device, src.capacity)
         n = src.batch
-        for name in ("keys", "values", "prio", "pos", "valid", "free", "real_seen"):
+        for name in mine.ROW_BUFFERS:
             getattr(mine, name)[:n].copy_(getattr(src, name))
         mine.seen.copy_(src.seen)
 

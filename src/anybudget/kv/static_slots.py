@@ -4,12 +4,13 @@ Layout: ``capacity + 1`` slots per (row, KV head), where ``capacity`` is the bud
 percentage is sized from the prompt plus ``max_new_tokens``). After the prompt, at most
 ``capacity`` slots are valid and one is free. A decoding step
 
-1. writes the new token's key/value into the free slot (a scatter at a device index),
+1. writes the new token's key/value into the first invalid slot (a scatter at a device index
+   found by a reduction over the validity mask in the same step: no stored index, so the step
+   never indexes with a value that eager code or an earlier graph left behind),
 2. attends over all slots with the validity mask and adds the attention each key received to
    its score (H2O, Zhang et al. 2023, Alg. 1),
 3. if the row now holds more valid tokens than its budget, marks the lowest-priority slot outside
-   the recent window invalid (ties: the later position goes, as in ``h2o_keep_indices``), and
-   records the first invalid slot as the next free one.
+   the recent window invalid (ties: the later position goes, as in ``h2o_keep_indices``).
 
 No sort, no ``.item()``, no Python-side length: shapes never change, so ``torch.compile`` (and
 CUDA graphs) replay one graph per step. The kept set after every step equals the dynamic
@@ -48,6 +49,7 @@ class StaticSlotLayer(CacheLayerMixin):
 
     is_compileable = True
     is_sliding = False
+    ROW_BUFFERS = ("keys", "values", "prio", "pos", "valid", "real_seen")  # batch-major state
 
     def __init__(self, budget, policy, *, max_new_tokens: int | None = None, rng: SharedRng | None = None):
         super().__init__()
@@ -78,17 +80,16 @@ class StaticSlotLayer(CacheLayerMixin):
         self.prio = torch.zeros(shape, dtype=torch.float32, device=device)
         self.pos = torch.zeros(shape, dtype=torch.long, device=device)
         self.valid = torch.zeros(shape, dtype=torch.bool, device=device)
-        self.free = torch.zeros(B, H, 1, dtype=torch.long, device=device)
         self.real_seen = torch.zeros(B, dtype=torch.long, device=device)
         self.seen = torch.zeros((), dtype=torch.long, device=device)
-        _mark_static(self.keys, self.values, self.prio, self.pos, self.valid, self.free, self.real_seen, self.seen)
+        _mark_static(self.keys, self.values, self.prio, self.pos, self.valid, self.real_seen, self.seen)
         self.is_initialized = True
         self.prefilled = False
 
     def view_rows(self, parent: StaticSlotLayer, r0: int, r1: int) -> None:
         """Make this layer a window on rows [r0, r1) of ``parent`` (micro-batched prefill: writes
         land in the parent's buffers, no copy)."""
-        for name in ("keys", "values", "prio", "pos", "valid", "free", "real_seen"):
+        for name in self.ROW_BUFFERS:
             setattr(self, name, getattr(parent, name)[r0:r1])
         for name in ("dtype", "device", "heads", "capacity", "seen"):
             setattr(self, name, getattr(parent, name))
@@ -98,7 +99,6 @@ class StaticSlotLayer(CacheLayerMixin):
         """Empty every slot in place (the buffers keep their addresses: compiled graphs stay valid)."""
         self.valid.zero_()
         self.prio.zero_()
-        self.free.zero_()
         self.real_seen.zero_()
         self.seen.zero_()
         self.prefilled = False
@@ -131,7 +131,7 @@ class StaticSlotLayer(CacheLayerMixin):
             raise ValueError(f"a static cache decodes one token per step after its prompt; got {key_states.shape[2]} "
                              "new tokens (pass the whole prompt in the first call)")
         self.awaiting_attention = True
-        idx = self.free
+        idx = self.free_slot()
         self.keys.scatter_(2, idx.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1]), key_states)
         self.values.scatter_(2, idx.unsqueeze(-1).expand(-1, -1, -1, self.values.shape[-1]), value_states)
         self.pos.scatter_(2, idx, self.seen.expand(idx.shape))
@@ -183,8 +183,9 @@ class StaticSlotLayer(CacheLayerMixin):
         self.prio[:, :, n:] = 0.0
         self.real_seen.copy_(real)
         self.seen.fill_(P)
-        self.free.copy_(self.valid.to(torch.int8).argmin(-1, keepdim=True))
         self.prefilled = True
+        if not torch.compiler.is_compiling():
+            self.check_free_slot()
 
     def _row_budget(self, real):
         """Slots each row may keep: its percentage of its real tokens (at most the capacity, which
@@ -203,7 +204,20 @@ class StaticSlotLayer(CacheLayerMixin):
         limit = tb.view(-1, 1, 1) if isinstance(tb, torch.Tensor) else tb
         excess = self.valid.sum(-1, keepdim=True) > limit
         self.valid.scatter_(-1, victim, self.valid.gather(-1, victim) & ~excess)
-        self.free.copy_(self.valid.to(torch.int8).argmin(-1, keepdim=True))
+
+    def free_slot(self) -> torch.Tensor:
+        """(B, H, 1) index of each row's first invalid slot, in [0, capacity] by construction."""
+        return self.valid.to(torch.int8).argmin(-1, keepdim=True)
+
+    def check_free_slot(self) -> None:
+        """Raise if a row holds ``capacity + 1`` valid tokens (its next token would overwrite one);
+        the invariant every step relies on, checked on the host after a prompt (eager only)."""
+        full = self.valid.all(-1)
+        if bool(full.any()):
+            b, h = (int(i) for i in full.nonzero()[0])
+            raise RuntimeError(f"static slot layer: row {b}, head {h} holds {self.valid.shape[-1]} valid tokens in "
+                               f"{self.valid.shape[-1]} slots (capacity {self.capacity} + 1 free slot expected); "
+                               "the cache state is inconsistent")
 
     def key_mask(self) -> torch.Tensor:
         return self.valid
@@ -225,6 +239,15 @@ class StaticSlotLayer(CacheLayerMixin):
     def reset(self) -> None:
         if self.is_initialized:
             self.clear()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: reorder every row buffer in place (the addresses stay, and the scores,
+        positions and validity move with their keys; the base class would move keys/values only)."""
+        if not self.is_initialized:
+            return
+        for name in self.ROW_BUFFERS:
+            t = getattr(self, name)
+            t.copy_(t.index_select(0, beam_idx.to(t.device)))
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("a budgeted KV cache evicts tokens and cannot be cropped (assisted decoding)")

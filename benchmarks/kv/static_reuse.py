@@ -1,0 +1,181 @@
+"""A static H2O cache reused across ``generate`` calls under transformers' compiled decoding.
+
+The serving benchmark's ``h2o_20`` row (batch 64, prompt 2048) crashed on an H100 in the second
+``generate`` on a used cache (a warm-up of 4 tokens, then 128) with an inductor device assert
+``index out of bounds: 0 <= tmp0 < ks0``: a scatter into the slot buffers at an index read from
+memory. Until then a decoding step read its write slot from a stored ``free`` index buffer that
+the eager prompt code and the previous step wrote; now the step derives it from the validity
+mask in the same graph (``StaticSlotLayer.free_slot``).
+
+Each variant runs in its own process (a device-side assert leaves the CUDA context unusable):
+inductor with CUDA graphs (``reduce-overhead``, what transformers compiles with) or without
+(``default``); the cache reused after the warm-up or a fresh one; row micro-batched prompt or
+not; and ``legacy_*``: the stored-index step of before, rebuilt here, to confirm the cause.
+Per variant: whether it ran, whether the reused cache's tokens equal a fresh cache's, and the
+share of tokens equal to the eager dynamic ``H2OCache``. GPU: one H100, ~2-3 min; needs no
+carried files (random weights). ``--smoke``: the same code on a tiny CPU model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from anybudget import kv
+from anybudget.io import write_results
+
+CUDA = torch.cuda.is_available()
+VARIANTS = {  # name: (compile mode, reuse the warm-up's cache, micro-batched prompt, legacy stored index)
+    "reuse_cudagraphs": ("reduce-overhead", True, True, False),
+    "legacy_reuse_cudagraphs": ("reduce-overhead", True, True, True),
+    "legacy_fresh_cudagraphs": ("reduce-overhead", False, True, True),
+    "legacy_reuse_no_microbatch": ("reduce-overhead", True, False, True),
+    "legacy_reuse_no_cudagraphs": ("default", True, True, True),
+}
+DEFAULT_VARIANTS = ("reuse_cudagraphs", "legacy_reuse_cudagraphs", "legacy_reuse_no_cudagraphs")
+SMOKE_VARIANTS = ("reuse_cudagraphs", "legacy_reuse_cudagraphs")
+
+
+def use_legacy_stored_index() -> None:
+    """Rebuild the step of before: a (B, H, 1) ``free`` buffer, marked static, written after the
+    prompt and after every eviction, read as the next write slot."""
+    from anybudget.kv.static_slots import StaticSlotLayer, _mark_static
+
+    cls = StaticSlotLayer
+    cls.ROW_BUFFERS = (*cls.ROW_BUFFERS, "free")
+    allocate, clear, finish, evict = cls.allocate, cls.clear, cls.finish_prompt, cls.evict
+
+    def new_allocate(self, B, H, *args, **kwargs):
+        allocate(self, B, H, *args, **kwargs)
+        if getattr(self, "_free_of", None) is not self.keys:  # new buffers: a new index buffer with them
+            self.free, self._free_of = torch.zeros(B, H, 1, dtype=torch.long, device=self.device), self.keys
+            _mark_static(self.free)
+
+    def new_clear(self):
+        clear(self)
+        if getattr(self, "free", None) is not None:
+            self.free.zero_()
+
+    def store(self):
+        self.free.copy_(self.valid.to(torch.int8).argmin(-1, keepdim=True))
+
+    cls.allocate = new_allocate
+    cls.clear = new_clear
+    cls.finish_prompt = lambda self, *a: (finish(self, *a), store(self))[0]
+    cls.evict = lambda self: (evict(self), store(self))[0]
+    cls.free_slot = lambda self: self.free
+
+
+def build_model(smoke: bool, max_pos: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dims = ({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 4, "vocab_size": 100} if smoke else
+            {"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 2, "num_attention_heads": 16,
+             "num_key_value_heads": 16, "vocab_size": 32000})  # the serving model's layers, 2 deep (compile time)
+    cfg = LlamaConfig(max_position_embeddings=max_pos, **dims)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device("cuda" if CUDA else "cpu"):
+        model = LlamaForCausalLM(cfg).to(torch.float32 if smoke else torch.bfloat16).eval()
+    model.generation_config.pad_token_id = 0
+    return model, cfg
+
+
+def run_variant(name: str, smoke: bool, B: int, P: int, N: int) -> dict:
+    """One variant, in this process: warm-up generate (4 tokens), then N tokens on the same cache
+    (or a fresh one), then N tokens on a fresh cache; tokens compared."""
+    from transformers import CompileConfig
+
+    mode, reuse, micro, legacy = VARIANTS[name]
+    if legacy:
+        use_legacy_stored_index()
+    model, cfg = build_model(smoke, P + N + 8)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, cfg.vocab_size, (B, P), generator=g).to(model.device)
+    gen = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "do_sample": False}
+    cc = CompileConfig(dynamic=True, mode=mode) if not smoke else CompileConfig(backend="aot_eager", dynamic=True)
+    cc._compile_all_devices = True  # CPU smoke: transformers compiles only on accelerators otherwise
+    pbt = 65536 if micro else 1 << 40
+    if smoke and micro:
+        pbt = P * max(1, B // 2)  # two row micro-batches, as batch 64 x prompt 2048 has on the GPU
+    with torch.no_grad():
+        ref = model.generate(**gen, max_new_tokens=N, min_new_tokens=N,
+                             **kv.cache_kwargs(kv.enable(model), kv.H2OCache("20%")))
+        t0 = time.perf_counter()
+        cache = kv.H2OCache("20%", static=True, max_new_tokens=N, prefill_batch_tokens=pbt)
+        model.generate(**gen, max_new_tokens=4, min_new_tokens=4, compile_config=cc, **kv.cache_kwargs(model, cache))
+        if not reuse:
+            cache = kv.H2OCache("20%", static=True, max_new_tokens=N, prefill_batch_tokens=pbt)
+        second = model.generate(**gen, max_new_tokens=N, min_new_tokens=N, compile_config=cc,
+                                **kv.cache_kwargs(model, cache))
+        fresh = model.generate(**gen, max_new_tokens=N, min_new_tokens=N, compile_config=cc,
+                               **kv.cache_kwargs(model, kv.H2OCache("20%", static=True, max_new_tokens=N,
+                                                                   prefill_batch_tokens=pbt)))
+        if CUDA:
+            torch.cuda.synchronize()
+    free_ok = all(bool((~layer.valid).any(-1).all()) for layer in cache.layers)
+    return {"variant": name, "ok": True, "seconds": time.perf_counter() - t0,
+            "second_equals_fresh": bool(torch.equal(second, fresh)),
+            "share_equal_to_dynamic": float((second[:, P:] == ref[:, P:]).float().mean()),
+            "free_slot_in_every_row": free_ok}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    ap.add_argument("--name", default="kv_static_reuse")
+    ap.add_argument("--variants", default=None,
+                    help=f"comma list of {', '.join(VARIANTS)} (default {', '.join(DEFAULT_VARIANTS)})")
+    ap.add_argument("--timeout", type=float, default=170, help="seconds per variant (its own process)")
+    ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: the same code path in seconds")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    B, P, N = (4, 16, 8) if args.smoke else (64, 2048, 128)
+    if not CUDA and not args.smoke:
+        raise SystemExit("error: no CUDA device; use --smoke on a CPU")
+    if args.child:
+        print("RESULT " + json.dumps(run_variant(args.child, args.smoke, B, P, N)), flush=True)
+        return 0
+    names = args.variants.split(",") if args.variants else (SMOKE_VARIANTS if args.smoke else DEFAULT_VARIANTS)
+    bad = [n for n in names if n not in VARIANTS]
+    if bad:
+        raise SystemExit(f"error: --variants {bad} unknown; choose from {', '.join(VARIANTS)}")
+    rows = []
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for name in names:
+        cmd = [sys.executable, __file__, "--child", name] + (["--smoke"] if args.smoke else [])
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=args.timeout)
+        except subprocess.TimeoutExpired as e:
+            r = subprocess.CompletedProcess(cmd, -9, stdout=e.stdout or "", stderr=f"timed out after {args.timeout} s")
+            r.stdout = r.stdout.decode() if isinstance(r.stdout, bytes) else r.stdout
+        line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+        err = r.stderr.splitlines()
+        row = json.loads(line[-1][7:]) if line else {
+            "variant": name, "ok": False, "returncode": r.returncode,
+            "index_assert": next((x[-400:] for x in err if "index out of bounds" in x), None),
+            "error": next((x for x in reversed(err) if "Error" in x), r.stderr[-300:])[-400:],
+            "stderr_tail": r.stderr[-1500:]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    config = {"batch": B, "prompt": P, "new_tokens": N, "budget": "20%", "smoke": args.smoke,
+              "variants": {n: dict(zip(("mode", "reuse", "microbatched_prompt", "legacy_stored_index"), VARIANTS[n]))
+                           for n in names}}
+    metrics = {"rows": rows, "current_code_ok": all(r["ok"] and r.get("second_equals_fresh") for r in rows
+                                                    if not r["variant"].startswith("legacy"))}
+    path = write_results(args.name, config, metrics, out_dir=args.out)
+    print("wrote", path)
+    return 0 if metrics["current_code_ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
