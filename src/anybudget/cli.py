@@ -55,7 +55,14 @@ def _run_command(args: argparse.Namespace, debug: bool) -> int:
     """The error boundary: one ``error:`` line on stderr instead of a traceback (``--debug`` keeps it)."""
     try:
         return int(args.func(args) or 0)
-    except SystemExit:
+    except SystemExit as e:
+        if isinstance(e.code, str) and e.code.startswith("error:"):
+            # a command's own one-line refusal: printed here and exit code 2 (a user error), as for
+            # argparse; the message stays the exception's text for callers of main() in Python
+            print(e.code, file=sys.stderr)
+            err = SystemExit(e.code)
+            err.code = 2
+            raise err from None
         raise
     except KeyboardInterrupt:
         if debug:

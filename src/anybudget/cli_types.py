@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -175,9 +176,11 @@ def require(extra: str, *modules: str) -> None:
     """At command start: stop with one line naming the extra when an optional package is missing."""
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise SystemExit(
-            f"error: this command needs {', '.join(missing)}: pip install 'anybudget[{extra}]'"
-        )
+        # exit code 1, not 2: the input is fine, the installation lacks a package
+        err = SystemExit(f"error: this command needs {', '.join(missing)}: pip install 'anybudget[{extra}]'")
+        print(err.code, file=sys.stderr)
+        err.code = 1
+        raise err
 
 
 def as_path(check):

@@ -238,3 +238,12 @@ def test_dataclass_flags_take_their_defaults_from_the_dataclass(capsys):
     with pytest.raises(SystemExit):
         p.parse_args(["--r-steps", "0"])
     assert "argument --r-steps: 0 must be a positive integer" in capsys.readouterr().err
+
+
+def test_a_commands_own_error_exits_2_with_its_message(capsys):
+    """``raise SystemExit("error: ...")`` inside a command: one line on stderr and exit code 2 (a
+    user error), while the exception still carries the message for callers of ``main()``."""
+    with pytest.raises(SystemExit, match="error: --seeds=0 must be >= 1") as ei:
+        cli._run_command(_ns(SystemExit("error: --seeds=0 must be >= 1")), debug=False)
+    assert ei.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --seeds=0 must be >= 1"
