@@ -84,23 +84,20 @@ def project(scene: GaussianScene, cam: Camera, near: float = 0.2, eps2d: float =
     det_s = torch.where(ok, det, torch.ones_like(det))
     conics = torch.stack([c / det_s, -b / det_s, a / det_s], dim=-1)
     # radii are capped (2^30 px) before the integer cast, which is undefined for huge floats
-    r = torch.ceil(3 * torch.sqrt(torch.where(ok, lam.detach(), torch.zeros_like(lam)))).clamp(max=float(1 << 30))
-    radii = torch.where(ok, r, torch.zeros_like(r)).to(torch.int64)
-    return means2d, conics, z, radii
+    radii = torch.ceil(3 * torch.sqrt(torch.where(ok, lam.detach(), torch.zeros_like(lam)))).clamp(max=float(1 << 30))
+    return means2d, conics, z, radii.to(torch.int64)
 
 
 def _tile_pairs(means2d, radii, depth, width, height):
     """(tile id, Gaussian id) for every tile a Gaussian's 3-sigma square touches, sorted by tile,
     then front to back."""
     gx, gy = math.ceil(width / TILE), math.ceil(height / TILE)
-    vis = (radii > 0) & torch.isfinite(means2d.detach()).all(-1)
-    m = torch.nan_to_num(means2d.detach(), nan=0.0, posinf=0.0, neginf=0.0)
-    r = torch.where(vis, radii, torch.zeros_like(radii)).to(means2d.dtype)
+    m, r = means2d.detach(), radii.to(means2d.dtype)  # project() leaves radius 0 where means2d is not finite
     x0 = ((m[:, 0] - r) / TILE).floor().clamp(0, gx).long()
     x1 = ((m[:, 0] + r) / TILE).ceil().clamp(0, gx).long()
     y0 = ((m[:, 1] - r) / TILE).floor().clamp(0, gy).long()
     y1 = ((m[:, 1] + r) / TILE).ceil().clamp(0, gy).long()
-    nx, ny = (x1 - x0).clamp_min(0) * vis, (y1 - y0).clamp_min(0) * vis  # >= 0 on every backend
+    nx, ny = (x1 - x0) * (radii > 0), (y1 - y0) * (radii > 0)
     per = nx * ny
     gid = torch.repeat_interleave(torch.arange(len(per), device=m.device), per)
     if gid.numel() == 0:
