@@ -58,9 +58,7 @@ def prune_md():
         if _constant(t):
             label += " *"
             flat.append(name)
-        imp_win = sw.get("imp") if "imp" in sw else next(
-            (float(k) for k in sorted(imp, key=float, reverse=True) if imp[k].get("win")), None)
-        out += (f"| {label} | {f['mean']:.3f} +- {f['std']:.3f} | " + " | ".join(cells) + f" | **{_pct(imp_win)}** | "
+        out += (f"| {label} | {f['mean']:.3f} +- {f['std']:.3f} | " + " | ".join(cells) + f" | **{_pct(sw['imp'])}** | "
                 + " | ".join(ctrl) + f" | {paper} | {trs} | {s24s} |\n")
     if flat:
         out += (f"\n\\* {', '.join(flat)}: the full model scores the same in every run (std 0), the share of the "
@@ -83,8 +81,8 @@ def prune_md():
             rel = max(r["rel_err"] for r in lay["matrices"].values())
             mcell = (f"{mod['rel_err_logits']:.2f}, {mod['argmax_agreement']:.2f}" if "rel_err_logits" in mod
                      else mod.get("error", "-"))
-            out += (f"| {b} | {rel:.1e} | {lay['layer_speedup']:.2f}x | {mcell} | "
-                    f"{mod['speedup']:.2f}x |\n" if "speedup" in mod else f"| {b} | {rel:.1e} | {lay['layer_speedup']:.2f}x | {mcell} | - |\n")
+            mspeed = f"{mod['speedup']:.2f}x" if "speedup" in mod else "-"
+            out += f"| {b} | {rel:.1e} | {lay['layer_speedup']:.2f}x | {mcell} | {mspeed} |\n"
         out += f"\nSource: `benchmarks/results/prune_speed24.json` ({dev(sp)}).\n"
     out += f"\nSource: `benchmarks/results/prune_imp.json` ({dev(r)}).\n"
     return out
