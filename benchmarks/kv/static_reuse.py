@@ -34,6 +34,9 @@ from anybudget.io import write_results
 CUDA = torch.cuda.is_available()
 VARIANTS = {  # name: (compile mode, reuse the warm-up's cache, micro-batched prompt, legacy stored index)
     "reuse_cudagraphs": ("reduce-overhead", True, True, False),
+    "fresh_cudagraphs": ("reduce-overhead", False, True, False),
+    "reuse_no_cudagraphs": ("default", True, True, False),
+    "reuse_no_microbatch_cudagraphs": ("reduce-overhead", True, False, False),
     "legacy_reuse_cudagraphs": ("reduce-overhead", True, True, True),
     "legacy_fresh_cudagraphs": ("reduce-overhead", False, True, True),
     "legacy_reuse_no_microbatch": ("reduce-overhead", True, False, True),
@@ -111,11 +114,14 @@ def run_variant(name: str, smoke: bool, B: int, P: int, N: int) -> dict:
                              **kv.cache_kwargs(kv.enable(model), kv.H2OCache("20%")))
         t0 = time.perf_counter()
         cache = kv.H2OCache("20%", static=True, max_new_tokens=N, prefill_batch_tokens=pbt)
+        print("PHASE warm-up generate (4 tokens)", flush=True)
         model.generate(**gen, max_new_tokens=4, min_new_tokens=4, compile_config=cc, **kv.cache_kwargs(model, cache))
         if not reuse:
             cache = kv.H2OCache("20%", static=True, max_new_tokens=N, prefill_batch_tokens=pbt)
+        print("PHASE second generate", flush=True)
         second = model.generate(**gen, max_new_tokens=N, min_new_tokens=N, compile_config=cc,
                                 **kv.cache_kwargs(model, cache))
+        print("PHASE third generate (fresh cache)", flush=True)
         fresh = model.generate(**gen, max_new_tokens=N, min_new_tokens=N, compile_config=cc,
                                **kv.cache_kwargs(model, kv.H2OCache("20%", static=True, max_new_tokens=N,
                                                                    prefill_batch_tokens=pbt)))
@@ -126,6 +132,17 @@ def run_variant(name: str, smoke: bool, B: int, P: int, N: int) -> dict:
             "second_equals_fresh": bool(torch.equal(second, fresh)),
             "share_equal_to_dynamic": float((second[:, P:] == ref[:, P:]).float().mean()),
             "free_slot_in_every_row": free_ok}
+
+
+def _kernel_source(stderr: str) -> str | None:
+    """The inductor kernel file a device assert names (its first 120 lines), for the record."""
+    import re
+
+    m = re.search(r"(/tmp/torchinductor_[^\s:]+\.py):(\d+)", stderr)
+    if not m or not os.path.exists(m.group(1)):
+        return None
+    with open(m.group(1)) as f:
+        return f"{m.group(1)}:{m.group(2)}\n" + "".join(f.readlines()[:120])
 
 
 def main(argv=None) -> int:
@@ -164,7 +181,9 @@ def main(argv=None) -> int:
             "variant": name, "ok": False, "returncode": r.returncode,
             "index_assert": next((x[-400:] for x in err if "index out of bounds" in x), None),
             "error": next((x for x in reversed(err) if "Error" in x), r.stderr[-300:])[-400:],
-            "stderr_tail": r.stderr[-1500:]}
+            "stderr_tail": r.stderr[-1500:],
+            "phase": next((x[6:] for x in reversed(r.stdout.splitlines()) if x.startswith("PHASE ")), None),
+            "kernel": _kernel_source(r.stderr)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     config = {"batch": B, "prompt": P, "new_tokens": N, "budget": "20%", "smoke": args.smoke,
