@@ -53,7 +53,7 @@ def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "src/anybudget/assets/reflm"))
     ap.add_argument("--train", default=str(ROOT / ".carry/zoo2/elastic_train4m.u16.xz"), help="training tokens (.u16.xz)")
-    ap.add_argument("--test", default=str(ROOT / "benchmarks/zoo/data/test.u16.xz"), help="held-out tokens (.u16.xz)")
+    ap.add_argument("--test", default=str(ROOT / "benchmarks/zoo/data_v2/test.u16.xz"), help="held-out tokens (.u16.xz, the reference LM v2 tokenizer)")
     ap.add_argument("--build", default=str(ROOT / "benchmarks/plan/build/elastic_reflm"), help="elastic build folder")
     ap.add_argument("--out", required=True)
     ap.add_argument("--train-steps", type=int, default=400)

@@ -157,3 +157,33 @@ def test_demo_part_plans_two_memory_budgets(capsys):
     assert plans[0].quality["kv_ratio"] == {"h2o@20%": 1.1, "local@20%": 1.3}
     assert plans[1].predicted["mem"] <= plans[0].predicted["mem"]  # the tighter budget
     assert "plan for mem=" in capsys.readouterr().out
+
+
+def test_memory_correction_fitted_from_measured_peaks(em):
+    """decode_latency_model fits, per cache kind, measured CUDA peak - analytic memory at the full KV
+    groups; predictions add it scaled by a candidate's KV groups; CPU measurements fit nothing."""
+    from anybudget.elastic import params_table
+    from anybudget.plan.costs import Candidate, memory_terms, predict
+    from anybudget.plan.device import decode_latency_model
+
+    G, W = max(em.kv_choices), max(em.mlp_choices)
+    params = int(params_table(em).cost(em.uniform_choice(len(em.kv_choices) - 1, len(em.mlp_choices) - 1)))
+    extra = {"full": 5_000_000, "h2o": 3_000_000, "local": 0}
+
+    def measure(model, c, wl, kind="cuda_max_allocated"):
+        pred = memory_terms(em.shape, params, c, wl, False)["mem"]
+        return {"step_s": 1e-3, "peak_bytes": pred + extra[c.policy if c.policy != "full" else "full"], "peak_kind": kind}
+
+    lat, calib = decode_latency_model(em, WL, POL, 20.0, warmup=0, repeat=1, measure=measure)
+    assert lat.mem_groups == G
+    assert lat.mem_correction == pytest.approx({k: float(v) for k, v in extra.items()}, abs=1)
+    q = quality(em)
+    small = Candidate(min(em.kv_choices), W, "h2o", 50.0)
+    base = memory_terms(em.shape, params, small, WL, False)["mem"]
+    assert predict(small, em.shape, params, WL, lat, q)["mem"] == pytest.approx(base + 3_000_000 * small.kv_groups / G)
+    assert predict(Candidate(G, W), em.shape, params, WL, lat, q)["mem"] == pytest.approx(
+        memory_terms(em.shape, params, Candidate(G, W), WL, False)["mem"] + 5_000_000)
+    cpu, _ = decode_latency_model(em, WL, POL, 20.0, warmup=0, repeat=1,
+                                  measure=lambda m, c, wl: measure(m, c, wl, "cpu_weights_plus_cache"))
+    assert cpu.mem_correction == {}
+    assert LatencyModel.from_dict(lat.to_dict()).mem_extra(small) == pytest.approx(lat.mem_extra(small))

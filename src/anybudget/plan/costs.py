@@ -8,7 +8,13 @@ Memory (analytic, bytes, the peak of one ``generate`` call of the workload)::
                   holding the whole prompt before its first eviction), an upper bound
     activations = one layer's prefill workspace at the sub-network's widths, H2O's chunked
                   attention logits, the last position's logits
-    mem         = weights + kv_alloc + activations
+    mem         = weights + kv_alloc + activations + mem_correction
+
+``mem_correction`` is fitted on the device like the latency overheads (``plan.decode_latency_model``):
+the measured peak minus the analytic sum for the full model with each cache kind (full, and each
+policy at its smallest budget), and for a sub-network scaled by its share of the KV groups (what
+the analytic terms miss is held by KV-sized tensors: a layer's cache copied while it grows, the
+whole prompt's keys before eviction). Never negative; zero without a measurement.
 
 Latency (seconds per decoding step, i.e. per new token of every sequence in the batch)::
 
@@ -218,6 +224,13 @@ class LatencyModel:
     overhead_policy: dict = field(default_factory=dict)
     device: str = "unknown"
     scale: float = 1.0
+    mem_correction: dict = field(default_factory=dict)  # cache kind -> bytes at ``mem_groups`` KV groups
+    mem_groups: int = 1
+
+    def mem_extra(self, c: Candidate) -> float:
+        """Measured-minus-analytic peak bytes for ``c``'s cache kind, scaled by its KV groups (>= 0)."""
+        kind = "full" if c.policy == "full" else c.policy
+        return max(0.0, self.mem_correction.get(kind, 0.0)) * c.kv_groups / max(1, self.mem_groups)
 
     def layer_time(self, g: int, w: int, ctx: float) -> float:
         k = f"{g}/{w}"
@@ -247,5 +260,8 @@ def predict(c: Candidate, shape: dict, params: int, wl: ServingWorkload, lat: La
             quality: Quality, fused_scores: bool = False) -> dict:
     """Predicted numbers for ``c``: memory terms, ``latency_s`` (None without a latency model), ``ppl``."""
     m = memory_terms(shape, params, c, wl, fused_scores)
+    if lat is not None and lat.mem_correction:
+        m["mem_correction"] = lat.mem_extra(c)
+        m["mem"] += m["mem_correction"]
     return {**m, "params": params, "latency_s": lat.step(c, wl) if lat is not None else None,
             "ppl": quality.ppl(c)}

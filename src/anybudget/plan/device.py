@@ -128,6 +128,8 @@ def decode_latency_model(em, wl: ServingWorkload, policies=("h2o", "streaming", 
     """Decode tables of ``em`` (in ``wl.dtype`` on its device) at two cached lengths, then the overheads
     fitted from measured ``generate`` runs of the full model (full cache; each policy at ``kv_percent``).
 
+    The same measurements fit the memory model's correction (``LatencyModel.mem_correction``, see
+    :mod:`anybudget.plan.costs`) when the peak is measured on CUDA.
     Returns the model and the calibration measurements (``[{candidate, measured, core_s}]``).
     """
     from anybudget.elastic import ElasticLlama
@@ -157,14 +159,37 @@ def decode_latency_model(em, wl: ServingWorkload, policies=("h2o", "streaming", 
     else:  # the layer-by-layer tables over-count (noise, a busy host): scale them to the measured whole
         lat.scale = m0["step_s"] / core0 if core0 > 0 else 1.0
     calib.append({"candidate": c0.label, "measured": m0, "core_s": core0})
+    tried = [c0]
     for p in policies:
         c = Candidate(*full, p, float(kv_percent))
         m = measure(dense, c, wl)
         gap = m["step_s"] - lat.scale * lat.core(c, wl) - lat.overhead_generate
         lat.overhead_policy[p] = max(0.0, gap) / em.num_layers
         calib.append({"candidate": c.label, "measured": m, "core_s": lat.core(c, wl)})
+        tried.append(c)
     del dense
+    _fit_memory(lat, em, wl, tried, calib)
     return lat, calib
+
+
+def _fit_memory(lat: LatencyModel, em, wl: ServingWorkload, tried: list, calib: list) -> None:
+    """Per cache kind: measured CUDA peak minus the analytic memory (>= 0), at the full KV groups."""
+    import importlib.util
+
+    from anybudget.elastic import params_table
+    from anybudget.plan.costs import memory_terms
+
+    fused = next(em.model.parameters()).device.type == "cuda" and importlib.util.find_spec("triton") is not None
+    full_sub = em.uniform_choice(len(em.kv_choices) - 1, len(em.mlp_choices) - 1)
+    params = int(params_table(em).cost(full_sub))
+    lat.mem_groups = max(em.kv_choices)
+    for c, row in zip(tried, calib):
+        m = row["measured"]
+        if m.get("peak_kind") != "cuda_max_allocated":
+            continue
+        pred = memory_terms(em.shape, params, c, wl, fused)["mem"]
+        lat.mem_correction["full" if c.policy == "full" else c.policy] = max(0.0, float(m["peak_bytes"] - pred))
+        row["predicted_mem_before_correction"] = pred
 
 
 @torch.no_grad()
