@@ -57,6 +57,13 @@ def test_densify_keeps_optimizer_in_step(toy):
         st = trainer.opt.state[p]
         assert st["exp_avg"].shape == p.shape
     trainer.train_step(views[1], views[1].image)  # still runs
+    # the trained scene is saved as the reference 3DGS writes it: nx ny nz columns, zeros
+    from anybudget.splat.ply import ply_bytes
+
+    scene = trainer.scene
+    assert scene.normals.shape == (trainer.params["means"].shape[0], 3) and not scene.normals.any()
+    header = ply_bytes(scene).split(b"end_header")[0]
+    assert b"property float nx" in header and header.count(b"property float") == 62
 
 
 def test_pseudo_view_moves_camera_only():

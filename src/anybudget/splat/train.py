@@ -115,8 +115,11 @@ class GaussianTrainer:
 
     @property
     def scene(self) -> GaussianScene:
-        n = self.params["means"].shape[0]
+        means = self.params["means"]
+        n = means.shape[0]
         normals = self.normals if self.normals is not None and self.normals.shape[0] == n else None
+        if normals is None:  # the reference save_ply writes nx ny nz = 0: the file a 3DGS user has
+            normals = torch.zeros(n, 3, dtype=means.dtype, device=means.device)
         return GaussianScene(**{k: self.params[k] for k in PARAMS}, normals=normals)
 
     def _reset_stats(self):
