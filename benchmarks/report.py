@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/report.py) -->", "<!-- RESULTS:END -->"
 
-from report_lm_elastic import dev, elastic_md, load, reflm_md, rel
-from report_prune_splat import prune_md, splat_md
+from report_lm_elastic import dev, elastic_md, load, reflm_md, rel  # noqa: E402
+from report_prune_splat import prune_md, splat_md  # noqa: E402
 
 
 def quality_md():
