@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(Path(__file__).resolve().parent) not in sys.path:  # report.py beside it, when imported from tests
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import module_sections  # noqa: E402
 from report_lm_elastic import RES, dev  # noqa: E402
@@ -38,15 +39,20 @@ def _flat(obj, prefix=""):
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out += _flat(v, key + ".")
-        elif isinstance(v, (str, int, float, bool)) or v is None:
+        elif _scalar(v) or v is None:
             out.append((key, v))
     return out
+
+
+def _scalar(v) -> bool:
+    """A number, a flag or a one-line string (a multi-line string is a rendered table, not a number)."""
+    return isinstance(v, (int, float, bool)) or (isinstance(v, str) and "\n" not in v)
 
 
 def _fmt(v):
     if isinstance(v, float):
         return f"{v:.4g}"
-    s = str(v).replace("\n", " ").replace("|", "/")
+    s = str(v).replace("|", "/")
     return s if len(s) <= 80 else s[:77] + "..."
 
 
@@ -57,7 +63,7 @@ def headline(rec: dict) -> str:
     if isinstance(summary, dict):
         items, label = _flat(summary), "summary"
     else:  # top-level scalars; when there are none, those of nested dicts (lists stay in the JSON)
-        items, label = [(k, v) for k, v in m.items() if isinstance(v, (str, int, float, bool))], "scalar metrics"
+        items, label = [(k, v) for k, v in m.items() if _scalar(v)], "scalar metrics"
         items = items or _flat(m)
     if not items:
         return "No scalar metrics outside lists; the numbers are in the JSON (and the tables above)."
@@ -108,7 +114,7 @@ def render() -> str:
             "module; a record is the JSON `anybudget.io.write_results` writes: numbers, configuration, device, "
             "versions, commit, date). Do not edit by hand. The top-level README shows one headline table per module.\n\n"
             + " | ".join(f"[{m}](#{_anchor(TITLES[m])})" for m in RESULT_MODULES) + "\n\n")
-    return head + "\n".join(module_md(m, tables.get(m, "")) for m in RESULT_MODULES).rstrip("\n") + "\n"
+    return head + "\n\n".join(module_md(m, tables.get(m, "")).strip("\n") for m in RESULT_MODULES) + "\n"
 
 
 def main(argv=None) -> int:

@@ -17,11 +17,12 @@ RECORD_KEYS = {"name", "config", "metrics", "device", "torch", "transformers", "
 
 @pytest.fixture(scope="module")
 def bench():
+    saved = sys.path[:]
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         yield lambda name: importlib.import_module(name)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    finally:  # benchmarks/report.py must not shadow another folder's report.py (benchmarks/prune/) later
+        sys.path[:] = saved
         for m in ("results_page", "report", "report_lm_elastic", "report_prune_splat"):
             sys.modules.pop(m, None)
 
