@@ -14,7 +14,7 @@ Skipped: lines whose comment says ``GPU-only``, and those of :data:`SKIP` (with 
 Writes ``<out>/readme_commands.json`` (a results record: each command, exit code, seconds and
 first error line). ``--list`` prints what would run, and runs nothing.
 
-    PYTHONPATH=src python benchmarks/readme_commands.py --repo . --out benchmarks/results
+    PYTHONPATH=src python benchmarks/readme_commands.py --repo . --out benchmarks/results/core
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repo", default=str(Path(__file__).resolve().parents[1]), help="repository to clone (default: this one)")
     ap.add_argument("--readme", default=None, help="README to read (default: the clone's README.md)")
-    ap.add_argument("--out", default=None, help="folder for readme_commands.json (default: benchmarks/results of this checkout)")
+    ap.add_argument("--out", default=None, help="folder for readme_commands.json (default: benchmarks/results/core of this checkout)")
     ap.add_argument("--torch", default=None, help="torch requirement for the set-up (sets ANYBUDGET_TORCH, which bootstrap.sh reads)")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per command (default 1200)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary clone (its path is printed)")
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     here = Path(__file__).resolve().parents[1]
-    out = Path(args.out) if args.out else here / "benchmarks" / "results"
+    out = Path(args.out) if args.out else here / "benchmarks" / "results" / "core"
     if args.list:
         readme = Path(args.readme or Path(args.repo) / "README.md").read_text(encoding="utf-8")
         for c in plan(parse_readme(readme)):

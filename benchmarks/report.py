@@ -1,7 +1,11 @@
-"""Render the README's results section from benchmarks/results/*.json (never from memory).
+"""Render the README's results section from benchmarks/results/<module>/*.json (never from memory).
 
-Usage:  python benchmarks/report.py            # prints markdown
+The README shows one headline table per module; every table (``module_sections(full=True)``) goes
+to the results page, benchmarks/results/README.md (``results_page.py``).
+
+Usage:  python benchmarks/report.py            # prints the README block
         python benchmarks/report.py --readme   # rewrites the block between the RESULTS markers in README.md
+                                               # and the results page
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/report.py) -->", "<!-- RESULTS:END -->"
 
-from report_lm_elastic import dev, elastic_md, load, reflm_md
-from report_prune_splat import prune_md, splat_md
+from report_lm_elastic import dev, elastic_md, load, reflm_md, rel  # noqa: E402
+from report_prune_splat import prune_md, splat_md  # noqa: E402
 
 
 def quality_md():
@@ -44,7 +48,7 @@ def quality_md():
         out += ("\nThe same measurement on the v1 reference LM (19.4M, `kv_quality_v1.json`): at 20%, H2O "
                 f"x{ratio(v1, 'h2o', '20%'):.3f}, StreamingLLM x{ratio(v1, 'streaming', '20%'):.3f}, local "
                 f"x{ratio(v1, 'local', '20%'):.3f}, random x{ratio(v1, 'random', '20%'):.3f}.\n")
-    out += f"\n![kv quality](benchmarks/results/kv_quality.png)\n\nSource: `benchmarks/results/kv_quality.json` ({dev(r)}).\n"
+    out += f"\n![kv quality]({rel('kv_quality', 'png')})\n\nSource: `{rel('kv_quality')}` ({dev(r)}).\n"
     return out
 
 
@@ -72,7 +76,7 @@ def attention_md():
             + "---|" * len(per["sink_mass"]) + "\n")
     for label, k in rows:
         out += f"| {k} | " + " | ".join(f"{x:.2f}" for x in per[k]) + " |\n"
-    out += f"\nSource: `benchmarks/results/kv_attention_stats.json` ({dev(r)})"
+    out += f"\nSource: `{rel('kv_attention_stats')}` ({dev(r)})"
     out += f"; v1: `kv_attention_stats_v1.json` ({dev(v1)}).\n" if v1 else ".\n"
     return out
 
@@ -97,7 +101,7 @@ def speed_md():
             out += (f"| {P} | {s['full']['max_batch']} / {s['h2o']['max_batch']} | {s['max_batch_ratio']:.1f}x | "
                     f"{s['full']['tokens_per_s_at_max_batch']:.0f} / {s['h2o']['tokens_per_s_at_max_batch']:.0f} | {s['throughput_ratio']:.2f}x | "
                     f"{fb['decode_tokens_per_s']:.0f} / {hb['decode_tokens_per_s']:.0f} |\n")
-        out += f"\nSource: `benchmarks/results/kv_speed_throughput.json` ({dev(t)}).\n\n"
+        out += f"\nSource: `{rel('kv_speed_throughput')}` ({dev(t)}).\n\n"
     if o:
         m = o["metrics"]
         out += "### Overheads of the score path (Triton kernels on the H100)\n\n"
@@ -126,7 +130,7 @@ def speed_md():
             kvp = (f"{kp:.2f} / {kps:.3f}" if isinstance(kp, float) else (kp or p.get("kvpress_observed_attention_error", "-")))
             out += (f"| {p['prompt']} | {p['sdpa_peak_gib']:.2f} / {p['sdpa_s']:.3f} | {p['h2o_20_peak_gib']:.2f} / {p['h2o_20_s']:.3f} | "
                     f"{kvp} | {p.get('h2o_vs_sdpa_peak', float('nan')):.2f}x |\n")
-        out += f"\nSource: `benchmarks/results/kv_speed_ops.json` ({dev(o)}).\n"
+        out += f"\nSource: `{rel('kv_speed_ops')}` ({dev(o)}).\n"
     sd = load("kv_speed_decode")
     if sd:
         m = sd["metrics"]
@@ -145,7 +149,7 @@ def speed_md():
             hc = f"{a['host_us_sdpa']:.0f} / {a['host_us_h2o']:.0f}" if a and "host_us_h2o" in a else "-"
             out += (f"| {st['batch']} x {st['cache_len']} | {st['full_step_ms']:.1f} / {st['local_step_ms']:.1f} / "
                     f"{st['h2o_step_ms']:.1f} | {st['score_overhead_vs_local']:+.1%} | {ac} | {hc} |\n")
-        out += f"\nSource: `benchmarks/results/kv_speed_decode.json` ({dev(sd)}).\n"
+        out += f"\nSource: `{rel('kv_speed_decode')}` ({dev(sd)}).\n"
     d = load("kv_decode_kernel")
     if d:
         out += ("\n### Decode attention + column sums: the kernels\n\n"
@@ -163,16 +167,15 @@ def speed_md():
                     f"{r['split_k_ms']:.3f} | {r['fused_ms']:.3f} | {'fused' if r['default_is_fused'] else 'split-K'} "
                     f"{r['default_ms']:.3f} ({r['default_vs_sdpa']:.2f}x) | {h['sdpa']:.0f} / {h['split_k']:.0f} / {h['fused']:.0f} | "
                     f"{r['rel_err_out']['fused']:.1e} / {r['rel_err_colsum']['fused']:.1e} |\n")
-        out += f"\nSource: `benchmarks/results/kv_decode_kernel.json` ({dev(d)}).\n"
+        out += f"\nSource: `{rel('kv_decode_kernel')}` ({dev(d)}).\n"
     return out
 
 
 DS = ("cifar10", "cifar100", "ImageNet16-120")
 
 
-def nas_md():
+def nas_correlate_md():
     c = load("nas_correlate")
-    s = load("nas_search")
     out = ""
     if c:
         m = c["metrics"]
@@ -193,8 +196,14 @@ def nas_md():
                      "linear_regions": "linear regions", "params": "#params"}.get(name, name)
             out += f"| {label} | {cells} | {f'{pv:+.2f}' if pv is not None else '-'} |\n"
         out += ("\nThe paper's values are read from its Fig. 1 (from memory in our notes, not re-verified).\n\n"
-                "![nas correlation](benchmarks/results/nas_correlate.png)\n\n"
-                f"Source: `benchmarks/results/nas_correlate.json` ({dev(c)}).\n\n")
+                f"![nas correlation]({rel('nas_correlate', 'png')})\n\n"
+                f"Source: `{rel('nas_correlate')}` ({dev(c)}).\n\n")
+    return out
+
+
+def nas_search_md():
+    s = load("nas_search")
+    out = ""
     if s:
         m = s["metrics"]
         cfg = s["config"]["tenas"]
@@ -225,13 +234,12 @@ def nas_md():
             b = m["tenas_flops_budget"]
             out += (f"\nUnder the FLOPs budget every found architecture is within it: **{b['all_within']}** "
                     f"(largest found {max(r['flops'] for r in b['runs']) / 1e6:.1f}M of {b['limit'] / 1e6:.1f}M).\n")
-        out += f"\nSource: `benchmarks/results/nas_search.json` ({dev(s)}).\n"
+        out += f"\nSource: `{rel('nas_search')}` ({dev(s)}).\n"
     return out
 
 
-def ssm_md():
+def ssm_scan_md():
     r = load("ssm_scan_speed")
-    t = load("ssm_table2")
     out = ""
     if r:
         cfg = r["config"]
@@ -244,7 +252,14 @@ def ssm_md():
             out += (f"| {seq} | {x['triton_fwd_bwd_s'] * 1e3:.2f} | {x['chunked_fwd_bwd_s'] * 1e3:.1f} | "
                     f"{x['ref_fwd_bwd_s'] * 1e3:.0f} | {x['speedup_triton_vs_chunked']:.1f}x |\n")
         out += (f"\nMax abs. error against the chunked scan at seq 1024: {r['metrics']['max_abs_err_vs_chunked_seq1024']:.1e}. "
-                f"`mamba_ssm`: {r['metrics']['mamba_ssm']}.\n\nSource: `benchmarks/results/ssm_scan_speed.json` ({dev(r)}).\n\n")
+                f"`mamba_ssm`: {r['metrics']['mamba_ssm']}.\n\nSource: `{rel('ssm_scan_speed')}` ({dev(r)}).\n\n")
+    return out
+
+
+def ssm_more_md():
+    """Small MQAR, recency / over-smoothing and Table 2 (the results page)."""
+    t = load("ssm_table2")
+    out = ""
     sm = load("ssm_mqar_small_64")
     if sm:
         out += ("### Polarized Mamba: learning a small MQAR\n\n"
@@ -253,11 +268,11 @@ def ssm_md():
                 "is 1/4):\n\n| run | layers | scan | accuracy |\n|---|---|---|---|\n")
         for r in sm["metrics"]["runs"]:
             out += f"| {r['config']} | {r['layers']} | {r['scan'] if r['config'] != 'attn' else '-'} | {r['final']['kv4']:.3f} |\n"
-        out += ("\n![small MQAR](benchmarks/results/ssm_mqar_small_64.png)\n\n"
+        out += (f"\n![small MQAR]({rel('ssm_mqar_small_64', 'png')})\n\n"
                 "The model, data, trainer and the Triton scan's backward learn associative recall (two-layer Mamba "
                 "95.5%); in this short schedule the polarized and the deeper models are slower to leave the 1/4 plateau, "
                 "and the one-head attention baseline has not left it. Source: "
-                f"`benchmarks/results/ssm_mqar_small_64.json` ({dev(sm)}).\n\n")
+                f"`{rel('ssm_mqar_small_64')}` ({dev(sm)}).\n\n")
     dg = load("ssm_diagnostics")
     if dg:
         out += ("### Recency and over-smoothing, measured\n\n"
@@ -270,14 +285,14 @@ def ssm_md():
             far = a[max(a, key=int)]
             out += (f"| {r['config']} | {r['layers']} | {r['state']} | {a['0']:.1f} / {a['64']:.1f} / {far:.1f} | "
                     f"{r['influence_drop_0_to_max']:.1f} | {r['sharpness'][0]:.3f} -> {r['sharpness'][-1]:.3f} |\n")
-        out += ("\n![influence, trained](benchmarks/results/ssm_diagnostics_trained_influence.png) "
-                "![sharpness, initial](benchmarks/results/ssm_diagnostics_init_sharpness.png)\n\n"
+        out += (f"\n![influence, trained]({rel('ssm_diagnostics_trained_influence', 'png')}) "
+                f"![sharpness, initial]({rel('ssm_diagnostics_init_sharpness', 'png')})\n\n"
                 "Recency reproduces: in vanilla Mamba the influence of a token falls steadily with its distance (Theorem "
                 "3.1), while with the one-channel (one / both) it levels off after a few tokens, at initialisation and "
                 "after training. Over-smoothing is barely visible at these depths (normalised sharpness moves by about 1% "
                 "from the embedding to the last layer at initialisation, and after training the features grow sharper with "
                 "depth), so this measurement says nothing yet about the zero-channel's remedy. Source: "
-                f"`benchmarks/results/ssm_diagnostics.json` ({dev(dg)}).\n\n")
+                f"`{rel('ssm_diagnostics')}` ({dev(dg)}).\n\n")
     if t:
         hist = t["metrics"].get("history", {})
         rate = {}
@@ -300,12 +315,33 @@ def ssm_md():
                 "picking a value from the context)." + est + " `benchmarks/ssm/table2.py` runs it from checkpoints "
                 "across calls and in parallel processes (`--workers`). The `loss` in this file's history is the loss of "
                 "the last batch only (one segment of the mixture); the trainer now records the mean over each interval. "
-                f"Source: `benchmarks/results/ssm_table2.json` ({dev(t)}).\n")
+                f"Source: `{rel('ssm_table2')}` ({dev(t)}).\n")
     return out
 
 
+def module_sections(full=True):
+    """Markdown per results module: the README's one headline table each (``full=False``), or every
+    table rendered from the records (``full=True``, the results page)."""
+    secs = {
+        "reflm": [reflm_md(full)],
+        "kv": [quality_md()] + ([attention_md(), speed_md()] if full else []),
+        "elastic": [elastic_md(full)],
+        "prune": [prune_md(full)],
+        "splat": [splat_md(full)],
+        "nas": ([nas_correlate_md()] if full else []) + [nas_search_md()],
+        "ssm": [ssm_scan_md()] + ([ssm_more_md()] if full else []),
+    }
+    return {m: "\n".join(x.rstrip("\n") + "\n" for x in v if x) for m, v in secs.items()}
+
+
+PAGE = "benchmarks/results/README.md"
+
+
 def render():
-    return "\n".join(x for x in (reflm_md(), quality_md(), attention_md(), speed_md(), elastic_md(), prune_md(), splat_md(), nas_md(), ssm_md()) if x)
+    """The README's results block: one headline table per module, then a link to the results page."""
+    body = "\n".join(x for x in module_sections(full=False).values() if x)
+    return body + (f"\nMore tables (attention, GPU speed and kernels, router sweep, 2:4 kernels, LightGaussian stages "
+                   f"and ablation, proxy correlations, MQAR, recency) and every record with its plots: [{PAGE}]({PAGE}).\n")
 
 
 def main(argv=None):
@@ -322,10 +358,12 @@ def main(argv=None):
         raise SystemExit(f"README.md has no {BEGIN} marker")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    sys.path.insert(0, str(ROOT / "src"))
+    from results_page import main as write_page
+
     from anybudget.io import atomic_write_text
 
     atomic_write_text(readme, head + BEGIN + "\n" + md + "\n" + END + tail)
+    write_page([])
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from anybudget.io import results_module
+
 RES = Path(__file__).resolve().parent / "results"
 H100_BF16_DENSE_TFLOPS = 989.4  # datasheet peak (SXM), not a measured ceiling
 
@@ -19,8 +21,13 @@ def _flops_bound_ms(params: int, kv_groups: int, cfg: dict) -> float:
     return (2 * params + attn) * tokens / (H100_BF16_DENSE_TFLOPS * 1e12) * 1e3
 
 
+def rel(name, ext="json"):
+    """The repository path of a record's file: ``benchmarks/results/<module>/<name>.<ext>``."""
+    return f"benchmarks/results/{results_module(name)}/{name}.{ext}"
+
+
 def load(name):
-    p = RES / f"{name}.json"
+    p = RES / results_module(name) / f"{name}.json"
     return json.loads(p.read_text()) if p.exists() else None
 
 
@@ -32,7 +39,7 @@ def dev(rec):
             f"commit {str(rec.get('commit'))[:8]}, {str(rec.get('date'))[:10]}")
 
 
-def reflm_md():
+def reflm_md(full=True):
     r = load("reflm_v2_train")
     if not r:
         return ""
@@ -67,13 +74,13 @@ def reflm_md():
         "| evaluation text (1024-token windows) | v2 bits/byte | v2 perplexity | v1 bits/byte | v2 lower by |\n"
         "|---|---|---|---|---|\n" + rows +
         f"\nSample (greedy, repetition penalty 1.1): *{s['greedy_rp1.1']!s}*\n\n"
-        f"![loss](benchmarks/results/reflm_v2_train_loss.png)\n\n"
-        f"Source: `benchmarks/results/reflm_v2_train.json` ({dev(r)})"
-        + (f"; v1 column: `benchmarks/results/reflm_v1_vs_v2.json` ({dev(cmp)})" if cmp else "") + ".\n"
+        + (f"![loss]({rel('reflm_v2_train_loss', 'png')})\n\n" if full else "")
+        + f"Source: `{rel('reflm_v2_train')}` ({dev(r)})"
+        + (f"; v1 column: `{rel('reflm_v1_vs_v2')}` ({dev(cmp)})" if cmp else "") + ".\n"
     )
 
 
-def elastic_md():
+def elastic_md(full=True):
     r = load("elastic_flextron")
     if not r:
         return ""
@@ -96,6 +103,9 @@ def elastic_md():
         out += (f"| {u['subnet'].replace('uniform', '').replace(' x 8', '')} | {u['params'] / 1e6:.1f}M | "
                 f"{u['measured_ms']:.1f} | {_flops_bound_ms(u['params'], kv, r['config']):.1f} | "
                 f"{u['elastic_ppl']:.1f} | {u['pruned_ppl']:.1f} | {sc} |\n")
+    if not full:
+        return out + (f"\n![elastic]({rel('elastic_flextron', 'png')})\n\n"
+                      f"Source: `{rel('elastic_flextron')}` ({dev(r)}).\n")
     out += ("\nStatic router (Flextron's surrogate model + latency lookup table, Gumbel-softmax) over 8 latency "
             "targets; every pick is timed, not predicted. `route` = the router's pick checked against the uniform "
             "widths on held-out training windows (`route(..., calib=...)`); the last column is an oracle: the "
@@ -117,6 +127,6 @@ def elastic_md():
     for e in m["exported"]:
         out += (f"| {e['subnet'].replace('uniform', '').replace(' x 8', '')} | {e['params'] / 1e6:.1f}M | "
                 f"{e['measured_ms']:.1f} | {e['speedup']:.2f}x | {e['ppl']:.1f} |\n")
-    out += ("\n![elastic](benchmarks/results/elastic_flextron.png)\n\n"
-            f"Source: `benchmarks/results/elastic_flextron.json` ({dev(r)}).\n")
+    out += (f"\n![elastic]({rel('elastic_flextron', 'png')})\n\n"
+            f"Source: `{rel('elastic_flextron')}` ({dev(r)}).\n")
     return out

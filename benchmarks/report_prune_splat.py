@@ -3,7 +3,7 @@ benchmarks/results/*.json by benchmarks/report.py."""
 
 from __future__ import annotations
 
-from report_lm_elastic import dev, load
+from report_lm_elastic import dev, load, rel
 
 CONTROLS = ("random_pruning", "random_reinit", "oneshot", "shuffled")
 SCENES = ("garden", "panda", "tabletop")
@@ -19,7 +19,7 @@ def _constant(t):
     return len({round(v, 6) for v in t["full"]["runs"]}) == 1
 
 
-def prune_md():
+def prune_md(full=True):
     r = load("prune_imp")
     if not r:
         return ""
@@ -64,9 +64,9 @@ def prune_md():
         out += (f"\n\\* {', '.join(flat)}: the full model scores the same in every run (std 0), the share of the "
                 "majority class on its dev split: it has not learned the task, and every pruned model that also predicts the "
                 "majority class 'wins', so this task does not tell tickets from controls.\n")
-    out += "\n![imp curves](benchmarks/results/prune_imp_curves.png)\n"
+    out += f"\n![imp curves]({rel('prune_imp_curves', 'png')})\n"
     sp = load("prune_speed24")
-    if sp:
+    if sp and full:
         out += ("\n2:4 semi-structured kernels against dense (fp16, same run), each backend checked against the dense "
                 "product of the same masked weights: BERT-base-sized matrices (768/3072 wide, 16k tokens) and the "
                 "small BERT above under its 2:4 magnitude mask, with an untrained classifier head (random batch):\n\n"
@@ -78,17 +78,17 @@ def prune_md():
             if errs:
                 out += f"| {b} | {sorted(errs)[0]} | - | - | - |\n"
                 continue
-            rel = max(r["rel_err"] for r in lay["matrices"].values())
+            rerr = max(r["rel_err"] for r in lay["matrices"].values())
             mcell = (f"{mod['rel_err_logits']:.2f}, {mod['argmax_agreement']:.2f}" if "rel_err_logits" in mod
                      else mod.get("error", "-"))
             mspeed = f"{mod['speedup']:.2f}x" if "speedup" in mod else "-"
-            out += f"| {b} | {rel:.1e} | {lay['layer_speedup']:.2f}x | {mcell} | {mspeed} |\n"
-        out += f"\nSource: `benchmarks/results/prune_speed24.json` ({dev(sp)}).\n"
-    out += f"\nSource: `benchmarks/results/prune_imp.json` ({dev(r)}).\n"
+            out += f"| {b} | {rerr:.1e} | {lay['layer_speedup']:.2f}x | {mcell} | {mspeed} |\n"
+        out += f"\nSource: `{rel('prune_speed24')}` ({dev(sp)}).\n"
+    out += f"\nSource: `{rel('prune_imp')}` ({dev(r)}).\n"
     return out
 
 
-def splat_md():
+def splat_md(full=True):
     recs = {s: load(f"splat_lightgaussian_{s}") for s in SCENES}
     recs = {s: r for s, r in recs.items() if r and r["metrics"].get("stages", {}).get("quantized")}
     if not recs:
@@ -102,13 +102,15 @@ def splat_md():
            f"steps, SH degree 3 -> {cfg['sh_degree_after']} distilled ({cfg['distill']} steps), vector-quantise "
            f"{100 * cfg['vq_ratio']:.0f}% of the SH (codebook {cfg['codebook']}); size = the stage's file "
            "(`.ply`, then `.lgz`), PSNR / SSIM on the test views, FPS of gsplat at the scene's resolution.\n\n")
-    out += "| scene | stage | Gaussians | size MB | PSNR | SSIM | FPS |\n|---|---|---|---|---|---|---|\n"
-    for s, r in recs.items():
-        for st, v in r["metrics"]["stages"].items():
-            out += (f"| {s} | {st} | {v['num_gaussians']:,} | {v['size_bytes'] / 1e6:.2f} | {v['psnr']:.2f} | "
-                    f"{v['ssim']:.3f} | {v['fps']:.0f} |\n")
+    if full:
+        out += "| scene | stage | Gaussians | size MB | PSNR | SSIM | FPS |\n|---|---|---|---|---|---|---|\n"
+        for s, r in recs.items():
+            for st, v in r["metrics"]["stages"].items():
+                out += (f"| {s} | {st} | {v['num_gaussians']:,} | {v['size_bytes'] / 1e6:.2f} | {v['psnr']:.2f} | "
+                        f"{v['ssim']:.3f} | {v['fps']:.0f} |\n")
+        out += "\n"
     tg = any_r["baseline"]["targets"]
-    out += ("\n| scene | compression | PSNR drop dB | FPS gain (at 1024 px) | codebook share of the `.lgz` |\n"
+    out += ("| scene | compression | PSNR drop dB | FPS gain (at 1024 px) | codebook share of the `.lgz` |\n"
             "|---|---|---|---|---|\n")
     for s, r in recs.items():
         m = r["metrics"]
@@ -117,8 +119,18 @@ def splat_md():
         out += (f"| {s} | {sm['compression_x']:.1f}x | {sm['psnr_drop_db']:.2f} | {sm['fps_gain_x']:.2f}x "
                 f"({sm['fps_1024_gain_x']:.2f}x) | {sec['codebook'] / sum(sec.values()):.0%} |\n")
     out += (f"\nPaper targets (Mip-NeRF 360 average): compression {tg['compression']}, PSNR drop {tg['psnr_drop_db']}, "
-            f"FPS gain {tg['fps_gain']}.\n\nSignificance ablation (PSNR after pruning {100 * cfg['prune_ratio']:.0f}% by "
-            "each score and the same recovery):\n\n")
+            f"FPS gain {tg['fps_gain']}.\n")
+    if full:
+        out += _splat_more(recs, cfg)
+    out += "\nSources: " + ", ".join(f"`{rel(f'splat_lightgaussian_{s}')}`" for s in recs)
+    out += f" ({dev(any_r)}).\n"
+    return out
+
+
+def _splat_more(recs, cfg):
+    """The significance ablation and the renders (the results page only)."""
+    out = (f"\nSignificance ablation (PSNR after pruning {100 * cfg['prune_ratio']:.0f}% by "
+           "each score and the same recovery):\n\n")
     arms = list(next(iter(recs.values()))["metrics"]["ablation"])
     out += "| scene | " + " | ".join(arms) + " |\n|---|" + "---|" * len(arms) + "\n"
     for s, r in recs.items():
@@ -126,7 +138,5 @@ def splat_md():
         out += f"| {s} | " + " | ".join(f"{ab[a]['psnr']:.2f}" if isinstance(ab.get(a), dict) else str(ab.get(a))
                                         for a in arms) + " |\n"
     for s in recs:
-        out += f"\n![{s}](benchmarks/results/splat_lightgaussian_{s}.png)"
-    out += "\n\nSources: " + ", ".join(f"`benchmarks/results/splat_lightgaussian_{s}.json`" for s in recs)
-    out += f" ({dev(any_r)}).\n"
-    return out
+        out += f"\n![{s}]({rel(f'splat_lightgaussian_{s}', 'png')})"
+    return out + "\n"

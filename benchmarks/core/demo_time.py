@@ -1,6 +1,6 @@
 """Time `anybudget demo` end to end on this machine (model load, generation, streaming perplexity).
 
-Usage:  python benchmarks/core/demo_time.py     -> benchmarks/results/demo_time.json
+Usage:  python benchmarks/core/demo_time.py     -> benchmarks/results/core/demo_time.json
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import write_results  # noqa: E402
+from anybudget.io import results_dir, write_results  # noqa: E402
 
 
 def main():
@@ -33,7 +33,8 @@ def main():
                "passage_ppl": {k: float(v) for k, v in ppl.items()}}
     print(out)
     print(metrics)
-    write_results("demo_time", {"command": "anybudget demo", "cpu_count": os.cpu_count()}, metrics)
+    write_results("demo_time", {"command": "anybudget demo", "cpu_count": os.cpu_count()}, metrics,
+                  out_dir=results_dir("demo_time", ROOT / "benchmarks/results"))
 
 
 if __name__ == "__main__":

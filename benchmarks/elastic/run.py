@@ -19,7 +19,9 @@ GPU (one H100, or two with the training phases data-parallel):
     torchrun --nproc_per_node 2 benchmarks/elastic/run.py --out $OUT
 CPU smoke (tiny random model, every phase, < 60 s):  python benchmarks/elastic/run.py --smoke --out /tmp/el
 Writes to --out: elastic_flextron.json (results record), latency_table.json,
-static_router.safetensors, elastic_flextron.png.
+static_router.safetensors, elastic_flextron.png. In the repository the record and its PNG go to
+benchmarks/results/elastic/, the table and the router (not records) to benchmarks/elastic/artefacts/
+as elastic_latency_table.json and elastic_static_router.safetensors.
 """
 
 from __future__ import annotations

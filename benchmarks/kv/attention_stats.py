@@ -28,7 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import write_results
+from anybudget.io import results_dir, write_results
 
 
 @torch.no_grad()
@@ -39,7 +39,7 @@ def main(argv=None):
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--stride", type=int, default=16, help="evaluate every stride-th query of the second half")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    ap.add_argument("--out", default=str(results_dir("kv_attention_stats", ROOT / "benchmarks/results")))
     args = ap.parse_args(argv)
     from transformers import AutoModelForCausalLM
 

@@ -6,7 +6,7 @@ H2O variant returns the output and per-key column sums and accumulates them into
 scores, as the cache does; SDPA computes the output only. Times are medians of CUDA-event timings
 in one run; errors are against the float32 PyTorch reference.
 
-Usage:  python benchmarks/kv/decode_kernel.py [--out-dir benchmarks/results] [--smoke]
+Usage:  python benchmarks/kv/decode_kernel.py [--out-dir benchmarks/results/kv] [--smoke]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import write_results  # noqa: E402
+from anybudget.io import results_dir, write_results  # noqa: E402
 from anybudget.kv.attention import attention_with_colsum_reference, masked_sdpa  # noqa: E402
 from anybudget.measure import host_time, latency  # noqa: E402
 
@@ -30,7 +30,7 @@ def rel(a, b):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
+    ap.add_argument("--out-dir", default=str(results_dir("kv_decode_kernel", ROOT / "benchmarks/results")))
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU, Triton interpreter)")
     args = ap.parse_args(argv)
     from anybudget.kv.decode_triton import decode_attention_with_colsum_triton

@@ -4,7 +4,7 @@ The embedded reference LM (src/anybudget/assets/reflm) streams consecutive 1024-
 v1's test documents in v2 tokens (benchmarks/zoo/data_v2/v1_test.u16.xz, never trained on) one token per step through
 each budgeted cache; every prediction is made from the evicted cache as it stands then.
 
-Usage:  python benchmarks/kv/quality.py [--num-seqs 32] [--out benchmarks/results]
+Usage:  python benchmarks/kv/quality.py [--num-seqs 32] [--out benchmarks/results/kv]
 Writes  <out>/kv_quality.json and <out>/kv_quality.png (perplexity against budget per policy).
 """
 
@@ -20,7 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import write_results
+from anybudget.io import results_dir, write_results
 from anybudget.kv.evaluate import evaluate_policies, plot_results
 
 
@@ -33,7 +33,7 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--budgets", default="50%,20%,10%")
     ap.add_argument("--policies", default="full,h2o,streaming,local,random")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    ap.add_argument("--out", default=str(results_dir("kv_quality", ROOT / "benchmarks/results")))
     ap.add_argument("--name", default="kv_quality")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)

@@ -44,7 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 from anybudget import kv
-from anybudget.io import write_results
+from anybudget.io import results_dir, write_results
 
 GiB = 2**30
 CUDA = torch.cuda.is_available()
@@ -306,7 +306,7 @@ def plot(rows, prompts, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--out", default=str(results_dir("kv_serving")))
     ap.add_argument("--name", default="kv_serving")
     ap.add_argument("--prompts", default=None, help="comma list (default 2048,8192; smoke 16,32)")
     ap.add_argument("--new-tokens", type=int, default=None, help="default 128 (smoke 6)")

@@ -29,7 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import write_results  # noqa: E402
+from anybudget.io import results_dir, write_results  # noqa: E402
 from anybudget.kv import H2OCache, LocalCache, enable  # noqa: E402
 from anybudget.kv.attention import attention_with_colsum, masked_sdpa  # noqa: E402
 from anybudget.measure import host_time, latency, peak_memory  # noqa: E402
@@ -351,7 +351,7 @@ def summarize(out):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--out", default=str(results_dir("kv_speed")))
     ap.add_argument("--parts", default="decode,prefill,throughput")
     ap.add_argument("--prompts", default="2048,4096")
     ap.add_argument("--new-tokens", type=int, default=256)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from anybudget import kv
-from anybudget.io import write_results
+from anybudget.io import results_dir, write_results
 
 CUDA = torch.cuda.is_available()
 VARIANTS = {  # name: (compile mode, reuse the warm-up's cache, micro-batched prompt, legacy stored index)
@@ -147,7 +147,7 @@ def _kernel_source(stderr: str) -> str | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    ap.add_argument("--out", default=os.environ.get("OUT", str(results_dir("kv_static_reuse"))))
     ap.add_argument("--name", default="kv_static_reuse")
     ap.add_argument("--variants", default=None,
                     help=f"comma list of {', '.join(VARIANTS)} (default {', '.join(DEFAULT_VARIANTS)})")

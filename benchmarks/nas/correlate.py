@@ -2,7 +2,7 @@
 NAS-Bench-201 test accuracies on CIFAR-10, CIFAR-100 and ImageNet16-120.
 
 Architectures are taken in a seeded random order of all 15,625 and scored until the time budget
-ends (at least ``--min-archs``). Writes ``benchmarks/results/nas_correlate.json`` and
+ends (at least ``--min-archs``). Writes ``benchmarks/results/nas/nas_correlate.json`` and
 ``nas_correlate.png`` (scatter of each TE-NAS proxy vs CIFAR-100 accuracy). Proxy inputs are
 32x32 crops of scikit-image photographs (no CIFAR-10 offline).
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anybudget.io import read_json, save_figure, write_plot, write_results
+from anybudget.io import read_json, results_dir, save_figure, write_plot, write_results
 from anybudget.measure import default_device
 from anybudget.nas.benchmark import DATASETS, NB201Table
 from anybudget.nas.correlate import (
@@ -75,7 +75,10 @@ def main(argv=None) -> int:
     ap.add_argument("--num-archs", type=int, default=NUM_ARCHS)
     ap.add_argument("--ntk-method", default="auto", choices=("auto", "jacrev", "loop"))
     ap.add_argument("--device", default=None)
-    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
+    ap.add_argument("--out-dir", default=None, help="default benchmarks/results/nas")
+    ap.add_argument("--checkpoint", default=None,
+                    help="per-architecture scores, resumed from (default: OUT_DIR/NAME.scores.json with --out-dir, "
+                         "else benchmarks/nas/artefacts/NAME.scores.json)")
     ap.add_argument("--ntk-batch", type=int, default=None, help="NTK batch (default 72, the paper's)")
     ap.add_argument("--zc-batch", type=int, default=None, help="NASWOT/snip/grad_norm batch (default 64)")
     ap.add_argument("--smoke", action="store_true", help="tiny networks and batches (CPU check of the script)")
@@ -95,10 +98,11 @@ def main(argv=None) -> int:
     if args.zc_batch:
         kw["zc_batch"] = args.zc_batch
     cfg = ProxyConfig(ntk_method=method, **kw)
-    out = Path(args.out_dir)
     name = "nas_correlate_smoke" if args.smoke else "nas_correlate"
+    out = Path(args.out_dir) if args.out_dir else results_dir(name, ROOT / "benchmarks/results")
     idx = sample_indices(args.num_archs, seed=args.seed)
-    ck = out / f"{name}.scores.json"
+    ck = Path(args.checkpoint) if args.checkpoint else (
+        out if args.out_dir else ROOT / "benchmarks/nas/artefacts") / f"{name}.scores.json"
     n_before = len(read_json(ck)["scores"]["index"]) if ck.is_file() else 0  # resumed from a checkpoint
     t0 = time.perf_counter()
     scores = score_archs(idx, cfg, seed=args.seed, device=device, time_limit_s=args.time_budget,

@@ -1,7 +1,7 @@
 """TE-NAS on NAS-Bench-201: found architectures' real accuracies over seeds, vs the paper and vs
 random search at equal wall time; search time; a FLOPs budget of half the largest cell's.
 
-Writes ``benchmarks/results/nas_search.json`` (``--out-dir``). Proxy inputs are 32x32 crops of
+Writes ``benchmarks/results/nas/nas_search.json`` (``--out-dir``). Proxy inputs are 32x32 crops of
 scikit-image photographs (no CIFAR-10 offline), so the search sees no CIFAR data at all; the
 accuracies are the benchmark's real 200-epoch test accuracies of the architectures found.
 
@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anybudget.io import atomic_write_json, check_checkpoint_config, read_json, write_results
+from anybudget.io import (
+    atomic_write_json,
+    check_checkpoint_config,
+    read_json,
+    results_dir,
+    write_results,
+)
 from anybudget.measure import default_device
 from anybudget.nas.benchmark import DATASETS, NB201Table
 from anybudget.nas.correlate import ProxyConfig, score_arch, tenas_score
@@ -109,7 +115,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--table", default=os.environ.get("ANYBUDGET_NB201_CSV") or DEFAULT_TABLE)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
+    ap.add_argument("--out-dir", default=None,
+                    help="default benchmarks/results/nas (its resume file then in .carry/nas/)")
     ap.add_argument("--time-budget", type=float, default=330.0, help="seconds for the whole script; later parts are cut")
     ap.add_argument("--batch-size", type=int, default=None, help="NTK batch (default 72, the paper's)")
     ap.add_argument("--repeat", type=int, default=None, help="draws per candidate (default 3, the paper's)")
@@ -130,7 +137,8 @@ def main(argv=None) -> int:
             small[k] = getattr(args, k)
     seeds = list(range(args.seeds))
     metrics: dict = {"data": DATA_NOTE, "ntk_method": method, "ntk_call_ms": {k: v * 1e3 for k, v in method_times.items()}}
-    partial = Path(args.out_dir) / "nas_search.partial.json"
+    out_dir = Path(args.out_dir) if args.out_dir else results_dir("nas_search", ROOT / "benchmarks/results")
+    partial = (Path(args.out_dir) if args.out_dir else ROOT / ".carry/nas") / "nas_search.partial.json"
     cfg = TENASConfig(ntk_method=method, **small)
     # what the finished parts depend on: a resume with another one is refused, never mixed in
     key = {"seeds": seeds, "tenas": asdict(cfg), "smoke": args.smoke, "table": str(args.table)}
@@ -183,7 +191,7 @@ def main(argv=None) -> int:
     config = {"seeds": seeds, "tenas": asdict(cfg), "device": device,
               "smoke": args.smoke, "table": str(args.table), "inputs": DATA_NOTE, "num_classes": cfg.num_classes}
     name = "nas_search_smoke" if args.smoke else "nas_search"
-    path = write_results(name, config, metrics, baseline={"paper_tenas_nb201": PAPER}, out_dir=args.out_dir)
+    path = write_results(name, config, metrics, baseline={"paper_tenas_nb201": PAPER}, out_dir=out_dir)
     partial.unlink(missing_ok=True)
     print(f"wrote {path} in {time.perf_counter() - t_start:.0f} s")
     for k in ("tenas", "tenas_flops_budget", "random_search_equal_time", "tenas_reference_init"):

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 import torch
 
-from anybudget.io import atomic_write_json, write_plot, write_results
+from anybudget.io import atomic_write_json, results_dir, write_plot, write_results
 from anybudget.splat.cameras import load_views
 from anybudget.splat.codec import decode, encode, section_sizes
 from anybudget.splat.distill import DistillConfig
@@ -90,7 +90,7 @@ def upscaled(views, factor):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=None, help="scene folder from make_scenes.py (required unless --smoke)")
-    p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"), help="output folder ($OUT)")
+    p.add_argument("--out", default=os.environ.get("OUT", str(results_dir("splat_lightgaussian"))), help="output folder ($OUT)")
     p.add_argument("--iterations", type=int, default=7000, help="3DGS training steps (7000)")
     p.add_argument("--densify-until", type=int, default=None, help="last densification step (iterations / 2)")
     p.add_argument("--densify-grad", type=float, default=2e-4,

@@ -9,7 +9,7 @@ on random MQAR-shaped inputs, for freshly initialised models (the architecture a
 ``--models DIR``, for trained ones (``<config>_L<depth>*.pt`` as saved by ``mqar_small.py
 --save-models`` or ``table2.py``). Writes ``ssm_diagnostics.json`` and two PNGs.
 
-    PYTHONPATH=src python benchmarks/ssm/diagnostics.py --out benchmarks/results [--models DIR]
+    PYTHONPATH=src python benchmarks/ssm/diagnostics.py --out benchmarks/results/ssm [--models DIR]
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def load_weights(model, path: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    from anybudget.io import results_dir
+
+    ap.add_argument("--out", default=str(results_dir("ssm_diagnostics", ROOT / "benchmarks/results")))
     ap.add_argument("--name", default="ssm_diagnostics")
     ap.add_argument("--models", default=None, help="folder of trained weights (optional)")
     ap.add_argument("--depths", default="2,4")

@@ -5,7 +5,7 @@ trainer can learn associative recall at all: MambaLM (vocab 8192, d_model 128) t
 (seq 64, 4 kv) + (seq 128, 8 kv) + (seq 256, 16 kv) (the first three segments of the reference
 mixture), tested on held-out examples of the same shapes, for each (config, lr) given.
 
-    PYTHONPATH=src python benchmarks/ssm/mqar_small.py --out benchmarks/results [--steps 2000]
+    PYTHONPATH=src python benchmarks/ssm/mqar_small.py --out benchmarks/results/ssm [--steps 2000]
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ def run_parallel(args, argv) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    from anybudget.io import results_dir
+
+    ap.add_argument("--out", default=str(results_dir("ssm_mqar_small", ROOT / "benchmarks/results")))
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--train", default="64:4,128:8,256:16", help="seq:kv,... (equal weights)")

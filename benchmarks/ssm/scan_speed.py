@@ -4,7 +4,7 @@ Shape: batch 16, d_inner 256, d_state 16 + 2 polarized (exact form), seq 1024 an
 First sweeps the Triton tile sizes at seq 1024 and keeps the fastest, then times every backend at
 both lengths and writes ratios. Run on a CUDA machine:
 
-    PYTHONPATH=src python benchmarks/ssm/scan_speed.py --out benchmarks/results
+    PYTHONPATH=src python benchmarks/ssm/scan_speed.py --out benchmarks/results/ssm
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def timeit(f, warmup, repeat):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results")
+    from anybudget.io import results_dir
+
+    ap.add_argument("--out", default=str(results_dir("ssm_scan_speed")))
     ap.add_argument("--seqs", default="1024,4096")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--d-inner", type=int, default=256)

@@ -92,8 +92,10 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--seed", type=int, default=123)
     ap.add_argument("--configs", default=",".join(_name(p, L) for p, L in CONFIGS))
-    ap.add_argument("--state-dir", default="benchmarks/results/ssm_table2_state")
-    ap.add_argument("--out", default="benchmarks/results")
+    from anybudget.io import results_dir
+
+    ap.add_argument("--state-dir", default=".carry/ssm/table2_state")
+    ap.add_argument("--out", default=str(results_dir("ssm_table2")))
     ap.add_argument("--time-limit", type=float, default=None, help="seconds; stop + save before this")
     ap.add_argument("--probe", type=int, default=0, help="only time this many steps per config")
     ap.add_argument("--auto-budget", type=float, default=None,

@@ -290,7 +290,9 @@ T_START = time.monotonic()
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results")
+    from anybudget.io import results_dir
+
+    ap.add_argument("--out", default=str(results_dir("ssm_table2_scaled")))
     ap.add_argument("--state-dir", default=".carry/ssm/table2_scaled")
     ap.add_argument("--steps", default=None, help="training steps for every run, or 'auto' (from the pilot)")
     ap.add_argument("--pilot", action="store_true", help="only the pilot (default L2), its own JSON")

@@ -149,7 +149,9 @@ def loss_curve(mode, layers, args, device, segments, scan):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results")
+    from anybudget.io import results_dir
+
+    ap.add_argument("--out", default=str(results_dir("ssm_train_speed")))
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny model and mixture, seconds")
     ap.add_argument("--steps", type=int, default=100, help="timed steps per mode (same indices for all)")
     ap.add_argument("--curve-steps", type=int, default=200, help="fixed-seed steps for the loss-curve check")

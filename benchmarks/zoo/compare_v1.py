@@ -6,7 +6,7 @@ check it out into a folder first:
 Then:
     python benchmarks/zoo/compare_v1.py --v1 /tmp/v1/reflm --split heldout --split v1_test
 Texts come from benchmarks/zoo/build_v2/<split>.txt (corpus_v2.py), encoded as v1 was trained
-(an end-of-text token before every document). Writes benchmarks/results/reflm_v1_vs_v2.json.
+(an end-of-text token before every document). Writes benchmarks/results/reflm/reflm_v1_vs_v2.json.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lm_eval import evaluate
 
-from anybudget.io import read_json, write_results
+from anybudget.io import read_json, results_dir, write_results
 
 DOC_SEP = "\n\n\f\n\n"
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     model = AutoModelForCausalLM.from_pretrained(args.v1, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(args.v1)
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
-    v2 = read_json(ROOT / "benchmarks/results/reflm_v2_train.json")["metrics"]["eval"]
+    v2 = read_json(results_dir("reflm_v2_train", ROOT / "benchmarks/results") / "reflm_v2_train.json")["metrics"]["eval"]
     rows = {}
     for split in args.split:
         docs = (Path(args.build) / f"{split}.txt").read_text(encoding="utf-8").split(DOC_SEP)
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
               f"({rows[split]['v2_lower_by']:.1%} lower)", flush=True)
     write_results("reflm_v1_vs_v2", {"v1": "commit 042f756 reference LM (19.4M)", "seq": 1024,
                                      "v1_dtype": "float32 CPU", "v2": "reflm_v2_train.json (bf16 autocast, H100)"},
-                  {"splits": rows}, out_dir=ROOT / "benchmarks/results")
+                  {"splits": rows}, out_dir=results_dir("reflm_v1_vs_v2", ROOT / "benchmarks/results"))
     return 0
 
 

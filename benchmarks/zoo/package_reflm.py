@@ -5,7 +5,7 @@ Usage:  python benchmarks/zoo/package_reflm.py --parts DIR   (DIR holds pack.tar
 Unpacks the model, keeps the held-out sample passage, writes ``reflm.json`` (what the model is,
 how it was trained, its recorded evaluation, and a one-batch check value computed here on the CPU
 in float32 that tests/core/test_reflm.py compares against) and copies the training record to
-benchmarks/results/reflm_v2_train.json (+ its loss plot).
+benchmarks/results/reflm/reflm_v2_train.json (+ its loss plot).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         "eval": m["eval"],
         "samples": m["samples"],
         "corpus": "benchmarks/zoo/data_v2/tokens.json",
-        "training_record": "benchmarks/results/reflm_v2_train.json",
+        "training_record": "benchmarks/results/reflm/reflm_v2_train.json",
         "check": {**CHECK, "nll": check_nll(staged), "how": "lm_eval.window_losses, float32, CPU"},
         "device": rec["device"]["gpu"],
         "commit": rec["commit"],
@@ -72,8 +72,8 @@ def main(argv=None) -> int:
     atomic_write_json(staged / "reflm.json", meta)
     shutil.rmtree(ASSETS)
     shutil.copytree(staged, ASSETS)
-    atomic_write_json(ROOT / "benchmarks/results/reflm_v2_train.json", rec)
-    shutil.copyfile(work / "loss.png", ROOT / "benchmarks/results/reflm_v2_train_loss.png")
+    atomic_write_json(ROOT / "benchmarks/results/reflm/reflm_v2_train.json", rec)
+    shutil.copyfile(work / "loss.png", ROOT / "benchmarks/results/reflm/reflm_v2_train_loss.png")
     print("packaged", ASSETS, "check nll", meta["check"]["nll"])
     return 0
 

@@ -21,6 +21,9 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "results_record",
+    "results_module",
+    "results_dir",
+    "RESULT_MODULES",
     "command_record",
     "write_results",
     "read_json",
@@ -162,16 +165,34 @@ def command_record(obj: dict, config: Any) -> dict:
             "transformers": dev.get("transformers"), "commit": dev.get("commit"), "date": dev.get("date")}
 
 
+RESULT_MODULES = ("core", "reflm", "kv", "elastic", "prune", "splat", "nas", "ssm", "plan")
+
+
+def results_module(name: str) -> str:
+    """The ``benchmarks/results/`` folder of a record: its name's prefix before the first ``_``
+    when that is one of ``RESULT_MODULES`` (``kv_serving`` -> ``kv``), else ``core``."""
+    prefix = Path(name).name.split("_", 1)[0]
+    return prefix if prefix in RESULT_MODULES else "core"
+
+
+def results_dir(name: str, root: str | os.PathLike = "benchmarks/results") -> Path:
+    """``<root>/<module>/``, the folder where the record ``name`` (file stem or sub-folder) belongs."""
+    return Path(root) / results_module(name)
+
+
 def write_results(
     name: str,
     config: dict,
     metrics: dict,
     baseline: dict | None = None,
-    out_dir: str | os.PathLike = "benchmarks/results",
+    out_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Write ``<out_dir>/<name>.json`` atomically with the device record; return its path."""
+    """Write ``<out_dir>/<name>.json`` atomically with the device record; return its path.
+
+    ``out_dir=None``: the record's module folder, ``results_dir(name)`` (relative to the working directory).
+    """
     record = results_record(name, config, metrics, baseline)
-    return atomic_write_json(Path(out_dir) / f"{name}.json", record)
+    return atomic_write_json(Path(out_dir if out_dir is not None else results_dir(name)) / f"{name}.json", record)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120, **kwargs) -> Path:

@@ -121,3 +121,15 @@ def test_check_checkpoint_config_names_nested_keys():
 
     with pytest.raises(CheckpointMismatch, match=r"\(train\.lr: 0\.1 there, 0\.2 now\)"):
         check_checkpoint_config("d", {"train": {"lr": 0.1, "steps": 3}}, {"train": {"lr": 0.2, "steps": 3}})
+
+
+def test_results_dir_maps_a_record_to_its_module_folder(tmp_path, monkeypatch):
+    assert io.results_module("kv_serving") == "kv" and io.results_module("ssm_table2_scaled_pilot") == "ssm"
+    assert io.results_module("kv_serving_runs") == "kv" and io.results_module("plan_fit_grid") == "plan"
+    assert io.results_module("demo_time") == "core" and io.results_module("readme_commands") == "core"
+    assert io.results_module("kvx_y") == "core"  # only a whole known prefix counts
+    assert io.results_dir("nas_search") == io.Path("benchmarks/results/nas")
+    assert io.results_dir("elastic_flextron", root=tmp_path) == tmp_path / "elastic"
+    monkeypatch.chdir(tmp_path)
+    path = io.write_results("prune_unit", {}, {"x": 1})  # no out_dir: the module folder
+    assert path == io.Path("benchmarks/results/prune/prune_unit.json") and path.is_file()

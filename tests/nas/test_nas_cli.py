@@ -13,8 +13,7 @@ from anybudget.cli import main
 def test_search_cli_prints_arch_accuracy_flops_and_time(tmp_path, capsys):
     out = tmp_path / "s.json"
     # no --table: the NAS-Bench-201 table that ships with the package gives the accuracies
-    rc = main(["nas", "search", "--budget", "flops=110M", "--repeat", "1", "--batch-size", "4",
-               "--device", "cpu", "--quiet", "--out", str(out)])
+    rc = main(["nas", "search", "--budget", "flops=110M", "--smoke", "--device", "cpu", "--quiet", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "seed 0: |" in text and "MFLOPs" in text and "acc " in text and " s)" in text
@@ -27,9 +26,12 @@ def test_search_cli_prints_arch_accuracy_flops_and_time(tmp_path, capsys):
     assert ck["runs"][0]["arch"] == run["arch"] and ck["budget"] == "flops=110M"
     assert not list(tmp_path.glob("*.rounds.json"))  # per-round files go once the seed is done
     t0 = time.perf_counter()
-    assert main(["nas", "search", "--budget", "flops=110M", "--repeat", "1", "--batch-size", "4",
-                 "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assert main(["nas", "search", "--budget", "flops=110M", "--smoke", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
     assert time.perf_counter() - t0 < 5 and json.loads(out.read_text())["runs"][0]["arch"] == run["arch"]
+    # --smoke is the same search with the tiny settings, recorded in the checkpoint
+    assert ck["config"]["C"] == 1 and ck["config"]["batch_size"] == 4 and ck["config"]["repeat"] == 1
+    with pytest.raises(SystemExit, match="--smoke is supported for --space nb201 only"):
+        main(["nas", "search", "--space", "darts", "--smoke", "--quiet"])
 
 
 def test_cli_errors_are_clear(capsys):

@@ -17,6 +17,9 @@ from anybudget.cli_types import (
 )
 
 PROXY_NAMES = ("ntk_cond", "linear_regions", "naswot", "synflow", "snip", "grad_norm", "params")
+# --smoke: the whole nb201 search (every round, both proxies) on a 1-channel super-network and tiny
+# batches, to check an install in seconds; the architecture it finds says nothing
+SMOKE_TENAS = {"batch_size": 4, "repeat": 1, "C": 1, "region_samples": 100, "region_batch": 100, "image_pool": 8}
 
 
 def register(sub) -> None:
@@ -44,6 +47,9 @@ def register(sub) -> None:
         "repeat": {"type": positive_int, "help": "draws per candidate op"}})
     s.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"NTK batch (default {TENASConfig.batch_size} nb201, {DartsSearchConfig.batch_size} darts)")
+    s.add_argument("--smoke", action="store_true",
+                   help="nb201: the same search on a 1-channel super-network, NTK batch 4, 1 draw (seconds on a CPU; "
+                        "for checking an install, not for results)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_search)
 
@@ -89,6 +95,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise SystemExit(f"error: --seeds={args.seeds} must be >= 1")
     if args.space == "darts":
+        if args.smoke:
+            raise SystemExit("error: --smoke is supported for --space nb201 only")
         if args.budget:
             raise SystemExit("error: --budget is supported for --space nb201 only")
         from anybudget.nas.darts import DartsSearchConfig, darts_tenas_search
@@ -112,7 +120,8 @@ def _search(args: argparse.Namespace) -> int:
         budget = Budget(args.budget) if args.budget else None
     except BudgetError as e:
         raise SystemExit(f"error: {e}") from None
-    cfg = dataclass_from_args(TENASConfig, args, **_batch(args))
+    smoke = {k: v for k, v in SMOKE_TENAS.items() if getattr(args, k, None) is None} if args.smoke else {}
+    cfg = dataclass_from_args(TENASConfig, args, **smoke, **_batch(args))
     table = _load_table(args.table)
     ck = _Seeds(_checkpoint(args), {"space": "nb201", "config": cfg, "budget": str(budget) if budget else None})
     rows = []
