@@ -79,6 +79,7 @@ def parse(argv=None):
     ap.add_argument("--scratch-lr", type=float, default=2e-3, help="from-scratch lr (the reference LM's)")
     ap.add_argument("--lr", type=float, default=1.5e-4, help="elastic training lr")
     ap.add_argument("--full-weight", type=float, default=1.0, help="weight of the full model's loss (1 = the paper's equal weights)")
+    ap.add_argument("--lm-weight", type=float, default=1.0, help="LM term beside the KD term (0 = KD only, Megatron's Flextron code)")
     ap.add_argument("--sampling", default="uniform", choices=("uniform", "budget"))
     ap.add_argument("--router-steps", type=int, default=400)
     ap.add_argument("--dynamic-steps", type=int, default=150)
@@ -88,6 +89,9 @@ def parse(argv=None):
     ap.add_argument("--calib-tokens", type=int, default=131_072, help="validation tokens for the calibration check")
     ap.add_argument("--smoke", action="store_true", help="tiny random model on the CPU, every phase, seconds")
     ap.add_argument("--quiet", action="store_true")
+    if "--smoke" in (sys.argv[1:] if argv is None else argv):  # smoke defaults; flags given still win
+        ap.set_defaults(batch=2, seq=32, wall_seconds=60, reserve_seconds=20, train_tokens=2 * 32 * 8, router_steps=20,
+                        dynamic_steps=5, lut_batch=1, lut_seq=32, eval_tokens=1024, calib_tokens=512)
     a = ap.parse_args(argv)
     try:
         a.scratch_shapes = [float(x) for x in a.scratch_shapes.split(",") if x.strip()]
@@ -95,8 +99,6 @@ def parse(argv=None):
         ap.error(f"--scratch-shapes={a.scratch_shapes!r} must be a comma list of fractions, e.g. 0.75,0.5,0.25")
     if a.smoke:
         torch.set_num_threads(1)  # tiny ops: a second thread only waits on a busy machine
-        a.batch, a.seq, a.wall_seconds, a.reserve_seconds, a.train_tokens = 2, 32, 60, 20, 2 * 32 * 8
-        a.router_steps, a.dynamic_steps, a.lut_batch, a.lut_seq, a.eval_tokens, a.calib_tokens = 20, 5, 1, 32, 1024, 512
     return a
 
 
@@ -138,6 +140,11 @@ def timed_forward(model, ids, smoke, repeat=20):
                        repeat=3 if smoke else repeat).median_s
 
 
+def _sync(dev) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 def _bcast(x: float, world: int, dev) -> float:
     """Rank 0's value on every rank (plans must agree across ranks)."""
     if world == 1:
@@ -153,7 +160,8 @@ def plan_tokens(a, base, em, original, data, shapes, world, rank, dev, elapsed, 
     want = a.train_tokens if a.train_tokens else (a.train_pct / 100 * pretrain if pretrain else 10**9)
     t0 = time.perf_counter()
     probe_em = E.ElasticLlama(copy.deepcopy(base), em.space)
-    pcfg = E.ElasticTrainConfig(steps=10**6, lr=a.lr, warmup_steps=20, sampling=a.sampling, full_weight=a.full_weight)
+    pcfg = E.ElasticTrainConfig(steps=10**6, lr=a.lr, warmup_steps=20, sampling=a.sampling, full_weight=a.full_weight,
+                                 lm_weight=a.lm_weight)
     E.train_elastic(probe_em, data, pcfg, teacher=original, stop_after=2, quiet=True)  # warm-up
     el = E.train_elastic(probe_em, data, pcfg, teacher=original, stop_after=3, quiet=True)["seconds"] / 3
     del probe_em
@@ -161,8 +169,10 @@ def plan_tokens(a, base, em, original, data, shapes, world, rank, dev, elapsed, 
     for sub in shapes:
         fresh = type(base)(E.export(em, sub).config).to(dev)
         train_scratch(fresh, data, 1, a.scratch_lr, 1e9, rank, world, dev)  # warm-up
+        _sync(dev)
         t = time.perf_counter()
         train_scratch(fresh, data, 3, a.scratch_lr, 1e9, rank, world, dev)
+        _sync(dev)
         sc.append((time.perf_counter() - t) / 3)
         del fresh
     probe_s = time.perf_counter() - t0
@@ -237,7 +247,7 @@ def main(argv=None) -> int:
     # 3 elastic training --------------------------------------------------------------------------
     t = time.perf_counter()
     cfg = E.ElasticTrainConfig(steps=steps, lr=a.lr, warmup_steps=min(20, steps // 10 + 1), sampling=a.sampling,
-                               full_weight=a.full_weight)
+                               full_weight=a.full_weight, lm_weight=a.lm_weight)
     budget = max(10.0, a.wall_seconds - a.reserve_seconds - (time.perf_counter() - t_start)
                  - steps * sum(plan["scratch_step_s"]))
     res = E.train_elastic(em, data, cfg, teacher=original, time_budget_s=_bcast(budget, world, dev), quiet=quiet)

@@ -31,3 +31,18 @@ def test_benchmark_smoke_runs_every_phase(tmp_path):
     for name in ("latency_table.json", "static_router.safetensors", "elastic_flextron.png"):
         assert (tmp_path / name).is_file()
     assert len(list(tmp_path.iterdir())) <= 8
+
+
+def test_benchmark_token_plan_is_cut_to_the_wall_clock(tmp_path):
+    spec = importlib.util.spec_from_file_location("elastic_bench_run2", ROOT / "benchmarks/elastic/run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["--smoke", "--quiet", "--out", str(tmp_path), "--train-tokens", "1e9", "--wall-seconds", "21",
+            "--reserve-seconds", "20", "--scratch-shapes", "0.5"]
+    assert mod.main(argv) == 0
+    m = json.loads((tmp_path / "elastic_flextron.json").read_text())["metrics"]
+    plan, tr = m["plan"], m["elastic_training"]
+    assert plan["cut_by_time"] and plan["wanted_tokens"] == 1e9 and 4 <= plan["steps"] < 1e9 / plan["tokens_per_step"]
+    assert tr["steps"] <= plan["steps"] and tr["tokens"] == tr["steps"] * plan["tokens_per_step"]
+    assert list(m["scratch"]) == ["uniform(kv=1, mlp=64) x 2"] and len(plan["scratch_step_s"]) == 1
+    assert m["scratch"]["uniform(kv=1, mlp=64) x 2"]["tokens"] <= tr["tokens"]

@@ -8,7 +8,8 @@ sub-network is ``kd_weight * KL(p_teacher || p_student) + lm_weight * CE`` with 
 frozen full model (by default a copy of the model before training; pass the un-permuted original
 to use it, both compute the same function). The per-step mean weighs every sub-network equally (the
 sandwich rule; ``full_weight`` > 1 is an option of ours, off by default, that leans it toward the
-full model). The teacher's softmax is computed once per step and the KL and CE terms share one
+full model). Megatron's Flextron code differs: one budget per step (the full model with probability
+0.33) and, with a teacher loaded, the KD loss alone (here ``lm_weight=0``). The teacher's softmax is computed once per step and the KL and CE terms share one
 log-sum-exp of the student (:func:`kd_lm_loss`, equal to ``forward_kl + lm_loss`` to float
 rounding). Under ``torchrun`` (WORLD_SIZE > 1) every rank draws
 its own data windows and the same sub-networks, and gradients are averaged with all-reduce after
