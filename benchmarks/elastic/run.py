@@ -1,23 +1,31 @@
 """Flextron on the reference LM, one GPU call: elastic sub-networks vs pruning-only vs from scratch,
-static routers over 8 latency targets (measured), a dynamic-router point, exported dense speedups.
+static routers over 8 latency targets (measured), a measured dynamic-router point, exported dense speedups.
 
-Phases (each with a wall-clock budget; all numbers come from this one run):
+Phases (all numbers come from this one run):
   1 importance + permutation (activation magnitude, GQA-aware); full model unchanged (checked)
   2 baseline (a): every uniform sub-network after permutation + pruning only (test perplexity)
+  plan: a few timed steps of the elastic training and of each from-scratch model size the run: the
+    token count is --train-pct of the base model's pre-training tokens (paper: 7.63%) or --train-tokens,
+    cut to what fits --wall-seconds with --reserve-seconds kept for phases 5-8 (recorded as "plan")
   3 elastic training (full + smallest + sampled sub-networks, forward KL from the un-permuted
     original + LM loss); tokens recorded, and as a % of the base model's pre-training tokens
   4 baseline (b): models of the uniform shapes 75/50/25% trained from scratch on the same tokens
-  5 latency lookup table on this GPU (per layer, per KV-groups x MLP-width choice)
-  6 static router; 8 latency targets, each pick *measured* (whole-model forward, CUDA events) and
-    compared with the best uniform config whose LUT latency fits the same target
-  7 dynamic per-token router at one target (latency = expected LUT latency, see dynamic.py)
+  5 latency lookup table on this GPU (per layer, per KV-groups x MLP-width choice); every uniform
+    sub-network's whole-model forward timed (CUDA events)
+  6 static router (surrogate + Gumbel-softmax, the paper's training; its measured losses on the
+    validation split); 8 targets over the *measured* latency range. route() keeps a candidate when
+    its measured latency fits (no margin) and, with calib=, returns the lowest validation loss among
+    the router's answers and every fitting uniform width (ours; "router"); "router_raw" is the
+    router's answer alone; each pick is timed again afterwards
+  7 dynamic per-token router at one target: perplexity, LUT-accounted latency and measured latency
+    (the same forward as the static points, with the router's hooks on)
   8 exported dense models (plain LlamaForCausalLM): measured speedup vs the full base model, and
     memory (analytic model vs weights + measured peak of a cached prefill)
 
-GPU (one H100, or two with the training phases data-parallel):
-    python benchmarks/elastic/run.py --out $OUT
+GPU (two H100s; the data-parallel phases use both; ~8.5 min; needs the reference LM in the tree and
+.carry/zoo2/elastic_train.u16.xz, built by benchmarks/zoo/tokenize_v2.py):
     torchrun --nproc_per_node 2 benchmarks/elastic/run.py --out $OUT
-CPU smoke (tiny random model, every phase, < 60 s):  python benchmarks/elastic/run.py --smoke --out /tmp/el
+CPU smoke (tiny random model, every phase, seconds):  python benchmarks/elastic/run.py --smoke --out /tmp/el
 Writes to --out: elastic_flextron.json (results record), latency_table.json,
 static_router.safetensors, elastic_flextron.png. In the repository the record and its PNG go to
 benchmarks/results/elastic/, the table and the router (not records) to benchmarks/elastic/artefacts/
@@ -41,40 +49,58 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 from anybudget import elastic as E
 from anybudget.elastic.train import _any_rank, average_gradients
-from anybudget.io import atomic_write_text, save_figure, write_plot, write_results
+from anybudget.io import atomic_write_text, write_plot, write_results
 from anybudget.measure import latency, model_bytes, peak_memory
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the sibling elastic_sweep.py when imported from tests
+    sys.path.insert(0, str(HERE))
+from elastic_sweep import dynamic_point, plot, router_sweep, sweep_metrics
+
+PAPER_PCT = 7.63  # Flextron: elastic training on 7.63% of the original pre-training tokens
 
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "src/anybudget/assets/reflm"), help="base LM folder")
-    ap.add_argument("--train", default=str(ROOT / ".carry/zoo/elastic_train.u16.xz"), help="training tokens (.u16.xz)")
-    ap.add_argument("--test", default=str(ROOT / "benchmarks/zoo/data/test.u16.xz"), help="test tokens (.u16.xz)")
+    ap.add_argument("--train", default=str(ROOT / ".carry/zoo2/elastic_train.u16.xz"), help="training tokens (.u16.xz)")
+    ap.add_argument("--test", default=str(ROOT / "benchmarks/zoo/data_v2/test.u16.xz"), help="test tokens (.u16.xz)")
+    ap.add_argument("--calib", default=str(ROOT / "benchmarks/zoo/data_v2/validation.u16.xz"),
+                    help="held-out tokens for the router's measured losses and its calibration check (not the test set)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--pretrain-tokens", type=float, default=None, help="base model's pre-training tokens (default: reflm.json)")
+    ap.add_argument("--train-pct", type=float, default=PAPER_PCT, help="elastic tokens as %% of pre-training (paper 7.63)")
+    ap.add_argument("--train-tokens", type=float, default=None, help="elastic tokens (overrides --train-pct)")
     ap.add_argument("--batch", type=int, default=32, help="training sequences per step per GPU")
     ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--train-seconds", type=float, default=150)
-    ap.add_argument("--scratch-seconds", type=float, default=150, help="for all from-scratch models together")
-    ap.add_argument("--wall-seconds", type=float, default=500, help="whole run; the from-scratch phase shrinks to keep "
-                    "--reserve-seconds for the phases after it")
-    ap.add_argument("--reserve-seconds", type=float, default=120)
+    ap.add_argument("--scratch-shapes", default="0.75,0.5,0.25", help="uniform widths trained from scratch (comma list; "
+                    "'' for none: more tokens for the elastic run)")
+    ap.add_argument("--wall-seconds", type=float, default=515, help="this script's own clock (the process start adds ~20 s); "
+                    "the token count is cut to fit it")
+    ap.add_argument("--reserve-seconds", type=float, default=100, help="kept for phases 5-8 after the training")
     ap.add_argument("--scratch-lr", type=float, default=2e-3, help="from-scratch lr (the reference LM's)")
-    ap.add_argument("--lr", type=float, default=3e-4, help="elastic training lr")
+    ap.add_argument("--lr", type=float, default=1.5e-4, help="elastic training lr")
+    ap.add_argument("--full-weight", type=float, default=1.0, help="weight of the full model's loss (1 = the paper's equal weights)")
+    ap.add_argument("--lm-weight", type=float, default=1.0, help="LM term beside the KD term (0 = KD only, Megatron's Flextron code)")
     ap.add_argument("--sampling", default="uniform", choices=("uniform", "budget"))
     ap.add_argument("--router-steps", type=int, default=400)
     ap.add_argument("--dynamic-steps", type=int, default=150)
     ap.add_argument("--lut-batch", type=int, default=64)
     ap.add_argument("--lut-seq", type=int, default=1024)
-    ap.add_argument("--route-margin", type=float, default=0.02, help="routers aim 2%% under each target (timing noise)")
     ap.add_argument("--eval-tokens", type=int, default=262_144)
+    ap.add_argument("--calib-tokens", type=int, default=131_072, help="validation tokens for the calibration check")
     ap.add_argument("--smoke", action="store_true", help="tiny random model on the CPU, every phase, seconds")
     ap.add_argument("--quiet", action="store_true")
+    if "--smoke" in (sys.argv[1:] if argv is None else argv):  # smoke defaults; flags given still win
+        ap.set_defaults(batch=2, seq=32, wall_seconds=60, reserve_seconds=20, train_tokens=2 * 32 * 8, router_steps=20,
+                        dynamic_steps=5, lut_batch=1, lut_seq=32, eval_tokens=1024, calib_tokens=512)
     a = ap.parse_args(argv)
+    try:
+        a.scratch_shapes = [float(x) for x in a.scratch_shapes.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--scratch-shapes={a.scratch_shapes!r} must be a comma list of fractions, e.g. 0.75,0.5,0.25")
     if a.smoke:
         torch.set_num_threads(1)  # tiny ops: a second thread only waits on a busy machine
-        a.batch, a.seq, a.train_seconds, a.scratch_seconds, a.wall_seconds = 2, 32, 2, 2, 60
-        a.router_steps, a.dynamic_steps, a.lut_batch, a.lut_seq, a.eval_tokens = 20, 5, 1, 32, 1024
     return a
 
 
@@ -109,9 +135,55 @@ def train_scratch(model, data, steps, lr, seconds, rank, world, dev):
     return step
 
 
-def timed_forward(model, ids, smoke):
+def timed_forward(model, ids, smoke, repeat=20):
+    """Median of ``repeat`` timed forwards (CUDA events) after a few untimed ones."""
     with torch.no_grad():
-        return latency(lambda: model(input_ids=ids, use_cache=False), warmup=1 if smoke else 5, repeat=3 if smoke else 20).median_s
+        return latency(lambda: model(input_ids=ids, use_cache=False), warmup=1 if smoke else 3,
+                       repeat=3 if smoke else repeat).median_s
+
+
+def _sync(dev) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _bcast(x: float, world: int, dev) -> float:
+    """Rank 0's value on every rank (plans must agree across ranks)."""
+    if world == 1:
+        return x
+    t = torch.tensor([float(x)], device=dev, dtype=torch.float64)
+    torch.distributed.broadcast(t, 0)
+    return float(t.item())
+
+
+def plan_tokens(a, base, em, original, data, shapes, world, rank, dev, elapsed, pretrain):
+    """Steps for the elastic run (and each from-scratch model): the wanted tokens, cut to the time left."""
+    per_step = a.batch * a.seq * world
+    want = a.train_tokens if a.train_tokens else (a.train_pct / 100 * pretrain if pretrain else 10**9)
+    t0 = time.perf_counter()
+    probe_em = E.ElasticLlama(copy.deepcopy(base), em.space)
+    pcfg = E.ElasticTrainConfig(steps=10**6, lr=a.lr, warmup_steps=20, sampling=a.sampling, full_weight=a.full_weight,
+                                 lm_weight=a.lm_weight)
+    E.train_elastic(probe_em, data, pcfg, teacher=original, stop_after=2, quiet=True)  # warm-up
+    el = E.train_elastic(probe_em, data, pcfg, teacher=original, stop_after=3, quiet=True)["seconds"] / 3
+    del probe_em
+    sc = []
+    for sub in shapes:
+        fresh = type(base)(E.export(em, sub).config).to(dev)
+        train_scratch(fresh, data, 1, a.scratch_lr, 1e9, rank, world, dev)  # warm-up
+        _sync(dev)
+        t = time.perf_counter()
+        train_scratch(fresh, data, 3, a.scratch_lr, 1e9, rank, world, dev)
+        _sync(dev)
+        sc.append((time.perf_counter() - t) / 3)
+        del fresh
+    probe_s = time.perf_counter() - t0
+    left = a.wall_seconds - a.reserve_seconds - elapsed - probe_s
+    afford = int(0.95 * left / (el + sum(sc)))
+    steps = int(_bcast(max(4, min(math.ceil(want / per_step), afford)), world, dev))
+    return steps, {"wanted_tokens": want, "tokens_per_step": per_step, "elastic_step_s": el, "scratch_step_s": sc,
+                   "probe_s": probe_s, "seconds_left_for_training": left, "affordable_steps": afford, "steps": steps,
+                   "cut_by_time": afford < math.ceil(want / per_step)}
 
 
 def main(argv=None) -> int:
@@ -134,29 +206,29 @@ def main(argv=None) -> int:
     if a.smoke:
         base, pretrain = smoke_model(), 1e6
         rng = np.random.default_rng(0)
-        train_tok, test_tok = rng.integers(0, 512, 20_000), rng.integers(0, 512, 4_000)
+        train_tok, test_tok, calib_tok = rng.integers(0, 512, 20_000), rng.integers(0, 512, 4_000), rng.integers(0, 512, 4_000)
     else:
         base = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
         meta = Path(a.model) / "reflm.json"
         pretrain = a.pretrain_tokens or (json.loads(meta.read_text()).get("tokens_seen") if meta.is_file() else None)
-        train_tok, test_tok = E.read_tokens(a.train), E.read_tokens(a.test)
+        train_tok, test_tok, calib_tok = E.read_tokens(a.train), E.read_tokens(a.test), E.read_tokens(a.calib)
     vocab = base.config.vocab_size
-    for name, t in (("train", train_tok), ("test", test_tok)):
+    for name, t in (("train", train_tok), ("test", test_tok), ("calib", calib_tok)):
         if int(t.max()) >= vocab:
             raise SystemExit(f"--{name} has token id {int(t.max())} >= the model's vocab_size {vocab}: wrong tokenizer")
     base = base.to(dev).eval()
     base.config._attn_implementation = "sdpa"
     original = copy.deepcopy(base).requires_grad_(False)  # the un-permuted teacher and speed reference
-    held = (a.seq + 1) * 32  # the training file's tail is held out: the surrogate's measured losses
-    data = E.TokenBatches(train_tok[:-held], a.batch, a.seq, seed=0)
+    data = E.TokenBatches(train_tok, a.batch, a.seq, seed=0)
     windows = E.eval_windows(test_tok, a.seq, 16, a.eval_tokens)
-    router_windows = E.eval_windows(train_tok[-held:], a.seq, 16)
+    calib = E.eval_windows(calib_tok, a.seq, 16, a.calib_tokens)  # validation split: held out, not the test set
+    router_windows = calib[:4]  # the surrogate's measured losses
     shape = E.families.shape_of(base)
 
     # 1 importance + permutation -------------------------------------------------------------
     t = time.perf_counter()
-    calib = [data(10**9 + i)[:, :-1] for i in range(4 if a.smoke else 16)]
-    em = E.make_elastic(base, calib, embedding=True, depth=True, quiet=quiet)
+    imp_calib = [data(10**9 + i)[:, :-1] for i in range(4 if a.smoke else 16)]
+    em = E.make_elastic(base, imp_calib, embedding=True, depth=True, quiet=quiet)
     if world > 1:
         for p in base.parameters():  # one permutation for all ranks (rank 0's)
             torch.distributed.broadcast(p.data, 0)
@@ -169,34 +241,26 @@ def main(argv=None) -> int:
     # 2 baseline (a): pruning only ---------------------------------------------------------------
     pruned = {str(s): E.perplexity(em, windows, s) for s in uniform} if rank == 0 else {}
 
+    # plan: how many tokens fit this call ---------------------------------------------------------
+    shapes = [em.uniform(f) for f in a.scratch_shapes]
+    elapsed = _bcast(time.perf_counter() - t_start, world, dev)
+    steps, plan = plan_tokens(a, base, em, original, data, shapes, world, rank, dev, elapsed, pretrain)
+
     # 3 elastic training --------------------------------------------------------------------------
     t = time.perf_counter()
-    # time 3 steps on a throw-away copy to size the run (the LR schedule needs the step count)
-    probe_em = E.ElasticLlama(copy.deepcopy(base), em.space)
-    probe_cfg = E.ElasticTrainConfig(steps=10**6, lr=a.lr, warmup_steps=20, sampling=a.sampling)
-    E.train_elastic(probe_em, data, probe_cfg, teacher=original, stop_after=2, quiet=True)  # warm-up
-    probe = E.train_elastic(probe_em, data, probe_cfg, teacher=original, stop_after=3, quiet=True)
-    del probe_em
-    steps = max(4, int(a.train_seconds / (probe["seconds"] / 3)))
-    if world > 1:  # every rank must run the same schedule: rank 0's
-        n = torch.tensor([steps], device=dev)
-        torch.distributed.broadcast(n, 0)
-        steps = int(n.item())
-    cfg = E.ElasticTrainConfig(steps=steps, lr=a.lr, warmup_steps=min(20, steps // 10 + 1), sampling=a.sampling)
-    res = E.train_elastic(em, data, cfg, teacher=original, time_budget_s=a.train_seconds * 1.1, quiet=quiet)
+    cfg = E.ElasticTrainConfig(steps=steps, lr=a.lr, warmup_steps=min(20, steps // 10 + 1), sampling=a.sampling,
+                               full_weight=a.full_weight, lm_weight=a.lm_weight)
+    budget = max(10.0, a.wall_seconds - a.reserve_seconds - (time.perf_counter() - t_start)
+                 - steps * sum(plan["scratch_step_s"]))
+    res = E.train_elastic(em, data, cfg, teacher=original, time_budget_s=_bcast(budget, world, dev), quiet=quiet)
     train_tokens = res["tokens"]
     phases["train_s"] = time.perf_counter() - t
 
     # 4 baseline (b): from scratch on the same tokens ----------------------------------------------
     t = time.perf_counter()
     scratch = {}
-    scratch_budget = max(0.0, min(a.scratch_seconds, a.wall_seconds - a.reserve_seconds - (t - t_start)))
-    if world > 1:
-        n = torch.tensor([scratch_budget], device=dev, dtype=torch.float64)
-        torch.distributed.broadcast(n, 0)
-        scratch_budget = float(n.item())
+    scratch_budget = _bcast(max(0.0, a.wall_seconds - a.reserve_seconds - (t - t_start)), world, dev)
     phases["scratch_budget_s"] = scratch_budget
-    shapes = [em.uniform(f) for f in (0.75, 0.5, 0.25)]
     for i, sub in enumerate(shapes):
         torch.manual_seed(i)
         fresh = type(base)(E.export(em, sub).config).to(dev)
@@ -217,9 +281,11 @@ def main(argv=None) -> int:
             return 0
 
     # elastic perplexities
+    t = time.perf_counter()
     elastic_ppl = {str(s): E.perplexity(em, windows, s) for s in uniform}
+    phases["eval_s"] = time.perf_counter() - t
 
-    # 5 latency table on this device --------------------------------------------------------------
+    # 5 latency table on this device, and every uniform sub-network's whole forward ------------------
     t = time.perf_counter()
     dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
     wl = E.Workload(batch=a.lut_batch, seq=a.lut_seq, mode="prefill", dtype=str(dt).split(".")[1])
@@ -227,12 +293,19 @@ def main(argv=None) -> int:
     table = E.measure_latency_table(em16, wl, warmup=1 if a.smoke else 3, repeat=2 if a.smoke else 10, quiet=quiet)
     atomic_write_text(out / "latency_table.json", table.to_json())
     ids = torch.randint(0, vocab, (a.lut_batch, a.lut_seq), device=dev)
+    meas: dict[str, float] = {}
 
-    def measured(sub):
+    def remeasure(sub):
         with em16.use(sub):
-            return timed_forward(em16.model, ids, a.smoke)
+            return timed_forward(em16.model, ids, a.smoke, repeat=10)
 
-    meas = {str(s): measured(s) for s in uniform}
+    def measured(sub):  # one timing per sub-network, reused: what route() and the sweep call "measured"
+        if str(sub) not in meas:
+            meas[str(sub)] = remeasure(sub)
+        return meas[str(sub)]
+
+    for s in uniform:
+        measured(s)
     phases["latency_s"] = time.perf_counter() - t
 
     # 6 static router ------------------------------------------------------------------------------
@@ -240,45 +313,15 @@ def main(argv=None) -> int:
     rcfg = E.RouterTrainConfig(steps=a.router_steps, surrogate_samples=16 if a.smoke else 128)
     router, rstats = E.train_static_router(em, table, router_windows, rcfg, quiet=quiet)
     router.save(out / "static_router.safetensors")
-    lo, hi = table.cost(em.smallest()), table.cost(em.full())
-    sweep = []
-    for f in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0):
-        target = lo + f * (hi - lo)
-        budget = f"latency={target * 1e3:.6f}ms"
-        raw = E.route(em, budget, router=router, table=table, margin=a.route_margin)
-        pick = E.route(em, budget, router=router, table=table, margin=a.route_margin, calib=router_windows)
-        upick = E.route(em, budget, table=table, uniform=True, margin=a.route_margin)
-        row = {"fraction": f, "target_ms": target * 1e3}
-        # router: route() with the calibration check (router pick vs uniform widths on held-out
-        # training windows); router_raw: the router's own argmax (the paper's procedure alone)
-        for kind, s in (("router", pick), ("router_raw", raw), ("uniform", upick)):
-            m = meas.get(str(s)) or measured(s)
-            row[kind] = {"subnet": s.to_dict(), "label": str(s), "lut_ms": table.cost(s) * 1e3, "measured_ms": m * 1e3,
-                         "meets_measured": m <= target, "params": E.param_count(em, s),
-                         "ppl": elastic_ppl.get(str(s)) or E.perplexity(em, windows, s)}
-        # oracle baseline: the uniform config of lowest test perplexity whose LUT latency fits
-        fits = [s for s in uniform if table.cost(s) <= target]
-        best = min(fits, key=lambda s: elastic_ppl[str(s)]) if fits else em.smallest()
-        row["uniform_best"] = {"label": str(best), "lut_ms": table.cost(best) * 1e3, "measured_ms": meas[str(best)] * 1e3,
-                               "params": E.param_count(em, best), "ppl": elastic_ppl[str(best)]}
-        sweep.append(row)
+    sweep, noise = router_sweep(em, router, table, uniform, meas, measured, remeasure, elastic_ppl, windows, calib)
     phases["router_s"] = time.perf_counter() - t
 
     # 7 dynamic router -----------------------------------------------------------------------------
     t = time.perf_counter()
     dyn_data = E.TokenBatches(train_tok, max(1, a.batch // 4), a.seq, seed=7)
     dyn, dstats = E.train_dynamic_router(em, table, dyn_data, E.DynamicTrainConfig(steps=a.dynamic_steps), quiet=quiet)
-    dyn_target = (dstats["min_latency"] + dstats["max_latency"]) / 2
-    acc_lat, nll, n = 0.0, 0.0, 0
-    with torch.no_grad():
-        for w in windows:
-            w = w.to(dev)
-            with E.dynamic_routing(em, dyn, dyn_target, table) as acc, E.evaluate.autocast_for(dev):
-                nll += float(E.evaluate.lm_loss(em.model(input_ids=w[:, :-1], use_cache=False).logits, w)) * w[:, 1:].numel()
-            acc_lat += float(acc["latency"]) * w[:, 1:].numel()
-            n += w[:, 1:].numel()
-    dynamic = {"target_ms": dyn_target * 1e3, "expected_lut_ms": acc_lat / n * 1e3, "ppl": math.exp(nll / n),
-               "accounting": "fixed + sum over layers of the mean over tokens of LUT[layer][full KV][token's MLP width]"}
+    dynamic = dynamic_point(em, em16, dyn, dstats, table, windows, ids, timed_forward, a.smoke, dev)
+    dynamic["full_measured_ms"] = meas[str(em.full())] * 1e3
     phases["dynamic_s"] = time.perf_counter() - t
 
     # 8 exported dense models: measured speedup vs the full base model ------------------------------
@@ -317,52 +360,27 @@ def main(argv=None) -> int:
         "surrogate_error_last": rstats["surrogate_error"][-1], "dynamic": dynamic, "exported": exported,
         "elastic_training": {"tokens": train_tokens, "steps": res["steps"], "seconds": res["seconds"],
                              "pct_of_pretraining": 100 * train_tokens / pretrain if pretrain else None,
-                             "stopped": res["stopped"], "world_size": world,
+                             "stopped": res["stopped"], "world_size": world, "full_weight": a.full_weight,
                              "loss_first": res["history"][0] if res["history"] else None,
                              "loss_last": res["history"][-1] if res["history"] else None},
-        "router_meets_all_measured": all(r["router"]["meets_measured"] for r in sweep),
-        "router_at_least_uniform": sum(r["router"]["ppl"] <= r["uniform"]["ppl"] + 1e-9 for r in sweep),
-        "router_at_least_best_uniform": sum(r["router"]["ppl"] <= r["uniform_best"]["ppl"] + 1e-9 for r in sweep),
-        "router_raw_at_least_best_uniform": sum(r["router_raw"]["ppl"] <= r["uniform_best"]["ppl"] + 1e-9 for r in sweep),
-        "router_raw_meets_all_measured": all(r["router_raw"]["meets_measured"] for r in sweep),
-        "uniform_meets_all_measured": all(r["uniform"]["meets_measured"] for r in sweep),
-        "full_measured_ms": meas[full_key] * 1e3, "lut_full_ms": hi * 1e3, "lut_smallest_ms": lo * 1e3,
+        **sweep_metrics(sweep, noise, full_key), "plan": plan,
+        "full_measured_ms": meas[full_key] * 1e3, "smallest_measured_ms": meas[str(em.smallest())] * 1e3,
+        "lut_full_ms": table.cost(em.full()) * 1e3, "lut_smallest_ms": table.cost(em.smallest()) * 1e3,
         "phases_s": phases, "total_s": time.perf_counter() - t_start,
     }
+    data_files = {k: ("random" if a.smoke else str(Path(getattr(a, k)).resolve().relative_to(ROOT))
+                      if Path(getattr(a, k)).resolve().is_relative_to(ROOT) else getattr(a, k)) for k in ("train", "test", "calib")}
     config = {"model": "smoke" if a.smoke else a.model, "shape": shape, "batch": a.batch, "seq": a.seq, "lr": a.lr,
+              "data": data_files, "data_tokens": {"train": len(train_tok), "test_eval": sum(w[:, 1:].numel() for w in windows),
+                                                  "calib": sum(w[:, 1:].numel() for w in calib)},
               "sampling": a.sampling, "train_config": res["config"], "workload": wl.__dict__, "eval_tokens": a.eval_tokens,
               "importance": {"depth": em.importance.layers.tolist(), "embedding_top8": em.importance.embedding.topk(8).indices.tolist()}}
     write_results("elastic_flextron", config, metrics, baseline={"pruned_only": pruned, "scratch": scratch}, out_dir=out)
     write_plot(out / "elastic_flextron.png", lambda p: plot(p, points, sweep, dynamic, exported))
-    print(json.dumps({"ppl_original": ppl_orig, "tokens": train_tokens, "meets": metrics["router_meets_all_measured"],
-                      "router>=uniform": metrics["router_at_least_uniform"], "total_s": metrics["total_s"]}))
+    print(json.dumps({"ppl_original": ppl_orig, "tokens": train_tokens, "pct": metrics["elastic_training"]["pct_of_pretraining"],
+                      "meets": metrics["router_meets_all_measured"], "router>=best_uniform": metrics["router_at_least_best_uniform"],
+                      "dynamic_ms": dynamic["measured_ms"], "total_s": metrics["total_s"]}))
     return 0
-
-
-def plot(path, points, sweep, dynamic, exported):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, x, label in ((axes[0], "measured_ms", "measured latency (ms)"), (axes[1], "params", "parameters")):
-        for key, name, mark in (("elastic_ppl", "elastic (ours)", "o"), ("pruned_ppl", "permute + prune only", "s"),
-                                ("scratch_ppl", "from scratch, same tokens", "^")):
-            pts = [(p[x], p[key]) for p in points if p[key] is not None]
-            ax.scatter(*zip(*pts), marker=mark, label=name) if pts else None
-        rx = [(r["router"][x], r["router"]["ppl"]) for r in sweep]
-        ax.plot(*zip(*sorted(rx)), "k--x", label="static router (8 targets)")
-        if x == "measured_ms":
-            ax.scatter([dynamic["expected_lut_ms"]], [dynamic["ppl"]], marker="*", s=150, label="dynamic router (LUT)")
-            ax.scatter([e["measured_ms"] for e in exported], [e["ppl"] for e in exported], marker="+", s=80,
-                       label="exported dense")
-        ax.set_xlabel(label)
-        ax.set_ylabel("test perplexity")
-        ax.set_yscale("log")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("Flextron elastic sub-networks")
-    save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 if __name__ == "__main__":

@@ -101,3 +101,75 @@ def test_route_with_calibration_is_no_worse_than_any_uniform_width_that_fits(tra
         assert fits
         best_uniform = min(measure_loss(em, c, calib) for c in fits)
         assert measure_loss(em, sub, calib) <= best_uniform + 1e-6
+
+
+
+def _measure_like(table, em, scale_uniform=0.93, scale_other=1.06):
+    """A fake measurement: the table over-estimates uniform configs and under-estimates mixed ones."""
+    calls = []
+
+    def measure(sub):
+        calls.append(str(sub))
+        return table.cost(sub) * (scale_uniform if sub.is_uniform else scale_other)
+    return measure, calls
+
+
+def _kl_from_full(em, windows):
+    """A calibration score on which the full model is the strict best: forward KL from the full model."""
+    from anybudget.elastic.train import forward_kl
+
+    with torch.no_grad():
+        full = [em.model(input_ids=w[:, :-1]).logits for w in windows]
+
+    def score(sub):
+        with torch.no_grad(), em.use(sub):
+            return sum(float(forward_kl(em.model(input_ids=w[:, :-1]).logits, f)) for w, f in zip(windows, full))
+    return score
+
+
+def test_routed_choice_is_never_worse_on_calibration_than_a_fitting_uniform_width(trained):
+    from anybudget.elastic.router import uniform_configs
+    from anybudget.elastic.surrogate import measure_loss
+
+    em, table, router, _ = trained
+    calib = eval_windows(torch.randint(0, 97, (120,), generator=torch.Generator().manual_seed(7)), seq=16, batch=4)
+    losses = {str(c): measure_loss(em, c, calib) for c in uniform_configs(em)}
+    measure, _ = _measure_like(table, em)
+    for kw in ({}, {"measure": measure}):
+        check = kw.get("measure", table.cost)
+        lo, hi = check(em.smallest()), check(em.full())
+        for frac in (0.0, 0.15, 0.4, 0.6, 0.85, 1.0):
+            target = lo + frac * (hi - lo)
+            sub = route(em, f"latency={target!r}s", router=router, table=table, calib=calib, **kw)
+            assert check(sub) <= target * (1 + 1e-9)
+            fits = [c for c in uniform_configs(em) if check(c) <= target * (1 + 1e-9)]
+            assert measure_loss(em, sub, calib) <= min(losses[str(c)] for c in fits) + 1e-6
+    # a budget equal to the full model's latency gets the full model (table and measured budgets)
+    # when the full model scores best on the calibration (as trained elastic models do)
+    kl = _kl_from_full(em, calib)
+    assert kl(em.full()) < min(kl(c) for c in uniform_configs(em) if c != em.full())
+    for kw, full in (({}, table.cost(em.full())), ({"measure": measure}, measure(em.full()))):
+        assert route(em, f"latency={full!r}s", router=router, table=table, calib=kl, **kw) == em.full()
+
+
+def test_measured_fit_keeps_what_measures_within_the_budget_and_drops_what_does_not(trained):
+    em, table, router, _ = trained
+    measure, calls = _measure_like(table, em)
+    full_measured = measure(em.full())
+    # the table says the full model costs more than this budget; measured, it fits: it is kept
+    sub = route(em, f"latency={full_measured!r}s", table=table, uniform=True, measure=measure)
+    assert sub == em.full() and table.cost(sub) > full_measured
+    # the router's mixed configs measure 6% over the table: whatever comes back measures within the budget
+    lo, hi = table.cost(em.smallest()), table.cost(em.full())
+    over = 0
+    for frac in (0.1, 0.3, 0.7):
+        target = lo + frac * (hi - lo)
+        over += measure(route(em, f"latency={target!r}s", router=router, table=table)) > target
+        calls.clear()
+        sub = route(em, f"latency={target!r}s", router=router, table=table, measure=measure)
+        assert measure(sub) <= target and calls
+    assert over  # the premise: trusting the table alone breaks some of these budgets when measured
+    with pytest.raises(BudgetError, match=r"\(measured\); the smallest feasible budget is latency="):
+        route(em, f"latency={measure(em.smallest()) * 0.99 * 1e3}ms", router=router, table=table, measure=measure)
+    with pytest.raises(ValueError, match="measure= checks latency budgets"):
+        route(em, "params=1000000", measure=measure)

@@ -6,6 +6,8 @@
     table = elastic.measure_latency_table(em, elastic.Workload(batch=8, seq=512))
     router, _ = elastic.train_static_router(em, table, held_out_windows)
     sub = elastic.export(em, elastic.route(em, "latency=20ms", router=router, table=table, uniform=True))
+    # ours, beyond the paper: fit by measured latency, and keep the best of router vs uniform widths on held-out text
+    pick = elastic.route(em, "latency=20ms", router=router, table=table, measure=time_it, calib=held_out_windows)
     sub.save_pretrained("small")                                 # a plain LlamaForCausalLM
 
 Supported families: Llama, Mistral, Qwen2, Qwen3 (``SUPPORTED_FAMILIES``).

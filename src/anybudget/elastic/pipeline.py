@@ -134,7 +134,7 @@ def build_elastic(
     train = train or ElasticTrainConfig()
     config = {"source": os.fspath(model_dir), "space": asdict(space), "train": {k: v for k, v in asdict(train).items() if k != "checkpoint_every"},
               "router": asdict(router or RouterTrainConfig()), "workload": asdict(workload) if workload else "auto",
-              "build": asdict(build), "tokens": {"count": int(len(tokens)), "sha256_16": _token_digest(tokens)}}
+              "build": asdict(build), "tokens": {"count": len(tokens), "sha256_16": _token_digest(tokens)}}
     n_held = max(seq + 2, int(len(tokens) * build.heldout_fraction))
     held, train_tokens = tokens[:n_held], tokens[n_held:]
     meta_path = out / "elastic.json"

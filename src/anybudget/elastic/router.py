@@ -12,6 +12,7 @@ relative error on those fresh picks is below ``surrogate_threshold``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -168,45 +169,96 @@ def _budget_target(budget) -> tuple[str, float]:
 
 def route(em: ElasticLlama, budget, router: StaticRouter | None = None, table: CostTable | None = None,
           uniform: bool = False, workload: Workload | None = None, margin: float = 0.0,
-          calib: list[torch.Tensor] | None = None) -> SubnetConfig:
+          calib: list[torch.Tensor] | Callable[[SubnetConfig], float] | None = None,
+          measure: Callable[[SubnetConfig], float] | None = None, tries: int = 4) -> SubnetConfig:
     """The sub-network for ``budget`` (``"latency=20ms"``, ``"mem=2GiB"``, ``"params=20M"``).
 
-    With a router trained for this budget key: its argmax choice; otherwise (or with ``uniform``)
-    the uniform config of largest cost within the budget (lowest surrogate loss if the router has
-    one). If the choice exceeds the budget (checked against the table), layer choices step down to
-    the next-smaller option, largest cost saving first, until it fits. A budget below the smallest
-    sub-network raises BudgetError naming the smallest feasible budget. ``margin`` in [0, 1): aim
-    at ``(1 - margin) * budget`` (head-room for timing noise when the budget is checked by measuring).
+    Flextron's part: with a router trained for this budget key, its argmax choice, with layer
+    choices stepped down (largest cost saving first) until the table says it fits. Without one (or
+    with ``uniform``): the uniform config of largest cost within the budget (lowest surrogate loss
+    if the router has one). A budget below the smallest sub-network raises BudgetError naming the
+    smallest feasible budget. ``margin`` in [0, 1): aim at ``(1 - margin) * budget`` in the table.
 
-    ``calib`` (held-out (B, S+1) token windows): a check beyond the paper. The router's pick and
-    every uniform sub-network within the budget are scored by their measured loss on ``calib``
-    and the best is returned, so a router whose surrogate was fitted on few samples never routes
-    worse (on ``calib``) than a uniform width; without ``calib`` the router's pick stands (Flextron).
+    Two steps of ours, beyond the paper, each off unless its argument is given:
+
+    - ``measure`` (sub-network -> measured seconds; latency budgets only; cache it, it is called
+      once per candidate): a candidate fits when its *measured* latency is within the budget, not
+      its table cost. The router is asked again at ``aim * budget / measured`` (up to ``tries``
+      times) so a table that over- or under-estimates is corrected by measurement; its pick is
+      dropped if no answer fits. No margin is needed: nothing that measures within the budget is
+      excluded, so a budget equal to the full model's measured latency gets the full model.
+    - ``calib`` (held-out (B, S+1) windows, or a sub-network -> loss callable; never the test set):
+      the router's fitting answers and every uniform sub-network that fits are scored on it and the lowest
+      loss wins (ties: the larger cost). The result is then never worse on ``calib`` than any uniform
+      width within the budget. Without ``calib`` the router's pick stands, as in Flextron.
     """
     if not 0 <= margin < 1:
         raise ValueError(f"margin={margin} must be in [0, 1)")
+    if tries < 1:
+        raise ValueError(f"tries={tries} must be >= 1")
     router = router if router is not None else getattr(em, "router", None)
     table = table if table is not None else getattr(em, "latency_table", None)
     key, target = _budget_target(budget)
+    if measure is not None and key != "latency":
+        raise ValueError(f"measure= checks latency budgets; the budget {budget!r} is on {key}")
     costs = cost_table_for(em, key, table, workload)
-    smallest = costs.cost(em.smallest())
+    timed: dict[str, float] = {}
+
+    def measured(c: SubnetConfig) -> float:
+        if str(c) not in timed:
+            timed[str(c)] = float(measure(c))
+        return timed[str(c)]
+
+    smallest = measured(em.smallest()) if measure else costs.cost(em.smallest())
     if target < smallest:
         unit = {"latency": "s", "mem": "B", "params": ""}[key]
         need = Quantity(math.ceil(smallest * 1e6) / 1e6 if key == "latency" else math.ceil(smallest), unit)
+        how = " (measured)" if measure else ""
         raise BudgetError(f"{key}={Quantity(target, unit)} is below the smallest sub-network "
-                          f"({em.smallest()}); the smallest feasible budget is {key}={need}")
-    target = max(target * (1 - margin), smallest)
-    fits = [c for c in uniform_configs(em) if costs.cost(c) <= target] or [em.smallest()]
+                          f"({em.smallest()}){how}; the smallest feasible budget is {key}={need}")
+    aim = max(target * (1 - margin), costs.cost(em.smallest()))
+
+    def fits(c: SubnetConfig) -> bool:
+        return measured(c) <= target if measure else costs.cost(c) <= aim
+
+    fitting = [c for c in uniform_configs(em) if fits(c)] or [em.smallest()]
     if router is not None and router.meta["key"] == key and not uniform:
-        sub = fit_to_budget(em, router.choose(em, target), costs, target)
-        return min([sub, *fits], key=lambda c: measure_loss(em, c, calib)) if calib else sub
+        picks = _router_picks(em, router, costs, target, aim, measured if measure else None, tries)
+        if not calib:
+            return picks[0] if picks else max(fitting, key=costs.cost)
+        score = calib if callable(calib) else (lambda c: measure_loss(em, c, calib))
+        cands = {str(c): c for c in [*picks, *fitting]}
+        return min(cands.values(), key=lambda c: (score(c), -costs.cost(c)))
     if router is not None and router.surrogate is not None:
         sur = router.surrogate
         with torch.no_grad():
-            sub = min(fits, key=lambda c: float(sur(*one_hot_config(em, c))))
+            sub = min(fitting, key=lambda c: float(sur(*one_hot_config(em, c))))
     else:
-        sub = max(fits, key=costs.cost)
-    return fit_to_budget(em, sub, costs, target)
+        sub = max(fitting, key=costs.cost)
+    return sub if measure else fit_to_budget(em, sub, costs, aim)
+
+
+def _router_picks(em, router, costs, target, aim, measured, tries) -> list[SubnetConfig]:
+    """The router's answers that fit, best first: without ``measured`` the one table-fitted pick;
+    with it, the answer at ``aim`` re-aimed by ``target / measured`` until it fits and is close, the
+    fitting answer of largest measured latency first."""
+    lo = costs.cost(em.smallest())
+    found: dict[str, tuple[float, SubnetConfig]] = {}
+    for _ in range(tries):
+        aim = max(aim, lo)
+        sub = fit_to_budget(em, router.choose(em, aim), costs, aim)
+        if measured is None:
+            return [sub]
+        t = measured(sub)
+        if t <= target:
+            found[str(sub)] = (t, sub)
+        if t <= target and t >= target * 0.99:
+            break
+        new_aim = aim * target / t
+        if abs(new_aim - aim) <= 1e-6 * aim:
+            break
+        aim = new_aim
+    return [c for _, c in sorted(found.values(), key=lambda x: -x[0])]
 
 
 def fit_to_budget(em: ElasticLlama, sub: SubnetConfig, costs: CostTable, target: float) -> SubnetConfig:

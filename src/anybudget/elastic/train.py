@@ -6,7 +6,12 @@ between") or by ``budget`` (Nemotron Elastic Sec. 3: draw a target parameter fra
 ``budget_fractions`` with ``budget_probs``, then the random config closest to it). The loss of a
 sub-network is ``kd_weight * KL(p_teacher || p_student) + lm_weight * CE`` with the teacher = the
 frozen full model (by default a copy of the model before training; pass the un-permuted original
-to use it, both compute the same function). Under ``torchrun`` (WORLD_SIZE > 1) every rank draws
+to use it, both compute the same function). The per-step mean weighs every sub-network equally (the
+sandwich rule; ``full_weight`` > 1 is an option of ours, off by default, that leans it toward the
+full model). Megatron's Flextron code differs: one budget per step (the full model with probability
+0.33) and, with a teacher loaded, the KD loss alone (here ``lm_weight=0``). The teacher's softmax is computed once per step and the KL and CE terms share one
+log-sum-exp of the student (:func:`kd_lm_loss`, equal to ``forward_kl + lm_loss`` to float
+rounding). Under ``torchrun`` (WORLD_SIZE > 1) every rank draws
 its own data windows and the same sub-networks, and gradients are averaged with all-reduce after
 the backward pass (DDP's reducer is not used because a step runs several forwards of one module).
 """
@@ -26,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from anybudget.elastic.evaluate import autocast_for, lm_loss
+from anybudget.elastic.evaluate import autocast_for
 from anybudget.elastic.latency import params_table
 from anybudget.elastic.model import ElasticLlama, SubnetConfig
 
-__all__ = ["ElasticTrainConfig", "forward_kl", "sample_subnets", "train_elastic"]
+__all__ = ["ElasticTrainConfig", "forward_kl", "kd_lm_loss", "sample_subnets", "step_backward", "teacher_targets", "train_elastic"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,9 @@ class ElasticTrainConfig:
         kd_weight, lm_weight: loss = kd_weight * forward KL from the frozen full model +
             lm_weight * next-token CE (Flextron distils; the LM term keeps the full model learning).
         kd_temperature: softmax temperature of the distillation (1 = plain KL).
+        full_weight: weight of the full model's loss in the step's weighted mean, the others 1
+            (1 = equal weights, the paper's sandwich training; ours, off by default: > 1 trades
+            small-sub-network quality for less drift of the full model, which shares every weight).
         seed: sub-network sampling seed (data has its own).
         checkpoint_every: steps between checkpoints when a checkpoint folder is given.
     """
@@ -67,6 +75,7 @@ class ElasticTrainConfig:
     kd_weight: float = 1.0
     lm_weight: float = 1.0
     kd_temperature: float = 1.0
+    full_weight: float = 1.0
     seed: int = 0
     checkpoint_every: int = 100
 
@@ -79,6 +88,8 @@ class ElasticTrainConfig:
             raise ValueError(f"budget_probs={self.budget_probs} must match budget_fractions={self.budget_fractions} and sum to 1")
         if self.lr <= 0 or self.kd_weight < 0 or self.lm_weight < 0 or self.kd_weight + self.lm_weight == 0:
             raise ValueError(f"lr={self.lr} must be > 0; kd_weight={self.kd_weight}, lm_weight={self.lm_weight} >= 0, not both 0")
+        if not self.full_weight > 0:
+            raise ValueError(f"full_weight={self.full_weight} must be > 0")
 
 
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -86,6 +97,37 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     return (t.exp() * (t - s)).sum(-1).mean() * temperature**2
+
+
+def teacher_targets(teacher_logits: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher probabilities ``p`` (..., V) at ``temperature`` and the constant ``mean sum p log p``."""
+    logp = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    p = logp.exp()
+    return p, (p * logp).sum(-1).mean()
+
+
+def kd_lm_loss(student_logits: torch.Tensor, teacher: tuple[torch.Tensor, torch.Tensor], windows: torch.Tensor,
+               kd_weight: float = 1.0, lm_weight: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
+    """``kd_weight * forward_kl + lm_weight * lm_loss`` from one log-sum-exp of the student.
+
+    KL(p || softmax(z)) = sum p log p - sum p z + logsumexp(z) (since sum p = 1) and CE = logsumexp(z) - z_y,
+    so no (..., V) log-softmax of the student is materialised; ``teacher`` from :func:`teacher_targets`.
+    """
+    z = student_logits.float()
+    loss = z.new_zeros(())
+    lse = None
+    if kd_weight:
+        p, neg_entropy = teacher
+        zt = z / temperature if temperature != 1 else z
+        lse_t = torch.logsumexp(zt, dim=-1)
+        kl = neg_entropy - ((p * zt).sum(-1) - lse_t).mean()
+        loss = loss + kd_weight * kl * temperature**2
+        lse = lse_t if temperature == 1 else None
+    if lm_weight:
+        lse = torch.logsumexp(z, dim=-1) if lse is None else lse
+        ce = (lse - z.gather(-1, windows[:, 1:, None]).squeeze(-1)).mean()
+        loss = loss + lm_weight * ce
+    return loss
 
 
 def _random_subnet(em: ElasticLlama, g: torch.Generator, homogeneous: bool) -> SubnetConfig:
@@ -193,6 +235,31 @@ def _load(path: Path, model, opt) -> tuple[int, int, list]:
     return meta["step"], meta["tokens"], meta["history"]
 
 
+def step_backward(em: ElasticLlama, teacher: torch.nn.Module, w: torch.Tensor, cfg: ElasticTrainConfig,
+                  step: int) -> list[float]:
+    """Accumulate one step's gradients for window ``w`` (B, S+1); returns each sub-network's loss.
+
+    The step's loss is the weighted mean over ``sample_subnets(em, cfg, step)`` of
+    ``kd_weight * KL(teacher || sub) + lm_weight * CE(sub)``, weight ``full_weight`` for the full model, 1 otherwise.
+    """
+    dev = w.device
+    inp = w[:, :-1]
+    t_targets = None
+    if cfg.kd_weight:
+        with torch.no_grad(), autocast_for(dev):
+            t_targets = teacher_targets(teacher(input_ids=inp, use_cache=False).logits, cfg.kd_temperature)
+    losses = []
+    total_weight = cfg.full_weight + cfg.subnets_per_step - 1
+    for i, sub in enumerate(sample_subnets(em, cfg, step)):
+        with em.use(sub), autocast_for(dev):
+            logits = em.model(input_ids=inp, use_cache=False).logits
+        loss = kd_lm_loss(logits, t_targets, w, cfg.kd_weight, cfg.lm_weight, cfg.kd_temperature)
+        (loss * ((cfg.full_weight if i == 0 else 1.0) / total_weight)).backward()
+        del logits
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def train_elastic(
     em: ElasticLlama,
     batches: Callable[[int, int], torch.Tensor],
@@ -237,21 +304,8 @@ def train_elastic(
         for group in opt.param_groups:
             group["lr"] = _lr_at(cfg, step)
         w = batches(step, rank).to(dev)
-        inp = w[:, :-1]
-        with torch.no_grad(), autocast_for(dev):
-            t_logits = teacher(input_ids=inp, use_cache=False).logits
         opt.zero_grad(set_to_none=True)
-        losses = []
-        for sub in sample_subnets(em, cfg, step):
-            with em.use(sub), autocast_for(dev):
-                logits = model(input_ids=inp, use_cache=False).logits
-            loss = 0.0
-            if cfg.kd_weight:
-                loss = loss + cfg.kd_weight * forward_kl(logits, t_logits, cfg.kd_temperature)
-            if cfg.lm_weight:
-                loss = loss + cfg.lm_weight * lm_loss(logits, w)
-            (loss / cfg.subnets_per_step).backward()
-            losses.append(float(loss.detach()))
+        losses = step_backward(em, teacher, w, cfg, step)
         if world > 1:
             average_gradients(params, world)
         if cfg.grad_clip:
