@@ -54,8 +54,12 @@ def evaluate(scene: GaussianScene, views: list[Camera], background=None, backend
 
 @torch.no_grad()
 def side_by_side_png(scenes: dict[str, GaussianScene], views: list[Camera], path: str | os.PathLike,
-                     count: int = 3, background=None, backend: str = "auto") -> None:
-    """A PNG grid: one row per view, ground truth then each scene's render, left to right."""
+                     count: int = 3, background=None, backend: str = "auto", colors: int | None = 256) -> None:
+    """A PNG grid: one row per view, ground truth then each scene's render, left to right.
+
+    colors: the picture is stored with a palette of this many colours (a third of the bytes of
+    full RGB; it is for looking at, the PSNR numbers come from the float renders); None keeps RGB.
+    """
     from PIL import Image
 
     rows = []
@@ -66,4 +70,7 @@ def side_by_side_png(scenes: dict[str, GaussianScene], views: list[Camera], path
         rows.append(torch.cat(tiles, dim=1))
     grid = (torch.cat(rows, dim=0).numpy() * 255).round().astype(np.uint8)
     with atomic_path(path) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
+        img = Image.fromarray(grid)
+        if colors is not None:
+            img = img.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        img.save(tmp, format="PNG", optimize=True)
