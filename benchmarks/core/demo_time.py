@@ -5,6 +5,7 @@ Usage:  python benchmarks/core/demo_time.py     -> benchmarks/results/core/demo_
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -12,12 +13,16 @@ import sys
 import time
 from pathlib import Path
 
+from anybudget.io import results_dir, write_results
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import results_dir, write_results  # noqa: E402
 
 
-def main():
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(results_dir("demo_time", ROOT / "benchmarks/results")),
+                    help="folder for demo_time.json (default: benchmarks/results/core)")
+    args = ap.parse_args(argv)
     cmd = [sys.executable, "-m", "anybudget.cli", "demo", "--quiet"]
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -34,7 +39,7 @@ def main():
     print(out)
     print(metrics)
     write_results("demo_time", {"command": "anybudget demo", "cpu_count": os.cpu_count()}, metrics,
-                  out_dir=results_dir("demo_time", ROOT / "benchmarks/results"))
+                  out_dir=args.out)
 
 
 if __name__ == "__main__":

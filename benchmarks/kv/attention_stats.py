@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import lzma
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 from anybudget.io import results_dir, write_results
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @torch.no_grad()

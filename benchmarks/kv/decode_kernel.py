@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from anybudget.io import results_dir, write_results
+from anybudget.kv.attention import attention_with_colsum_reference, masked_sdpa
+from anybudget.measure import host_time, latency
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import results_dir, write_results  # noqa: E402
-from anybudget.kv.attention import attention_with_colsum_reference, masked_sdpa  # noqa: E402
-from anybudget.measure import host_time, latency  # noqa: E402
 
 
 def rel(a, b):

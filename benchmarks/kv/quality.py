@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import lzma
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 from anybudget.io import results_dir, write_results
 from anybudget.kv.evaluate import evaluate_policies, plot_results
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv=None):

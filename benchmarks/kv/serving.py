@@ -41,10 +41,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 from anybudget import kv
 from anybudget.io import results_dir, write_results
+
+ROOT = Path(__file__).resolve().parents[2]
 
 GiB = 2**30
 CUDA = torch.cuda.is_available()

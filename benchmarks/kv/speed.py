@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import time
 import types
@@ -27,12 +26,12 @@ from pathlib import Path
 
 import torch
 
+from anybudget.io import results_dir, write_results
+from anybudget.kv import H2OCache, LocalCache, enable
+from anybudget.kv.attention import attention_with_colsum, masked_sdpa
+from anybudget.measure import host_time, latency, peak_memory
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
-from anybudget.io import results_dir, write_results  # noqa: E402
-from anybudget.kv import H2OCache, LocalCache, enable  # noqa: E402
-from anybudget.kv.attention import attention_with_colsum, masked_sdpa  # noqa: E402
-from anybudget.measure import host_time, latency, peak_memory  # noqa: E402
 
 GiB = 2**30
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU only for --smoke

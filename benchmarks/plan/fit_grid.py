@@ -38,13 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 from anybudget import plan as P
 from anybudget.budget import BudgetError
 from anybudget.elastic.data import read_tokens
 from anybudget.io import atomic_path, write_results
 from anybudget.plan.fit import predict_all
+
+ROOT = Path(__file__).resolve().parents[2]
 
 KINDS = {"plan": ("elastic", "kv"), "elastic_only": ("elastic",), "kv_only": ("kv",)}
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 
 POLS = ("default", "one", "zero", "both")
 
