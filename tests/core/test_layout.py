@@ -48,3 +48,15 @@ def test_library_code_does_not_import_cli_modules_outside_the_cli():
             if isinstance(node, ast.ImportFrom) and node.module and (node.module.endswith(".cli") or node.module == "anybudget.cli"):
                 bad.append(f"{p.relative_to(ROOT)}: from {node.module}")
     assert not bad, bad
+
+
+def test_every_result_record_names_its_device_config_and_commit():
+    import json
+
+    missing = {}
+    for p in sorted((ROOT / "benchmarks" / "results").rglob("*.json")):
+        d = json.loads(p.read_text())
+        gaps = [k for k in ("device", "config", "commit") if not d.get(k)]
+        if gaps:
+            missing[str(p.relative_to(ROOT))] = gaps
+    assert not missing, missing
