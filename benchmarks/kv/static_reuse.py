@@ -4,8 +4,9 @@ The serving benchmark's ``h2o_20`` row (batch 64, prompt 2048) crashed on an H10
 second ``generate`` (a warm-up of 4 tokens, then 128) with an inductor device assert
 ``index out of bounds: 0 <= tmp0 < ks0`` in the scatter that writes the new token's slot. The
 slot came from ``argmin`` over the validity mask cast to int8, which inductor compiles wrongly
-(on the CPU it returns 0 for every row from 16 slots on, so the step overwrote a kept token
-from the second step on; pytorch#184893, #191499, CUDA bool #174069). The step now takes the
+(on the CPU, from 16 slots on, it returns 0 for every row, so the step overwrote a kept token
+from the second step on, or an index past the row, the same device assert; pytorch#184893,
+#191499, CUDA bool #174069). The step now takes the
 ``min`` of slot numbers (an index in range by construction) and writes with ``index_put_``
 (in place; ``scatter`` copied every buffer, keys and values included, at every step).
 

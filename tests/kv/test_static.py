@@ -276,7 +276,7 @@ def test_inductor_compiled_steps_equal_eager_steps_over_two_generates():
     kept positions equal the eager static cache's after a short generate and after a longer one on
     the same cache (the serving sequence), with padding and a micro-batched prompt. 17 slots a
     row: inductor's CPU argmin over an int8 mask is wrong from 16 slots on (the free slot read 0,
-    so a kept token was overwritten at the second step)."""
+    so a kept token was overwritten from the second step on, or lay past the row)."""
     model = kv.enable(tiny_model("llama")).double()
     ids, mask = _padded(B=4, P=64, pads=(0, 5, 0, 9))
     N = 12  # 20% of 64 + 12 tokens: capacity 16, 17 slots
