@@ -40,4 +40,5 @@ def test_static_reuse_check_smoke(tmp_path):
     rec = json.loads((tmp_path / "kv_static_reuse.json").read_text())
     (row,) = rec["metrics"]["rows"]
     assert row["ok"] and row["second_equals_fresh"] and row["free_slot_in_every_row"]
+    assert row["kept_budget_in_every_row"] and row["recent_window_kept"] and row["positions_unique"]
     assert row["share_equal_to_dynamic"] == 1.0 and rec["metrics"]["current_code_ok"]

@@ -269,3 +269,31 @@ def test_free_slot_follows_the_validity_mask_and_a_full_row_is_an_error():
     layer.valid[2, 0] = True
     with pytest.raises(RuntimeError, match=r"row 2, head 0 holds \d+ valid tokens in \d+ slots"):
         layer.check_free_slot()
+
+
+def test_inductor_compiled_steps_equal_eager_steps_over_two_generates():
+    """inductor (not only aot_eager) compiles the decoding step; on float64 weights its tokens and
+    kept positions equal the eager static cache's after a short generate and after a longer one on
+    the same cache (the serving sequence), with padding and a micro-batched prompt. 17 slots a
+    row: inductor's CPU argmin over an int8 mask is wrong from 16 slots on (the free slot read 0,
+    so a kept token was overwritten from the second step on, or lay past the row)."""
+    model = kv.enable(tiny_model("llama")).double()
+    ids, mask = _padded(B=4, P=64, pads=(0, 5, 0, 9))
+    N = 12  # 20% of 64 + 12 tokens: capacity 16, 17 slots
+
+    def run(compiled: bool):
+        cache = kv.H2OCache("20%", static=True, max_new_tokens=N, prefill_batch_tokens=128)  # 2 rows a batch
+        extra = {"compile_config": _compile_config("inductor")} if compiled else {}
+        out = []
+        for n in (3, N):
+            toks = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
+                                  min_new_tokens=n, **extra, **kv.cache_kwargs(model, cache))
+            out.append((toks, [cache.kept_positions(i) for i in range(len(cache.layers))]))
+        return out
+
+    eager, compiled = run(False), run(True)
+    assert hasattr(model, "_compiled_call")
+    for (te, ke), (tc, kc) in zip(eager, compiled):
+        assert torch.equal(tc, te)
+        for a, b in zip(kc, ke):
+            assert torch.equal(a, b)

@@ -4,17 +4,18 @@ Layout: ``capacity + 1`` slots per (row, KV head), where ``capacity`` is the bud
 percentage is sized from the prompt plus ``max_new_tokens``). After the prompt, at most
 ``capacity`` slots are valid and one is free. A decoding step
 
-1. writes the new token's key/value into the first invalid slot (a scatter at a device index
-   found by a reduction over the validity mask in the same step: no stored index, so the step
-   never indexes with a value that eager code or an earlier graph left behind),
+1. writes the new token's key/value into the first invalid slot (an ``index_put_`` at a device
+   index found by a ``min`` over slot numbers in the same step: no stored index, an index in
+   range by construction, and a write that inductor keeps in place),
 2. attends over all slots with the validity mask and adds the attention each key received to
    its score (H2O, Zhang et al. 2023, Alg. 1),
 3. if the row now holds more valid tokens than its budget, marks the lowest-priority slot outside
    the recent window invalid (ties: the later position goes, as in ``h2o_keep_indices``).
 
 No sort, no ``.item()``, no Python-side length: shapes never change, so ``torch.compile`` (and
-CUDA graphs) replay one graph per step. The kept set after every step equals the dynamic
-:class:`~anybudget.kv.slots.SlotLayer`'s (same rule, see the tests).
+CUDA graphs) replay one graph per step, which updates the buffers in place (no per-step copy).
+The kept set after every step equals the dynamic :class:`~anybudget.kv.slots.SlotLayer`'s (same
+rule, see the tests), compiled or not.
 """
 
 from __future__ import annotations
@@ -131,14 +132,16 @@ class StaticSlotLayer(CacheLayerMixin):
             raise ValueError(f"a static cache decodes one token per step after its prompt; got {key_states.shape[2]} "
                              "new tokens (pass the whole prompt in the first call)")
         self.awaiting_attention = True
-        idx = self.free_slot()
-        self.keys.scatter_(2, idx.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1]), key_states)
-        self.values.scatter_(2, idx.unsqueeze(-1).expand(-1, -1, -1, self.values.shape[-1]), value_states)
-        self.pos.scatter_(2, idx, self.seen.expand(idx.shape))
-        self.valid.scatter_(2, idx, True)
-        pos_q = self.seen.expand(self.batch, 1)
-        p = _new_priority(self, pos_q, torch.ones(self.batch, 1, dtype=torch.bool, device=self.device))
-        self.prio.scatter_(2, idx, p.expand(idx.shape) if p is not None else torch.zeros_like(idx, dtype=torch.float32))
+        at = self._rows_at(self.free_slot())
+        self.keys.index_put_(at, key_states[:, :, 0])
+        self.values.index_put_(at, value_states[:, :, 0])
+        self.pos.index_put_(at, self.seen.expand(at[2].shape))
+        self.valid.index_put_(at, torch.ones((), dtype=torch.bool, device=self.device))
+        B = self.valid.shape[0]  # the buffers' own size symbol, not the ``batch`` attribute's
+        pos_q = self.seen.expand(B, 1)
+        p = _new_priority(self, pos_q, torch.ones(B, 1, dtype=torch.bool, device=self.device))
+        self.prio.index_put_(at, p[:, :, 0].expand(at[2].shape) if p is not None
+                             else torch.zeros((), dtype=torch.float32, device=self.device))
         self.real_seen.add_(1)
         self.seen.add_(1)
         _link(self, self.keys, kwargs)
@@ -203,11 +206,27 @@ class StaticSlotLayer(CacheLayerMixin):
         victim = select_victims(torch.where(self.valid, prio, math.inf), self.pos, 1)
         limit = tb.view(-1, 1, 1) if isinstance(tb, torch.Tensor) else tb
         excess = self.valid.sum(-1, keepdim=True) > limit
-        self.valid.scatter_(-1, victim, self.valid.gather(-1, victim) & ~excess)
+        at = self._rows_at(victim)
+        self.valid.index_put_(at, self.valid.gather(-1, victim)[..., 0] & ~excess[..., 0])
 
     def free_slot(self) -> torch.Tensor:
-        """(B, H, 1) index of each row's first invalid slot, in [0, capacity] by construction."""
-        return self.valid.to(torch.int8).argmin(-1, keepdim=True)
+        """(B, H, 1) index of each row's first invalid slot (the last slot if a row had none, which
+        the prompt's check and every step's eviction rule out): a plain ``amin`` over slot numbers,
+        so the index is in range whatever the compiler does. Not ``argmin`` of the mask as int8 or
+        bool: inductor's argmin over those types returns wrong indices (CPU: 0 for every row,
+        pytorch#184893, #191499; CUDA bool: #174069), which overwrote a kept token every step."""
+        S = self.valid.shape[-1]
+        slot = torch.arange(S, device=self.valid.device)
+        return torch.where(self.valid, S - 1, slot).amin(-1, keepdim=True)
+
+    def _rows_at(self, idx: torch.Tensor):
+        """``index_put_`` indices of slot ``idx`` (B, H, 1) in every (row, head). ``index_put_``,
+        not ``scatter_``: inductor turns a functional ``index_put`` on a buffer that the step
+        mutates into an in-place write (``scatter`` would copy the whole buffer every step)."""
+        B, H = idx.shape[:2]
+        rows = torch.arange(B, device=idx.device).view(B, 1)
+        heads = torch.arange(H, device=idx.device).view(1, H)
+        return rows, heads, idx[..., 0]
 
     def check_free_slot(self) -> None:
         """Raise if a row holds ``capacity + 1`` valid tokens (its next token would overwrite one);
