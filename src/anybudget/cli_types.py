@@ -110,6 +110,23 @@ def existing_file(text: str) -> str:
     return text
 
 
+def folder_with(name: str, what: str):
+    """Type for an existing folder holding ``name`` (e.g. ``config.json`` of a Hugging Face model,
+    ``elastic.json`` of ``anybudget elastic build``); ``what`` says which folder is expected."""
+
+    def check(text: str) -> str:
+        p = Path(text)
+        if not p.exists():
+            raise argparse.ArgumentTypeError(f"{text!r} does not exist ({what})")
+        if not p.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a folder ({what})")
+        if not (p / name).is_file():
+            raise argparse.ArgumentTypeError(f"{text!r} has no {name}: not {what}")
+        return text
+
+    return check
+
+
 def utf8_file(text: str) -> str:
     """An existing file whose content decodes as UTF-8 (checked up front, not after a model loads)."""
     existing_file(text)

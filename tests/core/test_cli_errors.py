@@ -84,6 +84,10 @@ def inputs(tmp_path_factory):
     (d / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
     (d / "not_a_table.csv").write_text("a,b\n1,2\n")
     (d / "afile").write_text("x")
+    (d / "hf").mkdir()
+    (d / "hf" / "config.json").write_text("{}")  # the folders' marker files are all the argument checks read
+    (d / "el").mkdir()
+    (d / "el" / "elastic.json").write_text("{}")
     return d
 
 
@@ -127,19 +131,24 @@ BAD = [
     (["ssm", "mqar", "--device", "cuda:99"], ["--device", "cuda:99"]),
     (["demo", "--device", "cuda:99"], ["--device", "cuda:99"]),
     # flags generated from the config dataclasses: checked by argparse or by the dataclass, named
-    (["elastic", "build", "--model", "m", "--text", "{d}/ok.txt", "--out", "el", "--train-steps", "x"], ["--train-steps"]),
-    (["elastic", "build", "--model", "m", "--text", "{d}/ok.txt", "--out", "el", "--batch", "0"], ["--batch"]),
-    (["elastic", "build", "--model", "m", "--text", "{d}/ok.txt", "--out", "el", "--heldout-fraction", "1.5"],
+    (["elastic", "build", "--model", "{d}/hf", "--text", "{d}/ok.txt", "--out", "el", "--train-steps", "x"], ["--train-steps"]),
+    (["elastic", "build", "--model", "{d}/hf", "--text", "{d}/ok.txt", "--out", "el", "--batch", "0"], ["--batch"]),
+    (["elastic", "build", "--model", "{d}/hf", "--text", "{d}/ok.txt", "--out", "el", "--heldout-fraction", "1.5"],
      ["--heldout-fraction", "heldout_fraction=1.5"]),
-    (["elastic", "build", "--model", "m", "--text", "{d}/ok.txt", "--out", "el", "--train-homogeneous", "maybe"],
+    (["elastic", "build", "--model", "{d}/hf", "--text", "{d}/ok.txt", "--out", "el", "--train-homogeneous", "maybe"],
      ["--train-homogeneous", "true/false"]),
-    (["elastic", "eval", "--model", "m", "--text", "{d}/ok.txt", "--out", "ev", "--seq", "0"], ["--seq"]),
+    (["elastic", "eval", "--model", "{d}/el", "--text", "{d}/ok.txt", "--out", "ev", "--seq", "0"], ["--seq"]),
     (["prune", "imp", "--model", "m", "--task", "mlm", "--out", "run", "--schedule", "cubic"], ["--schedule"]),
     (["prune", "imp", "--model", "m", "--task", "mlm", "--out", "run", "--rate", "1.5"], ["--rate"]),
     (["splat", "train", "--views", "{d}", "--out", "t.ply", "--densify-until", "-1"], ["--densify-until"]),
     (["nas", "search", "--init", "xavier"], ["--init"]),
     (["nas", "search", "--out", "s.json", "--checkpoint", "{d}/afile/ck.json"], ["--checkpoint"]),
     (["nas", "correlate", "--zc-batch", "-3"], ["--zc-batch"]),
+    (["elastic", "export", "--model", "{d}/missing_el", "--budget", "latency=20ms", "--out", "small"], ["--model"]),
+    (["elastic", "export", "--model", "{d}/el", "--budget", "speed=fast", "--out", "small"], ["--budget"]),
+    (["elastic", "export", "--model", "{d}/hf", "--budget", "latency=20ms", "--out", "small"], ["--model", "elastic.json"]),
+    (["prune", "apply", "--mask", "{d}/missing.safetensors", "--model", "{d}", "--out", "pruned"], ["--mask", "does not exist"]),
+    (["splat", "eval", "{d}/missing.ply", "--views", "{d}"], ["does not exist"]),
 ]
 
 

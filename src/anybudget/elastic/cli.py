@@ -13,6 +13,7 @@ from anybudget.cli_types import (
     dataclass_from_args,
     device,
     existing_file,
+    folder_with,
     positive_int,
     writable_dir,
 )
@@ -29,7 +30,8 @@ def register(sub) -> None:
     es = el.add_subparsers(dest="elastic_command", metavar="VERB", required=True)
 
     b = es.add_parser("build", help="importance + permutation, elastic training, latency table, router (resumable)")
-    b.add_argument("--model", required=True, help="Hugging Face model folder (Llama/Mistral/Qwen2/Qwen3)")
+    b.add_argument("--model", required=True, type=folder_with("config.json", "a Hugging Face model folder"),
+                   help="Hugging Face model folder (Llama/Mistral/Qwen2/Qwen3)")
     b.add_argument("--text", required=True, type=existing_file, help="training text file (or a .u16.xz token file)")
     b.add_argument("--out", required=True, type=writable_dir, help="output folder; re-running resumes unfinished phases")
     b.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda if available)")
@@ -44,7 +46,8 @@ def register(sub) -> None:
     b.set_defaults(func=_build)
 
     x = es.add_parser("export", help="the sub-network for a budget as a plain smaller model folder")
-    x.add_argument("--model", required=True, help="folder written by `anybudget elastic build`")
+    x.add_argument("--model", required=True, type=folder_with("elastic.json", "a folder written by `anybudget elastic build`"),
+                   help="folder written by `anybudget elastic build`")
     x.add_argument("--budget", required=True, type=budget, help="latency=20ms, mem=2GiB or params=20M")
     x.add_argument("--out", required=True, type=writable_dir, help="folder for the exported model (save_pretrained)")
     x.add_argument("--heterogeneous", default="uniform", choices=("uniform", "cover", "error"),
@@ -53,7 +56,8 @@ def register(sub) -> None:
     x.set_defaults(func=_export)
 
     v = es.add_parser("eval", help="perplexity and costs of uniform sub-networks and router picks: table + PNG")
-    v.add_argument("--model", required=True, help="folder written by `anybudget elastic build`")
+    v.add_argument("--model", required=True, type=folder_with("elastic.json", "a folder written by `anybudget elastic build`"),
+                   help="folder written by `anybudget elastic build`")
     v.add_argument("--text", required=True, type=existing_file, help="evaluation text file (or a .u16.xz token file)")
     v.add_argument("--out", required=True, type=writable_dir, help="folder for elastic_eval.json and elastic_eval.png")
     add_dataclass_args(v, ElasticBuildConfig, only=("batch", "seq"), title="evaluation windows", overrides={
