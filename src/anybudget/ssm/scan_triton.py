@@ -49,6 +49,15 @@ class ScanBlocks:
     fwd = (4, 32, 4)
     bwd = (4, 32, 4)
     variant = "time_last"
+    # Backward: "chunked" (``scan_triton_bwd``: chunk-parallel, no atomics) or "sequential" (the
+    # layout's own kernel: one program walks every tile in reverse, dB/dC added atomically).
+    bwd_impl = "chunked"
+    # The chunked backward's tiles (BLOCK_D channels per loop step, BLOCK_T = chunk, warps); the
+    # chunk must be a multiple of the forward tile, else the chunk-start states are recomputed.
+    bwd_chunked = (4, 32, 4)
+    # Programs the chunked backward aims for (4 per SM on an H100): when batch x chunks are fewer,
+    # each chunk's channel blocks are split over programs (dB/dC partials summed afterwards).
+    bwd_programs = 512
     # Polarized channels (A exactly 0 / -inf) in closed form outside the kernel (scan_split):
     # 16 learned states tile as 16, 16 + 2 would pad to 32.
     split_fixed = True
@@ -259,6 +268,11 @@ class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _dlast):
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        dout = dout.contiguous()
+        if ScanBlocks.bwd_impl == "chunked":
+            return _chunked(ctx, (u, delta, A, B, C, D, z, delta_bias), dout)
+        if ScanBlocks.bwd_impl != "sequential":
+            raise ValueError(f"ScanBlocks.bwd_impl={ScanBlocks.bwd_impl!r}; allowed: 'chunked', 'sequential'")
         states = ctx.states
         bsz, n_inner, seq = u.shape
         n_state = A.shape[1]
@@ -268,7 +282,6 @@ class _SelectiveScanTriton(torch.autograd.Function):
             # The backward recomputes h per tile from the stored tile-start states, so its tiles
             # must start where the forward's did; otherwise recompute the states at its tiling.
             states = _states_for_tiling(u, delta, A, B, C, delta_bias, ctx.delta_softplus, block_t)
-        dout = dout.contiguous()
         du = torch.empty_like(u)
         ddelta = torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
@@ -295,6 +308,20 @@ class _SelectiveScanTriton(torch.autograd.Function):
             dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
             None,
         )
+
+
+def _chunked(ctx, saved, dout):
+    from anybudget.ssm.scan_triton_bwd import chunked_backward
+
+    u, delta, A, B, C, _, _, delta_bias = saved
+    tiles = ScanBlocks.bwd_chunked
+    states, fwd_tile = ctx.states, ctx.fwd_tile
+    if tiles[1] % fwd_tile:
+        states = _states_for_tiling(u, delta, A, B, C, delta_bias, ctx.delta_softplus, tiles[1])
+        fwd_tile = tiles[1]
+    grads = chunked_backward(saved, states, fwd_tile, dout, ctx.delta_softplus, tiles, block_n=_block_n(A.shape[1]),
+                             target_programs=ScanBlocks.bwd_programs)
+    return (*grads, None)
 
 
 def _states_for_tiling(u, delta, A, B, C, delta_bias, delta_softplus, block_t):
