@@ -130,8 +130,12 @@ def scan_part(shape, device, repeat, tol=TOL):
             print("REFUSED", row, flush=True)
             continue
         out = _model_path(*ins)
-        bwd = lambda: torch.autograd.grad(out, leaves, grad, retain_graph=True)  # noqa: E731
-        fwd_bwd = lambda: torch.autograd.grad(_model_path(*ins), leaves, grad)  # noqa: E731
+        def bwd(out=out):
+            return torch.autograd.grad(out, leaves, grad, retain_graph=True)
+
+        def fwd_bwd():
+            return torch.autograd.grad(_model_path(*ins), leaves, grad)
+
         with torch.no_grad():
             row["fwd_s"] = latency(lambda: _model_path(*ins), warmup=1 if device == "cpu" else 2, repeat=repeat).median_s
         row["bwd_s"] = latency(bwd, warmup=1 if device == "cpu" else 2, repeat=repeat).median_s
