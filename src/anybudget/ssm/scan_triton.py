@@ -31,8 +31,15 @@ except ImportError as e:  # pragma: no cover - exercised only without triton
     ) from e
 
 from anybudget.ssm.scan import check_scan_inputs
+from anybudget.ssm.scan_triton_common import (
+    channel_tile,
+    discretize,
+    load_a_matrix,
+    load_dt,
+    load_vec,
+    softplus_grad,
+)
 from anybudget.ssm.scan_triton_common import combine as _combine
-from anybudget.ssm.scan_triton_common import softplus as _softplus
 from anybudget.ssm.scan_triton_tm import bwd_kernel_tm, fwd_kernel_tm
 
 __all__ = ["ScanBlocks", "selective_scan_triton"]
@@ -81,20 +88,12 @@ def _fwd_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_d, offs_n, mask_d, mask_n = channel_tile(tl.program_id(1), n_inner, n_state, BLOCK_D, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
-    mask_d = offs_d < n_inner
-    mask_n = offs_n < n_state
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    a_zero = A == float("-inf")
-    A_safe = tl.where(a_zero, 0.0, A)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    A_safe, a_zero = load_a_matrix(A_ptr, offs_n[None, :], offs_d[:, None], mask_dn, n_state)
+    bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
+    Dv = load_vec(D_ptr, offs_d, mask_d, HAS_D)
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     row = pid_b * n_inner * seq + offs_d[:, None] * seq
     rowB = pid_b * n_state * seq + offs_n[:, None] * seq
@@ -106,15 +105,10 @@ def _fwd_kernel(
         m_dt = mask_d[:, None] & mask_t[None, :]
         m_nt = mask_n[:, None] & mask_t[None, :]
         u = tl.load(u_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(dt)
+        dt, _ = load_dt(delta_ptr + row + offs_t[None, :], m_dt, bias[:, None], HAS_BIAS, SOFTPLUS)
         Bt = tl.load(B_ptr + rowB + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + rowB + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
-        a = tl.exp(dt[:, None, :] * A_safe[:, :, None])
-        a = tl.where(a_zero[:, :, None], 0.0, a)
+        a = discretize(dt[:, None, :] * A_safe[:, :, None], a_zero[:, :, None])
         # Past the end a = 1, b = 0: the carried state is left as it was at the last token.
         a = tl.where(mask_t[None, None, :], a, 1.0)
         b = (dt * u)[:, None, :] * Bt[None, :, :]
@@ -141,21 +135,12 @@ def _bwd_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_d, offs_n, mask_d, mask_n = channel_tile(tl.program_id(1), n_inner, n_state, BLOCK_D, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
-    mask_d = offs_d < n_inner
-    mask_n = offs_n < n_state
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    a_zero = A == float("-inf")
-    A_safe = tl.where(a_zero, 0.0, A)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    A_safe, a_zero = load_a_matrix(A_ptr, offs_n[None, :], offs_d[:, None], mask_dn, n_state)
+    bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
+    Dv = load_vec(D_ptr, offs_d, mask_d, HAS_D)
     row = pid_b * n_inner * seq + offs_d[:, None] * seq
     rowB = pid_b * n_state * seq + offs_n[:, None] * seq
     st_off = offs_d[:, None] * n_state + offs_n[None, :]
@@ -171,15 +156,11 @@ def _bwd_kernel(
         m_nt = mask_n[:, None] & mask_t[None, :]
         h0 = tl.load(states_ptr + (pid_b * N_TILES + tile) * n_inner * n_state + st_off, mask=mask_dn, other=0.0)
         u = tl.load(u_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
-        dtr = tl.load(delta_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
-        dt = dtr
-        if SOFTPLUS:
-            dt = _softplus(dtr)
+        dt, dtr = load_dt(delta_ptr + row + offs_t[None, :], m_dt, bias[:, None], HAS_BIAS, SOFTPLUS)
         Bt = tl.load(B_ptr + rowB + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + rowB + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
         dout = tl.load(dout_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
-        a = tl.exp(dt[:, None, :] * A_safe[:, :, None])
-        a = tl.where(a_zero[:, :, None], 0.0, a)
+        a = discretize(dt[:, None, :] * A_safe[:, :, None], a_zero[:, :, None])
         a = tl.where(mask_t[None, None, :], a, 1.0)
         dtu = dt * u
         b = dtu[:, None, :] * Bt[None, :, :]
@@ -198,9 +179,7 @@ def _bwd_kernel(
         # a_{t+1}, the transition that carries g_{t+1} back to step t; 0 past the end (g_L = 0).
         offs_t1 = offs_t + 1
         m_dt1 = mask_d[:, None] & (offs_t1 < seq)[None, :]
-        dt1 = tl.load(delta_ptr + row + offs_t1[None, :], mask=m_dt1, other=0.0).to(tl.float32) + bias[:, None]
-        if SOFTPLUS:
-            dt1 = _softplus(dt1)
+        dt1, _ = load_dt(delta_ptr + row + offs_t1[None, :], m_dt1, bias[:, None], HAS_BIAS, SOFTPLUS)
         a1 = tl.exp(dt1[:, None, :] * A_safe[:, :, None])
         a1 = tl.where(a_zero[:, :, None] | (offs_t1 >= seq)[None, None, :], 0.0, a1)
         c = Ct[None, :, :] * dy[:, None, :]
@@ -215,7 +194,7 @@ def _bwd_kernel(
             du += Dv[:, None] * dy
             dD_acc += tl.sum(tl.where(m_dt, dy * u, 0.0), axis=1)
         if SOFTPLUS:
-            ddt = ddt * tl.where(dtr > 20.0, 1.0, tl.sigmoid(dtr))
+            ddt = ddt * softplus_grad(dtr)
         ddt = tl.where(m_dt, ddt, 0.0)
         dbias_acc += tl.sum(ddt, axis=1)
         tl.store(du_ptr + row + offs_t[None, :], du.to(du_ptr.dtype.element_ty), mask=m_dt)

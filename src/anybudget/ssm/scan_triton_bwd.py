@@ -38,6 +38,7 @@ import triton.language as tl
 
 from anybudget.ssm.scan_triton_common import (
     combine,
+    discretize,
     load_a_matrix,
     load_dt,
     load_vec,
@@ -64,7 +65,7 @@ def _chunk_adjoint_kernel(
     bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
     row = pid_b * n_inner * seq + offs_d[:, None] * seq + offs_t[None, :]
     m_dt = mask_d[:, None] & mask_t[None, :]
-    dt, _ = load_dt(delta_ptr + row, m_dt, bias[:, None], SOFTPLUS)
+    dt, _ = load_dt(delta_ptr + row, m_dt, bias[:, None], HAS_BIAS, SOFTPLUS)
     dt = tl.where(m_dt, dt, 0.0)
     dy = tl.load(dout_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
     if HAS_Z:
@@ -74,8 +75,7 @@ def _chunk_adjoint_kernel(
     Ct = tl.load(C_ptr + pid_b * n_state * seq + offs_n[:, None] * seq + offs_t[None, :],
                  mask=mask_n[:, None] & mask_t[None, :], other=0.0).to(tl.float32)
     cs = tl.cumsum(dt, axis=1)  # (D, T): sum of dt from the chunk's first step to t
-    w = tl.exp(A_safe[:, :, None] * cs[None, :, :])  # prod_{k <= t} a_k, (N, D, T)
-    w = tl.where(a_zero[:, :, None], 0.0, w)
+    w = discretize(A_safe[:, :, None] * cs[None, :, :], a_zero[:, :, None])  # prod_{k <= t} a_k, (N, D, T)
     X = tl.sum(w * Ct[:, None, :] * dy[None, :, :], axis=2)  # (N, D)
     base = (pid_b * n_chunks + pid_c) * n_inner
     tl.store(X_ptr + (base + offs_d[None, :]) * n_state + offs_n[:, None], X, mask=mask_n[:, None] & mask_d[None, :])
@@ -101,7 +101,7 @@ def _chunk_carry_kernel(
         m = (offs_c < n_chunks)[:, None] & mask_j[None, :]
         X = tl.load(X_ptr + (pid_b * n_chunks + offs_c)[:, None] * n_j + offs_j[None, :], mask=m, other=0.0)
         S = tl.load(S_ptr + (pid_b * n_chunks + offs_c)[:, None] * n_inner + d_of_j[None, :], mask=m, other=0.0)
-        P = tl.where(a_zero[None, :], 0.0, tl.exp(A_safe[None, :] * S))
+        P = discretize(A_safe[None, :] * S, a_zero[None, :])
         P = tl.where(m, P, 1.0)  # chunks past the end: the identity (P = 1, X = 0)
         p_cum, r = tl.associative_scan((P, X), axis=0, combine_fn=combine, reverse=True)
         r = r + p_cum * carry[None, :]  # r_c = E_{c-1}
@@ -148,9 +148,9 @@ def _chunk_grads_kernel(
         E = tl.load(E_ptr + part * n_state + dn, mask=m_nd, other=0.0)
         row = pid_b * n_inner * seq + offs_d[:, None] * seq + offs_t[None, :]
         u = tl.load(u_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
-        dt, dtr = load_dt(delta_ptr + row, m_dt, bias[:, None], SOFTPLUS)
+        dt, dtr = load_dt(delta_ptr + row, m_dt, bias[:, None], HAS_BIAS, SOFTPLUS)
         dout = tl.load(dout_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
-        a = tl.where(z3, 0.0, tl.exp(A3 * dt[None, :, :]))
+        a = discretize(A3 * dt[None, :, :], z3)
         a = tl.where(mask_t[None, None, :], a, 1.0)  # past the end: carry the state unchanged
         dtu = dt * u
         b = dtu[None, :, :] * Bt[:, None, :]
@@ -165,8 +165,8 @@ def _chunk_grads_kernel(
             s, ds = silu_and_grad(z)
             tl.store(dz_ptr + row, (dout * y * ds).to(dz_ptr.dtype.element_ty), mask=m_dt)
             dy = dout * s
-        dt1, _ = load_dt(delta_ptr + row + 1, mask_d[:, None] & mask_t1[None, :], bias[:, None], SOFTPLUS)
-        a1 = tl.where(z3, 0.0, tl.exp(A3 * dt1[None, :, :]))
+        dt1, _ = load_dt(delta_ptr + row + 1, mask_d[:, None] & mask_t1[None, :], bias[:, None], HAS_BIAS, SOFTPLUS)
+        a1 = discretize(A3 * dt1[None, :, :], z3)
         a1 = tl.where(is_last, 1.0, a1)
         c = Ct[:, None, :] * dy[None, :, :]
         g_cum, g_loc = tl.associative_scan((a1, c), axis=2, combine_fn=combine, reverse=True)

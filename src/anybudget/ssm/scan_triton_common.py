@@ -9,7 +9,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["combine", "load_a_matrix", "load_dt", "load_vec", "silu_and_grad", "softplus", "softplus_grad"]
+__all__ = ["channel_tile", "combine", "discretize", "load_a_matrix", "load_dt", "load_vec", "silu_and_grad", "softplus",
+           "softplus_grad"]
 
 
 @triton.jit
@@ -60,10 +61,26 @@ def load_vec(ptr, offs, mask, ENABLED: tl.constexpr):
 
 
 @triton.jit
-def load_dt(ptrs, mask, bias, SOFTPLUS: tl.constexpr):
-    """(dt, pre-activation): delta + bias, through softplus when ``SOFTPLUS``; masked entries read 0 + bias."""
-    dtr = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32) + bias
+def load_dt(ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(dt, pre-activation): delta (+ bias), through softplus when ``SOFTPLUS``; masked entries read 0 (+ bias)."""
+    dtr = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dtr = dtr + bias
     dt = dtr
     if SOFTPLUS:
         dt = softplus(dtr)
     return dt, dtr
+
+
+@triton.jit
+def channel_tile(pid_d, n_inner, n_state, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Offsets and masks of program ``pid_d``'s channel block and of the (padded) state axis."""
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    return offs_d, offs_n, offs_d < n_inner, offs_n < n_state
+
+
+@triton.jit
+def discretize(dtA, a_zero):
+    """A-bar = exp(dt A) from the broadcast product ``dt * A_safe``; exactly 0 where ``a_zero`` (A = -inf)."""
+    return tl.where(a_zero, 0.0, tl.exp(dtA))
