@@ -195,10 +195,9 @@ def train_part(args, device):
             if not ok.get(cfg["impl"], False):
                 out["steps"].append({"mode": m, "layers": layers, "impl": cfg["impl"], "refused": "gradient check failed"})
                 continue
-            _apply(cfg)
-            tiles = (cfg["fwd"], cfg.get("bwd", cfg["fwd"]))
-            row = time_mode(m, layers, ns, device, segments, cfg["variant"], split, tiles)
-            row.update(impl=cfg["impl"], bwd_chunked=cfg.get("bwd_chunked"))
+            tiles = (cfg["fwd"], cfg.get("bwd") or cfg["bwd_chunked"])  # set_scan: bwd tiles serve either backward
+            row = time_mode(m, layers, ns, device, segments, cfg["variant"], split, tiles, cfg["impl"])
+            row.update(impl=cfg["impl"])
             out["steps"].append(row)
             print("step", row, flush=True)
         per = {(r["mode"], r["impl"]): r["step_s"] for r in out["steps"] if r["layers"] == layers and "step_s" in r}
