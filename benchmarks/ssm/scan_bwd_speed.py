@@ -100,7 +100,7 @@ def _copy_bw(device, numel):
     return 2 * x.numel() * 4 / latency(lambda: y.copy_(x), warmup=3, repeat=10).median_s
 
 
-def scan_part(shape, device, repeat, tol=TOL):
+def scan_part(shape, device, repeat, tol=TOL, budget_s=150.0):
     import torch
     from scan_speed import make_inputs
 
@@ -115,9 +115,13 @@ def scan_part(shape, device, repeat, tol=TOL):
     bw = _copy_bw(device, 2**28 if device == "cuda" else 2**20)
     leaves = [ins[i] for i in (0, 1, 3, 4, 5, 6, 7)]
     rows = []
+    t0 = time.perf_counter()
     for cfg in _configs(device != "cuda"):
         _apply(cfg)
         row = dict(cfg)
+        if time.perf_counter() - t0 > budget_s:
+            rows.append({**row, "skipped": f"past the scan part's {budget_s} s budget"})
+            continue
         try:
             row["rel_err"] = errs = _rel_errs(ins, grad, ref_out, ref_grads, _model_path)
         except Exception as e:  # noqa: BLE001 - a tile that does not compile or fit is recorded
@@ -192,6 +196,10 @@ def train_part(args, device):
                       "bwd_chunked": args.train_chunked}, True)]
     for layers in args.depths:
         for m, cfg, split in plans:
+            if time.perf_counter() - args.t0 > args.time_limit:
+                out["steps"].append({"mode": m, "layers": layers, "impl": cfg["impl"],
+                                     "skipped": f"past --time-limit {args.time_limit} s"})
+                continue
             if not ok.get(cfg["impl"], False):
                 out["steps"].append({"mode": m, "layers": layers, "impl": cfg["impl"], "refused": "gradient check failed"})
                 continue
@@ -215,6 +223,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--train-steps", type=int, default=100)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--time-limit", type=float, default=270.0, help="seconds after which step timings are skipped")
     ap.add_argument("--tolerance", type=float, default=TOL, help="largest relative error a timed kernel may have")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -234,7 +243,7 @@ def main(argv=None) -> int:
     args.train_chunked = (4, 32, 4)
     if args.smoke:
         args.seq, args.repeat, args.train_steps = 40, 1, 2
-    t0 = time.perf_counter()
+    t0 = args.t0 = time.perf_counter()
     shape = (1, 4, 4, args.seq) if args.smoke else (16, 256, 16, args.seq)
     metrics = {"scan": scan_part(shape, device, args.repeat, args.tolerance)}
     best = metrics["scan"].get("best_chunked")
