@@ -6,10 +6,12 @@ sequence in tiles of ``BLOCK_T`` steps. Inside a tile the recurrence h_t = a_t h
 at each tile's start is carried in registers and also stored, so the backward pass can recompute
 h inside a tile instead of keeping the (batch, d_inner, seq, d_state) tensor.
 
-Backward walks the tiles in reverse with the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1}
-(a reverse associative scan) and uses a_t h_{t-1} = h_t - b_t, so no division by a_t is needed
-and A-bar = 0 (``A = -inf``, the zero-polarized channel) stays exact. dB and dC are sums over
-channels, so channel blocks add into them atomically (float32).
+Backward: the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} (a reverse associative scan),
+with a_t h_{t-1} = h_t - b_t, so no division by a_t is needed and A-bar = 0 (``A = -inf``, the
+zero-polarized channel) stays exact. Two implementations (``ScanBlocks.bwd_impl``): ``"chunked"``
+(default, ``scan_triton_bwd``: every chunk in parallel from a precomputed adjoint carry, dB/dC
+summed over channels in registers) and ``"sequential"`` (this file's and ``scan_triton_tm``'s
+kernels: one program walks all tiles in reverse, channel blocks add into dB and dC atomically).
 
 Triton is imported here only; ``anybudget.ssm`` works without it. For CPU tests set
 ``TRITON_INTERPRET=1`` before the first ``import triton``.
@@ -51,7 +53,11 @@ class ScanBlocks:
     ``variant``: ``"time_last"`` (tiles (channel, state, time): this file's kernels) or
     ``"time_first"`` (tiles (time, channel, state): ``scan_triton_tm``, the scan over time in
     registers). Defaults: the fastest of benchmarks/ssm/scan_speed.py's sweep on an H100 (batch 16,
-    d_inner 256, seq 1024, d_state 18): forward 0.69 ms, forward+backward 2.64 ms (time_last)."""
+    d_inner 256, seq 1024, d_state 18): forward 0.69 ms, forward+backward 2.64 ms (time_last, the
+    sequential backward). ``bwd`` tiles the sequential backward, ``bwd_chunked`` the chunked one
+    (benchmarks/ssm/scan_bwd_speed.py times both). The chunked backward keeps the states in each
+    thread's registers: 16 (the learned states, ``split_fixed``) fit at chunk 32; 17..32 states
+    spill a little there (chunk 16 fits)."""
 
     fwd = (4, 32, 4)
     bwd = (4, 32, 4)

@@ -85,7 +85,7 @@ def _chunk_adjoint_kernel(
 @triton.jit
 def _chunk_carry_kernel(
     A_ptr, X_ptr, S_ptr, E_ptr, n_inner, n_state, n_chunks,
-    N_BLOCKS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr,
 ):
     pid_b, pid_j = tl.program_id(0), tl.program_id(1)
     n_j = n_inner * n_state
@@ -96,8 +96,9 @@ def _chunk_carry_kernel(
     c_loc = tl.arange(0, BLOCK_C)
     carry = tl.zeros((BLOCK_J,), dtype=tl.float32)  # E of the block's last chunk
     tl.store(E_ptr + (pid_b * n_chunks + n_chunks - 1) * n_j + offs_j, carry, mask=mask_j)
-    for i in range(N_BLOCKS):
-        offs_c = (N_BLOCKS - 1 - i) * BLOCK_C + c_loc
+    n_blocks = tl.cdiv(n_chunks, BLOCK_C)
+    for i in range(n_blocks):
+        offs_c = (n_blocks - 1 - i) * BLOCK_C + c_loc
         m = (offs_c < n_chunks)[:, None] & mask_j[None, :]
         X = tl.load(X_ptr + (pid_b * n_chunks + offs_c)[:, None] * n_j + offs_j[None, :], mask=m, other=0.0)
         S = tl.load(S_ptr + (pid_b * n_chunks + offs_c)[:, None] * n_inner + d_of_j[None, :], mask=m, other=0.0)
@@ -229,8 +230,7 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     E = torch.empty_like(X)
     block_c, block_j = 16, 256
     _chunk_carry_kernel[(bsz, triton.cdiv(n_inner * n_state, block_j))](
-        A, X, S, E, n_inner, n_state, n_chunks,
-        N_BLOCKS=triton.cdiv(n_chunks, block_c), BLOCK_C=block_c, BLOCK_J=block_j, num_warps=4)
+        A, X, S, E, n_inner, n_state, n_chunks, BLOCK_C=block_c, BLOCK_J=block_j, num_warps=4)
     del X, S
     n_dblocks = triton.cdiv(n_inner, block_d)
     split = _d_split(bsz, n_chunks, n_dblocks, target_programs)
