@@ -87,7 +87,7 @@ def sequential_cases():
 def chunked_cases():
     """The chunk-parallel backward (``scan_triton_bwd``)."""
     # The chunk-parallel backward (scan_triton_bwd): chunk = forward tile, a multiple of it, not a
-    # multiple (states recomputed), more than 16 chunks (carried across the carry kernel's chunk
+    # multiple (chunk-start states rebuilt in closed form), more than 16 chunks (carried across the carry kernel's chunk
     # blocks), channel split on and off, masked channels/states, no optional inputs, bf16, the split path.
     check_split("time_last", "chunked")
     check(2, 5, 37, 6, polar=True, impl="chunked")
@@ -95,6 +95,7 @@ def chunked_cases():
     check(1, 3, 20, 3, polar=False, optional=False, softplus=False, fwd=(4, 16, 4), impl="chunked",
           chunked=(4, 8, 4))
     check(1, 6, 75, 18, polar=True, fwd=(4, 4, 4), impl="chunked", chunked=(4, 4, 4))
+    check(1, 6, 75, 18, polar=True, fwd=(4, 8, 4), impl="chunked", chunked=(4, 4, 4))  # own states, 19 chunks
     check(2, 8, 45, 5, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(8, 16, 4), variant="time_first")
     check(1, 4, 33, 4, polar=True, dtype=torch.bfloat16, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4))
     ins = [t.detach().float().requires_grad_() for t in scan_inputs(1, 2, 5, 2, seed=1)]

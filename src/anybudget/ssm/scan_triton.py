@@ -298,14 +298,11 @@ class _SelectiveScanTriton(torch.autograd.Function):
 def _chunked(ctx, saved, dout):
     from anybudget.ssm.scan_triton_bwd import chunked_backward
 
-    u, delta, A, B, C, _, _, delta_bias = saved
+    A = saved[2]
     tiles = ScanBlocks.bwd_chunked
-    states, fwd_tile = ctx.states, ctx.fwd_tile
-    if tiles[1] % fwd_tile:
-        states = _states_for_tiling(u, delta, A, B, C, delta_bias, ctx.delta_softplus, tiles[1])
-        fwd_tile = tiles[1]
-    grads = chunked_backward(saved, states, fwd_tile, dout, ctx.delta_softplus, tiles, block_n=_block_n(A.shape[1]),
-                             target_programs=ScanBlocks.bwd_programs)
+    # A chunk that is not a multiple of the forward tile rebuilds its chunk-start states itself.
+    grads = chunked_backward(saved, ctx.states, ctx.fwd_tile, dout, ctx.delta_softplus, tiles,
+                             block_n=_block_n(A.shape[1]), target_programs=ScanBlocks.bwd_programs)
     return (*grads, None)
 
 

@@ -51,9 +51,9 @@ __all__ = ["chunked_backward"]
 
 @triton.jit
 def _chunk_adjoint_kernel(
-    delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, X_ptr, S_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, X_ptr, S_ptr, Y_ptr,
     n_inner, n_state, seq, n_chunks,
-    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STATES: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     pid_b, pid_c, pid_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -78,15 +78,27 @@ def _chunk_adjoint_kernel(
     w = discretize(A_safe[:, :, None] * cs[None, :, :], a_zero[:, :, None])  # prod_{k <= t} a_k, (N, D, T)
     X = tl.sum(w * Ct[:, None, :] * dy[None, :, :], axis=2)  # (N, D)
     base = (pid_b * n_chunks + pid_c) * n_inner
-    tl.store(X_ptr + (base + offs_d[None, :]) * n_state + offs_n[:, None], X, mask=mask_n[:, None] & mask_d[None, :])
-    tl.store(S_ptr + base + offs_d, tl.sum(dt, axis=1), mask=mask_d)
+    dn = (base + offs_d[None, :]) * n_state + offs_n[:, None]
+    m_nd = mask_n[:, None] & mask_d[None, :]
+    tl.store(X_ptr + dn, X, mask=m_nd)
+    S = tl.sum(dt, axis=1)
+    tl.store(S_ptr + base + offs_d, S, mask=mask_d)
+    if STATES:  # the chunk's end state from a zero start: sum_t prod_{t < k <= end} a_k dt_t u_t B_t
+        u = tl.load(u_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + pid_b * n_state * seq + offs_n[:, None] * seq + offs_t[None, :],
+                     mask=mask_n[:, None] & mask_t[None, :], other=0.0).to(tl.float32)
+        last = offs_t == tl.minimum(pid_c * BLOCK_T + BLOCK_T, seq) - 1  # empty product: 1, also for A = -inf
+        v = discretize(A_safe[:, :, None] * (S[:, None] - cs)[None, :, :], a_zero[:, :, None] & ~last[None, None, :])
+        tl.store(Y_ptr + dn, tl.sum(v * Bt[:, None, :] * (dt * u)[None, :, :], axis=2), mask=m_nd)
 
 
 @triton.jit
 def _chunk_carry_kernel(
     A_ptr, X_ptr, S_ptr, E_ptr, n_inner, n_state, n_chunks,
-    BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr,
+    REVERSE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr,
 ):
+    """REVERSE: E_{c-1} = X_c + P_c E_c from E_last = 0 (the adjoint); else H_{c+1} = X_c + P_c H_c from
+    H_0 = 0 (chunk-start states), with P_c = exp(A S_c)."""
     pid_b, pid_j = tl.program_id(0), tl.program_id(1)
     n_j = n_inner * n_state
     offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)  # flat (channel, state) index, A's layout
@@ -94,21 +106,31 @@ def _chunk_carry_kernel(
     d_of_j = offs_j // n_state
     A_safe, a_zero = load_a_matrix(A_ptr, 0, offs_j, mask_j, 1)
     c_loc = tl.arange(0, BLOCK_C)
-    carry = tl.zeros((BLOCK_J,), dtype=tl.float32)  # E of the block's last chunk
-    tl.store(E_ptr + (pid_b * n_chunks + n_chunks - 1) * n_j + offs_j, carry, mask=mask_j)
+    carry = tl.zeros((BLOCK_J,), dtype=tl.float32)  # the value entering the next block
     n_blocks = tl.cdiv(n_chunks, BLOCK_C)
+    if REVERSE:
+        tl.store(E_ptr + (pid_b * n_chunks + n_chunks - 1) * n_j + offs_j, carry, mask=mask_j)
+        shift = -1
+    else:
+        tl.store(E_ptr + pid_b * n_chunks * n_j + offs_j, carry, mask=mask_j)
+        shift = 1
     for i in range(n_blocks):
-        offs_c = (n_blocks - 1 - i) * BLOCK_C + c_loc
+        if REVERSE:
+            offs_c = (n_blocks - 1 - i) * BLOCK_C + c_loc
+        else:
+            offs_c = i * BLOCK_C + c_loc
         m = (offs_c < n_chunks)[:, None] & mask_j[None, :]
         X = tl.load(X_ptr + (pid_b * n_chunks + offs_c)[:, None] * n_j + offs_j[None, :], mask=m, other=0.0)
         S = tl.load(S_ptr + (pid_b * n_chunks + offs_c)[:, None] * n_inner + d_of_j[None, :], mask=m, other=0.0)
         P = discretize(A_safe[None, :] * S, a_zero[None, :])
         P = tl.where(m, P, 1.0)  # chunks past the end: the identity (P = 1, X = 0)
-        p_cum, r = tl.associative_scan((P, X), axis=0, combine_fn=combine, reverse=True)
-        r = r + p_cum * carry[None, :]  # r_c = E_{c-1}
-        tl.store(E_ptr + (pid_b * n_chunks + offs_c - 1)[:, None] * n_j + offs_j[None, :], r,
-                 mask=m & (offs_c >= 1)[:, None])
-        carry = tl.sum(tl.where((c_loc == 0)[:, None], r, 0.0), axis=0)
+        p_cum, r = tl.associative_scan((P, X), axis=0, combine_fn=combine, reverse=REVERSE)
+        r = r + p_cum * carry[None, :]  # reverse: r_c = E_{c-1}; forward: r_c = H_{c+1}
+        dst = offs_c + shift
+        tl.store(E_ptr + (pid_b * n_chunks + dst)[:, None] * n_j + offs_j[None, :], r,
+                 mask=m & ((dst >= 0) & (dst < n_chunks))[:, None])
+        pick = c_loc == 0 if REVERSE else c_loc == BLOCK_C - 1
+        carry = tl.sum(tl.where(pick[:, None], r, 0.0), axis=0)
 
 
 @triton.jit
@@ -206,14 +228,14 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     """Gradients of ``selective_scan_triton`` by the chunk-parallel backward (see the module docstring).
 
     ``states``: the forward's tile-start states ``(batch, seq / fwd_tile, d_inner, d_state)``
-    float32; the chunk (``tiles[1]``) must be a multiple of ``fwd_tile`` (the caller recomputes
-    the states otherwise). ``tiles = (BLOCK_D, BLOCK_T, num_warps)``. Returns
-    ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent).
+    float32, used when the chunk (``tiles[1]``) is a multiple of ``fwd_tile``; otherwise (or with
+    ``states=None``) the chunk-start states are rebuilt here in closed form (each chunk's end state
+    from a zero start, then the same carry forward). ``tiles = (BLOCK_D, BLOCK_T, num_warps)``.
+    Returns ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent).
     """
     u, delta, A, B, C, D, z, delta_bias = ctx_tensors
     block_d, block_t, warps = tiles
-    if block_t % fwd_tile:
-        raise ValueError(f"backward chunk {block_t} must be a multiple of the forward tile {fwd_tile}")
+    own_states = states is None or block_t % fwd_tile != 0
     bsz, n_inner, seq = u.shape
     n_state = A.shape[1]
     n_chunks = math.ceil(seq / block_t)
@@ -224,14 +246,20 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     bb = delta_bias if delta_bias is not None else dummy
     X = torch.empty(bsz, n_chunks, n_inner, n_state, device=dev, dtype=f32)
     S = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
+    Y = torch.empty_like(X) if own_states else X
     _chunk_adjoint_kernel[(bsz, n_chunks, triton.cdiv(n_inner, block_d))](
-        delta, A, C, zz, bb, dout, X, S, n_inner, n_state, seq, n_chunks,
+        u, delta, A, B, C, zz, bb, dout, X, S, Y, n_inner, n_state, seq, n_chunks, STATES=own_states,
         BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=warps, **flags)
     E = torch.empty_like(X)
     block_c, block_j = 16, 256
-    _chunk_carry_kernel[(bsz, triton.cdiv(n_inner * n_state, block_j))](
-        A, X, S, E, n_inner, n_state, n_chunks, BLOCK_C=block_c, BLOCK_J=block_j, num_warps=4)
-    del X, S
+    carry_grid = (bsz, triton.cdiv(n_inner * n_state, block_j))
+    _chunk_carry_kernel[carry_grid](A, X, S, E, n_inner, n_state, n_chunks, REVERSE=True, BLOCK_C=block_c,
+                                    BLOCK_J=block_j, num_warps=4)
+    if own_states:
+        states, fwd_tile = torch.empty_like(X), block_t
+        _chunk_carry_kernel[carry_grid](A, Y, S, states, n_inner, n_state, n_chunks, REVERSE=False,
+                                        BLOCK_C=block_c, BLOCK_J=block_j, num_warps=4)
+    del X, S, Y
     n_dblocks = triton.cdiv(n_inner, block_d)
     split = _d_split(bsz, n_chunks, n_dblocks, target_programs)
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
