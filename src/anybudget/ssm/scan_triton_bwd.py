@@ -17,8 +17,11 @@ Here the adjoint carry across chunks is computed first, so every chunk is indepe
    recurrence over chunks ``E_{c-1} = X_c + exp(A S_c) E_c``, ``E_last = 0``, as a reverse scan over
    blocks of chunks (sequential in registers) with one carry between blocks. ``E_c = a_{t1+1}
    g_{t1+1}`` is the adjoint entering chunk c's last step t1 from the step after it.
+   Chunks that do not line up with the forward's tiles get their chunk-start states the same way:
+   step 1 also writes each chunk's end state from a zero start (``sum_t exp(A (S_c - cumsum(dt)_t))
+   dt_t u_t B_t``) and step 2 carries them forward, ``H_{c+1} = Y_c + exp(A S_c) H_c``.
 3. ``_chunk_grads_kernel``, one program per (batch, chunk[, channel split]), looping over channel
-   blocks: recompute h from the chunk-start state the forward stored, the reverse adjoint scan
+   blocks: recompute h from the chunk-start state (the forward's or step 2's), the reverse adjoint scan
    from ``E_c``, all gradients. dB and dC are summed over channels in registers ((state, block,
    time) accumulators, reduced once at the end) and stored once: no atomics. dA, dD and d(bias)
    are per-(batch, chunk) partials summed by one ``torch.sum``.
