@@ -88,10 +88,10 @@ def _reference(ins, grad, rows=4):
         g = torch.autograd.grad(out, x, grad[sl])
         outs.append(out.detach())
         parts.append([t.detach() for t in g])
-    cat = lambda k: torch.cat([p[k] for p in parts])  # noqa: E731
-    add = lambda k: torch.stack([p[k] for p in parts]).sum(0)  # noqa: E731
+    cat = [torch.cat([p[k] for p in parts]) for k in range(5)]  # u, delta, B, C, z: batch rows
+    add = [torch.stack([p[k] for p in parts]).sum(0) for k in (5, 6)]  # D, delta_bias: shared
     # the order of _rel_errs' leaves: u, delta, B, C, D, z, delta_bias
-    return torch.cat(outs), [cat(0), cat(1), cat(2), cat(3), add(5), cat(4), add(6)]
+    return torch.cat(outs), [cat[0], cat[1], cat[2], cat[3], add[0], cat[4], add[1]]
 
 
 def scan_bytes(b, d, n, seq, block_t, elem=4):
