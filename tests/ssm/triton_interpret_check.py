@@ -96,6 +96,7 @@ def chunked_cases():
           chunked=(4, 8, 4))
     check(1, 6, 75, 18, polar=True, fwd=(4, 4, 4), impl="chunked", chunked=(4, 4, 4))
     check(1, 6, 75, 18, polar=True, fwd=(4, 8, 4), impl="chunked", chunked=(4, 4, 4))  # own states, 19 chunks
+    check(1, 3, 40, 18, polar=True, fwd=(4, 32, 4), impl="chunked", chunked=(4, 32, 4))  # 32 padded states: chunk 16
     check(2, 8, 45, 5, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(8, 16, 4), variant="time_first")
     check(1, 4, 33, 4, polar=True, dtype=torch.bfloat16, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4))
     ins = [t.detach().float().requires_grad_() for t in scan_inputs(1, 2, 5, 2, seed=1)]

@@ -56,8 +56,8 @@ class ScanBlocks:
     d_inner 256, seq 1024, d_state 18): forward 0.69 ms, forward+backward 2.64 ms (time_last, the
     sequential backward). ``bwd`` tiles the sequential backward, ``bwd_chunked`` the chunked one
     (benchmarks/ssm/scan_bwd_speed.py times both). The chunked backward keeps the states in each
-    thread's registers: 16 (the learned states, ``split_fixed``) fit at chunk 32; 17..32 states
-    spill a little there (chunk 16 fits)."""
+    thread's registers: 16 (the learned states, ``split_fixed``) fit at chunk 32; with 17..32 states
+    its chunk is capped at 16, above that at 8."""
 
     fwd = (4, 32, 4)
     bwd = (4, 32, 4)
@@ -298,11 +298,14 @@ class _SelectiveScanTriton(torch.autograd.Function):
 def _chunked(ctx, saved, dout):
     from anybudget.ssm.scan_triton_bwd import chunked_backward
 
-    A = saved[2]
-    tiles = ScanBlocks.bwd_chunked
-    # A chunk that is not a multiple of the forward tile rebuilds its chunk-start states itself.
-    grads = chunked_backward(saved, ctx.states, ctx.fwd_tile, dout, ctx.delta_softplus, tiles,
-                             block_n=_block_n(A.shape[1]), target_programs=ScanBlocks.bwd_programs)
+    block_n = _block_n(saved[2].shape[1])
+    bd, bt, warps = ScanBlocks.bwd_chunked
+    # States sit in each thread's registers: above 16 (padded) states, shorter chunks keep the
+    # (state, time) tile at 512 (no spills at 32 states, chunk 16; ptxas sm_90). A chunk that is not a
+    # multiple of the forward tile rebuilds its chunk-start states itself.
+    bt = min(bt, max(8, 512 // block_n))
+    grads = chunked_backward(saved, ctx.states, ctx.fwd_tile, dout, ctx.delta_softplus, (bd, bt, warps),
+                             block_n=block_n, target_programs=ScanBlocks.bwd_programs)
     return (*grads, None)
 
 
