@@ -31,7 +31,7 @@ OLD = [("time_last", (4, 32, 4), (4, 32, 4)), ("time_first", (8, 32, 8), (8, 32,
 # Chunked backward tiles (BLOCK_D, chunk, warps) after the time_first forward (8, 32, 8): chunk 32
 # reads the forward's tile-start states, shorter chunks rebuild their own (scan_triton_bwd, closed
 # form). Registers per thread (ptxas, sm_90, 16 states): 241 at (4, 32, 4), 143 at (4, 16, 4), 141 at (8, 8, 4).
-NEW = [(4, 32, 4), (2, 32, 2), (4, 16, 4), (8, 16, 4), (2, 16, 2), (8, 16, 8), (8, 8, 4), (4, 8, 2)]
+NEW = [(4, 32, 4), (2, 32, 2), (8, 32, 8), (4, 16, 4), (8, 16, 4), (2, 16, 2), (8, 8, 4), (4, 8, 2)]
 
 
 def _configs(smoke):
