@@ -128,6 +128,12 @@ def scan_part(shape, device, repeat, tol=TOL, budget_s=120.0):
         torch.cuda.empty_cache()
     bw = _copy_bw(device, 2**28 if device == "cuda" else 2**20)
     leaves = [ins[i] for i in (0, 1, 3, 4, 5, 6, 7)]
+    # The kernel alone: the 16 learned states straight into selective_scan_triton (no closed-form
+    # polarized channels around it), to tell the kernel's time from the split path's PyTorch ops.
+    kins = list(ins)
+    kins[2] = ins[2][:, 1:-1].contiguous()
+    kins[3], kins[4] = (ins[i][:, 1:-1].detach().contiguous().requires_grad_() for i in (3, 4))
+    kleaves = [kins[i] for i in (0, 1, 3, 4, 5, 6, 7)]
     rows = []
     t0 = time.perf_counter()
     for cfg in _configs(device != "cuda"):
@@ -159,11 +165,19 @@ def scan_part(shape, device, repeat, tol=TOL, budget_s=120.0):
         row["bwd_s"] = latency(bwd, warmup=1 if device == "cpu" else 2, repeat=repeat).median_s
         row["fwd_bwd_s"] = latency(fwd_bwd, warmup=1 if device == "cpu" else 2, repeat=repeat).median_s
         del out
+        from anybudget.ssm.scan_triton import selective_scan_triton
+
+        kout = selective_scan_triton(*kins, delta_softplus=True)
+        row["kernel_bwd_s"] = latency(lambda kout=kout: torch.autograd.grad(kout, kleaves, grad, retain_graph=True),
+                                      warmup=1 if device == "cpu" else 2, repeat=repeat).median_s
+        del kout
+        row["kernel_bytes_bwd"] = kb = scan_bytes(b, d, n_learned, seq, cfg["fwd"][1])[1]
+        row["kernel_bwd_x_over_bound"] = row["kernel_bwd_s"] / (kb / bw)
         fb, bb = scan_bytes(b, d, n_learned + 2, seq, cfg["fwd"][1])  # states at the forward's tiles
         row.update(bytes_fwd=fb, bytes_bwd=bb, bound_bwd_s=bb / bw, bound_fwd_bwd_s=(fb + bb) / bw,
                    bwd_x_over_bound=row["bwd_s"] / (bb / bw), fwd_bwd_x_over_bound=row["fwd_bwd_s"] / ((fb + bb) / bw))
         rows.append(row)
-        print("scan", {k: row[k] for k in ("impl", "variant", "fwd", "bwd_s", "fwd_bwd_s") if k in row},
+        print("scan", {k: row[k] for k in ("impl", "variant", "fwd", "bwd_s", "kernel_bwd_s", "fwd_bwd_s") if k in row},
               row.get("bwd", row.get("bwd_chunked")), flush=True)
     timed = [r for r in rows if "bwd_s" in r]
     res = {"shape": {"batch": b, "d_inner": d, "d_state": n_learned + 2, "seq": seq},

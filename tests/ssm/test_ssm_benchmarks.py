@@ -126,6 +126,7 @@ def test_scan_bwd_speed_smoke_checks_then_times_both_backwards(tmp_path):
     for r in rows:  # every timed kernel was checked against the reference first, within the tolerance
         assert max(r["rel_err"].values()) <= m["scan"]["tolerance"] and r["bwd_s"] > 0
         assert r["bound_bwd_s"] > 0 and r["bytes_bwd"] > r["bytes_fwd"] > 0
+        assert r["kernel_bwd_s"] > 0 and 0 < r["kernel_bytes_bwd"] < r["bytes_bwd"]
     assert m["scan"]["bwd_speedup"] > 0
     impls = {(s["mode"], s["impl"]) for s in m["train"]["steps"] if s.get("step_s", 0) > 0}
     assert impls == {("reference", "sequential"), ("eager", "sequential"), ("eager", "chunked")}
