@@ -161,15 +161,15 @@ def scan_part(shape, device, repeat, tol=TOL, budget_s=120.0):
             return torch.autograd.grad(_model_path(*ins), leaves, grad)
 
         with torch.no_grad():
-            row["fwd_s"] = latency(lambda: _model_path(*ins), warmup=1 if device == "cpu" else 2, repeat=repeat).median_s
-        row["bwd_s"] = latency(bwd, warmup=1 if device == "cpu" else 2, repeat=repeat).median_s
-        row["fwd_bwd_s"] = latency(fwd_bwd, warmup=1 if device == "cpu" else 2, repeat=repeat).median_s
+            row["fwd_s"] = latency(lambda: _model_path(*ins), warmup=0 if device == "cpu" else 2, repeat=repeat).median_s
+        row["bwd_s"] = latency(bwd, warmup=0 if device == "cpu" else 2, repeat=repeat).median_s
+        row["fwd_bwd_s"] = latency(fwd_bwd, warmup=0 if device == "cpu" else 2, repeat=repeat).median_s
         del out
         from anybudget.ssm.scan_triton import selective_scan_triton
 
         kout = selective_scan_triton(*kins, delta_softplus=True)
         row["kernel_bwd_s"] = latency(lambda kout=kout: torch.autograd.grad(kout, kleaves, grad, retain_graph=True),
-                                      warmup=1 if device == "cpu" else 2, repeat=repeat).median_s
+                                      warmup=0 if device == "cpu" else 2, repeat=repeat).median_s
         del kout
         row["kernel_bytes_bwd"] = kb = scan_bytes(b, d, n_learned, seq, cfg["fwd"][1])[1]
         row["kernel_bwd_x_over_bound"] = row["kernel_bwd_s"] / (kb / bw)
