@@ -74,6 +74,7 @@ def scan_speed_with_bound(peak_bw: dict) -> dict:
     ins = _inputs(torch.float32)
     grad = torch.randn(BATCH, D_INNER, SEQ, device="cuda")
     saved = (ScanBlocks.fwd, ScanBlocks.bwd, ScanBlocks.variant)
+    out["bwd_impl"] = ScanBlocks.bwd_impl
     for variant in ("time_last", "time_first"):
         ScanBlocks.variant = variant
         best = {}
@@ -84,6 +85,7 @@ def scan_speed_with_bound(peak_bw: dict) -> dict:
                     ScanBlocks.fwd, ScanBlocks.bwd = tile, (saved[1][0], tile[1], saved[1][2])
                 else:
                     ScanBlocks.fwd, ScanBlocks.bwd = best["fwd"], (tile[0], best["fwd"][1], tile[2])
+                ScanBlocks.bwd_chunked = ScanBlocks.bwd  # swept for whichever backward ScanBlocks.bwd_impl runs
                 try:
                     t = latency(lambda: fwd_bwd(model_path, ins, grad), warmup=2, repeat=10).median_s
                 except Exception as e:  # noqa: BLE001 - a tile that does not fit (registers / shared memory)
@@ -99,6 +101,7 @@ def scan_speed_with_bound(peak_bw: dict) -> dict:
             out["by_variant"][variant] = {"error": "no tile ran"}
             continue
         ScanBlocks.fwd, ScanBlocks.bwd = best["fwd"], best["bwd"]
+        ScanBlocks.bwd_chunked = best["bwd"]
         row = {"fwd_tile": best["fwd"], "bwd_tile": best["bwd"]}
         for dtype in (torch.float32, torch.bfloat16):
             x = ins if dtype == torch.float32 else _inputs(dtype)
@@ -128,6 +131,7 @@ def scan_speed_with_bound(peak_bw: dict) -> dict:
         if "fp32" not in r:
             continue
         ScanBlocks.variant, ScanBlocks.fwd, ScanBlocks.bwd = variant, r["fwd_tile"], r["bwd_tile"]
+        ScanBlocks.bwd_chunked = r["bwd_tile"]
         try:
             leaves = [ins[i] for i in (0, 1, 3, 4, 5, 6, 7)]
             o1 = selective_scan_chunked(*ins, delta_softplus=True)

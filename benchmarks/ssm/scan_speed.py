@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         ScanBlocks.fwd = best_f
         best_t = None
         for bd, w in itertools.product((2, 4, 8), (4, 8)):
-            ScanBlocks.bwd = (bd, best_f[1], w)
+            ScanBlocks.bwd = ScanBlocks.bwd_chunked = (bd, best_f[1], w)  # whichever backward runs
             try:
                 t = timeit(lambda: fwd_bwd(selective_scan_triton, ins, grad), 2, 10)
             except Exception as e:
@@ -110,7 +110,8 @@ def main(argv=None) -> int:
             if best_t is None or t < best_t:
                 best_t, best_b = t, ScanBlocks.bwd
     ScanBlocks.fwd, ScanBlocks.bwd = best_f, best_b
-    metrics["triton_blocks"] = {"fwd": best_f, "bwd": best_b}
+    ScanBlocks.bwd_chunked = best_b
+    metrics["triton_blocks"] = {"fwd": best_f, "bwd": best_b, "bwd_impl": ScanBlocks.bwd_impl}
     err = (selective_scan_triton(*[t.detach() for t in ins], delta_softplus=True) - ref_out).abs().max().item()
     metrics["max_abs_err_vs_chunked_seq%d" % seqs[0]] = err
     del ins, grad, ref_out

@@ -107,18 +107,20 @@ def first_step_of_each_shape(stream, start=10_000, limit=5_000):
     return steps
 
 
-def set_scan(variant, split, tiles):
-    """Choose the Triton scan: tile layout, polarized channels split out or not, tile sizes."""
+def set_scan(variant, split, tiles, impl="chunked"):
+    """Choose the Triton scan: tile layout, polarized channels split out or not, tile sizes, backward kernel."""
     try:
         from anybudget.ssm.scan_triton import ScanBlocks
     except ImportError:  # CPU smoke without triton: the chunked scan runs
         return
-    ScanBlocks.variant, ScanBlocks.split_fixed = variant, split
+    ScanBlocks.variant, ScanBlocks.split_fixed, ScanBlocks.bwd_impl = variant, split, impl
     ScanBlocks.fwd, ScanBlocks.bwd = tiles
+    ScanBlocks.bwd_chunked = tiles[1]  # the backward tiles serve whichever backward runs
 
 
-def time_mode(mode, layers, args, device, segments, variant, split=True, tiles=((4, 32, 4), (4, 32, 4))):
-    set_scan(variant, split, tiles)
+def time_mode(mode, layers, args, device, segments, variant, split=True, tiles=((4, 32, 4), (4, 32, 4)),
+              impl="chunked"):
+    set_scan(variant, split, tiles, impl)
     model = build(layers, args.d_model, args.vocab, device)
     r = Runner(mode, model, segments, args.batch, args.vocab, seed=7, compile_backend=args.compile_backend)
     t0 = time.perf_counter()
@@ -132,7 +134,7 @@ def time_mode(mode, layers, args, device, segments, variant, split=True, tiles=(
     _sync()
     per = (time.perf_counter() - t0) / args.steps
     return {"mode": mode, "layers": layers, "scan_variant": variant, "split_fixed": split, "tiles": tiles,
-            "step_s": per, "warmup_s": warm}
+            "bwd_impl": impl, "step_s": per, "warmup_s": warm}
 
 
 def loss_curve(mode, layers, args, device, segments, scan):
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
     metrics: dict = {"steps": [], "loss_curves": {}, "speedup": {}}
     t_start = time.perf_counter()
     # The old path: the reference step, the time_last kernel over all 18 states, its default tiles.
-    old = ("time_last", False, ((4, 32, 4), (4, 32, 4)))
+    old = ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential")
     new = ("time_last", True, ((4, 32, 4), (4, 32, 4)))
     if cuda and not args.skip_scan:
         metrics["scan"] = scan_part(args)

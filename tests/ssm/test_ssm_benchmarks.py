@@ -1,6 +1,7 @@
 """Smoke modes of the GPU benchmarks (same code paths on a CPU): train_speed and table2_scaled."""
 
 import importlib
+import importlib.util
 import json
 import sys
 import tarfile
@@ -102,3 +103,36 @@ def test_steps_rule_from_the_pilot(bench):
     assert t2.steps_from_pilot(rec) == 6500  # 2 x 3250 rounded up to 500
     rec["metrics"]["history"] = hist[:3]  # never reached 0.5: the budget cap (2 x 480 s x 2 GPUs / 16 runs)
     assert t2.steps_from_pilot(rec) == int(480 * 2 * 2 / (16 * 0.005) // 500 * 500)
+
+
+def _run_scan_bwd(tmp_path, *extra):
+    """scan_bwd_speed --smoke in a subprocess: TRITON_INTERPRET must be set before the kernels are imported."""
+    import os
+    import subprocess
+
+    src = str(BENCH.parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, str(BENCH / "scan_bwd_speed.py"), "--smoke", "--out", str(tmp_path), *extra],
+                       check=False, env=env, capture_output=True, text=True, timeout=170)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return json.loads((tmp_path / "ssm_scan_bwd_smoke.json").read_text())["metrics"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_scan_bwd_speed_smoke_checks_then_times_both_backwards(tmp_path):
+    m = _run_scan_bwd(tmp_path)
+    rows = m["scan"]["rows"]
+    assert {r["impl"] for r in rows if "bwd_s" in r} == {"sequential", "chunked"}
+    for r in rows:  # every timed kernel was checked against the reference first, within the tolerance
+        assert max(r["rel_err"].values()) <= m["scan"]["tolerance"] and r["bwd_s"] > 0
+        assert r["bound_bwd_s"] > 0 and r["bytes_bwd"] > r["bytes_fwd"] > 0
+        assert r["kernel_bwd_s"] > 0 and 0 < r["kernel_bytes_bwd"] < r["bytes_bwd"]
+    assert m["scan"]["bwd_speedup"] > 0
+    impls = {(s["mode"], s["impl"]) for s in m["train"]["steps"] if s.get("step_s", 0) > 0}
+    assert impls == {("reference", "sequential"), ("eager", "sequential"), ("eager", "chunked")}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_scan_bwd_speed_refuses_to_time_a_kernel_that_disagrees(tmp_path):
+    rows = _run_scan_bwd(tmp_path, "--skip-train", "--tolerance", "-1")["scan"]["rows"]
+    assert rows and all("refused" in r and "bwd_s" not in r for r in rows)

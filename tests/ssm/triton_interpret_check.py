@@ -21,8 +21,9 @@ NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
 
 def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd=(4, 32, 4), dtype=torch.float32,
-          variant="time_last"):
+          variant="time_last", impl="sequential", chunked=(4, 32, 4), programs=512):
     ScanBlocks.fwd, ScanBlocks.bwd, ScanBlocks.variant = fwd, bwd, variant
+    ScanBlocks.bwd_impl, ScanBlocks.bwd_chunked, ScanBlocks.bwd_programs = impl, chunked, programs
     ins = [t.detach().float() for t in scan_inputs(b, d, seq, n, polar=polar, seed=seq + n)]
     if not softplus:
         ins[1] = ins[1].abs() * 0.3
@@ -47,14 +48,15 @@ def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd
         err = ((c.float() - a).abs().max() / scale).item()
         assert err < (1e-4 if dtype == torch.float32 else 5e-2), f"grad {NAMES[i]}: rel err {err:.2e}"
     print(f"ok b={b} d={d} seq={seq} n={n} polar={polar} optional={optional} softplus={softplus} "
-          f"fwd={fwd} bwd={bwd} {dtype} {variant}", flush=True)
+          f"fwd={fwd} bwd={bwd} {dtype} {variant} {impl} {chunked if impl == 'chunked' else ''}", flush=True)
 
 
-def check_split(variant):
+def check_split(variant, impl="sequential"):
     """The dispatch's split path: Triton over the learned columns, polarized ones in closed form."""
     from anybudget.ssm.scan import selective_scan
 
     ScanBlocks.fwd, ScanBlocks.bwd, ScanBlocks.variant = (4, 16, 4), (4, 16, 4), variant
+    ScanBlocks.bwd_impl, ScanBlocks.bwd_chunked = impl, (4, 16, 4)
     ins = [t.detach().float().requires_grad_() for t in scan_inputs(2, 5, 37, 6, polar=True, seed=11)]
     o1, h1 = selective_scan_ref(*ins, delta_softplus=True, return_last_state=True)
     o2, h2 = selective_scan(*ins, delta_softplus=True, return_last_state=True, backend="triton", fixed_channels=(1, 1))
@@ -63,10 +65,11 @@ def check_split(variant):
     leaves = [t for i, t in enumerate(ins) if i != 2]
     for a, c in zip(torch.autograd.grad(o1.sum(), leaves), torch.autograd.grad(o2.sum(), leaves)):
         assert ((c - a).abs().max() / a.abs().max().clamp_min(1.0)).item() < 1e-4
-    print(f"ok split fixed channels {variant}", flush=True)
+    print(f"ok split fixed channels {variant} {impl}", flush=True)
 
 
-if __name__ == "__main__":
+def sequential_cases():
+    """The layouts' own backward kernels (``ScanBlocks.bwd_impl = "sequential"``)."""
     check_split("time_last")
     check_split("time_first")
     check(2, 5, 37, 6, polar=True)  # two tiles, masked channels (5 of 8) and states (6 of 8)
@@ -79,4 +82,39 @@ if __name__ == "__main__":
           variant="time_first")
     check(2, 8, 45, 18, polar=True, fwd=(4, 16, 4), bwd=(8, 8, 4), variant="time_first")
     check(1, 4, 33, 4, polar=True, dtype=torch.bfloat16, fwd=(4, 16, 4), bwd=(4, 16, 4), variant="time_first")
+
+
+def chunked_cases():
+    """The chunk-parallel backward (``scan_triton_bwd``)."""
+    # The chunk-parallel backward (scan_triton_bwd): chunk = forward tile, a multiple of it, not a
+    # multiple (chunk-start states rebuilt in closed form), more than 16 chunks (carried across the carry kernel's chunk
+    # blocks), channel split on and off, masked channels/states, no optional inputs, bf16, the split path.
+    check_split("time_last", "chunked")
+    check(2, 5, 37, 6, polar=True, impl="chunked")
+    check(2, 5, 37, 6, polar=True, fwd=(4, 8, 4), impl="chunked", chunked=(2, 16, 4), programs=1)
+    check(1, 3, 20, 3, polar=False, optional=False, softplus=False, fwd=(4, 16, 4), impl="chunked",
+          chunked=(4, 8, 4))
+    check(1, 6, 75, 18, polar=True, fwd=(4, 4, 4), impl="chunked", chunked=(4, 4, 4))
+    check(1, 6, 75, 18, polar=True, fwd=(4, 8, 4), impl="chunked", chunked=(4, 4, 4))  # own states, 19 chunks
+    check(1, 3, 40, 18, polar=True, fwd=(4, 32, 4), impl="chunked", chunked=(4, 32, 4))  # 32 padded states: chunk 16
+    check(2, 8, 45, 5, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(8, 16, 4), variant="time_first")
+    check(1, 4, 33, 4, polar=True, dtype=torch.bfloat16, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4))
+    ins = [t.detach().float().requires_grad_() for t in scan_inputs(1, 2, 5, 2, seed=1)]
+    ScanBlocks.bwd_impl = "fast"
+    try:
+        selective_scan_triton(*ins, delta_softplus=True).sum().backward()
+    except ValueError as e:
+        assert "bwd_impl='fast'" in str(e) and "'chunked', 'sequential'" in str(e), e
+    else:
+        raise AssertionError("an unknown ScanBlocks.bwd_impl must raise")
+    ScanBlocks.bwd_impl = "chunked"
+    print("ok unknown bwd_impl refused", flush=True)
+
+
+if __name__ == "__main__":
+    which = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if which in ("sequential", "all"):
+        sequential_cases()
+    if which in ("chunked", "all"):
+        chunked_cases()
     print("ALL OK")

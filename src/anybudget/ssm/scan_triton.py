@@ -6,10 +6,12 @@ sequence in tiles of ``BLOCK_T`` steps. Inside a tile the recurrence h_t = a_t h
 at each tile's start is carried in registers and also stored, so the backward pass can recompute
 h inside a tile instead of keeping the (batch, d_inner, seq, d_state) tensor.
 
-Backward walks the tiles in reverse with the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1}
-(a reverse associative scan) and uses a_t h_{t-1} = h_t - b_t, so no division by a_t is needed
-and A-bar = 0 (``A = -inf``, the zero-polarized channel) stays exact. dB and dC are sums over
-channels, so channel blocks add into them atomically (float32).
+Backward: the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} (a reverse associative scan),
+with a_t h_{t-1} = h_t - b_t, so no division by a_t is needed and A-bar = 0 (``A = -inf``, the
+zero-polarized channel) stays exact. Two implementations (``ScanBlocks.bwd_impl``): ``"chunked"``
+(default, ``scan_triton_bwd``: every chunk in parallel from a precomputed adjoint carry, dB/dC
+summed over channels in registers) and ``"sequential"`` (this file's and ``scan_triton_tm``'s
+kernels: one program walks all tiles in reverse, channel blocks add into dB and dC atomically).
 
 Triton is imported here only; ``anybudget.ssm`` works without it. For CPU tests set
 ``TRITON_INTERPRET=1`` before the first ``import triton``.
@@ -31,8 +33,15 @@ except ImportError as e:  # pragma: no cover - exercised only without triton
     ) from e
 
 from anybudget.ssm.scan import check_scan_inputs
+from anybudget.ssm.scan_triton_common import (
+    channel_tile,
+    discretize,
+    load_a_matrix,
+    load_dt,
+    load_vec,
+    softplus_grad,
+)
 from anybudget.ssm.scan_triton_common import combine as _combine
-from anybudget.ssm.scan_triton_common import softplus as _softplus
 from anybudget.ssm.scan_triton_tm import bwd_kernel_tm, fwd_kernel_tm
 
 __all__ = ["ScanBlocks", "selective_scan_triton"]
@@ -44,11 +53,24 @@ class ScanBlocks:
     ``variant``: ``"time_last"`` (tiles (channel, state, time): this file's kernels) or
     ``"time_first"`` (tiles (time, channel, state): ``scan_triton_tm``, the scan over time in
     registers). Defaults: the fastest of benchmarks/ssm/scan_speed.py's sweep on an H100 (batch 16,
-    d_inner 256, seq 1024, d_state 18): forward 0.69 ms, forward+backward 2.64 ms (time_last)."""
+    d_inner 256, seq 1024, d_state 18): forward 0.69 ms, forward+backward 2.64 ms (time_last, the
+    sequential backward). ``bwd`` tiles the sequential backward, ``bwd_chunked`` the chunked one
+    (benchmarks/ssm/scan_bwd_speed.py times both). The chunked backward keeps the states in each
+    thread's registers: 16 (the learned states, ``split_fixed``) fit at chunk 32; with 17..32 states
+    its chunk is capped at 16, above that at 8."""
 
     fwd = (4, 32, 4)
     bwd = (4, 32, 4)
     variant = "time_last"
+    # Backward: "chunked" (``scan_triton_bwd``: chunk-parallel, no atomics) or "sequential" (the
+    # layout's own kernel: one program walks every tile in reverse, dB/dC added atomically).
+    bwd_impl = "chunked"
+    # The chunked backward's tiles (BLOCK_D channels per loop step, BLOCK_T = chunk, warps); the
+    # chunk must be a multiple of the forward tile, else the chunk-start states are recomputed.
+    bwd_chunked = (4, 32, 4)
+    # Programs the chunked backward aims for (4 per SM on an H100): when batch x chunks are fewer,
+    # each chunk's channel blocks are split over programs (dB/dC partials summed afterwards).
+    bwd_programs = 512
     # Polarized channels (A exactly 0 / -inf) in closed form outside the kernel (scan_split):
     # 16 learned states tile as 16, 16 + 2 would pad to 32.
     split_fixed = True
@@ -72,20 +94,12 @@ def _fwd_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_d, offs_n, mask_d, mask_n = channel_tile(tl.program_id(1), n_inner, n_state, BLOCK_D, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
-    mask_d = offs_d < n_inner
-    mask_n = offs_n < n_state
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    a_zero = A == float("-inf")
-    A_safe = tl.where(a_zero, 0.0, A)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    A_safe, a_zero = load_a_matrix(A_ptr, offs_n[None, :], offs_d[:, None], mask_dn, n_state)
+    bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
+    Dv = load_vec(D_ptr, offs_d, mask_d, HAS_D)
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     row = pid_b * n_inner * seq + offs_d[:, None] * seq
     rowB = pid_b * n_state * seq + offs_n[:, None] * seq
@@ -97,15 +111,10 @@ def _fwd_kernel(
         m_dt = mask_d[:, None] & mask_t[None, :]
         m_nt = mask_n[:, None] & mask_t[None, :]
         u = tl.load(u_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(dt)
+        dt, _ = load_dt(delta_ptr + row + offs_t[None, :], m_dt, bias[:, None], HAS_BIAS, SOFTPLUS)
         Bt = tl.load(B_ptr + rowB + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + rowB + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
-        a = tl.exp(dt[:, None, :] * A_safe[:, :, None])
-        a = tl.where(a_zero[:, :, None], 0.0, a)
+        a = discretize(dt[:, None, :] * A_safe[:, :, None], a_zero[:, :, None])
         # Past the end a = 1, b = 0: the carried state is left as it was at the last token.
         a = tl.where(mask_t[None, None, :], a, 1.0)
         b = (dt * u)[:, None, :] * Bt[None, :, :]
@@ -132,21 +141,12 @@ def _bwd_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_d, offs_n, mask_d, mask_n = channel_tile(tl.program_id(1), n_inner, n_state, BLOCK_D, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
-    mask_d = offs_d < n_inner
-    mask_n = offs_n < n_state
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    a_zero = A == float("-inf")
-    A_safe = tl.where(a_zero, 0.0, A)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    A_safe, a_zero = load_a_matrix(A_ptr, offs_n[None, :], offs_d[:, None], mask_dn, n_state)
+    bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
+    Dv = load_vec(D_ptr, offs_d, mask_d, HAS_D)
     row = pid_b * n_inner * seq + offs_d[:, None] * seq
     rowB = pid_b * n_state * seq + offs_n[:, None] * seq
     st_off = offs_d[:, None] * n_state + offs_n[None, :]
@@ -162,15 +162,11 @@ def _bwd_kernel(
         m_nt = mask_n[:, None] & mask_t[None, :]
         h0 = tl.load(states_ptr + (pid_b * N_TILES + tile) * n_inner * n_state + st_off, mask=mask_dn, other=0.0)
         u = tl.load(u_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
-        dtr = tl.load(delta_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
-        dt = dtr
-        if SOFTPLUS:
-            dt = _softplus(dtr)
+        dt, dtr = load_dt(delta_ptr + row + offs_t[None, :], m_dt, bias[:, None], HAS_BIAS, SOFTPLUS)
         Bt = tl.load(B_ptr + rowB + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + rowB + offs_t[None, :], mask=m_nt, other=0.0).to(tl.float32)
         dout = tl.load(dout_ptr + row + offs_t[None, :], mask=m_dt, other=0.0).to(tl.float32)
-        a = tl.exp(dt[:, None, :] * A_safe[:, :, None])
-        a = tl.where(a_zero[:, :, None], 0.0, a)
+        a = discretize(dt[:, None, :] * A_safe[:, :, None], a_zero[:, :, None])
         a = tl.where(mask_t[None, None, :], a, 1.0)
         dtu = dt * u
         b = dtu[:, None, :] * Bt[None, :, :]
@@ -189,9 +185,7 @@ def _bwd_kernel(
         # a_{t+1}, the transition that carries g_{t+1} back to step t; 0 past the end (g_L = 0).
         offs_t1 = offs_t + 1
         m_dt1 = mask_d[:, None] & (offs_t1 < seq)[None, :]
-        dt1 = tl.load(delta_ptr + row + offs_t1[None, :], mask=m_dt1, other=0.0).to(tl.float32) + bias[:, None]
-        if SOFTPLUS:
-            dt1 = _softplus(dt1)
+        dt1, _ = load_dt(delta_ptr + row + offs_t1[None, :], m_dt1, bias[:, None], HAS_BIAS, SOFTPLUS)
         a1 = tl.exp(dt1[:, None, :] * A_safe[:, :, None])
         a1 = tl.where(a_zero[:, :, None] | (offs_t1 >= seq)[None, None, :], 0.0, a1)
         c = Ct[None, :, :] * dy[:, None, :]
@@ -206,7 +200,7 @@ def _bwd_kernel(
             du += Dv[:, None] * dy
             dD_acc += tl.sum(tl.where(m_dt, dy * u, 0.0), axis=1)
         if SOFTPLUS:
-            ddt = ddt * tl.where(dtr > 20.0, 1.0, tl.sigmoid(dtr))
+            ddt = ddt * softplus_grad(dtr)
         ddt = tl.where(m_dt, ddt, 0.0)
         dbias_acc += tl.sum(ddt, axis=1)
         tl.store(du_ptr + row + offs_t[None, :], du.to(du_ptr.dtype.element_ty), mask=m_dt)
@@ -259,6 +253,11 @@ class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _dlast):
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        dout = dout.contiguous()
+        if ScanBlocks.bwd_impl == "chunked":
+            return _chunked(ctx, (u, delta, A, B, C, D, z, delta_bias), dout)
+        if ScanBlocks.bwd_impl != "sequential":
+            raise ValueError(f"ScanBlocks.bwd_impl={ScanBlocks.bwd_impl!r}; allowed: 'chunked', 'sequential'")
         states = ctx.states
         bsz, n_inner, seq = u.shape
         n_state = A.shape[1]
@@ -268,7 +267,6 @@ class _SelectiveScanTriton(torch.autograd.Function):
             # The backward recomputes h per tile from the stored tile-start states, so its tiles
             # must start where the forward's did; otherwise recompute the states at its tiling.
             states = _states_for_tiling(u, delta, A, B, C, delta_bias, ctx.delta_softplus, block_t)
-        dout = dout.contiguous()
         du = torch.empty_like(u)
         ddelta = torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
@@ -295,6 +293,20 @@ class _SelectiveScanTriton(torch.autograd.Function):
             dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
             None,
         )
+
+
+def _chunked(ctx, saved, dout):
+    from anybudget.ssm.scan_triton_bwd import chunked_backward
+
+    block_n = _block_n(saved[2].shape[1])
+    bd, bt, warps = ScanBlocks.bwd_chunked
+    # States sit in each thread's registers: above 16 (padded) states, shorter chunks keep the
+    # (state, time) tile at 512 (no spills at 32 states, chunk 16; ptxas sm_90). A chunk that is not a
+    # multiple of the forward tile rebuilds its chunk-start states itself.
+    bt = min(bt, max(8, 512 // block_n))
+    grads = chunked_backward(saved, ctx.states, ctx.fwd_tile, dout, ctx.delta_softplus, (bd, bt, warps),
+                             block_n=block_n, target_programs=ScanBlocks.bwd_programs)
+    return (*grads, None)
 
 
 def _states_for_tiling(u, delta, A, B, C, delta_bias, delta_softplus, block_t):

@@ -16,7 +16,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from anybudget.ssm.scan_triton_common import combine, softplus
+from anybudget.ssm.scan_triton_common import (
+    channel_tile,
+    combine,
+    discretize,
+    load_a_matrix,
+    load_dt,
+    load_vec,
+    softplus_grad,
+)
 
 __all__ = ["bwd_kernel_tm", "fwd_kernel_tm"]
 
@@ -31,20 +39,13 @@ def fwd_kernel_tm(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_d, offs_n, mask_d, mask_n = channel_tile(tl.program_id(1), n_inner, n_state, BLOCK_D, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
-    mask_d = offs_d < n_inner
-    mask_n = offs_n < n_state
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    a_zero = (A == float("-inf"))[None, :, :]
-    A_safe = tl.where(A == float("-inf"), 0.0, A)[None, :, :]
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    A2, a_zero2 = load_a_matrix(A_ptr, offs_n[None, :], offs_d[:, None], mask_dn, n_state)
+    A_safe, a_zero = A2[None, :, :], a_zero2[None, :, :]
+    bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
+    Dv = load_vec(D_ptr, offs_d, mask_d, HAS_D)
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     row = pid_b * n_inner * seq + offs_d[None, :] * seq  # (1, D)
     rowB = pid_b * n_state * seq + offs_n[None, :] * seq  # (1, N)
@@ -56,15 +57,10 @@ def fwd_kernel_tm(
         m_td = mask_t[:, None] & mask_d[None, :]
         m_tn = mask_t[:, None] & mask_n[None, :]
         u = tl.load(u_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)  # (T, D)
-        dt = tl.load(delta_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[None, :]
-        if SOFTPLUS:
-            dt = softplus(dt)
+        dt, _ = load_dt(delta_ptr + row + offs_t[:, None], m_td, bias[None, :], HAS_BIAS, SOFTPLUS)
         Bt = tl.load(B_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)  # (T, N)
         Ct = tl.load(C_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)
-        a = tl.exp(dt[:, :, None] * A_safe)  # (T, D, N)
-        a = tl.where(a_zero, 0.0, a)
+        a = discretize(dt[:, :, None] * A_safe, a_zero)  # (T, D, N)
         a = tl.where(mask_t[:, None, None], a, 1.0)  # past the end: carry the state unchanged
         b = (dt * u)[:, :, None] * Bt[:, None, :]
         a_cum, h_loc = tl.associative_scan((a, b), axis=0, combine_fn=combine)
@@ -90,22 +86,13 @@ def bwd_kernel_tm(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_d, offs_n, mask_d, mask_n = channel_tile(tl.program_id(1), n_inner, n_state, BLOCK_D, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
-    mask_d = offs_d < n_inner
-    mask_n = offs_n < n_state
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    a_zero = (A == float("-inf"))[None, :, :]
-    A2 = tl.where(A == float("-inf"), 0.0, A)
-    A_safe = A2[None, :, :]
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    A2, a_zero2 = load_a_matrix(A_ptr, offs_n[None, :], offs_d[:, None], mask_dn, n_state)
+    A_safe, a_zero = A2[None, :, :], a_zero2[None, :, :]
+    bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
+    Dv = load_vec(D_ptr, offs_d, mask_d, HAS_D)
     row = pid_b * n_inner * seq + offs_d[None, :] * seq
     rowB = pid_b * n_state * seq + offs_n[None, :] * seq
     st_off = offs_d[:, None] * n_state + offs_n[None, :]
@@ -121,15 +108,11 @@ def bwd_kernel_tm(
         m_tn = mask_t[:, None] & mask_n[None, :]
         h0 = tl.load(states_ptr + (pid_b * N_TILES + tile) * n_inner * n_state + st_off, mask=mask_dn, other=0.0)
         u = tl.load(u_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
-        dtr = tl.load(delta_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32) + bias[None, :]
-        dt = dtr
-        if SOFTPLUS:
-            dt = softplus(dtr)
+        dt, dtr = load_dt(delta_ptr + row + offs_t[:, None], m_td, bias[None, :], HAS_BIAS, SOFTPLUS)
         Bt = tl.load(B_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)
         dout = tl.load(dout_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
-        a = tl.exp(dt[:, :, None] * A_safe)
-        a = tl.where(a_zero, 0.0, a)
+        a = discretize(dt[:, :, None] * A_safe, a_zero)
         a = tl.where(mask_t[:, None, None], a, 1.0)
         dtu = dt * u
         b = dtu[:, :, None] * Bt[:, None, :]
@@ -148,9 +131,7 @@ def bwd_kernel_tm(
         # a_{t+1} carries g_{t+1} back to step t; 0 past the end (g_L = 0).
         offs_t1 = offs_t + 1
         m_td1 = (offs_t1 < seq)[:, None] & mask_d[None, :]
-        dt1 = tl.load(delta_ptr + row + offs_t1[:, None], mask=m_td1, other=0.0).to(tl.float32) + bias[None, :]
-        if SOFTPLUS:
-            dt1 = softplus(dt1)
+        dt1, _ = load_dt(delta_ptr + row + offs_t1[:, None], m_td1, bias[None, :], HAS_BIAS, SOFTPLUS)
         a1 = tl.exp(dt1[:, :, None] * A_safe)
         a1 = tl.where(a_zero | (offs_t1 >= seq)[:, None, None], 0.0, a1)
         c = Ct[:, None, :] * dy[:, :, None]
@@ -165,7 +146,7 @@ def bwd_kernel_tm(
             du += Dv[None, :] * dy
             dD_acc += tl.sum(tl.where(m_td, dy * u, 0.0), axis=0)
         if SOFTPLUS:
-            ddt = ddt * tl.where(dtr > 20.0, 1.0, tl.sigmoid(dtr))
+            ddt = ddt * softplus_grad(dtr)
         ddt = tl.where(m_td, ddt, 0.0)
         dbias_acc += tl.sum(ddt, axis=0)
         tl.store(du_ptr + row + offs_t[:, None], du.to(du_ptr.dtype.element_ty), mask=m_td)

@@ -1,0 +1,287 @@
+"""Chunk-parallel Triton backward of the selective scan (``ScanBlocks.bwd_impl = "chunked"``).
+
+Why the sequential backward (``scan_triton._bwd_kernel``) is slow: one program per (batch row,
+``BLOCK_D`` channels) walks all ``seq / BLOCK_T`` tiles in reverse, so each program is a long
+chain of dependent tiles; every tile adds its (d_state, BLOCK_T) share of dB and dC into global
+memory atomically (``d_inner / BLOCK_D`` programs add into the same addresses: 64-way contention
+at d_inner 256, ~134 M atomics at batch 16, seq 4096); B and C are re-read by every channel block;
+and the carried adjoint and state are pulled out of the time axis with a cross-lane reduction per tile.
+
+Here the adjoint carry across chunks is computed first, so every chunk is independent:
+
+1. ``_chunk_adjoint_kernel``, one program per (batch, chunk, channel block): the adjoint a chunk
+   hands to the one before it, from a zero adjoint at its end, in closed form
+   ``X_c = sum_t exp(A * cumsum(dt)_t) C_t dy_t`` (products of ``a`` are ``exp(A * sum dt)``: no
+   scan), and the chunk's total ``S_c = sum_t dt_t``.
+2. ``_chunk_carry_kernel``, one program per (batch, block of (channel, state) pairs): the reverse
+   recurrence over chunks ``E_{c-1} = X_c + exp(A S_c) E_c``, ``E_last = 0``, as a reverse scan over
+   blocks of chunks (sequential in registers) with one carry between blocks. ``E_c = a_{t1+1}
+   g_{t1+1}`` is the adjoint entering chunk c's last step t1 from the step after it.
+   Chunks that do not line up with the forward's tiles get their chunk-start states the same way:
+   step 1 also writes each chunk's end state from a zero start (``sum_t exp(A (S_c - cumsum(dt)_t))
+   dt_t u_t B_t``) and step 2 carries them forward, ``H_{c+1} = Y_c + exp(A S_c) H_c``.
+3. ``_chunk_grads_kernel``, one program per (batch, chunk[, channel split]), looping over channel
+   blocks: recompute h from the chunk-start state (the forward's or step 2's), the reverse adjoint scan
+   from ``E_c``, all gradients. dB and dC are summed over channels in registers ((state, block,
+   time) accumulators, reduced once at the end) and stored once: no atomics. dA, dD and d(bias)
+   are per-(batch, chunk) partials summed by one ``torch.sum``.
+
+Tiles are (state, channel, time): states sit in each thread's registers, so every sum over states
+(y, dL/d(dt), dL/du) is a register sum; warps split channels, lanes split time. Same contract and
+rules as the sequential kernel (``A = -inf`` gives A-bar = 0 exactly, no division by a_t).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from anybudget.ssm.scan_triton_common import (
+    combine,
+    discretize,
+    load_a_matrix,
+    load_dt,
+    load_vec,
+    silu_and_grad,
+    softplus_grad,
+)
+
+__all__ = ["chunked_backward"]
+
+
+@triton.jit
+def _chunk_adjoint_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, X_ptr, S_ptr, Y_ptr,
+    n_inner, n_state, seq, n_chunks,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STATES: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid_b, pid_c, pid_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = pid_c * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_d, mask_n, mask_t = offs_d < n_inner, offs_n < n_state, offs_t < seq
+    A_safe, a_zero = load_a_matrix(A_ptr, offs_n[:, None], offs_d[None, :], mask_n[:, None] & mask_d[None, :], n_state)
+    bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
+    row = pid_b * n_inner * seq + offs_d[:, None] * seq + offs_t[None, :]
+    m_dt = mask_d[:, None] & mask_t[None, :]
+    dt, _ = load_dt(delta_ptr + row, m_dt, bias[:, None], HAS_BIAS, SOFTPLUS)
+    dt = tl.where(m_dt, dt, 0.0)
+    dy = tl.load(dout_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
+        s, _ = silu_and_grad(z)
+        dy = dy * s
+    Ct = tl.load(C_ptr + pid_b * n_state * seq + offs_n[:, None] * seq + offs_t[None, :],
+                 mask=mask_n[:, None] & mask_t[None, :], other=0.0).to(tl.float32)
+    cs = tl.cumsum(dt, axis=1)  # (D, T): sum of dt from the chunk's first step to t
+    w = discretize(A_safe[:, :, None] * cs[None, :, :], a_zero[:, :, None])  # prod_{k <= t} a_k, (N, D, T)
+    X = tl.sum(w * Ct[:, None, :] * dy[None, :, :], axis=2)  # (N, D)
+    base = (pid_b * n_chunks + pid_c) * n_inner
+    dn = (base + offs_d[None, :]) * n_state + offs_n[:, None]
+    m_nd = mask_n[:, None] & mask_d[None, :]
+    tl.store(X_ptr + dn, X, mask=m_nd)
+    S = tl.sum(dt, axis=1)
+    tl.store(S_ptr + base + offs_d, S, mask=mask_d)
+    if STATES:  # the chunk's end state from a zero start: sum_t prod_{t < k <= end} a_k dt_t u_t B_t
+        u = tl.load(u_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + pid_b * n_state * seq + offs_n[:, None] * seq + offs_t[None, :],
+                     mask=mask_n[:, None] & mask_t[None, :], other=0.0).to(tl.float32)
+        last = offs_t == tl.minimum(pid_c * BLOCK_T + BLOCK_T, seq) - 1  # empty product: 1, also for A = -inf
+        v = discretize(A_safe[:, :, None] * (S[:, None] - cs)[None, :, :], a_zero[:, :, None] & ~last[None, None, :])
+        tl.store(Y_ptr + dn, tl.sum(v * Bt[:, None, :] * (dt * u)[None, :, :], axis=2), mask=m_nd)
+
+
+@triton.jit
+def _chunk_carry_kernel(
+    A_ptr, X_ptr, S_ptr, E_ptr, n_inner, n_state, n_chunks,
+    REVERSE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr,
+):
+    """REVERSE: E_{c-1} = X_c + P_c E_c from E_last = 0 (the adjoint); else H_{c+1} = X_c + P_c H_c from
+    H_0 = 0 (chunk-start states), with P_c = exp(A S_c)."""
+    pid_b, pid_j = tl.program_id(0), tl.program_id(1)
+    n_j = n_inner * n_state
+    offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)  # flat (channel, state) index, A's layout
+    mask_j = offs_j < n_j
+    d_of_j = offs_j // n_state
+    A_safe, a_zero = load_a_matrix(A_ptr, 0, offs_j, mask_j, 1)
+    c_loc = tl.arange(0, BLOCK_C)
+    carry = tl.zeros((BLOCK_J,), dtype=tl.float32)  # the value entering the next block
+    n_blocks = tl.cdiv(n_chunks, BLOCK_C)
+    if REVERSE:
+        tl.store(E_ptr + (pid_b * n_chunks + n_chunks - 1) * n_j + offs_j, carry, mask=mask_j)
+        shift = -1
+    else:
+        tl.store(E_ptr + pid_b * n_chunks * n_j + offs_j, carry, mask=mask_j)
+        shift = 1
+    for i in range(n_blocks):
+        if REVERSE:
+            offs_c = (n_blocks - 1 - i) * BLOCK_C + c_loc
+        else:
+            offs_c = i * BLOCK_C + c_loc
+        m = (offs_c < n_chunks)[:, None] & mask_j[None, :]
+        X = tl.load(X_ptr + (pid_b * n_chunks + offs_c)[:, None] * n_j + offs_j[None, :], mask=m, other=0.0)
+        S = tl.load(S_ptr + (pid_b * n_chunks + offs_c)[:, None] * n_inner + d_of_j[None, :], mask=m, other=0.0)
+        P = discretize(A_safe[None, :] * S, a_zero[None, :])
+        P = tl.where(m, P, 1.0)  # chunks past the end: the identity (P = 1, X = 0)
+        p_cum, r = tl.associative_scan((P, X), axis=0, combine_fn=combine, reverse=REVERSE)
+        r = r + p_cum * carry[None, :]  # reverse: r_c = E_{c-1}; forward: r_c = H_{c+1}
+        dst = offs_c + shift
+        tl.store(E_ptr + (pid_b * n_chunks + dst)[:, None] * n_j + offs_j[None, :], r,
+                 mask=m & ((dst >= 0) & (dst < n_chunks))[:, None])
+        pick = c_loc == 0 if REVERSE else c_loc == BLOCK_C - 1
+        carry = tl.sum(tl.where(pick[:, None], r, 0.0), axis=0)
+
+
+@triton.jit
+def _chunk_grads_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, E_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    n_inner, n_state, seq, n_chunks, n_state_tiles, tile_ratio, d_split,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    pid_b, pid_c, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = tl.arange(0, BLOCK_N)
+    t_loc = tl.arange(0, BLOCK_T)
+    offs_t = pid_c * BLOCK_T + t_loc
+    mask_n, mask_t = offs_n < n_state, offs_t < seq
+    # a_{t+1} inside the chunk; the chunk's last step takes E_c, which already holds a_{t1+1}.
+    mask_t1 = (offs_t + 1 < seq) & (t_loc < BLOCK_T - 1)
+    is_last = (t_loc == BLOCK_T - 1)[None, None, :]
+    m_nt = mask_n[:, None] & mask_t[None, :]
+    rowB = pid_b * n_state * seq + offs_n[:, None] * seq + offs_t[None, :]
+    Bt = tl.load(B_ptr + rowB, mask=m_nt, other=0.0).to(tl.float32)  # (N, T), shared by all channel blocks
+    Ct = tl.load(C_ptr + rowB, mask=m_nt, other=0.0).to(tl.float32)
+    dB3 = tl.zeros((BLOCK_N, BLOCK_D, BLOCK_T), dtype=tl.float32)
+    dC3 = tl.zeros((BLOCK_N, BLOCK_D, BLOCK_T), dtype=tl.float32)
+    part = (pid_b * n_chunks + pid_c) * n_inner  # row of the per-(batch, chunk) partials
+    for k in range(pid_s, tl.cdiv(n_inner, BLOCK_D), d_split):
+        offs_d = k * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < n_inner
+        m_nd = mask_n[:, None] & mask_d[None, :]
+        m_dt = mask_d[:, None] & mask_t[None, :]
+        A_safe, a_zero = load_a_matrix(A_ptr, offs_n[:, None], offs_d[None, :], m_nd, n_state)
+        A3, z3 = A_safe[:, :, None], a_zero[:, :, None]
+        bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
+        Dv = load_vec(D_ptr, offs_d, mask_d, HAS_D)
+        dn = offs_d[None, :] * n_state + offs_n[:, None]
+        h0 = tl.load(states_ptr + (pid_b * n_state_tiles + pid_c * tile_ratio) * n_inner * n_state + dn,
+                     mask=m_nd, other=0.0)
+        E = tl.load(E_ptr + part * n_state + dn, mask=m_nd, other=0.0)
+        row = pid_b * n_inner * seq + offs_d[:, None] * seq + offs_t[None, :]
+        u = tl.load(u_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
+        dt, dtr = load_dt(delta_ptr + row, m_dt, bias[:, None], HAS_BIAS, SOFTPLUS)
+        dout = tl.load(dout_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
+        a = discretize(A3 * dt[None, :, :], z3)
+        a = tl.where(mask_t[None, None, :], a, 1.0)  # past the end: carry the state unchanged
+        dtu = dt * u
+        b = dtu[None, :, :] * Bt[:, None, :]
+        a_cum, h_loc = tl.associative_scan((a, b), axis=2, combine_fn=combine)
+        hs = h_loc + a_cum * h0[:, :, None]
+        dy = dout
+        if HAS_Z:
+            y = tl.sum(hs * Ct[:, None, :], axis=0)
+            if HAS_D:
+                y += Dv[:, None] * u
+            z = tl.load(z_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
+            s, ds = silu_and_grad(z)
+            tl.store(dz_ptr + row, (dout * y * ds).to(dz_ptr.dtype.element_ty), mask=m_dt)
+            dy = dout * s
+        dt1, _ = load_dt(delta_ptr + row + 1, mask_d[:, None] & mask_t1[None, :], bias[:, None], HAS_BIAS, SOFTPLUS)
+        a1 = discretize(A3 * dt1[None, :, :], z3)
+        a1 = tl.where(is_last, 1.0, a1)
+        c = Ct[:, None, :] * dy[None, :, :]
+        g_cum, g_loc = tl.associative_scan((a1, c), axis=2, combine_fn=combine, reverse=True)
+        g = g_loc + g_cum * E[:, :, None]
+        gq = g * (hs - b)  # g_t a_t h_{t-1}: no division by a_t
+        gB = tl.sum(g * Bt[:, None, :], axis=0)  # (D, T), a register sum over states
+        ddt = gB * u + tl.sum(gq * A3, axis=0)
+        tl.store(dA_ptr + part * n_state + dn, tl.sum(gq * dt[None, :, :], axis=2), mask=m_nd)
+        du = gB * dt
+        if HAS_D:
+            du += Dv[:, None] * dy
+            tl.store(dD_ptr + part + offs_d, tl.sum(tl.where(m_dt, dy * u, 0.0), axis=1), mask=mask_d)
+        if SOFTPLUS:
+            ddt = ddt * softplus_grad(dtr)
+        ddt = tl.where(m_dt, ddt, 0.0)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + part + offs_d, tl.sum(ddt, axis=1), mask=mask_d)
+        tl.store(du_ptr + row, du.to(du_ptr.dtype.element_ty), mask=m_dt)
+        tl.store(ddelta_ptr + row, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_dt)
+        dB3 += g * dtu[None, :, :]
+        dC3 += hs * dy[None, :, :]
+    out = pid_s * tl.num_programs(0) * n_state * seq + rowB
+    tl.store(dB_ptr + out, tl.sum(dB3, axis=1).to(dB_ptr.dtype.element_ty), mask=m_nt)
+    tl.store(dC_ptr + out, tl.sum(dC3, axis=1).to(dC_ptr.dtype.element_ty), mask=m_nt)
+
+
+def _d_split(bsz: int, n_chunks: int, n_dblocks: int, target: int) -> int:
+    """Channel split: enough programs (``target``) when batch x chunks alone are few."""
+    split = 1
+    while bsz * n_chunks * split < target and split * 2 <= n_dblocks:
+        split *= 2
+    return split
+
+
+def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles, *, block_n, target_programs=512):
+    """Gradients of ``selective_scan_triton`` by the chunk-parallel backward (see the module docstring).
+
+    ``states``: the forward's tile-start states ``(batch, seq / fwd_tile, d_inner, d_state)``
+    float32, used when the chunk (``tiles[1]``) is a multiple of ``fwd_tile``; otherwise (or with
+    ``states=None``) the chunk-start states are rebuilt here in closed form (each chunk's end state
+    from a zero start, then the same carry forward). ``tiles = (BLOCK_D, BLOCK_T, num_warps)``.
+    Returns ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent).
+    """
+    u, delta, A, B, C, D, z, delta_bias = ctx_tensors
+    block_d, block_t, warps = tiles
+    own_states = states is None or block_t % fwd_tile != 0
+    bsz, n_inner, seq = u.shape
+    n_state = A.shape[1]
+    n_chunks = math.ceil(seq / block_t)
+    dev, f32 = u.device, torch.float32
+    flags = {"HAS_Z": z is not None, "HAS_BIAS": delta_bias is not None, "SOFTPLUS": bool(delta_softplus)}
+    dummy = u
+    zz = z if z is not None else dummy
+    bb = delta_bias if delta_bias is not None else dummy
+    X = torch.empty(bsz, n_chunks, n_inner, n_state, device=dev, dtype=f32)
+    S = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
+    Y = torch.empty_like(X) if own_states else X
+    _chunk_adjoint_kernel[(bsz, n_chunks, triton.cdiv(n_inner, block_d))](
+        u, delta, A, B, C, zz, bb, dout, X, S, Y, n_inner, n_state, seq, n_chunks, STATES=own_states,
+        BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=warps, **flags)
+    E = torch.empty_like(X)
+    block_c, block_j = 16, 256
+    carry_grid = (bsz, triton.cdiv(n_inner * n_state, block_j))
+    _chunk_carry_kernel[carry_grid](A, X, S, E, n_inner, n_state, n_chunks, REVERSE=True, BLOCK_C=block_c,
+                                    BLOCK_J=block_j, num_warps=4)
+    if own_states:
+        states, fwd_tile = torch.empty_like(X), block_t
+        _chunk_carry_kernel[carry_grid](A, Y, S, states, n_inner, n_state, n_chunks, REVERSE=False,
+                                        BLOCK_C=block_c, BLOCK_J=block_j, num_warps=4)
+    del X, S, Y
+    n_dblocks = triton.cdiv(n_inner, block_d)
+    split = _d_split(bsz, n_chunks, n_dblocks, target_programs)
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    if split == 1:
+        dB, dC = torch.empty_like(B), torch.empty_like(C)
+    else:
+        dB = torch.empty(split, *B.shape, device=dev, dtype=f32)
+        dC = torch.empty(split, *C.shape, device=dev, dtype=f32)
+    dA = torch.empty(bsz, n_chunks, n_inner, n_state, device=dev, dtype=f32)
+    dD = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
+    dbias = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
+    _chunk_grads_kernel[(bsz, n_chunks, split)](
+        u, delta, A, B, C, D if D is not None else dummy, zz, bb, dout, states, E,
+        du, ddelta, dz if dz is not None else du, dB, dC, dA, dD, dbias,
+        n_inner, n_state, seq, n_chunks, states.shape[1], block_t // fwd_tile, split,
+        HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=warps, **flags)
+    if split > 1:
+        dB, dC = dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype)
+    return (du, ddelta, dA.sum((0, 1)), dB, dC,
+            dD.sum((0, 1)).to(D.dtype) if D is not None else None, dz,
+            dbias.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else None)
