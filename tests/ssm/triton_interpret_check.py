@@ -100,6 +100,7 @@ def chunked_cases():
     check(2, 8, 45, 5, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(8, 16, 4), variant="time_first")
     check(1, 4, 33, 4, polar=True, dtype=torch.bfloat16, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4))
     ins = [t.detach().float().requires_grad_() for t in scan_inputs(1, 2, 5, 2, seed=1)]
+    default = ScanBlocks.bwd_impl
     ScanBlocks.bwd_impl = "fast"
     try:
         selective_scan_triton(*ins, delta_softplus=True).sum().backward()
@@ -107,7 +108,7 @@ def chunked_cases():
         assert "bwd_impl='fast'" in str(e) and "'chunked', 'sequential'" in str(e), e
     else:
         raise AssertionError("an unknown ScanBlocks.bwd_impl must raise")
-    ScanBlocks.bwd_impl = "chunked"
+    ScanBlocks.bwd_impl = default
     print("ok unknown bwd_impl refused", flush=True)
 
 
