@@ -47,7 +47,7 @@ def test_static_eviction_equals_reference_with_ties_and_padding(policy, budget):
         q = P if step == 0 else 1
         k = torch.randn(B, H, q, D, generator=g)
         k[..., 0] = torch.arange(q) + (0 if step == 0 else P + step - 1)  # a key carries its position
-        layer.update(k, k + 1, kwargs={})  # as the model passes its attention kwargs
+        layer.update(k, k + 1)
         if step == 0:
             col = torch.randint(0, 3, (B, H, P), generator=g).float()
             before_pos, before_valid = torch.arange(P).expand(B, H, P), valid_p[:, None].expand(B, H, P)
@@ -157,6 +157,23 @@ def test_microbatched_prefill_equals_one_forward(static):
     assert "forward" not in vars(model)
 
 
+def test_microbatched_prefill_cuts_a_mask_dict():
+    """``generate`` of transformers 5.17 builds the masks per layer type before the forward for a
+    compileable cache: the micro-batched prompt cuts every mask of the dict to its rows."""
+    model = kv.enable(tiny_model("qwen2"))
+    ids, mask = _padded(B=5, P=16, pads=(0, 5, 0, 9, 1))
+
+    def run(attention_mask, **kw):
+        cache = kv.H2OCache("25%", static=True, max_new_tokens=2, **kw)
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=attention_mask, **kv.cache_kwargs(model, cache)).logits
+
+    whole = run(mask)
+    parts = run({"full_attention": mask}, prefill_batch_tokens=40)  # 2 rows per micro-batch
+    assert parts.shape == whole.shape
+    assert torch.allclose(parts, whole, atol=1e-5)
+
+
 @pytest.mark.parametrize("static", [False, True])
 def test_a_used_cache_passed_again_restarts(static):
     model = kv.enable(tiny_model("llama"))
@@ -180,6 +197,26 @@ def test_static_cache_sized_for_fewer_new_tokens_stays_at_capacity():
         assert layer.capacity == 6 and int(layer.valid.sum(-1).max()) <= 6
 
 
+def test_static_works_where_the_attention_does_not_hand_kwargs_to_the_cache():
+    """GPT-NeoX calls ``cache.update`` without the attention kwargs (as every family did before
+    transformers 5.24): enable's hooks still hand the cache to the attention, eager and compiled."""
+    model = kv.enable(tiny_model("gpt_neox"))
+    attn = [m for m in model.modules() if type(m).__name__ == "GPTNeoXAttention"]
+    assert len(attn) == 2 and all(len(m._forward_pre_hooks) == 1 for m in attn)
+    ids, mask = _padded()
+    gen = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 6, "do_sample": False}
+    dyn = model.generate(**gen, **kv.cache_kwargs(model, kv.H2OCache("30%")))
+    for cc in ({}, {"compile_config": _compile_config()}):
+        stat = kv.H2OCache("30%", static=True, max_new_tokens=6)
+        assert torch.equal(model.generate(**gen, **cc, **kv.cache_kwargs(model, stat)), dyn)
+        assert int(stat.layers[0].valid.sum(-1).max()) < ids.shape[1]  # it evicted
+    assert hasattr(model, "_compiled_call")
+    kv.disable(model)
+    assert all(len(m._forward_pre_hooks) == 0 for m in attn)
+    kv.enable(kv.enable(model))  # enabling twice hooks once
+    assert all(len(m._forward_pre_hooks) == 1 for m in attn)
+
+
 def test_static_bad_inputs():
     with pytest.raises(ValueError, match=r"max_new_tokens=None: a static cache with a percentage budget"):
         kv.H2OCache("20%", static=True)
@@ -189,9 +226,6 @@ def test_static_bad_inputs():
         kv.H2OCache("20%", prefill_batch_tokens=0)
     with pytest.raises(TypeError, match="static='yes' must be True or False"):
         kv.H2OCache(64, static="yes")
-    neox = kv.enable(tiny_model("gpt_neox"))
-    with torch.no_grad(), pytest.raises(ValueError, match="hands its kwargs to the cache.*use static=False"):
-        neox(input_ids=torch.randint(0, 96, (1, 5)), **kv.cache_kwargs(neox, kv.H2OCache(8, static=True)))
     model = kv.enable(tiny_model("llama"))
     cache = kv.H2OCache(8, static=True)
     with torch.no_grad():
@@ -234,7 +268,7 @@ def _prefilled_layer(B=3, H=2, P=9, D=4, pads=(0, 2, 5), budget="40%", steps=6):
         valid_p[b, :n] = False
     k = torch.randn(B, H, P, D, generator=g)
     k[..., 0] = torch.arange(P).float()
-    layer.update(k, k + 1, kwargs={})
+    layer.update(k, k + 1)
     layer.finish_prompt(torch.randint(0, 3, (B, H, P), generator=g).float(), valid_p)
     return layer
 
@@ -253,7 +287,7 @@ def test_reorder_cache_moves_every_buffer_and_next_token_lands_in_a_free_slot():
         assert getattr(layer, n).data_ptr() == ptrs[n], n
     kept = layer.valid.clone()
     new = torch.full((3, 2, 1, 4), 100.0)
-    layer.update(new, new, kwargs={})
+    layer.update(new, new)
     written = layer.keys[..., 0] == 100.0
     assert torch.equal(written.sum(-1), torch.ones(3, 2, dtype=torch.long))
     assert not bool((written & kept).any())  # landed in a slot that held no kept token

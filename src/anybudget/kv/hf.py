@@ -4,6 +4,12 @@ public ``AttentionInterface`` / ``AttentionMaskInterface`` (no model file is pat
 The mask function hands the attention the plain 2-D padding mask: the evicted cache's slots no
 longer line up with positions, so the attention builds its own mask from the cache's per-slot
 validity (and causality among the new tokens, which always sit in the newest slots).
+
+The attention finds its layer's slots through the call's kwargs: :func:`enable` puts a forward
+pre-hook on every attention module that adds the call's anybudget cache under :data:`CACHE_KEY`,
+and the attention module hands its kwargs on to the attention function, which reads
+``cache.layers[module.layer_idx]``. This works on every transformers 5.x (the cache's ``update``
+needs no kwargs) and under ``torch.compile`` (no tensor attributes, no module-level state).
 """
 
 from __future__ import annotations
@@ -13,14 +19,41 @@ import contextlib
 import torch
 
 from anybudget.kv.attention import budget_attention, masked_sdpa
+from anybudget.kv.cache import KVBudgetCache
 from anybudget.kv.prefill import microbatched_forward
-from anybudget.kv.slots import SLOTS_KEY
 from anybudget.kv.static_slots import StaticSlotLayer
 
 ATTN_NAME = "anybudget"
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gpt_neox")
+CACHE_KEY = "anybudget_cache"  # the attention kwarg that carries the call's anybudget cache
+_CACHE_ARGS = ("cache", "past_key_values", "layer_past")  # the cache's name in attention modules' forward
 
-__all__ = ["ATTN_NAME", "SUPPORTED", "cache_kwargs", "disable", "enable", "enabled"]
+__all__ = ["ATTN_NAME", "CACHE_KEY", "SUPPORTED", "cache_kwargs", "disable", "enable", "enabled"]
+
+
+def _pass_cache(module, args, kwargs):
+    """Forward pre-hook of an attention module: add the call's anybudget cache to its kwargs, which
+    the module hands on to the attention function (transformers 5.24 or older alike)."""
+    for name in _CACHE_ARGS:
+        cache = kwargs.get(name)
+        if isinstance(cache, KVBudgetCache):
+            return args, {**kwargs, CACHE_KEY: cache}
+    return None
+
+
+def _attention_modules(model):
+    """The model's attention modules: ``*Attention`` modules with an integer ``layer_idx``."""
+    return [m for m in model.modules()
+            if type(m).__name__.endswith("Attention") and isinstance(getattr(m, "layer_idx", None), int)]
+
+
+def _layer_slots(module, kwargs):
+    """The slot layer of ``module``'s layer in the call's anybudget cache, or None."""
+    cache = kwargs.get(CACHE_KEY)
+    if cache is None:
+        return None
+    idx = module.layer_idx
+    return cache.layers[idx] if idx < len(cache.layers) else None
 
 
 def _padding_mask(*args, attention_mask=None, kv_length=None, **kwargs):
@@ -49,9 +82,7 @@ def anybudget_attention(module, query, key, value, attention_mask, scaling=None,
     query: (B, Hq, q, D); key/value: (B, Hkv, L, D) as returned by the cache's update().
     Returns (B, q, Hq, D) like transformers' own attention functions, and no weights.
     """
-    slots = kwargs.get(SLOTS_KEY)
-    if slots is None and not torch.compiler.is_compiling():
-        slots = getattr(key, "_anybudget_slots", None)
+    slots = _layer_slots(module, kwargs)
     if isinstance(slots, StaticSlotLayer) and slots.prefilled and slots.awaiting_attention:
         out, _ = budget_attention(query, key, value, scale=scaling, key_mask=slots.valid, colsum_out=slots.prio,
                                   needs_scores=slots.policy.needs_scores, decode_slots=True)
@@ -116,12 +147,17 @@ def _check_model(model) -> None:
 def enable(model):
     """Route ``model``'s attention through anybudget so its budgeted caches can evict. Returns model.
 
-    Exact for any other cache (plain causal attention with the padding mask). Also wraps the
-    instance's ``forward`` so that big prompts into an empty anybudget cache are prefilled in row
-    micro-batches (:mod:`anybudget.kv.prefill`); :func:`disable` removes the wrapper.
+    Exact for any other cache (plain causal attention with the padding mask). Adds a forward
+    pre-hook to each attention module that hands the call's anybudget cache to the attention
+    function (see the module doc), and wraps the instance's ``forward`` so that big prompts into an
+    empty anybudget cache are prefilled in row micro-batches (:mod:`anybudget.kv.prefill`);
+    :func:`disable` removes both.
     """
     _check_model(model)
     _register()
+    if "_anybudget_hooks" not in vars(model):
+        model._anybudget_hooks = [m.register_forward_pre_hook(_pass_cache, with_kwargs=True)
+                                  for m in _attention_modules(model)]
     if not hasattr(model, "_anybudget_prev_attn"):
         model._anybudget_prev_attn = model.config._attn_implementation
     model.set_attn_implementation(ATTN_NAME)
@@ -135,7 +171,9 @@ def enable(model):
 
 
 def disable(model):
-    """Restore the attention implementation ``model`` had before :func:`enable`."""
+    """Restore the attention implementation ``model`` had before :func:`enable` (and remove its hooks)."""
+    for handle in vars(model).pop("_anybudget_hooks", ()):
+        handle.remove()
     prev = getattr(model, "_anybudget_prev_attn", None)
     if prev is not None:
         model.set_attn_implementation(prev)

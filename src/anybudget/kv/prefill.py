@@ -23,7 +23,11 @@ _ROW_MAJOR = ("input_ids", "inputs_embeds", "attention_mask", "position_ids", "t
 
 
 def _rows(name: str, value, r0: int, r1: int, B: int):
-    """Rows [r0, r1) of a batch-major input (a (1, tokens) position tensor is shared as is)."""
+    """Rows [r0, r1) of a batch-major input (a (1, tokens) position tensor is shared as is). An
+    ``attention_mask`` may be a dict of masks per layer type, which transformers' ``generate``
+    builds before the forward for a compileable cache (transformers 5.17): each mask is cut."""
+    if name == "attention_mask" and isinstance(value, dict):
+        return {k: _rows(name, v, r0, r1, B) for k, v in value.items()}
     if name in _ROW_MAJOR and isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == B:
         return value[r0:r1]
     return value

@@ -11,9 +11,9 @@ CUDA graphs. Both keep exactly the tokens the policy's reference (``*_keep_indic
 Budget per row: a percentage is of the row's *real* tokens seen (left padding is not counted);
 a token count is a fixed number of slots. Padding slots are never attended and evicted first.
 
-The attention reaches the layer that was just updated through the ``kwargs`` dict the model hands
-both to ``cache.update`` and to the attention function (key :data:`SLOTS_KEY`), or, for models that
-do not pass it, an attribute of the returned key tensor: no module-level state.
+The attention reaches the layer that was just updated through the cache that
+:func:`anybudget.kv.enable`'s hooks add to the attention's kwargs (``cache.layers[layer_idx]``):
+no module-level state, nothing stored on tensors.
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ from transformers.cache_utils import DynamicLayer
 
 from anybudget.kv.policies import eviction_priority, select_victims
 
-__all__ = ["SLOTS_KEY", "SharedRng", "SlotLayer", "cache_size"]
-
-SLOTS_KEY = "anybudget_slots"
+__all__ = ["SharedRng", "SlotLayer", "cache_size"]
 
 
 def cache_size(budget, seen):
@@ -50,14 +48,6 @@ class SharedRng:
         if self.gen is None or self.gen.device != torch.device(device):
             self.gen = torch.Generator(device=device).manual_seed(self.seed)
         return self.gen
-
-
-def _link(layer, key_view: torch.Tensor, kwargs: dict) -> None:
-    link = kwargs.get("kwargs")
-    if isinstance(link, dict):
-        link[SLOTS_KEY] = layer
-    elif not torch.compiler.is_compiling():
-        key_view._anybudget_slots = layer
 
 
 def _new_priority(layer, pos_q, valid_q):
@@ -138,7 +128,6 @@ class SlotLayer(DynamicLayer):
         self.new_tokens = q
         self.awaiting_attention = True
         k, v = self.keys[:, :, :need], self.values[:, :, :need]
-        _link(self, k, kwargs)
         return k, v
 
     # -- called by anybudget's attention -------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 from transformers.cache_utils import CacheLayerMixin
 
 from anybudget.kv.policies import eviction_priority, select_victims
-from anybudget.kv.slots import SharedRng, _link, _new_priority, cache_size
+from anybudget.kv.slots import SharedRng, _new_priority, cache_size
 
 __all__ = ["StaticSlotLayer"]
 
@@ -111,13 +111,6 @@ class StaticSlotLayer(CacheLayerMixin):
 
     # -- update: prompt or one decoding step ------------------------------------------------------
     def update(self, key_states, value_states, *args, **kwargs):
-        if not isinstance(kwargs.get("kwargs"), dict):
-            import transformers
-
-            raise ValueError(  # noqa: TRY004 - an unsupported model, like kv.enable on an unknown family
-                "static=True needs a model whose attention hands its kwargs to the cache: Llama, Mistral, "
-                f"Qwen2, Qwen3 from transformers 5.24 on (this is transformers {transformers.__version__}); "
-                "upgrade transformers or use static=False")
         if not self.prefilled:
             if not self.window:
                 self.lazy_initialization(key_states, value_states)
@@ -126,7 +119,6 @@ class StaticSlotLayer(CacheLayerMixin):
                 raise ValueError(f"this static cache holds a batch of {self.batch} sequences but got "
                                  f"{key_states.shape[0]}; use a new cache for each batch")
             self._prompt = (key_states, value_states)
-            _link(self, key_states, kwargs)
             return key_states, value_states
         if key_states.shape[2] != 1:
             raise ValueError(f"a static cache decodes one token per step after its prompt; got {key_states.shape[2]} "
@@ -144,7 +136,6 @@ class StaticSlotLayer(CacheLayerMixin):
                              else torch.zeros((), dtype=torch.float32, device=self.device))
         self.real_seen.add_(1)
         self.seen.add_(1)
-        _link(self, self.keys, kwargs)
         return self.keys, self.values
 
     @property
