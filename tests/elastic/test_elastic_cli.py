@@ -55,6 +55,21 @@ def test_export_and_eval(built, capsys):
 
     sub = SubnetConfig((LayerConfig(x.num_key_value_heads, x.intermediate_size),) * x.num_hidden_layers)
     torch.testing.assert_close(small(ids).logits, em(ids, subnet=sub).logits, rtol=1e-4, atol=1e-4)
+    # --calib-text: the pick is route(..., calib=windows) on that text, never worse on it than a fitting uniform width
+    from anybudget.elastic.data import eval_windows
+    from anybudget.elastic.pipeline import tokens_from_file
+    from anybudget.elastic.router import route
+
+    assert main(["elastic", "export", "--model", str(root / "el"), "--budget", f"latency={mid}ms", "--out",
+                 str(root / "small_cal"), "--calib-text", str(root / "train.u16.xz"), "--calib-seq", "16",
+                 "--calib-tokens", "400"]) == 0
+    windows = eval_windows(tokens_from_file(root / "train.u16.xz", root / "el/model"), 16, 8, 400)
+    want = route(em, f"latency={mid}ms", table=table, uniform=True, calib=windows)
+    got = tr.AutoModelForCausalLM.from_pretrained(root / "small_cal").config
+    assert (got.num_key_value_heads, got.intermediate_size) == (want.layers[0].kv_groups, want.layers[0].mlp_width)
+    with pytest.raises(SystemExit, match="--calib-text"):
+        main(["elastic", "export", "--model", str(root / "el"), "--budget", f"latency={mid}ms", "--out",
+              str(root / "x2"), "--calib-text", str(root / "train.u16.xz"), "--calib-seq", "5000"])
     with pytest.raises(SystemExit, match="smallest feasible budget is latency="):
         main(["elastic", "export", "--model", str(root / "el"), "--budget", "latency=1ns", "--out", str(root / "x")])
     assert main(["elastic", "eval", "--model", str(root / "el"), "--text", str(root / "train.u16.xz"),

@@ -53,6 +53,11 @@ def register(sub) -> None:
     x.add_argument("--heterogeneous", default="uniform", choices=("uniform", "cover", "error"),
                    help="uniform: route among uniform configs (default); cover: router's pick, exported as "
                         "its smallest uniform cover; error: router's pick, fail if heterogeneous")
+    x.add_argument("--calib-text", default=None, type=existing_file,
+                   help="held-out text (or .u16.xz tokens; never the test set): the pick is the lowest loss on it "
+                        "among the router's answers and every uniform width within the budget (ours, beyond Flextron)")
+    x.add_argument("--calib-seq", type=positive_int, default=256, help="tokens per calibration window")
+    x.add_argument("--calib-tokens", type=positive_int, default=65_536, help="calibration tokens at most")
     x.set_defaults(func=_export)
 
     v = es.add_parser("eval", help="perplexity and costs of uniform sub-networks and router picks: table + PNG")
@@ -96,8 +101,18 @@ def _export(args) -> int:
     from anybudget.elastic.router import route
 
     em, table, router = load_elastic(args.model, device="cpu")
+    calib = None
+    if args.calib_text is not None:
+        from anybudget.elastic.data import eval_windows
+        from anybudget.elastic.pipeline import tokens_from_file
+
+        tokens = tokens_from_file(args.calib_text, Path(args.model) / "model")
+        if len(tokens) < args.calib_seq + 1:
+            raise SystemExit(f"error: --calib-text: {args.calib_text!r} holds {len(tokens)} tokens; --calib-seq "
+                             f"{args.calib_seq} needs at least {args.calib_seq + 1}")
+        calib = eval_windows(tokens, args.calib_seq, 8, args.calib_tokens)
     try:
-        sub = route(em, args.budget, router=router, table=table, uniform=args.heterogeneous == "uniform")
+        sub = route(em, args.budget, router=router, table=table, uniform=args.heterogeneous == "uniform", calib=calib)
         small = export(em, sub, heterogeneous="cover" if args.heterogeneous == "cover" else "error")
     except (BudgetError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
