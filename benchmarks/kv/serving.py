@@ -52,12 +52,13 @@ BUDGET_ROWS = [("h2o", "20%"), ("h2o", "10%"), ("streaming", "20%"), ("streaming
                ("local", "20%"), ("local", "10%")]
 
 
-def build_model(smoke: bool, max_pos: int):
+def build_model(smoke: bool, max_pos: int, layers: int = 24):
+    """The serving model (random bf16 weights; ``layers`` deep) or, with ``smoke``, a tiny float32 one."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     dims = ({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 4, "vocab_size": 100} if smoke else
-            {"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 24, "num_attention_heads": 16,
+            {"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": layers, "num_attention_heads": 16,
              "num_key_value_heads": 16, "vocab_size": 32000})
     cfg = LlamaConfig(max_position_embeddings=max_pos, **dims)
     cfg._attn_implementation = "sdpa"

@@ -81,31 +81,18 @@ def use_legacy_stored_index() -> None:
     cls.free_slot = lambda self: self.free
 
 
-def build_model(smoke: bool, max_pos: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    dims = ({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 4, "vocab_size": 100} if smoke else
-            {"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 2, "num_attention_heads": 16,
-             "num_key_value_heads": 16, "vocab_size": 32000})  # the serving model's layers, 2 deep (compile time)
-    cfg = LlamaConfig(max_position_embeddings=max_pos, **dims)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device("cuda" if CUDA else "cpu"):
-        model = LlamaForCausalLM(cfg).to(torch.float32 if smoke else torch.bfloat16).eval()
-    model.generation_config.pad_token_id = 0
-    return model, cfg
-
-
 def run_variant(name: str, smoke: bool, B: int, P: int, N: int, backend: str = "aot_eager") -> dict:
     """One variant, in this process: warm-up generate (4 tokens), then N tokens on the same cache
     (or a fresh one), then N tokens on a fresh cache; tokens compared."""
+    from serving import (
+        build_model,  # the sibling benchmark's model (this script's folder is on sys.path)
+    )
     from transformers import CompileConfig
 
     mode, reuse, micro, legacy = VARIANTS[name]
     if legacy:
         use_legacy_stored_index()
-    model, cfg = build_model(smoke, P + N + 8)
+    model, cfg = build_model(smoke, P + N + 8, layers=2)  # the serving model's layers, 2 deep (compile time)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, cfg.vocab_size, (B, P), generator=g).to(model.device)
     gen = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "do_sample": False}
