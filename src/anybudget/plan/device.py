@@ -174,12 +174,11 @@ def decode_latency_model(em, wl: ServingWorkload, policies=("h2o", "streaming", 
 
 def _fit_memory(lat: LatencyModel, em, wl: ServingWorkload, tried: list, calib: list) -> None:
     """Per cache kind: measured CUDA peak minus the analytic memory (>= 0), at the full KV groups."""
-    import importlib.util
-
     from anybudget.elastic import params_table
     from anybudget.plan.costs import memory_terms
+    from anybudget.plan.fit import fused_scores
 
-    fused = next(em.model.parameters()).device.type == "cuda" and importlib.util.find_spec("triton") is not None
+    fused = fused_scores(em)
     full_sub = em.uniform_choice(len(em.kv_choices) - 1, len(em.mlp_choices) - 1)
     params = int(params_table(em).cost(full_sub))
     lat.mem_groups = max(em.kv_choices)

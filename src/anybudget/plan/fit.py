@@ -161,16 +161,20 @@ def _scaled(budget: Budget, f: float) -> Budget:
     return Budget(parts)
 
 
+def fused_scores(em) -> bool:
+    """Whether kv's attention takes its Triton path on ``em``'s device (no float32 logits kept)."""
+    import importlib.util
+
+    return next(em.model.parameters()).device.type == "cuda" and importlib.util.find_spec("triton") is not None
+
+
 def predict_all(em, workload: ServingWorkload, quality: Quality | None, latency_model: LatencyModel | None,
                 policies=("h2o", "streaming", "local"), kv_percents=(50.0, 20.0, 10.0),
                 techniques=("elastic", "kv")) -> list[dict]:
     """Predicted numbers of every candidate (``ppl`` is None without ``quality``)."""
-    import importlib.util
-
     from anybudget.elastic import params_table
 
-    dev = next(em.model.parameters()).device
-    fused = dev.type == "cuda" and importlib.util.find_spec("triton") is not None  # kv's attention dispatch
+    fused = fused_scores(em)
     params = params_table(em)
     rows = []
     for c in enumerate_candidates(em.kv_choices, em.mlp_choices, policies, kv_percents, techniques):
