@@ -22,3 +22,13 @@ def test_gsplat_matches_reference_render_and_alpha_significance():
     a_ref = hit_statistics(scene, cams)["alpha_t"]
     a_fast = alpha_t_gsplat(scene, cams)
     assert torch.allclose(a_fast, a_ref, rtol=2e-2, atol=0.05)
+
+
+def test_batched_gsplat_render_equals_one_call_per_view():
+    from anybudget.splat.render import render_gsplat_batch
+
+    scene = random_scene(300, seed=1, spread=0.6).to("cuda")
+    cams = [c.to("cuda") for c in orbit_cameras(4, size=64)]
+    batch = render_gsplat_batch(scene, cams)
+    for i, cam in enumerate(cams):
+        assert (batch[i] - render_gsplat(scene, cam).image).abs().max() < 1e-4

@@ -111,3 +111,17 @@ def test_estimated_size_bounds_real_file_and_budget_plan():
         plan_for_size("size=10KB", n, 2)
     with pytest.raises(BudgetError, match="no 'size'"):
         plan_for_size("kv=20%", n, 2)
+
+
+def test_quantize_positions_is_what_quantize_stores_and_bad_fps_batch_raises():
+    from anybudget.splat.evaluate import measure_fps
+    from anybudget.splat.quantize import quantize_positions
+
+    s, _, q = _q(position_bits=16)
+    means, codes, rng = quantize_positions(s.means)
+    assert torch.equal(codes, q.means_q) and torch.equal(rng, q.means_range) and torch.equal(means, q.means)
+    assert (means - s.means).abs().max() <= (rng[1] - rng[0]).max() / 65535
+    with pytest.raises(ValueError, match="batch"):
+        measure_fps(s, [], batch=0)
+    with pytest.raises(ValueError, match="CUDA"):
+        measure_fps(s, [], batch=8)

@@ -18,7 +18,8 @@ def test_lightgaussian_gpu_smoke(tmp_path):
     rec = json.loads((tmp_path / "splat_lightgaussian_smoke.json").read_text())
     m = rec["metrics"]
     assert not m["partial"] and m["decode_exact"] is True
-    assert set(m["stages"]) == {"3dgs", "pruned", "distilled", "quantized"}
+    assert set(m["stages"]) == {"3dgs", "pruned", "distilled", "quantized", "quantized_pos16"}
+    assert m["stages"]["quantized_pos16"]["size_bytes"] < m["stages"]["quantized"]["size_bytes"]
     assert m["stages"]["quantized"]["size_bytes"] < m["stages"]["distilled"]["size_bytes"] < m["stages"]["3dgs"]["size_bytes"]
     assert set(m["ablation"]) == {"lightgaussian", "opacity_t", "opacity", "hit_count"}
     assert rec["device"] and (tmp_path / "splat_lightgaussian_smoke.png").stat().st_size > 0

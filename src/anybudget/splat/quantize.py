@@ -23,6 +23,7 @@ __all__ = [
     "QuantizeConfig",
     "QuantizedScene",
     "dequantize_positions",
+    "quantize_positions",
     "nearest_code",
     "quantize",
     "weighted_kmeans",
@@ -137,6 +138,15 @@ def dequantize_positions(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bi
     return (lo + q.to(torch.float32) * step).to(torch.float32)
 
 
+def quantize_positions(means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """16-bit codes of ``means (N, 3)``, uniform per axis over their bounding box: returns the
+    dequantised float32 positions, the integer codes and the ``(2, 3)`` bounds."""
+    lo, hi = means.min(0).values, means.max(0).values
+    hi = torch.where(hi > lo, hi, lo + 1e-6)
+    means_q = torch.round((means - lo) / (hi - lo) * (2**16 - 1)).clamp(0, 2**16 - 1).to(torch.int32)
+    return dequantize_positions(means_q, lo, hi), means_q, torch.stack([lo, hi])
+
+
 def quantize(scene: GaussianScene, significance: torch.Tensor, config: QuantizeConfig = QuantizeConfig(),
              progress: bool = False) -> QuantizedScene:
     """Quantise ``scene``'s colour by significance (``(N,)``, higher = more important)."""
@@ -162,11 +172,7 @@ def quantize(scene: GaussianScene, significance: torch.Tensor, config: QuantizeC
         codebook, indices = torch.zeros(0, sh.shape[1], dtype=torch.float16), torch.zeros(0, dtype=torch.int32)
     means, means_q, rng = s.means.clone(), None, None
     if config.position_bits:
-        lo, hi = s.means.min(0).values, s.means.max(0).values
-        hi = torch.where(hi > lo, hi, lo + 1e-6)
-        means_q = torch.round((s.means - lo) / (hi - lo) * (2**16 - 1)).clamp(0, 2**16 - 1).to(torch.int32)
-        rng = torch.stack([lo, hi])
-        means = dequantize_positions(means_q, lo, hi)
+        means, means_q, rng = quantize_positions(s.means)
     return QuantizedScene(
         means=means, opacity=s.opacity_logits.half(), log_scales=s.log_scales.half(), quats=s.quats.half(),
         vq_mask=vq_mask, indices=indices, codebook=codebook, sh_fp16=sh[~vq_mask].half(),

@@ -12,7 +12,7 @@ from anybudget.splat.cameras import Camera
 from anybudget.splat.render_ref import RenderOutput, render_reference
 from anybudget.splat.scene import GaussianScene
 
-__all__ = ["BACKENDS", "has_gsplat", "render", "render_gsplat"]
+__all__ = ["BACKENDS", "has_gsplat", "render", "render_gsplat", "render_gsplat_batch"]
 
 BACKENDS = ("auto", "reference", "gsplat")
 
@@ -44,6 +44,25 @@ def render_gsplat(scene: GaussianScene, cam: Camera, background=None, sh_degree:
     if radii.dim() == 2:  # gsplat >= 1.5 gives per-axis radii
         radii = radii.max(-1).values
     return RenderOutput(colors[0], alphas[0, ..., 0], means2d, radii.long())
+
+
+@torch.no_grad()
+def render_gsplat_batch(scene: GaussianScene, cams: list[Camera], background=None, near: float = 0.2) -> torch.Tensor:
+    """Images ``(C, H, W, 3)`` of ``cams`` (all the same size) from one gsplat call; used to time the
+    rasteriser without the per-call host work of C separate calls."""
+    from gsplat import rasterization
+
+    if not cams or len({(c.width, c.height) for c in cams}) != 1:
+        raise ValueError("cams must be non-empty and share one width and height")
+    dev = scene.means.device
+    bg = torch.zeros(3, device=dev) if background is None else torch.as_tensor(background, dtype=torch.float32, device=dev)
+    colors, _, _ = rasterization(
+        scene.means, scene.rotations, scene.scales, scene.opacities, scene.sh,
+        torch.stack([c.world_to_cam for c in cams]).to(dev), torch.stack([c.K for c in cams]).to(dev),
+        cams[0].width, cams[0].height, near_plane=near, sh_degree=scene.sh_degree,
+        backgrounds=bg[None].expand(len(cams), 3), packed=False, rasterize_mode="classic",
+    )
+    return colors
 
 
 def render(scene: GaussianScene, cam: Camera, background=None, sh_degree: int | None = None,
