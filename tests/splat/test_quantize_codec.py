@@ -123,5 +123,12 @@ def test_quantize_positions_is_what_quantize_stores_and_bad_fps_batch_raises():
     assert (means - s.means).abs().max() <= (rng[1] - rng[0]).max() / 65535
     with pytest.raises(ValueError, match="batch"):
         measure_fps(s, [], batch=0)
+    import time
+
+    from splat_helpers import orbit_cameras
+
+    t = time.perf_counter()
+    fps = measure_fps(s, orbit_cameras(1, size=8), backend="reference", repeats=1, warmup=0, min_seconds=0.3)
+    assert time.perf_counter() - t >= 0.3 and fps > 0
     with pytest.raises(ValueError, match="CUDA"):
         measure_fps(s, [], batch=8)

@@ -19,8 +19,9 @@ __all__ = ["evaluate", "measure_fps", "side_by_side_png"]
 
 @torch.no_grad()
 def measure_fps(scene: GaussianScene, views: list[Camera], background=None, backend: str = "auto",
-                repeats: int = 3, warmup: int = 1, batch: int = 1) -> float:
-    """Frames per second of rendering ``views`` (``repeats`` passes after ``warmup``; CUDA-synced).
+                repeats: int = 3, warmup: int = 1, batch: int = 1, min_seconds: float = 0.0) -> float:
+    """Frames per second of rendering ``views`` (at least ``repeats`` passes after ``warmup``, and
+    more until ``min_seconds`` have passed, so that a fast scene is not timed over a few ms; CUDA-synced).
 
     batch > 1 renders that many views per gsplat call (CUDA only): the rasteriser's own throughput,
     without the fixed host work of one call per frame, which bounds small scenes at high FPS."""
@@ -44,10 +45,14 @@ def measure_fps(scene: GaussianScene, views: list[Camera], background=None, back
         one_pass()
     sync()
     t0 = time.perf_counter()
-    for _ in range(repeats):
+    passes = 0
+    while passes < repeats or time.perf_counter() - t0 < min_seconds:
         one_pass()
+        passes += 1
+        if passes >= repeats:
+            sync()
     sync()
-    return repeats * len(cams) / (time.perf_counter() - t0)
+    return passes * len(cams) / (time.perf_counter() - t0)
 
 
 @torch.no_grad()
