@@ -80,6 +80,18 @@ def reflm_md(full=True):
     )
 
 
+def _router_losses(m) -> str:
+    """Where ``route``'s pick has a higher test perplexity than the oracle's uniform width, and why."""
+    lost = [(s["target_ms"], s["router"], s["uniform_best"]) for s in m["router_sweep"]
+            if s["router"]["ppl"] > s["uniform_best"]["ppl"] * (1 + 1e-9)]
+    if not lost:
+        return ""
+    parts = [f"at {t:.2f} ms ({r['ppl']:.1f} vs {u['ppl']:.1f}; held-out loss {r['calib_loss']:.3f} vs "
+             f"{u['calib_loss']:.3f})" for t, r, u in lost if "calib_loss" in r and "calib_loss" in u]
+    return ("Where the pick loses to the oracle, " + "; ".join(parts) + ": the held-out windows it is checked on "
+            "rank the two the other way round from the test split.") if parts else ""
+
+
 def elastic_md(full=True):
     r = load("elastic_flextron")
     if not r:
@@ -94,7 +106,7 @@ def elastic_md(full=True):
            "Test perplexity (v2 test split) of every uniform sub-network, against the same sub-network after "
            "permutation and pruning only, and against the same shape trained from scratch on the same tokens; "
            "latency = one forward of 64 x 1024 tokens, bf16, measured; beside it the compute floor "
-           f"(FLOPs at the H100's {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s bf16 datasheet peak):\n\n"
+           f"(FLOPs at the H100's and H200's {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s bf16 datasheet peak):\n\n"
            "| sub-network (KV groups, MLP width) x 8 layers | params | ms | FLOPs floor ms | elastic | pruned only | from scratch |\n"
            "|---|---|---|---|---|---|---|\n")
     for u in m["uniform_points"]:
@@ -121,8 +133,12 @@ def elastic_md(full=True):
             f"Router at least as good as the largest uniform width that fits: {m['router_at_least_uniform']} of 8; "
             f"as the oracle's best uniform: {m['router_at_least_best_uniform']} of 8. Dynamic per-token router "
             f"(MLP width per token): perplexity {d['ppl']:.1f} at an expected table latency of {d['expected_lut_ms']:.2f} ms "
-            f"(target {d['target_ms']:.2f} ms; accounted from the table, not measured, since masking still computes "
-            "the full width).\n\n"
+            f"(target {d['target_ms']:.2f} ms)"
+            + (f"; measured with the router's masks on, {d['measured_ms']:.2f} ms against the full model's "
+               f"{d['full_measured_ms']:.2f} ms: masking still computes the full width, so the per-token router "
+               "saves no time until a kernel skips the masked neurons" if d.get("measured_ms") else
+               "; accounted from the table, not measured, since masking still computes the full width")
+            + ". " + _router_losses(m) + "\n\n"
             "| exported dense model | params | ms | speedup vs full (same run) | ppl |\n|---|---|---|---|---|\n")
     for e in m["exported"]:
         out += (f"| {e['subnet'].replace('uniform', '').replace(' x 8', '')} | {e['params'] / 1e6:.1f}M | "
