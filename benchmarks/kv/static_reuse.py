@@ -15,7 +15,9 @@ inductor with CUDA graphs (``reduce-overhead``, what transformers compiles with)
 (``default``); the cache reused after the warm-up or a fresh one; row micro-batched prompt or
 not; and ``legacy_*``: the stored-index step of an earlier version, rebuilt here. Per variant:
 whether it ran, whether the reused cache's tokens equal a fresh cache's, the share of tokens
-equal to the eager dynamic ``H2OCache`` (bf16: near-ties may differ), and checks of the kept
+equal to the eager dynamic ``H2OCache`` (bf16: near-ties may differ; where a row first differs,
+the eager run's top-1/top-2 logit gap there against its median shows whether it was a near-tie),
+and checks of the kept
 set that do not depend on numerics: every row keeps exactly its budget, its whole recent window,
 and no position twice. GPU: one H100, ~3 min; needs no carried files (random weights).
 ``--smoke``: the same code on a tiny CPU model (``--backend inductor`` for the real compiler).
@@ -102,8 +104,9 @@ def run_variant(name: str, smoke: bool, B: int, P: int, N: int, backend: str = "
     if smoke and micro:
         pbt = P * max(1, B // 2)  # two row micro-batches, as batch 64 x prompt 2048 has on the GPU
     with torch.no_grad():
-        ref = model.generate(**gen, max_new_tokens=N, min_new_tokens=N,
-                             **kv.cache_kwargs(kv.enable(model), kv.H2OCache("20%")))
+        eager = model.generate(**gen, max_new_tokens=N, min_new_tokens=N, return_dict_in_generate=True,
+                               output_scores=True, **kv.cache_kwargs(kv.enable(model), kv.H2OCache("20%")))
+        ref, ref_scores = eager.sequences, torch.stack(eager.scores, 1)  # (B, N, V)
         t0 = time.perf_counter()
         cache = kv.H2OCache("20%", static=True, max_new_tokens=N, prefill_batch_tokens=pbt)
         print("PHASE warm-up generate (4 tokens)", flush=True)
@@ -123,7 +126,27 @@ def run_variant(name: str, smoke: bool, B: int, P: int, N: int, backend: str = "
     return {"variant": name, "ok": True, "seconds": time.perf_counter() - t0,
             "second_equals_fresh": bool(torch.equal(second, fresh)),
             "share_equal_to_dynamic": float((second[:, P:] == ref[:, P:]).float().mean()),
+            **divergence(second[:, P:], ref[:, P:], ref_scores),
             "free_slot_in_every_row": free_ok, **kept_set_checks(cache)}
+
+
+def divergence(tokens: torch.Tensor, ref: torch.Tensor, ref_scores: torch.Tensor) -> dict:
+    """Where the compiled tokens first leave the eager ones, per row, and the eager run's top-1 minus
+    top-2 logit at that step against its median over all steps: a random-weight model's logits are
+    nearly flat, so a bf16 rounding difference flips a near-tie, after which the rows differ anyway."""
+    diff = tokens != ref
+    rows = diff.any(-1)
+    top2 = ref_scores.float().topk(2, dim=-1).values
+    gap = top2[..., 0] - top2[..., 1]  # (B, N)
+    out = {"rows_identical": int((~rows).sum()), "rows": int(rows.numel()),
+           "median_top2_gap_all_steps": float(gap.median())}
+    if rows.any():
+        first = diff.float().argmax(-1)[rows]
+        at = gap[rows].gather(1, first[:, None]).squeeze(1)
+        out.update({"median_first_divergence_step": float(first.float().median()),
+                    "median_top2_gap_at_first_divergence": float(at.median()),
+                    "max_top2_gap_at_first_divergence": float(at.max())})
+    return out
 
 
 def kept_set_checks(cache) -> dict:

@@ -42,3 +42,22 @@ def test_static_reuse_check_smoke(tmp_path):
     assert row["ok"] and row["second_equals_fresh"] and row["free_slot_in_every_row"]
     assert row["kept_budget_in_every_row"] and row["recent_window_kept"] and row["positions_unique"]
     assert row["share_equal_to_dynamic"] == 1.0 and rec["metrics"]["current_code_ok"]
+    assert row["rows_identical"] == row["rows"] == 3 and row["median_top2_gap_all_steps"] >= 0
+
+
+def test_divergence_finds_the_first_differing_step_and_its_gap():
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "kv"))
+    from static_reuse import divergence
+
+    ref = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    got = torch.tensor([[1, 2, 9, 9], [5, 6, 7, 8]])
+    scores = torch.zeros(2, 4, 10)
+    scores[..., 0], scores[..., 1] = 2.0, 1.0  # gap 1 everywhere
+    scores[0, 2, 1] = 1.99  # a near-tie where row 0 first differs
+    d = divergence(got, ref, scores)
+    assert d["rows_identical"] == 1 and d["rows"] == 2 and d["median_first_divergence_step"] == 2
+    assert abs(d["median_top2_gap_at_first_divergence"] - 0.01) < 1e-5 and d["median_top2_gap_all_steps"] == 1.0
