@@ -136,3 +136,16 @@ def test_scan_bwd_speed_smoke_checks_then_times_both_backwards(tmp_path):
 def test_scan_bwd_speed_refuses_to_time_a_kernel_that_disagrees(tmp_path):
     rows = _run_scan_bwd(tmp_path, "--skip-train", "--tolerance", "-1")["scan"]["rows"]
     assert rows and all("refused" in r and "bwd_s" not in r for r in rows)
+
+
+def test_profile_step_smoke_writes_a_record(tmp_path):
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(BENCH.parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, str(BENCH / "profile_step.py"), "--smoke", "--layers", "2", "--out",
+                        str(tmp_path)], check=False, env=env, capture_output=True, text=True, timeout=170)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rec = json.loads((tmp_path / "ssm_step_profile.json").read_text())
+    assert rec["metrics"]["L2"]["steps"] == 2 and rec["metrics"]["L2"]["wall_ms_per_step_profiled"] > 0
+    assert rec["device"] and rec["config"]["mode"].startswith("eager")
