@@ -175,6 +175,30 @@ def _matmul_operands(gm, roles) -> list[str]:
     return found
 
 
+def matmul_inputs(step, args) -> list[str]:
+    """Roles of the inputs that reach a ``bmm`` / ``mm`` in ``step``'s graph as AOT autograd hands
+    it to a compiler (no inductor: seconds). ``["keys[0]", "values[0]"]``: the attention over the
+    slots runs as matmuls (on CUDA, cuBLAS calls) rather than as reductions inductor generates."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    found, sources = [], []
+
+    def fw(gm, example_inputs):
+        ph = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+        found.extend(_matmul_operands(gm, {a: _role(s) for a, s in zip(ph, sources)}))
+        return gm
+
+    def backend(gm, example_inputs):
+        sources[:] = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        return aot_autograd(fw_compiler=fw)(gm, example_inputs)
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(step, backend=backend, fullgraph=True, dynamic=True)(*args)
+    torch._dynamo.reset()
+    return sorted(found)
+
+
 def account(step, args, layers, *, dynamic=True) -> dict:
     """Compile ``step(*args)`` with inductor (one graph, no breaks expected) and account the bytes
     its kernels move per buffer role; ``layers``: the static slot layers the step works on."""
@@ -249,10 +273,11 @@ def analyse_model_step(model, *, batch=4, prompt=320, budget="20%", new_tokens=1
                    dynamic=dynamic)
 
 
-def analyse_layer_step(*, batch=3, heads=2, head_dim=128, prompt=96, budget="20%", new_tokens=8,
-                       products="auto", dtype=torch.bfloat16) -> dict:
+def layer_step(*, batch=3, heads=2, head_dim=128, prompt=96, budget="20%", new_tokens=8, products="auto",
+               dtype=torch.bfloat16):
     """One layer's part of a decoding step alone (write the new slot, attend, add the scores,
-    evict), the way ``kv.hf.anybudget_attention`` runs it: a small graph that compiles in seconds."""
+    evict), as ``kv.hf.anybudget_attention`` runs it, on a prefilled static H2O layer: a small
+    graph that compiles in seconds. Returns (step, args, [layer])."""
     from anybudget import kv
     from anybudget.kv.attention import slot_decode_attention
 
@@ -272,7 +297,13 @@ def analyse_layer_step(*, batch=3, heads=2, head_dim=128, prompt=96, budget="20%
         return out
 
     args = [torch.randn(batch, heads, 1, head_dim, generator=g).to(dtype) for _ in range(3)]
-    return account(step, args, [layer])
+    return step, args, [layer]
+
+
+def analyse_layer_step(**kw) -> dict:
+    """:func:`account` of :func:`layer_step` (keyword arguments: its)."""
+    step, args, layers = layer_step(**kw)
+    return account(step, args, layers)
 
 
 def byte_budget(per_slot: dict, serving=SERVING) -> dict:
