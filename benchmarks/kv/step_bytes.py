@@ -53,7 +53,7 @@ _BUFFERS = ("real_seen", "keys", "values", "prio", "pos", "valid", "seen")
 
 def _role(source_name: str) -> str:
     """The role of a dynamo graph input from its source name (``L_kw_..._layers_0_keys``...)."""
-    m = re.search(r"(?:layers_(\d+))?_(" + "|".join(_BUFFERS) + r")_?$", source_name)
+    m = re.search(r"layers?(?:_(\d+))?_(" + "|".join(_BUFFERS) + r")_?$", source_name)
     if m:
         return f"{m.group(2)}[{m.group(1) or 0}]"
     return "weights" if "weight" in source_name else "input"
@@ -66,6 +66,7 @@ class _Recorder:
         self.slots = slots  # the slot dimension: a temporary with it is per slot, else an activation
         self.kernels, self.input_roles, self.temporaries, self.sources = [], {}, [], []
         self.temp_sizes = {}
+        self.stopped = None  # why the compile stopped after scheduling (Triton scheduling, no driver)
 
     def backend(self, gm, example_inputs):
         """Dynamo backend: note the graph inputs' source names, then compile with inductor."""
@@ -199,11 +200,35 @@ def matmul_inputs(step, args) -> list[str]:
     return sorted(found)
 
 
-def account(step, args, layers, *, dynamic=True) -> dict:
+@contextlib.contextmanager
+def _bmm_as_extern_call():
+    """Lower ``aten.bmm`` to the aten kernel, as inductor does on CUDA for one query row against
+    many keys (a cuBLAS call); its CPU lowering would turn it into a fused reduction instead."""
+    from torch._inductor import lowering
+
+    op = torch.ops.aten.bmm.default
+    saved = lowering.lowerings[op]
+    lowering.lowerings[op] = lowering.fallback_handler(op, add_to_fallback_set=False)
+    try:
+        yield
+    finally:
+        lowering.lowerings[op] = saved
+
+
+def account(step, args, layers, *, dynamic=True, scheduler="cpp", extern_bmm=False) -> dict:
     """Compile ``step(*args)`` with inductor (one graph, no breaks expected) and account the bytes
-    its kernels move per buffer role; ``layers``: the static slot layers the step works on."""
+    its kernels move per buffer role; ``layers``: the static slot layers the step works on.
+    extern_bmm: lower bmm as CUDA does for these shapes (an aten call), see :func:`_bmm_as_extern_call`.
+
+    scheduler: ``"cpp"`` (inductor's CPU code, compiled and run) or ``"triton"``: inductor's
+    Triton scheduling on the CPU device (``cpu_backend="triton"``), the fusion rules a GPU gets;
+    without a Triton CPU driver the compile stops after scheduling, which is all that is counted
+    (the step is then not run by the compiled code)."""
     import torch._inductor.compile_fx as cfx
     import torch._inductor.config as icfg
+
+    if scheduler not in ("cpp", "triton"):
+        raise ValueError(f"scheduler={scheduler!r} must be 'cpp' or 'triton'")
 
     torch._dynamo.reset()
     explain = torch._dynamo.explain(step)(*args)  # runs one step: the cache moves on by a token
@@ -220,8 +245,13 @@ def account(step, args, layers, *, dynamic=True) -> dict:
 
     cfx._compile_fx_inner = wrapped
     try:
-        with icfg.patch(_post_fusion_custom_pass=rec.post_fusion), torch.no_grad():
+        with (icfg.patch(_post_fusion_custom_pass=rec.post_fusion, cpu_backend=scheduler), torch.no_grad(),
+              _bmm_as_extern_call() if extern_bmm else contextlib.nullcontext()):
             torch.compile(step, backend=rec.backend, fullgraph=True, dynamic=dynamic)(*args)
+    except Exception as e:  # Triton scheduling without a CPU driver stops at codegen
+        if scheduler != "triton" or not rec.kernels:
+            raise
+        rec.stopped = f"{type(e).__name__}: {str(e)[:120]}"
     finally:
         cfx._compile_fx_inner = orig
     B, H, S, D = layers[0].keys.shape
@@ -239,6 +269,7 @@ def account(step, args, layers, *, dynamic=True) -> dict:
         "shape": {"batch": B, "kv_heads": H, "slots": S, "head_dim": D, "layers": len(layers),
                   "capacity": layers[0].capacity, "dtype": str(layers[0].keys.dtype)},
         "graphs": explain.graph_count, "graph_breaks": explain.graph_break_count,
+        "scheduler": scheduler, "stopped_after_scheduling": rec.stopped,
         "kernels": len([k for k in rec.kernels if k["kind"] != "NopKernelSchedulerNode"]),
         "kernel_list": [{**k, "reads": {f"{n} ({rec.role(n)})": b for n, b in k["reads"].items()},
                          "writes": {f"{n} ({rec.role(n)})": b for n, b in k["writes"].items()}}
@@ -254,7 +285,8 @@ def account(step, args, layers, *, dynamic=True) -> dict:
     }
 
 
-def analyse_model_step(model, *, batch=4, prompt=320, budget="20%", new_tokens=16, dynamic=True) -> dict:
+def analyse_model_step(model, *, batch=4, prompt=320, budget="20%", new_tokens=16, dynamic=True,
+                       scheduler="cpp") -> dict:
     """One whole decoding step of ``model`` (all layers, weights included), as ``generate`` compiles it."""
     from anybudget import kv
 
@@ -270,24 +302,25 @@ def analyse_model_step(model, *, batch=4, prompt=320, budget="20%", new_tokens=1
         return model(input_ids=tok, position_ids=pos, cache_position=pos[0], **kw).logits
 
     return account(step, (out.logits[:, -1:].argmax(-1), torch.full((batch, 1), prompt)), cache.layers,
-                   dynamic=dynamic)
+                   dynamic=dynamic, scheduler=scheduler)
 
 
 def layer_step(*, batch=3, heads=2, head_dim=128, prompt=96, budget="20%", new_tokens=8, products="auto",
-               dtype=torch.bfloat16):
+               dtype=torch.bfloat16, device="cpu"):
     """One layer's part of a decoding step alone (write the new slot, attend, add the scores,
     evict), as ``kv.hf.anybudget_attention`` runs it, on a prefilled static H2O layer: a small
     graph that compiles in seconds. Returns (step, args, [layer])."""
     from anybudget import kv
     from anybudget.kv.attention import slot_decode_attention
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
     cache = kv.H2OCache(budget, static=True, max_new_tokens=new_tokens)
     layer = cache._new_layer()
     layer.decode_products = products
-    k = torch.randn(batch, heads, prompt, head_dim, generator=g).to(dtype)
+    k = torch.randn(batch, heads, prompt, head_dim, generator=g, device=device, dtype=dtype)
     layer.update(k, k)
-    layer.finish_prompt(torch.rand(batch, heads, prompt, generator=g), None)
+    layer.finish_prompt(torch.rand(batch, heads, prompt, generator=g, device=device), None)
+    del k
 
     def step(q, k_new, v_new):
         keys, values = layer.update(k_new, v_new)
@@ -296,14 +329,14 @@ def layer_step(*, batch=3, heads=2, head_dim=128, prompt=96, budget="20%", new_t
         layer.evict()
         return out
 
-    args = [torch.randn(batch, heads, 1, head_dim, generator=g).to(dtype) for _ in range(3)]
+    args = [torch.randn(batch, heads, 1, head_dim, generator=g, device=device, dtype=dtype) for _ in range(3)]
     return step, args, [layer]
 
 
-def analyse_layer_step(**kw) -> dict:
-    """:func:`account` of :func:`layer_step` (keyword arguments: its)."""
+def analyse_layer_step(scheduler="cpp", extern_bmm=False, **kw) -> dict:
+    """:func:`account` of :func:`layer_step` (other keyword arguments: its)."""
     step, args, layers = layer_step(**kw)
-    return account(step, args, layers)
+    return account(step, args, layers, scheduler=scheduler, extern_bmm=extern_bmm)
 
 
 def byte_budget(per_slot: dict, serving=SERVING) -> dict:
@@ -320,23 +353,49 @@ def byte_budget(per_slot: dict, serving=SERVING) -> dict:
             "total_with_weights": now + s["weight_bytes"], "minimum_total": minimum + s["weight_bytes"]}
 
 
+def _show(title, res):
+    print(f"== {title}: {res['kernels']} kernels, {res['graphs']} graph(s), {res['graph_breaks']} breaks, "
+          f"{res['per_slot_total']:.1f} bytes per slot (minimum {res['per_slot_minimum']})")
+    for k in res["kernel_list"]:
+        reads = {n: b for n, b in k["reads"].items() if b}
+        writes = {n: b for n, b in k["writes"].items() if b}
+        print(f"  {k['kernel']}: R {reads} W {writes}")
+    print("  per slot:", {r: round(b, 1) for r, b in res["per_slot_bytes"].items()})
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=None, help="folder for step_bytes.json (default: print only)")
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--prompt", type=int, default=320)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--out", default=None, help="folder for kv_step_bytes.json (default: print only)")
+    ap.add_argument("--quick", action="store_true", help="small shapes only (seconds; the test's sizes)")
     args = ap.parse_args(argv)
-    res = analyse_model_step(small_model(layers=args.layers), batch=args.batch, prompt=args.prompt)
-    res["serving_budget"] = byte_budget(res["per_slot_bytes"])
-    for k in res["kernel_list"]:
-        print(k["kernel"], "| R", dict(k["reads"]), "| W", dict(k["writes"]))
-    print(json.dumps({k: v for k, v in res.items() if k != "kernel_list"}, indent=1, default=str))
+    s = SERVING
+    serving_layer = ({"batch": 3, "heads": 2, "prompt": 96, "new_tokens": 8} if args.quick else
+                     {"batch": s["batch"], "heads": s["kv_heads"], "prompt": s["prompt"], "new_tokens": s["new_tokens"]})
+    results = {}
+    # One layer of the serving model's step at its own shape, fused as inductor's Triton scheduler
+    # fuses for a GPU (needs triton installed; the cpp schedule otherwise).
+    try:
+        import triton  # noqa: F401
+
+        sched = "triton"
+    except ImportError:
+        sched = "cpp"
+    for products in ("auto", "matmul"):  # matmul: bmm lowered to an aten call, as on CUDA (cuBLAS)
+        results[f"layer_{products}_{sched}"] = analyse_layer_step(scheduler=sched, products=products,
+                                                                  extern_bmm=products == "matmul", **serving_layer)
+    # The whole step of a small 2-layer model (weights, norms, MLP too), compiled and run on the CPU.
+    results["model_cpp"] = analyse_model_step(small_model(layers=2), batch=4, prompt=96 if args.quick else 320)
+    for title, res in results.items():
+        _show(title, res)
+    layer = results[f"layer_auto_{sched}"]
+    budget = byte_budget(layer["per_slot_bytes"])
+    print("serving byte budget (batch 64, prompt 2k, 20%, 24 layers):", json.dumps(budget, indent=1))
     if args.out:
         from anybudget.io import write_results
 
-        write_results("kv_step_bytes", {"batch": args.batch, "prompt": args.prompt, "layers": args.layers,
-                                        "serving": SERVING}, res, out_dir=args.out)
+        metrics = {**{k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}, "serving_budget": budget}
+        write_results("kv_step_bytes", {"serving": SERVING, "quick": args.quick, "layer_shape": serving_layer},
+                      metrics, out_dir=args.out)
     return 0
 
 

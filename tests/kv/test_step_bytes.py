@@ -46,3 +46,19 @@ def test_compiled_step_bytes_stay_near_the_minimum(step_bytes):
     minimum = res["per_slot_minimum"] + 2 * slot_write
     assert res["per_slot_total"] <= 1.2 * minimum, res["per_slot_bytes"]
     assert not res["matmul_operands"]
+
+
+def test_decode_step_benchmark_smoke(tmp_path):
+    """benchmarks/kv/decode_step.py --smoke: the GPU script's code path (both variants, the
+    profiler's kernel table, SDPA reference) on tiny CPU shapes."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("kv_decode_step", ROOT / "benchmarks" / "kv" / "decode_step.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--smoke", "--out", str(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "kv_decode_step.json").read_text())
+    rows = rec["metrics"]["rows"]
+    assert {r["products"] for r in rows} == {"reduce", "matmul"} and len(rows) == 4
+    assert all(r["ms_per_layer_step"] > 0 and r["bytes_needed"] > 0 and r["kernels"] for r in rows)
+    assert any(k.startswith("reduce_over_matmul_speedup") for k in rec["metrics"]["summary"])
