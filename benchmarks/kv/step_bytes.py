@@ -267,7 +267,7 @@ def account(step, args, layers, *, dynamic=True, scheduler="cpp", extern_bmm=Fal
                 if r not in ("weights", "activation", "input")}
     return {
         "shape": {"batch": B, "kv_heads": H, "slots": S, "head_dim": D, "layers": len(layers),
-                  "capacity": layers[0].capacity, "dtype": str(layers[0].keys.dtype)},
+                  "capacity": getattr(layers[0], "capacity", None), "dtype": str(layers[0].keys.dtype)},
         "graphs": explain.graph_count, "graph_breaks": explain.graph_break_count,
         "scheduler": scheduler, "stopped_after_scheduling": rec.stopped,
         "kernels": len([k for k in rec.kernels if k["kind"] != "NopKernelSchedulerNode"]),
@@ -303,6 +303,28 @@ def analyse_model_step(model, *, batch=4, prompt=320, budget="20%", new_tokens=1
 
     return account(step, (out.logits[:, -1:].argmax(-1), torch.full((batch, 1), prompt)), cache.layers,
                    dynamic=dynamic, scheduler=scheduler)
+
+
+def analyse_hf_static_step(model, *, batch=4, prompt=320, new_tokens=16, scheduler="triton") -> dict:
+    """The same accounting for transformers' StaticCache (full cache, SDPA over every slot): the
+    compiled step ``cache_implementation="static"`` runs, for comparing kernel counts."""
+    from transformers import StaticCache
+
+    from anybudget import kv
+
+    kv.disable(model)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, model.config.vocab_size, (batch, prompt), generator=g)
+    cache = StaticCache(config=model.config, max_cache_len=prompt + new_tokens)
+    with torch.no_grad():
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+
+    def step(tok, pos):
+        return model(input_ids=tok, position_ids=pos, cache_position=pos[0], past_key_values=cache,
+                     use_cache=True).logits
+
+    return account(step, (out.logits[:, -1:].argmax(-1), torch.full((batch, 1), prompt)), cache.layers,
+                   scheduler=scheduler)
 
 
 def layer_step(*, batch=3, heads=2, head_dim=128, prompt=96, budget="20%", new_tokens=8, products="auto",
@@ -383,10 +405,26 @@ def main(argv=None):
     for products in ("auto", "matmul"):  # matmul: bmm lowered to an aten call, as on CUDA (cuBLAS)
         results[f"layer_{products}_{sched}"] = analyse_layer_step(scheduler=sched, products=products,
                                                                   extern_bmm=products == "matmul", **serving_layer)
-    # The whole step of a small 2-layer model (weights, norms, MLP too), compiled and run on the CPU.
-    results["model_cpp"] = analyse_model_step(small_model(layers=2), batch=4, prompt=96 if args.quick else 320)
+    # The whole step of a small 2-layer model (weights, norms, MLP too): compiled and run on the CPU;
+    # kernel counts under the Triton scheduling for both variants and for transformers' StaticCache.
+    P = 96 if args.quick else 320
+    results["model_cpp"] = analyse_model_step(small_model(layers=2), batch=4, prompt=P)
+    if sched == "triton":
+        from anybudget.kv.cache import KVBudgetCache
+
+        results["model_auto_triton"] = analyse_model_step(small_model(layers=2), batch=4, prompt=P, scheduler=sched)
+        KVBudgetCache.decode_products = "matmul"
+        try:
+            with _bmm_as_extern_call():
+                results["model_matmul_triton"] = analyse_model_step(small_model(layers=2), batch=4, prompt=P,
+                                                                    scheduler=sched)
+        finally:
+            KVBudgetCache.decode_products = "auto"
+        results["hf_static_triton"] = analyse_hf_static_step(small_model(layers=2), batch=4, prompt=P)
     for title, res in results.items():
         _show(title, res)
+    print("kernels per step (2-layer model / one layer):",
+          {k: v["kernels"] for k, v in results.items()})
     layer = results[f"layer_auto_{sched}"]
     budget = byte_budget(layer["per_slot_bytes"])
     print("serving byte budget (batch 64, prompt 2k, 20%, 24 layers):", json.dumps(budget, indent=1))
