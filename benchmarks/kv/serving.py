@@ -15,6 +15,13 @@ Rows (all through ``model.generate``; what a user writes):
   h2o / streaming / local at 20% and 10%: ``H2OCache("20%", static=True, max_new_tokens=128)``
                  etc., whose decoding steps transformers compiles like its static cache
   h2o_dynamic    ``H2OCache("20%")`` (dynamic slots) at batch 256, prompt 2k: plain use at 4x batch
+  h2o_20_matmul  h2o_20 with its decoding step's q K^T and P V as matmuls (cuBLAS bmm, the path
+                 before the fused reductions; ``decode_products="matmul"``): the A/B of that change,
+                 last in the plan (``--rows hf_static,h2o_20,h2o_20_matmul`` to run it)
+
+Each row also records the CUDA-graph skips and graphs compiled during it (inductor's counters;
+``perf_hints`` logging prints a skip's reason), so a step that silently runs without CUDA graphs
+shows in the record.
 
 Decode ms/step: CUDA events recorded at every generated token (a logits processor), (last -
 first) / (n - 1): the same quantity as (T(n+1 new) - T(1 new)) / n without a second prefill.
@@ -141,8 +148,11 @@ def make_cache(row: str, P: int, N: int):
         return None if row.startswith("hf_static") else DynamicCache()
     if row == "h2o_dynamic":
         return kv.H2OCache("20%")
-    policy, pct = row.split("_")
-    return kv.make_cache(policy, f"{pct}%", static=True, max_new_tokens=N)
+    policy, pct, *variant = row.split("_")
+    cache = kv.make_cache(policy, f"{pct}%", static=True, max_new_tokens=N)
+    if variant == ["matmul"]:
+        cache.decode_products = "matmul"
+    return cache
 
 
 def kv_bytes_per_step(row, cfg, B, P, N, cache) -> float:
@@ -186,6 +196,9 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
     cache = hf_static_cache(model, cfg, B, P, N) if row == "hf_static" and not static_shapes else make_cache(row, P, N)
     if cache is not None:
         gen.update(kv.cache_kwargs(model, cache))
+    from torch._dynamo.utils import counters
+
+    skips0, graphs0 = counters["inductor"]["cudagraph_skips"], counters["stats"]["unique_graphs"]
     with torch.no_grad():
         t0 = time.perf_counter()
         model.generate(**{**gen, "min_new_tokens": 4}, max_new_tokens=4)  # compile + CUDA graph capture
@@ -211,7 +224,9 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
            "decode_tok_per_s": B / step * 1e3, "end_to_end_tok_per_s": B * N / total, "total_s": total,
            "warmup_s": warm, "peak_gib": torch.cuda.max_memory_allocated() / GiB if CUDA else None,
            "bytes_read_per_step": read, "bandwidth_limit_ms_per_step": limit_ms,
-           "fraction_of_bandwidth_limit": limit_ms / step}
+           "fraction_of_bandwidth_limit": limit_ms / step,
+           "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips0,
+           "graphs_compiled": counters["stats"]["unique_graphs"] - graphs0}
     del out, cache, ids
     cleanup(model)
     return res
@@ -234,6 +249,7 @@ def plan(prompts, smoke):
     jobs += [(r, p, [ref[p]]) for p in prompts for r in ("hf_dynamic", "ab_full")]
     jobs += [("hf_static_default", prompts[0], [ref[prompts[0]]])]
     jobs += [(f"{pol}_{pct[:-1]}", p, [ref[p]]) for p in prompts for pol, pct in BUDGET_ROWS if (pol, pct) != ("h2o", "20%")]
+    jobs += [("h2o_20_matmul", p, sweep(p)) for p in prompts]
     return jobs, ref
 
 
@@ -251,6 +267,10 @@ def summarize(rows, prompts, ref):
             x, y = get("hf_static", p, b), get("h2o_20", p, b)
             if x and y:
                 s[f"h2o20_over_hf_static_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]
+        for b in sorted({r["batch"] for r in ok if r["prompt"] == p}):
+            x, y = get("h2o_20_matmul", p, b), get("h2o_20", p, b)
+            if x and y:
+                s[f"h2o20_reduce_over_matmul_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]
         for pol, pct in BUDGET_ROWS:
             r = get(f"{pol}_{pct[:-1]}", p, ref[p])
             if hf and r:
@@ -328,6 +348,8 @@ def main(argv=None):
                         ("accumulated_recompile_limit", 4096)):  # many shapes in one process: never fall back to eager
         if hasattr(torch._dynamo.config, knob):
             setattr(torch._dynamo.config, knob, value)
+    if CUDA:
+        torch._logging.set_logs(perf_hints=True)  # why a graph runs without CUDA graphs, in the log
     from transformers import CompileConfig
 
     # One compilation per path serves every batch and length (CUDA graphs are still recorded per

@@ -87,3 +87,31 @@ def test_colsum_out_accumulates_in_place_and_bad_colsum_out_raises():
         decode_attention_with_colsum_triton(q[:, :, :1], k, v, colsum_out=torch.zeros(2, 2, 5))
     with pytest.raises(ValueError, match="colsum_out must be a float32"):
         attention_with_colsum_triton(q, k, v, decode_kernel=False, colsum_out=torch.zeros(2, 2, 5))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("Hq,Hkv", [(4, 4), (8, 2)])
+def test_slot_decode_reductions_equal_matmuls(dtype, tol, Hq, Hkv):
+    """The static step's two ways of forming q K^T and P V (fused reductions when compiled, matmuls
+    in eager) give the same output and the same scores, with GQA and evicted (masked) slots."""
+    from anybudget.kv.attention import slot_decode_attention
+
+    g = torch.Generator().manual_seed(Hq + Hkv)
+    B, S, D = 3, 37, 32
+    q = torch.randn(B, Hq, 1, D, generator=g).to(dtype)
+    k, v = (torch.randn(B, Hkv, S, D, generator=g).to(dtype) for _ in range(2))
+    mask = torch.rand(B, Hkv, S, generator=g) > 0.3
+    mask[..., 0] = True
+    outs, cols = [], []
+    for products in ("reduce", "matmul"):
+        col = torch.ones(B, Hkv, S)
+        outs.append(slot_decode_attention(q, k, v, key_mask=mask, colsum_out=col, products=products).float())
+        cols.append(col)
+    assert outs[0].shape == (B, Hq, 1, D)
+    assert torch.allclose(outs[0], outs[1], atol=tol, rtol=tol)
+    assert torch.allclose(cols[0], cols[1], atol=tol, rtol=tol)
+    assert torch.equal(cols[0][~mask], torch.ones(int((~mask).sum())))  # evicted slots get nothing
+    # each query head's probabilities sum to 1: the scores grow by the group size per (row, KV head)
+    assert torch.allclose(cols[0].sum(-1) - S, torch.full((B, Hkv), float(Hq // Hkv)), atol=tol * S)
+    with pytest.raises(ValueError, match="products='fast' is not one of auto, reduce, matmul"):
+        slot_decode_attention(q, k, v, key_mask=mask, products="fast")

@@ -175,7 +175,10 @@ def masked_sdpa(q, k, v, *, scale=None, key_mask=None) -> torch.Tensor:
     return torch.where(mask.any(-1, keepdim=True), out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
-def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None) -> torch.Tensor:
+DECODE_PRODUCTS = ("auto", "reduce", "matmul")
+
+
+def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None, products: str = "auto") -> torch.Tensor:
     """One decoding step over static slots: the query sees every valid slot (slots are not in
     position order, so no causal mask), plain PyTorch ops that ``torch.compile`` fuses.
 
@@ -183,27 +186,49 @@ def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None) -> 
     colsum_out: float32 (B, Hkv, S) the attention each slot received is added to (H2O scores).
     Logits are computed in the inputs' dtype and softmaxed in float32 (as Hugging Face's eager
     attention does). Returns (B, Hq, 1, D).
+
+    products: how ``q K^T`` and ``P V`` are formed. ``"reduce"``: a product summed over the
+    contracted dim, which inductor lowers to one reduction kernel per product that reads K (or V)
+    once, fused with the casts around it (inductor's CPU lowering does this for any bmm with one
+    query row; on CUDA such a bmm, one query against S keys, goes to a cuBLAS batched GEMM call
+    instead, with the softmax and the score update as separate kernels around it). Eager, the
+    product would be a cache-sized temporary, so ``"auto"`` (default) reduces only while
+    compiling and uses ``matmul`` otherwise; ``"matmul"`` always does (the path before).
+    Both round the logits and P to the inputs' dtype and accumulate in float32, as the matmul does.
     """
+    if products not in DECODE_PRODUCTS:
+        raise ValueError(f"products={products!r} is not one of {', '.join(DECODE_PRODUCTS)}")
     B, Hq, _, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
     scale = D**-0.5 if scale is None else scale
-    logits = torch.matmul(q.view(B, Hkv, G, D), k.transpose(-1, -2)).float() * scale  # (B, Hkv, G, S)
+    reduce = products == "reduce" or (products == "auto" and torch.compiler.is_compiling())
+    qg = q.view(B, Hkv, G, D)
+    if reduce:  # (B, Hkv, G, 1, D) x (B, Hkv, 1, S, D) summed over D
+        logits = (qg.unsqueeze(3).float() * k.unsqueeze(2).float()).sum(-1).to(q.dtype)
+    else:
+        logits = torch.matmul(qg, k.transpose(-1, -2))  # (B, Hkv, G, S)
+    logits = logits.float() * scale
     logits = logits.masked_fill(~key_mask[:, :, None, :], float("-inf"))
     p = torch.softmax(logits, dim=-1)
-    out = torch.matmul(p.to(v.dtype), v)  # (B, Hkv, G, D)
+    pv = p.to(v.dtype)
+    if reduce:  # (B, Hkv, G, S, 1) x (B, Hkv, 1, S, D) summed over S
+        out = (pv.unsqueeze(-1).float() * v.unsqueeze(2).float()).sum(-2).to(v.dtype)
+    else:
+        out = torch.matmul(pv, v)  # (B, Hkv, G, D)
     if colsum_out is not None:
         colsum_out.add_(p.sum(2))
     return out.view(B, Hq, 1, v.shape[-1])
 
 
-def budget_attention(q, k, v, *, scale=None, key_mask=None, colsum_out=None, needs_scores: bool, decode_slots: bool):
+def budget_attention(q, k, v, *, scale=None, key_mask=None, colsum_out=None, needs_scores: bool, decode_slots: bool,
+                     products: str = "auto"):
     """The attention of a budgeted cache's layer: prefill (causal over the newest keys; with the
-    column sums when the policy needs scores) or a static decoding step over slots.
-    Returns (out (B, Hq, Lq, D), column sums or None)."""
+    column sums when the policy needs scores) or a static decoding step over slots (``products``:
+    see :func:`slot_decode_attention`). Returns (out (B, Hq, Lq, D), column sums or None)."""
     if decode_slots:
         col = colsum_out if needs_scores else None
-        return slot_decode_attention(q, k, v, scale=scale, key_mask=key_mask, colsum_out=col), col
+        return slot_decode_attention(q, k, v, scale=scale, key_mask=key_mask, colsum_out=col, products=products), col
     if needs_scores:
         # Query chunk so that one chunk's float32 logits stay under ~256 MB (prefill memory).
         B, Hq, _, _ = q.shape

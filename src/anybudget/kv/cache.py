@@ -71,6 +71,9 @@ class KVBudgetCache(Cache):
     # A decoding step's eviction (one victim per row and head) skips the sorts; same result as the
     # general path (tests compare both). False forces the general path.
     fast_single_eviction = True
+    # How a static decoding step forms q K^T and P V (``kv.attention.slot_decode_attention``):
+    # "auto" = fused reductions while compiled, matmul in eager; "matmul" = the cuBLAS path.
+    decode_products = "auto"
 
     def __init__(self, budget="20%", policy="h2o", *, static: bool = False, max_new_tokens: int | None = None,
                  prefill_batch_tokens: int = 65536, seed: int = 0, **policy_kwargs):
@@ -95,7 +98,8 @@ class KVBudgetCache(Cache):
 
     def _new_layer(self):
         if self.static:
-            return StaticSlotLayer(self.budget, self.policy, max_new_tokens=self.max_new_tokens, rng=self._rng)
+            return StaticSlotLayer(self.budget, self.policy, max_new_tokens=self.max_new_tokens, rng=self._rng,
+                                   decode_products=self.decode_products)
         return SlotLayer(self.budget, self.policy, rng=self._rng, fast_single_eviction=self.fast_single_eviction)
 
     def spawn(self) -> KVBudgetCache:

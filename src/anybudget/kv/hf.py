@@ -85,7 +85,8 @@ def anybudget_attention(module, query, key, value, attention_mask, scaling=None,
     slots = _layer_slots(module, kwargs)
     if isinstance(slots, StaticSlotLayer) and slots.prefilled and slots.awaiting_attention:
         out, _ = budget_attention(query, key, value, scale=scaling, key_mask=slots.valid, colsum_out=slots.prio,
-                                  needs_scores=slots.policy.needs_scores, decode_slots=True)
+                                  needs_scores=slots.policy.needs_scores, decode_slots=True,
+                                  products=slots.decode_products)
         slots.evict()
         return out.transpose(1, 2).contiguous(), None
     q_len, L = query.shape[2], key.shape[2]

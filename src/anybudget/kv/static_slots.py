@@ -52,9 +52,11 @@ class StaticSlotLayer(CacheLayerMixin):
     is_sliding = False
     ROW_BUFFERS = ("keys", "values", "prio", "pos", "valid", "real_seen")  # batch-major state
 
-    def __init__(self, budget, policy, *, max_new_tokens: int | None = None, rng: SharedRng | None = None):
+    def __init__(self, budget, policy, *, max_new_tokens: int | None = None, rng: SharedRng | None = None,
+                 decode_products: str = "auto"):
         super().__init__()
         self.budget, self.policy, self.rng = budget, policy, rng
+        self.decode_products = decode_products  # see kv.attention.slot_decode_attention
         self.max_new_tokens = max_new_tokens
         self.awaiting_attention = False
         self.prefilled = False

@@ -1,0 +1,174 @@
+"""One layer's static H2O decoding step on the GPU: time, bandwidth and kernels, per variant.
+
+The serving benchmark times whole ``generate`` calls; this script isolates what the budgeted
+cache adds to a layer of the step (write the new slot, attend over the slots, add the scores,
+evict: ``benchmarks/kv/step_bytes.py``'s ``layer_step``) at the serving model's layer shape (16
+KV heads of 128, bf16, 20% of prompt + 128), compiled by inductor with CUDA graphs as
+transformers compiles the step (``mode="reduce-overhead"``, dynamic shapes), for each way of
+forming q K^T and P V (``decode_products``: ``reduce`` = fused reductions, the default;
+``matmul`` = cuBLAS bmm, the path before). For each it reports ms per layer-step, the bytes the
+step must move (K and V once, scores, positions, validity) over that time, the same against
+SDPA's masked attention over the same slots (output only: the bandwidth a library kernel reaches
+here) and the copy bandwidth, and the CUDA kernels of one step with their times
+(``torch.profiler``), so the step's time can be attributed kernel by kernel.
+
+Usage (GPU):  python benchmarks/kv/decode_step.py --out $OUT     (about 2-3 minutes on an H100)
+              python benchmarks/kv/decode_step.py --smoke --out /tmp/x   (CPU, seconds)
+Needs no model weights (no reference LM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+CUDA = torch.cuda.is_available()
+
+
+def _step_bytes_module():
+    spec = importlib.util.spec_from_file_location("kv_step_bytes", ROOT / "benchmarks" / "kv" / "step_bytes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def _time_ms(fn, n: int) -> float:
+    """Mean ms per call over ``n`` calls (CUDA events; wall clock on the CPU)."""
+    _sync()
+    if CUDA:
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(n):
+            fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b) / n
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / n
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    a = torch.empty(nbytes, dtype=torch.uint8, device="cuda" if CUDA else "cpu")
+    b = torch.empty_like(a)
+    return 2 * nbytes / (_time_ms(lambda: b.copy_(a), 10) / 1e3)
+
+
+def kernel_table(fn, steps: int = 3, top: int = 16) -> tuple[list[dict], float, float]:
+    """Kernels of ``steps`` calls of ``fn`` (profiler): the ``top`` ones by time (name, calls and
+    µs per call of ``fn``), and the total kernel µs and kernel count per call: GPU busy time
+    without the host gaps between calls (the serving step replays all layers in one CUDA graph)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            fn()
+        _sync()
+    rows = []
+    for e in prof.key_averages():
+        if CUDA and e.device_type.name != "CUDA":
+            continue
+        t = e.device_time_total if CUDA else e.self_cpu_time_total
+        if t:
+            rows.append({"kernel": e.key[:120], "calls_per_step": e.count / steps, "us_per_step": t / steps})
+    rows.sort(key=lambda r: -r["us_per_step"])
+    return rows[:top], sum(r["us_per_step"] for r in rows), sum(r["calls_per_step"] for r in rows)
+
+
+def run_shape(sb, B, P, N, products, repeat, backend, mode, smoke):
+    H, D = (2, 16) if smoke else (16, 128)
+    dtype = torch.float32 if smoke else torch.bfloat16
+    dev = "cuda" if CUDA else "cpu"
+    step, args, layers = sb.layer_step(batch=B, heads=H, head_dim=D, prompt=P, new_tokens=N, products=products,
+                                       dtype=dtype, device=dev)
+    layer = layers[0]
+    compiled = torch.compile(step, backend=backend, mode=mode, dynamic=True, fullgraph=True)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(3):  # compile, CUDA graph warm-up and recording
+            compiled(*args)
+        _sync()
+        warm = time.perf_counter() - t0
+        ms = _time_ms(lambda: compiled(*args), repeat)
+        kernels, kernel_us, kernel_count = kernel_table(lambda: compiled(*args))
+        # Reference: SDPA's masked attention over the same slots (output only, no scores).
+        q = args[0]
+        mask = layer.valid[:, :, None, :]
+        sdpa = (lambda: torch.nn.functional.scaled_dot_product_attention(q, layer.keys, layer.values, attn_mask=mask))
+        sdpa()
+        sdpa_ms = _time_ms(sdpa, repeat)
+    S = layer.keys.shape[2]
+    kv_bytes = 2 * layer.keys.numel() * layer.keys.element_size()
+    state = B * H * S * (4 + 4 + 8 + 1)  # score read + write, position, validity
+    need = kv_bytes + state
+    return {"batch": B, "prompt": P, "slots": S, "products": products, "ms_per_layer_step": ms,
+            "bytes_needed": need, "gbps": need / ms / 1e6, "sdpa_ms": sdpa_ms, "sdpa_gbps": kv_bytes / sdpa_ms / 1e6,
+            "step_over_sdpa": ms / sdpa_ms, "warmup_s": warm, "kernels": kernels,
+            "kernel_us_per_step": kernel_us, "kernel_count": kernel_count,
+            "gbps_kernel_time": need / kernel_us / 1e3 if kernel_us else None}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (eager backend), seconds")
+    ap.add_argument("--repeat", type=int, default=50)
+    args = ap.parse_args(argv)
+    if not CUDA and not args.smoke:
+        raise SystemExit("error: no CUDA device; use --smoke on a CPU")
+    sb = _step_bytes_module()
+    for knob in ("cache_size_limit", "recompile_limit"):  # one compilation per shape and variant
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, 64)
+    N = 128
+    shapes = [(2, 24), (4, 48)] if args.smoke else [(8, 2048), (64, 2048), (1024, 2048), (16, 8192)]
+    backend, mode = ("eager", None) if args.smoke else ("inductor", "reduce-overhead")
+    repeat = 2 if args.smoke else args.repeat
+    bw = copy_bandwidth((1 << 20) if args.smoke else (1 << 30))
+    rows = []
+    for products in ("reduce", "matmul"):
+        for B, P in shapes:
+            r = run_shape(sb, B, P, 4 if args.smoke else N, products, repeat, backend, mode, args.smoke)
+            r["fraction_of_copy_bandwidth"] = r["gbps"] * 1e9 / bw
+            rows.append(r)
+            print(json.dumps({k: v for k, v in r.items() if k != "kernels"}), flush=True)
+            for k in r["kernels"][:8]:
+                print("   ", k, flush=True)
+            if CUDA:
+                torch.cuda.empty_cache()
+    summary = {}
+    for B, P in shapes:
+        a = next(r for r in rows if (r["batch"], r["prompt"], r["products"]) == (B, P, "reduce"))
+        b = next(r for r in rows if (r["batch"], r["prompt"], r["products"]) == (B, P, "matmul"))
+        summary[f"reduce_over_matmul_speedup_b{B}_p{P}"] = b["ms_per_layer_step"] / a["ms_per_layer_step"]
+        summary[f"reduce_fraction_of_copy_bandwidth_b{B}_p{P}"] = a["fraction_of_copy_bandwidth"]
+        if a["kernel_us_per_step"] and b["kernel_us_per_step"]:
+            summary[f"reduce_over_matmul_kernel_time_speedup_b{B}_p{P}"] = b["kernel_us_per_step"] / a["kernel_us_per_step"]
+    print(json.dumps(summary, indent=1), flush=True)
+    if args.out:
+        from anybudget.io import write_results
+
+        write_results("kv_decode_step", {"shapes": shapes, "heads": 2 if args.smoke else 16,
+                                         "head_dim": 16 if args.smoke else 128, "new_tokens": N, "budget": "20%",
+                                         "backend": backend, "mode": mode, "repeat": repeat, "smoke": args.smoke,
+                                         "copy_bandwidth_gbps": bw / 1e9},
+                      {"rows": rows, "summary": summary}, out_dir=args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
