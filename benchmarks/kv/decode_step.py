@@ -5,8 +5,8 @@ cache adds to a layer of the step (write the new slot, attend over the slots, ad
 evict: ``benchmarks/kv/step_bytes.py``'s ``layer_step``) at the serving model's layer shape (16
 KV heads of 128, bf16, 20% of prompt + 128), compiled by inductor with CUDA graphs as
 transformers compiles the step (``mode="reduce-overhead"``, dynamic shapes), for each way of
-forming q K^T and P V (``decode_products``: ``reduce`` = fused reductions, the default;
-``matmul`` = cuBLAS bmm, the path before). For each it reports ms per layer-step, the bytes the
+forming q K^T and P V (``decode_products``: ``reduce`` = fused reductions, opt-in;
+``matmul`` = cuBLAS bmm, the default). For each it reports ms per layer-step, the bytes the
 step must move (K and V once, scores, positions, validity) over that time, the same against
 SDPA's masked attention over the same slots (output only: the bandwidth a library kernel reaches
 here) and the copy bandwidth, and the CUDA kernels of one step with their times

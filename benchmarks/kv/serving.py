@@ -15,9 +15,9 @@ Rows (all through ``model.generate``; what a user writes):
   h2o / streaming / local at 20% and 10%: ``H2OCache("20%", static=True, max_new_tokens=128)``
                  etc., whose decoding steps transformers compiles like its static cache
   h2o_dynamic    ``H2OCache("20%")`` (dynamic slots) at batch 256, prompt 2k: plain use at 4x batch
-  h2o_20_matmul  h2o_20 with its decoding step's q K^T and P V as matmuls (cuBLAS bmm, the path
-                 before the fused reductions; ``decode_products="matmul"``): the A/B of that change,
-                 last in the plan (``--rows hf_static,h2o_20,h2o_20_matmul`` to run it)
+  h2o_20_reduce  h2o_20 with its decoding step's q K^T and P V as fused reductions
+                 (``decode_products="auto"``; the default is cuBLAS bmm): the A/B of that option,
+                 last in the plan (``--rows hf_static,h2o_20,h2o_20_reduce`` to run it)
 
 Each row also records the CUDA-graph skips and graphs compiled during it (inductor's counters;
 ``perf_hints`` logging prints a skip's reason), so a step that silently runs without CUDA graphs
@@ -150,8 +150,8 @@ def make_cache(row: str, P: int, N: int):
         return kv.H2OCache("20%")
     policy, pct, *variant = row.split("_")
     cache = kv.make_cache(policy, f"{pct}%", static=True, max_new_tokens=N)
-    if variant == ["matmul"]:
-        cache.decode_products = "matmul"
+    if variant == ["reduce"]:
+        cache.decode_products = "auto"  # fused reductions while compiled
     return cache
 
 
@@ -249,7 +249,7 @@ def plan(prompts, smoke):
     jobs += [(r, p, [ref[p]]) for p in prompts for r in ("hf_dynamic", "ab_full")]
     jobs += [("hf_static_default", prompts[0], [ref[prompts[0]]])]
     jobs += [(f"{pol}_{pct[:-1]}", p, [ref[p]]) for p in prompts for pol, pct in BUDGET_ROWS if (pol, pct) != ("h2o", "20%")]
-    jobs += [("h2o_20_matmul", p, sweep(p)) for p in prompts]
+    jobs += [("h2o_20_reduce", p, sweep(p)) for p in prompts]
     return jobs, ref
 
 
@@ -268,7 +268,7 @@ def summarize(rows, prompts, ref):
             if x and y:
                 s[f"h2o20_over_hf_static_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]
         for b in sorted({r["batch"] for r in ok if r["prompt"] == p}):
-            x, y = get("h2o_20_matmul", p, b), get("h2o_20", p, b)
+            x, y = get("h2o_20", p, b), get("h2o_20_reduce", p, b)
             if x and y:
                 s[f"h2o20_reduce_over_matmul_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]
         for pol, pct in BUDGET_ROWS:

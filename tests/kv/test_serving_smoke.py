@@ -13,7 +13,7 @@ def test_serving_benchmark_smoke(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.main(["--smoke", "--out", str(tmp_path), "--prompts", "16",
-                     "--rows", "hf_static,h2o_20,local_10,h2o_dynamic,h2o_20_matmul"]) == 0
+                     "--rows", "hf_static,h2o_20,local_10,h2o_dynamic,h2o_20_reduce"]) == 0
     rec = json.loads((tmp_path / "kv_serving.json").read_text())
     rows = rec["metrics"]["rows"]
     done = {(r["row"], r["batch"]) for r in rows if "decode_ms_per_step" in r}

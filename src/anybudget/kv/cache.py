@@ -72,8 +72,10 @@ class KVBudgetCache(Cache):
     # general path (tests compare both). False forces the general path.
     fast_single_eviction = True
     # How a static decoding step forms q K^T and P V (``kv.attention.slot_decode_attention``):
-    # "auto" = fused reductions while compiled, matmul in eager; "matmul" = the cuBLAS path.
-    decode_products = "auto"
+    # "matmul" = the cuBLAS path (the one timed on the GPU, kv_serving.json); "auto" = fused
+    # reductions while compiled (K and V read once; matmul in eager), opt-in until serving.py's
+    # h2o_20_reduce row has timed it against "matmul" on a GPU.
+    decode_products = "matmul"
 
     def __init__(self, budget="20%", policy="h2o", *, static: bool = False, max_new_tokens: int | None = None,
                  prefill_batch_tokens: int = 65536, seed: int = 0, **policy_kwargs):

@@ -53,7 +53,7 @@ class StaticSlotLayer(CacheLayerMixin):
     ROW_BUFFERS = ("keys", "values", "prio", "pos", "valid", "real_seen")  # batch-major state
 
     def __init__(self, budget, policy, *, max_new_tokens: int | None = None, rng: SharedRng | None = None,
-                 decode_products: str = "auto"):
+                 decode_products: str = "matmul"):
         super().__init__()
         self.budget, self.policy, self.rng = budget, policy, rng
         self.decode_products = decode_products  # see kv.attention.slot_decode_attention
