@@ -35,13 +35,21 @@ from anybudget.plan.device import (
     decode_latency_model,
     export_candidate,
     measure_candidate,
-    measure_quality,
+    static_latency_model,
 )
 from anybudget.plan.fit import NotElasticError, Plan, fit, load_elastic_folder
+from anybudget.plan.quality import (
+    candidate_nll,
+    measure_quality,
+    measured_ppl,
+    quality_windows,
+    workload_nll,
+)
 
 __all__ = [
-    "Candidate", "LatencyModel", "NotElasticError", "Plan", "Quality", "ServingWorkload",
+    "Candidate", "LatencyModel", "NotElasticError", "Plan", "Quality", "ServingWorkload", "candidate_nll",
     "decode_latency_model", "enumerate_candidates", "export_candidate", "fit", "fit_folder", "generate",
     "kept_tokens", "load_elastic_folder", "load_plan", "load_planned_model", "measure_candidate",
-    "measure_quality", "memory_terms", "plot_candidates", "predict", "write_plan",
+    "measure_quality", "measured_ppl", "memory_terms", "plot_candidates", "predict", "quality_windows",
+    "static_latency_model", "workload_nll", "write_plan",
 ]
