@@ -255,7 +255,8 @@ def static_latency_model(em, wl: ServingWorkload, policies=("h2o", "streaming", 
                          measure=None, compile_config=None) -> tuple[LatencyModel, list]:
     """The static serving latency model (``costs.py``): per cache kind, ``step = t0 + s * bytes read``
     through two measured points, the full model (full cache; a policy at its largest budget) and the
-    smallest sub-network (a policy at its smallest budget), both served as the plan serves
+    smallest sub-network with more than one KV group (a policy at its smallest budget; compilers
+    specialise size-1 dimensions, so one group would cost a compilation of its own), both served as the plan serves
     (``measure_candidate(serve="static")``: compiled on CUDA, eager elsewhere). A slope fitted below
     0 (noise, a step bound by kernel launches) is set to 0 and ``t0`` to the slower point.
     The full-model measurements fit the memory correction as :func:`decode_latency_model` does.
@@ -272,7 +273,7 @@ def static_latency_model(em, wl: ServingWorkload, policies=("h2o", "streaming", 
                        mode="static", step_inputs={"shape": dict(em.shape), "params": params})
     measure = measure or (lambda model, c, w: measure_candidate(model, c, w, serve="static", compile_config=compile_config))
     big = (max(em.kv_choices), max(em.mlp_choices))
-    small = (min(em.kv_choices), min(em.mlp_choices))
+    small = (min([g for g in em.kv_choices if g > 1] or em.kv_choices), min(em.mlp_choices))
     kinds = [("full", Candidate(*big), Candidate(*small))]
     kinds += [(p, Candidate(*big, p, float(max(kv_percents))), Candidate(*small, p, float(min(kv_percents)))) for p in policies]
     calib, tried_full = [], []
