@@ -203,7 +203,16 @@ def main(argv=None) -> int:
     phases["quality_s"] = time.perf_counter() - t
     t = time.perf_counter()
     if static:
-        lat, calib = P.static_latency_model(em, wl, policies, pcts)
+        try:
+            lat, calib = P.static_latency_model(em, wl, policies, pcts)
+        except Exception as e:  # shared dynamic-weight graphs failed: compile per sub-network instead
+            if dynamo.get("force_parameter_static_shapes", True):
+                raise
+            phases["dynamic_weights_error"] = f"{type(e).__name__}: {e}"[:500]
+            torch._dynamo.config.force_parameter_static_shapes = True
+            dynamo["force_parameter_static_shapes"] = True
+            torch._dynamo.reset()
+            lat, calib = P.static_latency_model(em, wl, policies, pcts)
     else:
         lat, calib = P.decode_latency_model(em, wl, policies, min(pcts))
     phases["latency_model_s"] = time.perf_counter() - t
@@ -222,6 +231,10 @@ def main(argv=None) -> int:
                 entry[kind] = plan_row(p)
             except BudgetError as e:
                 entry[kind] = {"error": str(e)}
+            except Exception as e:  # noqa: BLE001 - one failing fit must not lose the others
+                if isinstance(e, torch.OutOfMemoryError) and dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                entry[kind] = {"error": f"{type(e).__name__}: {e}"[:500], "crashed": True}
         for kind in KINDS:  # the quality check of each new choice, on the quality phase's windows and protocol
             lab = entry[kind].get("chosen")
             if lab is not None and lab not in checked:

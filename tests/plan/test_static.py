@@ -70,6 +70,8 @@ def test_static_latency_model_fits_two_points_per_kind(em):
     b = step_bytes(em.shape, params["1/96"], c, WL)["total"]
     assert lat.step(c, WL) == pytest.approx(3e-3 + 1e-9 * b, rel=1e-6)
     assert LatencyModel.from_dict(lat.to_dict()) == lat
+    lat.mem_correction, lat.mem_groups = {"h2o": 1000.0}, 2
+    assert lat.mem_extra(Candidate(1, 32, "h2o", 20.0)) == 1000.0  # static: not scaled by KV groups
     with pytest.raises(KeyError, match="streaming"):
         lat.step(Candidate(1, 96, "streaming", 50.0), WL)
 

@@ -14,7 +14,8 @@ Memory (analytic, bytes, the peak of one ``generate`` call of the workload)::
 the measured peak minus the analytic sum for the full model with each cache kind (full, and each
 policy at its smallest budget), and for a sub-network scaled by its share of the KV groups (what
 the analytic terms miss is held by KV-sized tensors: a layer's cache copied while it grows, the
-whole prompt's keys before eviction). Never negative; zero without a measurement.
+whole prompt's keys before eviction; static serving keeps the gap unscaled). Never negative; zero
+without a measurement.
 
 Latency (seconds per decoding step, i.e. per new token of every sequence in the batch)::
 
@@ -277,9 +278,12 @@ class LatencyModel:
     step_inputs: dict = field(default_factory=dict)
 
     def mem_extra(self, c: Candidate) -> float:
-        """Measured-minus-analytic peak bytes for ``c``'s cache kind, scaled by its KV groups (>= 0)."""
+        """Measured-minus-analytic peak bytes for ``c``'s cache kind (>= 0), scaled by its KV groups
+        (eager: the gap is KV-sized copies); static caches copy nothing, their gap (masks, workspace)
+        is kept whole, an upper bound for a smaller sub-network."""
         kind = "full" if c.policy == "full" else c.policy
-        return max(0.0, self.mem_correction.get(kind, 0.0)) * c.kv_groups / max(1, self.mem_groups)
+        extra = max(0.0, self.mem_correction.get(kind, 0.0))
+        return extra if self.mode == "static" else extra * c.kv_groups / max(1, self.mem_groups)
 
     def layer_time(self, g: int, w: int, ctx: float) -> float:
         k = f"{g}/{w}"
