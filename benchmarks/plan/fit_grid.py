@@ -10,10 +10,11 @@ Workload (what a user deploying this model asks; chosen before any result of it,
   where the KV cache (1.07 GB in bf16) is ~20x the weights (55 MB) and with the prefill workspace
   makes the memory; that is the regime KV eviction is for. Served the fast way on CUDA
   (``--serve static``): HF's StaticCache and anybudget's fixed-slot caches, decoding compiled by
-  ``generate`` (``CompileConfig(dynamic=True)``; compiled once per cache kind: the weights' shapes
-  are dynamic too, ``force_parameter_static_shapes=False``, so the sub-networks share the graphs;
-  ``--static-weight-shapes`` compiles per sub-network instead). Compile time is in each trial's
-  ``warmup_s``.
+  ``generate`` (``CompileConfig(dynamic=True)``; compiled once per cache kind: weight shapes are
+  dynamic too and sizes are not duck-typed, ``plan.device.compile_settings``, so every sub-network
+  with more than one KV group shares the graph, checked on the CPU with dynamo's eager backend;
+  ``--static-weight-shapes`` compiles per sub-network, and is the automatic fall-back if shared
+  graphs fail). Compile time is in each trial's ``warmup_s``.
 Budgets: 3 memory levels (0.85, 0.7, 0.55 of the full model's predicted peak: every one needs a
   smaller network or a smaller cache) x 2 latency levels (1.0x the full model's predicted step:
   "no slower than serving the model as it is", and 1.25x: "with a quarter of slack").
@@ -57,6 +58,7 @@ from anybudget import plan as P
 from anybudget.budget import BudgetError
 from anybudget.elastic.data import read_tokens
 from anybudget.io import atomic_path, write_results
+from anybudget.plan.device import compile_settings
 from anybudget.plan.fit import predict_all
 from anybudget.plan.quality import quality_workload
 
@@ -82,7 +84,8 @@ def parse(argv=None):
     ap.add_argument("--serve", choices=("static", "eager"), default="static",
                     help="static: fixed-slot caches, decoding compiled on CUDA (eager on a CPU); eager: dynamic caches")
     ap.add_argument("--static-weight-shapes", action="store_true",
-                    help="compile every sub-network separately (dynamo's default) instead of one graph per cache kind")
+                    help="compile every sub-network separately (dynamo's default) instead of one graph per cache kind "
+                         "(plan.device.compile_settings)")
     ap.add_argument("--policies", default="h2o,local",
                     help="h2o (best quality) and local (cheapest: no scores); streaming is local + 4 sink tokens, "
                          "and every cache kind costs a compilation")
@@ -154,18 +157,6 @@ def plan_row(p: P.Plan) -> dict:
                         "step_s": t["measured"]["step_s"], "warmup_s": t["measured"].get("warmup_s")} for t in p.trials]}
 
 
-def configure_compile(a) -> dict:
-    """Dynamo settings of this process (many shapes: never fall back to eager; shared graphs)."""
-    knobs = {"cache_size_limit": 256, "recompile_limit": 256, "accumulated_cache_size_limit": 4096,
-             "accumulated_recompile_limit": 4096, "force_parameter_static_shapes": bool(a.static_weight_shapes)}
-    done = {}
-    for k, v in knobs.items():
-        if hasattr(torch._dynamo.config, k):
-            setattr(torch._dynamo.config, k, v)
-            done[k] = v
-    return done
-
-
 def main(argv=None) -> int:
     a = parse(argv)
     t_start = time.perf_counter()
@@ -192,7 +183,10 @@ def main(argv=None) -> int:
     pcts = tuple(levels(a.kv_budgets))
     wl = P.ServingWorkload(a.prompt, a.new, a.batch, "bfloat16" if dev.type == "cuda" else "float32")
     static = a.serve == "static"
-    dynamo = configure_compile(a) if static and dev.type == "cuda" else {}
+    share = not a.static_weight_shapes
+
+    def measure(model, c, w):
+        return P.measure_candidate(model, c, w, serve=a.serve, share_graphs=share)
     t = time.perf_counter()
     test = torch.as_tensor(test_tokens.astype(np.int64))
     qbatch = a.quality_seqs if dev.type == "cuda" else 16  # one batch on the GPU (only last-position logits kept)
@@ -204,15 +198,14 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     if static:
         try:
-            lat, calib = P.static_latency_model(em, wl, policies, pcts)
+            lat, calib = P.static_latency_model(em, wl, policies, pcts, measure=measure)
         except Exception as e:  # shared dynamic-weight graphs failed: compile per sub-network instead
-            if dynamo.get("force_parameter_static_shapes", True):
+            if not share or dev.type != "cuda":
                 raise
-            phases["dynamic_weights_error"] = f"{type(e).__name__}: {e}"[:500]
-            torch._dynamo.config.force_parameter_static_shapes = True
-            dynamo["force_parameter_static_shapes"] = True
+            phases["shared_graphs_error"] = f"{type(e).__name__}: {e}"[:500]
+            share = False
             torch._dynamo.reset()
-            lat, calib = P.static_latency_model(em, wl, policies, pcts)
+            lat, calib = P.static_latency_model(em, wl, policies, pcts, measure=measure)
     else:
         lat, calib = P.decode_latency_model(em, wl, policies, min(pcts))
     phases["latency_model_s"] = time.perf_counter() - t
@@ -227,7 +220,8 @@ def main(argv=None) -> int:
         entry = {"budget": b}
         for kind, tech in KINDS.items():
             try:
-                p = P.fit(em, b, wl, quality, lat, policies, pcts, tech, a.max_trials, margin=a.margin, quiet=a.quiet)
+                p = P.fit(em, b, wl, quality, lat, policies, pcts, tech, a.max_trials, margin=a.margin, quiet=a.quiet,
+                          measure=measure)
                 entry[kind] = plan_row(p)
             except BudgetError as e:
                 entry[kind] = {"error": str(e)}
@@ -255,7 +249,8 @@ def main(argv=None) -> int:
         "total_s": time.perf_counter() - t_start}
     config = {"model": str(a.model) if not a.smoke else "smoke", "workload": wl.__dict__, "policies": policies,
               "kv_percents": pcts, "train_steps": a.train_steps, "train_batch": a.train_batch, "train_seq": a.train_seq,
-              "serve": a.serve, "dynamo": dynamo, "quality_protocol": quality.source, "mem_levels": a.mem_levels,
+              "serve": a.serve, "compile_settings": compile_settings(share) if static else {},
+              "share_graphs": share, "quality_protocol": quality.source, "mem_levels": a.mem_levels,
               "latency_levels": a.latency_levels, "max_trials": a.max_trials, "margin": a.margin, "smoke": a.smoke,
               "assumptions": [("quality: ppl(sub-network) x KV ratio measured on the full model, both as new-token "
                                "perplexity after a prefilled prompt (the check measures the plan the same way)"),

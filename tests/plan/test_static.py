@@ -111,3 +111,28 @@ def test_static_plan_serves_and_saves_static_caches(em, tmp_path):
     assert "compiled static caches" in p.assumptions[1]
     with pytest.raises(ValueError, match="serve='eager' but the latency model was fitted for 'static'"):
         fit(em, "mem=1GiB", WL, q, lat, POL, PCT, serve="eager")
+
+
+def test_compiled_static_step_is_shared_by_sub_networks():
+    """Through dynamo (eager backend on the CPU): with compile_settings' shared graphs, sub-networks
+    of different widths and KV groups (> 1) and budgets reuse one compiled step per cache kind."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
+
+    from anybudget.elastic import make_elastic
+
+    torch.manual_seed(0)  # 8 query heads of 8 = hidden: the full model's q_proj rows equal hidden (duck sizing)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=8,
+                      num_key_value_heads=4, head_dim=8, max_position_embeddings=256, tie_word_embeddings=True,
+                      pad_token_id=2)
+    g = torch.Generator().manual_seed(1)
+    em4 = make_elastic(LlamaForCausalLM(cfg).eval(), [torch.randint(0, 256, (2, 16), generator=g)])
+    cc = CompileConfig(backend="eager", dynamic=True)
+    cc._compile_all_devices = True
+    wl = ServingWorkload(16, 4, 3, "float32")
+    before = counters["stats"]["unique_graphs"]
+    for c in (Candidate(4, 128, "h2o", 50.0), Candidate(3, 64, "h2o", 20.0), Candidate(2, 96, "h2o", 50.0)):
+        m = measure_candidate(export_candidate(em4, c, dtype=torch.float32), c, wl, repeat=1, serve="static",
+                              compile_config=cc)
+        assert m["compiled"] and m["serve"] == "static"
+    assert counters["stats"]["unique_graphs"] - before == 1

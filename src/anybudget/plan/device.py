@@ -23,7 +23,7 @@ import torch
 
 from anybudget.plan.costs import Candidate, LatencyModel, ServingWorkload
 
-__all__ = ["decode_latency_model", "export_candidate", "make_plan_cache", "measure_candidate",
+__all__ = ["compile_settings", "decode_latency_model", "export_candidate", "make_plan_cache", "measure_candidate",
            "static_latency_model"]
 
 
@@ -54,6 +54,20 @@ def hf_static_cache(model, batch: int, max_len: int):
                 torch._dynamo.maybe_mark_dynamic(t, 0)
                 torch._dynamo.maybe_mark_dynamic(t, 2)
     return cache
+
+
+def compile_settings(share_graphs: bool = True) -> dict:
+    """Dynamo settings a static measurement runs under (``torch._dynamo.config.patch``, for its
+    calls only): many shapes in one process never fall back to eager; ``share_graphs``: weight
+    shapes are dynamic too (dynamo keeps parameters and nn.Module tensors static by default), so
+    every sub-network with more than one KV group reuses one compiled step per cache kind."""
+    out = {"cache_size_limit": 256, "recompile_limit": 256, "accumulated_cache_size_limit": 4096,
+           "accumulated_recompile_limit": 4096}
+    if share_graphs:
+        out |= {"force_parameter_static_shapes": False, "force_nn_module_property_static_shapes": False}
+    import torch._dynamo.config as cfg
+
+    return {k: v for k, v in out.items() if hasattr(cfg, k)}
 
 
 def default_compile_config():
@@ -102,7 +116,7 @@ def _sync(dev: torch.device) -> None:
 
 @torch.no_grad()
 def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2, seed: int = 0, warmup: bool = True,
-                      serve: str = "eager", compile_config=None) -> dict:
+                      serve: str = "eager", compile_config=None, share_graphs: bool = True) -> dict:
     """Serve the workload once with ``model`` (a dense model, ``anybudget.kv.enable``-d here) and
     ``c``'s cache: per-step decode latency ``(T(new) - T(1)) / (new - 1)`` (fastest of ``repeat`` each)
     and memory. CUDA: ``peak_bytes`` = ``torch.cuda.max_memory_allocated`` over the call minus what
@@ -110,7 +124,10 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
     context is not counted). CPU: no in-process peak exists, ``peak_bytes`` is the
     resident weights + the cache's allocated tensors at the end (``peak_kind`` says which).
     ``serve="static"`` (module doc): the warm-up call compiles (``warmup_s`` reports it); the
-    static caches are reused across calls (their buffers keep the addresses the graphs recorded)."""
+    static caches are reused across calls (their buffers keep the addresses the graphs recorded).
+    ``compile_config``: default ``CompileConfig(dynamic=True)`` on CUDA, none elsewhere; one given
+    off CUDA is used (transformers then needs ``compile_config._compile_all_devices = True``).
+    Compiled calls run under :func:`compile_settings` (``share_graphs``)."""
     from anybudget.kv import cache_kwargs, disable, enable
     from anybudget.measure import model_bytes
     from anybudget.plan.costs import _check_serve
@@ -130,7 +147,7 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
     gen = {}
-    if static and dev.type == "cuda":
+    if static and (dev.type == "cuda" or compile_config is not None):  # a CPU compiles only when told to
         gen["compile_config"] = compile_config or default_compile_config()
     fixed = None
     if static:
@@ -138,6 +155,17 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
                  else make_plan_cache(c.policy, c.kv_budget, True, wl.new_tokens))
 
     def run(n):
+        if "compile_config" not in gen:
+            return _run(n)
+        import torch.fx.experimental._config as fx_config
+
+        # share_graphs: no duck sizing either (equal sizes, e.g. q_proj rows == hidden in the full
+        # model only, would otherwise be guarded on and split the sub-networks' graph)
+        with torch._dynamo.config.patch(**compile_settings(share_graphs)), \
+                fx_config.patch(use_duck_shape=not share_graphs):
+            return _run(n)
+
+    def _run(n):
         if fixed is not None and c.policy == "full":
             fixed.reset()  # generate does not reset a user's StaticCache; anybudget's restart themselves
         cache = fixed if fixed is not None else make_plan_cache(c.policy, c.kv_budget)
