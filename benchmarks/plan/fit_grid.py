@@ -213,6 +213,30 @@ def main(argv=None) -> int:
     budgets, full = grid(a, rows)
     results, checked = [], {}
     t = time.perf_counter()
+
+    def save() -> dict:
+        """The record so far (rewritten after every budget: a run killed at its limit keeps its results)."""
+        phases["grid_s"] = time.perf_counter() - t
+        summary = summarize(results, checked)
+        metrics = {"grid": results, "summary": summary, "quality_check": checked, "full_model": {
+            "label": full["label"], "predicted_mem": full["mem"], "predicted_latency_s": full["latency_s"],
+            "ppl": full["ppl"]},
+            "quality": quality.to_dict(), "latency_model": lat.to_dict() | {"calibration": calib},
+            "build": {k: meta.get(k) for k in ("phases", "train")}, "phases_s": phases,
+            "total_s": time.perf_counter() - t_start}
+        config = {"model": str(a.model) if not a.smoke else "smoke", "workload": wl.__dict__, "policies": policies,
+                  "kv_percents": pcts, "train_steps": a.train_steps, "train_batch": a.train_batch,
+                  "train_seq": a.train_seq, "serve": a.serve,
+                  "compile_settings": compile_settings(share) if static else {}, "share_graphs": share,
+                  "quality_protocol": quality.source, "mem_levels": a.mem_levels, "latency_levels": a.latency_levels,
+                  "max_trials": a.max_trials, "margin": a.margin, "smoke": a.smoke,
+                  "assumptions": [("quality: ppl(sub-network) x KV ratio measured on the full model, both as "
+                                   "new-token perplexity after a prefilled prompt (the check measures the plan "
+                                   "the same way)"),
+                                  "latency: per decoding step of the whole batch (one new token per sequence)"]}
+        write_results("plan_fit_grid", config, metrics, {"single_technique": ["elastic_only", "kv_only"]}, out_dir=out)
+        return summary
+
     for b in budgets:
         if time.perf_counter() - t_start > a.wall_seconds:  # keep the call under its limit; say so in the record
             phases["grid_stopped_at_budget"] = b
@@ -240,24 +264,11 @@ def main(argv=None) -> int:
         if not a.quiet:
             print(b, {k: entry[k].get("chosen", "infeasible") for k in KINDS}, flush=True)
         results.append(entry)
+        save()
     phases["grid_s"] = time.perf_counter() - t
-    summary = summarize(results, checked)
-    metrics = {"grid": results, "summary": summary, "quality_check": checked, "full_model": {
-        "label": full["label"], "predicted_mem": full["mem"], "predicted_latency_s": full["latency_s"], "ppl": full["ppl"]},
-        "quality": quality.to_dict(), "latency_model": lat.to_dict() | {"calibration": calib},
-        "build": {k: meta.get(k) for k in ("phases", "train")}, "phases_s": phases,
-        "total_s": time.perf_counter() - t_start}
-    config = {"model": str(a.model) if not a.smoke else "smoke", "workload": wl.__dict__, "policies": policies,
-              "kv_percents": pcts, "train_steps": a.train_steps, "train_batch": a.train_batch, "train_seq": a.train_seq,
-              "serve": a.serve, "compile_settings": compile_settings(share) if static else {},
-              "share_graphs": share, "quality_protocol": quality.source, "mem_levels": a.mem_levels,
-              "latency_levels": a.latency_levels, "max_trials": a.max_trials, "margin": a.margin, "smoke": a.smoke,
-              "assumptions": [("quality: ppl(sub-network) x KV ratio measured on the full model, both as new-token "
-                               "perplexity after a prefilled prompt (the check measures the plan the same way)"),
-                              "latency: per decoding step of the whole batch (one new token per sequence)"]}
-    write_results("plan_fit_grid", config, metrics, {"single_technique": ["elastic_only", "kv_only"]}, out_dir=out)
+    summary = save()
     plot(results, out / "plan_fit_grid.png")
-    print(f"wrote {out / 'plan_fit_grid.json'} ({summary}) in {metrics['total_s']:.0f} s")
+    print(f"wrote {out / 'plan_fit_grid.json'} ({summary}) in {time.perf_counter() - t_start:.0f} s")
     return 0
 
 

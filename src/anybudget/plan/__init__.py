@@ -10,7 +10,10 @@ that a workload (prompt, new tokens, concurrent sequences) meets ``mem=...`` and
     plan.write_plan(p, em, "deploy", source_model_dir="elastic_out/model")
     print(plan.generate("deploy", "The device-mapper target"))
 
-Models, costs and the quality assumption are stated in ``costs.py``.
+Models, costs and the quality assumption are stated in ``costs.py``; quality is measured on the
+workload's own protocol (the new tokens' perplexity after a prefilled prompt, ``quality.py``), so
+the check of a plan is the same measurement as the planner's inputs. ``serve="static"`` plans run
+fixed-slot caches whose decoding ``generate`` compiles on CUDA (``device.py``).
 """
 
 from anybudget.plan.api import (
