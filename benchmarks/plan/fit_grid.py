@@ -15,9 +15,12 @@ Workload (what a user deploying this model asks; chosen before any result of it,
   with more than one KV group shares the graph, checked on the CPU with dynamo's eager backend;
   ``--static-weight-shapes`` compiles per sub-network, and is the automatic fall-back if shared
   graphs fail). Compile time is in each trial's ``warmup_s``.
-Budgets: 3 memory levels (0.85, 0.7, 0.55 of the full model's predicted peak: every one needs a
-  smaller network or a smaller cache) x 2 latency levels (1.0x the full model's predicted step:
-  "no slower than serving the model as it is", and 1.25x: "with a quarter of slack").
+Budgets: 3 memory levels spread over the range the candidates span, at 0.8, 0.5 and 0.2 of the
+  way from the smallest reachable predicted peak to the full model's (each needs a smaller network
+  or a smaller cache; together they sample the whole range rather than only the top of it, where
+  one technique always suffices, nor only its bottom) x 2 latency levels a user would state
+  relative to what they run today: 1.0x the full model's predicted step ("no slower than serving
+  the model as it is") and 1.25x ("a quarter slower is acceptable").
 
 Phases (all numbers from this one run):
   1 a quick elastic build of the reference LM (``anybudget.elastic.pipeline.build_elastic``:
@@ -91,7 +94,8 @@ def parse(argv=None):
                          "and every cache kind costs a compilation")
     ap.add_argument("--kv-budgets", default="50,20,10", help="percent")
     ap.add_argument("--quality-seqs", type=int, default=48, help="windows of prompt + new test tokens (quality, check)")
-    ap.add_argument("--mem-levels", default="0.85,0.7,0.55", help="memory budgets as fractions of the full model's")
+    ap.add_argument("--mem-levels", default="0.8,0.5,0.2",
+                    help="memory budgets: fractions of the way from the smallest reachable peak (0) to the full model's (1)")
     ap.add_argument("--latency-levels", default="1.0,1.25", help="latency budgets as multiples of the full model's step")
     ap.add_argument("--max-trials", type=int, default=4)
     ap.add_argument("--margin", type=float, default=0.03, help="plans aim this fraction under each budget (noise)")
@@ -136,15 +140,15 @@ def levels(text):
 
 
 def grid(a, rows):
-    """Memory levels as fractions of the full model's predicted peak (at least 1.05 x the smallest
-    reachable) x latency levels as multiples of the full model's predicted step (module doc)."""
+    """Memory levels at fractions of the way from the smallest reachable predicted peak to the full
+    model's x latency levels as multiples of the full model's predicted step (module doc)."""
     full = max(rows, key=lambda r: (r["candidate"]["kv_groups"], r["candidate"]["mlp_width"],
                                     r["candidate"]["policy"] == "full"))
     lo_mem = min(r["mem"] for r in rows)
     out = []
     for fm in levels(a.mem_levels):
         for fl in levels(a.latency_levels):
-            mem = max(fm * full["mem"], 1.05 * lo_mem)
+            mem = lo_mem + fm * (full["mem"] - lo_mem)
             out.append(f"mem={math.ceil(mem / 2**10)}KiB,latency={fl * full['latency_s'] * 1e3:.4f}ms")
     return out, full
 
