@@ -53,6 +53,8 @@ def fit_folder(model_dir, budget, workload: ServingWorkload, text: str | os.Path
         ids = torch.tensor(tok(path.read_text(encoding="utf-8"))["input_ids"])
         qwl = quality_workload(workload, min(quality_tokens, ids.numel()))
         quality = measure_quality(em, ids, qwl, policies, kv_percents, static=serve == "static", quiet=quiet)
+        if qwl is not workload:  # the protocol at the workload's shape, shrunk to the text (or quality_tokens)
+            quality.source |= {"shrunk": True, "workload_prompt": workload.prompt, "workload_new_tokens": workload.new_tokens}
         quality.source["text"] = str(path)
     plan = fit(em, budget, workload, quality, lat, policies, kv_percents, techniques, max_trials,
                source=str(model_dir), quiet=quiet)
