@@ -297,6 +297,9 @@ def summarize(results, checked) -> dict:
         out[f"compared_{key}"] = compared
         out[f"plan_at_least_best_single_{key}"] = ge
         out[f"plan_strictly_better_{key}"] = strict
+    for exact in (True, False):  # exact: 0 up to float rounding; otherwise the combination assumption's error
+        errs = [abs(q["measured_ppl"] / q["predicted_ppl"] - 1) for q in checked.values() if q["exact"] == exact]
+        out[f"quality_check_{'exact' if exact else 'assumed'}_max_rel_err"] = max(errs) if errs else None
     return out
 
 

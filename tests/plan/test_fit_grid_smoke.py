@@ -39,6 +39,8 @@ def test_fit_grid_smoke(tmp_path):
     for lab, q in m["quality_check"].items():
         if q["exact"]:  # a full cache or the full model: prediction and check are one measurement
             assert q["measured_ppl"] == pytest.approx(q["predicted_ppl"], rel=1e-6), lab
+    err = m["summary"]["quality_check_exact_max_rel_err"]
+    assert err is None or err < 1e-6
     assert rec["config"]["serve"] == "static" and m["latency_model"]["mode"] == "static"
     assert all(not r["measured"]["compiled"] for r in m["latency_model"]["calibration"])  # eager off CUDA
     assert (tmp_path / "plan_fit_grid.png").stat().st_size > 1000
