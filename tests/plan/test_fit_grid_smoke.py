@@ -45,3 +45,13 @@ def test_fit_grid_smoke(tmp_path):
     assert all(not r["measured"]["compiled"] for r in m["latency_model"]["calibration"])  # eager off CUDA
     assert (tmp_path / "plan_fit_grid.png").stat().st_size > 1000
     assert [p.name for p in tmp_path.iterdir() if p.is_file()] and len([p for p in tmp_path.iterdir() if p.is_file()]) <= 8
+
+
+def test_quality_protocol_smoke(tmp_path):
+    spec = importlib.util.spec_from_file_location("plan_quality_protocol", ROOT / "benchmarks/plan/quality_protocol.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--smoke", "--out", str(tmp_path)]) == 0
+    m = json.loads((tmp_path / "plan_quality_protocol.json").read_text())["metrics"]
+    assert set(m["new_token_ppl_by_prompt"]) == {"24", "40"} and m["text"]["first_windows_ppl"] > 1
+    assert set(m["kv_ratio_by_prompt"]["24"]) == {"full_ppl", "h2o@20%", "local@20%", "h2o@10%", "local@10%"}
