@@ -10,7 +10,7 @@ model shows each effect).
   prefilled, new tokens decoded one by one through the cache) at a prompt inside and one outside
   the trained context
 
-CPU (~3 min, float32, needs the reference LM weights in the repo):
+CPU (~5 min on 2 cores, float32, needs the reference LM weights in the repo):
     python benchmarks/plan/quality_protocol.py --out /tmp/qp
 Smoke (tiny random model, seconds):  python benchmarks/plan/quality_protocol.py --smoke --out /tmp/qp
 Writes plan_quality_protocol.json (results record).
