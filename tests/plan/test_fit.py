@@ -174,7 +174,7 @@ def test_memory_correction_fitted_from_measured_peaks(em):
         pred = memory_terms(em.shape, params, c, wl, False)["mem"]
         return {"step_s": 1e-3, "peak_bytes": pred + extra[c.policy if c.policy != "full" else "full"], "peak_kind": kind}
 
-    lat, calib = decode_latency_model(em, WL, POL, 20.0, warmup=0, repeat=1, measure=measure)
+    lat, _calib = decode_latency_model(em, WL, POL, 20.0, warmup=0, repeat=1, measure=measure)
     assert lat.mem_groups == G
     assert lat.mem_correction == pytest.approx({k: float(v) for k, v in extra.items()}, abs=1)
     q = quality(em)

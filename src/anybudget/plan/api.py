@@ -23,20 +23,26 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def fit_folder(model_dir, budget, workload: ServingWorkload, text: str | os.PathLike | None = None,
                quality: Quality | None = None, device: str | None = None, policies=("h2o", "streaming", "local"),
                kv_percents=(50.0, 20.0, 10.0), techniques=("elastic", "kv"), max_trials: int = 5,
-               quality_tokens: int = 256, quiet: bool = True):
+               quality_tokens: int = 256, quiet: bool = True, serve: str = "eager"):
     """``(plan, em)`` for a folder written by ``anybudget elastic build``.
 
     ``text``: held-out text for the quality data (default: the embedded held-out passage), or give
     ``quality`` measured before (e.g. ``Quality.from_dict(old_plan.quality)``). ``quality_tokens``:
-    tokens per sequence of the KV quality curve (streamed one per step; its cost grows with it).
+    at most this many tokens per quality window (the workload's prompt + new tokens, both shrunk
+    by the same factor when longer; ``plan.quality``). ``serve``: ``"eager"`` or ``"static"``
+    (compiled fixed-slot caches on CUDA, ``plan.device``).
     """
     import torch
 
-    from anybudget.plan.device import decode_latency_model, measure_quality
+    from anybudget.plan.device import decode_latency_model, static_latency_model
+    from anybudget.plan.quality import measure_quality, quality_workload
 
     budget = check_budget(budget)
     em, _meta = load_elastic_folder(model_dir, device)
-    lat, calib = decode_latency_model(em, workload, policies, min(kv_percents), calibrate=True)
+    if serve == "static":
+        lat, calib = static_latency_model(em, workload, policies, kv_percents)
+    else:
+        lat, calib = decode_latency_model(em, workload, policies, min(kv_percents), calibrate=True)
     # before the quality data (the costly part) is measured; the error names the smallest memory and latency
     check_reachable(em, budget, workload, lat, policies, kv_percents, techniques)
     if quality is None:
@@ -45,8 +51,10 @@ def fit_folder(model_dir, budget, workload: ServingWorkload, text: str | os.Path
         path = Path(text) if text is not None else Path(__file__).resolve().parents[1] / "assets" / "reflm" / "sample.txt"
         tok = AutoTokenizer.from_pretrained(str(Path(model_dir) / "model"))
         ids = torch.tensor(tok(path.read_text(encoding="utf-8"))["input_ids"])
-        quality = measure_quality(em, ids, policies, kv_percents, seq=min(256, ids.numel() - 1),
-                                  kv_seq=min(quality_tokens, ids.numel()), quiet=quiet)
+        qwl = quality_workload(workload, min(quality_tokens, ids.numel()))
+        quality = measure_quality(em, ids, qwl, policies, kv_percents, static=serve == "static", quiet=quiet)
+        if qwl is not workload:  # the protocol at the workload's shape, shrunk to the text (or quality_tokens)
+            quality.source |= {"shrunk": True, "workload_prompt": workload.prompt, "workload_new_tokens": workload.new_tokens}
         quality.source["text"] = str(path)
     plan = fit(em, budget, workload, quality, lat, policies, kv_percents, techniques, max_trials,
                source=str(model_dir), quiet=quiet)
@@ -113,7 +121,7 @@ def generate(plan_dir, prompt: str, max_new_tokens: int = 64, device: str | None
     gen.setdefault("do_sample", False)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                             **cache_kwargs(model, plan.make_cache()), **gen)
+                             **cache_kwargs(model, plan.make_cache(max_new_tokens)), **gen)
     return tok.decode(out[0], skip_special_tokens=True)
 
 

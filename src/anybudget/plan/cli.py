@@ -83,7 +83,9 @@ def register(sub) -> None:
     f.add_argument("--quality", type=existing_file, default=None,
                    help="reuse the measured quality data of an earlier plan.json of this model (skips measuring it)")
     f.add_argument("--quality-tokens", type=at_least_two, default=256,
-                   help="tokens per sequence of the measured KV quality curve (default 256)")
+                   help="tokens per quality window: the workload's prompt + new tokens, shrunk alike to this (default 256)")
+    f.add_argument("--serve", choices=("eager", "static"), default="eager",
+                   help="eager caches, or fixed-slot caches whose decoding generate compiles on CUDA (default eager)")
     f.add_argument("--policies", type=policy_list, default=("h2o", "streaming", "local"), help="KV policies (default h2o,streaming,local)")
     f.add_argument("--kv-budgets", type=percent_list, default=(50.0, 20.0, 10.0), help="KV budgets (default 50%%,20%%,10%%)")
     f.add_argument("--max-trials", type=positive_int, default=5, help="candidates measured before giving up (default 5)")
@@ -121,7 +123,7 @@ def _fit(args) -> int:
             raise SystemExit(f"error: --quality {args.quality!r} is not a plan.json with quality data ({e})") from None
     plan, em = fit_folder(args.model, args.budget, wl, text=args.text, quality=quality, device=str(dev), policies=args.policies,
                           kv_percents=args.kv_budgets, max_trials=args.max_trials,
-                          quality_tokens=args.quality_tokens, quiet=args.quiet)
+                          quality_tokens=args.quality_tokens, quiet=args.quiet, serve=args.serve)
     out = write_plan(plan, em, args.out, source_model_dir=Path(args.model) / "model")
     print(plan.format_table())
     m = plan.measured

@@ -14,7 +14,8 @@ Memory (analytic, bytes, the peak of one ``generate`` call of the workload)::
 the measured peak minus the analytic sum for the full model with each cache kind (full, and each
 policy at its smallest budget), and for a sub-network scaled by its share of the KV groups (what
 the analytic terms miss is held by KV-sized tensors: a layer's cache copied while it grows, the
-whole prompt's keys before eviction). Never negative; zero without a measurement.
+whole prompt's keys before eviction; static serving keeps the gap unscaled). Never negative; zero
+without a measurement.
 
 Latency (seconds per decoding step, i.e. per new token of every sequence in the batch)::
 
@@ -28,9 +29,19 @@ steps: ``ceil(f * (prompt + new/2))`` at a KV budget ``f``). The overheads are f
 than that measurement, ``scale`` < 1 instead), ``overhead_policy`` (per layer and step: the cache's
 eviction bookkeeping, >= 0) from the full model at each policy's smallest budget.
 
+Static serving (``serve="static"``, the fixed-slot caches whose decoding steps ``generate``
+compiles, CUDA graphs; ``anybudget.kv.static_slots``): the full cache is transformers'
+``StaticCache`` of ``prompt + new + 1`` slots, a policy keeps ``capacity + 1`` slots with
+``capacity = ceil(f * (prompt + new))``, and its prompt is prefilled in row micro-batches of at most
+``PREFILL_TOKENS`` tokens. A compiled step has no host overhead left to model, so its latency is
+linear in the bytes it reads, fitted per cache kind from two compiled measurements::
+
+    step = t0[kind] + s[kind] * (weights + kv_read)      kv_read: every slot's keys, values (+ slot metadata)
+
 Quality (assumption, stated): eviction adds the same negative log-likelihood to every sub-network,
 so ``ppl(c) = ppl_elastic(subnet) * ratio_kv(policy, budget)``, with ``ppl_elastic`` measured per
-sub-network (full cache) and ``ratio_kv`` measured on the full model (ppl with eviction / full).
+sub-network (full cache) and ``ratio_kv`` measured on the full model (ppl with eviction / full),
+both on the workload's own protocol (new tokens after a prefilled prompt, ``plan.quality``).
 """
 
 from __future__ import annotations
@@ -47,10 +58,14 @@ __all__ = [
     "kept_tokens",
     "memory_terms",
     "predict",
+    "step_bytes",
 ]
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SCORE_POLICIES = ("h2o", "random")  # policies whose prefill attention materialises chunked logits
+SERVE_MODES = ("eager", "static")
+PREFILL_TOKENS = 65536  # anybudget.kv.KVBudgetCache's default prefill_batch_tokens
+SLOT_META = 4 + 8 + 1  # float32 score, int64 position, bool validity per slot
 
 
 @dataclass(frozen=True)
@@ -171,12 +186,20 @@ def _headroom(n: int) -> int:
     return max(64, n // 4)  # KVBudgetCache._headroom for percentage budgets
 
 
-def memory_terms(shape: dict, params: int, c: Candidate, wl: ServingWorkload, fused_scores: bool = False) -> dict:
+def _check_serve(serve: str) -> None:
+    if serve not in SERVE_MODES:
+        raise ValueError(f"serve={serve!r} must be one of {', '.join(SERVE_MODES)}")
+
+
+def memory_terms(shape: dict, params: int, c: Candidate, wl: ServingWorkload, fused_scores: bool = False,
+                 serve: str = "eager") -> dict:
     """Bytes of weights, KV cache (used at the end, and allocated at the peak) and activations.
 
     ``fused_scores``: H2O's attention scores come from the Triton kernels (CUDA with triton), which
     keep no logits; otherwise the PyTorch reference holds one query chunk's float32 logits.
+    ``serve="static"``: the fixed-slot caches (module doc).
     """
+    _check_serve(serve)
     b, B, P, hd, L = wl.bytes_per_value, wl.batch, wl.prompt, shape["head_dim"], shape["layers"]
     g, w = c.kv_groups, c.mlp_width
     n_rep = shape["heads"] // shape["kv_heads"]
@@ -184,7 +207,15 @@ def memory_terms(shape: dict, params: int, c: Candidate, wl: ServingWorkload, fu
     per_tok = 2 * B * g * hd * b  # keys + values of one token in one layer
     kept = kept_tokens(c.policy, c.kv_percent, wl.seen_end)
     kv_used = L * per_tok * kept
-    if c.policy == "full":
+    rows = B  # rows prefilled at once
+    if serve == "static":
+        if c.policy == "full":  # StaticCache: prompt + new + 1 slots, written in place
+            kv_alloc = L * per_tok * (wl.prompt + wl.new_tokens + 1)
+        else:  # capacity + 1 slots with their metadata; one layer's prompt keys/values of a micro-batch
+            rows = min(B, max(1, PREFILL_TOKENS // P))
+            cap = kept_tokens(c.policy, c.kv_percent, wl.prompt + wl.new_tokens)
+            kv_alloc = L * (cap + 1) * (per_tok + B * g * SLOT_META) + 2 * rows * g * hd * b * P
+    elif c.policy == "full":
         # DynamicCache concatenates: a layer's old and new tensors coexist for one step
         kv_alloc = kv_used + per_tok * kept
     else:
@@ -197,24 +228,40 @@ def memory_terms(shape: dict, params: int, c: Candidate, wl: ServingWorkload, fu
             after_prefill = small + _headroom(small)
         cap = max(after_prefill, kept + _headroom(kept))
         kv_alloc = slot * (L * cap + P + _headroom(P))
-    tokens = B * P
+    tokens = rows * P
     hidden = shape["hidden"]
     act = tokens * b * (3 * hidden + 2 * q + 2 * kv + 3 * w)
     if c.policy in SCORE_POLICIES and not fused_scores:
         # kv/hf.py: query chunks sized so one chunk's float32 logits stay under 2**26 values
-        chunk = max(16, min(1024, (1 << 26) // max(1, B * g * n_rep * P)))
-        act += 2 * 4 * B * g * n_rep * min(chunk, P) * P
+        chunk = max(16, min(1024, (1 << 26) // max(1, rows * g * n_rep * P)))
+        act += 2 * 4 * rows * g * n_rep * min(chunk, P) * P
     act += B * shape["vocab"] * (4 + b)  # last position's logits (and their float32 copy)
     weights = params * b
     return {"weights": weights, "kv_used": kv_used, "kv_alloc": kv_alloc, "activations": act,
             "mem": weights + kv_alloc + act}
 
 
+def step_bytes(shape: dict, params: int, c: Candidate, wl: ServingWorkload) -> dict:
+    """Bytes one static decoding step reads: every weight (the tied embedding is the LM head) and
+    every cache slot (StaticCache: ``prompt + new + 1``, read masked; a policy: ``capacity + 1``
+    slots with their keys, values, score, position and validity)."""
+    b, B, L, hd, g = wl.bytes_per_value, wl.batch, shape["layers"], shape["head_dim"], c.kv_groups
+    if c.policy == "full":
+        kv = L * B * g * (wl.prompt + wl.new_tokens + 1) * 2 * hd * b
+    else:
+        cap = kept_tokens(c.policy, c.kv_percent, wl.prompt + wl.new_tokens)
+        kv = L * B * g * (cap + 1) * (2 * hd * b + SLOT_META + 4)  # the score is read and written
+    return {"weights": params * b, "kv": kv, "total": params * b + kv}
+
+
 @dataclass
 class LatencyModel:
-    """Decode-step latency: elastic decode tables at two cached lengths + fitted overheads (seconds).
+    """Decode-step latency (seconds), eager or static.
 
-    ``lo`` / ``hi``: ``{"ctx": int, "fixed": float, "layer": {"g/w": seconds}}`` for one layer.
+    ``mode="eager"``: elastic decode tables at two cached lengths + fitted overheads; ``lo`` / ``hi``:
+    ``{"ctx": int, "fixed": float, "layer": {"g/w": seconds}}`` for one layer.
+    ``mode="static"``: ``linear[kind] = [t0, seconds per byte]`` over :func:`step_bytes`, with
+    ``step_inputs = {"shape": ..., "params": {"g/w": count}}`` to compute them.
     """
 
     layers: int
@@ -226,11 +273,17 @@ class LatencyModel:
     scale: float = 1.0
     mem_correction: dict = field(default_factory=dict)  # cache kind -> bytes at ``mem_groups`` KV groups
     mem_groups: int = 1
+    mode: str = "eager"
+    linear: dict = field(default_factory=dict)
+    step_inputs: dict = field(default_factory=dict)
 
     def mem_extra(self, c: Candidate) -> float:
-        """Measured-minus-analytic peak bytes for ``c``'s cache kind, scaled by its KV groups (>= 0)."""
+        """Measured-minus-analytic peak bytes for ``c``'s cache kind (>= 0), scaled by its KV groups
+        (eager: the gap is KV-sized copies); static caches copy nothing, their gap (masks, workspace)
+        is kept whole, an upper bound for a smaller sub-network."""
         kind = "full" if c.policy == "full" else c.policy
-        return max(0.0, self.mem_correction.get(kind, 0.0)) * c.kv_groups / max(1, self.mem_groups)
+        extra = max(0.0, self.mem_correction.get(kind, 0.0))
+        return extra if self.mode == "static" else extra * c.kv_groups / max(1, self.mem_groups)
 
     def layer_time(self, g: int, w: int, ctx: float) -> float:
         k = f"{g}/{w}"
@@ -245,6 +298,13 @@ class LatencyModel:
         return self.hi["fixed"] + self.layers * self.layer_time(c.kv_groups, c.mlp_width, ctx)
 
     def step(self, c: Candidate, wl: ServingWorkload) -> float:
+        if self.mode == "static":
+            kind = "full" if c.policy == "full" else c.policy
+            if kind not in self.linear:
+                raise KeyError(f"no static latency fit for cache kind {kind!r}; fitted: {sorted(self.linear)}")
+            t0, slope = self.linear[kind]
+            params = self.step_inputs["params"][f"{c.kv_groups}/{c.mlp_width}"]
+            return t0 + slope * step_bytes(self.step_inputs["shape"], params, c, wl)["total"]
         over = 0.0 if c.policy == "full" else self.layers * self.overhead_policy.get(c.policy, 0.0)
         return self.scale * self.core(c, wl) + self.overhead_generate + over
 
@@ -257,9 +317,11 @@ class LatencyModel:
 
 
 def predict(c: Candidate, shape: dict, params: int, wl: ServingWorkload, lat: LatencyModel | None,
-            quality: Quality, fused_scores: bool = False) -> dict:
-    """Predicted numbers for ``c``: memory terms, ``latency_s`` (None without a latency model), ``ppl``."""
-    m = memory_terms(shape, params, c, wl, fused_scores)
+            quality: Quality, fused_scores: bool = False, serve: str | None = None) -> dict:
+    """Predicted numbers for ``c``: memory terms, ``latency_s`` (None without a latency model), ``ppl``.
+    ``serve``: default the latency model's mode (eager without one)."""
+    serve = serve or (lat.mode if lat is not None else "eager")
+    m = memory_terms(shape, params, c, wl, fused_scores, serve)
     if lat is not None and lat.mem_correction:
         m["mem_correction"] = lat.mem_extra(c)
         m["mem"] += m["mem_correction"]

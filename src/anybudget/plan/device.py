@@ -1,5 +1,13 @@
-"""Measurements on the device at hand: a candidate's decode step and peak memory, the decode latency
-model (elastic tables + fitted overheads), and the quality data (per sub-network, per KV budget).
+"""Measurements on the device at hand: a candidate's decode step and peak memory, and the decode
+latency models (eager: elastic tables + fitted overheads; static: linear in bytes read, fitted from
+compiled runs). The quality data are measured in ``quality.py``.
+
+Serving modes (``serve``): ``"eager"`` runs ``generate`` with a DynamicCache or a dynamic-slot
+``anybudget.kv`` cache; ``"static"`` with transformers' ``StaticCache`` (full) or a fixed-slot
+cache (``static=True``), and on CUDA ``generate`` compiles the decoding step (``compile_config``,
+default ``CompileConfig(dynamic=True)``: one compilation per exported model and cache kind serves
+every batch and length; CUDA graphs are recorded per shape). Off CUDA the static caches run eagerly
+(transformers compiles only on accelerators), so the same code path runs in CPU tests.
 
 The planner's only contact with the two technique packages' running code is here and in
 ``fit.py``: an elastic sub-network is exported as a plain dense model, and served with a
@@ -9,21 +17,64 @@ The planner's only contact with the two technique packages' running code is here
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import torch
 
-from anybudget.plan.costs import Candidate, LatencyModel, Quality, ServingWorkload
+from anybudget.plan.costs import Candidate, LatencyModel, ServingWorkload
 
-__all__ = ["decode_latency_model", "export_candidate", "make_plan_cache", "measure_candidate", "measure_quality"]
+__all__ = ["compile_settings", "decode_latency_model", "export_candidate", "make_plan_cache", "measure_candidate",
+           "static_latency_model"]
 
 
-def make_plan_cache(policy: str, kv_budget: str):
-    """The cache a plan serves with: a fresh one per ``generate`` call."""
+def make_plan_cache(policy: str, kv_budget: str, static: bool = False, max_new_tokens: int | None = None):
+    """The cache a plan serves with: a fresh one per ``generate`` call (``static``: fixed slots sized
+    for ``max_new_tokens``; a full cache is a DynamicCache, see :func:`hf_static_cache` for the static one)."""
     from anybudget.kv import make_cache
 
+    if static and policy != "full":
+        return make_cache(policy, kv_budget, static=True, max_new_tokens=max_new_tokens)
     return make_cache(policy, kv_budget)
+
+
+def hf_static_cache(model, batch: int, max_len: int):
+    """transformers' StaticCache for ``batch`` rows of ``max_len`` tokens, allocated now; on CUDA its
+    batch and length dims are marked dynamic (one compiled step for every shape, as the kv serving
+    benchmark does)."""
+    from transformers import StaticCache
+
+    cfg = model.config
+    p = next(model.parameters())
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    cache = StaticCache(config=cfg, max_cache_len=max_len)
+    cache.early_initialization(batch, cfg.num_key_value_heads, head_dim, p.dtype, p.device)
+    if p.device.type == "cuda":
+        for layer in cache.layers:
+            for t in (layer.keys, layer.values):
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+                torch._dynamo.maybe_mark_dynamic(t, 2)
+    return cache
+
+
+def compile_settings(share_graphs: bool = True) -> dict:
+    """Dynamo settings a static measurement runs under (``torch._dynamo.config.patch``, for its
+    calls only): many shapes in one process never fall back to eager; ``share_graphs``: weight
+    shapes are dynamic too (dynamo keeps parameters and nn.Module tensors static by default), so
+    every sub-network with more than one KV group reuses one compiled step per cache kind."""
+    out = {"cache_size_limit": 256, "recompile_limit": 256, "accumulated_cache_size_limit": 4096,
+           "accumulated_recompile_limit": 4096}
+    if share_graphs:
+        out |= {"force_parameter_static_shapes": False, "force_nn_module_property_static_shapes": False}
+    import torch._dynamo.config as cfg
+
+    return {k: v for k, v in out.items() if hasattr(cfg, k)}
+
+
+def default_compile_config():
+    """``CompileConfig(dynamic=True)`` (inductor, reduce-overhead: CUDA graphs)."""
+    from transformers import CompileConfig
+
+    return CompileConfig(dynamic=True)
 
 
 def export_candidate(em, c: Candidate, dtype: torch.dtype | None = None):
@@ -64,17 +115,29 @@ def _sync(dev: torch.device) -> None:
 
 
 @torch.no_grad()
-def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2, seed: int = 0, warmup: bool = True) -> dict:
+def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2, seed: int = 0, warmup: bool = True,
+                      serve: str = "eager", compile_config=None, share_graphs: bool = True) -> dict:
     """Serve the workload once with ``model`` (a dense model, ``anybudget.kv.enable``-d here) and
     ``c``'s cache: per-step decode latency ``(T(new) - T(1)) / (new - 1)`` (fastest of ``repeat`` each)
     and memory. CUDA: ``peak_bytes`` = ``torch.cuda.max_memory_allocated`` over the call minus what
     other objects of the process hold (so: this model's weights + cache + activations; the CUDA
     context is not counted). CPU: no in-process peak exists, ``peak_bytes`` is the
-    resident weights + the cache's allocated tensors at the end (``peak_kind`` says which)."""
-    from anybudget.kv import cache_kwargs, enable
+    resident weights + the cache's allocated tensors at the end (``peak_kind`` says which).
+    ``serve="static"`` (module doc): the warm-up call compiles (``warmup_s`` reports it); the
+    static caches are reused across calls (their buffers keep the addresses the graphs recorded).
+    ``compile_config``: default ``CompileConfig(dynamic=True)`` on CUDA, none elsewhere; one given
+    off CUDA is used (transformers then needs ``compile_config._compile_all_devices = True``).
+    Compiled calls run under :func:`compile_settings` (``share_graphs``)."""
+    from anybudget.kv import cache_kwargs, disable, enable
     from anybudget.measure import model_bytes
+    from anybudget.plan.costs import _check_serve
 
-    enable(model)
+    _check_serve(serve)
+    static = serve == "static"
+    if static and c.policy == "full":
+        disable(model)  # transformers' own attention with its StaticCache (SDPA), as a user would serve it
+    else:
+        enable(model)
     p = next(model.parameters())
     dev = p.device
     g = torch.Generator().manual_seed(seed)
@@ -83,22 +146,47 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
     mask = torch.ones_like(ids)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
+    # what the process holds besides this model, before any cache of this call exists (a static
+    # cache outlives its generate calls: it must stay inside the measured peak)
+    weights_all = model_bytes(model)
+    other = torch.cuda.memory_allocated(dev) - weights_all if dev.type == "cuda" else 0
+    gen = {}
+    if static and (dev.type == "cuda" or compile_config is not None):  # a CPU compiles only when told to
+        gen["compile_config"] = compile_config or default_compile_config()
+    fixed = None
+    if static:
+        fixed = (hf_static_cache(model, wl.batch, wl.prompt + wl.new_tokens + 1) if c.policy == "full"
+                 else make_plan_cache(c.policy, c.kv_budget, True, wl.new_tokens))
+
     def run(n):
-        cache = make_plan_cache(c.policy, c.kv_budget)
+        if "compile_config" not in gen:
+            return _run(n)
+        import torch.fx.experimental._config as fx_config
+
+        # share_graphs: no duck sizing either (equal sizes, e.g. q_proj rows == hidden in the full
+        # model only, would otherwise be guarded on and split the sub-networks' graph)
+        with torch._dynamo.config.patch(**compile_settings(share_graphs)), \
+                fx_config.patch(use_duck_shape=not share_graphs):
+            return _run(n)
+
+    def _run(n):
+        if fixed is not None and c.policy == "full":
+            fixed.reset()  # generate does not reset a user's StaticCache; anybudget's restart themselves
+        cache = fixed if fixed is not None else make_plan_cache(c.policy, c.kv_budget)
         _sync(dev)
         t0 = time.perf_counter()
         model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                       pad_token_id=pad, **cache_kwargs(model, cache))
+                       pad_token_id=pad, **gen, **cache_kwargs(model, cache))
         _sync(dev)
         return time.perf_counter() - t0, cache
 
-    if warmup:
-        run(2)  # kernels, allocator, first-call paths
+    warm_s = 0.0
+    if warmup:  # kernels, allocator, first-call paths; static: compilation and CUDA graph capture
+        warm_s = run(4 if static else 2)[0]
     t1s, tns, peak, cache = [], [], None, None
-    weights_all = model_bytes(model)
-    other = torch.cuda.memory_allocated(dev) - weights_all if dev.type == "cuda" else 0
     for _ in range(repeat):
         t1s.append(run(1)[0])
+        cache = None  # the previous call's eager cache must not stay alive into this call's peak
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         tn, cache = run(wl.new_tokens)
@@ -109,9 +197,12 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
     step = max(0.0, (min(tns) - min(t1s)) / (wl.new_tokens - 1))
     kv_used, kv_alloc = _cache_bytes(cache)
     weights = model_bytes(model, buffers=False)
+    if static and c.policy == "full":
+        enable(model)
     return {"step_s": step, "peak_bytes": peak if peak is not None else weights + kv_alloc,
             "peak_kind": "cuda_max_allocated" if peak is not None else "cpu_weights_plus_cache",
-            "kv_used_bytes": kv_used, "kv_alloc_bytes": kv_alloc, "weights_bytes": weights}
+            "kv_used_bytes": kv_used, "kv_alloc_bytes": kv_alloc, "weights_bytes": weights,
+            "serve": serve, "compiled": "compile_config" in gen, "warmup_s": warm_s}
 
 
 def _decode_table(em, wl: ServingWorkload, ctx: int, warmup: int, repeat: int) -> dict:
@@ -186,45 +277,53 @@ def _fit_memory(lat: LatencyModel, em, wl: ServingWorkload, tried: list, calib: 
         m = row["measured"]
         if m.get("peak_kind") != "cuda_max_allocated":
             continue
-        pred = memory_terms(em.shape, params, c, wl, fused)["mem"]
+        pred = memory_terms(em.shape, params, c, wl, fused, lat.mode)["mem"]
         lat.mem_correction["full" if c.policy == "full" else c.policy] = max(0.0, float(m["peak_bytes"] - pred))
         row["predicted_mem_before_correction"] = pred
 
 
-@torch.no_grad()
-def measure_quality(em, tokens, policies=("h2o", "streaming", "local"), kv_percents=(50.0, 20.0, 10.0),
-                    seq: int = 256, batch: int = 8, max_tokens: int = 65_536, kv_seq: int = 256, kv_seqs: int = 4,
-                    quiet: bool = True) -> Quality:
-    """Perplexity of every uniform sub-network (full cache, ``anybudget.elastic.perplexity`` on windows
-    of ``seq`` tokens, at most ``max_tokens``) and, on the full model, streaming perplexity with each
-    policy at each budget over ``kv_seqs`` sequences of ``kv_seq`` tokens fed one token per step
-    (``anybudget.kv.evaluate.streaming_nll``), as a ratio to the full cache on the same tokens."""
-    from transformers import DynamicCache
+def static_latency_model(em, wl: ServingWorkload, policies=("h2o", "streaming", "local"), kv_percents=(50.0, 20.0, 10.0),
+                         measure=None, compile_config=None) -> tuple[LatencyModel, list]:
+    """The static serving latency model (``costs.py``): per cache kind, ``step = t0 + s * bytes read``
+    through two measured points, the full model (full cache; a policy at its largest budget) and the
+    smallest sub-network with more than one KV group (a policy at its smallest budget; compilers
+    specialise size-1 dimensions, so one group would cost a compilation of its own), both served as the plan serves
+    (``measure_candidate(serve="static")``: compiled on CUDA, eager elsewhere). A slope fitted below
+    0 (noise, a step bound by kernel launches) is set to 0 and ``t0`` to the slower point.
+    The full-model measurements fit the memory correction as :func:`decode_latency_model` does.
+    Returns the model and the calibration measurements."""
+    from anybudget.elastic import params_table
+    from anybudget.plan.costs import step_bytes
 
-    from anybudget.elastic import eval_windows, perplexity
-    from anybudget.elastic.router import uniform_configs
-    from anybudget.kv import enabled, make_cache
-    from anybudget.kv.evaluate import streaming_nll
-
-    tokens = torch.as_tensor(tokens).long().flatten()
-    windows = eval_windows(tokens, seq, batch, max_tokens)
-    elastic_ppl = {}
-    for sub in uniform_configs(em):
-        x = sub.layers[0]
-        elastic_ppl[Candidate(x.kv_groups, x.mlp_width).subnet_label] = perplexity(em, windows, sub)
-    n = min(kv_seqs, tokens.numel() // kv_seq)
-    if n < 1:
-        raise ValueError(f"tokens has {tokens.numel()} ids; the KV quality curve needs at least kv_seq={kv_seq}")
+    dtype = getattr(torch, wl.dtype)
+    table = params_table(em)
+    params = {f"{g}/{w}": int(table.cost(em.uniform_choice(a, m)))
+              for a, g in enumerate(em.kv_choices) for m, w in enumerate(em.mlp_choices)}
     dev = next(em.model.parameters()).device
-    ids = tokens[: n * kv_seq].view(n, kv_seq).to(dev)
-    kv_ratio = {}
-    with em.use(None), enabled(em.model):
-        base = streaming_nll(em.model, ids, DynamicCache(), chunk=kv_seq).mean()
-        for p in policies:
-            for f in kv_percents:
-                c = Candidate(max(em.kv_choices), max(em.mlp_choices), p, float(f))
-                nll = streaming_nll(em.model, ids, make_cache(p, c.kv_budget), chunk=1).mean()
-                kv_ratio[c.kv_label] = math.exp(float(nll - base))
-    src = {"windows_tokens": int(sum(w[:, 1:].numel() for w in windows)), "seq": seq, "kv_seq": kv_seq, "kv_seqs": n,
-           "kv_full_ppl": math.exp(float(base))}
-    return Quality(elastic_ppl, kv_ratio, src)
+    lat = LatencyModel(em.num_layers, {}, {}, device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                       mode="static", step_inputs={"shape": dict(em.shape), "params": params})
+    measure = measure or (lambda model, c, w: measure_candidate(model, c, w, serve="static", compile_config=compile_config))
+    big = (max(em.kv_choices), max(em.mlp_choices))
+    small = (min([g for g in em.kv_choices if g > 1] or em.kv_choices), min(em.mlp_choices))
+    kinds = [("full", Candidate(*big), Candidate(*small))]
+    kinds += [(p, Candidate(*big, p, float(max(kv_percents))), Candidate(*small, p, float(min(kv_percents)))) for p in policies]
+    calib, tried_full = [], []
+    for sub in (big, small):
+        dense = export_candidate(em, Candidate(*sub), dtype=dtype)
+        for kind, cb, cs in kinds:
+            c = cb if sub == big else cs
+            m = measure(dense, c, wl)
+            b = step_bytes(em.shape, params[f"{c.kv_groups}/{c.mlp_width}"], c, wl)["total"]
+            calib.append({"candidate": c.label, "kind": kind, "measured": m, "bytes": b})
+            if sub == big:
+                tried_full.append(c)
+        del dense
+    for kind, _, _ in kinds:
+        (x0, y0), (x1, y1) = [(r["bytes"], r["measured"]["step_s"]) for r in calib if r["kind"] == kind]
+        slope = (y1 - y0) / (x1 - x0) if x1 != x0 else 0.0
+        if slope < 0:
+            lat.linear[kind] = [max(y0, y1), 0.0]
+        else:
+            lat.linear[kind] = [y0 - slope * x0, slope]
+    _fit_memory(lat, em, wl, tried_full, calib[:len(kinds)])
+    return lat, calib

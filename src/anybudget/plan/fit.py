@@ -83,6 +83,7 @@ class Plan:
     assumptions: list = field(default_factory=list)
     source: str = ""
     candidates: list = field(default_factory=list)
+    serve: str = "eager"
 
     @property
     def candidate(self) -> Candidate:
@@ -90,13 +91,19 @@ class Plan:
 
     def cache_settings(self) -> dict:
         c = self.candidate
-        return {"policy": c.policy, "budget": c.kv_budget if c.policy != "full" else "100%"}
+        out = {"policy": c.policy, "budget": c.kv_budget if c.policy != "full" else "100%"}
+        if self.serve == "static":
+            out |= {"static": True, "max_new_tokens": int(self.workload["new_tokens"])}
+        return out
 
-    def make_cache(self):
-        """A fresh cache for one ``generate`` call (``anybudget.kv``)."""
+    def make_cache(self, max_new_tokens: int | None = None):
+        """A fresh cache for one ``generate`` call (``anybudget.kv``); a static plan's fixed slots are
+        sized for ``max_new_tokens`` (default the planned workload's); a full cache is a DynamicCache
+        (for compiled decoding pass ``cache_implementation="static"`` to ``generate`` instead)."""
         from anybudget.plan.device import make_plan_cache
 
-        return make_plan_cache(self.candidate.policy, self.candidate.kv_budget)
+        n = max_new_tokens if max_new_tokens is not None else int(self.workload["new_tokens"])
+        return make_plan_cache(self.candidate.policy, self.candidate.kv_budget, self.serve == "static", n)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -170,8 +177,9 @@ def fused_scores(em) -> bool:
 
 def predict_all(em, workload: ServingWorkload, quality: Quality | None, latency_model: LatencyModel | None,
                 policies=("h2o", "streaming", "local"), kv_percents=(50.0, 20.0, 10.0),
-                techniques=("elastic", "kv")) -> list[dict]:
-    """Predicted numbers of every candidate (``ppl`` is None without ``quality``)."""
+                techniques=("elastic", "kv"), serve: str | None = None) -> list[dict]:
+    """Predicted numbers of every candidate (``ppl`` is None without ``quality``); ``serve`` defaults
+    to the latency model's mode (eager without one)."""
     from anybudget.elastic import params_table
 
     fused = fused_scores(em)
@@ -180,7 +188,7 @@ def predict_all(em, workload: ServingWorkload, quality: Quality | None, latency_
     for c in enumerate_candidates(em.kv_choices, em.mlp_choices, policies, kv_percents, techniques):
         sub = em.uniform_choice(em.kv_choices.index(c.kv_groups), em.mlp_choices.index(c.mlp_width))
         q = quality if quality is not None else Quality({c.subnet_label: math.nan}, {c.kv_label: math.nan})
-        r = predict(c, em.shape, int(params.cost(sub)), workload, latency_model, q, fused)
+        r = predict(c, em.shape, int(params.cost(sub)), workload, latency_model, q, fused, serve)
         rows.append({"label": c.label, "candidate": c.__dict__.copy(), **r} | ({} if quality is not None else {"ppl": None}))
     return rows
 
@@ -198,15 +206,16 @@ def check_reachable(em, budget, workload: ServingWorkload, latency_model: Latenc
 def fit(em, budget, workload: ServingWorkload, quality: Quality, latency_model: LatencyModel | None = None,
         policies=("h2o", "streaming", "local"), kv_percents=(50.0, 20.0, 10.0), techniques=("elastic", "kv"),
         max_trials: int = 5, table_rows: int = 12, measure=None, source: str = "", margin: float = 0.02,
-        quiet: bool = True) -> Plan:
+        quiet: bool = True, serve: str | None = None, compile_config=None) -> Plan:
     """Plan ``em`` (an ElasticLlama) for ``budget`` (``mem`` and/or per-token ``latency``) and ``workload``.
 
-    ``quality``: measured data (``device.measure_quality``); ``latency_model``: a fitted decode model
+    ``quality``: measured data (``quality.measure_quality``); ``latency_model``: a fitted decode model
     (``device.decode_latency_model``), required for a latency budget. ``measure(dense_model, candidate,
     workload) -> {"step_s", "peak_bytes", ...}`` defaults to ``device.measure_candidate`` (tests inject
     one). ``margin`` in [0, 1): candidates predicted within ``(1 - margin)`` of the budget are tried
     first (head-room for timing noise; the measured check uses the budget itself), or, when there
-    are none, those within the budget. Raises BudgetError when nothing is predicted to fit (naming
+    are none, those within the budget. ``serve``: ``"eager"`` or ``"static"`` (``device.py``; default
+    the latency model's mode, eager without one); the plan records it and serves that way. Raises BudgetError when nothing is predicted to fit (naming
     the smallest memory and latency reachable) or when ``max_trials`` measured candidates all break
     the budget.
     """
@@ -219,8 +228,13 @@ def fit(em, budget, workload: ServingWorkload, quality: Quality, latency_model: 
         raise ValueError(f"max_trials={max_trials!r} must be an integer >= 1")
     import torch
 
-    measure = measure or measure_candidate
-    rows = predict_all(em, workload, quality, latency_model, policies, kv_percents, techniques)
+    serve = serve or (latency_model.mode if latency_model is not None else "eager")
+    if latency_model is not None and latency_model.mode != serve:
+        raise ValueError(f"serve={serve!r} but the latency model was fitted for {latency_model.mode!r} serving")
+    if measure is None:
+        def measure(model, c, wl):
+            return measure_candidate(model, c, wl, serve=serve, compile_config=compile_config)
+    rows = predict_all(em, workload, quality, latency_model, policies, kv_percents, techniques, serve)
     if not 0 <= margin < 1:
         raise ValueError(f"margin={margin!r} must be in [0, 1)")
     ok = [r for r in rows if fits(r, budget, "mem", "latency_s")]
@@ -248,11 +262,18 @@ def fit(em, budget, workload: ServingWorkload, quality: Quality, latency_model: 
         raise BudgetError(f"the {len(trials)} best candidates predicted to fit {budget} all broke it when measured "
                           f"({', '.join(t['label'] for t in trials)}); try a looser budget or max_trials > {max_trials}")
     dev = next(em.model.parameters()).device
+    q_src = quality.source or {}
+    protocol = (f" (new-token perplexity of {q_src['new_tokens']} tokens after {q_src['prompt']}-token prompts)"
+                if "prompt" in q_src else "")
+    latency_text = ("latency: per decoding step of the whole batch, compiled static caches; linear in the bytes a "
+                    "step reads, fitted per cache kind from two compiled measurements on this device"
+                    if serve == "static" else
+                    "latency: per decoding step of the whole batch; elastic decode table at two cached lengths, linear "
+                    "in the mean kept length, plus overheads fitted on this device")
     assumptions = [
         ("quality: ppl = ppl(sub-network, full cache) x ppl ratio of the KV policy/budget on the full model "
-        "(eviction adds the same NLL to every sub-network)"),
-        ("latency: per decoding step of the whole batch; elastic decode table at two cached lengths, linear in "
-        "the mean kept length, plus overheads fitted on this device"),
+        f"(eviction adds the same NLL to every sub-network){protocol}; exact for full caches and for the full model"),
+        latency_text,
         ("memory: analytic weights + KV allocation + one layer's prefill activations; measured on CUDA as "
         "max_memory_allocated (no CUDA context), on CPU as weights + cache tensors"),
     ]
@@ -262,4 +283,4 @@ def fit(em, budget, workload: ServingWorkload, quality: Quality, latency_model: 
                 latency_model.to_dict() if latency_model is not None else {}, quality.to_dict(),
                 torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", assumptions, str(source),
                 [{"label": r["label"], "mem": r["mem"], "latency_s": r["latency_s"], "ppl": r["ppl"],
-                  "fits": fits(r, budget, "mem", "latency_s")} for r in rows])
+                  "fits": fits(r, budget, "mem", "latency_s")} for r in rows], serve)
