@@ -232,10 +232,11 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
     return res
 
 
-def plan(prompts, smoke):
+def plan(prompts, smoke, do_sweep=True):
     """(row, prompt, batches) in priority order: the compared pair at the reference batch of each
     prompt, plain use at a large batch, the pair's batch sweeps (doubling until out of memory,
-    the reference batch not repeated), then the other rows at the reference batch."""
+    the reference batch not repeated; left out with ``do_sweep=False``), then the other rows at the
+    reference batch."""
     start = {p: (1 if smoke else (8 if p <= 2048 else 4)) for p in prompts}
     cap = 2 if smoke else 1024
     ref = {p: (2 if smoke else (64 if p <= 2048 else 16)) for p in prompts}
@@ -245,11 +246,11 @@ def plan(prompts, smoke):
 
     jobs = [(r, p, [ref[p]]) for p in prompts for r in ("hf_static", "h2o_20")]
     jobs += [("h2o_dynamic", prompts[0], [4 if smoke else 256])]
-    jobs += [(r, p, sweep(p)) for p in prompts for r in ("hf_static", "h2o_20")]
+    jobs += [(r, p, sweep(p)) for p in prompts for r in ("hf_static", "h2o_20") if do_sweep]
     jobs += [(r, p, [ref[p]]) for p in prompts for r in ("hf_dynamic", "ab_full")]
     jobs += [("hf_static_default", prompts[0], [ref[prompts[0]]])]
     jobs += [(f"{pol}_{pct[:-1]}", p, [ref[p]]) for p in prompts for pol, pct in BUDGET_ROWS if (pol, pct) != ("h2o", "20%")]
-    jobs += [("h2o_20_reduce", p, sweep(p)) for p in prompts]
+    jobs += [("h2o_20_reduce", p, sweep(p) if do_sweep else [ref[p]]) for p in prompts]
     return jobs, ref
 
 
@@ -335,6 +336,8 @@ def main(argv=None):
     ap.add_argument("--static-shapes", action="store_true",
                     help="transformers' defaults: cache_implementation='static' and its default compile config "
                          "(recompiles for every batch and length) instead of dynamic batch/length dims")
+    ap.add_argument("--no-sweep", action="store_true",
+                    help="every row at its reference batch only (no batch doubling): the other policies in one call")
     ap.add_argument("--rows", default=None, help="comma list of rows to run (default all, in priority order)")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: the same code path in seconds")
     args = ap.parse_args(argv)
@@ -362,7 +365,7 @@ def main(argv=None):
     weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
     bw = copy_bandwidth(args.smoke)
     total_mem = torch.cuda.get_device_properties(0).total_memory / GiB if CUDA else 1e9
-    jobs, ref = plan(prompts, args.smoke)
+    jobs, ref = plan(prompts, args.smoke, do_sweep=not args.no_sweep)
     if args.rows:
         keep = set(args.rows.split(","))
         jobs = [j for j in jobs if j[0] in keep]

@@ -63,3 +63,13 @@ def test_divergence_finds_the_first_differing_step_and_its_gap():
     d = divergence(got, ref, scores)
     assert d["rows_identical"] == 1 and d["rows"] == 2 and d["median_first_divergence_step"] == 2
     assert abs(d["median_top2_gap_at_first_divergence"] - 0.01) < 1e-5 and d["median_top2_gap_all_steps"] == 1.0
+
+
+def test_serving_plan_without_sweeps_runs_every_row_at_its_reference_batch():
+    spec = importlib.util.spec_from_file_location("kv_serving_plan", ROOT / "benchmarks" / "kv" / "serving.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    jobs, ref = mod.plan([2048, 8192], smoke=False, do_sweep=False)
+    assert all(b == [ref[p]] for r, p, b in jobs if r != "h2o_dynamic")
+    full, _ = mod.plan([2048, 8192], smoke=False)
+    assert {r for r, _, _ in jobs} == {r for r, _, _ in full} and len(full) > len(jobs)
