@@ -10,6 +10,12 @@ import pytest
 from plan_helpers import REFLM, tiny_elastic
 
 
+@pytest.fixture(scope="module")
+def em():
+    """A tiny elastic model of a 512-token vocabulary, one per test module."""
+    return tiny_elastic(vocab=512)
+
+
 @pytest.fixture(scope="session")
 def elastic_folder(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("elastic")

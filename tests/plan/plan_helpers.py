@@ -8,6 +8,14 @@ from pathlib import Path
 import torch
 
 REFLM = Path(__file__).resolve().parents[2] / "src" / "anybudget" / "assets" / "reflm"
+POL, PCT = ("h2o", "local"), (50.0, 20.0)  # the fit tests' KV policies and percentages
+
+
+def small_workload():
+    """The fit tests' workload: 2 sequences of 32 prompt + 4 new tokens, float32."""
+    from anybudget.plan import ServingWorkload
+
+    return ServingWorkload(prompt=32, new_tokens=4, batch=2, dtype="float32")
 
 
 def tiny_llama(vocab: int = 16384, seed: int = 0):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from plan_helpers import REFLM, tiny_elastic
+from plan_helpers import PCT, POL, REFLM, small_workload
 
 from anybudget.budget import BudgetError
 from anybudget.kv import cache_kwargs, enable
@@ -26,13 +26,7 @@ from anybudget.plan import (
     write_plan,
 )
 
-WL = ServingWorkload(prompt=32, new_tokens=4, batch=2, dtype="float32")
-POL, PCT = ("h2o", "local"), (50.0, 20.0)
-
-
-@pytest.fixture(scope="module")
-def em():
-    return tiny_elastic(vocab=512)
+WL = small_workload()
 
 
 def quality(em) -> Quality:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from plan_helpers import tiny_elastic
+from plan_helpers import PCT, POL, small_workload
 
 from anybudget.elastic import params_table
 from anybudget.kv import KVBudgetCache
@@ -24,13 +24,7 @@ from anybudget.plan import (
 )
 from anybudget.plan.costs import SLOT_META, step_bytes
 
-WL = ServingWorkload(prompt=32, new_tokens=4, batch=2, dtype="float32")
-POL, PCT = ("h2o", "local"), (50.0, 20.0)
-
-
-@pytest.fixture(scope="module")
-def em():
-    return tiny_elastic(vocab=512)
+WL = small_workload()
 
 
 def params_of(em, c):
