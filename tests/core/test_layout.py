@@ -60,3 +60,17 @@ def test_every_result_record_names_its_device_config_and_commit():
         if gaps:
             missing[str(p.relative_to(ROOT))] = gaps
     assert not missing, missing
+
+
+def test_test_modules_and_helpers_have_unique_basenames():
+    """The test folders have no __init__.py, so pytest imports each file by its basename: two
+    ``test_static.py`` in different folders stop collection (a fresh clone's CI did)."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for p in sorted((ROOT / "tests").rglob("*.py")):
+        if p.name == "conftest.py" or "__pycache__" in p.parts:
+            continue
+        if p.name in seen:
+            clashes.append(f"{seen[p.name].relative_to(ROOT)} and {p.relative_to(ROOT)}")
+        seen.setdefault(p.name, p)
+    assert not clashes, "same basename: " + "; ".join(clashes)
