@@ -21,22 +21,28 @@ def has_gsplat() -> bool:
     return importlib.util.find_spec("gsplat") is not None
 
 
-def render_gsplat(scene: GaussianScene, cam: Camera, background=None, sh_degree: int | None = None,
-                  near: float = 0.2) -> RenderOutput:
-    """gsplat ``rasterization`` (classic mode, unpacked so ``means2d`` is per Gaussian; here
-    ``means2d`` keeps gsplat's ``(1, N, 2)`` shape so that its ``.grad`` is populated)."""
+def _rasterize(scene: GaussianScene, cams: list[Camera], background, sh_degree: int, near: float):
+    """One gsplat ``rasterization`` call (classic mode, unpacked) of ``cams``, which share one size."""
     try:
         from gsplat import rasterization
     except ImportError as e:
         raise ImportError("backend='gsplat' needs gsplat: pip install 'anybudget[splat]'") from e
     dev = scene.means.device
-    deg = scene.sh_degree if sh_degree is None else min(sh_degree, scene.sh_degree)
     bg = torch.zeros(3, device=dev) if background is None else torch.as_tensor(background, dtype=torch.float32, device=dev)
-    colors, alphas, meta = rasterization(
+    return rasterization(
         scene.means, scene.rotations, scene.scales, scene.opacities, scene.sh,
-        cam.world_to_cam.to(dev)[None], cam.K.to(dev)[None], cam.width, cam.height,
-        near_plane=near, sh_degree=deg, backgrounds=bg[None], packed=False, rasterize_mode="classic",
+        torch.stack([c.world_to_cam for c in cams]).to(dev), torch.stack([c.K for c in cams]).to(dev),
+        cams[0].width, cams[0].height, near_plane=near, sh_degree=sh_degree,
+        backgrounds=bg[None].expand(len(cams), 3), packed=False, rasterize_mode="classic",
     )
+
+
+def render_gsplat(scene: GaussianScene, cam: Camera, background=None, sh_degree: int | None = None,
+                  near: float = 0.2) -> RenderOutput:
+    """gsplat ``rasterization`` (classic mode, unpacked so ``means2d`` is per Gaussian; here
+    ``means2d`` keeps gsplat's ``(1, N, 2)`` shape so that its ``.grad`` is populated)."""
+    deg = scene.sh_degree if sh_degree is None else min(sh_degree, scene.sh_degree)
+    colors, alphas, meta = _rasterize(scene, [cam], background, deg, near)
     means2d = meta["means2d"]
     if means2d.requires_grad:
         means2d.retain_grad()  # (1, N, 2); the trainer reads .grad of this very tensor
@@ -50,19 +56,9 @@ def render_gsplat(scene: GaussianScene, cam: Camera, background=None, sh_degree:
 def render_gsplat_batch(scene: GaussianScene, cams: list[Camera], background=None, near: float = 0.2) -> torch.Tensor:
     """Images ``(C, H, W, 3)`` of ``cams`` (all the same size) from one gsplat call; used to time the
     rasteriser without the per-call host work of C separate calls."""
-    from gsplat import rasterization
-
     if not cams or len({(c.width, c.height) for c in cams}) != 1:
         raise ValueError("cams must be non-empty and share one width and height")
-    dev = scene.means.device
-    bg = torch.zeros(3, device=dev) if background is None else torch.as_tensor(background, dtype=torch.float32, device=dev)
-    colors, _, _ = rasterization(
-        scene.means, scene.rotations, scene.scales, scene.opacities, scene.sh,
-        torch.stack([c.world_to_cam for c in cams]).to(dev), torch.stack([c.K for c in cams]).to(dev),
-        cams[0].width, cams[0].height, near_plane=near, sh_degree=scene.sh_degree,
-        backgrounds=bg[None].expand(len(cams), 3), packed=False, rasterize_mode="classic",
-    )
-    return colors
+    return _rasterize(scene, cams, background, scene.sh_degree, near)[0]
 
 
 def render(scene: GaussianScene, cam: Camera, background=None, sh_degree: int | None = None,
