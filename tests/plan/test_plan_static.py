@@ -84,6 +84,14 @@ def test_static_memory_terms_against_the_caches_allocated(em):
         memory_terms(em.shape, 1, Candidate(2, 128), WL, serve="fast")
 
 
+def test_fit_folder_refuses_an_unknown_serve_mode_before_loading(tmp_path):
+    from anybudget.plan import fit_folder
+
+    # tmp_path is no elastic folder: the serve check must come first, naming the allowed modes
+    with pytest.raises(ValueError, match="serve='fast' must be one of eager, static"):
+        fit_folder(tmp_path, "mem=1GiB", WL, serve="fast")
+
+
 def test_static_plan_serves_and_saves_static_caches(em, tmp_path):
     ppl = {f"kv{g}/mlp{w}": 100.0 / (g * w) ** 0.5 for g in em.kv_choices for w in em.mlp_choices}
     q = Quality(ppl, {"h2o@50%": 1.01, "h2o@20%": 1.2, "local@50%": 1.1, "local@20%": 1.4})

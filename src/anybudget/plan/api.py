@@ -34,9 +34,11 @@ def fit_folder(model_dir, budget, workload: ServingWorkload, text: str | os.Path
     """
     import torch
 
+    from anybudget.plan.costs import _check_serve
     from anybudget.plan.device import decode_latency_model, static_latency_model
     from anybudget.plan.quality import measure_quality, quality_workload
 
+    _check_serve(serve)  # before loading anything
     budget = check_budget(budget)
     em, _meta = load_elastic_folder(model_dir, device)
     if serve == "static":

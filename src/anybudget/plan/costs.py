@@ -281,8 +281,7 @@ class LatencyModel:
         """Measured-minus-analytic peak bytes for ``c``'s cache kind (>= 0), scaled by its KV groups
         (eager: the gap is KV-sized copies); static caches copy nothing, their gap (masks, workspace)
         is kept whole, an upper bound for a smaller sub-network."""
-        kind = "full" if c.policy == "full" else c.policy
-        extra = max(0.0, self.mem_correction.get(kind, 0.0))
+        extra = max(0.0, self.mem_correction.get(c.policy, 0.0))  # cache kind = policy ("full" too)
         return extra if self.mode == "static" else extra * c.kv_groups / max(1, self.mem_groups)
 
     def layer_time(self, g: int, w: int, ctx: float) -> float:
@@ -299,10 +298,9 @@ class LatencyModel:
 
     def step(self, c: Candidate, wl: ServingWorkload) -> float:
         if self.mode == "static":
-            kind = "full" if c.policy == "full" else c.policy
-            if kind not in self.linear:
-                raise KeyError(f"no static latency fit for cache kind {kind!r}; fitted: {sorted(self.linear)}")
-            t0, slope = self.linear[kind]
+            if c.policy not in self.linear:
+                raise KeyError(f"no static latency fit for cache kind {c.policy!r}; fitted: {sorted(self.linear)}")
+            t0, slope = self.linear[c.policy]
             params = self.step_inputs["params"][f"{c.kv_groups}/{c.mlp_width}"]
             return t0 + slope * step_bytes(self.step_inputs["shape"], params, c, wl)["total"]
         over = 0.0 if c.policy == "full" else self.layers * self.overhead_policy.get(c.policy, 0.0)

@@ -278,7 +278,7 @@ def _fit_memory(lat: LatencyModel, em, wl: ServingWorkload, tried: list, calib: 
         if m.get("peak_kind") != "cuda_max_allocated":
             continue
         pred = memory_terms(em.shape, params, c, wl, fused, lat.mode)["mem"]
-        lat.mem_correction["full" if c.policy == "full" else c.policy] = max(0.0, float(m["peak_bytes"] - pred))
+        lat.mem_correction[c.policy] = max(0.0, float(m["peak_bytes"] - pred))
         row["predicted_mem_before_correction"] = pred
 
 
