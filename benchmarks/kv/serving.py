@@ -50,6 +50,7 @@ import torch
 
 from anybudget import kv
 from anybudget.io import results_dir, write_results
+from anybudget.plan.device import compile_settings, hf_static_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,22 +126,6 @@ class StepClock:
         return (self.marks[-1] - self.marks[0]) * 1e3 / (len(self.marks) - 1)
 
 
-def hf_static_cache(model, cfg, B, P, N):
-    """transformers' StaticCache sized like ``cache_implementation="static"`` would size it, with
-    its batch and length dims marked dynamic like anybudget's slots (one compiled step for all
-    rows; CUDA graphs per shape). ``--static-shapes`` uses ``cache_implementation`` itself."""
-    from transformers import StaticCache
-
-    cache = StaticCache(config=cfg, max_cache_len=P + N + 1)
-    cache.early_initialization(B, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads, model.dtype,
-                               model.device)
-    for layer in cache.layers:
-        for t in (layer.keys, layer.values):
-            torch._dynamo.maybe_mark_dynamic(t, 0)
-            torch._dynamo.maybe_mark_dynamic(t, 2)
-    return cache
-
-
 def make_cache(row: str, P: int, N: int):
     if row in ("hf_static", "hf_static_default", "hf_dynamic", "ab_full"):
         from transformers import DynamicCache
@@ -193,7 +178,10 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
         kv.disable(model)
     else:
         kv.enable(model)
-    cache = hf_static_cache(model, cfg, B, P, N) if row == "hf_static" and not static_shapes else make_cache(row, P, N)
+    # transformers' StaticCache sized as cache_implementation="static" sizes it, batch and length
+    # dims dynamic like anybudget's slots (``--static-shapes`` uses cache_implementation itself)
+    cache = (hf_static_cache(model, B, P + N + 1, mark_dynamic=True) if row == "hf_static" and not static_shapes
+             else make_cache(row, P, N))
     if cache is not None:
         gen.update(kv.cache_kwargs(model, cache))
     from torch._dynamo.utils import counters
@@ -347,10 +335,8 @@ def main(argv=None):
     N = args.new_tokens or (6 if args.smoke else 128)
     if not CUDA and not args.smoke:
         raise SystemExit("error: no CUDA device; use --smoke on a CPU")
-    for knob, value in (("cache_size_limit", 256), ("recompile_limit", 256), ("accumulated_cache_size_limit", 4096),
-                        ("accumulated_recompile_limit", 4096)):  # many shapes in one process: never fall back to eager
-        if hasattr(torch._dynamo.config, knob):
-            setattr(torch._dynamo.config, knob, value)
+    for knob, value in compile_settings(share_graphs=False).items():  # many shapes in one process: never eager
+        setattr(torch._dynamo.config, knob, value)
     if CUDA:
         torch._logging.set_logs(perf_hints=True)  # why a graph runs without CUDA graphs, in the log
     from transformers import CompileConfig

@@ -37,10 +37,10 @@ def make_plan_cache(policy: str, kv_budget: str, static: bool = False, max_new_t
     return make_cache(policy, kv_budget)
 
 
-def hf_static_cache(model, batch: int, max_len: int):
-    """transformers' StaticCache for ``batch`` rows of ``max_len`` tokens, allocated now; on CUDA its
-    batch and length dims are marked dynamic (one compiled step for every shape, as the kv serving
-    benchmark does)."""
+def hf_static_cache(model, batch: int, max_len: int, mark_dynamic: bool | None = None):
+    """transformers' StaticCache for ``batch`` rows of ``max_len`` tokens, allocated now, its batch
+    and length dims marked dynamic (one compiled step for every shape; CUDA graphs per shape) when
+    ``mark_dynamic`` (default: on CUDA). The kv serving benchmark's baseline is this cache too."""
     from transformers import StaticCache
 
     cfg = model.config
@@ -48,7 +48,7 @@ def hf_static_cache(model, batch: int, max_len: int):
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     cache = StaticCache(config=cfg, max_cache_len=max_len)
     cache.early_initialization(batch, cfg.num_key_value_heads, head_dim, p.dtype, p.device)
-    if p.device.type == "cuda":
+    if p.device.type == "cuda" if mark_dynamic is None else mark_dynamic:
         for layer in cache.layers:
             for t in (layer.keys, layer.values):
                 torch._dynamo.maybe_mark_dynamic(t, 0)
