@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from anybudget.measure import kernel_times
+
 ROOT = Path(__file__).resolve().parents[2]
 CUDA = torch.cuda.is_available()
 
@@ -67,28 +69,6 @@ def copy_bandwidth(nbytes: int) -> float:
     return 2 * nbytes / (_time_ms(lambda: b.copy_(a), 10) / 1e3)
 
 
-def kernel_table(fn, steps: int = 3, top: int = 16) -> tuple[list[dict], float, float]:
-    """Kernels of ``steps`` calls of ``fn`` (profiler): the ``top`` ones by time (name, calls and
-    µs per call of ``fn``), and the total kernel µs and kernel count per call: GPU busy time
-    without the host gaps between calls (the serving step replays all layers in one CUDA graph)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA else [])
-    with profile(activities=acts) as prof:
-        for _ in range(steps):
-            fn()
-        _sync()
-    rows = []
-    for e in prof.key_averages():
-        if CUDA and e.device_type.name != "CUDA":
-            continue
-        t = e.device_time_total if CUDA else e.self_cpu_time_total
-        if t:
-            rows.append({"kernel": e.key[:120], "calls_per_step": e.count / steps, "us_per_step": t / steps})
-    rows.sort(key=lambda r: -r["us_per_step"])
-    return rows[:top], sum(r["us_per_step"] for r in rows), sum(r["calls_per_step"] for r in rows)
-
-
 def run_shape(sb, B, P, N, products, repeat, backend, mode, smoke):
     H, D = (2, 16) if smoke else (16, 128)
     dtype = torch.float32 if smoke else torch.bfloat16
@@ -104,11 +84,13 @@ def run_shape(sb, B, P, N, products, repeat, backend, mode, smoke):
         _sync()
         warm = time.perf_counter() - t0
         ms = _time_ms(lambda: compiled(*args), repeat)
-        kernels, kernel_us, kernel_count = kernel_table(lambda: compiled(*args))
+        kernels, kernel_us, kernel_count = kernel_times(lambda: compiled(*args))
         # Reference: SDPA's masked attention over the same slots (output only, no scores).
         q = args[0]
         mask = layer.valid[:, :, None, :]
-        sdpa = (lambda: torch.nn.functional.scaled_dot_product_attention(q, layer.keys, layer.values, attn_mask=mask))
+        def sdpa():
+            return torch.nn.functional.scaled_dot_product_attention(q, layer.keys, layer.values, attn_mask=mask)
+
         sdpa()
         sdpa_ms = _time_ms(sdpa, repeat)
     S = layer.keys.shape[2]

@@ -2,8 +2,8 @@
 
 The step is the Table 2 model (d_model 128, vocab 8192, batch 128, the training mixture) in the
 ``eager`` FastStep mode: the same kernels as the CUDA-graph mode, each visible to the profiler.
-Writes ``ssm_step_profile.json`` (top kernels by CUDA time, their share of the total, the step
-time under the profiler) so that the 3x-faster-step work aims at what costs.
+Writes ``ssm_step_profile.json`` (top kernels by GPU time, ``anybudget.measure.kernel_times``,
+their share of the total, the step time under the profiler) so that the 3x-faster-step work aims at what costs.
 
 Usage (GPU, ~1 min):  python benchmarks/ssm/profile_step.py --out $OUT
        (CPU smoke):   python benchmarks/ssm/profile_step.py --smoke --out /tmp/x
@@ -23,23 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling train_sp
 from train_speed import Runner, build, first_step_of_each_shape, set_scan  # noqa: E402
 
 from anybudget.io import results_dir, write_results  # noqa: E402
-
-
-def kernel_table(prof, top: int) -> tuple[list[dict], float]:
-    """(rows, total ms): self device time per kernel name over the profiled steps."""
-    rows, total = [], 0.0
-    for e in prof.key_averages():
-        t = getattr(e, "self_device_time_total", None)
-        if t is None:
-            t = getattr(e, "self_cuda_time_total", 0.0)
-        if t <= 0:
-            continue
-        total += t
-        rows.append({"name": e.key[:120], "calls": e.count, "ms": t / 1e3})
-    rows.sort(key=lambda r: -r["ms"])
-    for r in rows:
-        r["share"] = r["ms"] / (total / 1e3) if total else 0.0
-    return rows[:top], total / 1e3
+from anybudget.measure import kernel_times  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -57,7 +41,6 @@ def main(argv=None) -> int:
     segments = (MQARSegment(32, 100, 2), MQARSegment(64, 50, 4)) if a.smoke else TRAIN_MIXTURE
     d_model, vocab, batch = (16, 96, 4) if a.smoke else (128, 8192, 128)
     steps = 2 if a.smoke else a.steps
-    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     out = {}
     for layers in (int(x) for x in a.layers.split(",")):
         set_scan("time_first", True, ((8, 32, 8), (8, 16, 4)), "chunked")
@@ -67,19 +50,18 @@ def main(argv=None) -> int:
             r.step(i)
         if cuda:
             torch.cuda.synchronize()
-        with torch.profiler.profile(activities=acts) as prof:
-            t0 = time.perf_counter()
-            for i in range(steps):
-                r.step(20_000 + i)
-            if cuda:
-                torch.cuda.synchronize()
-            wall = (time.perf_counter() - t0) / steps
-        rows, total_ms = kernel_table(prof, a.top) if cuda else ([], 0.0)
+        i = iter(range(20_000, 20_000 + steps))
+        t0 = time.perf_counter()
+        rows, total_us, count = kernel_times(lambda: r.step(next(i)), steps=steps, top=a.top)
+        wall = (time.perf_counter() - t0) / steps
+        for k in rows:
+            k["share"] = k["us_per_step"] / total_us if total_us else 0.0
         out[f"L{layers}"] = {"steps": steps, "wall_ms_per_step_profiled": wall * 1e3,
-                             "gpu_ms_per_step": total_ms / steps, "kernels": rows}
-        print(f"depth {layers}: {wall * 1e3:.1f} ms/step wall, {total_ms / steps:.1f} ms GPU", flush=True)
+                             "kernel_ms_per_step": total_us / 1e3, "kernels_per_step": count, "kernels": rows}
+        print(f"depth {layers}: {wall * 1e3:.1f} ms/step wall, {total_us / 1e3:.1f} ms in kernels", flush=True)
         for k in rows[:10]:
-            print(f"  {k['share']:6.1%} {k['ms'] / steps:7.3f} ms  {k['calls'] // steps:4d}x  {k['name']}", flush=True)
+            print(f"  {k['share']:6.1%} {k['us_per_step'] / 1e3:7.3f} ms  {k['calls_per_step']:5.0f}x  {k['kernel']}",
+                  flush=True)
     cfg = {"d_model": d_model, "vocab": vocab, "batch": batch, "mode": "eager FastStep (kernels visible)",
            "scan": "time_first, split, fwd (8,32,8), chunked bwd (8,16,4)", "smoke": a.smoke, "device": device}
     write_results("ssm_step_profile", cfg, out, out_dir=Path(a.out))

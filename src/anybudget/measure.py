@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["default_device", "Timing", "latency", "host_time", "peak_memory", "model_bytes", "file_size", "device_record"]
+__all__ = ["default_device", "Timing", "latency", "host_time", "kernel_times", "peak_memory", "model_bytes", "file_size",
+           "device_record"]
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,33 @@ def _cuda_sync() -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def kernel_times(fn: Callable[[], Any], steps: int = 3, top: int = 16) -> tuple[list[dict], float, float]:
+    """Kernels of ``steps`` calls of ``fn`` under the profiler: the ``top`` ones by time (``kernel``
+    name, ``calls_per_step``, ``us_per_step``), and the total kernel microseconds and kernel count
+    per call. On CUDA the device kernels (GPU busy time without the host gaps between calls);
+    on the CPU the operators' self time."""
+    _check_count("steps", steps, 1)
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        if cuda and e.device_type.name != "CUDA":
+            continue
+        t = e.device_time_total if cuda else e.self_cpu_time_total
+        if t:
+            rows.append({"kernel": e.key[:120], "calls_per_step": e.count / steps, "us_per_step": t / steps})
+    rows.sort(key=lambda r: -r["us_per_step"])
+    return rows[:top], sum(r["us_per_step"] for r in rows), sum(r["calls_per_step"] for r in rows)
 
 
 def host_time(fn: Callable[..., Any], *args, warmup: int = 5, repeat: int = 100, **kwargs) -> float:

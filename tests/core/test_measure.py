@@ -74,3 +74,18 @@ def test_host_time_counts_the_calls_and_checks_its_arguments():
         measure.host_time(fn, 1, warmup=-1)
     with pytest.raises(TypeError, match="fn must be callable"):
         measure.host_time(3)
+
+
+def test_kernel_times_lists_the_costliest_ops_per_call_and_checks_steps():
+    import pytest
+    import torch
+
+    from anybudget.measure import kernel_times
+
+    a = torch.randn(256, 256)
+    rows, total_us, count = kernel_times(lambda: (a @ a).relu_(), steps=2, top=3)
+    assert 0 < len(rows) <= 3 and total_us >= sum(r["us_per_step"] for r in rows) > 0 and count >= 2
+    assert [r["us_per_step"] for r in rows] == sorted((r["us_per_step"] for r in rows), reverse=True)
+    assert any("mm" in r["kernel"] for r in rows) and all(r["calls_per_step"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="steps=0"):
+        kernel_times(lambda: None, steps=0)
