@@ -132,3 +132,7 @@ def test_quantize_positions_is_what_quantize_stores_and_bad_fps_batch_raises():
     assert time.perf_counter() - t >= 0.3 and fps > 0
     with pytest.raises(ValueError, match="CUDA"):
         measure_fps(s, [], batch=8)
+    from anybudget.splat.render import render_gsplat_batch
+
+    with pytest.raises(ValueError, match="share one width and height"):  # checked before gsplat is needed
+        render_gsplat_batch(s, [])
