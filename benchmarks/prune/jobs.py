@@ -33,7 +33,10 @@ def _device(j) -> torch.device:
     logging.set_verbosity_error()
     torch.set_num_threads(j.get("threads", 2))
     torch.backends.cuda.matmul.allow_tf32 = True
-    return torch.device(j["device"])
+    dev = torch.device(j["device"])
+    if dev.type == "cuda" and dev.index is not None:  # run_imp.spread put this job on one of several GPUs
+        torch.cuda.set_device(dev)
+    return dev
 
 
 @functools.lru_cache(maxsize=2)

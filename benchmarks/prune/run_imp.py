@@ -35,6 +35,13 @@ from anybudget.prune.controls import CONTROLS
 from anybudget.prune.tasks import TASKS
 
 
+def spread(todo: list[tuple], gpus: int) -> list[tuple]:
+    """Independent jobs round-robin over ``gpus`` devices (``cuda:i``); unchanged on the CPU or one GPU."""
+    if gpus < 2:
+        return todo
+    return [(fn, {**j, "device": f"cuda:{i % gpus}"}) for i, (fn, j) in enumerate(todo)]
+
+
 def run_phase(todo: list[tuple], workers: int, quiet: bool) -> list[dict]:
     from tqdm.auto import tqdm
 
@@ -67,7 +74,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--mlm-steps", type=int, default=300, help="MLM steps per IMP round")
-    ap.add_argument("--workers", type=int, default=8, help="worker processes (0: in this process)")
+    ap.add_argument("--workers", type=int, default=8,
+                    help="worker processes per GPU (0: in this process); jobs go round-robin over the visible GPUs")
+    ap.add_argument("--name", default="prune_imp", help="record name (e.g. prune_imp_minilm)")
     ap.add_argument("--minutes", type=float, default=7.0, help="no job starts after this (default 7)")
     ap.add_argument("--work", type=Path, default=None, help="IMP checkpoints (default: a temp dir)")
     ap.add_argument("--smoke", action="store_true")
@@ -87,6 +96,8 @@ def main(argv=None) -> int:
     model = str(args.model or args.data / "model")
     tasks = args.tasks.split(",")
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    workers = args.workers * max(1, gpus)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     deadline = t0 + args.minutes * 60
     base = {"data": str(args.data), "model": model, "device": device, "deadline": deadline,
@@ -100,7 +111,7 @@ def main(argv=None) -> int:
                                        "seq_len": 32 if args.smoke else 128, "eval_windows": 16 if args.smoke else 512,
                                        "work": str(work / f"mlm_s{seed}")}))
         phase1 += [("job_imp", {**base, "task": t, "seed": seed, "work": str(work / f"{t}_s{seed}")}) for t in tasks]
-    res1 = run_phase(phase1, args.workers, args.quiet)
+    res1 = run_phase(spread(phase1, gpus), workers, args.quiet)
     phase2 = []
     for seed in range(args.seeds):
         mpath = work / f"mlm_s{seed}" / f"round_{args.transfer_round:02d}.mask.safetensors"
@@ -113,7 +124,7 @@ def main(argv=None) -> int:
             phase2 += [("job_control", {**base, "task": t, "seed": seed, "kind": k, "round": r,
                                         "imp_work": str(work / f"{t}_s{seed}")})
                        for t in tasks for k in CONTROLS if k != "imp"]
-    res2 = run_phase(phase2, args.workers, args.quiet)
+    res2 = run_phase(spread(phase2, gpus), workers, args.quiet)
     speed = {}
     if device == "cuda" and (work / "m24").exists():
         import speed24
@@ -128,7 +139,8 @@ def main(argv=None) -> int:
     summary = report.summarise(res1 + res2, tasks, args)
     summary["speed24"] = speed
     summary["seconds"] = time.time() - t0
-    name = "prune_imp" + ("_smoke" if args.smoke else "")
+    summary["gpus"] = gpus
+    name = args.name + ("_smoke" if args.smoke else "")
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     write_results(name, config, summary, baseline={"paper_sparsest_matching": report.PAPER}, out_dir=args.out)
     report.plots(summary, args.out)

@@ -145,3 +145,13 @@ def test_mlm_head_on_a_frozen_encoder_keeps_the_encoder(tmp_path):
     assert torch.allclose(mlm.bert.state_dict()[q].float(), enc.state_dict()[q].half().float())
     rec = json.loads((tmp_path / "o" / "prune_pretrain_bert_smoke.json").read_text())
     assert rec["config"]["model"] == "MLM head on a frozen encoder"
+
+
+def test_imp_jobs_spread_round_robin_over_gpus_and_stay_put_on_one():
+    import run_imp
+
+    todo = [("job_imp", {"task": t, "device": "cuda"}) for t in ("a", "b", "c")]
+    assert run_imp.spread(todo, 1) == todo and run_imp.spread(todo, 0) == todo
+    spread = run_imp.spread(todo, 2)
+    assert [j["device"] for _, j in spread] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert [j["task"] for _, j in spread] == ["a", "b", "c"] and todo[0][1]["device"] == "cuda"  # input untouched
