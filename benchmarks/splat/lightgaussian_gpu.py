@@ -46,9 +46,11 @@ from anybudget.splat.significance import (
 from anybudget.splat.train import TrainConfig, finetune, initial_scene, train
 
 # LightGaussian Table 1 (Mip-NeRF 360 average), as recalled in the research notes: unverified here.
-PAPER = {"source": "LightGaussian Table 1, Mip-NeRF 360 (values from memory, verify before quoting)",
-         "3dgs": {"psnr": 27.21, "ssim": 0.815, "fps": 139, "size_mb": 734},
-         "lightgaussian": {"psnr": 27.28, "ssim": 0.805, "fps": 209, "size_mb": 42},
+FPS_MIN_S = 1.0  # every FPS is timed over at least this long (recorded as config.fps_min_seconds)
+PAPER = {"source": ("LightGaussian abstract, Mip-NeRF 360 + Tanks&Temples average: v1 (arXiv 2311.17245v1) "
+                    "'over 15x', FPS 139 -> 215; NeurIPS version (v6) '15x', FPS 144 -> 237, and its Fig. 1 scene "
+                    "782 MB -> 45 MB; the per-scene Table 1 is not quoted here"),
+         "3dgs": {"fps": 144, "size_mb": 782}, "lightgaussian": {"fps": 237, "size_mb": 45},
          "targets": {"compression": ">= 15x", "psnr_drop_db": "<= 0.3", "fps_gain": ">= 1.5x"}}
 
 
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
               "vq_iterations": a.vq_iterations, "codebook": a.codebook, "ablation_recovery": a.ablation_recovery,
               "train_views": len(train_views), "test_views": len(test_views),
               "resolution": [train_views[0].width, train_views[0].height], "backend": backend, "background": bg,
-              "prune_ratio": 0.66, "vq_ratio": 0.6, "sh_degree_after": 2}
+              "prune_ratio": 0.66, "vq_ratio": 0.6, "sh_degree_after": 2, "fps_min_seconds": FPS_MIN_S}
     metrics: dict = {"stages": {}, "timing_s": {}, "partial": True}
 
     def save():
@@ -138,12 +140,12 @@ def main(argv=None) -> int:
     def stage_eval(label, scene, size_bytes):
         m = evaluate(scene, test_views, bg, backend, fps_repeats=0 if dev == "cuda" else 1)
         m["size_bytes"] = size_bytes
-        if dev == "cuda":  # FPS timed over >= 1 s (3 passes of a small scene take ~0.1 s)
-            m["fps"] = measure_fps(scene, test_views, bg, backend, min_seconds=1.0)
+        if dev == "cuda":  # FPS timed over >= FPS_MIN_S (3 passes of a small scene take ~0.1 s)
+            m["fps"] = measure_fps(scene, test_views, bg, backend, min_seconds=FPS_MIN_S)
             big = upscaled(test_views, max(1, 1024 // test_views[0].width))
-            m["fps_1024"] = measure_fps(scene, big, bg, backend, min_seconds=1.0)
+            m["fps_1024"] = measure_fps(scene, big, bg, backend, min_seconds=FPS_MIN_S)
             if backend == "gsplat":  # 8 views per call: the rasteriser's throughput, not one call's host work
-                m["fps_1024_batch8"] = measure_fps(scene, big, bg, backend, batch=8, min_seconds=1.0)
+                m["fps_1024_batch8"] = measure_fps(scene, big, bg, backend, batch=8, min_seconds=FPS_MIN_S)
         metrics["stages"][label] = m
         print(f"[{time.time() - t0:6.1f}s] {label}: {json.dumps(m)}", flush=True)
         save()
