@@ -387,6 +387,38 @@ def ssm_more_md():
                 "across calls and in parallel processes (`--workers`). The `loss` in this file's history is the loss of "
                 "the last batch only (one segment of the mixture); the trainer now records the mean over each interval. "
                 f"Source: `{rel('ssm_table2')}` ({dev(t)}).\n")
+    out += ssm_table2_scaled_md()
+    return out
+
+
+def ssm_table2_scaled_md():
+    """The pre-registered scaled Table 2: per configuration and depth, each seed's accuracy and the paper's."""
+    r = load("ssm_table2_scaled")
+    if not r:
+        return ""
+    c, m = r["config"]["pre_registered"], r["metrics"]
+    keys = r["config"]["test_keys"]
+    out = ("\n### Polarized Mamba on MQAR, scaled and pre-registered\n\n"
+           f"Registered before it ran (`benchmarks/ssm/table2_scaled.py`): seq {c['seq_len']}, vocab {c['vocab_size']}, "
+           f"d_model {c['d_model']}, lr {c['lr']:g}, weight decay {c['weight_decay']:g}, batch {c['batch_size']}, "
+           f"{c['steps']:,} steps for every configuration (the pilot's rule), early stop at {c['early_stop_acc']:g}, "
+           f"seeds {', '.join(map(str, c['seeds']))}. {r['config']['paper']}. Test accuracy in % "
+           f"({' / '.join(keys)}); runs {'complete' if m['complete'] else 'pending: ' + ', '.join(m['pending'])}:\n\n"
+           "| config | layers | " + " | ".join(f"seed {s}" for s in c["seeds"]) + " | paper (seq 1024) |\n"
+           "|---|---|" + "---|" * len(c["seeds"]) + "---|\n")
+
+    def cell(v):
+        return " / ".join(f"{x:.1f}" for x in v) if v else "pending"  # the record holds percent
+    for row in m["rows"]:
+        seeds = [cell(row["seeds"].get(str(s))) for s in c["seeds"]]
+        paper = " / ".join(f"{x:.1f}" for x in row["paper_seq1024"]) if row.get("paper_seq1024") else "-"
+        out += f"| {row['config']} | {row['layers']} | " + " | ".join(seeds) + f" | {paper} |\n"
+    checks = {k: v for k, v in m["ordering_checks"].items() if v}
+    held = "; ".join(f"{k}: " + ", ".join(f"{n} {'holds' if x['holds'] else 'does not hold'}" for n, x in v.items())
+                     for k, v in checks.items())
+    out += (f"\n![scaled Table 2]({rel('ssm_table2_scaled', 'png')})\n\nOrderings (both-L4 best; zero makes depth "
+            f"help; one helps at the hardest split): {held or 'not yet computed'}. Source: `{rel('ssm_table2_scaled')}` "
+            f"({dev(r)}).\n")
     return out
 
 
