@@ -73,3 +73,23 @@ def test_serving_plan_without_sweeps_runs_every_row_at_its_reference_batch():
     assert all(b == [ref[p]] for r, p, b in jobs if r != "h2o_dynamic")
     full, _ = mod.plan([2048, 8192], smoke=False)
     assert {r for r, _, _ in jobs} == {r for r, _, _ in full} and len(full) > len(jobs)
+
+
+def test_serving_summary_compares_h2o_with_the_faster_of_the_two_hf_static_compiles():
+    spec = importlib.util.spec_from_file_location("kv_serving_sum", ROOT / "benchmarks" / "kv" / "serving.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def row(name, p, ms):
+        return {"row": name, "prompt": p, "batch": 64 if p == 2048 else 16, "decode_ms_per_step": ms,
+                "decode_tok_per_s": 1e3 / ms, "end_to_end_tok_per_s": 5e2 / ms, "fraction_of_bandwidth_limit": 0.3}
+    rows = [row("hf_static", 2048, 11.0), row("hf_static_default", 2048, 10.0), row("h2o_20", 2048, 5.0),
+            row("hf_static", 8192, 9.0), row("h2o_20", 8192, 6.0)]  # no default compile at 8k: the other one
+    s = mod.summarize(rows, [2048, 8192], {2048: 64, 8192: 16})
+    assert s["h2o20_over_hf_static_step_ratio_b64_p2048"] == 11.0 / 5.0
+    assert s["h2o20_over_fastest_hf_static_step_ratio_b64_p2048"] == 10.0 / 5.0
+    assert s["fastest_hf_static_b64_p2048"] == "hf_static_default"
+    assert s["hf_static_dynamic_dims_over_default_step_ratio_b64_p2048"] == 10.0 / 11.0
+    assert s["h2o20_over_fastest_hf_static_step_ratio_b16_p8192"] == 9.0 / 6.0
+    jobs, _ = mod.plan([2048, 8192], smoke=False, do_sweep=False)
+    assert [r for r, _, _ in jobs[:6]] == ["hf_static", "h2o_20", "hf_static_default"] * 2  # before any guard stops
