@@ -209,6 +209,13 @@ def serving_md(full=True):
             out += (f"\nPrompt {p}, each at its largest batch run (HF {mb['hf_static']}, H2O {mb['h2o_20']}): decode "
                     f"throughput {s[k]:.2f}x HF's, end to end (prefill included) "
                     f"{s[f'h2o20_over_hf_static_end_to_end_throughput_ratio_max_batch_p{p}']:.2f}x.")
+    for p in cfg["prompts"]:  # against HF's default compile too, where it ran (recompiled per shape)
+        b = cfg["reference_batches"][str(p)]
+        d, h = get("hf_static_default", p, b), get("h2o_20", p, b)
+        if d and h:
+            out += (f" Against transformers' default static compile (no dynamic batch dimension) at prompt {p}, batch "
+                    f"{b}: {d['decode_ms_per_step']:.2f} ms/step, so H2O's step ratio against it is "
+                    f"{d['decode_ms_per_step'] / h['decode_ms_per_step']:.2f}x.")
     pl = s.get("h2o20_plain_generate_large_batch")
     if pl and pl.get("decode_ms_per_step"):
         out += (f" Plain `generate` with the dynamic `H2OCache(\"20%\")` at batch {pl['batch']}, prompt {pl['prompt']}: "
