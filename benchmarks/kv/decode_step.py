@@ -83,9 +83,10 @@ def kernel_choice(layer, q, repeat) -> dict:
     """The Triton decode kernel alone on the layer's slots, each form captured in a CUDA graph
     (no host time): ms per call of the one-launch form and of split-K, and the op's choice."""
     from anybudget.kv.decode_triton import _num_sms, decode_attention_with_colsum_triton
+    from anybudget.kv.slot_decode_op import takes_fused
 
     B, H = layer.valid.shape[:2]
-    res = {"op_takes": "fused" if 2 * B * H >= _num_sms(q.device) else "split_k"}
+    res = {"op_takes": "fused" if takes_fused(B, H, _num_sms(q.device)) else "split_k"}
     for name, fused in (("fused", True), ("split_k", False)):
         col = layer.prio.clone()
 

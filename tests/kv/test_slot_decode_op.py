@@ -21,9 +21,11 @@ from anybudget.kv.slot_decode_op import uses_kernel
 CASES = """
 import torch
 from anybudget.kv.attention import slot_decode_attention
-from anybudget.kv.slot_decode_op import uses_kernel
+from anybudget.kv.decode_triton import _num_sms
+from anybudget.kv.slot_decode_op import takes_fused, uses_kernel
 
 assert uses_kernel(torch.zeros(1)), "the interpreter must run the kernel, not the fallback"
+assert _num_sms(torch.device("cpu")) == 8 and takes_fused(8, 4, 8) and not takes_fused(3, 2, 8)
 worst = {torch.float32: 0.0, torch.float16: 0.0}
 
 
@@ -36,10 +38,10 @@ def step(q, k, v, mask, col, products):
 
 
 compiled = torch.compile(step, backend="aot_eager", fullgraph=True, dynamic=True)
-# (B, Hq, Hkv, S, D): the interpreter's "GPU" has 8 SMs, so B * Hkv >= 4 takes the one-launch
+# (B, Hq, Hkv, S, D): the interpreter's "GPU" has 8 SMs, so B * Hkv >= 32 takes the one-launch
 # kernel and smaller batches the split-K kernels: both run through the op.
 for seed, (B, Hq, Hkv, S, D) in enumerate([(3, 8, 2, 37, 32), (1, 8, 2, 150, 32), (2, 4, 4, 70, 16),
-                                           (1, 3, 1, 200, 64)]):
+                                           (1, 3, 1, 200, 64), (8, 8, 4, 21, 16)]):
     for dtype in (torch.float32, torch.float16):  # bf16: the interpreter cannot (numpy has no bf16)
         g = torch.Generator().manual_seed(seed)
         q = torch.randn(B, Hq, 1, D, generator=g).to(dtype)
