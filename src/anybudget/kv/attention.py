@@ -199,8 +199,10 @@ def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None, pro
     ``"triton"``: one custom op (``kv/slot_decode_op.py``) around the Triton decode kernel, which
     computes the output and the column sums reading K and V once, compiled or not (a graph node,
     recorded into CUDA graphs); its logits stay float32 (no rounding to the inputs' dtype). On a
-    CPU it runs the matmul path unless ``TRITON_INTERPRET=1``. Opt-in: ``benchmarks/kv/
-    decode_step.py`` and ``serving.py``'s ``h2o_20_triton`` row time it against ``"matmul"``.
+    CPU it runs the matmul path unless ``TRITON_INTERPRET=1``. Measured: equal to ``"matmul"``
+    on the CPU (interpreter, fp32 and fp16, GQA, masks; compiled with fullgraph). Not yet
+    measured: its speed on a GPU (``benchmarks/kv/decode_step.py``, ``serving.py``'s
+    ``h2o_20_triton`` row), so it is opt-in and the caches keep ``"matmul"`` as their default.
     """
     if products not in DECODE_PRODUCTS:
         raise ValueError(f"products={products!r} is not one of {', '.join(DECODE_PRODUCTS)}")
