@@ -182,3 +182,22 @@ def test_triton_products_equal_matmul_gpu_bf16_compiled():
         got = compiled(q, k, v, mask, col_t, "triton").float()
     assert ((got - want).norm() / want.norm()) < 2e-2
     assert ((col_t - col_m).norm() / col_m.norm()) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_products_through_generate_with_cuda_graphs_gpu():
+    """transformers' own compiled decoding (inductor, CUDA graphs) with ``decode_products="triton"``:
+    the kernel runs inside the graph (no CUDA-graph skip) and keeps the slots the matmul path keeps."""
+    from torch._dynamo.utils import counters
+
+    model = kv.enable(tiny_model("llama").cuda())
+    ids = torch.randint(1, 96, (4, 40), generator=torch.Generator().manual_seed(0)).cuda()
+    skips = counters["inductor"]["cudagraph_skips"]
+    caches = [kv.H2OCache("30%", static=True, max_new_tokens=8, decode_products=p) for p in ("matmul", "triton")]
+    outs = [model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, compile_config=CompileConfig(dynamic=True),
+                           **kv.cache_kwargs(model, c)) for c in caches]
+    assert torch.equal(outs[0], outs[1])
+    assert counters["inductor"]["cudagraph_skips"] == skips
+    for i in range(len(caches[0].layers)):
+        assert torch.equal(caches[0].kept_positions(i), caches[1].kept_positions(i))
