@@ -6,13 +6,23 @@ evict: ``benchmarks/kv/step_bytes.py``'s ``layer_step``) at the serving model's 
 KV heads of 128, bf16, 20% of prompt + 128), compiled by inductor with CUDA graphs as
 transformers compiles the step (``mode="reduce-overhead"``, dynamic shapes), for each way of
 forming q K^T and P V (``decode_products``: ``reduce`` = fused reductions, opt-in;
-``matmul`` = cuBLAS bmm, the default). For each it reports ms per layer-step, the bytes the
+``matmul`` = cuBLAS bmm, the default; ``triton`` = the Triton decode kernel, output and scores
+from one read of K and V, as one custom op in the graph, opt-in). For each it reports ms per
+layer-step, the bytes the
 step must move (K and V once, scores, positions, validity) over that time, the same against
 SDPA's masked attention over the same slots (output only: the bandwidth a library kernel reaches
 here) and the copy bandwidth, and the CUDA kernels of one step with their times
-(``torch.profiler``), so the step's time can be attributed kernel by kernel.
+(``torch.profiler``), so the step's time can be attributed kernel by kernel, and the CUDA-graph
+skips inductor counted while compiling it (a skipped step runs without CUDA graphs). For the
+``triton`` variant on a GPU it also times the kernel's two forms alone, each captured in a CUDA
+graph (``kernel_choice``: one program per (row, KV head), and split-K), and which one the op's
+shape rule takes, so the rule can be checked against both.
 
-Usage (GPU):  python benchmarks/kv/decode_step.py --out $OUT     (about 2-3 minutes on an H100)
+Measured here: one layer's step (no weights, norms, MLP; the serving benchmark has the model).
+Not measured: the step inside transformers' generate (``serving.py``'s ``h2o_20_triton`` row).
+
+Usage (GPU):  python benchmarks/kv/decode_step.py --out $OUT     (about 3-4 minutes on an H100)
+              python benchmarks/kv/decode_step.py --out $OUT --products matmul,triton
               python benchmarks/kv/decode_step.py --smoke --out /tmp/x   (CPU, seconds)
 Needs no model weights (no reference LM).
 """
@@ -69,6 +79,35 @@ def copy_bandwidth(nbytes: int) -> float:
     return 2 * nbytes / (_time_ms(lambda: b.copy_(a), 10) / 1e3)
 
 
+def kernel_choice(layer, q, repeat) -> dict:
+    """The Triton decode kernel alone on the layer's slots, each form captured in a CUDA graph
+    (no host time): ms per call of the one-launch form and of split-K, and the op's choice."""
+    from anybudget.kv.decode_triton import _num_sms, decode_attention_with_colsum_triton
+    from anybudget.kv.slot_decode_op import takes_fused
+
+    B, H = layer.valid.shape[:2]
+    res = {"op_takes": "fused" if takes_fused(B, H, _num_sms(q.device)) else "split_k"}
+    for name, fused in (("fused", True), ("split_k", False)):
+        col = layer.prio.clone()
+
+        def call(fused=fused, col=col):
+            return decode_attention_with_colsum_triton(q, layer.keys, layer.values, causal=False,
+                                                       key_mask=layer.valid, colsum_out=col, fused=fused)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # compile the kernels and warm up off the capture
+            call()
+            call()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            call()
+        res[f"{name}_ms"] = _time_ms(graph.replay, repeat)
+        del graph
+    return res
+
+
 def run_shape(sb, B, P, N, products, repeat, backend, mode, smoke):
     H, D = (2, 16) if smoke else (16, 128)
     dtype = torch.float32 if smoke else torch.bfloat16
@@ -77,6 +116,9 @@ def run_shape(sb, B, P, N, products, repeat, backend, mode, smoke):
                                        dtype=dtype, device=dev)
     layer = layers[0]
     compiled = torch.compile(step, backend=backend, mode=mode, dynamic=True, fullgraph=True)
+    from torch._dynamo.utils import counters
+
+    skips0 = counters["inductor"]["cudagraph_skips"]
     t0 = time.perf_counter()
     with torch.no_grad():
         for _ in range(3):  # compile, CUDA graph warm-up and recording
@@ -93,6 +135,12 @@ def run_shape(sb, B, P, N, products, repeat, backend, mode, smoke):
 
         sdpa()
         sdpa_ms = _time_ms(sdpa, repeat)
+        choice = None
+        if products == "triton" and CUDA:
+            try:  # an extra measurement: its failure must not cost the step's numbers
+                choice = kernel_choice(layer, q, repeat)
+            except Exception as e:  # noqa: BLE001
+                choice = {"error": f"{type(e).__name__}: {e}"[:300]}
     S = layer.keys.shape[2]
     kv_bytes = 2 * layer.keys.numel() * layer.keys.element_size()
     state = B * H * S * (4 + 4 + 8 + 1)  # score read + write, position, validity
@@ -101,7 +149,8 @@ def run_shape(sb, B, P, N, products, repeat, backend, mode, smoke):
             "bytes_needed": need, "gbps": need / ms / 1e6, "sdpa_ms": sdpa_ms, "sdpa_gbps": kv_bytes / sdpa_ms / 1e6,
             "step_over_sdpa": ms / sdpa_ms, "warmup_s": warm, "kernels": kernels,
             "kernel_us_per_step": kernel_us, "kernel_count": kernel_count,
-            "gbps_kernel_time": need / kernel_us / 1e3 if kernel_us else None}
+            "gbps_kernel_time": need / kernel_us / 1e3 if kernel_us else None,
+            "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips0, "kernel_choice": choice}
 
 
 def main(argv=None):
@@ -109,6 +158,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (eager backend), seconds")
     ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--products", default="reduce,matmul,triton",
+                    help="comma list of decode_products variants to time (matmul is always included: the base)")
     args = ap.parse_args(argv)
     if not CUDA and not args.smoke:
         raise SystemExit("error: no CUDA device; use --smoke on a CPU")
@@ -122,9 +173,22 @@ def main(argv=None):
     repeat = 2 if args.smoke else args.repeat
     bw = copy_bandwidth((1 << 20) if args.smoke else (1 << 30))
     rows = []
-    for products in ("reduce", "matmul"):
+    variants = ["matmul"] + [p for p in args.products.split(",") if p != "matmul"]
+    from anybudget.kv.attention import DECODE_PRODUCTS
+
+    bad = [p for p in variants if p not in DECODE_PRODUCTS or p == "auto"]
+    if bad:
+        raise SystemExit(f"error: --products {args.products!r}: {bad} not in reduce, matmul, triton")
+    for products in variants:
         for B, P in shapes:
-            r = run_shape(sb, B, P, 4 if args.smoke else N, products, repeat, backend, mode, args.smoke)
+            try:
+                r = run_shape(sb, B, P, 4 if args.smoke else N, products, repeat, backend, mode, args.smoke)
+            except Exception as e:  # an opt-in variant failing must not lose the others
+                if products == "matmul" or args.smoke:
+                    raise
+                rows.append({"batch": B, "prompt": P, "products": products, "error": f"{type(e).__name__}: {e}"[:500]})
+                print("ERROR", products, B, P, e, flush=True)
+                continue
             r["fraction_of_copy_bandwidth"] = r["gbps"] * 1e9 / bw
             rows.append(r)
             print(json.dumps({k: v for k, v in r.items() if k != "kernels"}), flush=True)
@@ -134,12 +198,20 @@ def main(argv=None):
                 torch.cuda.empty_cache()
     summary = {}
     for B, P in shapes:
-        a = next(r for r in rows if (r["batch"], r["prompt"], r["products"]) == (B, P, "reduce"))
         b = next(r for r in rows if (r["batch"], r["prompt"], r["products"]) == (B, P, "matmul"))
-        summary[f"reduce_over_matmul_speedup_b{B}_p{P}"] = b["ms_per_layer_step"] / a["ms_per_layer_step"]
-        summary[f"reduce_fraction_of_copy_bandwidth_b{B}_p{P}"] = a["fraction_of_copy_bandwidth"]
-        if a["kernel_us_per_step"] and b["kernel_us_per_step"]:
-            summary[f"reduce_over_matmul_kernel_time_speedup_b{B}_p{P}"] = b["kernel_us_per_step"] / a["kernel_us_per_step"]
+        summary[f"matmul_fraction_of_copy_bandwidth_b{B}_p{P}"] = b["fraction_of_copy_bandwidth"]
+        for v in variants[1:]:
+            a = next(r for r in rows if (r["batch"], r["prompt"], r["products"]) == (B, P, v))
+            if "error" in a:
+                continue
+            summary[f"{v}_over_matmul_speedup_b{B}_p{P}"] = b["ms_per_layer_step"] / a["ms_per_layer_step"]
+            summary[f"{v}_fraction_of_copy_bandwidth_b{B}_p{P}"] = a["fraction_of_copy_bandwidth"]
+            if a["kernel_us_per_step"] and b["kernel_us_per_step"]:
+                summary[f"{v}_over_matmul_kernel_time_speedup_b{B}_p{P}"] = b["kernel_us_per_step"] / a["kernel_us_per_step"]
+            if a["kernel_choice"] and "fused_ms" in a["kernel_choice"]:
+                kc = a["kernel_choice"]
+                summary[f"{v}_kernel_alone_fraction_of_copy_bandwidth_b{B}_p{P}"] = {
+                    form: a["bytes_needed"] / (kc[f"{form}_ms"] / 1e3) / bw for form in ("fused", "split_k")}
     print(json.dumps(summary, indent=1), flush=True)
     if args.out:
         from anybudget.io import write_results
@@ -147,6 +219,7 @@ def main(argv=None):
         write_results("kv_decode_step", {"shapes": shapes, "heads": 2 if args.smoke else 16,
                                          "head_dim": 16 if args.smoke else 128, "new_tokens": N, "budget": "20%",
                                          "backend": backend, "mode": mode, "repeat": repeat, "smoke": args.smoke,
+                                         "products": variants,
                                          "copy_bandwidth_gbps": bw / 1e9},
                       {"rows": rows, "summary": summary}, out_dir=args.out)
     return 0

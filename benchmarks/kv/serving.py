@@ -21,6 +21,9 @@ Rows (all through ``model.generate``; what a user writes):
   h2o_20_reduce  h2o_20 with its decoding step's q K^T and P V as fused reductions
                  (``decode_products="auto"``; the default is cuBLAS bmm): the A/B of that option,
                  last in the plan (``--rows hf_static,h2o_20,h2o_20_reduce`` to run it)
+  h2o_20_triton  h2o_20 with its decoding step's attention and scores from the Triton decode kernel
+                 as one custom op in the compiled graph (``decode_products="triton"``): the A/B
+                 of that option, after h2o_20_reduce (``--rows hf_static,h2o_20,h2o_20_triton``)
 
 Each row also records the CUDA-graph skips and graphs compiled during it (inductor's counters;
 ``perf_hints`` logging prints a skip's reason), so a step that silently runs without CUDA graphs
@@ -140,6 +143,8 @@ def make_cache(row: str, P: int, N: int):
     cache = kv.make_cache(policy, f"{pct}%", static=True, max_new_tokens=N)
     if variant == ["reduce"]:
         cache.decode_products = "auto"  # fused reductions while compiled
+    elif variant == ["triton"]:
+        cache.decode_products = "triton"  # the Triton decode kernel as a custom op
     return cache
 
 
@@ -240,7 +245,7 @@ def plan(prompts, smoke, do_sweep=True):
     jobs += [(r, p, sweep(p)) for p in prompts for r in ("hf_static", "h2o_20") if do_sweep]
     jobs += [(r, p, [ref[p]]) for p in prompts for r in ("hf_dynamic", "ab_full")]
     jobs += [(f"{pol}_{pct[:-1]}", p, [ref[p]]) for p in prompts for pol, pct in BUDGET_ROWS if (pol, pct) != ("h2o", "20%")]
-    jobs += [("h2o_20_reduce", p, sweep(p) if do_sweep else [ref[p]]) for p in prompts]
+    jobs += [(r, p, sweep(p) if do_sweep else [ref[p]]) for r in ("h2o_20_reduce", "h2o_20_triton") for p in prompts]
     return jobs, ref
 
 
@@ -259,9 +264,15 @@ def summarize(rows, prompts, ref):
             if x and y:
                 s[f"h2o20_over_hf_static_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]
         for b in sorted({r["batch"] for r in ok if r["prompt"] == p}):
-            x, y = get("h2o_20", p, b), get("h2o_20_reduce", p, b)
-            if x and y:
-                s[f"h2o20_reduce_over_matmul_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]
+            for variant in ("reduce", "triton"):  # the A/B of a decode_products option against matmul
+                x, y, z = get("h2o_20", p, b), get(f"h2o_20_{variant}", p, b), get("hf_static", p, b)
+                if x and y:
+                    s[f"h2o20_{variant}_over_matmul_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]
+                if y and z:
+                    s[f"h2o20_{variant}_over_hf_static_step_ratio_b{b}_p{p}"] = (
+                        z["decode_ms_per_step"] / y["decode_ms_per_step"])
+                if y:
+                    s[f"h2o20_{variant}_fraction_of_bandwidth_limit_b{b}_p{p}"] = y["fraction_of_bandwidth_limit"]
         for pol, pct in BUDGET_ROWS:
             r = get(f"{pol}_{pct[:-1]}", p, ref[p])
             if hf and r:

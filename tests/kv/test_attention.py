@@ -113,5 +113,5 @@ def test_slot_decode_reductions_equal_matmuls(dtype, tol, Hq, Hkv):
     assert torch.equal(cols[0][~mask], torch.ones(int((~mask).sum())))  # evicted slots get nothing
     # each query head's probabilities sum to 1: the scores grow by the group size per (row, KV head)
     assert torch.allclose(cols[0].sum(-1) - S, torch.full((B, Hkv), float(Hq // Hkv)), atol=tol * S)
-    with pytest.raises(ValueError, match="products='fast' is not one of auto, reduce, matmul"):
+    with pytest.raises(ValueError, match="products='fast' is not one of auto, reduce, matmul, triton"):
         slot_decode_attention(q, k, v, key_mask=mask, products="fast")

@@ -24,6 +24,7 @@ def test_generate_at_full_budget_equals_the_full_cache_and_reports_the_cache(cap
     assert kept == -(-seen // 2)  # ceil(50% of the tokens seen)
     assert "KV cache" in h2o and "MiB" in h2o
     assert _generate(capsys, "--kv", "h2o", "--budget", "kv=50%", "--static") == h2o  # same text, cache, report
+    assert _generate(capsys, "--kv", "h2o", "--budget", "kv=50%", "--static", "--decode-products", "triton") == h2o
 
 
 def test_kv_eval_writes_table_json_and_png(tmp_path, capsys):

@@ -13,7 +13,7 @@ def test_serving_benchmark_smoke(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.main(["--smoke", "--out", str(tmp_path), "--prompts", "16",
-                     "--rows", "hf_static,h2o_20,local_10,h2o_dynamic,h2o_20_reduce"]) == 0
+                     "--rows", "hf_static,h2o_20,local_10,h2o_dynamic,h2o_20_reduce,h2o_20_triton"]) == 0
     rec = json.loads((tmp_path / "kv_serving.json").read_text())
     rows = rec["metrics"]["rows"]
     done = {(r["row"], r["batch"]) for r in rows if "decode_ms_per_step" in r}
@@ -24,6 +24,9 @@ def test_serving_benchmark_smoke(tmp_path):
     assert any("step_ratio" in k for k in summary) and any("throughput_ratio" in k for k in summary)
     assert summary["h2o20_plain_generate_large_batch"]["batch"] == 4
     assert summary["h2o20_reduce_over_matmul_step_ratio_b2_p16"] > 0  # the A/B of the fused reductions
+    assert summary["h2o20_triton_over_matmul_step_ratio_b2_p16"] > 0  # ... and of the Triton decode op
+    assert summary["h2o20_triton_over_hf_static_step_ratio_b2_p16"] > 0
+    assert {("h2o_20_triton", 1), ("h2o_20_triton", 2)} <= done
     assert all(r["cudagraph_skips"] >= 0 and r["graphs_compiled"] >= 0 for r in rows if "decode_ms_per_step" in r)
     assert rec["commit"] and rec["config"]["copy_bandwidth_gbps"] > 0
 

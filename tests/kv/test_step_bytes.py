@@ -50,7 +50,7 @@ def test_compiled_step_bytes_stay_near_the_minimum(step_bytes):
 
 def test_decode_step_benchmark_smoke(tmp_path):
     """benchmarks/kv/decode_step.py --smoke: the GPU script's code path (both variants, the
-    profiler's kernel table, SDPA reference) on tiny CPU shapes."""
+    profiler's kernel table, SDPA reference) on tiny CPU shapes; a bad --products is refused."""
     import json
 
     spec = importlib.util.spec_from_file_location("kv_decode_step", ROOT / "benchmarks" / "kv" / "decode_step.py")
@@ -59,6 +59,10 @@ def test_decode_step_benchmark_smoke(tmp_path):
     assert mod.main(["--smoke", "--out", str(tmp_path)]) == 0
     rec = json.loads((tmp_path / "kv_decode_step.json").read_text())
     rows = rec["metrics"]["rows"]
-    assert {r["products"] for r in rows} == {"reduce", "matmul"} and len(rows) == 4
+    assert {r["products"] for r in rows} == {"reduce", "matmul", "triton"} and len(rows) == 6
     assert all(r["ms_per_layer_step"] > 0 and r["bytes_needed"] > 0 and r["kernels"] for r in rows)
-    assert any(k.startswith("reduce_over_matmul_speedup") for k in rec["metrics"]["summary"])
+    assert all(r["cudagraph_skips"] == 0 for r in rows)
+    summary = rec["metrics"]["summary"]
+    assert summary["reduce_over_matmul_speedup_b2_p24"] > 0 and summary["triton_over_matmul_speedup_b4_p48"] > 0
+    with pytest.raises(SystemExit, match="--products 'matmul,fast'"):
+        mod.main(["--smoke", "--products", "matmul,fast"])

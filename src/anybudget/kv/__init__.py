@@ -11,7 +11,8 @@
 
 Layout: ``policies.py`` (the policy objects, one victim rule, the reference ``*_keep_indices``),
 ``slots.py`` / ``static_slots.py`` (per-layer slot stores), ``cache.py`` (the caches),
-``attention.py`` (prefill or decode attention with H2O's column sums), ``hf.py`` (transformers
+``attention.py`` (prefill or decode attention with H2O's column sums; ``slot_decode_op.py``: the
+Triton decode kernel as a custom op for compiled static steps), ``hf.py`` (transformers
 integration), ``prefill.py`` (row micro-batched prompts), ``contract.py`` / ``triton_blocks.py``
 / ``kernels_triton.py`` / ``decode_triton.py`` (checks and Triton kernels, leaves).
 """

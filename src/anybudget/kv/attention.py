@@ -19,6 +19,7 @@ import torch
 
 from anybudget.kv.contract import check_colsum_out as _check_colsum_out
 from anybudget.kv.contract import check_qkv as _check
+from anybudget.kv.slot_decode_op import slot_decode_triton as _register_op  # noqa: F401  (torch.ops.anybudget)
 
 __all__ = [
     "attention_with_colsum",
@@ -175,7 +176,7 @@ def masked_sdpa(q, k, v, *, scale=None, key_mask=None) -> torch.Tensor:
     return torch.where(mask.any(-1, keepdim=True), out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
-DECODE_PRODUCTS = ("auto", "reduce", "matmul")
+DECODE_PRODUCTS = ("auto", "reduce", "matmul", "triton")
 
 
 def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None, products: str = "auto") -> torch.Tensor:
@@ -195,9 +196,19 @@ def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None, pro
     product would be a cache-sized temporary, so ``"auto"`` (default) reduces only while
     compiling and uses ``matmul`` otherwise; ``"matmul"`` always does (the path before).
     Both round the logits and P to the inputs' dtype and accumulate in float32, as the matmul does.
+    ``"triton"``: one custom op (``kv/slot_decode_op.py``) around the Triton decode kernel, which
+    computes the output and the column sums reading K and V once, compiled or not (a graph node,
+    recorded into CUDA graphs); its logits stay float32 (no rounding to the inputs' dtype). On a
+    CPU it runs the matmul path unless ``TRITON_INTERPRET=1``. Measured: equal to ``"matmul"``
+    on the CPU (interpreter, fp32 and fp16, GQA, masks; compiled with fullgraph). Not yet
+    measured: its speed on a GPU (``benchmarks/kv/decode_step.py``, ``serving.py``'s
+    ``h2o_20_triton`` row), so it is opt-in and the caches keep ``"matmul"`` as their default.
     """
     if products not in DECODE_PRODUCTS:
         raise ValueError(f"products={products!r} is not one of {', '.join(DECODE_PRODUCTS)}")
+    if products == "triton":
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        return torch.ops.anybudget.slot_decode_triton(q, k, v, key_mask, colsum_out, float(scale))
     B, Hq, _, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv

@@ -33,6 +33,7 @@ from __future__ import annotations
 from transformers.cache_utils import Cache
 
 from anybudget.budget import Budget, BudgetError, Quantity
+from anybudget.kv.attention import DECODE_PRODUCTS
 from anybudget.kv.policies import H2O, Local, Random, Streaming, make_policy, split_budget
 from anybudget.kv.slots import SharedRng, SlotLayer, cache_size
 from anybudget.kv.static_slots import StaticSlotLayer
@@ -65,6 +66,8 @@ class KVBudgetCache(Cache):
     static: preallocated slots, device-side eviction, compiled decoding (see the module doc);
     a percentage budget then needs ``max_new_tokens`` to size the slots.
     prefill_batch_tokens: prompts of more rows x tokens are prefilled in row micro-batches.
+    decode_products: how a static decoding step forms its attention (``"matmul"``, default;
+    ``"auto"``/``"reduce"``; ``"triton"``: see ``kv.attention.slot_decode_attention``).
     Use a named subclass (:class:`H2OCache`, ...) and call ``anybudget.kv.enable(model)`` once.
     """
 
@@ -73,13 +76,19 @@ class KVBudgetCache(Cache):
     fast_single_eviction = True
     # How a static decoding step forms q K^T and P V (``kv.attention.slot_decode_attention``):
     # "matmul" = the cuBLAS path (the one timed on the GPU, kv_serving.json); "auto" = fused
-    # reductions while compiled (K and V read once; matmul in eager), opt-in until serving.py's
-    # h2o_20_reduce row has timed it against "matmul" on a GPU.
+    # reductions while compiled (K and V read once; matmul in eager); "triton" = the Triton decode
+    # kernel as one custom op (output and scores, K and V read once). Both opt-in until serving.py's
+    # h2o_20_reduce / h2o_20_triton rows have timed them against "matmul" on a GPU.
     decode_products = "matmul"
 
     def __init__(self, budget="20%", policy="h2o", *, static: bool = False, max_new_tokens: int | None = None,
-                 prefill_batch_tokens: int = 65536, seed: int = 0, **policy_kwargs):
+                 prefill_batch_tokens: int = 65536, seed: int = 0, decode_products: str | None = None,
+                 **policy_kwargs):
         self.budget = parse_kv_budget(budget)
+        if decode_products is not None:
+            if decode_products not in DECODE_PRODUCTS:
+                raise ValueError(f"decode_products={decode_products!r} is not one of {', '.join(DECODE_PRODUCTS)}")
+            self.decode_products = decode_products
         if isinstance(policy, str) and policy == "random":
             policy_kwargs.setdefault("seed", seed)
         self.policy = make_policy(policy, **policy_kwargs) if isinstance(policy, str) else policy
@@ -107,7 +116,8 @@ class KVBudgetCache(Cache):
     def spawn(self) -> KVBudgetCache:
         """An empty cache of the same budget and policy (a micro-batch of a prompt)."""
         return KVBudgetCache(self.budget, self.policy, static=self.static, max_new_tokens=self.max_new_tokens,
-                             prefill_batch_tokens=self.prefill_batch_tokens, seed=self.seed)
+                             prefill_batch_tokens=self.prefill_batch_tokens, seed=self.seed,
+                             decode_products=self.decode_products)
 
     def __repr__(self):
         extra = f", static=True, max_new_tokens={self.max_new_tokens}" if self.static else ""

@@ -37,6 +37,9 @@ def register(sub) -> None:
     g.add_argument("--max-new-tokens", type=positive_int, default=64, help="(default 64)")
     g.add_argument("--sample", action="store_true", help="sample (temperature 0.8, top-p 0.95) instead of greedy")
     g.add_argument("--static", action="store_true", help="fixed slots, compiled decoding steps on a GPU (serving)")
+    g.add_argument("--decode-products", default="matmul", choices=("matmul", "auto", "reduce", "triton"),
+                   help="--static: how a decoding step forms its attention (default matmul; triton: the Triton "
+                        "decode kernel, opt-in until timed on a GPU)")
     g.add_argument("prompt", nargs="+", help="prompt text")
     g.set_defaults(func=_generate)
 
@@ -90,7 +93,7 @@ def _generate(args) -> int:
     if args.kv == "streaming":
         kw["sink_tokens"] = args.sink_tokens
     if args.static and args.kv != "full":
-        kw.update(static=True, max_new_tokens=args.max_new_tokens)
+        kw.update(static=True, max_new_tokens=args.max_new_tokens, decode_products=args.decode_products)
     cache = make_cache(args.kv, args.budget, **kw)
     enc = tok(prompt, return_tensors="pt").to(device)
     gen = dict(do_sample=True, temperature=0.8, top_p=0.95) if args.sample else dict(do_sample=False)

@@ -70,5 +70,6 @@ def _key_mask_args(key_mask, dummy):
     mask, ``dummy`` stands in as a pointer that is never read."""
     if key_mask is None:
         return dummy, 0, 0, False
-    km = key_mask.to(torch.int8)
+    # A bool mask is read in place as int8 (same bytes): no converted copy per call.
+    km = key_mask.view(torch.int8) if key_mask.dtype == torch.bool else key_mask.to(torch.int8)
     return km, km.stride(0), (0 if km.dim() == 2 else km.stride(1)), True

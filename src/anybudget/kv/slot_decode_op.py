@@ -1,0 +1,75 @@
+"""The static decoding step's attention as one PyTorch custom op around the Triton decode kernel.
+
+``torch.ops.anybudget.slot_decode_triton(q, k, v, key_mask, colsum_out, scale)`` attends one query
+per sequence over unordered slots (key mask, no causal mask) and adds the attention each slot
+received to ``colsum_out`` (H2O's scores, Zhang et al. 2023, Alg. 1), reading K and V once
+(``decode_triton.py``: split-K flash decoding, or one program per (row, KV head); the choice and
+the split count are functions of the shapes and the SM count only, see :func:`takes_fused`).
+
+Registered with ``torch.library.custom_op`` and a fake (shape-only) implementation, so
+``torch.compile`` (``fullgraph=True``, dynamic shapes, ``mode="reduce-overhead"``) keeps it as one
+node of the graph: no graph break, and the kernel launches are recorded into the CUDA graph like
+any other kernel. The op does no ``.item()``, no host sync and allocates only shape-sized
+workspace. ``colsum_out`` is declared mutated, so functionalization keeps the in-place update.
+
+Where it runs: CUDA with triton -> the kernels; CPU with ``TRITON_INTERPRET=1`` and triton -> the
+same kernels under Triton's interpreter (tests); any other CPU tensor -> the PyTorch reference
+(``slot_decode_attention(products="matmul")``), so a compiled CPU graph still runs. On CUDA
+without triton it raises the ImportError naming ``pip install 'anybudget[gpu]'``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["slot_decode_triton", "takes_fused", "uses_kernel"]
+
+# One program per (row, KV head) once the batch alone gives this many waves of programs; split-K
+# (4 waves for MHA, 2 for GQA: decode_triton's defaults) below. Not decode_triton's own rule
+# (one launch from half a wave on): that one saves host launches in eager decoding, which a step
+# replayed from a CUDA graph does not pay, so here the rule only fills the GPU. A guess to be
+# checked: benchmarks/kv/decode_step.py times both forms in CUDA graphs (kernel_choice).
+FUSED_FROM_WAVES = 4
+
+
+def takes_fused(batch: int, kv_heads: int, sms: int) -> bool:
+    """Whether the op runs the one-launch form (else split-K) for this many (row, KV head) pairs."""
+    return batch * kv_heads >= FUSED_FROM_WAVES * sms
+
+
+def uses_kernel(t: torch.Tensor) -> bool:
+    """Whether the op runs the Triton kernel for tensors like ``t`` (else the PyTorch reference)."""
+    if t.device.type == "cuda":
+        return True
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@torch.library.custom_op("anybudget::slot_decode_triton", mutates_args=("colsum_out",))
+def slot_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor,
+                       colsum_out: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """q: (B, Hq, 1, D); k, v: (B, Hkv, S, D); key_mask: (B, Hkv, S) bool, at least one True per
+    row; colsum_out: float32 (B, Hkv, S) with unit last stride, added to in place (or None).
+    Softmax and score sums in float32. Returns (B, Hq, 1, D) in q.dtype."""
+    if uses_kernel(q):
+        from anybudget.kv.decode_triton import _num_sms, decode_attention_with_colsum_triton
+
+        fused = takes_fused(k.shape[0], k.shape[1], _num_sms(q.device))
+        out, _ = decode_attention_with_colsum_triton(q, k, v, scale=scale, causal=False, key_mask=key_mask,
+                                                     colsum_out=colsum_out, fused=fused)
+        return out
+    from anybudget.kv.attention import slot_decode_attention
+
+    return slot_decode_attention(q, k, v, scale=scale, key_mask=key_mask, colsum_out=colsum_out, products="matmul")
+
+
+@slot_decode_triton.register_fake
+def _slot_decode_triton_fake(q, k, v, key_mask, colsum_out, scale):
+    return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[-1])

@@ -1,0 +1,203 @@
+"""``products="triton"``: the static decoding step's attention as one custom op around the Triton
+decode kernel. Under Triton's interpreter (a subprocess: TRITON_INTERPRET must be set before triton
+compiles anything) it equals ``products="matmul"`` on random slots with masks and GQA, eager and
+under ``torch.compile(fullgraph=True, dynamic=True)``; on a plain CPU the op falls back to the
+matmul path, also inside compiled graphs and transformers' compiled generate."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from kv_helpers import tiny_model
+from transformers import CompileConfig
+
+from anybudget import kv
+from anybudget.kv.attention import slot_decode_attention
+from anybudget.kv.slot_decode_op import uses_kernel
+
+CASES = """
+import torch
+from anybudget.kv.attention import slot_decode_attention
+from anybudget.kv.decode_triton import _num_sms
+from anybudget.kv.slot_decode_op import takes_fused, uses_kernel
+
+assert uses_kernel(torch.zeros(1)), "the interpreter must run the kernel, not the fallback"
+assert _num_sms(torch.device("cpu")) == 8 and takes_fused(8, 4, 8) and not takes_fused(3, 2, 8)
+worst = {torch.float32: 0.0, torch.float16: 0.0}
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def step(q, k, v, mask, col, products):
+    return slot_decode_attention(q, k, v, key_mask=mask, colsum_out=col, scale=0.3, products=products)
+
+
+compiled = torch.compile(step, backend="aot_eager", fullgraph=True, dynamic=True)
+# (B, Hq, Hkv, S, D): the interpreter's "GPU" has 8 SMs, so B * Hkv >= 32 takes the one-launch
+# kernel and smaller batches the split-K kernels: both run through the op.
+for seed, (B, Hq, Hkv, S, D) in enumerate([(3, 8, 2, 37, 32), (1, 8, 2, 150, 32), (2, 4, 4, 70, 16),
+                                           (1, 3, 1, 200, 64), (8, 8, 4, 21, 16)]):
+    for dtype in (torch.float32, torch.float16):  # bf16: the interpreter cannot (numpy has no bf16)
+        g = torch.Generator().manual_seed(seed)
+        q = torch.randn(B, Hq, 1, D, generator=g).to(dtype)
+        k, v = (torch.randn(B, Hkv, S, D, generator=g).to(dtype) for _ in range(2))
+        mask = torch.rand(B, Hkv, S, generator=g) > 0.4
+        mask[..., S // 2] = True  # at least one valid slot per (row, KV head)
+        q = q.transpose(1, 2).contiguous().transpose(1, 2)  # a strided view, as transformers hands it
+        start = torch.rand(B, Hkv, S, generator=g)
+        col_m, col_t, col_c = start.clone(), start.clone(), start.clone()
+        o_m = step(q, k, v, mask, col_m, "matmul")
+        o_t = step(q, k, v, mask, col_t, "triton")
+        o_c = compiled(q, k, v, mask, col_c, "triton")
+        assert o_t.dtype == dtype and o_t.shape == (B, Hq, 1, D)
+        assert torch.equal(col_t[~mask], start[~mask]) and torch.equal(col_c[~mask], start[~mask])
+        assert torch.allclose(col_t.sum(-1) - start.sum(-1), torch.full((B, Hkv), Hq / Hkv), atol=1e-3)
+        worst[dtype] = max(worst[dtype], rel(o_t, o_m), rel(col_t - start, col_m - start),
+                           rel(o_c, o_m), rel(col_c - start, col_m - start))
+print("WORST", worst[torch.float32], worst[torch.float16])
+"""
+
+
+def _run_interpreted(script):
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+    env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=False, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def _interpreter_ok():
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False, "triton not installed (pip install 'anybudget[gpu]')"
+    import numpy
+
+    if tuple(int(x) for x in numpy.__version__.split(".")[:2]) >= (2, 4):
+        return False, "Triton's interpreter breaks on numpy >= 2.4; the dev extra pins numpy<2.4"
+    return True, ""
+
+
+interpreter = pytest.mark.skipif(not _interpreter_ok()[0], reason=_interpreter_ok()[1])
+
+
+@interpreter
+def test_triton_products_equal_matmul_under_the_interpreter():
+    # fp32: numpy arithmetic, agreement to float32 rounding; fp16: the matmul path rounds the
+    # logits to fp16 before the softmax, the kernel keeps them in float32 (1e-2 relative, as bf16).
+    f32, f16 = (float(x) for x in _run_interpreted(CASES).split("WORST")[-1].split())
+    assert f32 < 1e-5, f32
+    assert f16 < 1e-2, f16
+
+
+def test_triton_products_fall_back_to_matmul_on_a_plain_cpu_and_compile():
+    """No CUDA, no interpreter: the op runs the matmul path (bit-equal), eager and inside a
+    ``fullgraph=True`` dynamic graph (eager and aot_eager backends: the fake implementation and the
+    functionalized in-place score update), for two batch sizes without recompiling."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter is on: the op runs the kernel")
+    assert not uses_kernel(torch.zeros(1))
+    from torch._dynamo.utils import counters
+
+    def step(q, k, v, mask, col):
+        return slot_decode_attention(q, k, v, key_mask=mask, colsum_out=col, products="triton")
+
+    for backend in ("eager", "aot_eager"):
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = torch.compile(step, backend=backend, fullgraph=True, dynamic=True)
+        for B in (3, 5):
+            g = torch.Generator().manual_seed(B)
+            q = torch.randn(B, 8, 1, 16, generator=g)
+            k, v = (torch.randn(B, 2, 29, 16, generator=g) for _ in range(2))
+            mask = torch.rand(B, 2, 29, generator=g) > 0.5
+            mask[..., 0] = True
+            cols = [torch.ones(B, 2, 29) for _ in range(3)]
+            want = slot_decode_attention(q, k, v, key_mask=mask, colsum_out=cols[0], products="matmul")
+            assert torch.equal(step(q, k, v, mask, cols[1]), want) and torch.equal(cols[1], cols[0])
+            assert torch.equal(compiled(q, k, v, mask, cols[2]), want) and torch.equal(cols[2], cols[0])
+        assert counters["stats"]["unique_graphs"] == 1, backend
+
+
+def test_triton_products_through_compiled_generate():
+    """``decode_products="triton"`` reaches the static cache's decoding step in transformers'
+    compiled generate (fullgraph, dynamic): same tokens, kept slots and scores as the matmul default."""
+    model = kv.enable(tiny_model("llama"))  # GQA
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 96, (2, 12), generator=g)
+    # eager backend: dynamo's graph (fullgraph) is the point; the functionalized op is tested above
+    cc = CompileConfig(backend="eager", fullgraph=True, dynamic=True)
+    cc._compile_all_devices = True  # CPU: transformers compiles only on accelerators otherwise
+    caches = [kv.H2OCache("40%", static=True, max_new_tokens=6, decode_products=p) for p in ("matmul", "triton")]
+    # the matmul default eager (test_static holds its compiled steps equal to eager), the op compiled
+    outs = [model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, **kv.cache_kwargs(model, caches[0])),
+            model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, compile_config=cc,
+                           **kv.cache_kwargs(model, caches[1]))]
+    assert hasattr(model, "_compiled_call")
+    assert torch.equal(outs[0], outs[1])
+    assert all(layer.decode_products == "triton" for layer in caches[1].layers)
+    for i in range(len(caches[0].layers)):
+        assert torch.equal(caches[0].kept_positions(i), caches[1].kept_positions(i))
+        assert torch.allclose(caches[0].layers[i].prio, caches[1].layers[i].prio)
+
+
+def test_bad_decode_products_raise_naming_the_argument():
+    q = torch.zeros(1, 2, 1, 8)
+    k = v = torch.zeros(1, 2, 4, 8)
+    mask = torch.ones(1, 2, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="products='cuda' is not one of auto, reduce, matmul, triton"):
+        slot_decode_attention(q, k, v, key_mask=mask, products="cuda")
+    with pytest.raises(ValueError, match="decode_products='cuda' is not one of auto, reduce, matmul, triton"):
+        kv.H2OCache("20%", static=True, max_new_tokens=4, decode_products="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_products_equal_matmul_gpu_bf16_compiled():
+    """On the GPU in bf16, compiled as transformers compiles the step (inductor, CUDA graphs)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    B, Hq, Hkv, S, D = 8, 16, 4, 700, 128
+    q = torch.randn(B, Hq, 1, D, generator=g, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, Hkv, S, D, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = torch.rand(B, Hkv, S, generator=g, device="cuda") > 0.3
+    mask[..., 0] = True
+
+    def step(q, k, v, mask, col, products):
+        return slot_decode_attention(q, k, v, key_mask=mask, colsum_out=col, products=products)
+
+    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True, dynamic=True)
+    col_m = torch.zeros(B, Hkv, S, device="cuda")
+    want = step(q, k, v, mask, col_m, "matmul").float()
+    col_t = torch.zeros(B, Hkv, S, device="cuda")
+    torch._dynamo.mark_static_address(col_t)  # as the slot layer's scores: updated in place by the graph
+    for _ in range(3):  # warm-up, recording, replay
+        col_t.zero_()
+        got = compiled(q, k, v, mask, col_t, "triton").float()
+    assert ((got - want).norm() / want.norm()) < 2e-2
+    assert ((col_t - col_m).norm() / col_m.norm()) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_products_through_generate_with_cuda_graphs_gpu():
+    """transformers' own compiled decoding (inductor, CUDA graphs) with ``decode_products="triton"``:
+    the kernel runs inside the graph (no CUDA-graph skip) and keeps the slots the matmul path keeps."""
+    from torch._dynamo.utils import counters
+
+    model = kv.enable(tiny_model("llama").cuda())
+    ids = torch.randint(1, 96, (4, 40), generator=torch.Generator().manual_seed(0)).cuda()
+    skips = counters["inductor"]["cudagraph_skips"]
+    caches = [kv.H2OCache("30%", static=True, max_new_tokens=8, decode_products=p) for p in ("matmul", "triton")]
+    outs = [model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, compile_config=CompileConfig(dynamic=True),
+                           **kv.cache_kwargs(model, c)) for c in caches]
+    assert torch.equal(outs[0], outs[1])
+    assert counters["inductor"]["cudagraph_skips"] == skips
+    for i in range(len(caches[0].layers)):
+        assert torch.equal(caches[0].kept_positions(i), caches[1].kept_positions(i))
