@@ -1,4 +1,4 @@
-"""anybudget fit on the reference LM, one GPU call: a grid of memory x latency budgets; for each, the
+"""anybudget fit on the reference LM, over one or more GPU calls: a grid of memory x latency budgets; for each, the
 combined plan (elastic sub-network x KV cache) and the best single-technique plans (elastic only with
 the full cache; the full model with KV eviction only), every one *measured* on the device.
 
@@ -22,7 +22,7 @@ Budgets: 3 memory levels spread over the range the candidates span, at 0.8, 0.5 
   relative to what they run today: 1.0x the full model's predicted step ("no slower than serving
   the model as it is") and 1.25x ("a quarter slower is acceptable").
 
-Phases (all numbers from this one run):
+Phases (all numbers from this run, which may span several calls through ``--state``):
   1 a quick elastic build of the reference LM (``anybudget.elastic.pipeline.build_elastic``:
     importance + permutation, ``--train-steps`` of elastic distillation, prefill latency table, a
     short router phase), kept in ``--build`` (git-ignored) so a re-run resumes or reuses it
@@ -37,12 +37,30 @@ Phases (all numbers from this one run):
     same windows and protocol as phase 2, so prediction and check differ only by the assumption
     that eviction costs every sub-network the same NLL (exact for full caches and the full model)
 
-GPU (one H100; ~6-8 min, guarded by --wall-seconds; needs the reference LM weights and training tokens):
-    python benchmarks/plan/fit_grid.py --out $OUT
-  carried: .carry/zoo2/elastic_train4m.u16.xz (2.9 MB, the elastic benchmark's training tokens;
-  any .u16.xz of reference-LM token ids works via --train)
+Across calls (``fit_state.py``): one line per phase, budget and stop on stderr, also under --quiet;
+  the record is rewritten after every phase and budget (``complete``, ``phase``, ``stopped``,
+  ``phases_s`` summed over calls, ``calls`` with each call's seconds and compile times). Every
+  phase, measurement (a cache kind's first one in a process compiles), budget and quality check
+  starts only when its recorded (else default) duration ends within ``--wall-seconds``; SIGTERM
+  (``timeout``) stops too. A stopped call saves ``--state`` (finished phases, the bf16 weights as
+  .xz, quality, latency model, each latency measurement, whole budgets; a budget cut short runs
+  again) and writes it into --out as plan_state.tar (parts .00, .01, ... of 15 MiB: the weights
+  alone are ~37 MiB); the next call, given the extracted folder as ``--state``, goes on from there.
+  ``--compile-cache DIR`` carries inductor's and Triton's caches in the state (dropped above
+  ``--compile-cache-max-mib``), so a cache kind compiled by an earlier call loads from it.
+
+GPU (one H100/H200, one process on GPU 0; each call under `timeout 560`):
+  call 1 (carry .carry/reflm/model.safetensors.xz, unpacked into src/anybudget/assets/reflm/, and
+  .carry/zoo2/elastic_train4m.u16.xz, the elastic benchmark's training tokens):
+    timeout 560 python benchmarks/plan/fit_grid.py --out $OUT/r/plan --quiet \
+        --state .carry/plan/fit_state --compile-cache /tmp/fit_grid_inductor
+  then here: rm -rf .carry/plan/fit_state && mkdir -p .carry/plan &&
+    cat OUT/r/plan/plan_state.tar* | tar -xf - -C .carry/plan
+  call 2, 3 (carry .carry/plan/fit_state only; the reference LM weights and tokens are not needed
+  once phase 1 is done): the same command, and the same extraction after it, until the record says
+  "complete": true
 CPU smoke (tiny random model, every phase, seconds):  python benchmarks/plan/fit_grid.py --smoke --out /tmp/fg
-Writes to --out: plan_fit_grid.json (results record), plan_fit_grid.png.
+Writes to --out: plan_fit_grid.json (results record), plan_fit_grid.png, plan_state.tar[.NN].
 """
 
 from __future__ import annotations
@@ -62,8 +80,6 @@ import torch
 from anybudget import plan as P
 from anybudget.budget import BudgetError
 from anybudget.elastic.data import read_tokens
-from anybudget.io import atomic_path, write_results
-from anybudget.plan.device import compile_settings
 from anybudget.plan.fit import predict_all
 from anybudget.plan.quality import quality_workload
 
@@ -71,7 +87,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # the sibling fit_state.py when imported from tests
     sys.path.insert(0, str(HERE))
-from fit_state import Clock, State, Stop, stop_on_sigterm
+from fit_report import levels, plot, summarize, write_record
+from fit_state import Clock, Run, State, Stop, stop_on_sigterm
 
 KINDS = {"plan": ("elastic", "kv"), "elastic_only": ("elastic",), "kv_only": ("kv",)}
 
@@ -116,7 +133,7 @@ def parse(argv=None):
                     help="do not write the state into --out as plan_state.tar (parts .00, .01, ... above 15 MiB)")
     ap.add_argument("--compile-cache", default=None,
                     help="inductor/Triton cache folder (TORCHINDUCTOR_CACHE_DIR), restored from and packed into the state")
-    ap.add_argument("--compile-cache-max-mib", type=float, default=12.0,
+    ap.add_argument("--compile-cache-max-mib", type=float, default=10.0,
                     help="the packed compile cache is dropped (and the record says so) above this many MiB")
     ap.add_argument("--stop-after", default=None,
                     help="end the call after a phase: build, quality, latency or grid:N (N budgets done)")
@@ -157,10 +174,6 @@ def build(a, model_dir, train_tokens, dev):
     return build_elastic(model_dir, train_tokens, a.build, train, router, wl, build=data, device=str(dev), quiet=a.quiet)
 
 
-def levels(text):
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
 def grid(a, rows):
     """Memory levels at fractions of the way from the smallest reachable predicted peak to the full
     model's x latency levels as multiples of the full model's predicted step (module doc)."""
@@ -191,66 +204,6 @@ def fingerprint(a) -> dict:
     return {k: getattr(a, k) for k in keys} | {"model": "smoke" if a.smoke else Path(a.model).name}
 
 
-class Run:
-    """One call of the benchmark: the state it resumes, the clock that guards it, the loaded model."""
-
-    def __init__(self, a, st: State, clock: Clock, dev, out: Path):
-        self.a, self.st, self.clock, self.dev, self.out = a, st, clock, dev, out
-        self.call = st["calls"][-1]
-        self.compiled: set = set()  # cache kinds compiled in this process (a new process compiles again)
-        self.cuda_static = a.serve == "static" and dev.type == "cuda"
-
-    def est(self, key: str) -> float:
-        """Seconds the guard expects ``key`` to take: the last recorded duration (+15%), else a default."""
-        d = self.st["durations"].get(key)
-        if d is not None:
-            return 1.15 * d
-        base = key.split(":")[0]
-        return (DEFAULT_S_CUDA if self.dev.type == "cuda" else DEFAULT_S_CPU).get(base, 0.0)
-
-    def phase(self, name: str, label: str, work):
-        """Run phase ``name`` unless an earlier call finished it; guard, progress lines, record after it."""
-        if self.st.done(name):
-            self.clock.say(f"{label}: done in an earlier call, skipped")
-            return
-        self.clock.need(self.est(name), f"{label} not started")
-        self.clock.say(f"{label}: start")
-        self.call["phase"] = name
-        t = time.perf_counter()
-        work()
-        dt = time.perf_counter() - t
-        self.st["durations"][name] = dt
-        self.call["phases_s"][name] = dt
-        self.st.finish(name, dt)
-        self.clock.say(f"{label}: end ({dt:.1f} s)")
-        write_record(self)
-        if self.a.stop_after == name:
-            raise Stop(f"--stop-after {name}")
-
-    def measure(self, model, c, w):
-        """The benchmark's one measurement function (latency model and every fit): guarded by the
-        clock with the compile time of a cache kind not yet compiled in this process."""
-        share = self.st["share"]
-        key = c.policy + ("/g1" if c.kv_groups == 1 else "") + ("" if share else f"/{c.subnet_label}")
-        cold = self.cuda_static and key not in self.compiled
-        self.clock.need(self.est(f"compile:{key}" if cold else "measure"), f"measuring {c.label}"
-                        + (" (compiles)" if cold else ""))
-        t = time.perf_counter()
-        m = P.measure_candidate(model, c, w, serve=self.a.serve, share_graphs=share)
-        dt = time.perf_counter() - t
-        if cold:
-            self.compiled.add(key)
-            self.st["durations"][f"compile:{key}"] = dt
-            self.call["compile_s"][key] = dt
-        else:
-            self.st["durations"]["measure"] = max(dt, self.st["durations"].get("measure", 0.0))
-        return m
-
-
-DEFAULT_S_CUDA = {"build": 150.0, "quality": 150.0, "latency": 60.0, "compile": 200.0, "measure": 20.0, "check": 20.0}
-DEFAULT_S_CPU = {"build": 60.0, "quality": 30.0, "latency": 10.0, "compile": 0.0, "measure": 2.0, "check": 2.0}
-
-
 def main(argv=None) -> int:
     a = parse(argv)
     clock = Clock(a.wall_seconds)
@@ -261,25 +214,33 @@ def main(argv=None) -> int:
     st["calls"].append({"phases_s": {}, "compile_s": {}, "device": torch.cuda.get_device_name(0) if dev.type == "cuda"
                         else "cpu", "resumed": st.resumed, "phase": "start", "stopped": None})
     st.d.setdefault("share", not a.static_weight_shapes)
-    if a.compile_cache:  # read lazily by inductor (and Triton under it): set before the first compilation
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(a.compile_cache).resolve())
-        st["calls"][-1]["compile_cache_restored_files"] = st.restore_compile_cache(a.compile_cache)
+    restored = 0
+    if a.compile_cache:  # read lazily by inductor and Triton: set before the first compilation
+        cache = Path(a.compile_cache).resolve()
+        os.environ["TORCHINDUCTOR_CACHE_DIR"], os.environ["TRITON_CACHE_DIR"] = str(cache), str(cache / "triton")
+        restored = st["calls"][-1]["compile_cache_restored_files"] = st.restore_compile_cache(cache)
     clock.say(f"call {len(st['calls'])} on {st['calls'][-1]['device']}, state {st.dir}"
               f" ({'resumed: ' + ', '.join(st['done']) if st.resumed else 'new'}), --wall-seconds {a.wall_seconds:g}")
-    run = Run(a, st, clock, dev, out)
-    previous = stop_on_sigterm()
+    run = Run(a, st, clock, dev, out, write_record)
+    run.warm_cache = restored > 0
+    previous, crash = stop_on_sigterm(), None
     try:
         run_phases(run)
         run.call["phase"] = "done"
     except Stop as e:
         run.call["stopped"] = str(e)
         clock.say(f"stopped: {e}")
+    except BaseException as e:  # noqa: BLE001 - a crash: what finished is written out, then it is raised again
+        run.call["stopped"], crash = f"crashed: {type(e).__name__}: {e}"[:500], e
+        clock.say(f"stopped: {run.call['stopped']}")
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the state is saved next; a second TERM must not lose it
     try:
         finish_call(run)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if crash is not None:
+        raise crash
     return 0
 
 
@@ -411,42 +372,6 @@ def fit_budget(run: Run, b, quality, lat, rows, windows, qwl, static, qbatch):
     return entry, checked
 
 
-def write_record(run: Run) -> Path:
-    """The record from the state so far (rewritten after every phase and budget: a killed run keeps it)."""
-    a, st = run.a, run.st
-    grid_rows, checked = st["grid"], st["checked"]
-    lat = st.get("latency")
-    full = getattr(run, "full", None)
-    metrics = {"complete": "grid" in st["done"], "phase": run.call["phase"], "stopped": run.call["stopped"],
-               "grid": grid_rows, "summary": summarize(grid_rows, checked), "quality_check": checked,
-               "full_model": full and {"label": full["label"], "predicted_mem": full["mem"],
-                                       "predicted_latency_s": full["latency_s"], "ppl": full["ppl"]},
-               "quality": st.get("quality"),
-               "latency_model": lat and lat["model"] | {"calibration": lat["calibration"]},
-               "build": st.get("build"), "phases_s": st["phases_s"], "calls": st["calls"],
-               "shared_graphs_error": st.get("shared_graphs_error"), "state": st.get("tar"),
-               "compile_cache": st.get("compile_cache"),
-               "total_s": sum(c.get("total_s", 0.0) for c in st["calls"][:-1]) + run.clock.elapsed()}
-    run.call["total_s"] = run.clock.elapsed()
-    share = st["share"]
-    static = a.serve == "static"
-    wl = getattr(run, "wl", None)
-    config = {"model": str(a.model) if not a.smoke else "smoke", "workload": wl and wl.__dict__,
-              "policies": a.policies.split(","), "kv_percents": levels(a.kv_budgets), "train_steps": a.train_steps,
-              "train_batch": a.train_batch, "train_seq": a.train_seq, "serve": a.serve,
-              "compile_settings": compile_settings(share) if static else {}, "share_graphs": share,
-              "quality_protocol": (st.get("quality") or {}).get("source"), "mem_levels": a.mem_levels,
-              "latency_levels": a.latency_levels, "max_trials": a.max_trials, "margin": a.margin, "smoke": a.smoke,
-              "wall_seconds": a.wall_seconds,
-              "assumptions": [("quality: ppl(sub-network) x KV ratio measured on the full model, both as "
-                               "new-token perplexity after a prefilled prompt (the check measures the plan "
-                               "the same way)"),
-                              "latency: per decoding step of the whole batch (one new token per sequence)",
-                              "weights: the elastic build's, rounded to bfloat16 (what every measurement serves)"]}
-    return write_results("plan_fit_grid", config, metrics, {"single_technique": ["elastic_only", "kv_only"]},
-                         out_dir=run.out)
-
-
 def finish_call(run: Run) -> None:
     """End of a call: the compile cache and the state into the state folder and ``--out``, the record, the plot."""
     a, st, clock = run.a, run.st, run.clock
@@ -468,62 +393,6 @@ def finish_call(run: Run) -> None:
     done = "grid" in st["done"]
     clock.say(f"wrote {path} ({'complete' if done else 'NOT complete: resume with --state'}; "
               f"{summarize(st['grid'], st['checked'])})")
-
-
-def summarize(results, checked) -> dict:
-    """Counts over the grid; ``*_measured_ppl`` compare the plans' streaming perplexity measured here."""
-    n = len(results)  # budgets run (fewer than the grid's if the wall-clock guard stopped it)
-    met = [e for e in results if "chosen" in e["plan"]]
-    out = {"budgets": n, "plans_found": len(met),
-           "plans_meet_budget_measured": len(met) == n and all(e["plan"]["trials"][-1]["meets"] for e in met)}
-    for key, value in (("predicted_ppl", lambda r: r["predicted_ppl"]),
-                       ("measured_ppl", lambda r: checked.get(r["chosen"], {}).get("measured_ppl"))):
-        ge = strict = compared = 0
-        for e in met:
-            mine = value(e["plan"])
-            singles = [value(e[k]) for k in ("elastic_only", "kv_only") if "chosen" in e[k]]
-            if mine is None or any(v is None for v in singles):
-                continue
-            best = min(singles) if singles else math.inf
-            compared += 1
-            ge += mine <= best * (1 + 1e-6)
-            strict += mine < best * (1 - 1e-6)
-        out[f"compared_{key}"] = compared
-        out[f"plan_at_least_best_single_{key}"] = ge
-        out[f"plan_strictly_better_{key}"] = strict
-    for exact in (True, False):  # exact: 0 up to float rounding; otherwise the combination assumption's error
-        errs = [abs(q["measured_ppl"] / q["predicted_ppl"] - 1) for q in checked.values() if q["exact"] == exact]
-        out[f"quality_check_{'exact' if exact else 'assumed'}_max_rel_err"] = max(errs) if errs else None
-    return out
-
-
-def plot(results, path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(results)), 4))
-    w = 0.27
-    for i, (kind, color) in enumerate((("plan", "C0"), ("elastic_only", "C1"), ("kv_only", "C2"))):
-        xs = [j + (i - 1) * w for j, e in enumerate(results) if "chosen" in e[kind]]
-        ys = [e[kind]["predicted_ppl"] for e in results if "chosen" in e[kind]]
-        ax.bar(xs, ys, w, color=color, label=kind.replace("_", " "))
-        for j, e in enumerate(results):
-            if "chosen" not in e[kind]:
-                ax.text(j + (i - 1) * w, 0.02, "none", rotation=90, ha="center", va="bottom", fontsize=7,
-                        transform=ax.get_xaxis_transform())
-    ax.set_xticks(range(len(results)))
-    ax.set_xticklabels([e["budget"].replace(",", "\n") for e in results], fontsize=7)
-    ax.set_ylabel("perplexity (predicted from measured parts)")
-    ax.set_yscale("log")
-    ax.set_title("anybudget fit: combined plan vs single-technique plans, each measured within its budget", fontsize=9)
-    ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 if __name__ == "__main__":

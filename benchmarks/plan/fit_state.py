@@ -232,3 +232,77 @@ def extract_state(parts, parent) -> Path:
     if len(top) != 1:
         raise ValueError(f"{parts[0]} holds {sorted(top)}; one state folder expected")
     return Path(parent) / top.pop()
+
+
+class Run:
+    """One call of the benchmark: the state it resumes, the clock that guards it, the loaded model."""
+
+    def __init__(self, a, st: State, clock: Clock, dev, out: Path, record):
+        self.a, self.st, self.clock, self.dev, self.out = a, st, clock, dev, out
+        self.record = record  # record(run): the results record so far
+        self.call = st["calls"][-1]
+        self.compiled: set = set()  # cache kinds compiled in this process (a new process compiles again)
+        self.cuda_static = a.serve == "static" and dev.type == "cuda"
+        self.warm_cache = False  # a compile cache of earlier calls was restored
+
+    def est(self, key: str) -> float:
+        """Seconds the guard expects ``key`` to take: the last recorded duration (+15%), else a default.
+        ``compile:KIND``: a kind compiled by an earlier call, its cache restored, takes its recorded
+        cached compile time (half its first one until there is one); a kind never compiled takes
+        its own record, else the slowest compilation recorded, else the default."""
+        d = self.st["durations"]
+        if key.startswith("compile:"):
+            kind = key.split(":", 1)[1]
+            if self.warm_cache and key in d:
+                return 1.15 * d.get(f"compile_warm:{kind}", 0.5 * d[key])
+            cold = [v for k, v in d.items() if k.startswith("compile:")]
+            if key not in d and cold:
+                return 1.15 * max(cold)
+        if key in d:
+            return 1.15 * d[key]
+        return (DEFAULT_S_CUDA if self.dev.type == "cuda" else DEFAULT_S_CPU).get(key.split(":")[0], 0.0)
+
+    def phase(self, name: str, label: str, work):
+        """Run phase ``name`` unless an earlier call finished it; guard, progress lines, record after it."""
+        if self.st.done(name):
+            self.clock.say(f"{label}: done in an earlier call, skipped")
+            return
+        self.clock.need(self.est(name), f"{label} not started")
+        self.clock.say(f"{label}: start")
+        self.call["phase"] = name
+        t = time.perf_counter()
+        work()
+        dt = time.perf_counter() - t
+        self.st["durations"][name] = dt
+        self.call["phases_s"][name] = dt
+        self.st.finish(name, dt)
+        self.clock.say(f"{label}: end ({dt:.1f} s)")
+        self.record(self)
+        if self.a.stop_after == name:
+            raise Stop(f"--stop-after {name}")
+
+    def measure(self, model, c, w):
+        """The benchmark's one measurement function (latency model and every fit): guarded by the
+        clock with the compile time of a cache kind not yet compiled in this process."""
+        share = self.st["share"]
+        key = c.policy + ("/g1" if c.kv_groups == 1 else "") + ("" if share else f"/{c.subnet_label}")
+        cold = self.cuda_static and key not in self.compiled
+        self.clock.need(self.est(f"compile:{key}" if cold else "measure"), f"measuring {c.label}"
+                        + (" (compiles)" if cold else ""))
+        t = time.perf_counter()
+        import anybudget.plan as P  # looked up at each call (tests replace measure_candidate)
+
+        m = P.measure_candidate(model, c, w, serve=self.a.serve, share_graphs=share)
+        dt = time.perf_counter() - t
+        if cold:
+            self.compiled.add(key)
+            warm = self.warm_cache and f"compile:{key}" in self.st["durations"]
+            self.st["durations"][f"compile_warm:{key}" if warm else f"compile:{key}"] = dt
+            self.call["compile_s"][key] = dt
+        else:
+            self.st["durations"]["measure"] = max(dt, self.st["durations"].get("measure", 0.0))
+        return m
+
+
+DEFAULT_S_CUDA = {"build": 150.0, "quality": 150.0, "latency": 60.0, "compile": 200.0, "measure": 20.0, "check": 20.0}
+DEFAULT_S_CPU = {"build": 60.0, "quality": 30.0, "latency": 10.0, "compile": 0.0, "measure": 2.0, "check": 2.0}

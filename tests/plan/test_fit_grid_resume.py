@@ -152,11 +152,48 @@ def test_stopped_killed_and_guarded_calls_resume_to_the_same_record(grid_mod, un
 
 
 def test_wall_clock_stops_before_a_phase_and_says_so(grid_mod, tmp_path, capfd):
-    assert grid_mod.main(["--smoke", "--quiet", "--out", str(tmp_path), "--wall-seconds", "0"]) == 0
+    out, cache = tmp_path / "out", tmp_path / "inductor"
+    assert grid_mod.main(["--smoke", "--quiet", "--out", str(out), "--wall-seconds", "0",
+                          "--compile-cache", str(cache)]) == 0
     err = capfd.readouterr().err
-    m = json.loads((tmp_path / "plan_fit_grid.json").read_text())["metrics"]
+    m = json.loads((out / "plan_fit_grid.json").read_text())["metrics"]
     assert "phase 1 elastic build not started" in m["stopped"] and "stopped: phase 1" in err
-    assert not m["complete"] and m["phase"] == "start" and (tmp_path / "plan_state.tar").is_file()
+    assert not m["complete"] and m["phase"] == "start" and (out / "plan_state.tar").is_file()
+    assert m["compile_cache"]["kept"] and m["compile_cache"]["files"] == 0  # nothing compiles on a CPU
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") == str(cache.resolve())
+
+
+def test_a_crash_still_writes_the_state_then_raises(grid_mod, tmp_path, monkeypatch, capfd):
+    import anybudget.plan as P
+
+    def broken(*args, **kw):
+        raise RuntimeError("measurement exploded")
+    monkeypatch.setattr(P, "static_latency_model", broken)
+    with pytest.raises(RuntimeError, match="measurement exploded"):
+        grid_mod.main(["--smoke", "--quiet", "--out", str(tmp_path)])
+    assert "stopped: crashed: RuntimeError" in capfd.readouterr().err
+    m = json.loads((tmp_path / "plan_fit_grid.json").read_text())["metrics"]
+    assert m["phase"] == "latency" and set(m["phases_s"]) == {"build", "quality"} and (tmp_path / "plan_state.tar").is_file()
+
+
+def test_guard_estimates(tmp_path):
+    import argparse
+
+    import torch
+
+    fs = load("fit_state")
+    st = fs.State(tmp_path, {})
+    st["calls"].append({})
+    run = fs.Run(argparse.Namespace(serve="static"), st, fs.Clock(100), torch.device("cuda"), tmp_path, None)
+    assert run.est("compile:h2o") == fs.DEFAULT_S_CUDA["compile"] and run.est("build") == fs.DEFAULT_S_CUDA["build"]
+    st["durations"].update({"compile:full": 100.0, "build": 80.0})
+    assert run.est("build") == pytest.approx(92.0)
+    assert run.est("compile:h2o") == pytest.approx(115.0)  # never compiled: the slowest compilation recorded
+    assert run.est("compile:full") == pytest.approx(115.0)  # no cache restored: compiles as the first time
+    run.warm_cache = True
+    assert run.est("compile:full") == pytest.approx(57.5)  # cached, not yet timed: half
+    st["durations"]["compile_warm:full"] = 20.0
+    assert run.est("compile:full") == pytest.approx(23.0) and run.est("compile:h2o") == pytest.approx(115.0)
 
 
 def test_state_tar_round_trip_in_parts(tmp_path):
