@@ -54,8 +54,9 @@ GPU (one H100/H200, one process on GPU 0; each call under `timeout 560`):
   .carry/zoo2/elastic_train4m.u16.xz, the elastic benchmark's training tokens):
     timeout 560 python benchmarks/plan/fit_grid.py --out $OUT/r/plan --quiet \
         --state .carry/plan/fit_state --compile-cache /tmp/fit_grid_inductor
-  then here: rm -rf .carry/plan/fit_state && mkdir -p .carry/plan &&
-    cat OUT/r/plan/plan_state.tar* | tar -xf - -C .carry/plan
+  then here: mkdir -p .carry/plan && cat OUT/r/plan/plan_state.tar* | tar -xf - -C .carry/plan
+  (the weights come in call 1's tar only, as parts .00-.02; later tars are one file, extracted over
+  the folder, never into an empty one)
   call 2, 3 (carry .carry/plan/fit_state only; the reference LM weights and tokens are not needed
   once phase 1 is done): the same command, and the same extraction after it, until the record says
   "complete": true
@@ -131,6 +132,8 @@ def parse(argv=None):
                          "a call resumes from it")
     ap.add_argument("--no-state-tar", dest="state_tar", action="store_false",
                     help="do not write the state into --out as plan_state.tar (parts .00, .01, ... above 15 MiB)")
+    ap.add_argument("--state-tar-weights", action="store_true",
+                    help="put the bf16 weights (.xz) in every call's tar, not only in the tar of the call that built them")
     ap.add_argument("--compile-cache", default=None,
                     help="inductor/Triton cache folder (TORCHINDUCTOR_CACHE_DIR), restored from and packed into the state")
     ap.add_argument("--compile-cache-max-mib", type=float, default=10.0,
@@ -382,7 +385,7 @@ def finish_call(run: Run) -> None:
     st.save()
     if a.state_tar:
         t = time.perf_counter()
-        files = st.write_tar(run.out)
+        files = st.write_tar(run.out, weights=a.state_tar_weights or "build" in run.call["phases_s"])
         st["tar"] = {"files": [f.name for f in files], "bytes": sum(f.stat().st_size for f in files),
                      "seconds": time.perf_counter() - t}
         clock.say(f"state: {st['tar']['bytes'] / 2**20:.1f} MiB in {', '.join(st['tar']['files'])}; next call: "

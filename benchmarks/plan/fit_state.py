@@ -16,7 +16,9 @@ State folder (``--state``)::
 
 A call ends by writing the folder into ``$OUT`` as one tar (``plan_state.tar``), split into
 ``plan_state.tar.00``, ``.01``, ... when larger than one part (``part_bytes``); read it back with
-``cat plan_state.tar* | tar -xf - -C PARENT_OF_STATE`` or :func:`extract_state`.
+``cat plan_state.tar* | tar -xf - -C PARENT_OF_STATE`` or :func:`extract_state`. The weights
+(~37 MiB for the reference LM: three parts) are in the tar of the call that built them only; later
+calls' tars (one file) are extracted over the folder, which keeps them.
 """
 
 from __future__ import annotations
@@ -187,12 +189,16 @@ class State:
         return info | {"kept": True}
 
     # -- the tar that travels --------------------------------------------------------------------
-    def write_tar(self, out, part_bytes: int = PART_BYTES) -> list[Path]:
+    def write_tar(self, out, part_bytes: int = PART_BYTES, weights: bool = True) -> list[Path]:
         """The state folder as ``out/plan_state.tar`` (members under the folder's name), split into
-        ``.00``, ``.01``, ... parts of at most ``part_bytes`` when larger; the files written."""
+        ``.00``, ``.01``, ... parts of at most ``part_bytes`` when larger; the files written.
+        ``weights=False`` leaves out ``elastic/model.safetensors.xz`` (unchanged since the call that
+        built it: the tar is then extracted over the folder that call's tar made)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         skip = {self.elastic / "model" / "model.safetensors"}  # travels as model.safetensors.xz
+        if not weights:
+            skip.add(self.elastic / WEIGHTS_XZ)
         whole = out / (STATE_TAR + ".tmp")
         with tarfile.open(whole, "w", format=tarfile.PAX_FORMAT) as t:
             for f in sorted(self.dir.rglob("*")):

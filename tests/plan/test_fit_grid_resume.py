@@ -5,9 +5,12 @@ writes; the state tar round trip; progress lines under --quiet."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
+import shutil
 import signal
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -124,6 +127,8 @@ def test_stopped_killed_and_guarded_calls_resume_to_the_same_record(grid_mod, un
             assert len(d["grid"]) == 2 and d["done"] == ["build", "quality", "latency"]
             d["durations"]["budget"] = 1e6
             (state / "progress.json").write_text(json.dumps(d))
+        if state is not None:  # the device works on a copy of what the coordinator carries
+            state = Path(shutil.copytree(state, tmp_path / f"device{i}" / state.name))
         args = ["--smoke", "--quiet", "--out", str(out)] + (["--state", str(state)] if state else []) + extra
         assert grid_mod.main(args) == 0
         err = capfd.readouterr().err
@@ -140,8 +145,12 @@ def test_stopped_killed_and_guarded_calls_resume_to_the_same_record(grid_mod, un
             assert set(m["phases_s"]) == {"build", "quality", "latency"} and not m["grid"]
         if i in (3, 4):
             assert len(m["grid"]) == 2
-        state = extract_state(sorted(out.glob("plan_state.tar*")), tmp_path / f"carry{i}")  # the coordinator's part
-        assert not (state / "elastic/model/model.safetensors").exists()  # the weights travel as .xz only
+        parts = sorted(out.glob("plan_state.tar*"))
+        with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as t:
+            names = {n.split("/", 1)[1] for n in t.getnames()}
+        assert ("elastic/model.safetensors.xz" in names) == (i == 0)  # from the call that built them only
+        assert "elastic/model/model.safetensors" not in names and "progress.json" in names  # weights: as .xz only
+        state = extract_state(parts, tmp_path / "carry")  # the coordinator extracts over the same folder
         if twist == "slow budgets":  # back to the true duration
             d = json.loads((state / "progress.json").read_text())
             d["durations"]["budget"] = 0.0
