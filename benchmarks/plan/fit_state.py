@@ -305,6 +305,8 @@ class Run:
             warm = self.warm_cache and f"compile:{key}" in self.st["durations"]
             self.st["durations"][f"compile_warm:{key}" if warm else f"compile:{key}"] = dt
             self.call["compile_s"][key] = dt
+        elif float(m.get("warmup_s") or 0.0) > 30.0:  # compiled again, unexpectedly: noted, not an estimate
+            self.call.setdefault("recompiles", []).append({"label": c.label, "seconds": dt})
         else:
             self.st["durations"]["measure"] = max(dt, self.st["durations"].get("measure", 0.0))
         return m
