@@ -45,7 +45,7 @@ Across calls (``fit_state.py``): one line per phase, budget and stop on stderr, 
   (``timeout``) stops too. A stopped call saves ``--state`` (finished phases, the bf16 weights as
   .xz, quality, latency model, each latency measurement, whole budgets; a budget cut short runs
   again) and writes it into --out as plan_state.tar (parts .00, .01, ... of 15 MiB: the weights
-  alone are ~37 MiB); the next call, given the extracted folder as ``--state``, goes on from there.
+  alone are ~38 MiB); the next call, given the extracted folder as ``--state``, goes on from there.
   ``--compile-cache DIR`` carries inductor's and Triton's caches in the state (dropped above
   ``--compile-cache-max-mib``), so a cache kind compiled by an earlier call loads from it.
 
@@ -135,8 +135,9 @@ def parse(argv=None):
     ap.add_argument("--state-tar-weights", action="store_true",
                     help="put the bf16 weights (.xz) in every call's tar, not only in the tar of the call that built them")
     ap.add_argument("--compile-cache", default=None,
-                    help="inductor/Triton cache folder (TORCHINDUCTOR_CACHE_DIR), restored from and packed into the state")
-    ap.add_argument("--compile-cache-max-mib", type=float, default=10.0,
+                    help="inductor/Triton cache folder (TORCHINDUCTOR_CACHE_DIR), restored from and packed into the state; "
+                         "the same absolute path every call (Triton's cache index holds absolute paths)")
+    ap.add_argument("--compile-cache-max-mib", type=float, default=8.0,
                     help="the packed compile cache is dropped (and the record says so) above this many MiB")
     ap.add_argument("--stop-after", default=None,
                     help="end the call after a phase: build, quality, latency or grid:N (N budgets done)")

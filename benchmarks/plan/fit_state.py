@@ -12,12 +12,14 @@ State folder (``--state``)::
                            both use the same numbers; on CUDA every measurement exports
                            sub-networks in bfloat16 anyway, so nothing changes there); the build's
                            fp32 weights and training checkpoint stay in ``--build``
-    compile_cache.tar.xz   optional: the inductor / Triton cache (``--compile-cache``)
+    compile_cache.tar.xz   optional: the inductor / Triton cache (``--compile-cache``; give the same
+                           absolute folder every call: Triton's cache index names its files by
+                           absolute path, and a missing one is a miss)
 
 A call ends by writing the folder into ``$OUT`` as one tar (``plan_state.tar``), split into
 ``plan_state.tar.00``, ``.01``, ... when larger than one part (``part_bytes``); read it back with
 ``cat plan_state.tar* | tar -xf - -C PARENT_OF_STATE`` or :func:`extract_state`. The weights
-(~37 MiB for the reference LM: three parts) are in the tar of the call that built them only; later
+(~38 MiB for the reference LM: three parts) are in the tar of the call that built them only; later
 calls' tars (one file) are extracted over the folder, which keeps them.
 """
 
@@ -202,7 +204,7 @@ class State:
         whole = out / (STATE_TAR + ".tmp")
         with tarfile.open(whole, "w", format=tarfile.PAX_FORMAT) as t:
             for f in sorted(self.dir.rglob("*")):
-                if f.is_file() and f not in skip and not f.name.endswith(".tmp"):
+                if f.is_file() and f not in skip and ".tmp" not in f.name:  # atomic writes' leftovers
                     info = t.gettarinfo(str(f), arcname=str(Path(self.dir.name) / f.relative_to(self.dir)))
                     info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
                     with open(f, "rb") as fh:
