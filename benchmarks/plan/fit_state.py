@@ -154,7 +154,9 @@ class State:
         raw = e / "model" / "model.safetensors"
         if not raw.is_file():
             if not (e / WEIGHTS_XZ).is_file():
-                raise FileNotFoundError(f"--state {str(self.dir)!r} says the build is done but has no {e / WEIGHTS_XZ}")
+                raise FileNotFoundError(f"--state {str(self.dir)!r} says the build is done but has no {e / WEIGHTS_XZ}: "
+                                        "they travel in the tar of the call that built them only; extract every "
+                                        "later call's plan_state.tar over that folder")
             with atomic_path(raw) as tmp:
                 Path(tmp).write_bytes(lzma.decompress((e / WEIGHTS_XZ).read_bytes()))
         return e
@@ -295,8 +297,10 @@ class Run:
         share = self.st["share"]
         key = c.policy + ("/g1" if c.kv_groups == 1 else "") + ("" if share else f"/{c.subnet_label}")
         cold = self.cuda_static and key not in self.compiled
-        self.clock.need(self.est(f"compile:{key}" if cold else "measure"), f"measuring {c.label}"
-                        + (" (compiles)" if cold else ""))
+        est = self.est(f"compile:{key}" if cold else "measure")
+        self.clock.need(est, f"measuring {c.label}" + (" (compiles)" if cold else ""))
+        if cold:  # one line per compilation: a killed call still shows what it was compiling
+            self.clock.say(f"measuring {c.label}: compiles cache kind {key} (expected <= {est:.0f} s)")
         t = time.perf_counter()
         import anybudget.plan as P  # looked up at each call (tests replace measure_candidate)
 
@@ -307,6 +311,7 @@ class Run:
             warm = self.warm_cache and f"compile:{key}" in self.st["durations"]
             self.st["durations"][f"compile_warm:{key}" if warm else f"compile:{key}"] = dt
             self.call["compile_s"][key] = dt
+            self.clock.say(f"measured {c.label}: {dt:.1f} s with the compilation{' (cache restored)' if warm else ''}")
         elif float(m.get("warmup_s") or 0.0) > 30.0:  # compiled again, unexpectedly: noted, not an estimate
             self.call.setdefault("recompiles", []).append({"label": c.label, "seconds": dt})
         else:

@@ -257,3 +257,31 @@ def test_clock_guard():
     c = fs.Clock(100.0, t0=0.0)
     with pytest.raises(fs.Stop, match="phase 9: needs ~5 s, 0 s left of --wall-seconds 100"):
         c.need(5, "phase 9")
+
+
+def test_first_measurement_of_a_cache_kind_is_guarded_as_a_compilation(tmp_path, monkeypatch, capfd):
+    import argparse
+
+    import torch
+
+    import anybudget.plan as P
+
+    fs = load("fit_state")
+    st = fs.State(tmp_path, {})
+    st["calls"].append({"compile_s": {}})
+    st["share"] = True
+    run = fs.Run(argparse.Namespace(serve="static"), st, fs.Clock(100), torch.device("cpu"), tmp_path, None)
+    run.cuda_static = True  # as on CUDA: the first measurement of each cache kind in a process compiles
+    monkeypatch.setattr(P, "measure_candidate", lambda *a, **k: {"warmup_s": 0.0})
+    st["durations"]["compile:h2o"] = 1e6  # an h2o compilation was recorded as longer than the call has
+    with pytest.raises(fs.Stop, match="measuring kv2/mlp64 h2o@20% \\(compiles\\): needs ~1150000 s"):
+        run.measure(None, P.Candidate(2, 64, "h2o", 20.0), None)
+    with pytest.raises(fs.Stop, match="kv2/mlp64 full \\(compiles\\): needs ~1150000 s"):  # the slowest recorded
+        run.measure(None, P.Candidate(2, 64), None)
+    st["durations"]["compile:h2o"] = 1.0
+    run.measure(None, P.Candidate(2, 64), None)
+    assert "full" in run.compiled and "compile:full" in st["durations"] and "full" in st["calls"][-1]["compile_s"]
+    assert "compiles cache kind full" in capfd.readouterr().err
+    run.measure(None, P.Candidate(4, 128), None)  # the same kind again: a measurement, no compilation
+    run.measure(None, P.Candidate(1, 128), None)  # one KV group: compilers specialise it, a kind of its own
+    assert run.compiled == {"full", "full/g1"} and "measure" in st["durations"]
