@@ -50,7 +50,7 @@ class Stop(BaseException):
 
 
 class Clock:
-    """Elapsed seconds since ``t0`` (process start), the deadline, and one stderr line per event."""
+    """Elapsed seconds since ``t0`` (default: now, the start of the call), the deadline, one stderr line per event."""
 
     def __init__(self, wall_seconds: float, t0: float | None = None):
         self.t0 = time.perf_counter() if t0 is None else t0
