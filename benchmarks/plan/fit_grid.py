@@ -1,4 +1,4 @@
-"""anybudget fit on the reference LM, one GPU call: a grid of memory x latency budgets; for each, the
+"""anybudget fit on the reference LM, over one or more GPU calls: a grid of memory x latency budgets; for each, the
 combined plan (elastic sub-network x KV cache) and the best single-technique plans (elastic only with
 the full cache; the full model with KV eviction only), every one *measured* on the device.
 
@@ -22,7 +22,7 @@ Budgets: 3 memory levels spread over the range the candidates span, at 0.8, 0.5 
   relative to what they run today: 1.0x the full model's predicted step ("no slower than serving
   the model as it is") and 1.25x ("a quarter slower is acceptable").
 
-Phases (all numbers from this one run):
+Phases (all numbers from this run, which may span several calls through ``--state``):
   1 a quick elastic build of the reference LM (``anybudget.elastic.pipeline.build_elastic``:
     importance + permutation, ``--train-steps`` of elastic distillation, prefill latency table, a
     short router phase), kept in ``--build`` (git-ignored) so a re-run resumes or reuses it
@@ -37,12 +37,31 @@ Phases (all numbers from this one run):
     same windows and protocol as phase 2, so prediction and check differ only by the assumption
     that eviction costs every sub-network the same NLL (exact for full caches and the full model)
 
-GPU (one H100; ~6-8 min, guarded by --wall-seconds; needs the reference LM weights and training tokens):
-    python benchmarks/plan/fit_grid.py --out $OUT
-  carried: .carry/zoo2/elastic_train4m.u16.xz (2.9 MB, the elastic benchmark's training tokens;
-  any .u16.xz of reference-LM token ids works via --train)
+Across calls (``fit_state.py``): one line per phase, budget and stop on stderr, also under --quiet;
+  the record is rewritten after every phase and budget (``complete``, ``phase``, ``stopped``,
+  ``phases_s`` summed over calls, ``calls`` with each call's seconds and compile times). Every
+  phase, measurement (a cache kind's first one in a process compiles), budget and quality check
+  starts only when its recorded (else default) duration ends within ``--wall-seconds``; SIGTERM
+  (``timeout``) stops too. A stopped call saves ``--state`` (finished phases, the bf16 weights as
+  .xz, quality, latency model, each latency measurement, whole budgets; a budget cut short runs
+  again) and writes it into --out as plan_state.tar (parts .00, .01, ... of 15 MiB: the weights
+  alone are ~38 MiB); the next call, given the extracted folder as ``--state``, goes on from there.
+  ``--compile-cache DIR`` carries inductor's and Triton's caches in the state (dropped above
+  ``--compile-cache-max-mib``), so a cache kind compiled by an earlier call loads from it.
+
+GPU (one H100/H200, one process on GPU 0; each call under `timeout 560`):
+  call 1 (carry .carry/reflm/model.safetensors.xz, unpacked into src/anybudget/assets/reflm/, and
+  .carry/zoo2/elastic_train4m.u16.xz, the elastic benchmark's training tokens):
+    timeout 560 python benchmarks/plan/fit_grid.py --out $OUT/r/plan --quiet \
+        --state .carry/plan/fit_state --compile-cache /tmp/fit_grid_inductor
+  then here: mkdir -p .carry/plan && cat OUT/r/plan/plan_state.tar* | tar -xf - -C .carry/plan
+  (the weights come in call 1's tar only, as parts .00-.02; later tars are one file, extracted over
+  the folder, never into an empty one)
+  call 2, 3 (carry .carry/plan/fit_state only; the reference LM weights and tokens are not needed
+  once phase 1 is done): the same command, and the same extraction after it, until the record says
+  "complete": true
 CPU smoke (tiny random model, every phase, seconds):  python benchmarks/plan/fit_grid.py --smoke --out /tmp/fg
-Writes to --out: plan_fit_grid.json (results record), plan_fit_grid.png.
+Writes to --out: plan_fit_grid.json (results record), plan_fit_grid.png, plan_state.tar[.NN].
 """
 
 from __future__ import annotations
@@ -50,6 +69,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -60,12 +81,15 @@ import torch
 from anybudget import plan as P
 from anybudget.budget import BudgetError
 from anybudget.elastic.data import read_tokens
-from anybudget.io import atomic_path, write_results
-from anybudget.plan.device import compile_settings
 from anybudget.plan.fit import predict_all
 from anybudget.plan.quality import quality_workload
 
 ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the sibling fit_state.py when imported from tests
+    sys.path.insert(0, str(HERE))
+from fit_report import levels, plot, summarize, write_record
+from fit_state import Clock, Run, State, Stop, stop_on_sigterm
 
 KINDS = {"plan": ("elastic", "kv"), "elastic_only": ("elastic",), "kv_only": ("kv",)}
 
@@ -99,11 +123,30 @@ def parse(argv=None):
     ap.add_argument("--latency-levels", default="1.0,1.25", help="latency budgets as multiples of the full model's step")
     ap.add_argument("--max-trials", type=int, default=4)
     ap.add_argument("--margin", type=float, default=0.03, help="plans aim this fraction under each budget (noise)")
-    ap.add_argument("--wall-seconds", type=float, default=470,
-                    help="past this, no new grid budget and no further quality check is started")
+    ap.add_argument("--wall-seconds", type=float, default=510,
+                    help="no phase, measurement, budget or check is started that is not expected to end by then "
+                         "(recorded durations, else defaults); 510 leaves a `timeout 560` call ~50 s for the imports "
+                         "and the state's tar")
+    ap.add_argument("--state", default=None,
+                    help="folder of what finished calls did (default benchmarks/plan/build/fit_state; --smoke: OUT/state); "
+                         "a call resumes from it")
+    ap.add_argument("--no-state-tar", dest="state_tar", action="store_false",
+                    help="do not write the state into --out as plan_state.tar (parts .00, .01, ... above 15 MiB)")
+    ap.add_argument("--state-tar-weights", action="store_true",
+                    help="put the bf16 weights (.xz) in every call's tar, not only in the tar of the call that built them")
+    ap.add_argument("--compile-cache", default=None,
+                    help="inductor/Triton cache folder (TORCHINDUCTOR_CACHE_DIR), restored from and packed into the state; "
+                         "the same absolute path every call (Triton's cache index holds absolute paths)")
+    ap.add_argument("--compile-cache-max-mib", type=float, default=8.0,
+                    help="the packed compile cache is dropped (and the record says so) above this many MiB")
+    ap.add_argument("--stop-after", default=None,
+                    help="end the call after a phase: build, quality, latency or grid:N (N budgets done)")
     ap.add_argument("--smoke", action="store_true", help="tiny random model on the CPU, every phase, seconds")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
+    stops = ("build", "quality", "latency") + tuple(f"grid:{i}" for i in range(1, 100))
+    if a.stop_after is not None and a.stop_after not in stops:
+        ap.error(f"--stop-after {a.stop_after!r} must be build, quality, latency or grid:N (N >= 1)")
     if a.smoke:
         torch.set_num_threads(1)
         a.train_steps, a.train_batch, a.train_seq, a.prompt, a.new, a.batch = 2, 2, 32, 40, 4, 2
@@ -135,10 +178,6 @@ def build(a, model_dir, train_tokens, dev):
     return build_elastic(model_dir, train_tokens, a.build, train, router, wl, build=data, device=str(dev), quiet=a.quiet)
 
 
-def levels(text):
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
 def grid(a, rows):
     """Memory levels at fractions of the way from the smallest reachable predicted peak to the full
     model's x latency levels as multiples of the full model's predicted step (module doc)."""
@@ -161,175 +200,203 @@ def plan_row(p: P.Plan) -> dict:
                         "step_s": t["measured"]["step_s"], "warmup_s": t["measured"].get("warmup_s")} for t in p.trials]}
 
 
+def fingerprint(a) -> dict:
+    """What a --state must have been written with to be resumed (paths excluded: they differ between machines)."""
+    keys = ("smoke", "train_steps", "train_batch", "train_seq", "lr", "prompt", "new", "batch", "serve",
+            "static_weight_shapes", "policies", "kv_budgets", "quality_seqs", "mem_levels", "latency_levels",
+            "max_trials", "margin")
+    return {k: getattr(a, k) for k in keys} | {"model": "smoke" if a.smoke else Path(a.model).name}
+
+
 def main(argv=None) -> int:
     a = parse(argv)
-    t_start = time.perf_counter()
+    clock = Clock(a.wall_seconds)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device("cuda" if torch.cuda.is_available() and not a.smoke else "cpu")
-    phases = {}
-    if a.smoke:
-        a.build = str(out / "build")
-        model_dir, train_tokens, test_tokens = smoke_inputs(out / "build")
-    else:
-        done = (Path(a.build) / "elastic.json").is_file() and "router" in json.loads(
-            (Path(a.build) / "elastic.json").read_text()).get("phases", [])
-        if not done and not Path(a.train).is_file():
-            raise SystemExit(f"error: --train {a.train} is missing: carry .carry/zoo2/elastic_train4m.u16.xz (the elastic "
-                             "benchmark's training tokens) or give any .u16.xz of reference-LM token ids")
-        model_dir, test_tokens = a.model, read_tokens(a.test)
-        train_tokens = read_tokens(a.train) if not done else np.zeros(a.train_seq * 4, dtype=np.int64)
-    t = time.perf_counter()
-    meta = build(a, model_dir, train_tokens, dev)
-    phases["build_s"] = time.perf_counter() - t
-    em, _ = P.load_elastic_folder(a.build, device=str(dev))
-    policies = tuple(p for p in a.policies.split(",") if p)
-    pcts = tuple(levels(a.kv_budgets))
-    wl = P.ServingWorkload(a.prompt, a.new, a.batch, "bfloat16" if dev.type == "cuda" else "float32")
-    static = a.serve == "static"
-    share = not a.static_weight_shapes
-
-    def measure(model, c, w):
-        return P.measure_candidate(model, c, w, serve=a.serve, share_graphs=share)
-    t = time.perf_counter()
-    test = torch.as_tensor(test_tokens.astype(np.int64))
-    qbatch = a.quality_seqs if dev.type == "cuda" else 16  # one batch on the GPU (only last-position logits kept)
-    quality = P.measure_quality(em, test, wl, policies, pcts, seqs=a.quality_seqs, static=static, batch=qbatch,
-                                quiet=a.quiet)
-    qwl = quality_workload(wl, test.numel())
-    windows = P.quality_windows(test, qwl, a.quality_seqs)
-    phases["quality_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    if static:
-        try:
-            lat, calib = P.static_latency_model(em, wl, policies, pcts, measure=measure)
-        except Exception as e:  # shared dynamic-weight graphs failed: compile per sub-network instead
-            if not share or dev.type != "cuda":
-                raise
-            phases["shared_graphs_error"] = f"{type(e).__name__}: {e}"[:500]
-            share = False
-            torch._dynamo.reset()
-            lat, calib = P.static_latency_model(em, wl, policies, pcts, measure=measure)
-    else:
-        lat, calib = P.decode_latency_model(em, wl, policies, min(pcts))
-    phases["latency_model_s"] = time.perf_counter() - t
-    rows = predict_all(em, wl, quality, lat, policies, pcts)
-    budgets, full = grid(a, rows)
-    results, checked = [], {}
-    t = time.perf_counter()
-
-    def save() -> dict:
-        """The record so far (rewritten after every budget: a run killed at its limit keeps its results)."""
-        phases["grid_s"] = time.perf_counter() - t
-        summary = summarize(results, checked)
-        metrics = {"grid": results, "summary": summary, "quality_check": checked, "full_model": {
-            "label": full["label"], "predicted_mem": full["mem"], "predicted_latency_s": full["latency_s"],
-            "ppl": full["ppl"]},
-            "quality": quality.to_dict(), "latency_model": lat.to_dict() | {"calibration": calib},
-            "build": {k: meta.get(k) for k in ("phases", "train")}, "phases_s": phases,
-            "total_s": time.perf_counter() - t_start}
-        config = {"model": str(a.model) if not a.smoke else "smoke", "workload": wl.__dict__, "policies": policies,
-                  "kv_percents": pcts, "train_steps": a.train_steps, "train_batch": a.train_batch,
-                  "train_seq": a.train_seq, "serve": a.serve,
-                  "compile_settings": compile_settings(share) if static else {}, "share_graphs": share,
-                  "quality_protocol": quality.source, "mem_levels": a.mem_levels, "latency_levels": a.latency_levels,
-                  "max_trials": a.max_trials, "margin": a.margin, "smoke": a.smoke,
-                  "assumptions": [("quality: ppl(sub-network) x KV ratio measured on the full model, both as "
-                                   "new-token perplexity after a prefilled prompt (the check measures the plan "
-                                   "the same way)"),
-                                  "latency: per decoding step of the whole batch (one new token per sequence)"]}
-        write_results("plan_fit_grid", config, metrics, {"single_technique": ["elastic_only", "kv_only"]}, out_dir=out)
-        return summary
-
-    for b in budgets:
-        if time.perf_counter() - t_start > a.wall_seconds:  # keep the call under its limit; say so in the record
-            phases["grid_stopped_at_budget"] = b
-            break
-        entry = {"budget": b}
-        for kind, tech in KINDS.items():
-            try:
-                p = P.fit(em, b, wl, quality, lat, policies, pcts, tech, a.max_trials, margin=a.margin, quiet=a.quiet,
-                          measure=measure)
-                entry[kind] = plan_row(p)
-            except BudgetError as e:
-                entry[kind] = {"error": str(e)}
-            except Exception as e:  # noqa: BLE001 - one failing fit must not lose the others
-                if isinstance(e, torch.OutOfMemoryError) and dev.type == "cuda":
-                    torch.cuda.empty_cache()
-                entry[kind] = {"error": f"{type(e).__name__}: {e}"[:500], "crashed": True}
-        for kind in KINDS:  # the quality check of each new choice, on the quality phase's windows and protocol
-            lab = entry[kind].get("chosen")
-            if lab is not None and lab not in checked:
-                c = next(P.Candidate(**r["candidate"]) for r in rows if r["label"] == lab)
-                pred = next(r["ppl"] for r in rows if r["label"] == lab)
-                checked[lab] = {"predicted_ppl": pred, "measured_ppl": P.measured_ppl(em, c, windows, qwl, static, qbatch),
-                                "exact": c.policy == "full" or (c.kv_groups, c.mlp_width) == (max(em.kv_choices),
-                                                                                              max(em.mlp_choices))}
-        if not a.quiet:
-            print(b, {k: entry[k].get("chosen", "infeasible") for k in KINDS}, flush=True)
-        results.append(entry)
-        save()
-    phases["grid_s"] = time.perf_counter() - t
-    summary = save()
-    plot(results, out / "plan_fit_grid.png")
-    print(f"wrote {out / 'plan_fit_grid.json'} ({summary}) in {time.perf_counter() - t_start:.0f} s")
+    st = State(a.state or (out / "state" if a.smoke else ROOT / "benchmarks/plan/build/fit_state"), fingerprint(a))
+    st["calls"].append({"phases_s": {}, "compile_s": {}, "device": torch.cuda.get_device_name(0) if dev.type == "cuda"
+                        else "cpu", "resumed": st.resumed, "phase": "start", "stopped": None})
+    st.d.setdefault("share", not a.static_weight_shapes)
+    restored = 0
+    if a.compile_cache:  # read lazily by inductor and Triton: set before the first compilation
+        cache = Path(a.compile_cache).resolve()
+        os.environ["TORCHINDUCTOR_CACHE_DIR"], os.environ["TRITON_CACHE_DIR"] = str(cache), str(cache / "triton")
+        restored = st["calls"][-1]["compile_cache_restored_files"] = st.restore_compile_cache(cache)
+    clock.say(f"call {len(st['calls'])} on {st['calls'][-1]['device']}, state {st.dir}"
+              f" ({'resumed: ' + ', '.join(st['done']) if st.resumed else 'new'}), --wall-seconds {a.wall_seconds:g}")
+    run = Run(a, st, clock, dev, out, write_record)
+    run.warm_cache = restored > 0
+    previous, crash = stop_on_sigterm(), None
+    try:
+        run_phases(run)
+        run.call["phase"] = "done"
+    except Stop as e:
+        run.call["stopped"] = str(e)
+        clock.say(f"stopped: {e}")
+    except BaseException as e:  # noqa: BLE001 - a crash: what finished is written out, then it is raised again
+        run.call["stopped"], crash = f"crashed: {type(e).__name__}: {e}"[:500], e
+        clock.say(f"stopped: {run.call['stopped']}")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the state is saved next; a second TERM must not lose it
+    try:
+        finish_call(run)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if crash is not None:
+        raise crash
     return 0
 
 
-def summarize(results, checked) -> dict:
-    """Counts over the grid; ``*_measured_ppl`` compare the plans' streaming perplexity measured here."""
-    n = len(results)  # budgets run (fewer than the grid's if the wall-clock guard stopped it)
-    met = [e for e in results if "chosen" in e["plan"]]
-    out = {"budgets": n, "plans_found": len(met),
-           "plans_meet_budget_measured": len(met) == n and all(e["plan"]["trials"][-1]["meets"] for e in met)}
-    for key, value in (("predicted_ppl", lambda r: r["predicted_ppl"]),
-                       ("measured_ppl", lambda r: checked.get(r["chosen"], {}).get("measured_ppl"))):
-        ge = strict = compared = 0
-        for e in met:
-            mine = value(e["plan"])
-            singles = [value(e[k]) for k in ("elastic_only", "kv_only") if "chosen" in e[k]]
-            if mine is None or any(v is None for v in singles):
-                continue
-            best = min(singles) if singles else math.inf
-            compared += 1
-            ge += mine <= best * (1 + 1e-6)
-            strict += mine < best * (1 - 1e-6)
-        out[f"compared_{key}"] = compared
-        out[f"plan_at_least_best_single_{key}"] = ge
-        out[f"plan_strictly_better_{key}"] = strict
-    for exact in (True, False):  # exact: 0 up to float rounding; otherwise the combination assumption's error
-        errs = [abs(q["measured_ppl"] / q["predicted_ppl"] - 1) for q in checked.values() if q["exact"] == exact]
-        out[f"quality_check_{'exact' if exact else 'assumed'}_max_rel_err"] = max(errs) if errs else None
-    return out
+def run_phases(run: Run) -> None:
+    a, st, dev, clock = run.a, run.st, run.dev, run.clock
+    if a.smoke:
+        a.build = str(run.out / "build")
+        model_dir, train_tokens, test_tokens = smoke_inputs(run.out / "build")
+    else:
+        model_dir, test_tokens, train_tokens = a.model, read_tokens(a.test), None
+
+    def build_phase():
+        meta_path = Path(a.build) / "elastic.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        if "router" not in meta.get("phases", []):  # --build finished earlier on this machine: reuse it as it is
+            tokens = train_tokens
+            if tokens is None:
+                if not Path(a.train).is_file():
+                    raise SystemExit(f"error: --train {a.train} is missing: carry .carry/zoo2/elastic_train4m.u16.xz "
+                                     "(the elastic benchmark's training tokens) or give any .u16.xz of reference-LM "
+                                     "token ids")
+                tokens = read_tokens(a.train)
+            meta = build(a, model_dir, tokens, dev)
+        st["build"] = {k: meta.get(k) for k in ("phases", "train")} | st.publish_build(a.build)
+    run.phase("build", "phase 1 elastic build", build_phase)
+    run.em, _ = P.load_elastic_folder(st.elastic_ready(), device=str(dev))
+    policies, pcts = tuple(p for p in a.policies.split(",") if p), tuple(levels(a.kv_budgets))
+    wl = P.ServingWorkload(a.prompt, a.new, a.batch, "bfloat16" if dev.type == "cuda" else "float32")
+    run.wl, run.policies, run.pcts = wl, policies, pcts
+    static = a.serve == "static"
+    test = torch.as_tensor(test_tokens.astype(np.int64))
+    qbatch = a.quality_seqs if dev.type == "cuda" else 16  # one batch on the GPU (only last-position logits kept)
+
+    def quality_phase():
+        q = P.measure_quality(run.em, test, wl, policies, pcts, seqs=a.quality_seqs, static=static, batch=qbatch,
+                              quiet=a.quiet)
+        st["quality"] = q.to_dict()
+    run.phase("quality", "phase 2 quality data", quality_phase)
+    quality = P.Quality.from_dict(st["quality"])
+    qwl = quality_workload(wl, test.numel())
+    windows = P.quality_windows(test, qwl, a.quality_seqs)
+
+    def latency_phase():
+        memo, calls = st["latency_memo"], [0]
+
+        def measure(model, c, w):  # measurements of an earlier, stopped call are reused in order
+            k = calls[0]
+            calls[0] += 1
+            if k < len(memo) and memo[k]["label"] == c.label:
+                return memo[k]["measured"]
+            m = run.measure(model, c, w)
+            memo[k:] = [{"label": c.label, "measured": m}]
+            st.save()
+            return m
+        if static:
+            try:
+                lat, calib = P.static_latency_model(run.em, wl, policies, pcts, measure=measure)
+            except Exception as e:  # shared dynamic-weight graphs failed: compile per sub-network instead
+                if not st["share"] or dev.type != "cuda":
+                    raise
+                st["shared_graphs_error"], st["share"] = f"{type(e).__name__}: {e}"[:500], False
+                memo.clear()
+                calls[0] = 0
+                torch._dynamo.reset()
+                run.compiled.clear()
+                lat, calib = P.static_latency_model(run.em, wl, policies, pcts, measure=measure)
+        else:
+            lat, calib = P.decode_latency_model(run.em, wl, policies, min(pcts))
+        st["latency"] = {"model": lat.to_dict(), "calibration": calib}
+    run.phase("latency", "phase 3 latency model", latency_phase)
+    lat = P.LatencyModel.from_dict(st["latency"]["model"])
+    rows = predict_all(run.em, wl, quality, lat, policies, pcts)
+    budgets, run.full = grid(a, rows)
+    clock.say(f"phase 4 grid: {len(st['grid'])} of {len(budgets)} budgets done before this call")
+    run.call["phase"] = "grid"
+    for i, b in enumerate(budgets):
+        if i < len(st["grid"]):
+            if st["grid"][i]["budget"] != b:
+                raise ValueError(f"--state {str(st.dir)!r}: budget {i} is {st['grid'][i]['budget']}, now {b}")
+            continue
+        clock.need(run.est("budget"), f"grid budget {i + 1}/{len(budgets)} not started")
+        clock.say(f"grid budget {i + 1}/{len(budgets)} {b}: start")
+        t, compiled = time.perf_counter(), sum(run.call["compile_s"].values())
+        entry, checked = fit_budget(run, b, quality, lat, rows, windows, qwl, static, qbatch)
+        dt = time.perf_counter() - t
+        st["grid"].append(entry)
+        st["checked"].update(checked)
+        st["durations"]["budget"] = dt - (sum(run.call["compile_s"].values()) - compiled)  # compiles are guarded apart
+        run.call["phases_s"]["grid"] = run.call["phases_s"].get("grid", 0.0) + dt
+        st.add_time("grid", dt)
+        st.save()
+        clock.say(f"grid budget {i + 1}/{len(budgets)}: end ({dt:.1f} s) "
+                  f"{ {k: entry[k].get('chosen', 'infeasible') for k in KINDS} }")
+        write_record(run)
+        if a.stop_after == f"grid:{i + 1}" and i + 1 < len(budgets):
+            raise Stop(f"--stop-after grid:{i + 1}")
+    if "grid" not in st["done"]:
+        st["done"].append("grid")
 
 
-def plot(results, path) -> None:
-    try:
-        import matplotlib
+def fit_budget(run: Run, b, quality, lat, rows, windows, qwl, static, qbatch):
+    """The three fits of budget ``b`` and the quality check of each new choice; kept only when whole
+    (a call stopped inside a budget runs it again next call)."""
+    a, em, dev = run.a, run.em, run.dev
+    entry, checked = {"budget": b}, {}
+    for kind, tech in KINDS.items():
+        try:
+            p = P.fit(em, b, run.wl, quality, lat, run.policies, run.pcts, tech, a.max_trials, margin=a.margin,
+                      quiet=a.quiet, measure=run.measure)
+            entry[kind] = plan_row(p)
+        except BudgetError as e:
+            entry[kind] = {"error": str(e)}
+        except Exception as e:  # noqa: BLE001 - one failing fit must not lose the others
+            if isinstance(e, torch.OutOfMemoryError) and dev.type == "cuda":
+                torch.cuda.empty_cache()
+            entry[kind] = {"error": f"{type(e).__name__}: {e}"[:500], "crashed": True}
+    for kind in KINDS:  # the quality check of each new choice, on the quality phase's windows and protocol
+        lab = entry[kind].get("chosen")
+        if lab is not None and lab not in run.st["checked"] and lab not in checked:
+            c = next(P.Candidate(**r["candidate"]) for r in rows if r["label"] == lab)
+            pred = next(r["ppl"] for r in rows if r["label"] == lab)
+            run.clock.need(run.est("check"), f"quality check of {lab}")
+            t = time.perf_counter()
+            ppl = P.measured_ppl(em, c, windows, qwl, static, qbatch)
+            run.st["durations"]["check"] = max(time.perf_counter() - t, run.st["durations"].get("check", 0.0))
+            checked[lab] = {"predicted_ppl": pred, "measured_ppl": ppl,
+                            "exact": c.policy == "full" or (c.kv_groups, c.mlp_width) == (max(em.kv_choices),
+                                                                                         max(em.mlp_choices))}
+    return entry, checked
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(results)), 4))
-    w = 0.27
-    for i, (kind, color) in enumerate((("plan", "C0"), ("elastic_only", "C1"), ("kv_only", "C2"))):
-        xs = [j + (i - 1) * w for j, e in enumerate(results) if "chosen" in e[kind]]
-        ys = [e[kind]["predicted_ppl"] for e in results if "chosen" in e[kind]]
-        ax.bar(xs, ys, w, color=color, label=kind.replace("_", " "))
-        for j, e in enumerate(results):
-            if "chosen" not in e[kind]:
-                ax.text(j + (i - 1) * w, 0.02, "none", rotation=90, ha="center", va="bottom", fontsize=7,
-                        transform=ax.get_xaxis_transform())
-    ax.set_xticks(range(len(results)))
-    ax.set_xticklabels([e["budget"].replace(",", "\n") for e in results], fontsize=7)
-    ax.set_ylabel("perplexity (predicted from measured parts)")
-    ax.set_yscale("log")
-    ax.set_title("anybudget fit: combined plan vs single-technique plans, each measured within its budget", fontsize=9)
-    ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
+
+def finish_call(run: Run) -> None:
+    """End of a call: the compile cache and the state into the state folder and ``--out``, the record, the plot."""
+    a, st, clock = run.a, run.st, run.clock
+    if a.compile_cache:
+        st["compile_cache"] = st.pack_compile_cache(a.compile_cache, int(a.compile_cache_max_mib * 2**20))
+        clock.say(f"compile cache: {st['compile_cache']}")
+    run.call["total_s"] = clock.elapsed()
+    st.save()
+    if a.state_tar:
+        t = time.perf_counter()
+        files = st.write_tar(run.out, weights=a.state_tar_weights or "build" in run.call["phases_s"])
+        st["tar"] = {"files": [f.name for f in files], "bytes": sum(f.stat().st_size for f in files),
+                     "seconds": time.perf_counter() - t}
+        clock.say(f"state: {st['tar']['bytes'] / 2**20:.1f} MiB in {', '.join(st['tar']['files'])}; next call: "
+                  f"cat plan_state.tar* | tar -xf - -C {st.dir.parent}")
+    path = write_record(run)
+    st.save()
+    plot(st["grid"], run.out / "plan_fit_grid.png")
+    done = "grid" in st["done"]
+    clock.say(f"wrote {path} ({'complete' if done else 'NOT complete: resume with --state'}; "
+              f"{summarize(st['grid'], st['checked'])})")
 
 
 if __name__ == "__main__":
