@@ -140,6 +140,15 @@ def rig_poses(rig: dict, count: int, seed: int) -> list[tuple[np.ndarray, np.nda
     return out
 
 
+def view_splits(n_train: int, n_test: int) -> list[str]:
+    """``"train"`` / ``"test"`` per view: every ``(n_train + n_test) // n_test``-th view is held out
+    (the first ``n_test`` of them), so test views are spread evenly over the rig."""
+    step, out = (n_train + n_test) // max(n_test, 1), []
+    for i in range(n_train + n_test):
+        out.append("test" if i % step == 0 and out.count("test") < n_test else "train")
+    return out
+
+
 def render_view(base, eye, target, size: int, fov: float, supersample: int) -> tuple[np.ndarray, Camera]:
     """One view: uint8 ``(size, size, 3)`` and its Camera (OpenCV axes in Panda3D's Z-up world)."""
     from panda3d.core import Point3
@@ -229,9 +238,9 @@ def make_scene(base, name: str, out: Path, n_train: int, n_test: int, size: int,
     root, rig = build(base, name)
     poses = rig_poses(rig, n_train + n_test, seed)
     cams, images = [], []
+    splits = view_splits(n_train, n_test)
     for i, (eye, target) in enumerate(tqdm(poses, desc=name, disable=quiet)):
-        split = "test" if i % ((n_train + n_test) // max(n_test, 1)) == 0 and sum(
-            c.name.startswith("test") for c in cams) < n_test else "train"
+        split = splits[i]
         img_name = f"{split}_{i:03d}"
         img, cam = render_view(base, eye, target, size, rig["fov"], supersample)
         path = folder / split / f"{img_name}.{fmt}"
