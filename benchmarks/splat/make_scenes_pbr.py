@@ -18,7 +18,8 @@ Camera rays see a uniform ``background`` (the HDRI lights the scene but is not v
 benchmark trains with it. Rendering runs in ``pbr_worker.py`` under a Python with ``bpy``
 (``--blender-python``; bpy 5.0.1 wants CPython 3.11), this script in the project's venv (torch,
 anybudget, Panda3D for the asset export). Resumable: views on disk are skipped, a scene is complete
-when its ``done.json`` exists. ``--smoke``: a procedural scene (no assets), 6 views of 32x32, seconds.
+when its ``done.json`` exists; ``contact_sheet.png`` shows a few training views of each scene.
+``--smoke``: a procedural scene (no assets), 6 views of 32x32, seconds.
 
     python3.11 -m venv /work/bpyvenv && /work/bpyvenv/bin/pip install bpy==5.0.1 numpy
     nice -n 10 python benchmarks/splat/make_scenes_pbr.py --assets /work/splat_assets --out .carry/splat_pbr
@@ -255,6 +256,28 @@ def make_scene(name: str, out: Path, assets: dict, a, py: str, hdri_dir: str) ->
     print(f"{name}: {len(cams)} views, {nbytes / 2**20:.2f} MiB, {sum(secs):.0f} s rendering -> {folder}")
 
 
+def contact_sheet(out: Path, names: list[str], per_scene: int = 5) -> Path:
+    """``out/contact_sheet.png``: ``per_scene`` evenly spaced training views of each finished scene, one row each."""
+    from PIL import Image
+
+    rows = []
+    for n in names:
+        views = sorted((out / n / "train").glob("*.jpg"))
+        if views:
+            pick = [views[i * (len(views) - 1) // max(per_scene - 1, 1)] for i in range(min(per_scene, len(views)))]
+            rows.append([Image.open(v).convert("RGB") for v in pick])
+    if not rows:
+        raise FileNotFoundError(f"--out: no rendered views under {out}")
+    w, h = rows[0][0].size
+    sheet = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), (0, 0, 0))
+    for y, row in enumerate(rows):
+        for x, im in enumerate(row):
+            sheet.paste(im.resize((w, h)), (x * w, y * h))
+    path = out / "contact_sheet.png"
+    sheet.save(path)
+    return path
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / ".carry" / "splat_pbr"), help="output folder (default .carry/splat_pbr)")
@@ -287,6 +310,8 @@ def main(argv=None) -> int:
         make_scene(n, Path(a.out), assets[n], a, py, hdri_dir)
         if not a.quiet:
             print(f"{n}: {time.perf_counter() - t:.0f} s")
+    if not a.quiet:
+        print(f"contact sheet: {contact_sheet(Path(a.out), names)}")
     return 0
 
 
