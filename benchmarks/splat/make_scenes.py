@@ -136,7 +136,7 @@ def rig_poses(rig: dict, count: int, seed: int) -> list[tuple[np.ndarray, np.nda
         else:
             h = rng.uniform(*rig["height"])
             eye = np.array([r * math.cos(az), r * math.sin(az), h]) + np.array([target[0], target[1], 0])
-        out.append((eye, target + rng.normal(0, 0.2, 3)))
+        out.append((eye, target + rng.normal(0, rig.get("jitter", 0.2), 3)))  # look-at jitter (world units)
     return out
 
 

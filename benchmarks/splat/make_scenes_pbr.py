@@ -64,7 +64,7 @@ RIGS = {
     "room": {"kind": "orbit", "radius": (1.7, 2.4), "height": (0.9, 2.1), "target": (0, 0, 0.7), "fov": 70,
              "background": (0.55, 0.7, 0.9), "hdri": "interior.exr", "hdri_strength": 1.5, "sun": (3.0, (35, 0, 40)), "samples": 24,
              "licences": {"sweethome3d-furniture BlendSwap-CC-0": "CC0-1.0 (Debian sweethome3d-furniture 1.8-1)"}},
-    "truck": {"kind": "hemisphere", "radius": (3.8, 3.8), "target": (0, 0, 0), "fov": 40, "background": (0.5, 0.5, 0.5),
+    "truck": {"kind": "hemisphere", "radius": (4.0, 4.0), "target": (0, 0, 0), "jitter": 0.05, "fov": 40, "background": (0.5, 0.5, 0.5),
               "hdri": "courtyard.exr", "hdri_strength": 1.0, "sun": (3.0, (40, 0, 30)),
               "licences": {"assimp-testmodels CesiumMilkTruck": "CC-BY-4.0 (Cesium; Debian assimp-testmodels 5.2.5, BSD-3 package)"}},
     "tiny": {"kind": "orbit", "radius": (3.5, 4.0), "height": (1.5, 2.5), "target": (0, 0, 0.4), "fov": 50,
