@@ -136,7 +136,16 @@ def rig_poses(rig: dict, count: int, seed: int) -> list[tuple[np.ndarray, np.nda
         else:
             h = rng.uniform(*rig["height"])
             eye = np.array([r * math.cos(az), r * math.sin(az), h]) + np.array([target[0], target[1], 0])
-        out.append((eye, target + rng.normal(0, 0.2, 3)))
+        out.append((eye, target + rng.normal(0, rig.get("jitter", 0.2), 3)))  # look-at jitter (world units)
+    return out
+
+
+def view_splits(n_train: int, n_test: int) -> list[str]:
+    """``"train"`` / ``"test"`` per view: every ``(n_train + n_test) // n_test``-th view is held out
+    (the first ``n_test`` of them), so test views are spread evenly over the rig."""
+    step, out = (n_train + n_test) // max(n_test, 1), []
+    for i in range(n_train + n_test):
+        out.append("test" if i % step == 0 and out.count("test") < n_test else "train")
     return out
 
 
@@ -229,9 +238,9 @@ def make_scene(base, name: str, out: Path, n_train: int, n_test: int, size: int,
     root, rig = build(base, name)
     poses = rig_poses(rig, n_train + n_test, seed)
     cams, images = [], []
+    splits = view_splits(n_train, n_test)
     for i, (eye, target) in enumerate(tqdm(poses, desc=name, disable=quiet)):
-        split = "test" if i % ((n_train + n_test) // max(n_test, 1)) == 0 and sum(
-            c.name.startswith("test") for c in cams) < n_test else "train"
+        split = splits[i]
         img_name = f"{split}_{i:03d}"
         img, cam = render_view(base, eye, target, size, rig["fov"], supersample)
         path = folder / split / f"{img_name}.{fmt}"
