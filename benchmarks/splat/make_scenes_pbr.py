@@ -21,7 +21,7 @@ anybudget, Panda3D for the asset export). Resumable: views on disk are skipped, 
 when its ``done.json`` exists; ``contact_sheet.png`` shows a few training views of each scene.
 ``--smoke``: a procedural scene (no assets), 6 views of 32x32, seconds.
 
-    python3.11 -m venv /work/bpyvenv && /work/bpyvenv/bin/pip install bpy==5.0.1 numpy
+    python3.11 -m venv ~/bpyvenv && ~/bpyvenv/bin/pip install bpy==5.0.1 numpy
     nice -n 10 python benchmarks/splat/make_scenes_pbr.py --assets /work/splat_assets --out .carry/splat_pbr
 """
 
@@ -74,9 +74,9 @@ RIGS = {
 
 
 def find_blender_python(explicit: str | None) -> str:
-    """A Python that can ``import bpy``: ``explicit``, $ANYBUDGET_BPY_PYTHON, this one, /work/bpyvenv."""
+    """A Python that can ``import bpy``: ``explicit``, $ANYBUDGET_BPY_PYTHON, this one, ~/bpyvenv."""
     cands = [explicit, os.environ.get("ANYBUDGET_BPY_PYTHON"),
-             sys.executable if importlib.util.find_spec("bpy") else None, "/work/bpyvenv/bin/python"]
+             sys.executable if importlib.util.find_spec("bpy") else None, str(Path.home() / "bpyvenv" / "bin" / "python")]
     for c in cands:
         if c and Path(c).exists():
             return c
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
     p.add_argument("--points", type=int, default=30_000, help="initial surface points (30000)")
     p.add_argument("--threads", type=int, default=2, help="Cycles render threads (2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--blender-python", default=None, help="a Python with bpy (default: $ANYBUDGET_BPY_PYTHON, this one, /work/bpyvenv)")
+    p.add_argument("--blender-python", default=None, help="a Python with bpy (default: $ANYBUDGET_BPY_PYTHON, this one, ~/bpyvenv)")
     p.add_argument("--smoke", action="store_true", help="one procedural 32x32 scene with 6 views")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
