@@ -40,6 +40,10 @@ from anybudget.io import atomic_path, atomic_write_json
 from anybudget.splat.cameras import Camera
 from anybudget.splat.dataset import write_points3d, write_transforms
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # surface_draw, also when imported from a test
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from surface_draw import draw_on_triangles  # noqa: E402
+
 SCENES = ("garden", "panda", "tabletop")
 
 
@@ -193,14 +197,7 @@ def surface_points(root, base, count: int, seed: int, focus: np.ndarray) -> np.n
                 if len(idx) >= 3 and len(verts):
                     tris.append(verts[idx[: len(idx) // 3 * 3].reshape(-1, 3)])
     tris = np.concatenate(tris)
-    area = 0.5 * np.linalg.norm(np.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0]), axis=-1)
-    dist = np.linalg.norm(tris.mean(1) - focus, axis=-1)
-    w = area / (1 + (dist / 20) ** 2)
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(tris), size=count, p=w / w.sum())
-    u, v = rng.random(count), rng.random(count)
-    flip = u + v > 1
-    u[flip], v[flip] = 1 - u[flip], 1 - v[flip]
+    pick, u, v = draw_on_triangles(tris, focus, count, seed)
     t = tris[pick]
     return t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
 

@@ -22,7 +22,10 @@ from pathlib import Path
 
 import bpy
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run by bpy's Python as a script: its folder is there anyway
 from mathutils import Matrix
+from surface_draw import draw_on_triangles  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # use_nodes: still needed in 5.0
 
@@ -325,14 +328,7 @@ def surface_points(count: int, seed: int, focus) -> tuple[np.ndarray, np.ndarray
         img_ids.append(np.array(slot_img)[mi])
         ob.evaluated_get(deps).to_mesh_clear()
     tris, uvs, cols, img_ids = (np.concatenate(x) for x in (tris, uvs, cols, img_ids))
-    area = 0.5 * np.linalg.norm(np.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0]), axis=-1)
-    dist = np.linalg.norm(tris.mean(1) - np.asarray(focus), axis=-1)
-    w = area / (1 + (dist / 20) ** 2)
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(tris), size=count, p=w / w.sum())
-    a, b = rng.random(count), rng.random(count)
-    flip = a + b > 1
-    a[flip], b[flip] = 1 - a[flip], 1 - b[flip]
+    pick, a, b = draw_on_triangles(tris, focus, count, seed)
     bary = np.stack([1 - a - b, a, b], -1)
     pts = np.einsum("nk,nkd->nd", bary, tris[pick])
     uv = np.einsum("nk,nkd->nd", bary, uvs[pick])
