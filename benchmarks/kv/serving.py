@@ -140,12 +140,9 @@ def make_cache(row: str, P: int, N: int):
     if row == "h2o_dynamic":
         return kv.H2OCache("20%")
     policy, pct, *variant = row.split("_")
-    cache = kv.make_cache(policy, f"{pct}%", static=True, max_new_tokens=N)
-    if variant == ["reduce"]:
-        cache.decode_products = "auto"  # fused reductions while compiled
-    elif variant == ["triton"]:
-        cache.decode_products = "triton"  # the Triton decode kernel as a custom op
-    return cache
+    # h2o_20_reduce: fused reductions while compiled ("auto"); h2o_20_triton: the Triton decode op
+    products = {(): None, ("reduce",): "auto", ("triton",): "triton"}[tuple(variant)]
+    return kv.make_cache(policy, f"{pct}%", static=True, max_new_tokens=N, decode_products=products)
 
 
 def kv_bytes_per_step(row, cfg, B, P, N, cache) -> float:
