@@ -70,3 +70,15 @@ def test_plot_axis_names_token_budgets_as_kept_fractions(tmp_path):
     label = plot_results(tokens, tmp_path / "tok.png")
     assert "kept" in label and "measured" in label
     assert (tmp_path / "pct.png").stat().st_size > 0 and (tmp_path / "tok.png").stat().st_size > 0
+
+
+def test_generate_decode_products_bad_value_is_one_line_before_loading(capsys):
+    from anybudget.kv.attention import DECODE_PRODUCTS
+    from anybudget.kv.cli import DECODE_PRODUCT_CHOICES
+
+    assert set(DECODE_PRODUCT_CHOICES) == set(DECODE_PRODUCTS)
+    with pytest.raises(SystemExit) as ei:
+        main(["generate", "--model", "/nonexistent", "--static", "--decode-products", "cuda", "x"])
+    err = capsys.readouterr().err
+    assert ei.value.code == 2 and "argument --decode-products: invalid choice: 'cuda'" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -17,6 +17,8 @@ from anybudget.cli_types import (
 )
 
 POLICY_CHOICES = ("full", "h2o", "streaming", "local", "random")
+# kv.attention.DECODE_PRODUCTS, spelled here so that parsing imports no torch (a test keeps them equal)
+DECODE_PRODUCT_CHOICES = ("matmul", "auto", "reduce", "triton")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -37,7 +39,7 @@ def register(sub) -> None:
     g.add_argument("--max-new-tokens", type=positive_int, default=64, help="(default 64)")
     g.add_argument("--sample", action="store_true", help="sample (temperature 0.8, top-p 0.95) instead of greedy")
     g.add_argument("--static", action="store_true", help="fixed slots, compiled decoding steps on a GPU (serving)")
-    g.add_argument("--decode-products", default="matmul", choices=("matmul", "auto", "reduce", "triton"),
+    g.add_argument("--decode-products", default="matmul", choices=DECODE_PRODUCT_CHOICES,
                    help="--static: how a decoding step forms its attention (default matmul; triton: the Triton "
                         "decode kernel, opt-in until timed on a GPU)")
     g.add_argument("prompt", nargs="+", help="prompt text")
