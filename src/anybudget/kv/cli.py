@@ -112,7 +112,6 @@ def _generate(args) -> int:
 
 
 def _eval(args) -> int:
-    import json
     from pathlib import Path
 
     import torch
