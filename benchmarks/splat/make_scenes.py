@@ -269,6 +269,15 @@ def replace_name(cam: Camera, fmt: str) -> Camera:
     return replace(cam, name=f"{cam.name}.{fmt}")
 
 
+def scene_names(parser, text: str, known) -> list[str]:
+    """``--scenes``' comma list, each one of ``known`` (else the parser's one-line error)."""
+    names = text.split(",")
+    for n in names:
+        if n not in known:
+            parser.error(f"--scenes: unknown scene {n!r}; known {', '.join(known)}")
+    return names
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / ".carry" / "splat"), help="output folder (default .carry/splat)")
@@ -283,10 +292,7 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="one 64x64 scene with 6 views")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    names = a.scenes.split(",")
-    for n in names:
-        if n not in SCENES:
-            p.error(f"--scenes: unknown scene {n!r}; known {', '.join(SCENES)}")
+    names = scene_names(p, a.scenes, SCENES)
     if a.smoke:
         names, a.train, a.test, a.size, a.supersample, a.points = names[:1], 4, 2, 64, 1, 500
     if len(names) > 1:

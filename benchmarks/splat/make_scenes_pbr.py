@@ -46,7 +46,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import torch
-from make_scenes import rig_poses, view_splits
+from make_scenes import rig_poses, scene_names, view_splits
 
 from anybudget.io import atomic_write_json
 from anybudget.splat.cameras import Camera, look_at
@@ -296,10 +296,7 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="one procedural 32x32 scene with 6 views")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    names = a.scenes.split(",")
-    for n in names:
-        if n not in SCENES:
-            p.error(f"--scenes: unknown scene {n!r}; known {', '.join(SCENES)}")
+    names = scene_names(p, a.scenes, SCENES)
     if a.smoke:
         names, a.train, a.test, a.size, a.samples, a.points = ["tiny"], 4, 2, 32, 4, 300
     py = find_blender_python(a.blender_python)
