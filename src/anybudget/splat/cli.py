@@ -83,6 +83,7 @@ def register(sub) -> None:
     e.add_argument("--png", default=None, type=writable_file, help="write ground truth | renders side by side here")
     e.add_argument("--out", default=None, type=writable_file, help="write the metrics as JSON here")
     e.add_argument("--white-background", action="store_true")
+    e.add_argument("--no-lpips", action="store_true", help="skip LPIPS (computed when the lpips package and its weights load)")
     _common(e)
     e.set_defaults(func=_eval)
 
@@ -196,12 +197,15 @@ def _eval(args) -> int:
     for path in args.scenes:
         s = _load_scene(path).to(dev)
         scenes[Path(path).name] = s
-        m = evaluate(s, views, _bg(args), args.backend)
+        m = evaluate(s, views, _bg(args), args.backend, lpips=not args.no_lpips)
         m["size_bytes"] = Path(path).stat().st_size
         rows[Path(path).name] = m
         fps = f"{m['fps']:.1f}" if m["fps"] else "-"
-        print(f"{Path(path).name}: PSNR {m['psnr']:.2f} SSIM {m['ssim']:.4f} size {m['size_bytes'] / 1e6:.2f} MB "
+        lp = f" LPIPS {m['lpips']:.4f}" if m.get("lpips") is not None else ""
+        print(f"{Path(path).name}: PSNR {m['psnr']:.2f} SSIM {m['ssim']:.4f}{lp} size {m['size_bytes'] / 1e6:.2f} MB "
               f"FPS {fps} ({m['num_gaussians']} Gaussians)", file=sys.stdout)
+        if m.get("lpips_unavailable") and len(rows) == 1:
+            print(f"LPIPS not computed: {m['lpips_unavailable']}", file=sys.stderr)
     if args.out:  # the numbers first: a failed picture never costs them
         atomic_write_json(args.out, command_record({"scenes": rows}, args))
         print(f"wrote {args.out}")

@@ -1,4 +1,4 @@
-"""Quality and speed of a scene on held-out views: PSNR, SSIM, FPS, and side-by-side PNGs."""
+"""Quality and speed of a scene on held-out views: PSNR, SSIM, LPIPS where available, FPS, and side-by-side PNGs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from anybudget.splat.losses import psnr, ssim
 from anybudget.splat.render import render, render_gsplat_batch
 from anybudget.splat.scene import GaussianScene
 
-__all__ = ["evaluate", "measure_fps", "side_by_side_png"]
+__all__ = ["evaluate", "lpips_metric", "measure_fps", "side_by_side_png"]
 
 
 @torch.no_grad()
@@ -55,21 +55,55 @@ def measure_fps(scene: GaussianScene, views: list[Camera], background=None, back
     return passes * len(cams) / (time.perf_counter() - t0)
 
 
+def lpips_metric(device, net: str = "vgg"):
+    """LPIPS (Zhang et al. 2018) as 3DGS and LightGaussian report it (``net="vgg"``), or ``(None, reason)``.
+
+    Needs the ``lpips`` package and its backbone's ImageNet weights, which torchvision fetches once
+    into its hub cache; offline without that cache LPIPS is unavailable and the reason says so.
+    Returns ``(fn, None)`` with ``fn(img, gt) -> float`` for ``(H, W, 3)`` images in [0, 1].
+    """
+    if net not in ("vgg", "alex", "squeeze"):
+        raise ValueError(f"net={net!r}; allowed 'vgg', 'alex' or 'squeeze'")
+    try:
+        import lpips
+    except ImportError:
+        return None, "pip install lpips (LPIPS is optional)"
+    try:
+        model = lpips.LPIPS(net=net, verbose=False).to(device).eval()
+    except Exception as e:  # the backbone's weights: a download that fails offline
+        return None, f"lpips could not load its {net} backbone weights ({type(e).__name__}: {e})"[:300]
+
+    def fn(img: torch.Tensor, gt: torch.Tensor) -> float:
+        x, y = (t.permute(2, 0, 1)[None].float() * 2 - 1 for t in (img, gt))  # lpips takes [-1, 1], NCHW
+        return float(model(x.to(device), y.to(device)))
+
+    return fn, None
+
+
 @torch.no_grad()
 def evaluate(scene: GaussianScene, views: list[Camera], background=None, backend: str = "auto",
-             fps_repeats: int = 3) -> dict:
-    """Mean PSNR / SSIM over ``views`` (with images), FPS, and the Gaussian count."""
+             fps_repeats: int = 3, lpips: bool = False) -> dict:
+    """Mean PSNR / SSIM over ``views`` (with images), FPS, and the Gaussian count; with ``lpips=True`` also
+    mean LPIPS (VGG) where :func:`lpips_metric` can build it, else ``lpips: None`` and ``lpips_unavailable``."""
     if not views or any(v.image is None for v in views):
         raise ValueError("views must be non-empty and carry images (load them with images=True)")
-    ps, ss = [], []
+    lp_fn, lp_why = lpips_metric(scene.device) if lpips else (None, None)
+    ps, ss, lp = [], [], []
     for v in views:
         img = render(scene, v.to(scene.device), background, backend=backend).image.clamp(0, 1)
         gt = v.image.to(img.device)
         ps.append(psnr(img, gt))
         ss.append(float(ssim(img, gt)))
+        if lp_fn is not None:
+            lp.append(lp_fn(img, gt))
     fps = measure_fps(scene, views, background, backend, fps_repeats) if fps_repeats else None
-    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "fps": fps, "num_gaussians": len(scene),
-            "views": len(views)}
+    out = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "fps": fps, "num_gaussians": len(scene),
+           "views": len(views)}
+    if lpips:
+        out["lpips"] = float(np.mean(lp)) if lp else None
+        if lp_why:
+            out["lpips_unavailable"] = lp_why
+    return out
 
 
 @torch.no_grad()
