@@ -12,7 +12,7 @@ from anybudget.splat.cameras import Camera
 from anybudget.splat.render_ref import RenderOutput, render_reference
 from anybudget.splat.scene import GaussianScene
 
-__all__ = ["BACKENDS", "has_gsplat", "render", "render_gsplat", "render_gsplat_batch"]
+__all__ = ["BACKENDS", "has_gsplat", "rasterize_gsplat", "render", "render_gsplat", "render_gsplat_batch"]
 
 BACKENDS = ("auto", "reference", "gsplat")
 
@@ -21,8 +21,11 @@ def has_gsplat() -> bool:
     return importlib.util.find_spec("gsplat") is not None
 
 
-def _rasterize(scene: GaussianScene, cams: list[Camera], background, sh_degree: int, near: float):
-    """One gsplat ``rasterization`` call (classic mode, unpacked) of ``cams``, which share one size."""
+def rasterize_gsplat(scene: GaussianScene, cams: list[Camera], background, sh_degree: int | None, near: float = 0.2,
+                     colors: torch.Tensor | None = None):
+    """One gsplat ``rasterization`` call (classic mode, unpacked) of ``cams``, which share one size: the
+    scene's SH at ``sh_degree``, or per-Gaussian ``colors (N, 3)`` in their place (``sh_degree`` None).
+    Returns gsplat's ``(colors, alphas, meta)``."""
     try:
         from gsplat import rasterization
     except ImportError as e:
@@ -30,9 +33,9 @@ def _rasterize(scene: GaussianScene, cams: list[Camera], background, sh_degree: 
     dev = scene.means.device
     bg = torch.zeros(3, device=dev) if background is None else torch.as_tensor(background, dtype=torch.float32, device=dev)
     return rasterization(
-        scene.means, scene.rotations, scene.scales, scene.opacities, scene.sh,
+        scene.means, scene.rotations, scene.scales, scene.opacities, scene.sh if colors is None else colors,
         torch.stack([c.world_to_cam for c in cams]).to(dev), torch.stack([c.K for c in cams]).to(dev),
-        cams[0].width, cams[0].height, near_plane=near, sh_degree=sh_degree,
+        cams[0].width, cams[0].height, near_plane=near, sh_degree=None if colors is not None else sh_degree,
         backgrounds=bg[None].expand(len(cams), 3), packed=False, rasterize_mode="classic",
     )
 
@@ -42,7 +45,7 @@ def render_gsplat(scene: GaussianScene, cam: Camera, background=None, sh_degree:
     """gsplat ``rasterization`` (classic mode, unpacked so ``means2d`` is per Gaussian; here
     ``means2d`` keeps gsplat's ``(1, N, 2)`` shape so that its ``.grad`` is populated)."""
     deg = scene.sh_degree if sh_degree is None else min(sh_degree, scene.sh_degree)
-    colors, alphas, meta = _rasterize(scene, [cam], background, deg, near)
+    colors, alphas, meta = rasterize_gsplat(scene, [cam], background, deg, near)
     means2d = meta["means2d"]
     if means2d.requires_grad:
         means2d.retain_grad()  # (1, N, 2); the trainer reads .grad of this very tensor
@@ -58,7 +61,7 @@ def render_gsplat_batch(scene: GaussianScene, cams: list[Camera], background=Non
     rasteriser without the per-call host work of C separate calls."""
     if not cams or len({(c.width, c.height) for c in cams}) != 1:
         raise ValueError("cams must be non-empty and share one width and height")
-    return _rasterize(scene, cams, background, scene.sh_degree, near)[0]
+    return rasterize_gsplat(scene, cams, background, scene.sh_degree, near)[0]
 
 
 def render(scene: GaussianScene, cam: Camera, background=None, sh_degree: int | None = None,

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from anybudget.splat.cameras import Camera
+from anybudget.splat.render import rasterize_gsplat
 from anybudget.splat.render_ref import render_reference
 from anybudget.splat.scene import GaussianScene
 
@@ -82,19 +83,11 @@ def alpha_t_gsplat(scene: GaussianScene, views: list[Camera], background=None) -
     """``sum alpha_j T_j`` per Gaussian through gsplat (CUDA): the rendered image is linear in a
     per-Gaussian colour, ``dC/dc_j = alpha_j T_j`` at each pixel, so the gradient of the summed red
     channel with respect to all-ones colours is exactly the alpha-variant significance."""
-    try:
-        from gsplat import rasterization
-    except ImportError as e:
-        raise ImportError("alpha_t_gsplat needs gsplat: pip install 'anybudget[splat]'") from e
     s = scene.detach()
-    dev = s.device
-    bg = torch.zeros(3, device=dev) if background is None else torch.as_tensor(background, dtype=torch.float32, device=dev)
-    total = torch.zeros(len(s), dtype=torch.float64, device=dev)
+    total = torch.zeros(len(s), dtype=torch.float64, device=s.device)
     for cam in views:
-        colors = torch.ones(len(s), 3, device=dev, requires_grad=True)
-        img, _, _ = rasterization(s.means, s.rotations, s.scales, s.opacities, colors,
-                                  cam.world_to_cam.to(dev)[None], cam.K.to(dev)[None], cam.width, cam.height,
-                                  near_plane=0.2, backgrounds=bg[None], packed=False, rasterize_mode="classic")
+        colors = torch.ones(len(s), 3, device=s.device, requires_grad=True)
+        img, _, _ = rasterize_gsplat(s, [cam], background, None, colors=colors)
         img[..., 0].sum().backward()
         total += colors.grad[:, 0].double()
     return total
