@@ -44,6 +44,8 @@ A wall-clock guard (``--minutes``) skips rows that would not finish and lists th
 rewritten after every row, so a killed run still leaves its results.
 
 Usage (GPU):  python benchmarks/kv/serving.py --out $OUT          (about 8 minutes on an H100)
+              python benchmarks/kv/serving.py --out $OUT --name kv_serving_triton_ab --rows h2o_20,h2o_20_triton \
+                  --prompts 2048 --no-sweep --profile --minutes 8   (the Triton op's A/B, profiled: ~5.5 min)
               python benchmarks/kv/serving.py --smoke --out /tmp/x  (CPU, seconds)
 """
 
@@ -372,7 +374,11 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: the same code path in seconds")
     ap.add_argument("--profile", action="store_true",
                     help="per row, a profiled extra generate: kernels, launches and CUDA-graph replays per step")
+    ap.add_argument("--layers", type=int, default=24,
+                    help="decoder layers of the serving model (default 24: 1.35B; fewer compile faster; --smoke: 2)")
     args = ap.parse_args(argv)
+    if args.layers < 1:
+        raise SystemExit(f"error: --layers {args.layers}: must be >= 1")
     t_start = time.time()
     deadline = t_start + args.minutes * 60
     prompts = [int(x) for x in (args.prompts or ("16,32" if args.smoke else "2048,8192")).split(",")]
@@ -381,8 +387,10 @@ def main(argv=None):
         raise SystemExit("error: no CUDA device; use --smoke on a CPU")
     for knob, value in compile_settings(share_graphs=False).items():  # many shapes in one process: never eager
         setattr(torch._dynamo.config, knob, value)
-    if CUDA:
-        torch._logging.set_logs(perf_hints=True)  # why a graph runs without CUDA graphs, in the log
+    if CUDA:  # why a graph runs without CUDA graphs, in the log; --profile: the CUDA-graph trees' recordings,
+        # warm-up / eager runs, re-recordings and static inputs too
+        torch._logging.set_logs(perf_hints=True, **({"cudagraphs": True, "cudagraph_static_inputs": True}
+                                                    if args.profile else {}))
     from transformers import CompileConfig
 
     # One compilation per path serves every batch and length (CUDA graphs are still recorded per
@@ -391,7 +399,7 @@ def main(argv=None):
     if args.smoke:  # transformers compiles only on accelerators; force it, with the cheap eager backend
         compile_config = CompileConfig(backend="eager")
         compile_config._compile_all_devices = True
-    model, cfg = build_model(args.smoke, max(prompts) + N + 8)
+    model, cfg = build_model(args.smoke, max(prompts) + N + 8, args.layers)
     weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
     bw = copy_bandwidth(args.smoke)
     total_mem = torch.cuda.get_device_properties(0).total_memory / GiB if CUDA else 1e9
@@ -406,7 +414,7 @@ def main(argv=None):
               "budgeted_rows": "static=True caches, decoding compiled by transformers' generate (inductor, "
                                "reduce-overhead) like cache_implementation='static'",
               "compile_config": None if compile_config is None else compile_config.to_dict(),
-              "minutes_guard": args.minutes, "profile": args.profile}
+              "minutes_guard": args.minutes, "profile": args.profile, "layers": cfg.num_hidden_layers}
 
     def save():
         metrics = {"rows": rows, "skipped": skipped, "summary": summarize(rows, prompts, ref),
