@@ -206,3 +206,34 @@ def test_triton_products_through_generate_with_cuda_graphs_gpu():
     assert counters["inductor"]["cudagraph_skips"] == skips
     for i in range(len(caches[0].layers)):
         assert torch.equal(caches[0].kept_positions(i), caches[1].kept_positions(i))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_products_replayed_from_a_cuda_graph_in_generate_gpu():
+    """In transformers' compiled decoding, a step with ``decode_products="triton"`` replays CUDA
+    graphs: the op's Python body (and its host launches) does not run per step, as no kernel of the
+    matmul path's step is launched from the host (``benchmarks/kv/step_profile.py``'s counts over
+    profiled steps after warm-up and recording)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "kv" / "step_profile.py"
+    spec = importlib.util.spec_from_file_location("kv_step_profile", path)
+    sp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sp)
+    model = kv.enable(tiny_model("llama").cuda())
+    ids = torch.randint(1, 96, (4, 40), generator=torch.Generator().manual_seed(0)).cuda()
+    per_step = {}
+    for products in ("matmul", "triton"):
+        cache = kv.H2OCache("30%", static=True, max_new_tokens=12, decode_products=products)
+        kw = {"input_ids": ids, "do_sample": False, "compile_config": CompileConfig(dynamic=True),
+              **kv.cache_kwargs(model, cache)}
+        model.generate(**kw, max_new_tokens=4, min_new_tokens=4)  # compile, warm up, record
+        ps = sp.ProfileSteps(3, 9)
+        model.generate(**kw, max_new_tokens=ps.stop, min_new_tokens=ps.stop, logits_processor=[ps])
+        per_step[products] = sp.summarize_profile(ps)
+    for products, p in per_step.items():
+        assert p["graph_launches"] >= 1, (products, p)
+        assert p["op_calls"].get("anybudget::slot_decode_triton", 0) == 0, (products, p)
+    assert per_step["triton"]["kernel_launches"] <= per_step["matmul"]["kernel_launches"], per_step
