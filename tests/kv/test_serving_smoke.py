@@ -3,6 +3,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -50,6 +52,8 @@ def test_serving_benchmark_profile_smoke(tmp_path):
         assert p["steps"] == 6 and p["wall_ms"] > 0
         assert p["graph_launches"] == p["kernel_launches"] == p["captures"] == 0
         assert p["cudagraph_tree_timed_call"] is None  # no CUDA-graph tree on the CPU
+    with pytest.raises(SystemExit, match="--layers 0"):
+        mod.main(["--smoke", "--layers", "0"])
 
 def test_static_reuse_check_smoke(tmp_path):
     """benchmarks/kv/static_reuse.py --smoke: the GPU check's parent/child code path on a tiny CPU
