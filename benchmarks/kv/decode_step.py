@@ -21,7 +21,13 @@ shape rule takes, so the rule can be checked against both.
 Measured here: one layer's step (no weights, norms, MLP; the serving benchmark has the model).
 Not measured: the step inside transformers' generate (``serving.py``'s ``h2o_20_triton`` row).
 
+``--layers 24`` compiles 24 layer steps into one step (the serving model's layers without its
+weights, norms and MLPs): per-layer times then include what a whole-model graph adds (one CUDA
+graph for all layers); ``per_step_of_all_layers`` gives CUDA-graph replays, host kernel launches
+and custom-op host calls per compiled step (``step_profile.py``).
+
 Usage (GPU):  python benchmarks/kv/decode_step.py --out $OUT     (about 3-4 minutes on an H100)
+              python benchmarks/kv/decode_step.py --out $OUT --products matmul,triton --shapes 64x2048 --layers 24
               python benchmarks/kv/decode_step.py --out $OUT --products matmul,triton
               python benchmarks/kv/decode_step.py --smoke --out /tmp/x   (CPU, seconds)
 Needs no model weights (no reference LM).
@@ -46,6 +52,13 @@ CUDA = torch.cuda.is_available()
 
 def _step_bytes_module():
     spec = importlib.util.spec_from_file_location("kv_step_bytes", ROOT / "benchmarks" / "kv" / "step_bytes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _step_profile():
+    spec = importlib.util.spec_from_file_location("kv_step_profile", ROOT / "benchmarks" / "kv" / "step_profile.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -108,12 +121,12 @@ def kernel_choice(layer, q, repeat) -> dict:
     return res
 
 
-def run_shape(sb, B, P, N, products, repeat, backend, mode, smoke):
+def run_shape(sb, B, P, N, products, repeat, backend, mode, smoke, n_layers=1):
     H, D = (2, 16) if smoke else (16, 128)
     dtype = torch.float32 if smoke else torch.bfloat16
     dev = "cuda" if CUDA else "cpu"
     step, args, layers = sb.layer_step(batch=B, heads=H, head_dim=D, prompt=P, new_tokens=N, products=products,
-                                       dtype=dtype, device=dev)
+                                       dtype=dtype, device=dev, layers=n_layers)
     layer = layers[0]
     compiled = torch.compile(step, backend=backend, mode=mode, dynamic=True, fullgraph=True)
     from torch._dynamo.utils import counters
@@ -125,8 +138,11 @@ def run_shape(sb, B, P, N, products, repeat, backend, mode, smoke):
             compiled(*args)
         _sync()
         warm = time.perf_counter() - t0
-        ms = _time_ms(lambda: compiled(*args), repeat)
+        ms = _time_ms(lambda: compiled(*args), repeat) / n_layers
         kernels, kernel_us, kernel_count = kernel_times(lambda: compiled(*args))
+        kernel_us, kernel_count = kernel_us / n_layers, kernel_count / n_layers
+        launches = _step_profile().profile_calls(lambda: compiled(*args))  # replays, launches, op calls per step
+        launches.pop("top_kernels")
         # Reference: SDPA's masked attention over the same slots (output only, no scores).
         q = args[0]
         mask = layer.valid[:, :, None, :]
@@ -145,7 +161,8 @@ def run_shape(sb, B, P, N, products, repeat, backend, mode, smoke):
     kv_bytes = 2 * layer.keys.numel() * layer.keys.element_size()
     state = B * H * S * (4 + 4 + 8 + 1)  # score read + write, position, validity
     need = kv_bytes + state
-    return {"batch": B, "prompt": P, "slots": S, "products": products, "ms_per_layer_step": ms,
+    return {"batch": B, "prompt": P, "slots": S, "products": products, "layers": n_layers, "ms_per_layer_step": ms,
+            "per_step_of_all_layers": launches,
             "bytes_needed": need, "gbps": need / ms / 1e6, "sdpa_ms": sdpa_ms, "sdpa_gbps": kv_bytes / sdpa_ms / 1e6,
             "step_over_sdpa": ms / sdpa_ms, "warmup_s": warm, "kernels": kernels,
             "kernel_us_per_step": kernel_us, "kernel_count": kernel_count,
@@ -160,7 +177,13 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--products", default="reduce,matmul,triton",
                     help="comma list of decode_products variants to time (matmul is always included: the base)")
+    ap.add_argument("--layers", type=int, default=1,
+                    help="layer steps in one compiled step (24: the serving model's, without its weights); "
+                         "times and kernels are reported per layer")
+    ap.add_argument("--shapes", default=None, help="comma list of BATCHxPROMPT (default 8x2048,64x2048,1024x2048,16x8192)")
     args = ap.parse_args(argv)
+    if args.layers < 1:
+        raise SystemExit(f"error: --layers {args.layers}: must be >= 1")
     if not CUDA and not args.smoke:
         raise SystemExit("error: no CUDA device; use --smoke on a CPU")
     sb = _step_bytes_module()
@@ -169,6 +192,13 @@ def main(argv=None):
             setattr(torch._dynamo.config, knob, 64)
     N = 128
     shapes = [(2, 24), (4, 48)] if args.smoke else [(8, 2048), (64, 2048), (1024, 2048), (16, 8192)]
+    if args.shapes:
+        try:
+            shapes = [tuple(int(x) for x in sh.lower().split("x")) for sh in args.shapes.split(",")]
+        except ValueError:
+            shapes = []
+        if not shapes or any(len(sh) != 2 or min(sh) < 1 for sh in shapes):
+            raise SystemExit(f"error: --shapes {args.shapes!r}: expected BATCHxPROMPT[,BATCHxPROMPT...], e.g. 64x2048")
     backend, mode = ("eager", None) if args.smoke else ("inductor", "reduce-overhead")
     repeat = 2 if args.smoke else args.repeat
     bw = copy_bandwidth((1 << 20) if args.smoke else (1 << 30))
@@ -182,7 +212,8 @@ def main(argv=None):
     for products in variants:
         for B, P in shapes:
             try:
-                r = run_shape(sb, B, P, 4 if args.smoke else N, products, repeat, backend, mode, args.smoke)
+                r = run_shape(sb, B, P, 4 if args.smoke else N, products, repeat, backend, mode, args.smoke,
+                              args.layers)
             except Exception as e:  # an opt-in variant failing must not lose the others
                 if products == "matmul" or args.smoke:
                     raise
@@ -219,7 +250,7 @@ def main(argv=None):
         write_results("kv_decode_step", {"shapes": shapes, "heads": 2 if args.smoke else 16,
                                          "head_dim": 16 if args.smoke else 128, "new_tokens": N, "budget": "20%",
                                          "backend": backend, "mode": mode, "repeat": repeat, "smoke": args.smoke,
-                                         "products": variants,
+                                         "products": variants, "layers": args.layers,
                                          "copy_bandwidth_gbps": bw / 1e9},
                       {"rows": rows, "summary": summary}, out_dir=args.out)
     return 0

@@ -27,7 +27,11 @@ Rows (all through ``model.generate``; what a user writes):
 
 Each row also records the CUDA-graph skips and graphs compiled during it (inductor's counters;
 ``perf_hints`` logging prints a skip's reason), so a step that silently runs without CUDA graphs
-shows in the record.
+shows in the record. ``--profile`` adds, per row, a profiled extra ``generate`` of a few decoding
+steps (``step_profile.py``: GPU kernel time against wall time per step, CUDA-graph replays, host
+kernel launches, re-captures and host calls of anybudget's custom ops per step) and the CUDA-graph
+tree's recordings and warm-up runs during the warm-up and the timed call: whether a step replays
+one graph or runs on the host, and where its time goes.
 
 Decode ms/step: CUDA events recorded at every generated token (a logits processor), (last -
 first) / (n - 1): the same quantity as (T(n+1 new) - T(1 new)) / n without a second prefill.
@@ -40,6 +44,8 @@ A wall-clock guard (``--minutes``) skips rows that would not finish and lists th
 rewritten after every row, so a killed run still leaves its results.
 
 Usage (GPU):  python benchmarks/kv/serving.py --out $OUT          (about 8 minutes on an H100)
+              python benchmarks/kv/serving.py --out $OUT --name kv_serving_triton_ab --rows h2o_20,h2o_20_triton \
+                  --prompts 2048 --no-sweep --profile --minutes 8   (the Triton op's A/B, profiled: ~5.5 min)
               python benchmarks/kv/serving.py --smoke --out /tmp/x  (CPU, seconds)
 """
 
@@ -47,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import sys
 import time
@@ -59,6 +66,13 @@ from anybudget.io import results_dir, write_results
 from anybudget.plan.device import compile_settings, hf_static_cache
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _step_profile():
+    spec = importlib.util.spec_from_file_location("kv_step_profile", ROOT / "benchmarks" / "kv" / "step_profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 GiB = 2**30
 CUDA = torch.cuda.is_available()
@@ -169,7 +183,7 @@ def estimate_cache_gib(row, cfg, B, P, N) -> float:
     return Lyr * B * H * slots * (2 * D * 2 + 17) / GiB
 
 
-def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_shapes=False):
+def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_shapes=False, profile=False):
     g = torch.Generator().manual_seed(B * 7 + P)
     dev = model.device
     ids = torch.randint(1, cfg.vocab_size, (B, P), generator=g).to(dev)
@@ -192,12 +206,15 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
     from torch._dynamo.utils import counters
 
     skips0, graphs0 = counters["inductor"]["cudagraph_skips"], counters["stats"]["unique_graphs"]
+    sp = _step_profile() if profile else None
+    trees = [sp.cudagraph_tree_counts()] if profile else []
     with torch.no_grad():
         t0 = time.perf_counter()
         model.generate(**{**gen, "min_new_tokens": 4}, max_new_tokens=4)  # compile + CUDA graph capture
         if CUDA:
             torch.cuda.synchronize()
         warm = time.perf_counter() - t0
+        trees += [sp.cudagraph_tree_counts()] if profile else []
         if row in ("hf_dynamic", "ab_full"):
             gen.update(kv.cache_kwargs(model, make_cache(row, P, N)))
         elif row == "hf_static" and cache is not None:
@@ -210,6 +227,17 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
         if CUDA:
             torch.cuda.synchronize()
         total = time.perf_counter() - t0
+        if profile:  # a few more steps under the profiler (not part of the timings above)
+            trees.append(sp.cudagraph_tree_counts())
+            if row in ("hf_dynamic", "ab_full"):
+                gen.update(kv.cache_kwargs(model, make_cache(row, P, N)))
+            elif row == "hf_static" and cache is not None:
+                cache.reset()
+            ps = sp.ProfileSteps()
+            model.generate(**{**gen, "min_new_tokens": ps.stop}, max_new_tokens=ps.stop, logits_processor=[ps])
+            prof = sp.summarize_profile(ps)
+            prof["cudagraph_tree_warmup_call"] = sp.counts_delta(trees[0], trees[1])
+            prof["cudagraph_tree_timed_call"] = sp.counts_delta(trees[1], trees[2])
     step = clock.step_ms()
     read = weight_bytes + kv_bytes_per_step(row, cfg, B, P, N, cache)
     limit_ms = read / bw * 1e3
@@ -220,6 +248,8 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
            "fraction_of_bandwidth_limit": limit_ms / step,
            "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips0,
            "graphs_compiled": counters["stats"]["unique_graphs"] - graphs0}
+    if profile:
+        res["profile"] = prof
     del out, cache, ids
     cleanup(model)
     return res
@@ -342,7 +372,13 @@ def main(argv=None):
                     help="every row at its reference batch only (no batch doubling): the other policies in one call")
     ap.add_argument("--rows", default=None, help="comma list of rows to run (default all, in priority order)")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: the same code path in seconds")
+    ap.add_argument("--profile", action="store_true",
+                    help="per row, a profiled extra generate: kernels, launches and CUDA-graph replays per step")
+    ap.add_argument("--layers", type=int, default=24,
+                    help="decoder layers of the serving model (default 24: 1.35B; fewer compile faster; --smoke: 2)")
     args = ap.parse_args(argv)
+    if args.layers < 1:
+        raise SystemExit(f"error: --layers {args.layers}: must be >= 1")
     t_start = time.time()
     deadline = t_start + args.minutes * 60
     prompts = [int(x) for x in (args.prompts or ("16,32" if args.smoke else "2048,8192")).split(",")]
@@ -351,8 +387,10 @@ def main(argv=None):
         raise SystemExit("error: no CUDA device; use --smoke on a CPU")
     for knob, value in compile_settings(share_graphs=False).items():  # many shapes in one process: never eager
         setattr(torch._dynamo.config, knob, value)
-    if CUDA:
-        torch._logging.set_logs(perf_hints=True)  # why a graph runs without CUDA graphs, in the log
+    if CUDA:  # why a graph runs without CUDA graphs, in the log; --profile: the CUDA-graph trees' recordings,
+        # warm-up / eager runs, re-recordings and static inputs too
+        torch._logging.set_logs(perf_hints=True, **({"cudagraphs": True, "cudagraph_static_inputs": True}
+                                                    if args.profile else {}))
     from transformers import CompileConfig
 
     # One compilation per path serves every batch and length (CUDA graphs are still recorded per
@@ -361,7 +399,7 @@ def main(argv=None):
     if args.smoke:  # transformers compiles only on accelerators; force it, with the cheap eager backend
         compile_config = CompileConfig(backend="eager")
         compile_config._compile_all_devices = True
-    model, cfg = build_model(args.smoke, max(prompts) + N + 8)
+    model, cfg = build_model(args.smoke, max(prompts) + N + 8, args.layers)
     weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
     bw = copy_bandwidth(args.smoke)
     total_mem = torch.cuda.get_device_properties(0).total_memory / GiB if CUDA else 1e9
@@ -376,7 +414,7 @@ def main(argv=None):
               "budgeted_rows": "static=True caches, decoding compiled by transformers' generate (inductor, "
                                "reduce-overhead) like cache_implementation='static'",
               "compile_config": None if compile_config is None else compile_config.to_dict(),
-              "minutes_guard": args.minutes}
+              "minutes_guard": args.minutes, "profile": args.profile, "layers": cfg.num_hidden_layers}
 
     def save():
         metrics = {"rows": rows, "skipped": skipped, "summary": summarize(rows, prompts, ref),
@@ -406,7 +444,8 @@ def main(argv=None):
                 break
             t0 = time.time()
             try:
-                res = run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, args.static_shapes)
+                res = run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, args.static_shapes,
+                              args.profile)
             except torch.OutOfMemoryError:
                 cleanup(model)
                 rows.append({"row": row, "batch": B, "prompt": P, "oom": True, "why": "torch.OutOfMemoryError"})

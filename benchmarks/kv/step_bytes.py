@@ -328,31 +328,38 @@ def analyse_hf_static_step(model, *, batch=4, prompt=320, new_tokens=16, schedul
 
 
 def layer_step(*, batch=3, heads=2, head_dim=128, prompt=96, budget="20%", new_tokens=8, products="auto",
-               dtype=torch.bfloat16, device="cpu"):
+               dtype=torch.bfloat16, device="cpu", layers=1):
     """One layer's part of a decoding step alone (write the new slot, attend, add the scores,
     evict), as ``kv.hf.anybudget_attention`` runs it, on a prefilled static H2O layer: a small
-    graph that compiles in seconds. Returns (step, args, [layer])."""
+    graph that compiles in seconds; ``layers`` > 1: that many layers one after the other in one
+    step (each with its own slots; the same new token), as a model's step holds them without the
+    weights. Returns (step, args, layers)."""
     from anybudget import kv
     from anybudget.kv.attention import slot_decode_attention
 
     g = torch.Generator(device=device).manual_seed(0)
     cache = kv.H2OCache(budget, static=True, max_new_tokens=new_tokens)
-    layer = cache._new_layer()
-    layer.decode_products = products
-    k = torch.randn(batch, heads, prompt, head_dim, generator=g, device=device, dtype=dtype)
-    layer.update(k, k)
-    layer.finish_prompt(torch.rand(batch, heads, prompt, generator=g, device=device), None)
-    del k
+    slot_layers = []
+    for _ in range(layers):
+        layer = cache._new_layer()
+        layer.decode_products = products
+        k = torch.randn(batch, heads, prompt, head_dim, generator=g, device=device, dtype=dtype)
+        layer.update(k, k)
+        layer.finish_prompt(torch.rand(batch, heads, prompt, generator=g, device=device), None)
+        slot_layers.append(layer)
+        del k
 
     def step(q, k_new, v_new):
-        keys, values = layer.update(k_new, v_new)
-        out = slot_decode_attention(q, keys, values, key_mask=layer.valid, colsum_out=layer.prio,
-                                    products=layer.decode_products)
-        layer.evict()
+        out = q
+        for layer in slot_layers:
+            keys, values = layer.update(k_new, v_new)
+            out = slot_decode_attention(out, keys, values, key_mask=layer.valid, colsum_out=layer.prio,
+                                        products=layer.decode_products)
+            layer.evict()
         return out
 
     args = [torch.randn(batch, heads, 1, head_dim, generator=g, device=device, dtype=dtype) for _ in range(3)]
-    return step, args, [layer]
+    return step, args, slot_layers
 
 
 def analyse_layer_step(scheduler="cpp", extern_bmm=False, **kw) -> dict:

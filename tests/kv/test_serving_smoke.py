@@ -3,6 +3,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,6 +32,28 @@ def test_serving_benchmark_smoke(tmp_path):
     assert all(r["cudagraph_skips"] >= 0 and r["graphs_compiled"] >= 0 for r in rows if "decode_ms_per_step" in r)
     assert rec["commit"] and rec["config"]["copy_bandwidth_gbps"] > 0
 
+
+
+def test_serving_benchmark_profile_smoke(tmp_path):
+    """``--profile``: per row, a profiled extra generate with per-step counts; on the CPU (eager
+    backend, nothing replayed) the Triton decode op's host calls are one per layer and step, the
+    matmul row has none, and there are no CUDA-graph replays or launches."""
+    spec = importlib.util.spec_from_file_location("kv_serving", ROOT / "benchmarks" / "kv" / "serving.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--smoke", "--out", str(tmp_path), "--prompts", "16", "--no-sweep", "--profile",
+                     "--rows", "h2o_20,h2o_20_triton"]) == 0
+    rec = json.loads((tmp_path / "kv_serving.json").read_text())
+    prof = {r["row"]: r["profile"] for r in rec["metrics"]["rows"]}
+    assert set(prof) == {"h2o_20", "h2o_20_triton"} and rec["config"]["profile"]
+    assert prof["h2o_20_triton"]["op_calls"] == {"anybudget::slot_decode_triton": 2.0}  # 2 layers
+    assert prof["h2o_20"]["op_calls"] == {}
+    for p in prof.values():
+        assert p["steps"] == 6 and p["wall_ms"] > 0
+        assert p["graph_launches"] == p["kernel_launches"] == p["captures"] == 0
+        assert p["cudagraph_tree_timed_call"] is None  # no CUDA-graph tree on the CPU
+    with pytest.raises(SystemExit, match="--layers 0"):
+        mod.main(["--smoke", "--layers", "0"])
 
 def test_static_reuse_check_smoke(tmp_path):
     """benchmarks/kv/static_reuse.py --smoke: the GPU check's parent/child code path on a tiny CPU

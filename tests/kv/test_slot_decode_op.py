@@ -22,10 +22,13 @@ CASES = """
 import torch
 from anybudget.kv.attention import slot_decode_attention
 from anybudget.kv.decode_triton import _num_sms
+import anybudget.kv.slot_decode_op as op
 from anybudget.kv.slot_decode_op import takes_fused, uses_kernel
 
 assert uses_kernel(torch.zeros(1)), "the interpreter must run the kernel, not the fallback"
-assert _num_sms(torch.device("cpu")) == 8 and takes_fused(8, 4, 8) and not takes_fused(3, 2, 8)
+assert _num_sms(torch.device("cpu")) == 8 and not takes_fused(8, 4, 8) and not takes_fused(1024, 16, 8)
+op.FUSED_FROM_WAVES = 4  # the one-launch form from 4 waves: still reachable through the op
+assert takes_fused(8, 4, 8) and not takes_fused(3, 2, 8)
 worst = {torch.float32: 0.0, torch.float16: 0.0}
 
 
@@ -38,10 +41,12 @@ def step(q, k, v, mask, col, products):
 
 
 compiled = torch.compile(step, backend="aot_eager", fullgraph=True, dynamic=True)
-# (B, Hq, Hkv, S, D): the interpreter's "GPU" has 8 SMs, so B * Hkv >= 32 takes the one-launch
-# kernel and smaller batches the split-K kernels: both run through the op.
-for seed, (B, Hq, Hkv, S, D) in enumerate([(3, 8, 2, 37, 32), (1, 8, 2, 150, 32), (2, 4, 4, 70, 16),
-                                           (1, 3, 1, 200, 64), (8, 8, 4, 21, 16)]):
+# (B, Hq, Hkv, S, D, FUSED_FROM_WAVES): split-K (the op's form at every shape) for all; the last
+# case again with the one-launch form (the interpreter's "GPU" has 8 SMs: B * Hkv = 32 is 4 waves).
+for seed, (B, Hq, Hkv, S, D, waves) in enumerate([(3, 8, 2, 37, 32, None), (1, 8, 2, 150, 32, None),
+                                                  (2, 4, 4, 70, 16, None), (1, 3, 1, 200, 64, None),
+                                                  (8, 8, 4, 21, 16, None), (8, 8, 4, 21, 16, 4)]):
+    op.FUSED_FROM_WAVES = waves
     for dtype in (torch.float32, torch.float16):  # bf16: the interpreter cannot (numpy has no bf16)
         g = torch.Generator().manual_seed(seed)
         q = torch.randn(B, Hq, 1, D, generator=g).to(dtype)
@@ -201,3 +206,34 @@ def test_triton_products_through_generate_with_cuda_graphs_gpu():
     assert counters["inductor"]["cudagraph_skips"] == skips
     for i in range(len(caches[0].layers)):
         assert torch.equal(caches[0].kept_positions(i), caches[1].kept_positions(i))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_products_replayed_from_a_cuda_graph_in_generate_gpu():
+    """In transformers' compiled decoding, a step with ``decode_products="triton"`` replays CUDA
+    graphs: the op's Python body (and its host launches) does not run per step, as no kernel of the
+    matmul path's step is launched from the host (``benchmarks/kv/step_profile.py``'s counts over
+    profiled steps after warm-up and recording)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "kv" / "step_profile.py"
+    spec = importlib.util.spec_from_file_location("kv_step_profile", path)
+    sp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sp)
+    model = kv.enable(tiny_model("llama").cuda())
+    ids = torch.randint(1, 96, (4, 40), generator=torch.Generator().manual_seed(0)).cuda()
+    per_step = {}
+    for products in ("matmul", "triton"):
+        cache = kv.H2OCache("30%", static=True, max_new_tokens=12, decode_products=products)
+        kw = {"input_ids": ids, "do_sample": False, "compile_config": CompileConfig(dynamic=True),
+              **kv.cache_kwargs(model, cache)}
+        model.generate(**kw, max_new_tokens=4, min_new_tokens=4)  # compile, warm up, record
+        ps = sp.ProfileSteps(3, 9)
+        model.generate(**kw, max_new_tokens=ps.stop, min_new_tokens=ps.stop, logits_processor=[ps])
+        per_step[products] = sp.summarize_profile(ps)
+    for products, p in per_step.items():
+        assert p["graph_launches"] >= 1, (products, p)
+        assert p["op_calls"].get("anybudget::slot_decode_triton", 0) == 0, (products, p)
+    assert per_step["triton"]["kernel_launches"] <= per_step["matmul"]["kernel_launches"], per_step

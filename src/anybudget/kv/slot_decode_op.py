@@ -3,8 +3,8 @@
 ``torch.ops.anybudget.slot_decode_triton(q, k, v, key_mask, colsum_out, scale)`` attends one query
 per sequence over unordered slots (key mask, no causal mask) and adds the attention each slot
 received to ``colsum_out`` (H2O's scores, Zhang et al. 2023, Alg. 1), reading K and V once
-(``decode_triton.py``: split-K flash decoding, or one program per (row, KV head); the choice and
-the split count are functions of the shapes and the SM count only, see :func:`takes_fused`).
+(``decode_triton.py``: split-K flash decoding at every shape, see :data:`FUSED_FROM_WAVES`; the
+split count is a function of the shapes and the SM count only).
 
 Registered with ``torch.library.custom_op`` and a fake (shape-only) implementation, so
 ``torch.compile`` (``fullgraph=True``, dynamic shapes, ``mode="reduce-overhead"``) keeps it as one
@@ -26,17 +26,19 @@ import torch
 
 __all__ = ["slot_decode_triton", "takes_fused", "uses_kernel"]
 
-# One program per (row, KV head) once the batch alone gives this many waves of programs; split-K
-# (4 waves for MHA, 2 for GQA: decode_triton's defaults) below. Not decode_triton's own rule
-# (one launch from half a wave on): that one saves host launches in eager decoding, which a step
-# replayed from a CUDA graph does not pay, so here the rule only fills the GPU. A guess to be
-# checked: benchmarks/kv/decode_step.py times both forms in CUDA graphs (kernel_choice).
-FUSED_FROM_WAVES = 4
+# The op takes split-K at every shape: in CUDA graphs (no host launches to save) it was faster than
+# the one-launch form at each shape benchmarks/kv/decode_step.py timed (kernel_choice, H200, 16 KV
+# heads of 128, 20% of prompt + 128 slots; ms fused / split-K): batch 64 prompt 2k 0.082 / 0.073,
+# batch 1024 prompt 2k 1.019 / 0.931, batch 16 prompt 8k 0.087 / 0.072; batch 8 prompt 2k 0.0160 /
+# 0.0167 (within noise). The one-launch form's column sums run in one program per (row, KV head)
+# after its key loop; split-K's combine spreads them over key blocks. None: never the one-launch
+# form; an int n: from n waves of (row, KV head) programs (the rule before: 4).
+FUSED_FROM_WAVES: int | None = None
 
 
 def takes_fused(batch: int, kv_heads: int, sms: int) -> bool:
     """Whether the op runs the one-launch form (else split-K) for this many (row, KV head) pairs."""
-    return batch * kv_heads >= FUSED_FROM_WAVES * sms
+    return FUSED_FROM_WAVES is not None and batch * kv_heads >= FUSED_FROM_WAVES * sms
 
 
 def uses_kernel(t: torch.Tensor) -> bool:
