@@ -92,14 +92,20 @@ def test_compiled_loss_is_one_graph_with_the_eager_loss_and_gradients():
     assert not any("conv" in str(t) for t in ops)  # the conv became elementwise work
 
 
-def test_auto_backend_on_cpu_compiles_without_a_break():
-    # On a CPU "auto" stays the chunked PyTorch scan under compile (the op is used on CUDA); the
-    # CPU value check on A is skipped while tracing (it would be a data-dependent branch).
+def test_auto_backend_compiles_to_the_op_without_a_break():
+    # "auto" is the chunked PyTorch scan eagerly on a CPU and the op while compiling; the CPU value
+    # check on A is skipped while tracing (it would be a data-dependent branch). Shape-generic.
+    from torch._dynamo.testing import CompileCounterWithBackend
+
     lm = _lm(backend="auto")
-    x, pos, val = mqar_queries(96, 32, 4, 2, seed=2)
+    counter = CompileCounterWithBackend("eager")
     torch._dynamo.reset()
-    f = torch.compile(static_mqar_loss, backend="eager", fullgraph=True, dynamic=False)
-    torch.testing.assert_close(f(lm, x, pos, val), static_mqar_loss(lm, x, pos, val), rtol=1e-5, atol=1e-6)
+    f = torch.compile(static_mqar_loss, backend=counter, fullgraph=True, dynamic=True)
+    for seq, k in ((32, 4), (40, 2)):
+        x, pos, val = mqar_queries(96, seq, k, 2, seed=2)
+        torch.testing.assert_close(f(lm, x, pos, val), static_mqar_loss(lm, x, pos, val), rtol=1e-5, atol=1e-6)
+    assert counter.frame_count == 1
+    assert any("ssm_scan_fwd" in str(n.target) for n in counter.graphs[0].graph.nodes)
 
 
 def test_tf32_switch_is_scoped_and_config_errors_name_the_argument():

@@ -40,7 +40,7 @@ class MambaConfig:
     d_ones / d_zeros: how many channels of each kind when enabled (reference: 1 and 1).
     polar_form: ``"exact"`` (A-bar exactly 1 / 0) or ``"reference"`` (A = value_ones / value_zeros).
     scan_backend: ``"auto"`` (Triton on CUDA, chunked PyTorch otherwise; the custom op while
-    ``torch.compile`` traces on CUDA), ``"triton"``, ``"chunked"``, ``"ref"`` or ``"op"`` (``scan_op``).
+    ``torch.compile`` traces), ``"triton"``, ``"chunked"``, ``"ref"`` or ``"op"`` (``scan_op``).
     """
 
     d_model: int

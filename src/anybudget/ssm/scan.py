@@ -225,7 +225,7 @@ def selective_scan(
     """Selective scan with the fastest available backend (same contract as the reference).
 
     ``backend``: ``"auto"`` (Triton on CUDA when triton imports, else chunked; while
-    ``torch.compile`` traces on CUDA: ``"op"``), ``"triton"``, ``"chunked"``, ``"ref"`` or ``"op"``
+    ``torch.compile`` traces: ``"op"``), ``"triton"``, ``"chunked"``, ``"ref"`` or ``"op"``
     (``scan_op``: the custom op the compiler treats as one opaque call; Triton on CUDA, chunked on CPU). ``fixed_channels = (n_ones, n_zeros)``: the caller's promise that
     A's first n_ones columns are exactly 0 and its last n_zeros exactly -inf (polarization); the
     Triton backend then scans only the other columns and adds those in closed form
@@ -236,17 +236,22 @@ def selective_scan(
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if backend == "auto":
         backend = "triton" if u.is_cuda and _triton_available() else "chunked"
-        if backend == "triton" and torch.compiler.is_compiling():
-            backend = "op"  # the autograd.Function's Python-side state would break the graph
+        if torch.compiler.is_compiling():
+            # One opaque call in the graph: the Triton autograd.Function's Python-side state would
+            # break the graph, and the chunked scan's own ops make long, shape-fragile traces.
+            backend = "op"
     if backend == "op":
+        from functools import partial
+
         from anybudget.ssm.scan_op import selective_scan_op
 
-        split = fixed_channels and any(fixed_channels) and (not u.is_cuda or _split_fixed())
-        if split:
+        triton = u.is_cuda and _triton_available()
+        op = partial(selective_scan_op, impl="triton" if triton else "torch")
+        if fixed_channels and any(fixed_channels) and (not triton or _split_fixed()):
             from anybudget.ssm.scan_split import selective_scan_split
 
-            return selective_scan_split(selective_scan_op, *args, n_ones=fixed_channels[0], n_zeros=fixed_channels[1])
-        return selective_scan_op(*args)
+            return selective_scan_split(op, *args, n_ones=fixed_channels[0], n_zeros=fixed_channels[1])
+        return op(*args)
     if backend == "triton":
         from anybudget.ssm.scan_triton import ScanBlocks, selective_scan_triton
 
