@@ -76,8 +76,12 @@ def _scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
     if impl == "triton":
         from anybudget.ssm.scan_triton import triton_backward
 
+        # The kernels index contiguous rows; a compiler may hand over other strides (a no-op copy otherwise).
+        u, delta, B, C, dout = (t.contiguous() for t in (u, delta, B, C, dout))
+        z = z.contiguous() if z is not None else None
         A32 = A.contiguous().float()
-        grads = triton_backward((u, delta, A32, B, C, D, z, delta_bias), states, tile, dout, delta_softplus)
+        grads = triton_backward((u, delta, A32, B, C, D, z, delta_bias), states.contiguous(), tile, dout,
+                                delta_softplus)
         grads = [g.to(t.dtype) if g is not None else None for g, t in zip(grads, ins)]
     else:
         idx = [i for i, t in enumerate(ins) if t is not None]
