@@ -1,7 +1,8 @@
 """Where an MQAR training step spends its GPU time: kernels grouped by name, share of the step.
 
-The step is the Table 2 model (d_model 128, vocab 8192, batch 128, the training mixture) in the
-``eager`` FastStep mode: the same kernels as the CUDA-graph mode, each visible to the profiler.
+The step is the Table 2 model (d_model 128, vocab 8192, batch 128, the training mixture) in a
+``train_speed.VARIANTS`` step (``--variant``; default ``eager``: the same kernels as the CUDA-graph
+mode; ``compile`` shows what the compiled step launches).
 Writes ``ssm_step_profile.json`` (top kernels by GPU time, ``anybudget.measure.kernel_times``,
 their share of the total, the step time under the profiler) so that the 3x-faster-step work aims at what costs.
 
@@ -20,10 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling train_speed module
-from train_speed import Runner, build, first_step_of_each_shape, set_scan  # noqa: E402
+from train_speed import SCANS, VARIANTS, Runner, build, first_step_of_each_shape, set_scan
 
-from anybudget.io import results_dir, write_results  # noqa: E402
-from anybudget.measure import kernel_times  # noqa: E402
+from anybudget.io import results_dir, write_results
+from anybudget.measure import kernel_times
 
 
 def main(argv=None) -> int:
@@ -33,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few steps")
+    ap.add_argument("--variant", default="eager", choices=[v for v in VARIANTS if v != "reference"],
+                    help="which step to profile (train_speed.VARIANTS); 'eager' keeps this script's earlier scan tiles")
     a = ap.parse_args(argv)
     cuda = torch.cuda.is_available() and not a.smoke
     device = "cuda" if cuda else "cpu"
@@ -43,16 +46,19 @@ def main(argv=None) -> int:
     steps = 2 if a.smoke else a.steps
     out = {}
     for layers in (int(x) for x in a.layers.split(",")):
-        set_scan("time_first", True, ((8, 32, 8), (8, 16, 4)), "chunked")
-        r = Runner("eager", build(layers, d_model, vocab, device), segments, batch, vocab, seed=7,
-                   compile_backend="eager" if a.smoke else "inductor")
+        if a.variant == "eager":
+            set_scan("time_first", True, ((8, 32, 8), (8, 16, 4)), "chunked")
+        else:
+            set_scan(*SCANS[VARIANTS[a.variant][2]])
+        r = Runner(a.variant, build(layers, d_model, vocab, device), segments, batch, vocab, seed=7,
+                   compile_backend="aot_eager" if a.smoke else "inductor")
         for i in first_step_of_each_shape(r.stream):
             r.step(i)
         if cuda:
             torch.cuda.synchronize()
         i = iter(range(20_000, 20_000 + steps))
         t0 = time.perf_counter()
-        rows, total_us, count = kernel_times(lambda: r.step(next(i)), steps=steps, top=a.top)
+        rows, total_us, count = kernel_times(lambda r=r, i=i: r.step(next(i)), steps=steps, top=a.top)
         wall = (time.perf_counter() - t0) / steps
         for k in rows:
             k["share"] = k["us_per_step"] / total_us if total_us else 0.0
@@ -62,9 +68,12 @@ def main(argv=None) -> int:
         for k in rows[:10]:
             print(f"  {k['share']:6.1%} {k['us_per_step'] / 1e3:7.3f} ms  {k['calls_per_step']:5.0f}x  {k['kernel']}",
                   flush=True)
-    cfg = {"d_model": d_model, "vocab": vocab, "batch": batch, "mode": "eager FastStep (kernels visible)",
-           "scan": "time_first, split, fwd (8,32,8), chunked bwd (8,16,4)", "smoke": a.smoke, "device": device}
-    write_results("ssm_step_profile", cfg, out, out_dir=Path(a.out))
+    scan = ("time_first, split, fwd (8,32,8), chunked bwd (8,16,4)" if a.variant == "eager"
+            else str(SCANS[VARIANTS[a.variant][2]]))
+    cfg = {"d_model": d_model, "vocab": vocab, "batch": batch, "variant": a.variant,
+           "mode": f"{a.variant} FastStep ({VARIANTS[a.variant]})", "scan": scan, "smoke": a.smoke, "device": device}
+    name = "ssm_step_profile" + ("" if a.variant == "eager" else "_" + a.variant.replace("+", "_"))
+    write_results(name, cfg, out, out_dir=Path(a.out))
     return 0
 
 

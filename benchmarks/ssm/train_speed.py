@@ -1,27 +1,32 @@
-"""MQAR training-step speed, old vs new in one run, and the selective scan against its memory bound.
+"""MQAR training-step speed, old vs new in one run (and, with ``--with-scan``, the scan against its memory bound).
 
 Part 1 (issue 17 item 1): per-step time of the reference step (masked positions, a host read per
-step) and of the static-shape step (``anybudget.ssm.fast_step``: eager, CUDA graph per segment
-shape, with either Triton tile layout), for the Table 2 model (d_model 128, polarize both, depth
-2 and 4), batch 128, the reference training mixture (seq 64..1024). Every mode times the same
-step indices after warm-up (all shapes compiled / captured first). A fixed-seed run of the
-reference and of each fast mode from the same init records the loss curve (mean over every 10
-steps) and their largest relative difference.
+step, the old scan: 18 states in the kernel, sequential backward) and of each static-shape step
+variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polarize both, depth
+2 and 4), batch 128, the reference training mixture (seq 64..1024), all in one process on one GPU:
 
-Part 2: the Triton scan forward+backward at batch 16, d_inner 256, d_state 16 + 2 polarized
-(the ``ssm_scan_speed.json`` configuration), seq 4096, both tile layouts, a small tile sweep,
-fp32 and bf16 inputs; beside each time the memory-traffic bound: the bytes the forward and
-backward must move (u, delta, z, B, C, out; dout, du, ddelta, dz, dB, dC; the tile-start states)
-over the datasheet bandwidth and over a measured device-to-device copy. Errors against the
-chunked PyTorch scan are recorded.
+* ``cudagraph_fp32``: CUDA graph per shape, IEEE float32 matmuls (the earlier 19.6-ms path);
+* ``cudagraph``: the same with TF32 matmuls (``FastStepConfig.tf32``, the default);
+* ``compile``: torch.compile(fullgraph) of the loss with the scan as a custom op (``scan_op``), TF32;
+* ``compile+cudagraph``: that compiled step captured as one CUDA graph per shape;
+* ``compile+cudagraph+bf16``: plus bf16 autocast of the forward (not the reference's precision).
 
-    python benchmarks/ssm/train_speed.py --out $OUT          # one H100, ~4-6 minutes
+Every variant times the same step indices after warm-up (all shapes compiled / captured first),
+then profiles a few steps: kernels per step (inside a CUDA graph too) and their summed GPU time. A
+fixed-seed run of the reference and of the fast variants from the same init records the loss curve
+(mean over every 10 steps) and their largest relative difference.
+
+Part 2 (``--with-scan``): the Triton scan forward+backward at batch 16, d_inner 256, seq 4096 beside
+its memory-traffic bound (``scan_bound``).
+
+    python benchmarks/ssm/train_speed.py --out $OUT          # one H100/H200, ~3-4 minutes
     python benchmarks/ssm/train_speed.py --smoke --out /tmp/x  # CPU, seconds, same training code
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -45,14 +50,35 @@ def build(layers, d_model, vocab, device, seed=0):
     return MambaLM(LMConfig(vocab_size=vocab, d_model=d_model, n_layers=layers, mamba=mc)).to(device)
 
 
-class Runner:
-    """The inner loop of ``train.train_mqar`` for one mode, without evaluation."""
+# name -> (FastStep mode or "reference", FastStepConfig overrides, scan: OLD or NEW)
+OLD, NEW = "old", "new"
+VARIANTS = {
+    "reference": ("reference", {}, OLD),
+    "eager": ("eager", {}, NEW),
+    "cudagraph_fp32": ("cudagraph", {"tf32": False}, NEW),
+    "cudagraph": ("cudagraph", {}, NEW),
+    "compile": ("compile", {}, NEW),
+    "compile+cudagraph": ("compile+cudagraph", {}, NEW),
+    "compile+cudagraph+bf16": ("compile+cudagraph+bf16", {}, NEW),
+    "compile+cudagraph+autotune": ("compile+cudagraph", {"compile_mode": "max-autotune-no-cudagraphs"}, NEW),
+}
+# The old path: the time_last kernel over all 18 states, sequential backward; the new: polarized
+# channels in closed form, chunked backward.
+SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
+         NEW: ("time_last", True, ((4, 32, 4), (4, 32, 4)), "chunked")}
+FIRST = ("reference", "cudagraph_fp32", "compile+cudagraph")  # timed at every depth before the rest
+GPU_DEFAULT = "reference,cudagraph_fp32,cudagraph,compile,compile+cudagraph,compile+cudagraph+bf16"
 
-    def __init__(self, mode, model, segments, batch, vocab, seed, total=10_000, compile_backend="inductor"):
+
+class Runner:
+    """The inner loop of ``train.train_mqar`` for one variant (``VARIANTS``), without evaluation."""
+
+    def __init__(self, variant, model, segments, batch, vocab, seed, total=10_000, compile_backend="inductor"):
         from anybudget.ssm.fast_step import FastStep, FastStepConfig
         from anybudget.ssm.mqar import MQARStream
         from anybudget.ssm.train import TrainConfig, _param_groups, cosine_lr
 
+        mode, extra, _ = VARIANTS.get(variant, (variant, {}, NEW))
         device = next(model.parameters()).device
         self.mode, self.model, self.total = mode, model, total
         self.cfg = TrainConfig(batch_size=batch, vocab_size=vocab, seed=seed)
@@ -65,7 +91,7 @@ class Runner:
             self.loss_sum, self.n = 0.0, 0
         else:
             fc = FastStepConfig.from_mode(mode, device)
-            fc = FastStepConfig(fc.compile, fc.cuda_graph, compile_backend, bf16=fc.bf16)
+            fc = dataclasses.replace(fc, compile_backend=compile_backend, **extra)
             self.fast = FastStep(model, groups, self.cfg.lr, None, fc)
 
     def step(self, i):
@@ -118,28 +144,53 @@ def set_scan(variant, split, tiles, impl="chunked"):
     ScanBlocks.bwd_chunked = tiles[1]  # the backward tiles serve whichever backward runs
 
 
-def time_mode(mode, layers, args, device, segments, variant, split=True, tiles=((4, 32, 4), (4, 32, 4)),
-              impl="chunked"):
-    set_scan(variant, split, tiles, impl)
-    model = build(layers, args.d_model, args.vocab, device)
-    r = Runner(mode, model, segments, args.batch, args.vocab, seed=7, compile_backend=args.compile_backend)
+def _warm_and_time(r, args, profile_steps=0):
+    """Run every shape once (compile / capture), then time ``args.steps`` steps; optionally profile a few."""
     t0 = time.perf_counter()
     for i in first_step_of_each_shape(r.stream):  # compile kernels / capture graphs for every shape
         r.step(i)
     _sync()
-    warm = time.perf_counter() - t0
+    row = {"warmup_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
     for i in range(args.steps):
         r.step(20_000 + i)
     _sync()
-    per = (time.perf_counter() - t0) / args.steps
-    return {"mode": mode, "layers": layers, "scan_variant": variant, "split_fixed": split, "tiles": tiles,
-            "bwd_impl": impl, "step_s": per, "warmup_s": warm}
+    row["step_s"] = (time.perf_counter() - t0) / args.steps
+    if profile_steps:
+        from anybudget.measure import kernel_times
+
+        it = iter(range(30_000, 30_000 + profile_steps))
+        top, kernel_us, count = kernel_times(lambda: r.step(next(it)), steps=profile_steps, top=8)
+        row.update(kernels_per_step=count, kernel_ms_per_step=kernel_us / 1e3,
+                   top_kernels=[{"kernel": k["kernel"][:80], "calls_per_step": k["calls_per_step"],
+                                 "us_per_step": round(k["us_per_step"], 1)} for k in top])
+    return row
 
 
-def loss_curve(mode, layers, args, device, segments, scan):
+def time_variant(name, layers, args, device, segments, profile_steps=3):
+    """One ``VARIANTS`` entry at one depth: warm-up, timing, kernels per step (one record row)."""
+    scan = SCANS[VARIANTS[name][2]]
     set_scan(*scan)
-    r = Runner(mode, build(layers, args.d_model, args.vocab, device, seed=1), segments, args.batch, args.vocab,
+    r = Runner(name, build(layers, args.d_model, args.vocab, device), segments, args.batch, args.vocab, seed=7,
+               compile_backend=args.compile_backend)
+    return {"variant": name, "mode": VARIANTS[name][0], "layers": layers, "scan": VARIANTS[name][2],
+            "scan_variant": scan[0], "split_fixed": scan[1], "bwd_impl": scan[3],
+            **_warm_and_time(r, args, profile_steps)}
+
+
+def time_mode(mode, layers, args, device, segments, variant, split=True, tiles=((4, 32, 4), (4, 32, 4)),
+              impl="chunked"):
+    """A FastStep mode (or "reference") with an explicit scan setting (``scan_bwd_speed.py`` uses it)."""
+    set_scan(variant, split, tiles, impl)
+    r = Runner(mode, build(layers, args.d_model, args.vocab, device), segments, args.batch, args.vocab, seed=7,
+               compile_backend=args.compile_backend)
+    return {"mode": mode, "layers": layers, "scan_variant": variant, "split_fixed": split, "tiles": tiles,
+            "bwd_impl": impl, **_warm_and_time(r, args)}
+
+
+def loss_curve(name, layers, args, device, segments):
+    set_scan(*SCANS[VARIANTS[name][2]])
+    r = Runner(name, build(layers, args.d_model, args.vocab, device, seed=1), segments, args.batch, args.vocab,
                seed=123, total=args.curve_steps, compile_backend=args.compile_backend)
     curve = []
     for i in range(args.curve_steps):
@@ -149,98 +200,102 @@ def loss_curve(mode, layers, args, device, segments, scan):
     return curve
 
 
+def _plan(variants, depths):
+    """(variant, depth) in run order: the headline variants at every depth first, then the rest."""
+    first = [(v, d) for d in depths for v in variants if v in FIRST]
+    return first + [(v, d) for d in depths for v in variants if v not in FIRST]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     from anybudget.io import results_dir
 
     ap.add_argument("--out", default=str(results_dir("ssm_train_speed")))
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny model and mixture, seconds")
-    ap.add_argument("--steps", type=int, default=100, help="timed steps per mode (same indices for all)")
+    ap.add_argument("--steps", type=int, default=100, help="timed steps per variant (same indices for all)")
     ap.add_argument("--curve-steps", type=int, default=200, help="fixed-seed steps for the loss-curve check")
     ap.add_argument("--depths", default="2,4")
-    ap.add_argument("--modes", default="reference,eager,cudagraph",
-                    help="comma list from reference, eager, compile, cudagraph, compile+cudagraph")
-    ap.add_argument("--skip-scan", action="store_true")
-    ap.add_argument("--time-limit", type=float, default=360.0,
+    ap.add_argument("--modes", default=None, help=f"comma list of {', '.join(VARIANTS)} "
+                    f"(default on GPU: {GPU_DEFAULT}; --smoke: reference,eager)")
+    ap.add_argument("--curve-modes", default="compile+cudagraph,cudagraph_fp32",
+                    help="fast variants whose fixed-seed loss curve is compared with the reference")
+    ap.add_argument("--with-scan", action="store_true", help="also time the scan against its memory bound")
+    ap.add_argument("--time-limit", type=float, default=150.0,
                     help="seconds after which remaining step timings are skipped (recorded as skipped)")
-    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (--smoke: eager)")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (--smoke: aot_eager)")
     args = ap.parse_args(argv)
     from anybudget.io import write_results
     from anybudget.ssm.mqar import TRAIN_MIXTURE, MQARSegment
 
     cuda = torch.cuda.is_available() and not args.smoke
     device = "cuda" if cuda else "cpu"
+    modes = (args.modes or (GPU_DEFAULT if cuda else "reference,eager")).split(",")
+    bad = [m for m in modes if m not in VARIANTS]
+    if bad or "reference" not in modes:
+        ap.error(f"--modes {args.modes!r}: needs 'reference' and names from {', '.join(VARIANTS)} (unknown: {bad})")
+    curve_modes = [m for m in args.curve_modes.split(",") if m in modes]
     if args.smoke:
         args.batch, args.d_model, args.vocab = 4, 16, 96
-        args.steps, args.curve_steps, args.compile_backend = 3, 20, "eager"
+        args.steps, args.curve_steps = 3, 20
+        args.compile_backend = "aot_eager" if args.compile_backend == "inductor" else args.compile_backend
         segments = (MQARSegment(32, 100, 2), MQARSegment(64, 50, 4))
-        modes = [m for m in args.modes.split(",") if "cudagraph" not in m]
+        modes = [m for m in modes if "cudagraph" not in VARIANTS[m][0]]
+        curve_modes = [m for m in modes if m != "reference"]
     else:
         if not cuda:
             print("needs CUDA (or --smoke)", file=sys.stderr)
             return 2
         args.batch, args.d_model, args.vocab = 128, 128, 8192
         segments = TRAIN_MIXTURE
-        modes = args.modes.split(",")
     depths = [int(d) for d in args.depths.split(",")]
+    # Every variant compiles the same function (static_mqar_loss) anew: depths x precisions x modes
+    # can pass dynamo's default of 8 cached graphs per function, after which fullgraph raises.
+    torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)
     metrics: dict = {"steps": [], "loss_curves": {}, "speedup": {}}
     t_start = time.perf_counter()
-    # The old path: the reference step, the time_last kernel over all 18 states, its default tiles.
-    old = ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential")
-    new = ("time_last", True, ((4, 32, 4), (4, 32, 4)))
-    if cuda and not args.skip_scan:
-        metrics["scan"] = scan_part(args)
-        if metrics["scan"].get("best_variant"):
-            bt = metrics["scan"]["best_tiles"]
-            new = (metrics["scan"]["best_variant"], True, (tuple(bt["fwd"]), tuple(bt["bwd"])))
-    # Each fast mode with the new scan; the best fast mode also with the old scan (what each part gives).
-    plans = [(m, old if m == "reference" else new) for m in modes]
-    if cuda:
-        plans += [("reference", new), (modes[-1], old), (modes[-1], (new[0], False, new[2])),
-                  ("cudagraph+bf16", new)]  # another precision: reported, not the headline
+    for name, layers in _plan(modes, depths):
+        if time.perf_counter() - t_start > args.time_limit:
+            row = {"variant": name, "layers": layers, "skipped": f"past --time-limit {args.time_limit} s"}
+        else:
+            try:
+                row = time_variant(name, layers, args, device, segments)
+            except Exception as e:  # noqa: BLE001 - record and go on: one failing variant must not lose the others
+                row = {"variant": name, "layers": layers, "error": repr(e)[:400]}
+        metrics["steps"].append(row)
+        print({k: v for k, v in row.items() if k != "top_kernels"}, flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
     for layers in depths:
-        for mode, scan in plans:
-            if time.perf_counter() - t_start > args.time_limit:
-                row = {"mode": mode, "layers": layers, "skipped": f"past --time-limit {args.time_limit} s"}
-            else:
-                try:
-                    row = time_mode(mode, layers, args, device, segments, *scan)
-                except Exception as e:  # noqa: BLE001 - record and go on: one failing mode must not lose the others
-                    row = {"mode": mode, "layers": layers, "scan_variant": scan[0], "split_fixed": scan[1],
-                           "error": repr(e)[:300]}
-            metrics["steps"].append(row)
-            print(row, flush=True)
-            if cuda:
-                torch.cuda.empty_cache()
-        ref = next((r["step_s"] for r in metrics["steps"] if r["layers"] == layers and r["mode"] == "reference"
-                    and "step_s" in r and not r["split_fixed"]), None)
-        fast = [r for r in metrics["steps"] if r["layers"] == layers and r["mode"] != "reference" and "step_s" in r
-                and "bf16" not in r["mode"]]
-        if ref and fast:
-            best_row = min(fast, key=lambda r: r["step_s"])
-            metrics["speedup"][f"L{layers}"] = {
-                "reference_s": ref, "best_s": best_row["step_s"],
-                "best": f"{best_row['mode']}/{best_row['scan_variant']}/split={best_row['split_fixed']}",
-                "speedup": ref / best_row["step_s"]}
-    layers = depths[0]
-    curves = {"reference": loss_curve("reference", layers, args, device, segments, old)}
-    for mode in modes + (["cudagraph+bf16"] if cuda else []):
-        if mode == "reference":
+        rows = {r["variant"]: r for r in metrics["steps"] if r["layers"] == layers and "step_s" in r}
+        if "reference" not in rows:
             continue
+        ref = rows["reference"]["step_s"]
+        fast = {n: r for n, r in rows.items() if n != "reference" and "bf16" not in n}
+        best = min(fast, key=lambda n: fast[n]["step_s"]) if fast else None
+        metrics["speedup"][f"L{layers}"] = {
+            "reference_s": ref, "per_variant": {n: ref / r["step_s"] for n, r in rows.items() if n != "reference"},
+            "best": best, "best_s": fast[best]["step_s"] if best else None,
+            "speedup": ref / fast[best]["step_s"] if best else None}
+    layers = depths[0]
+    curves = {"reference": loss_curve("reference", layers, args, device, segments)}
+    for name in curve_modes:
         try:
-            curves[mode] = loss_curve(mode, layers, args, device, segments, new)
+            curves[name] = loss_curve(name, layers, args, device, segments)
         except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-            curves[mode] = repr(e)[:300]
+            curves[name] = repr(e)[:300]
     metrics["loss_curves"] = {"layers": layers, "every": 10, "curves": curves,
                               "max_rel_diff_vs_reference": {
                                   m: max(abs(a - b) / abs(a) for a, b in zip(curves["reference"], c))
                                   for m, c in curves.items() if m != "reference" and isinstance(c, list)}}
+    if cuda and args.with_scan:
+        metrics["scan"] = scan_part(args)
     metrics["wall_s"] = time.perf_counter() - t_start
     config = {"model": f"MambaLM d_model {args.d_model}, d_state 16+2 (polarize both), vocab {args.vocab}",
               "batch": args.batch, "segments": [s.__dict__ for s in segments], "timed_steps": args.steps,
               "timing": "wall clock over the same step indices (after every shape was compiled/captured), "
-                        "synchronised at both ends", "depths": depths, "modes": modes,
-              "smoke": args.smoke, "device": device}
+                        "synchronised at both ends; kernels: torch.profiler over 3 further steps",
+              "variants": {m: {"mode": VARIANTS[m][0], **VARIANTS[m][1], "scan": SCANS[VARIANTS[m][2]]} for m in modes},
+              "depths": depths, "compile_backend": args.compile_backend, "smoke": args.smoke, "device": device}
     path = write_results("ssm_train_speed" + ("_smoke" if args.smoke else ""), config, metrics, out_dir=args.out)
     print("wrote", path)
     try:

@@ -179,9 +179,10 @@ def test_cli_mqar_fast_step_runs(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("mode", ["eager", "cudagraph"])
+@pytest.mark.parametrize("mode", ["eager", "cudagraph", "compile+cudagraph"])
 @pytest.mark.parametrize("variant", ["time_last", "time_first"])
 def test_fast_step_on_gpu_follows_the_reference(mode, variant):
+    # The fast steps use TF32 matmuls (FastStepConfig.tf32): 5e-3 instead of float32's 1e-3.
     pytest.importorskip("triton")
     from anybudget.ssm.scan_triton import ScanBlocks
 
@@ -194,7 +195,7 @@ def test_fast_step_on_gpu_follows_the_reference(mode, variant):
         rb = train_mqar(b, cfg, SEGS, TESTS, quiet=True, step=mode)
     finally:
         ScanBlocks.variant = saved
-    assert [h["loss"] for h in rb["history"]] == pytest.approx([h["loss"] for h in ra["history"]], rel=1e-3)
+    assert [h["loss"] for h in rb["history"]] == pytest.approx([h["loss"] for h in ra["history"]], rel=5e-3)
 
 
 def test_fast_step_loads_optimizer_state_in_place_once_graphs_exist():

@@ -112,10 +112,58 @@ def chunked_cases():
     print("ok unknown bwd_impl refused", flush=True)
 
 
+def check_op(b, d, seq, n, impl="chunked", fwd=(4, 16, 4), chunked=(4, 16, 4), transposed=False, compiled=False,
+             fixed=None, dtype=torch.float32):
+    """The custom op (``scan_op``, impl "triton") vs the reference: forward, last state, every gradient."""
+    from anybudget.ssm.scan import selective_scan
+    from anybudget.ssm.scan_op import selective_scan_op
+
+    ScanBlocks.fwd, ScanBlocks.variant, ScanBlocks.bwd_impl, ScanBlocks.bwd_chunked = fwd, "time_last", impl, chunked
+    ScanBlocks.bwd = fwd
+    ins = [t.detach().float().requires_grad_() for t in scan_inputs(b, d, seq, n, polar=True, seed=seq + n)]
+    # Non-contiguous inputs, as a (batch, seq, channel) producer gives them: the op must copy them itself.
+    ins_t = [t.detach().to(dtype if i in (0, 1, 3, 4, 6) else torch.float32) for i, t in enumerate(ins)]
+    if transposed:
+        ins_t = [t.transpose(1, 2).contiguous().transpose(1, 2) if t.dim() == 3 else t for t in ins_t]
+    ins_t = [t.requires_grad_() for t in ins_t]
+
+    def run(*a):
+        if fixed:
+            return selective_scan(*a, delta_softplus=True, return_last_state=True, backend="op", fixed_channels=fixed)
+        return selective_scan_op(*a, delta_softplus=True, return_last_state=True, impl="triton")
+
+    fn = torch.compile(run, backend="aot_eager", fullgraph=True) if compiled else run
+    o1, h1 = selective_scan_ref(*ins, delta_softplus=True, return_last_state=True)
+    o2, h2 = fn(*ins_t)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(o2.float(), o1, rtol=tol, atol=tol)
+    torch.testing.assert_close(h2, h1, rtol=tol, atol=tol)
+    g = torch.randn(o1.shape, generator=torch.Generator().manual_seed(0))
+    leaves = [i for i in range(8) if not (fixed and i == 2)]  # split path: A's fixed columns have no gradient
+    g1 = torch.autograd.grad((o1 * g).sum(), [ins[i] for i in leaves])
+    g2 = torch.autograd.grad((o2.float() * g).sum(), [ins_t[i] for i in leaves])
+    for i, a, c in zip(leaves, g1, g2):
+        assert c.dtype == ins_t[i].dtype and torch.isfinite(c).all(), NAMES[i]
+        err = ((c.float() - a).abs().max() / a.abs().max().clamp_min(1.0)).item()
+        assert err < (1e-4 if dtype == torch.float32 else 5e-2), f"op grad {NAMES[i]}: rel err {err:.2e}"
+    print(f"ok op b={b} d={d} seq={seq} n={n} {impl} transposed={transposed} compiled={compiled} fixed={fixed} "
+          f"{dtype}", flush=True)
+
+
+def op_cases():
+    """The custom op around the Triton kernels (what torch.compile sees): eager and traced (aot_eager)."""
+    check_op(2, 5, 37, 6)
+    check_op(2, 5, 37, 6, impl="sequential", transposed=True)
+    check_op(1, 4, 33, 4, dtype=torch.bfloat16, transposed=True)
+    check_op(2, 5, 37, 6, compiled=True, fixed=(1, 1), transposed=True)
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     if which in ("sequential", "all"):
         sequential_cases()
     if which in ("chunked", "all"):
         chunked_cases()
+    if which in ("op", "all"):
+        op_cases()
     print("ALL OK")

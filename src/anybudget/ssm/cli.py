@@ -28,7 +28,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--d-model", type=positive_int, default=128, help="model width (default 128)")
     p.add_argument("--d-state", type=positive_int, default=16, help="learned state size (default 16)")
     p.add_argument("--vocab-size", type=positive_int, default=8192, help="MQAR vocabulary (default 8192)")
-    p.add_argument("--scan-backend", choices=["auto", "triton", "chunked", "ref"], default="auto")
+    p.add_argument("--scan-backend", choices=["auto", "triton", "chunked", "ref", "op"], default="auto")
     p.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

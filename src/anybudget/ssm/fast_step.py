@@ -13,7 +13,16 @@ H100). Here every shape is known ahead of time:
   and read only when a record is written;
 * ``cuda_graph=True`` captures forward + backward + optimizer step once per segment shape
   (one graph per sequence-length bucket) and replays it; ``compile=True`` compiles the loss
-  (``torch.compile``, backend chosen by ``compile_backend``; "eager" tests the tracing on a CPU).
+  (``torch.compile``, backend chosen by ``compile_backend``; "eager" / "aot_eager" test the tracing
+  on a CPU) as one graph (``fullgraph=True``): the selective scan enters it as the opaque custom op
+  ``scan_op`` (Triton kernels, registered backward), so the compiler fuses the layout changes and
+  elementwise work around it (the depthwise conv becomes shifted multiply-adds, ``Mamba.forward``).
+  Both together: the compiled step is captured as one CUDA graph per shape (the compiler's own
+  CUDA graphs, ``mode="reduce-overhead"``, are not used: this capture also holds the optimizer).
+* ``tf32=True`` (default): float32 matmuls on CUDA may use TF32 tensor cores during the step
+  (``torch.backends.cuda.matmul.allow_tf32`` and cuDNN's, restored after): a 10-bit mantissa in
+  the products, float32 accumulation; the scan's recurrence is Triton code in float32 either way.
+  ``tf32=False`` keeps the reference's IEEE float32 matmuls.
 
 The embedding's backward is an ``index_add`` (atomic adds on CUDA): PyTorch's dense embedding
 backward may size its work on the host, which a CUDA graph cannot capture.
@@ -21,6 +30,7 @@ backward may size its work on the host, which a CUDA graph cannot capture.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -29,21 +39,37 @@ from torch import Tensor, nn
 
 __all__ = ["FastStep", "FastStepConfig", "static_mqar_loss"]
 
-STEP_MODES = ("reference", "auto", "eager", "compile", "cudagraph", "compile+cudagraph", "cudagraph+bf16")
+STEP_MODES = ("reference", "auto", "eager", "compile", "cudagraph", "compile+cudagraph", "cudagraph+bf16",
+              "compile+cudagraph+bf16")
 
 
 @dataclass(frozen=True)
 class FastStepConfig:
     """How the static step runs. ``compile``: torch.compile the loss; ``cuda_graph``: capture the
     whole step per segment shape (CUDA only); ``compile_backend``: torch.compile's backend;
+    ``compile_mode``: torch.compile's mode (None: the default; "max-autotune-no-cudagraphs" tunes
+    the matmuls; modes with the compiler's own CUDA graphs are refused with ``cuda_graph``);
+    ``compile_dynamic``: one compile for every sequence length (True, default: the training mixture
+    has 11 shapes, above dynamo's recompile limit of 8) or one per shape (False);
     ``bf16``: bf16 autocast for the forward (matmuls and the scan's inputs in bf16, the scan
-    accumulating in fp32, the loss in fp32; not the reference's precision: opt-in)."""
+    accumulating in fp32, the loss in fp32; not the reference's precision: opt-in);
+    ``tf32``: TF32 tensor-core matmuls on CUDA (default on; see the module docstring)."""
 
     compile: bool = False
     cuda_graph: bool = False
     compile_backend: str = "inductor"
     warmup_steps: int = 2
     bf16: bool = False
+    tf32: bool = True
+    compile_mode: str | None = None
+    compile_dynamic: bool | None = True
+
+    def __post_init__(self):
+        if self.cuda_graph and self.compile and self.compile_mode in ("reduce-overhead", "max-autotune"):
+            raise ValueError(f"compile_mode={self.compile_mode!r} captures its own CUDA graphs; with cuda_graph=True "
+                             "use None or 'max-autotune-no-cudagraphs'")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 1:
+            raise ValueError(f"warmup_steps={self.warmup_steps!r} must be an integer >= 1")
 
     @staticmethod
     def from_mode(mode: str, device) -> FastStepConfig:
@@ -56,6 +82,20 @@ class FastStepConfig:
         if "cudagraph" in mode and not cuda:
             raise ValueError(f"step={mode!r} needs a CUDA device, got {device}; use 'eager' or 'compile'")
         return FastStepConfig(compile="compile" in mode, cuda_graph="cudagraph" in mode, bf16="bf16" in mode)
+
+
+@contextmanager
+def _tf32(enabled: bool):
+    """TF32 matmuls (cuBLAS and cuDNN) inside the block when ``enabled``; the previous settings after."""
+    if not enabled:
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 class _EmbeddingIndexAdd(torch.autograd.Function):
@@ -121,16 +161,19 @@ class FastStep:
         self.n = 0
         loss = static_mqar_loss
         if config.compile:
-            loss = torch.compile(static_mqar_loss, backend=config.compile_backend, dynamic=False)
+            loss = torch.compile(static_mqar_loss, backend=config.compile_backend, mode=config.compile_mode,
+                                 dynamic=config.compile_dynamic, fullgraph=True)
         self._loss = loss
         self._graphs: dict[tuple, tuple] = {}
         self._pool = None
 
     def _body(self, inputs, positions, values):
         # cache_enabled=False: autocast's cast cache must not outlive a captured graph (torch docs).
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16, cache_enabled=False):
-            loss = self._loss(self.model, inputs, positions, values)
-        loss.backward()
+        # TF32 covers the backward's matmuls too; autocast only the forward (torch's AMP rule).
+        with _tf32(self.config.tf32 and self.device.type == "cuda"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16, cache_enabled=False):
+                loss = self._loss(self.model, inputs, positions, values)
+            loss.backward()
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
         self.opt.step()

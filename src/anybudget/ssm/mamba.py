@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anybudget.ssm.scan import discretize, selective_scan
+from anybudget.ssm.scan import SCAN_BACKENDS, discretize, selective_scan
 
 __all__ = ["POLARIZE_CHOICES", "Mamba", "MambaConfig", "MambaState"]
 
@@ -39,8 +39,8 @@ class MambaConfig:
     polarize: which fixed channels to add, one of ``"one"``, ``"zero"``, ``"both"``, ``None`` (or ``"none"``).
     d_ones / d_zeros: how many channels of each kind when enabled (reference: 1 and 1).
     polar_form: ``"exact"`` (A-bar exactly 1 / 0) or ``"reference"`` (A = value_ones / value_zeros).
-    scan_backend: ``"auto"`` (Triton on CUDA, chunked PyTorch otherwise), ``"triton"``,
-    ``"chunked"`` or ``"ref"``.
+    scan_backend: ``"auto"`` (Triton on CUDA, chunked PyTorch otherwise; the custom op while
+    ``torch.compile`` traces), ``"triton"``, ``"chunked"``, ``"ref"`` or ``"op"`` (``scan_op``).
     """
 
     d_model: int
@@ -91,10 +91,8 @@ class MambaConfig:
             raise ValueError(
                 f"value_ones={self.value_ones}, value_zeros={self.value_zeros} must be <= 0 (stable A)"
             )
-        if self.scan_backend not in ("auto", "triton", "chunked", "ref"):
-            raise ValueError(
-                f"scan_backend={self.scan_backend!r}; allowed: 'auto', 'triton', 'chunked', 'ref'"
-            )
+        if self.scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"scan_backend={self.scan_backend!r}; allowed: {', '.join(map(repr, SCAN_BACKENDS))}")
 
     @property
     def d_inner(self) -> int:
@@ -195,6 +193,20 @@ class Mamba(nn.Module):
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
         return dt, B.transpose(1, 2), C.transpose(1, 2)
 
+    def _conv(self, x_pre: Tensor, seq: int) -> Tensor:
+        """Causal depthwise conv of (batch, d_inner, seq). Eager: ``nn.Conv1d``; while torch.compile traces:
+        the same sum as ``d_conv`` shifted multiply-adds, which the compiler fuses with the layout
+        change and the SiLU around it (a conv call would need its own contiguous input and kernel)."""
+        if not torch.compiler.is_compiling():
+            return self.conv1d(x_pre)[..., :seq]
+        k = self.config.d_conv
+        w = self.conv1d.weight[:, 0, :]  # (d_inner, k): tap j multiplies x[t - (k - 1) + j]
+        xp = F.pad(x_pre, (k - 1, 0))
+        out = xp[..., :seq] * w[:, :1]
+        for j in range(1, k):
+            out = out + xp[..., j:j + seq] * w[:, j:j + 1]
+        return out + self.conv1d.bias[:, None] if self.conv1d.bias is not None else out
+
     def forward(self, hidden: Tensor, return_state: bool = False):
         """hidden: (batch, seq, d_model) -> (batch, seq, d_model) [, MambaState after the last token]."""
         if hidden.dim() != 3 or hidden.shape[-1] != self.config.d_model:
@@ -204,7 +216,7 @@ class Mamba(nn.Module):
         seq = hidden.shape[1]
         xz = self.in_proj(hidden).transpose(1, 2)
         x_pre, z = xz.chunk(2, dim=1)
-        x = F.silu(self.conv1d(x_pre)[..., :seq])
+        x = F.silu(self._conv(x_pre, seq))
         dt, B, C = self._ssm_inputs(x)
         res = selective_scan(
             x, dt, self.A(), B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),

@@ -24,12 +24,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "SCAN_BACKENDS",
     "check_scan_inputs",
     "discretize",
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_ref",
 ]
+
+
+SCAN_BACKENDS = ("auto", "triton", "chunked", "ref", "op")
 
 
 def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
@@ -49,8 +53,9 @@ def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> Non
     d_state = A.shape[1]
     if d_state < 1:
         raise ValueError(f"d_state={d_state} must be >= 1")
-    # Value check only on CPU: on CUDA it would force a device sync on every layer call.
-    if not A.is_cuda and (torch.isnan(A).any() or (A > 0).any()):
+    # Value check only on CPU and eagerly: on CUDA it would force a device sync on every layer
+    # call, and under torch.compile a data-dependent branch is a graph break.
+    if not A.is_cuda and not torch.compiler.is_compiling() and (torch.isnan(A).any() or (A > 0).any()):
         raise ValueError("A must be <= 0 (a stable, decaying state; -inf means A-bar = 0); got NaN or positive entries")
     for name, t in (("B", B), ("C", C)):
         if t.shape != (bsz, d_state, seq):
@@ -171,6 +176,11 @@ def selective_scan_chunked(
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be an integer >= 1")
+    return _chunked_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size)
+
+
+def _chunked_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size=64):
+    """:func:`selective_scan_chunked` without the input checks (for callers that made them: ``scan_op``'s backward)."""
     dtype_in, u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
     bsz, d_inner, seq = u.shape
     d_state = A.shape[1]
@@ -214,17 +224,34 @@ def selective_scan(
 ):
     """Selective scan with the fastest available backend (same contract as the reference).
 
-    ``backend``: ``"auto"`` (Triton on CUDA when triton imports, else chunked), ``"triton"``,
-    ``"chunked"`` or ``"ref"``. ``fixed_channels = (n_ones, n_zeros)``: the caller's promise that
+    ``backend``: ``"auto"`` (Triton on CUDA when triton imports, else chunked; while
+    ``torch.compile`` traces: ``"op"``), ``"triton"``, ``"chunked"``, ``"ref"`` or ``"op"``
+    (``scan_op``: the custom op the compiler treats as one opaque call; Triton on CUDA, chunked on CPU). ``fixed_channels = (n_ones, n_zeros)``: the caller's promise that
     A's first n_ones columns are exactly 0 and its last n_zeros exactly -inf (polarization); the
     Triton backend then scans only the other columns and adds those in closed form
     (``scan_split``; ``ScanBlocks.split_fixed = False`` turns that off).
     """
-    if backend not in ("auto", "triton", "chunked", "ref"):
-        raise ValueError(f"backend={backend!r}; allowed: 'auto', 'triton', 'chunked', 'ref'")
+    if backend not in SCAN_BACKENDS:
+        raise ValueError(f"backend={backend!r}; allowed: {', '.join(map(repr, SCAN_BACKENDS))}")
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if backend == "auto":
         backend = "triton" if u.is_cuda and _triton_available() else "chunked"
+        if torch.compiler.is_compiling():
+            # One opaque call in the graph: the Triton autograd.Function's Python-side state would
+            # break the graph, and the chunked scan's own ops make long, shape-fragile traces.
+            backend = "op"
+    if backend == "op":
+        from functools import partial
+
+        from anybudget.ssm.scan_op import selective_scan_op
+
+        triton = u.is_cuda and _triton_available()
+        op = partial(selective_scan_op, impl="triton" if triton else "torch")
+        if fixed_channels and any(fixed_channels) and (not triton or _split_fixed()):
+            from anybudget.ssm.scan_split import selective_scan_split
+
+            return selective_scan_split(op, *args, n_ones=fixed_channels[0], n_zeros=fixed_channels[1])
+        return op(*args)
     if backend == "triton":
         from anybudget.ssm.scan_triton import ScanBlocks, selective_scan_triton
 
@@ -237,6 +264,12 @@ def selective_scan(
     if backend == "ref":
         return selective_scan_ref(*args)
     return selective_scan_chunked(*args)
+
+
+def _split_fixed() -> bool:
+    from anybudget.ssm.scan_triton import ScanBlocks
+
+    return ScanBlocks.split_fixed
 
 
 def _triton_available() -> bool:

@@ -46,7 +46,7 @@ from anybudget.ssm.scan_triton_common import (
 from anybudget.ssm.scan_triton_common import combine as _combine
 from anybudget.ssm.scan_triton_tm import bwd_kernel_tm, fwd_kernel_tm
 
-__all__ = ["ScanBlocks", "selective_scan_triton"]
+__all__ = ["ScanBlocks", "selective_scan_triton", "triton_backward", "triton_forward"]
 
 
 class ScanBlocks:
@@ -223,81 +223,102 @@ def _block_n(n_state: int) -> int:
     return max(2, triton.next_power_of_2(n_state))
 
 
+def triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=None):
+    """Run the forward kernel: ``(out, tile-start states (batch, tiles, d_inner, d_state) f32, last state f32)``.
+
+    Inputs are made contiguous here (the kernels index ``(batch, channel, time)`` rows); ``block_t``
+    (default ``ScanBlocks.fwd[1]``) is the tile the states are stored at.
+    """
+    u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
+    A = A.contiguous().float()
+    z = z.contiguous() if z is not None else None
+    bsz, n_inner, seq = u.shape
+    n_state = A.shape[1]
+    block_d, default_t, warps = ScanBlocks.fwd
+    block_t = block_t or default_t
+    n_tiles = math.ceil(seq / block_t)
+    out = torch.empty_like(u)
+    states = torch.empty(bsz, n_tiles, n_inner, n_state, device=u.device, dtype=torch.float32)
+    last = torch.empty(bsz, n_inner, n_state, device=u.device, dtype=torch.float32)
+    grid = (bsz, triton.cdiv(n_inner, block_d))
+    _kernels()[0][grid](
+        u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
+        delta_bias if delta_bias is not None else u, out, states, last,
+        n_inner, n_state, seq, N_TILES=n_tiles,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_N=_block_n(n_state),
+        BLOCK_T=block_t, num_warps=warps,
+    )
+    return out, states, last
+
+
+def triton_backward(saved, states, fwd_tile, dout, delta_softplus):
+    """Gradients ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` (None where the input is None).
+
+    ``saved = (u, delta, A, B, C, D, z, delta_bias)`` as the forward saw them (contiguous, A float32);
+    ``states`` / ``fwd_tile``: the forward's tile-start states and tile. ``ScanBlocks.bwd_impl`` picks the kernel.
+    """
+    u, delta, A, B, C, D, z, delta_bias = saved
+    dout = dout.contiguous()
+    if ScanBlocks.bwd_impl == "chunked":
+        return _chunked(fwd_tile, states, delta_softplus, saved, dout)
+    if ScanBlocks.bwd_impl != "sequential":
+        raise ValueError(f"ScanBlocks.bwd_impl={ScanBlocks.bwd_impl!r}; allowed: 'chunked', 'sequential'")
+    bsz, n_inner, seq = u.shape
+    n_state = A.shape[1]
+    block_d, block_t, warps = ScanBlocks.bwd
+    n_tiles = math.ceil(seq / block_t)
+    if block_t != fwd_tile:
+        # The backward recomputes h per tile from the stored tile-start states, so its tiles
+        # must start where the forward's did; otherwise recompute the states at its tiling.
+        states = _states_for_tiling(u, delta, A, B, C, delta_bias, delta_softplus, block_t)
+    du = torch.empty_like(u)
+    ddelta = torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
+    dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
+    dA = torch.empty(bsz, n_inner, n_state, device=u.device, dtype=torch.float32)
+    dD = torch.empty(bsz, n_inner, device=u.device, dtype=torch.float32)
+    dbias = torch.empty(bsz, n_inner, device=u.device, dtype=torch.float32)
+    grid = (bsz, triton.cdiv(n_inner, block_d))
+    _kernels()[1][grid](
+        u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
+        delta_bias if delta_bias is not None else u, dout, states,
+        du, ddelta, dz if dz is not None else du, dB, dC, dA, dD, dbias,
+        n_inner, n_state, seq, N_TILES=n_tiles,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_N=_block_n(n_state),
+        BLOCK_T=block_t, num_warps=warps,
+    )
+    return (
+        du, ddelta, dA.sum(0), dB.to(B.dtype), dC.to(C.dtype),
+        dD.sum(0).to(D.dtype) if D is not None else None,
+        dz,
+        dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+    )
+
+
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
         A = A.contiguous().float()
         z = z.contiguous() if z is not None else None
-        bsz, n_inner, seq = u.shape
-        n_state = A.shape[1]
-        block_d, block_t, warps = ScanBlocks.fwd
-        n_tiles = math.ceil(seq / block_t)
-        out = torch.empty_like(u)
-        states = torch.empty(bsz, n_tiles, n_inner, n_state, device=u.device, dtype=torch.float32)
-        last = torch.empty(bsz, n_inner, n_state, device=u.device, dtype=torch.float32)
-        grid = (bsz, triton.cdiv(n_inner, block_d))
-        _kernels()[0][grid](
-            u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-            delta_bias if delta_bias is not None else u, out, states, last,
-            n_inner, n_state, seq, N_TILES=n_tiles,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_N=_block_n(n_state),
-            BLOCK_T=block_t, num_warps=warps,
-        )
+        out, states, last = triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         ctx.delta_softplus = bool(delta_softplus)
-        ctx.fwd_tile = block_t
+        ctx.fwd_tile = ScanBlocks.fwd[1]
         ctx.mark_non_differentiable(last)
         ctx.states = states
         return out, last
 
     @staticmethod
     def backward(ctx, dout, _dlast):
-        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-        dout = dout.contiguous()
-        if ScanBlocks.bwd_impl == "chunked":
-            return _chunked(ctx, (u, delta, A, B, C, D, z, delta_bias), dout)
-        if ScanBlocks.bwd_impl != "sequential":
-            raise ValueError(f"ScanBlocks.bwd_impl={ScanBlocks.bwd_impl!r}; allowed: 'chunked', 'sequential'")
-        states = ctx.states
-        bsz, n_inner, seq = u.shape
-        n_state = A.shape[1]
-        block_d, block_t, warps = ScanBlocks.bwd
-        n_tiles = math.ceil(seq / block_t)
-        if block_t != ctx.fwd_tile:
-            # The backward recomputes h per tile from the stored tile-start states, so its tiles
-            # must start where the forward's did; otherwise recompute the states at its tiling.
-            states = _states_for_tiling(u, delta, A, B, C, delta_bias, ctx.delta_softplus, block_t)
-        du = torch.empty_like(u)
-        ddelta = torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
-        dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
-        dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
-        dA = torch.empty(bsz, n_inner, n_state, device=u.device, dtype=torch.float32)
-        dD = torch.empty(bsz, n_inner, device=u.device, dtype=torch.float32)
-        dbias = torch.empty(bsz, n_inner, device=u.device, dtype=torch.float32)
-        grid = (bsz, triton.cdiv(n_inner, block_d))
-        _kernels()[1][grid](
-            u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-            delta_bias if delta_bias is not None else u, dout, states,
-            du, ddelta, dz if dz is not None else du, dB, dC, dA, dD, dbias,
-            n_inner, n_state, seq, N_TILES=n_tiles,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.delta_softplus, BLOCK_D=block_d, BLOCK_N=_block_n(n_state),
-            BLOCK_T=block_t, num_warps=warps,
-        )
-        dA = dA.sum(0)
-        return (
-            du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype),
-            dD.sum(0).to(D.dtype) if D is not None else None,
-            dz,
-            dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
-            None,
-        )
+        grads = triton_backward(ctx.saved_tensors, ctx.states, ctx.fwd_tile, dout, ctx.delta_softplus)
+        return (*grads, None)
 
 
-def _chunked(ctx, saved, dout):
+def _chunked(fwd_tile, states, delta_softplus, saved, dout):
     from anybudget.ssm.scan_triton_bwd import chunked_backward
 
     block_n = _block_n(saved[2].shape[1])
@@ -306,9 +327,8 @@ def _chunked(ctx, saved, dout):
     # (state, time) tile at 512 (no spills at 32 states, chunk 16; ptxas sm_90). A chunk that is not a
     # multiple of the forward tile rebuilds its chunk-start states itself.
     bt = min(bt, max(8, 512 // block_n))
-    grads = chunked_backward(saved, ctx.states, ctx.fwd_tile, dout, ctx.delta_softplus, (bd, bt, warps),
-                             block_n=block_n, target_programs=ScanBlocks.bwd_programs)
-    return (*grads, None)
+    return chunked_backward(saved, states, fwd_tile, dout, delta_softplus, (bd, bt, warps),
+                            block_n=block_n, target_programs=ScanBlocks.bwd_programs)
 
 
 def _states_for_tiling(u, delta, A, B, C, delta_bias, delta_softplus, block_t):
