@@ -19,7 +19,7 @@ propagation 82 s: sympy over the symbolic weight sizes); auto 12 s for the first
 of which tracing 12 s and C++ codegen/compile the rest. Every mode compiles exactly one frame per
 graph and none per decoding step. Numbers: ``--out`` record.
 
-CPU (~2-6 min; --smoke: 2 layers, eager, ~1 min):
+CPU (~2-6 min; --smoke: 1 layer, 2 candidates, ~30 s):
   python benchmarks/plan/compile_probe.py --out /tmp/cprobe [--layers 8 --backend eager]
 Writes plan_compile_probe.json (results record).
 """
@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,41 +35,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SEQ = "4:1024:h2o:50,4:1024:h2o:20,2:256:h2o:10,3:768:h2o:20,1:256:h2o:20"
 
-CHILD = r"""
-import json, sys, time
-import torch
-torch.set_num_threads(1)
-import torch._dynamo.config as dcfg
-from torch._dynamo.utils import compile_times, counters
-from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
-from anybudget.elastic import make_elastic
-from anybudget.plan import Candidate, ServingWorkload, export_candidate, measure_candidate
-a = json.loads(sys.argv[1])
-cfg = json.load(open(a["config"])) | {"num_hidden_layers": a["layers"]}
-torch.manual_seed(0)
-em = make_elastic(LlamaForCausalLM(LlamaConfig(**cfg)).eval(), [torch.randint(0, cfg["vocab_size"], (2, 16))])
-mode = a["mode"]
-cc = CompileConfig(backend=a["backend"], dynamic={"static": False, "shared": True, "auto": None}[mode],
-                   **({} if a["backend"] == "inductor" else {"mode": None}))
-cc._compile_all_devices = True
-wl = ServingWorkload(32, 6, 2, "float32")
-rows = []
-for item in a["seq"].split(","):
-    kv, mlp, pol, pct = item.split(":")
-    c = Candidate(int(kv), int(mlp), pol, float(pct)) if pol != "full" else Candidate(int(kv), int(mlp))
-    m = export_candidate(em, c, dtype=torch.float32)
-    before = {k: sum(counters[k].values()) for k in ("recompiles", "graph_break")}
-    g0, f0 = counters["stats"]["unique_graphs"], counters["frames"]["total"]
-    t = time.perf_counter()
-    measure_candidate(m, c, wl, repeat=1, serve="static", compile_config=cc, share_graphs=mode != "static")
-    rows.append({"label": c.label, "seconds": time.perf_counter() - t,
-                 "new_graphs": counters["stats"]["unique_graphs"] - g0, "frames": counters["frames"]["total"] - f0,
-                 "recompiles": sum(counters["recompiles"].values()) - before["recompiles"],
-                 "graph_breaks": sum(counters["graph_break"].values()) - before["graph_break"]})
-    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-raw = compile_times(repr="str", aggregate=True)
-print(json.dumps({"rows": rows, "compile_times": raw}))
-"""
+
+def probe(mode: str, layers: int, backend: str, seq: str) -> dict:
+    """The candidates of ``seq`` measured in order in one fresh dynamo state; per candidate the counters' deltas."""
+    import torch
+    from torch._dynamo.utils import compilation_time_metrics, compile_times, counters
+    from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
+
+    from anybudget.elastic import make_elastic
+    from anybudget.plan import Candidate, ServingWorkload, export_candidate, measure_candidate
+
+    torch._dynamo.reset()
+    counters.clear()
+    compilation_time_metrics.clear()
+    cfg = json.loads((ROOT / "src/anybudget/assets/reflm/config.json").read_text()) | {"num_hidden_layers": layers}
+    torch.manual_seed(0)
+    em = make_elastic(LlamaForCausalLM(LlamaConfig(**cfg)).eval(), [torch.randint(0, cfg["vocab_size"], (2, 16))])
+    cc = CompileConfig(backend=backend, dynamic={"static": False, "shared": True, "auto": None}[mode],
+                       **({} if backend == "inductor" else {"mode": None}))
+    cc._compile_all_devices = True
+    wl = ServingWorkload(32, 6, 2, "float32")
+    rows = []
+    for item in seq.split(","):
+        kv, mlp, pol, pct = item.split(":")
+        c = Candidate(int(kv), int(mlp), pol, float(pct)) if pol != "full" else Candidate(int(kv), int(mlp))
+        m = export_candidate(em, c, dtype=torch.float32)
+        before = {k: sum(counters[k].values()) for k in ("recompiles", "graph_break")}
+        g0, f0 = counters["stats"]["unique_graphs"], counters["frames"]["total"]
+        t = time.perf_counter()
+        measure_candidate(m, c, wl, repeat=1, serve="static", compile_config=cc, share_graphs=mode != "static")
+        rows.append({"label": c.label, "seconds": time.perf_counter() - t,
+                     "new_graphs": counters["stats"]["unique_graphs"] - g0, "frames": counters["frames"]["total"] - f0,
+                     "recompiles": sum(counters["recompiles"].values()) - before["recompiles"],
+                     "graph_breaks": sum(counters["graph_break"].values()) - before["graph_break"]})
+        print(f"{mode}: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
+    return {"rows": rows, "compile_times": compile_times(repr="str", aggregate=True)}
 
 
 def main(argv=None) -> int:
@@ -81,27 +79,16 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="eager", help="eager (dynamo only), aot_eager or inductor")
     ap.add_argument("--modes", default="static,shared,auto")
     ap.add_argument("--seq", default=SEQ, help="candidates kv:mlp:policy:percent, in order")
-    ap.add_argument("--smoke", action="store_true", help="2 layers, eager backend")
+    ap.add_argument("--smoke", action="store_true", help="1 layer, eager backend, 2 candidates")
     a = ap.parse_args(argv)
     if a.smoke:
-        a.layers, a.backend = 2, "eager"
+        a.layers, a.backend, a.seq = 1, "eager", "2:1024:h2o:50,1:512:h2o:20"
+    import torch
+
     from anybudget.io import write_results
 
-    env_src = str(ROOT / "src")
-    results = {}
-    for mode in a.modes.split(","):
-        arg = {"config": str(ROOT / "src/anybudget/assets/reflm/config.json"), "layers": a.layers, "mode": mode,
-               "backend": a.backend, "seq": a.seq}
-        t = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(arg)], capture_output=True, text=True,
-                           check=False, env={**os.environ, "PYTHONPATH": env_src})
-        if p.returncode != 0:
-            raise SystemExit(f"mode {mode} failed:\n{p.stderr[-3000:]}")
-        res = json.loads(p.stdout.strip().splitlines()[-1])
-        res["process_s"] = time.perf_counter() - t
-        results[mode] = res
-        print(f"{mode}: " + ", ".join(f"{r['label']} {r['seconds']:.1f}s/{r['new_graphs']}g" for r in res["rows"]),
-              file=sys.stderr)
+    torch.set_num_threads(1)
+    results = {mode: probe(mode, a.layers, a.backend, a.seq) for mode in a.modes.split(",")}
     config = {"layers": a.layers, "backend": a.backend, "seq": a.seq, "workload": {"batch": 2, "prompt": 32, "new": 6}}
     metrics = {mode: {"rows": r["rows"], "graphs": sum(x["new_graphs"] for x in r["rows"]),
                       "seconds": sum(x["seconds"] for x in r["rows"]), "compile_times": r["compile_times"]}
