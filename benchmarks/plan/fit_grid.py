@@ -125,7 +125,8 @@ def parse(argv=None):
                     help="static: fixed-slot caches, decoding compiled on CUDA (eager on a CPU); eager: dynamic caches")
     ap.add_argument("--compile", choices=("static", "shared"), default="static",
                     help="static: every measured candidate compiled for its own shapes (fast: module doc); shared: one "
-                         "graph per cache kind, weight shapes dynamic (plan.device.compile_settings; ~5x slower to compile)")
+                         "graph per cache kind, weight shapes dynamic (plan.device.compile_settings; several times slower to "
+                         "compile)")
     ap.add_argument("--policies", default="h2o,local",
                     help="h2o (best quality) and local (cheapest: no scores); streaming is local + 4 sink tokens, "
                          "and every cache kind costs a compilation")
@@ -215,7 +216,8 @@ def plan_row(p: P.Plan) -> dict:
 
 def fingerprint(a) -> dict:
     """What a --state must have been written with to be resumed (paths excluded: they differ between machines)."""
-    keys = ("smoke", "train_steps", "train_batch", "train_seq", "lr", "prompt", "new", "batch", "serve", "policies", "kv_budgets", "quality_seqs", "mem_levels", "latency_levels",
+    keys = ("smoke", "train_steps", "train_batch", "train_seq", "lr", "prompt", "new", "batch", "serve", "policies",
+            "kv_budgets", "quality_seqs", "mem_levels", "latency_levels",
             "max_trials", "margin")
     return {k: getattr(a, k) for k in keys} | {"model": "smoke" if a.smoke else Path(a.model).name}
 
@@ -224,7 +226,9 @@ def switch_compile_mode(st: State, mode: str) -> None:
     """Record ``--compile`` in the state. A state whose latency measurements were compiled another way
     (calls before ``--compile`` existed compiled shared graphs) keeps its build and quality data and
     redoes phases 3 and 4: their measurements, compile durations and compile cache are dropped."""
-    old = st.get("compile_mode", "shared" if st.get("share") else None)
+    old = st.get("compile_mode")
+    if old is None and "share" in st.d:  # written before --compile: shared graphs, or (--static-weight-shapes)
+        old = "shared" if st["share"] else "dynamic-per-subnet"  # dynamic=True per sub-network
     if mode == "shared" and old == "static" and st.get("shared_graphs_error"):
         mode = "static"  # shared graphs failed in an earlier call, which went on with static ones
     if old is not None and old != mode:
