@@ -72,7 +72,7 @@ GPU (one H100/H200, one process on GPU 0; each call under `timeout 560`):
   .carry/zoo2/elastic_train4m.u16.xz, and its tar holds the weights (parts .00-.02); later calls
   carry .carry/plan/fit_state only (their tars are one file, extracted over the folder). A state of
   calls 1-2 (shared graphs) resumes at phase 3: build and quality are kept, its two shared-graph
-  latency measurements and compile cache are dropped (``switch_compile_mode``).
+  latency measurements and compile cache are dropped (``State.switch_compile_mode``).
 CPU smoke (tiny random model, every phase, seconds):  python benchmarks/plan/fit_grid.py --smoke --out /tmp/fg
 Writes to --out: plan_fit_grid.json (results record), plan_fit_grid.png, plan_state.tar[.NN].
 """
@@ -222,29 +222,6 @@ def fingerprint(a) -> dict:
     return {k: getattr(a, k) for k in keys} | {"model": "smoke" if a.smoke else Path(a.model).name}
 
 
-def switch_compile_mode(st: State, mode: str) -> None:
-    """Record ``--compile`` in the state. A state whose latency measurements were compiled another way
-    (calls before ``--compile`` existed compiled shared graphs) keeps its build and quality data and
-    redoes phases 3 and 4: their measurements, compile durations and compile cache are dropped."""
-    old = st.get("compile_mode")
-    if old is None and "share" in st.d:  # written before --compile: shared graphs, or (--static-weight-shapes)
-        old = "shared" if st["share"] else "dynamic-per-subnet"  # dynamic=True per sub-network
-    if mode == "shared" and old == "static" and st.get("shared_graphs_error"):
-        mode = "static"  # shared graphs failed in an earlier call, which went on with static ones
-    if old is not None and old != mode:
-        for phase in ("latency", "grid"):
-            if phase in st["done"]:
-                st["done"].remove(phase)
-        st["latency_memo"], st["grid"], st["checked"], st["measured"] = [], [], {}, {}
-        st.d.pop("latency", None)
-        st["durations"] = {k: v for k, v in st["durations"].items() if not k.startswith(("compile", "measure", "budget"))}
-        (st.dir / "compile_cache.tar.xz").unlink(missing_ok=True)
-        st.d.pop("compile_cache", None)
-        st["compile_mode_changed"] = st.get("compile_mode_changed", []) + [{"from": old, "to": mode,
-                                                                             "call": len(st["calls"])}]
-    st["compile_mode"], st["share"] = mode, mode == "shared"
-
-
 def main(argv=None) -> int:
     a = parse(argv)
     clock = Clock(a.wall_seconds)
@@ -254,7 +231,7 @@ def main(argv=None) -> int:
     st = State(a.state or (out / "state" if a.smoke else ROOT / "benchmarks/plan/build/fit_state"), fingerprint(a))
     st["calls"].append({"phases_s": {}, "compile_s": {}, "device": torch.cuda.get_device_name(0) if dev.type == "cuda"
                         else "cpu", "resumed": st.resumed, "phase": "start", "stopped": None})
-    switch_compile_mode(st, a.compile)
+    st.switch_compile_mode(a.compile)
     restored = 0
     if a.compile_cache:  # read lazily by inductor and Triton: set before the first compilation
         cache = Path(a.compile_cache).resolve()

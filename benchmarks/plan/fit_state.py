@@ -5,7 +5,9 @@ State folder (``--state``)::
 
     progress.json          finished phases, their results (quality data, latency model and its
                            calibration measurements, grid entries, quality checks), seconds per
-                           phase and per call, and the durations the guard estimates from
+                           phase and per call, the durations the guard estimates from, every
+                           measurement by candidate label and device (``measured``: reused, not
+                           measured again) and the compile mode (``compile_mode``)
     elastic/               the elastic build as the benchmark uses it: elastic.json, latency table,
                            router, model/ (config and tokenizer files) and model.safetensors.xz, the
                            trained weights in bfloat16 (every run loads these, resumed or not, so
@@ -117,6 +119,29 @@ class State:
 
     def save(self) -> Path:
         return atomic_write_json(self.file, self.d)
+
+    def switch_compile_mode(self, mode: str) -> None:
+        """Record ``--compile`` in the state. A state whose latency measurements were compiled another way
+        (calls before ``--compile`` existed compiled shared graphs) keeps its build and quality data and
+        redoes phases 3 and 4: their measurements, compile durations and compile cache are dropped."""
+        old = self.get("compile_mode")
+        if old is None and "share" in self.d:  # written before --compile: shared graphs, or (--static-weight-shapes)
+            old = "shared" if self["share"] else "dynamic-per-subnet"  # dynamic=True per sub-network
+        if mode == "shared" and old == "static" and self.get("shared_graphs_error"):
+            mode = "static"  # shared graphs failed in an earlier call, which went on with static ones
+        if old is not None and old != mode:
+            for phase in ("latency", "grid"):
+                if phase in self["done"]:
+                    self["done"].remove(phase)
+            self["latency_memo"], self["grid"], self["checked"], self["measured"] = [], [], {}, {}
+            self.d.pop("latency", None)
+            drop = ("compile", "measure", "budget")
+            self["durations"] = {k: v for k, v in self["durations"].items() if not k.startswith(drop)}
+            (self.dir / "compile_cache.tar.xz").unlink(missing_ok=True)
+            self.d.pop("compile_cache", None)
+            change = {"from": old, "to": mode, "call": len(self["calls"])}
+            self["compile_mode_changed"] = self.get("compile_mode_changed", []) + [change]
+        self["compile_mode"], self["share"] = mode, mode == "shared"
 
     # -- the elastic build ---------------------------------------------------------------------
     @property

@@ -316,7 +316,7 @@ def test_static_compile_mode_guards_each_candidate_and_reuses_measurements(tmp_p
         run.measure(None, P.Candidate(1, 64), None)
 
 
-def test_a_state_of_shared_graphs_redoes_phases_3_and_4_only(grid_mod, tmp_path):
+def test_a_state_of_shared_graphs_redoes_phases_3_and_4_only(tmp_path):
     """A state of calls 1-2 (shared graphs, before --compile existed): build and quality are kept; the
     latency measurements, their compile durations and the compile cache are dropped."""
     fs = load("fit_state")
@@ -325,11 +325,11 @@ def test_a_state_of_shared_graphs_redoes_phases_3_and_4_only(grid_mod, tmp_path)
                  "durations": {"build": 138.0, "quality": 13.0, "compile:full": 271.0, "measure": 9.0},
                  "latency_memo": [{"label": "kv4/mlp1024 full"}], "grid": [{"budget": "b"}], "quality": {"q": 1}})
     (st.dir / "compile_cache.tar.xz").write_bytes(b"xz")
-    grid_mod.switch_compile_mode(st, "static")
+    st.switch_compile_mode("static")
     assert st["done"] == ["build", "quality"] and st["durations"] == {"build": 138.0, "quality": 13.0}
     assert st["latency_memo"] == [] and st["grid"] == [] and "latency" not in st.d and st["quality"] == {"q": 1}
     assert not (st.dir / "compile_cache.tar.xz").exists() and (st["compile_mode"], st["share"]) == ("static", False)
     assert st["compile_mode_changed"] == [{"from": "shared", "to": "static", "call": 0}]
     st["done"].append("latency")
-    grid_mod.switch_compile_mode(st, "static")  # the same mode again: nothing dropped
+    st.switch_compile_mode("static")  # the same mode again: nothing dropped
     assert st["done"] == ["build", "quality", "latency"] and len(st["compile_mode_changed"]) == 1
