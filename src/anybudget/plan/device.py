@@ -162,7 +162,8 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
     ``compile_config``: default :func:`default_compile_config` (``share_graphs``) on CUDA, none
     elsewhere; one given off CUDA is used (transformers then needs
     ``compile_config._compile_all_devices = True``). Compiled calls run through
-    :func:`serve_generate`; without ``share_graphs`` dynamo is reset first (module doc)."""
+    :func:`serve_generate`; without ``share_graphs`` dynamo is reset first (module doc); the result
+    says which (``compile``) and how many graphs ran without CUDA graphs (``cudagraph_skips``)."""
     from anybudget.kv import disable, enable
     from anybudget.measure import model_bytes
     from anybudget.plan.costs import _check_serve
@@ -203,6 +204,9 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
         _sync(dev)
         return time.perf_counter() - t0, cache
 
+    from torch._dynamo.utils import counters
+
+    skips0 = counters["inductor"]["cudagraph_skips"]
     warm_s = 0.0
     if warmup:  # kernels, allocator, first-call paths; static: compilation and CUDA graph capture
         warm_s = run(4 if static else 2)[0]
@@ -226,7 +230,8 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
             "peak_kind": "cuda_max_allocated" if peak is not None else "cpu_weights_plus_cache",
             "kv_used_bytes": kv_used, "kv_alloc_bytes": kv_alloc, "weights_bytes": weights,
             "serve": serve, "compiled": compiled, "warmup_s": warm_s,
-            **({"compile": "shared" if share_graphs else "static"} if compiled else {})}
+            **({"compile": "shared" if share_graphs else "static",  # graphs inductor ran without CUDA graphs:
+                "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips0} if compiled else {})}
 
 
 def _decode_table(em, wl: ServingWorkload, ctx: int, warmup: int, repeat: int) -> dict:
