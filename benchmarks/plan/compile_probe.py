@@ -39,7 +39,12 @@ SEQ = "4:1024:h2o:50,4:1024:h2o:20,2:256:h2o:10,3:768:h2o:20,1:256:h2o:20"
 def probe(mode: str, layers: int, backend: str, seq: str) -> dict:
     """The candidates of ``seq`` measured in order in one fresh dynamo state; per candidate the counters' deltas."""
     import torch
-    from torch._dynamo.utils import compilation_time_metrics, compile_times, counters
+    from torch._dynamo.utils import (
+        compilation_time_metrics,
+        compile_times,
+        counters,
+        guard_failures,
+    )
     from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
 
     from anybudget.elastic import make_elastic
@@ -60,13 +65,14 @@ def probe(mode: str, layers: int, backend: str, seq: str) -> dict:
         kv, mlp, pol, pct = item.split(":")
         c = Candidate(int(kv), int(mlp), pol, float(pct)) if pol != "full" else Candidate(int(kv), int(mlp))
         m = export_candidate(em, c, dtype=torch.float32)
-        before = {k: sum(counters[k].values()) for k in ("recompiles", "graph_break")}
+        before = {"recompiles": 0 if mode == "static" else sum(len(v) for v in guard_failures.values()),
+                  "graph_break": sum(counters["graph_break"].values())}  # static: dynamo reset per candidate
         g0, f0 = counters["stats"]["unique_graphs"], counters["frames"]["total"]
         t = time.perf_counter()
         measure_candidate(m, c, wl, repeat=1, serve="static", compile_config=cc, share_graphs=mode != "static")
         rows.append({"label": c.label, "seconds": time.perf_counter() - t,
                      "new_graphs": counters["stats"]["unique_graphs"] - g0, "frames": counters["frames"]["total"] - f0,
-                     "recompiles": sum(counters["recompiles"].values()) - before["recompiles"],
+                     "recompiles": sum(len(v) for v in guard_failures.values()) - before["recompiles"],
                      "graph_breaks": sum(counters["graph_break"].values()) - before["graph_break"]})
         print(f"{mode}: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     return {"rows": rows, "compile_times": compile_times(repr="str", aggregate=True)}
