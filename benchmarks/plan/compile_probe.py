@@ -12,12 +12,14 @@ prefill runs eagerly), on sub-networks exported from an elastic model of the ref
 Per candidate: seconds of the measurement (mostly the compilation), new graphs, frames compiled,
 recompilations, graph breaks; per mode, dynamo's aggregated phase times (``compile_times``).
 
-Measured (this machine's CPU, 2 shared cores, eager backend, 8 layers, h2o): static 9-13 s per
-candidate, dynamo tracing 7-12 s of it; shared 85-93 s for its one graph (fake-tensor shape
-propagation 82 s: sympy over the symbolic weight sizes); auto 12 s for the first candidate and
-96-101 s for its recompilation at the second sub-network. Inductor (CPU, 8 layers): static 95 s,
-of which tracing 12 s and C++ codegen/compile the rest. Every mode compiles exactly one frame per
-graph and none per decoding step. Numbers: ``--out`` record.
+Measured (2 shared CPU cores, eager backend, 8 layers, the 5 default candidates, 2026-11-26): every
+mode compiles one frame per graph, no graph break, none per decoding step (the prefill is not
+compiled). static: 5 graphs, 47 s in all, 7-12 s per candidate (dynamo 8 s for the last);
+shared: 2 graphs (one more for one KV group), 100 s in all, 64 s for the first, dynamo 99 s of
+which fake-tensor shape propagation (sympy over the symbolic weight sizes) 84 s; auto: 4 graphs,
+164 s in all: 5 s for static first graphs, 71 s and 83 s for the recompilations that made the weight
+sizes dynamic. With inductor (CPU, 8 layers, one h2o candidate): static 95 s (dynamo 12 s, C++
+codegen and compilation the rest); shared did not finish within 900 s.
 
 CPU (~2-6 min; --smoke: 1 layer, 2 candidates, ~30 s):
   python benchmarks/plan/compile_probe.py --out /tmp/cprobe [--layers 8 --backend eager]

@@ -18,11 +18,13 @@ Compile time (``benchmarks/plan/compile_probe.py``, ``plan.device`` doc): calls 
   one shared graph per cache kind (``--compile shared``: dynamic=True, dynamic weight shapes, no duck
   sizing) and spent 271 s (full) and 341 s (h2o) compiling, 2 of the 6 latency points in two calls.
   On the CPU the same single graph (one frame, no recompilation over decoding steps, prefill not
-  compiled, no autotuning) takes dynamo 85-93 s to trace with symbolic weight sizes against 7-13 s
-  with static shapes; dynamo's automatic dynamic pays the same at its first recompilation.
+  compiled, no autotuning) takes dynamo 85-99 s to trace with symbolic weight sizes against 7-12 s
+  per candidate with static shapes, and inductor 95 s (static) against > 900 s (shared); dynamo's
+  automatic dynamic pays 70-100 s at each recompilation that makes weight sizes dynamic.
   A candidate measured once (phase 3 or an earlier fit, on the same device) is not measured again.
 Device time, planned (one compiled measurement on the GPU, cold: ``fit_state.COMPILE_S`` = 60 s
-  until the first is recorded; the CPU's static/shared tracing ratio puts it at ~30-60 s): phase 3
+  until the first is recorded; 271-341 s / the CPU's shared/static ratios, dynamo ~8x and inductor
+  > 9x, put it at ~35-45 s): phase 3
   is 6 measurements (2 sub-networks x 3 cache kinds); phase 4 measured 16 fits' choices, 6 of them
   distinct and 1 of those already in phase 3, when simulated on the CPU with calls 1-2's state
   (quality data, GPU points as the latency model, every choice meeting its budget): ~11 compiled

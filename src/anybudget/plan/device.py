@@ -13,12 +13,13 @@ Static shapes by default (``share_graphs=False``): each measured candidate (sub-
 kind x KV budget) is compiled for its own shapes, as the one plan a user serves is compiled, in a
 fresh dynamo state (``torch._dynamo.reset()`` first: no guard chain or CUDA-graph pool of earlier
 candidates). Why (measured on the CPU with dynamo's counters, the reference LM's shapes, 8 layers,
-h2o@50%, batch 2, prompt 32, 8 new tokens; ``benchmarks/plan/compile_probe.py``): every mode
-compiles exactly one graph (one frame: the decoding step) and never recompiles across decoding
-steps, but *tracing* it with symbolic weight shapes (``share_graphs=True``: ``dynamic=True``,
-dynamic parameter shapes, no duck sizing) took dynamo 85-93 s, 82 s of it in fake-tensor shape
-propagation (sympy), against 7-13 s with static shapes; automatic dynamic (``dynamic=None``) pays
-the same ~96-101 s at its first recompilation for a second sub-network. On an H200 the shared
+h2o, batch 2, prompt 32, 6-8 new tokens; ``benchmarks/plan/compile_probe.py``): every mode
+compiles one graph per frame (the decoding step) and never recompiles across decoding steps, but
+*tracing* it with symbolic weight shapes (``share_graphs=True``: ``dynamic=True``, dynamic
+parameter shapes, no duck sizing) took dynamo 85-99 s, 82-84 s of it in fake-tensor shape
+propagation (sympy), against 7-12 s per candidate with static shapes; automatic dynamic
+(``dynamic=None``) pays 70-100 s at each recompilation that makes weight sizes dynamic. With
+inductor a static candidate compiled in 95 s, the shared graph not within 900 s. On an H200 the shared
 graphs took 271 s (full) and 341 s (h2o) per cache kind, most of the fit grid's device time.
 
 The planner's only contact with the two technique packages' running code is here and in
