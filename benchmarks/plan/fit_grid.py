@@ -24,9 +24,9 @@ Compile time (``benchmarks/plan/compile_probe.py``, ``plan.device`` doc): calls 
   A candidate measured once (phase 3 or an earlier fit, on the same device) is not measured again.
 Device time, planned (one compiled measurement on the GPU, cold: ``fit_state.COMPILE_S`` = 60 s
   until the first is recorded; 271-341 s / the CPU's shared/static ratios, dynamo ~8x and inductor
-  > 9x, put it at ~35-45 s): phase 3
-  is 6 measurements (2 sub-networks x 3 cache kinds); phase 4 measured 16 fits' choices, 6 of them
-  distinct and 1 of those already in phase 3, when simulated on the CPU with calls 1-2's state
+  > 9x, put it at ~35-45 s): phase 3 is 6 measurements (2 sub-networks x 3 cache kinds); phase 4
+  measured 16 fits' choices, 6 of them distinct and 1 of those already in phase 3, when simulated
+  on the CPU with calls 1-2's state
   (quality data, GPU points as the latency model, every choice meeting its budget): ~11 compiled
   measurements in all, + up to ~4 fall-backs; ~15 x 60 s + 6 quality checks (~1 s each, eager) +
   loading (~15 s a call) ~ 950 s < 2 x 510 s (``--wall-seconds``); at 40 s a measurement ~ 620 s.
