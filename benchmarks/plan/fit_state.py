@@ -345,6 +345,8 @@ class Run:
 
         m = P.measure_candidate(model, c, w, serve=self.a.serve, share_graphs=self.st["share"])
         dt = time.perf_counter() - t
+        if m.get("timed_compiles"):  # compiled inside the timed runs: its step time includes compiling
+            self.call.setdefault("timed_compiles", []).append({"label": c.label, "frames": m["timed_compiles"]})
         if cold:
             self.compiled.add(key)
             warm = self.warm_cache and f"compile:{key}" in self.st["durations"]

@@ -164,7 +164,8 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
     elsewhere; one given off CUDA is used (transformers then needs
     ``compile_config._compile_all_devices = True``). Compiled calls run through
     :func:`serve_generate`; without ``share_graphs`` dynamo is reset first (module doc); the result
-    says which (``compile``) and how many graphs ran without CUDA graphs (``cudagraph_skips``)."""
+    says which (``compile``), how many graphs ran without CUDA graphs (``cudagraph_skips``) and
+    how many frames were compiled after the warm-up, inside the timed runs (``timed_compiles``, 0)."""
     from anybudget.kv import disable, enable
     from anybudget.measure import model_bytes
     from anybudget.plan.costs import _check_serve
@@ -211,6 +212,7 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
     warm_s = 0.0
     if warmup:  # kernels, allocator, first-call paths; static: compilation and CUDA graph capture
         warm_s = run(4 if static else 2)[0]
+    frames0 = counters["frames"]["total"]  # a frame compiled in the timed runs would be timed too
     t1s, tns, peak, cache = [], [], None, None
     for _ in range(repeat):
         t1s.append(run(1)[0])
@@ -232,7 +234,8 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
             "kv_used_bytes": kv_used, "kv_alloc_bytes": kv_alloc, "weights_bytes": weights,
             "serve": serve, "compiled": compiled, "warmup_s": warm_s,
             **({"compile": "shared" if share_graphs else "static",  # graphs inductor ran without CUDA graphs:
-                "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips0} if compiled else {})}
+                "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips0,
+                "timed_compiles": counters["frames"]["total"] - frames0} if compiled else {})}
 
 
 def _decode_table(em, wl: ServingWorkload, ctx: int, warmup: int, repeat: int) -> dict:
