@@ -9,12 +9,27 @@ Workload (what a user deploying this model asks; chosen before any result of it,
   128 new tokens. A 27M-parameter model is served to many users at once: 128 concurrent sequences,
   where the KV cache (1.07 GB in bf16) is ~20x the weights (55 MB) and with the prefill workspace
   makes the memory; that is the regime KV eviction is for. Served the fast way on CUDA
-  (``--serve static``): HF's StaticCache and anybudget's fixed-slot caches, decoding compiled by
-  ``generate`` (``CompileConfig(dynamic=True)``; compiled once per cache kind: weight shapes are
-  dynamic too and sizes are not duck-typed, ``plan.device.compile_settings``, so every sub-network
-  with more than one KV group shares the graph, checked on the CPU with dynamo's eager backend;
-  ``--static-weight-shapes`` compiles per sub-network, and is the automatic fall-back if shared
-  graphs fail). Compile time is in each trial's ``warmup_s``.
+  (``--serve static``): HF's StaticCache and anybudget's fixed-slot caches, the decoding step
+  compiled by ``generate`` (inductor, reduce-overhead: CUDA graphs, no autotuning; the prefill runs
+  eagerly) with static shapes (``--compile static``, ``plan.device.default_compile_config``): each
+  measured candidate is compiled for its own shapes in a fresh dynamo state, as the one plan a
+  user deploys is. Compile time is in each trial's ``warmup_s``.
+Compile time (``benchmarks/plan/compile_probe.py``, ``plan.device`` doc): calls 1-2 (H200) compiled
+  one shared graph per cache kind (``--compile shared``: dynamic=True, dynamic weight shapes, no duck
+  sizing) and spent 271 s (full) and 341 s (h2o) compiling, 2 of the 6 latency points in two calls.
+  On the CPU the same single graph (one frame, no recompilation over decoding steps, prefill not
+  compiled, no autotuning) takes dynamo 85-99 s to trace with symbolic weight sizes against 7-12 s
+  per candidate with static shapes, and inductor 95 s (static) against > 900 s (shared); dynamo's
+  automatic dynamic pays 70-100 s at each recompilation that makes weight sizes dynamic.
+  A candidate measured once (phase 3 or an earlier fit, on the same device) is not measured again.
+Device time, planned (one compiled measurement on the GPU, cold: ``fit_state.COMPILE_S`` = 60 s
+  until the first is recorded; 271-341 s / the CPU's shared/static ratios, dynamo ~8x and inductor
+  > 9x, put it at ~35-45 s): phase 3 is 6 measurements (2 sub-networks x 3 cache kinds); phase 4
+  measured 16 fits' choices, 6 of them distinct and 1 of those already in phase 3, when simulated
+  on the CPU with calls 1-2's state
+  (quality data, GPU points as the latency model, every choice meeting its budget): ~11 compiled
+  measurements in all, + up to ~4 fall-backs; ~15 x 60 s + 6 quality checks (~1 s each, eager) +
+  loading (~15 s a call) ~ 950 s < 2 x 510 s (``--wall-seconds``); at 40 s a measurement ~ 620 s.
 Budgets: 3 memory levels spread over the range the candidates span, at 0.8, 0.5 and 0.2 of the
   way from the smallest reachable predicted peak to the full model's (each needs a smaller network
   or a smaller cache; together they sample the whole range rather than only the top of it, where
@@ -40,26 +55,26 @@ Phases (all numbers from this run, which may span several calls through ``--stat
 Across calls (``fit_state.py``): one line per phase, budget and stop on stderr, also under --quiet;
   the record is rewritten after every phase and budget (``complete``, ``phase``, ``stopped``,
   ``phases_s`` summed over calls, ``calls`` with each call's seconds and compile times). Every
-  phase, measurement (a cache kind's first one in a process compiles), budget and quality check
+  phase, measurement (a candidate's first one compiles; --compile shared: a cache kind's first
+  one in a process), budget and quality check
   starts only when its recorded (else default) duration ends within ``--wall-seconds``; SIGTERM
   (``timeout``) stops too. A stopped call saves ``--state`` (finished phases, the bf16 weights as
   .xz, quality, latency model, each latency measurement, whole budgets; a budget cut short runs
   again) and writes it into --out as plan_state.tar (parts .00, .01, ... of 15 MiB: the weights
   alone are ~38 MiB); the next call, given the extracted folder as ``--state``, goes on from there.
   ``--compile-cache DIR`` carries inductor's and Triton's caches in the state (dropped above
-  ``--compile-cache-max-mib``), so a cache kind compiled by an earlier call loads from it.
+  ``--compile-cache-max-mib``), so kernels compiled by an earlier call load from it.
 
 GPU (one H100/H200, one process on GPU 0; each call under `timeout 560`):
-  call 1 (carry .carry/reflm/model.safetensors.xz, unpacked into src/anybudget/assets/reflm/, and
-  .carry/zoo2/elastic_train4m.u16.xz, the elastic benchmark's training tokens):
     timeout 560 python benchmarks/plan/fit_grid.py --out $OUT/r/plan --quiet \
         --state .carry/plan/fit_state --compile-cache /tmp/fit_grid_inductor
   then here: mkdir -p .carry/plan && cat OUT/r/plan/plan_state.tar* | tar -xf - -C .carry/plan
-  (the weights come in call 1's tar only, as parts .00-.02; later tars are one file, extracted over
-  the folder, never into an empty one)
-  call 2, 3 (carry .carry/plan/fit_state only; the reference LM weights and tokens are not needed
-  once phase 1 is done): the same command, and the same extraction after it, until the record says
-  "complete": true
+  until the record says "complete": true. A first call without a state carries
+  .carry/reflm/model.safetensors.xz (unpacked into src/anybudget/assets/reflm/) and
+  .carry/zoo2/elastic_train4m.u16.xz, and its tar holds the weights (parts .00-.02); later calls
+  carry .carry/plan/fit_state only (their tars are one file, extracted over the folder). A state of
+  calls 1-2 (shared graphs) resumes at phase 3: build and quality are kept, its two shared-graph
+  latency measurements and compile cache are dropped (``State.switch_compile_mode``).
 CPU smoke (tiny random model, every phase, seconds):  python benchmarks/plan/fit_grid.py --smoke --out /tmp/fg
 Writes to --out: plan_fit_grid.json (results record), plan_fit_grid.png, plan_state.tar[.NN].
 """
@@ -110,9 +125,10 @@ def parse(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--serve", choices=("static", "eager"), default="static",
                     help="static: fixed-slot caches, decoding compiled on CUDA (eager on a CPU); eager: dynamic caches")
-    ap.add_argument("--static-weight-shapes", action="store_true",
-                    help="compile every sub-network separately (dynamo's default) instead of one graph per cache kind "
-                         "(plan.device.compile_settings)")
+    ap.add_argument("--compile", choices=("static", "shared"), default="static",
+                    help="static: every measured candidate compiled for its own shapes (fast: module doc); shared: one "
+                         "graph per cache kind, weight shapes dynamic (plan.device.compile_settings; several times slower to "
+                         "compile)")
     ap.add_argument("--policies", default="h2o,local",
                     help="h2o (best quality) and local (cheapest: no scores); streaming is local + 4 sink tokens, "
                          "and every cache kind costs a compilation")
@@ -202,8 +218,8 @@ def plan_row(p: P.Plan) -> dict:
 
 def fingerprint(a) -> dict:
     """What a --state must have been written with to be resumed (paths excluded: they differ between machines)."""
-    keys = ("smoke", "train_steps", "train_batch", "train_seq", "lr", "prompt", "new", "batch", "serve",
-            "static_weight_shapes", "policies", "kv_budgets", "quality_seqs", "mem_levels", "latency_levels",
+    keys = ("smoke", "train_steps", "train_batch", "train_seq", "lr", "prompt", "new", "batch", "serve", "policies",
+            "kv_budgets", "quality_seqs", "mem_levels", "latency_levels",
             "max_trials", "margin")
     return {k: getattr(a, k) for k in keys} | {"model": "smoke" if a.smoke else Path(a.model).name}
 
@@ -217,7 +233,7 @@ def main(argv=None) -> int:
     st = State(a.state or (out / "state" if a.smoke else ROOT / "benchmarks/plan/build/fit_state"), fingerprint(a))
     st["calls"].append({"phases_s": {}, "compile_s": {}, "device": torch.cuda.get_device_name(0) if dev.type == "cuda"
                         else "cpu", "resumed": st.resumed, "phase": "start", "stopped": None})
-    st.d.setdefault("share", not a.static_weight_shapes)
+    st.switch_compile_mode(a.compile)
     restored = 0
     if a.compile_cache:  # read lazily by inductor and Triton: set before the first compilation
         cache = Path(a.compile_cache).resolve()
@@ -306,6 +322,7 @@ def run_phases(run: Run) -> None:
                 if not st["share"] or dev.type != "cuda":
                     raise
                 st["shared_graphs_error"], st["share"] = f"{type(e).__name__}: {e}"[:500], False
+                st["compile_mode"] = "static"
                 memo.clear()
                 calls[0] = 0
                 torch._dynamo.reset()

@@ -38,6 +38,7 @@ def write_record(run) -> Path:
               "policies": a.policies.split(","), "kv_percents": levels(a.kv_budgets), "train_steps": a.train_steps,
               "train_batch": a.train_batch, "train_seq": a.train_seq, "serve": a.serve,
               "compile_settings": compile_settings(share) if static else {}, "share_graphs": share,
+              "compile_mode": st.get("compile_mode"), "compile_mode_changed": st.get("compile_mode_changed"),
               "quality_protocol": (st.get("quality") or {}).get("source"), "mem_levels": a.mem_levels,
               "latency_levels": a.latency_levels, "max_trials": a.max_trials, "margin": a.margin, "smoke": a.smoke,
               "wall_seconds": a.wall_seconds,

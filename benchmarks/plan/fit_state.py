@@ -5,7 +5,9 @@ State folder (``--state``)::
 
     progress.json          finished phases, their results (quality data, latency model and its
                            calibration measurements, grid entries, quality checks), seconds per
-                           phase and per call, and the durations the guard estimates from
+                           phase and per call, the durations the guard estimates from, every
+                           measurement by candidate label and device (``measured``: reused, not
+                           measured again) and the compile mode (``compile_mode``)
     elastic/               the elastic build as the benchmark uses it: elastic.json, latency table,
                            router, model/ (config and tokenizer files) and model.safetensors.xz, the
                            trained weights in bfloat16 (every run loads these, resumed or not, so
@@ -117,6 +119,29 @@ class State:
 
     def save(self) -> Path:
         return atomic_write_json(self.file, self.d)
+
+    def switch_compile_mode(self, mode: str) -> None:
+        """Record ``--compile`` in the state. A state whose latency measurements were compiled another way
+        (calls before ``--compile`` existed compiled shared graphs) keeps its build and quality data and
+        redoes phases 3 and 4: their measurements, compile durations and compile cache are dropped."""
+        old = self.get("compile_mode")
+        if old is None and "share" in self.d:  # written before --compile: shared graphs, or (--static-weight-shapes)
+            old = "shared" if self["share"] else "dynamic-per-subnet"  # dynamic=True per sub-network
+        if mode == "shared" and old == "static" and self.get("shared_graphs_error"):
+            mode = "static"  # shared graphs failed in an earlier call, which went on with static ones
+        if old is not None and old != mode:
+            for phase in ("latency", "grid"):
+                if phase in self["done"]:
+                    self["done"].remove(phase)
+            self["latency_memo"], self["grid"], self["checked"], self["measured"] = [], [], {}, {}
+            self.d.pop("latency", None)
+            drop = ("compile", "measure", "budget")
+            self["durations"] = {k: v for k, v in self["durations"].items() if not k.startswith(drop)}
+            (self.dir / "compile_cache.tar.xz").unlink(missing_ok=True)
+            self.d.pop("compile_cache", None)
+            change = {"from": old, "to": mode, "call": len(self["calls"])}
+            self["compile_mode_changed"] = self.get("compile_mode_changed", []) + [change]
+        self["compile_mode"], self["share"] = mode, mode == "shared"
 
     # -- the elastic build ---------------------------------------------------------------------
     @property
@@ -291,21 +316,37 @@ class Run:
         if self.a.stop_after == name:
             raise Stop(f"--stop-after {name}")
 
+    def compile_key(self, c) -> str:
+        """What one compilation serves: static shapes (default), one candidate (``c.label``); shared
+        graphs (``--compile shared``), a cache kind (one KV group apart: compilers specialise size 1)."""
+        if not self.st["share"]:
+            return c.label
+        return c.policy + ("/g1" if c.kv_groups == 1 else "")
+
     def measure(self, model, c, w):
         """The benchmark's one measurement function (latency model and every fit): guarded by the
-        clock with the compile time of a cache kind not yet compiled in this process."""
-        share = self.st["share"]
-        key = c.policy + ("/g1" if c.kv_groups == 1 else "") + ("" if share else f"/{c.subnet_label}")
+        clock with the compile time of a graph not yet compiled in this process. A candidate already
+        measured on this device (an earlier fit, budget or call: the same serving path, workload and
+        weights) is not measured again: its measurement is reused (the call's ``reused`` counts it)."""
+        memo = self.st.d.setdefault("measured", {})
+        hit = memo.get(c.label)
+        if hit is not None and hit["device"] == self.call.get("device"):
+            self.call["reused"] = self.call.get("reused", 0) + 1
+            return dict(hit["measured"])
+        key = self.compile_key(c)
         cold = self.cuda_static and key not in self.compiled
         est = self.est(f"compile:{key}" if cold else "measure")
         self.clock.need(est, f"measuring {c.label}" + (" (compiles)" if cold else ""))
         if cold:  # one line per compilation: a killed call still shows what it was compiling
-            self.clock.say(f"measuring {c.label}: compiles cache kind {key} (expected <= {est:.0f} s)")
+            what = f"cache kind {key}" if self.st["share"] else "its static-shape graph"
+            self.clock.say(f"measuring {c.label}: compiles {what} (expected <= {est:.0f} s)")
         t = time.perf_counter()
         import anybudget.plan as P  # looked up at each call (tests replace measure_candidate)
 
-        m = P.measure_candidate(model, c, w, serve=self.a.serve, share_graphs=share)
+        m = P.measure_candidate(model, c, w, serve=self.a.serve, share_graphs=self.st["share"])
         dt = time.perf_counter() - t
+        if m.get("timed_compiles"):  # compiled inside the timed runs: its step time includes compiling
+            self.call.setdefault("timed_compiles", []).append({"label": c.label, "frames": m["timed_compiles"]})
         if cold:
             self.compiled.add(key)
             warm = self.warm_cache and f"compile:{key}" in self.st["durations"]
@@ -316,8 +357,13 @@ class Run:
             self.call.setdefault("recompiles", []).append({"label": c.label, "seconds": dt})
         else:
             self.st["durations"]["measure"] = max(dt, self.st["durations"].get("measure", 0.0))
+        memo[c.label] = {"device": self.call.get("device"), "measured": m}
         return m
 
 
-DEFAULT_S_CUDA = {"build": 150.0, "quality": 150.0, "latency": 60.0, "compile": 200.0, "measure": 20.0, "check": 20.0}
+# Defaults for what no call recorded yet (CUDA: H200, reference LM, fit_grid's workload; build 138 s and
+# quality 13 s in call 1; COMPILE_S: one static-shape compilation + its measurement, fit_grid's doc)
+COMPILE_S = 60.0
+DEFAULT_S_CUDA = {"build": 150.0, "quality": 30.0, "latency": COMPILE_S, "compile": COMPILE_S, "measure": 20.0,
+                  "check": 20.0, "budget": 20.0}
 DEFAULT_S_CPU = {"build": 60.0, "quality": 30.0, "latency": 10.0, "compile": 0.0, "measure": 2.0, "check": 2.0}

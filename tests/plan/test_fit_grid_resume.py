@@ -285,3 +285,51 @@ def test_first_measurement_of_a_cache_kind_is_guarded_as_a_compilation(tmp_path,
     run.measure(None, P.Candidate(4, 128), None)  # the same kind again: a measurement, no compilation
     run.measure(None, P.Candidate(1, 128), None)  # one KV group: compilers specialise it, a kind of its own
     assert run.compiled == {"full", "full/g1"} and "measure" in st["durations"]
+
+
+def test_static_compile_mode_guards_each_candidate_and_reuses_measurements(tmp_path, monkeypatch, capfd):
+    import argparse
+
+    import torch
+
+    import anybudget.plan as P
+
+    fs = load("fit_state")
+    st = fs.State(tmp_path, {})
+    st["calls"].append({"compile_s": {}, "device": "gpu A"})
+    st["share"] = False
+    run = fs.Run(argparse.Namespace(serve="static"), st, fs.Clock(100), torch.device("cpu"), tmp_path, None)
+    run.cuda_static = True
+    seen = []
+    monkeypatch.setattr(P, "measure_candidate", lambda m, c, w, **k: seen.append((c.label, k)) or {"step_s": len(seen)})
+    a, b = P.Candidate(2, 64, "h2o", 20.0), P.Candidate(2, 64, "h2o", 50.0)
+    assert run.measure(None, a, None) == {"step_s": 1} and run.measure(None, b, None) == {"step_s": 2}
+    assert run.compiled == {a.label, b.label}  # static shapes: every candidate is a graph of its own
+    assert seen[0][1] == {"serve": "static", "share_graphs": False}
+    assert "compiles its static-shape graph" in capfd.readouterr().err
+    assert run.measure(None, a, None) == {"step_s": 1} and len(seen) == 2 and st["calls"][-1]["reused"] == 1
+    st["calls"].append({"compile_s": {}, "device": "gpu B"})  # another device: measured again
+    run.call = st["calls"][-1]
+    assert run.measure(None, a, None) == {"step_s": 3}
+    st["durations"]["compile:" + P.Candidate(1, 64).label] = 1e6
+    with pytest.raises(fs.Stop, match="kv1/mlp64 full \\(compiles\\): needs ~1150000 s"):
+        run.measure(None, P.Candidate(1, 64), None)
+
+
+def test_a_state_of_shared_graphs_redoes_phases_3_and_4_only(tmp_path):
+    """A state of calls 1-2 (shared graphs, before --compile existed): build and quality are kept; the
+    latency measurements, their compile durations and the compile cache are dropped."""
+    fs = load("fit_state")
+    st = fs.State(tmp_path / "s", {"prompt": 896})
+    st.d.update({"done": ["build", "quality", "latency"], "share": True, "latency": {"model": {}},
+                 "durations": {"build": 138.0, "quality": 13.0, "compile:full": 271.0, "measure": 9.0},
+                 "latency_memo": [{"label": "kv4/mlp1024 full"}], "grid": [{"budget": "b"}], "quality": {"q": 1}})
+    (st.dir / "compile_cache.tar.xz").write_bytes(b"xz")
+    st.switch_compile_mode("static")
+    assert st["done"] == ["build", "quality"] and st["durations"] == {"build": 138.0, "quality": 13.0}
+    assert st["latency_memo"] == [] and st["grid"] == [] and "latency" not in st.d and st["quality"] == {"q": 1}
+    assert not (st.dir / "compile_cache.tar.xz").exists() and (st["compile_mode"], st["share"]) == ("static", False)
+    assert st["compile_mode_changed"] == [{"from": "shared", "to": "static", "call": 0}]
+    st["done"].append("latency")
+    st.switch_compile_mode("static")  # the same mode again: nothing dropped
+    assert st["done"] == ["build", "quality", "latency"] and len(st["compile_mode_changed"]) == 1

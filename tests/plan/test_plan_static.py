@@ -116,7 +116,7 @@ def test_static_plan_serves_and_saves_static_caches(em, tmp_path):
 
 
 def test_compiled_static_step_is_shared_by_sub_networks():
-    """Through dynamo (eager backend on the CPU): with compile_settings' shared graphs, sub-networks
+    """Through dynamo (eager backend on the CPU): with compile_settings' shared graphs (share_graphs=True), sub-networks
     of different widths and KV groups (> 1) and budgets reuse one compiled step per cache kind."""
     from torch._dynamo.utils import counters
     from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
@@ -135,6 +135,6 @@ def test_compiled_static_step_is_shared_by_sub_networks():
     before = counters["stats"]["unique_graphs"]
     for c in (Candidate(4, 128, "h2o", 50.0), Candidate(3, 64, "h2o", 20.0), Candidate(2, 96, "h2o", 50.0)):
         m = measure_candidate(export_candidate(em4, c, dtype=torch.float32), c, wl, repeat=1, serve="static",
-                              compile_config=cc)
+                              compile_config=cc, share_graphs=True)
         assert m["compiled"] and m["serve"] == "static"
     assert counters["stats"]["unique_graphs"] - before == 1

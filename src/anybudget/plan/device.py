@@ -4,10 +4,23 @@ compiled runs). The quality data are measured in ``quality.py``.
 
 Serving modes (``serve``): ``"eager"`` runs ``generate`` with a DynamicCache or a dynamic-slot
 ``anybudget.kv`` cache; ``"static"`` with transformers' ``StaticCache`` (full) or a fixed-slot
-cache (``static=True``), and on CUDA ``generate`` compiles the decoding step (``compile_config``,
-default ``CompileConfig(dynamic=True)``: one compilation per exported model and cache kind serves
-every batch and length; CUDA graphs are recorded per shape). Off CUDA the static caches run eagerly
-(transformers compiles only on accelerators), so the same code path runs in CPU tests.
+cache (``static=True``), and on CUDA ``generate`` compiles the decoding step only (the prefill runs
+eagerly; ``compile_config``, default :func:`default_compile_config`: inductor, reduce-overhead,
+i.e. CUDA graphs, no autotuning). Off CUDA the static caches run eagerly (transformers compiles
+only on accelerators), so the same code path runs in CPU tests.
+
+Static shapes by default (``share_graphs=False``): each measured candidate (sub-network x cache
+kind x KV budget) is compiled for its own shapes, as the one plan a user serves is compiled, in a
+fresh dynamo state (``torch._dynamo.reset()`` first: no guard chain or CUDA-graph pool of earlier
+candidates). Why (measured on the CPU with dynamo's counters, the reference LM's shapes, 8 layers,
+h2o, batch 2, prompt 32, 6-8 new tokens; ``benchmarks/plan/compile_probe.py``): every mode
+compiles one graph per frame (the decoding step) and never recompiles across decoding steps, but
+*tracing* it with symbolic weight shapes (``share_graphs=True``: ``dynamic=True``, dynamic
+parameter shapes, no duck sizing) took dynamo 85-99 s, 82-84 s of it in fake-tensor shape
+propagation (sympy), against 7-12 s per candidate with static shapes; automatic dynamic
+(``dynamic=None``) pays 70-100 s at each recompilation that makes weight sizes dynamic. With
+inductor a static candidate compiled in 95 s, the shared graph not within 900 s. On an H200 the shared
+graphs took 271 s (full) and 341 s (h2o) per cache kind, most of the fit grid's device time.
 
 The planner's only contact with the two technique packages' running code is here and in
 ``fit.py``: an elastic sub-network is exported as a plain dense model, and served with a
@@ -23,8 +36,8 @@ import torch
 
 from anybudget.plan.costs import Candidate, LatencyModel, ServingWorkload
 
-__all__ = ["compile_settings", "decode_latency_model", "export_candidate", "make_plan_cache", "measure_candidate",
-           "static_latency_model"]
+__all__ = ["compile_settings", "decode_latency_model", "default_compile_config", "export_candidate", "make_plan_cache",
+           "measure_candidate", "serve_generate", "static_latency_model"]
 
 
 def make_plan_cache(policy: str, kv_budget: str, static: bool = False, max_new_tokens: int | None = None):
@@ -60,7 +73,8 @@ def compile_settings(share_graphs: bool = True) -> dict:
     """Dynamo settings a static measurement runs under (``torch._dynamo.config.patch``, for its
     calls only): many shapes in one process never fall back to eager; ``share_graphs``: weight
     shapes are dynamic too (dynamo keeps parameters and nn.Module tensors static by default), so
-    every sub-network with more than one KV group reuses one compiled step per cache kind."""
+    every sub-network with more than one KV group reuses one compiled step per cache kind (slow to
+    compile: module doc; :func:`measure_candidate` defaults to ``share_graphs=False``)."""
     out = {"cache_size_limit": 256, "recompile_limit": 256, "accumulated_cache_size_limit": 4096,
            "accumulated_recompile_limit": 4096}
     if share_graphs:
@@ -70,11 +84,32 @@ def compile_settings(share_graphs: bool = True) -> dict:
     return {k: v for k, v in out.items() if hasattr(cfg, k)}
 
 
-def default_compile_config():
-    """``CompileConfig(dynamic=True)`` (inductor, reduce-overhead: CUDA graphs)."""
+def default_compile_config(share_graphs: bool = False):
+    """transformers' ``CompileConfig`` (inductor, ``mode="reduce-overhead"``: CUDA graphs, no
+    autotuning) with ``dynamic=False`` (static shapes: one graph per candidate), or
+    ``dynamic=True`` when ``share_graphs`` (one graph per cache kind, slow to compile: module doc)."""
     from transformers import CompileConfig
 
-    return CompileConfig(dynamic=True)
+    return CompileConfig(dynamic=bool(share_graphs))
+
+
+def serve_generate(model, ids, mask, n: int, cache, compile_config=None, share_graphs: bool = False):
+    """``model.generate`` greedy for exactly ``n`` new tokens with ``cache``, as a plan serves: the
+    decoding step compiled by ``generate`` with ``compile_config`` when given (under
+    :func:`compile_settings` and, when ``share_graphs``, no duck sizing: equal sizes, e.g. q_proj
+    rows == hidden in the full model only, would otherwise be guarded on and split the graph).
+    Returns the output ids (prompt + new tokens)."""
+    from anybudget.kv import cache_kwargs
+
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+              pad_token_id=pad, **cache_kwargs(model, cache))
+    if compile_config is None:
+        return model.generate(**kw)
+    import torch.fx.experimental._config as fx_config
+
+    with torch._dynamo.config.patch(**compile_settings(share_graphs)), fx_config.patch(use_duck_shape=not share_graphs):
+        return model.generate(**kw, compile_config=compile_config)
 
 
 def export_candidate(em, c: Candidate, dtype: torch.dtype | None = None):
@@ -116,7 +151,7 @@ def _sync(dev: torch.device) -> None:
 
 @torch.no_grad()
 def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2, seed: int = 0, warmup: bool = True,
-                      serve: str = "eager", compile_config=None, share_graphs: bool = True) -> dict:
+                      serve: str = "eager", compile_config=None, share_graphs: bool = False) -> dict:
     """Serve the workload once with ``model`` (a dense model, ``anybudget.kv.enable``-d here) and
     ``c``'s cache: per-step decode latency ``(T(new) - T(1)) / (new - 1)`` (fastest of ``repeat`` each)
     and memory. CUDA: ``peak_bytes`` = ``torch.cuda.max_memory_allocated`` over the call minus what
@@ -125,15 +160,21 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
     resident weights + the cache's allocated tensors at the end (``peak_kind`` says which).
     ``serve="static"`` (module doc): the warm-up call compiles (``warmup_s`` reports it); the
     static caches are reused across calls (their buffers keep the addresses the graphs recorded).
-    ``compile_config``: default ``CompileConfig(dynamic=True)`` on CUDA, none elsewhere; one given
-    off CUDA is used (transformers then needs ``compile_config._compile_all_devices = True``).
-    Compiled calls run under :func:`compile_settings` (``share_graphs``)."""
-    from anybudget.kv import cache_kwargs, disable, enable
+    ``compile_config``: default :func:`default_compile_config` (``share_graphs``) on CUDA, none
+    elsewhere; one given off CUDA is used (transformers then needs
+    ``compile_config._compile_all_devices = True``). Compiled calls run through
+    :func:`serve_generate`; without ``share_graphs`` dynamo is reset first (module doc); the result
+    says which (``compile``), how many graphs ran without CUDA graphs (``cudagraph_skips``) and
+    how many frames were compiled after the warm-up, inside the timed runs (``timed_compiles``, 0)."""
+    from anybudget.kv import disable, enable
     from anybudget.measure import model_bytes
     from anybudget.plan.costs import _check_serve
 
     _check_serve(serve)
     static = serve == "static"
+    compiled = static and (next(model.parameters()).device.type == "cuda" or compile_config is not None)
+    if compiled and not share_graphs:
+        torch._dynamo.reset()  # a fresh compile state per candidate, as the one plan a user serves
     if static and c.policy == "full":
         disable(model)  # transformers' own attention with its StaticCache (SDPA), as a user would serve it
     else:
@@ -144,45 +185,34 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
     vocab = model.config.vocab_size
     ids = torch.randint(min(3, vocab - 1), vocab, (wl.batch, wl.prompt), generator=g).to(dev)
     mask = torch.ones_like(ids)
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
     # what the process holds besides this model, before any cache of this call exists (a static
     # cache outlives its generate calls: it must stay inside the measured peak)
     weights_all = model_bytes(model)
     other = torch.cuda.memory_allocated(dev) - weights_all if dev.type == "cuda" else 0
-    gen = {}
-    if static and (dev.type == "cuda" or compile_config is not None):  # a CPU compiles only when told to
-        gen["compile_config"] = compile_config or default_compile_config()
+    cc = (compile_config or default_compile_config(share_graphs)) if compiled else None
     fixed = None
     if static:
-        fixed = (hf_static_cache(model, wl.batch, wl.prompt + wl.new_tokens + 1) if c.policy == "full"
-                 else make_plan_cache(c.policy, c.kv_budget, True, wl.new_tokens))
+        fixed = (hf_static_cache(model, wl.batch, wl.prompt + wl.new_tokens + 1, mark_dynamic=compiled and share_graphs)
+                 if c.policy == "full" else make_plan_cache(c.policy, c.kv_budget, True, wl.new_tokens))
 
     def run(n):
-        if "compile_config" not in gen:
-            return _run(n)
-        import torch.fx.experimental._config as fx_config
-
-        # share_graphs: no duck sizing either (equal sizes, e.g. q_proj rows == hidden in the full
-        # model only, would otherwise be guarded on and split the sub-networks' graph)
-        with torch._dynamo.config.patch(**compile_settings(share_graphs)), \
-                fx_config.patch(use_duck_shape=not share_graphs):
-            return _run(n)
-
-    def _run(n):
         if fixed is not None and c.policy == "full":
             fixed.reset()  # generate does not reset a user's StaticCache; anybudget's restart themselves
         cache = fixed if fixed is not None else make_plan_cache(c.policy, c.kv_budget)
         _sync(dev)
         t0 = time.perf_counter()
-        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                       pad_token_id=pad, **gen, **cache_kwargs(model, cache))
+        serve_generate(model, ids, mask, n, cache, cc, share_graphs)
         _sync(dev)
         return time.perf_counter() - t0, cache
 
+    from torch._dynamo.utils import counters
+
+    skips0 = counters["inductor"]["cudagraph_skips"]
     warm_s = 0.0
     if warmup:  # kernels, allocator, first-call paths; static: compilation and CUDA graph capture
         warm_s = run(4 if static else 2)[0]
+    frames0 = counters["frames"]["total"]  # a frame compiled in the timed runs would be timed too
     t1s, tns, peak, cache = [], [], None, None
     for _ in range(repeat):
         t1s.append(run(1)[0])
@@ -202,7 +232,10 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
     return {"step_s": step, "peak_bytes": peak if peak is not None else weights + kv_alloc,
             "peak_kind": "cuda_max_allocated" if peak is not None else "cpu_weights_plus_cache",
             "kv_used_bytes": kv_used, "kv_alloc_bytes": kv_alloc, "weights_bytes": weights,
-            "serve": serve, "compiled": "compile_config" in gen, "warmup_s": warm_s}
+            "serve": serve, "compiled": compiled, "warmup_s": warm_s,
+            **({"compile": "shared" if share_graphs else "static",  # graphs inductor ran without CUDA graphs:
+                "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips0,
+                "timed_compiles": counters["frames"]["total"] - frames0} if compiled else {})}
 
 
 def _decode_table(em, wl: ServingWorkload, ctx: int, warmup: int, repeat: int) -> dict:
