@@ -14,6 +14,16 @@ it stands, splits included, and extended with sources whose text v2 never saw:
   asymptote-doc                PDF manual
   tcl8.6-doc                   manual pages (groff)
   wesnoth-1.16-data, freeciv-data, crawl-common   story text, dialogue, help and descriptions of games
+  sword-comm-tdavid, sword-comm-mhcc, sword-comm-scofield, sword-text-web, sword-dict-naves
+                               public-domain SWORD modules (Spurgeon, Matthew Henry, Scofield, the World
+                               English Bible, Nave's Topical Bible), decoded without libsword
+  sagemath-doc, ns3-doc, dpdk-doc   reST sources of their Sphinx manuals; pari-doc (PDF), openmpi-doc (man)
+  wireshark-doc, harden-doc, gap-doc, mit-scheme-doc, gnuplot-doc, gnumeric-doc   HTML/DocBook manuals
+  python3-* (25 libraries: sage, sympy, scipy, numpy, statsmodels, matplotlib, astropy, pandas, OpenStack
+  services, ...), ansible   docstrings (reST cleaned) and comment runs; python3-botocore: the
+                               ``documentation`` fields of the AWS service models
+  openjdk-17-source            Javadoc/block comments of the JDK class library (src.zip)
+  libruby3.1, ruby-active*, ruby-action*, ruby-railties   RDoc comments of Ruby's stdlib and Rails
 
 Kept from v2: the cleaning conventions (one paragraph a line, blank line between paragraphs,
 documents joined by DOC_SEP), exact-paragraph dedup, and the split rule for new packages
@@ -72,11 +82,19 @@ MAN = ("tcl8.6-doc", "openmpi-doc")
 PYTHON = ("python3-sage", "ansible", "python3-sympy", "python3-scipy", "python3-numpy", "python3-statsmodels",
           "python3-matplotlib", "python3-astropy", "python3-pandas", "python3-nova", "python3-neutron",
           "python3-networkx", "python3-twisted", "python3-sklearn", "python3-biopython", "python3-nltk",
-          "python3-sqlalchemy")
+          "python3-sqlalchemy", "python3-cinder", "python3-heat", "python3-ironic", "python3-manila",
+          "python3-keystone", "python3-numba", "python3-tempest", "python3-openstacksdk")
+HEADERS = {"llvm-15-dev": "usr/include/llvm-15/**/*.h", "libclang-15-dev": "usr/lib/llvm-15/include/**/*.h",
+           "libboost1.74-dev": "usr/include/boost/**/*.hpp", "postgresql-server-dev-15": "usr/include/postgresql/**/*.h"}
+GTKDOC = {"libgtk-3-doc": ["usr/share/doc/libgtk-3-doc/**/*.html"], "libglib2.0-doc": ["usr/share/doc/libglib2.0-doc/**/*.html"],
+          "libgtk-4-doc": ["usr/share/doc/libgtk-4-doc/**/*.html"]}
+RUBY = ("libruby3.1", "ruby-activesupport", "ruby-activerecord", "ruby-actionpack", "ruby-actionview",
+        "ruby-activemodel", "ruby-railties")
 SOURCES = ("linux-source-6.1", "gcc-12-source", "glibc-source", "binutils-source", "gdb-source")
 NEW_PACKAGES = (*SOURCES, "rust-src", "golang-1.19-src", "emacs-el", *HTML, "asymptote-doc", "tcl8.6-doc",
                 "wesnoth-1.16-data", "freeciv-data", "crawl-common", *TEXLIVE, *SWORD, *RST, "pari-doc",
-                "openmpi-doc", *PYTHON, "python3-botocore", "openjdk-17-source")
+                "openmpi-doc", *PYTHON, "python3-botocore", "openjdk-17-source", *RUBY, "r-doc-pdf",
+                *HEADERS, *GTKDOC)
 # Licences as stated in each package's debian/copyright (all Debian main, i.e. DFSG-free).
 LICENCES = {
     **{p: "various free licences per package (LPPL-1.3c mostly; GPL, MIT, public domain), Debian main"
@@ -102,6 +120,14 @@ LICENCES = {
     "python3-biopython": "Biopython licence / BSD-3-Clause", "python3-nltk": "Apache-2.0",
     "python3-sqlalchemy": "MIT", "python3-botocore": "Apache-2.0",
     "openjdk-17-source": "GPL-2.0 with Classpath exception",
+    **{p: "Apache-2.0" for p in ("python3-cinder", "python3-heat", "python3-ironic", "python3-manila",
+                                 "python3-keystone", "python3-tempest", "python3-openstacksdk")},
+    "r-doc-pdf": "GPL-2.0+", "llvm-15-dev": "Apache-2.0 WITH LLVM-exception",
+    "libclang-15-dev": "Apache-2.0 WITH LLVM-exception", "libboost1.74-dev": "BSL-1.0",
+    "postgresql-server-dev-15": "PostgreSQL licence", "libgtk-3-doc": "LGPL-2.1+", "libglib2.0-doc": "LGPL-2.1+",
+    "libgtk-4-doc": "LGPL-2.1+",
+    "python3-numba": "BSD-2-Clause", "libruby3.1": "Ruby licence OR BSD-2-Clause",
+    **{p: "MIT" for p in RUBY[1:]},
 }
 
 
@@ -111,7 +137,7 @@ def _html(root: Path, pats: list[str]):
 
 def documents(pkg: str, root: Path):
     """Yield (doc_id, text) of one new package unpacked at ``root``."""
-    if pkg in TEXLIVE or pkg in ("asymptote-doc", "pari-doc"):
+    if pkg in TEXLIVE or pkg in ("asymptote-doc", "pari-doc", "r-doc-pdf"):
         yield from ex.pdf_docs(root, pkg)
     elif pkg in SOURCES:
         yield from (ex.kernel_source_docs(root, pkg) if pkg.startswith("linux-source")
@@ -134,6 +160,12 @@ def documents(pkg: str, root: Path):
                     if len(t := ex.clean_plain_paras(c(Path(f).read_text(encoding="utf-8", errors="replace")))) >= 300)
     elif pkg in PYTHON:
         yield from ex.python_docs(root, pkg, v1.clean_rst)
+    elif pkg in HEADERS:
+        yield from ex.tree_docs(root, pkg, [HEADERS[pkg]], ex.clean_c_all)
+    elif pkg in GTKDOC:
+        yield from ex.tree_docs(root, pkg, GTKDOC[pkg], lambda s: ex.clean_plain_paras(v1.clean_html(s)))
+    elif pkg in RUBY:
+        yield from ex.tree_docs(root, pkg, ["usr/**/*.rb"], lambda s: ex.clean_line_comments(s, "#"))
     elif pkg == "python3-botocore":
         yield from ex.botocore_docs(root, pkg, v1.clean_html)
     elif pkg == "openjdk-17-source":

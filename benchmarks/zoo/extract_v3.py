@@ -412,3 +412,8 @@ def zip_docs(root: Path, pkg: str, pattern: str, suffix: str, clean):
                     text = clean(zf.read(name).decode("utf-8", errors="replace"))
                     if len(text) >= 300:
                         yield f"{pkg}/{name}", text
+
+
+def clean_c_all(src: str) -> str:
+    """Block comments and ``//``/``///`` comment runs of a C/C++ header."""
+    return "\n\n".join(p for p in (clean_c_comments(src), clean_line_comments(src, "//")) if p)

@@ -18,7 +18,7 @@ Evaluation adds the new domains' validation/test sets (``validation_new``, ``tes
 four (validation, test, v1_test, heldout = gnucash-docs).
 
   torchrun --nproc_per_node 2 benchmarks/zoo/train_lm_v3.py --out $OUT --minutes 8.0
-  python benchmarks/zoo/train_lm_v3.py --smoke --out /tmp/smoke --carry DIR --manifest FILE   (CPU, seconds)
+  python benchmarks/zoo/train_lm_v3.py --smoke --out /tmp/smoke [--root DIR --manifest FILE]  (CPU, seconds)
 """
 
 from __future__ import annotations
