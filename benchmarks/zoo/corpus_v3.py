@@ -158,6 +158,8 @@ def documents(pkg: str, root: Path):
     elif pkg in RST:
         yield from ((f"{pkg}/{Path(f).relative_to(root)}", t) for f, c in v2._rst_sources(root, RST[pkg])
                     if len(t := ex.clean_plain_paras(c(Path(f).read_text(encoding="utf-8", errors="replace")))) >= 300)
+    elif pkg == "ansible":
+        yield from ex.ansible_docs(root, pkg, v1.clean_rst)
     elif pkg in PYTHON:
         yield from ex.python_docs(root, pkg, v1.clean_rst)
     elif pkg in HEADERS:
@@ -211,6 +213,19 @@ def read_v2(build: Path) -> tuple[dict, set[bytes]]:
     return record, seen
 
 
+def dedup(text: str, seen: set[bytes]) -> tuple[str, int]:
+    """``text`` without the paragraphs whose sha1 is in ``seen`` (which gains the kept ones), and the count dropped."""
+    kept, dropped = [], 0
+    for para in text.split("\n\n"):
+        h = hashlib.sha1(para.encode()).digest()
+        if h in seen:
+            dropped += 1
+            continue
+        seen.add(h)
+        kept.append(para)
+    return "\n\n".join(kept), dropped
+
+
 def new_split(doc_id: str) -> str:
     h = v1.bucket(doc_id)
     return "test" if h < 2 else "validation" if h < 4 else "train"
@@ -247,15 +262,8 @@ def main(argv=None) -> int:
         with gzip.open(out / "raw" / f"{pkg}.jsonl.gz", "rt", encoding="utf-8") as fh:
             for line in fh:
                 doc_id, text = json.loads(line)
-                kept = []
-                for para in text.split("\n\n"):
-                    h = hashlib.sha1(para.encode()).digest()
-                    if h in seen:
-                        m["duplicate_paragraphs_dropped"] += 1
-                        continue
-                    seen.add(h)
-                    kept.append(para)
-                text = "\n\n".join(kept)
+                text, n_dup = dedup(text, seen)
+                m["duplicate_paragraphs_dropped"] += n_dup
                 if len(text) < 200:
                     continue
                 s = new_split(doc_id)

@@ -417,3 +417,51 @@ def zip_docs(root: Path, pkg: str, pattern: str, suffix: str, clean):
 def clean_c_all(src: str) -> str:
     """Block comments and ``//``/``///`` comment runs of a C/C++ header."""
     return "\n\n".join(p for p in (clean_c_comments(src), clean_line_comments(src, "//")) if p)
+
+
+_ANSIBLE_MARKUP = re.compile(r"\b[ICBMUVOE]\(([^()]*)\)|\bL\(([^(),]*),[^()]*\)")
+
+
+def ansible_doc_text(src: str) -> str:
+    """The DOCUMENTATION block (YAML) of an Ansible module: its description and one paragraph per option."""
+    import ast
+
+    import yaml
+
+    try:
+        tree = ast.parse(src)
+    except (SyntaxError, ValueError):
+        return ""
+    doc = next((n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+                and isinstance(n.value.value, str) and any(getattr(t, "id", "") == "DOCUMENTATION" for t in n.targets)),
+               None)
+    try:
+        spec = yaml.safe_load(doc) if doc else None
+    except yaml.YAMLError:
+        return ""
+    if not isinstance(spec, dict):
+        return ""
+
+    def text(v) -> str:
+        v = " ".join(str(x) for x in v) if isinstance(v, list) else str(v or "")
+        return _ANSIBLE_MARKUP.sub(lambda m: m.group(1) or m.group(2) or "", v)
+
+    paras = [text(spec.get("short_description")) + ". " + text(spec.get("description"))]
+
+    def options(opts, prefix=""):
+        if not isinstance(opts, dict):
+            return
+        for name, o in opts.items():
+            if isinstance(o, dict):
+                paras.append(f"{prefix}{name}: {text(o.get('description'))}")
+                options(o.get("suboptions"), f"{prefix}{name}.")
+
+    options(spec.get("options"))
+    return "\n\n".join(p for p in (re.sub(r"\s+", " ", p).strip() for p in paras) if prose(p, 8, 0.15))
+
+
+def ansible_docs(root: Path, pkg: str, clean_rst):
+    """Ansible collections: module documentation (YAML) plus docstrings and comments, one file a document."""
+    yield from tree_docs(root, pkg, ["usr/lib/python3/dist-packages/ansible_collections/**/*.py"],
+                         lambda s: "\n\n".join(p for p in (ansible_doc_text(s), clean_python(s, clean_rst)) if p),
+                         skip=re.compile(r"/tests?/|/unit/|/integration/"))

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     import train_lm_v2
 
     defaults = ["--name", "reflm_v3_train", "--tokenizer", str(ROOT / "src/anybudget/assets/reflm"),
-                "--max-epochs", "5", "--minutes", "8.0"]
+                "--max-epochs", "4", "--minutes", "8.0"]
     return train_lm_v2.main(defaults + rest, train=train, extra_evals=evals)
 
 

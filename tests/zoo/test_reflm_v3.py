@@ -12,6 +12,7 @@ import pytest
 ZOO = Path(__file__).resolve().parents[2] / "benchmarks/zoo"
 sys.path.insert(0, str(ZOO))
 
+import corpus_v3
 import extract_v3 as ex
 import tokenize_v3
 import train_lm_v3
@@ -123,3 +124,28 @@ def test_smoke_run_trains_and_evaluates_the_new_sets(tmp_path):
     assert {"validation_new", "test_new", "v1_test", "heldout"} <= set(rec["metrics"]["eval"])
     assert all(np.isfinite(r["bits_per_byte"]) for r in rec["metrics"]["eval"].values())
     assert sorted(p.name for p in out.glob("pack.tar.part-*"))
+
+
+def test_v2_paragraphs_never_reenter_and_splits_follow_the_hash(tmp_path):
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    held = "A paragraph of the v1 test documents that must stay out of training, whatever package repeats it."
+    for s in ("train", "validation", "test", "v1_test", "heldout"):
+        (v2 / f"{s}.txt").write_text(held if s == "v1_test" else f"{s} text")
+    (v2 / "corpus.json").write_text(json.dumps({"splits": {s: {} for s in ("train", "validation", "test",
+                                                                             "v1_test", "heldout")}}))
+    _, seen = corpus_v3.read_v2(v2)
+    text, dropped = corpus_v3.dedup(f"{ENGLISH}\n\n{held}\n\n{ENGLISH}", seen)
+    assert (text, dropped) == (ENGLISH, 2)
+    assert corpus_v3.new_split("a/b") in ("train", "validation", "test")
+    assert {corpus_v3.new_split(f"pkg/{i}") for i in range(400)} == {"train", "validation", "test"}
+    with pytest.raises(ValueError, match="pkg='nope'"):
+        list(corpus_v3.documents("nope", tmp_path))
+
+
+def test_ansible_documentation_and_python_docstrings():
+    src = ('DOCUMENTATION = """\nmodule: x\nshort_description: Manage things\noptions:\n  name:\n    description:\n'
+           '      - The name of the package that is to be installed on the host, like C(foo).\n"""\n'
+           'def f():\n    """' + ENGLISH + '"""\n')
+    assert ex.ansible_doc_text(src) == "name: The name of the package that is to be installed on the host, like foo."
+    assert ex.clean_python(src, lambda d: d) == ENGLISH
