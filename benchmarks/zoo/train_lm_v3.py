@@ -51,6 +51,9 @@ def verify(manifest: dict, root: Path = ROOT, parts: list[str] | None = None) ->
 
     Raises StagingError naming each missing or mismatched part and the carry entry that stages it.
     """
+    known = {e["part"] for e in _file_entries(manifest)}
+    if parts is not None and not set(parts) <= known:
+        raise StagingError(f"parts={sorted(set(parts) - known)} not in the manifest (it has {sorted(known)})")
     problems, checked = [], []
     for e in _file_entries(manifest):
         if parts is not None and e["part"] not in parts:

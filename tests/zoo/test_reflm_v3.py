@@ -99,6 +99,8 @@ def test_verify_names_missing_and_damaged_parts(tmp_path, capsys):
     manifest, mpath = _stage(tmp_path)
     assert len(train_lm_v3.verify(manifest, tmp_path)) == 4
     assert len(train_lm_v3.verify(manifest, tmp_path, ["part2"])) == 1
+    with pytest.raises(train_lm_v3.StagingError, match=r"parts=\['part9'\] not in the manifest"):
+        train_lm_v3.verify(manifest, tmp_path, ["part9"])
     train, evals = train_lm_v3.load(manifest, tmp_path)
     assert train.dtype == np.uint16 and train.size == 80_000 and set(evals) == {"validation_new", "test_new"}
     (tmp_path / ".carry/reflm3/part2/train.u16.xz").unlink()
