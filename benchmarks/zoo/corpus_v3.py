@@ -40,7 +40,8 @@ copied into benchmarks/zoo/data_v3/manifest.json.
 Usage:  python benchmarks/zoo/corpus_v3.py --v2-build benchmarks/zoo/build_v2 --out benchmarks/zoo/build_v3
         (build_v2 comes from corpus_v2.py; .debs are fetched with apt-get download into <out>/debs)
 Writes  <out>/raw/<pkg>.jsonl.gz  (extracted documents per package: the resumable step)
-        <out>/{train,validation,test}_new.txt and <out>/corpus.json (the v3 manifest: package,
+        <out>/{train,validation,test}_new.txt (+ .packages: the package of each document, one a line)
+        and <out>/corpus.json (the v3 manifest: package,
         version, licence, .deb size, documents and bytes per split, duplicates dropped)
 """
 
@@ -258,6 +259,7 @@ def main(argv=None) -> int:
                   flush=True)
     v2rec, seen = read_v2(Path(args.v2_build))
     splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    owners: dict[str, list[str]] = {s: [] for s in splits}  # the package of each document
     manifest, dropped = {}, 0
     for pkg in pkgs:  # dedup against v2 and earlier packages, in package order
         deb = debs[pkg]
@@ -273,6 +275,7 @@ def main(argv=None) -> int:
                     continue
                 s = new_split(doc_id)
                 splits[s].append(text)
+                owners[s].append(pkg)
                 m["documents"][s] = m["documents"].get(s, 0) + 1
                 m["bytes"][s] = m["bytes"].get(s, 0) + len(text.encode())
         dropped += m["duplicate_paragraphs_dropped"]
@@ -286,6 +289,7 @@ def main(argv=None) -> int:
     for s, docs in splits.items():
         text = v1.DOC_SEP.join(docs)
         atomic_write_text(out / f"{s}_new.txt", text)
+        atomic_write_text(out / f"{s}_new.packages", "\n".join(owners[s]) + "\n")
         record["splits"][f"{s}_new"] = {"documents": len(docs), "bytes": len(text.encode())}
     atomic_write_json(out / "corpus.json", record)
     print(json.dumps(record["splits"], indent=1))

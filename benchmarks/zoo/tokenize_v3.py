@@ -81,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--carry", default=str(CARRY))
     ap.add_argument("--manifest", default=str(MANIFEST))
     ap.add_argument("--limit-docs", type=int, default=0, help="use only the first N documents of each file (tests)")
+    ap.add_argument("--count-only", action="store_true",
+                    help="only add per-package train token counts to an existing manifest (parts untouched)")
     args = ap.parse_args(argv)
     from transformers import AutoTokenizer
 
@@ -94,6 +96,22 @@ def main(argv=None) -> int:
         docs = [d for d in path.read_text(encoding="utf-8").split(DOC_SEP) if d]
         return docs[: args.limit_docs] if args.limit_docs else docs
 
+    if args.count_only:
+        record = read_json(Path(args.manifest))
+        docs = read_docs(v3b / "train_new.txt")
+        owners = (v3b / "train_new.packages").read_text().split()
+        if len(owners) != len(docs):
+            raise SystemExit(f"{v3b}/train_new.packages: {len(owners)} lines for {len(docs)} documents")
+        counts: dict[str, int] = {}
+        for pkg, ids in zip(owners, encode_docs(tok, docs)):
+            counts[pkg] = counts.get(pkg, 0) + int(ids.size)
+        if sum(counts.values()) != record["sources"]["v3_new_train"]["tokens"]:
+            raise SystemExit("per-package counts do not add up to the manifest's v3_new_train tokens")
+        for pkg, n in counts.items():
+            record["corpus"]["packages"][pkg]["train_tokens"] = n
+        atomic_write_json(Path(args.manifest), record)
+        print(f"train tokens of {len(counts)} packages added to {args.manifest}")
+        return 0
     sources = {"v2_train": read_docs(v2b / "train.txt"), "v3_new_train": read_docs(v3b / "train_new.txt")}
     record = {"tokenizer": "v2 byte-level BPE (src/anybudget/assets/reflm), kept: see tokenize_v3.py",
               "vocab_size": len(tok), "format": "<|bos|> document <|endoftext|>, uint16, xz (preset 9)",
