@@ -1,11 +1,12 @@
 """Put a trained reference LM into the package (src/anybudget/assets/reflm) with its check values.
 
-Usage:  python benchmarks/zoo/package_reflm.py --parts DIR   (DIR holds pack.tar.part-* from train_lm_v2.py)
+Usage:  python benchmarks/zoo/package_reflm.py --parts DIR [--record-only]
+        (DIR holds pack.tar.part-* from train_lm_v2.py or train_lm_v3.py; --record-only keeps the shipped model)
 
 Unpacks the model, keeps the held-out sample passage, writes ``reflm.json`` (what the model is,
 how it was trained, its recorded evaluation, and a one-batch check value computed here on the CPU
 in float32 that tests/core/test_reflm.py compares against) and copies the training record to
-benchmarks/results/reflm/reflm_v2_train.json (+ its loss plot).
+benchmarks/results/reflm/<record name>.json (+ its loss plot), e.g. reflm_v3_train.json.
 """
 
 from __future__ import annotations
@@ -42,17 +43,27 @@ def check_nll(model_dir: Path) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", required=True)
+    ap.add_argument("--record-only", action="store_true",
+                    help="only copy the training record and loss plot to benchmarks/results/reflm (shipped model kept)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp())
     subprocess.run(f"cat {Path(args.parts)}/pack.tar.part-* | tar xf - -C {work}", shell=True, check=True)
     rec = read_json(work / "train_record.json")
+    name = rec.get("name", "reflm_v2_train")  # reflm_v2_train or reflm_v3_train
+    version = name.split("_")[1]
+    results = ROOT / "benchmarks/results/reflm"
+    atomic_write_json(results / f"{name}.json", rec)
+    shutil.copyfile(work / "loss.png", results / f"{name}_loss.png")
+    if args.record_only:
+        print("recorded", results / f"{name}.json")
+        return 0
     sample = (ASSETS / "sample.txt").read_text(encoding="utf-8")
     staged = Path(tempfile.mkdtemp()) / "reflm"
     shutil.copytree(work / "model", staged)
     (staged / "sample.txt").write_text(sample, encoding="utf-8")
     m = rec["metrics"]
     meta = {
-        "name": "anybudget reference LM v2",
+        "name": f"anybudget reference LM {version}",
         "architecture": "LlamaForCausalLM",
         "params": m["params"],
         "tokens_seen": m["tokens_seen"],
@@ -62,8 +73,8 @@ def main(argv=None) -> int:
         "world_size": rec["config"]["world_size"],
         "eval": m["eval"],
         "samples": m["samples"],
-        "corpus": "benchmarks/zoo/data_v2/tokens.json",
-        "training_record": "benchmarks/results/reflm/reflm_v2_train.json",
+        "corpus": {"v2": "benchmarks/zoo/data_v2/tokens.json"}.get(version, f"benchmarks/zoo/data_{version}/manifest.json"),
+        "training_record": f"benchmarks/results/reflm/{name}.json",
         "check": {**CHECK, "nll": check_nll(staged), "how": "lm_eval.window_losses, float32, CPU"},
         "device": rec["device"]["gpu"],
         "commit": rec["commit"],
@@ -72,8 +83,6 @@ def main(argv=None) -> int:
     atomic_write_json(staged / "reflm.json", meta)
     shutil.rmtree(ASSETS)
     shutil.copytree(staged, ASSETS)
-    atomic_write_json(ROOT / "benchmarks/results/reflm/reflm_v2_train.json", rec)
-    shutil.copyfile(work / "loss.png", ROOT / "benchmarks/results/reflm/reflm_v2_train_loss.png")
     print("packaged", ASSETS, "check nll", meta["check"]["nll"])
     return 0
 

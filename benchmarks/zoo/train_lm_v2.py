@@ -50,7 +50,8 @@ PROMPTS = [
 DATA2 = ROOT / "benchmarks/zoo/data_v2"
 
 
-def model_config(vocab: int, smoke: bool, bos: int, eos: int, pad: int):
+def model_config(vocab: int, smoke: bool, bos: int, eos: int, pad: int, layers: int = 8, hidden: int = 512,
+                 ffn: int = 1024):
     from transformers import LlamaConfig
 
     if smoke:
@@ -58,14 +59,16 @@ def model_config(vocab: int, smoke: bool, bos: int, eos: int, pad: int):
                 "num_attention_heads": 4, "num_key_value_heads": 2}
     else:
         # 27.3M parameters: 8 layers x 2.36M + tied 16384 x 512 embedding; GQA 8 query / 4 KV heads.
-        dims = {"hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 8,
-                "num_attention_heads": 8, "num_key_value_heads": 4}
+        # (the defaults; --layers/--hidden/--ffn change them, heads stay 64 wide with 2 query heads per KV head)
+        dims = {"hidden_size": hidden, "intermediate_size": ffn, "num_hidden_layers": layers,
+                "num_attention_heads": hidden // 64, "num_key_value_heads": hidden // 128}
     return LlamaConfig(vocab_size=vocab, head_dim=64 if not smoke else 16, max_position_embeddings=4096,
                        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=bos,
                        eos_token_id=eos, pad_token_id=pad, attention_bias=False, mlp_bias=False, **dims)
 
 
-def main(argv=None) -> int:
+def main(argv=None, train=None, extra_evals=None) -> int:
+    """Train; ``train`` (token ids, any integer dtype) replaces --train, ``extra_evals`` adds evaluation sets."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", default=str(ROOT / ".carry/zoo2/train.u16.xz"))
     ap.add_argument("--tokenizer", default=str(ROOT / ".carry/zoo2/tokenizer"))
@@ -81,8 +84,14 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=400)
     ap.add_argument("--val-windows", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=512, help="a multiple of 128")
+    ap.add_argument("--ffn", type=int, default=1024)
+    ap.add_argument("--name", default="reflm_v2_train", help="the record's name")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
+    if args.hidden % 128:
+        ap.error(f"--hidden {args.hidden}: must be a multiple of 128 (64-wide heads, 2 query heads per KV head)")
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -107,12 +116,14 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    train = read_ids(args.train)
+    train = read_ids(args.train) if train is None else train
     evals = {s: read_ids(DATA2 / f"{s}.u16.xz") for s in ("validation", "test", "v1_test", "heldout")}
+    evals.update(extra_evals or {})
     if args.smoke:
         args.seq, args.batch, args.eval_every, args.warmup, args.val_windows = 64, 4, 5, 2, 4
         train = train[:200_000]
-    cfg = model_config(len(tok), args.smoke, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    cfg = model_config(len(tok), args.smoke, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id,
+                       args.layers, args.hidden, args.ffn)
     model = LlamaForCausalLM(cfg).to(device)
     model.config._attn_implementation = "sdpa"
     n_params = sum(p.numel() for p in model.parameters())
@@ -152,7 +163,7 @@ def main(argv=None) -> int:
     model.train()
     while total_steps is None or step < total_steps:
         starts = rng.integers(0, len(train) - args.seq - 1, size=args.batch)
-        x = torch.from_numpy(np.stack([train[s: s + args.seq + 1] for s in starts])).to(device, non_blocking=True)
+        x = torch.from_numpy(np.stack([train[s: s + args.seq + 1] for s in starts]).astype(np.int64)).to(device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -216,7 +227,7 @@ def main(argv=None) -> int:
     tok.save_pretrained(work / "model")
     rec = device_record()
     record = {
-        "name": "reflm_v2_train",
+        "name": args.name,
         "config": {**vars(args), "world_size": world, "tokens_per_step": tokens_per_step, "model": cfg.to_dict()},
         "metrics": {"params": n_params, "steps": step, "tokens_seen": tokens_seen,
                     "epochs": tokens_seen / len(train), "train_tokens": len(train),
