@@ -317,6 +317,19 @@ def split_v2(pkg: str, doc_id: str) -> str:
     return "test" if h < 2 else "validation" if h < 4 else "train"
 
 
+def dedup(text: str, seen: set[bytes]) -> tuple[str, int]:
+    """``text`` without the paragraphs whose sha1 is in ``seen`` (which gains the kept ones), and the count dropped."""
+    kept, dropped = [], 0
+    for para in text.split("\n\n"):
+        h = hashlib.sha1(para.encode()).digest()
+        if h in seen:
+            dropped += 1
+            continue
+        seen.add(h)
+        kept.append(para)
+    return "\n\n".join(kept), dropped
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/zoo/build_v2")
@@ -352,15 +365,8 @@ def main(argv=None) -> int:
             for doc_id, text in gen:
                 s = split_v2(pkg, doc_id)
                 if pkg not in v1.PACKAGES:  # v1 documents stay exactly as v1 cleaned them
-                    kept = []
-                    for para in text.split("\n\n"):
-                        h = hashlib.sha1(para.encode()).digest()
-                        if h in seen:
-                            dropped += 1
-                            continue
-                        seen.add(h)
-                        kept.append(para)
-                    text = "\n\n".join(kept)
+                    text, n_dup = dedup(text, seen)
+                    dropped += n_dup
                     if len(text) < 200:
                         continue
                 else:

@@ -219,17 +219,7 @@ def read_v2(build: Path) -> tuple[dict, set[bytes]]:
     return record, seen
 
 
-def dedup(text: str, seen: set[bytes]) -> tuple[str, int]:
-    """``text`` without the paragraphs whose sha1 is in ``seen`` (which gains the kept ones), and the count dropped."""
-    kept, dropped = [], 0
-    for para in text.split("\n\n"):
-        h = hashlib.sha1(para.encode()).digest()
-        if h in seen:
-            dropped += 1
-            continue
-        seen.add(h)
-        kept.append(para)
-    return "\n\n".join(kept), dropped
+dedup = v2.dedup  # one exact-paragraph rule for both corpora
 
 
 def new_split(doc_id: str) -> str:

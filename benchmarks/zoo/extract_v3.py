@@ -192,12 +192,7 @@ def clean_texinfo(src: str) -> str:
         text = re.sub(r"@(?:ref|xref|pxref)\{([^{},]*)[^{}]*\}", r"\1", text)
         text = re.sub(r"@[a-zA-Z]+\{([^{}]*)\}", r"\1", text)
     text = re.sub(r"@([{}@.:?!])", r"\1", text).replace("``", '"').replace("''", '"')
-    paras = []
-    for block in re.split(r"\n\s*\n", text):
-        para = re.sub(r"\s+", " ", block).strip()
-        if prose(para, 8, 0.18):
-            paras.append(para)
-    return "\n\n".join(paras)
+    return prose_paragraphs(re.split(r"\n\s*\n", text))
 
 
 def clean_line_comments(src: str, prefix: str) -> str:
@@ -296,12 +291,13 @@ def gettext_docs(root: Path, pkg: str, patterns: list[str]):
 
 def clean_plain_paras(src: str) -> str:
     """Blank-line separated text -> one line per paragraph, English prose paragraphs only."""
-    paras = []
-    for block in re.split(r"\n\s*\n|\n%\n", src):
-        text = re.sub(r"\s+", " ", block).strip()
-        if prose(text, 8, 0.18):
-            paras.append(text)
-    return "\n\n".join(paras)
+    return prose_paragraphs(re.split(r"\n\s*\n|\n%\n", src))
+
+
+def prose_paragraphs(blocks) -> str:
+    """The blocks that read as English prose (``prose(.., 8, 0.18)``), each on one line, blank-line separated."""
+    paras = (re.sub(r"\s+", " ", b).strip() for b in blocks)
+    return "\n\n".join(p for p in paras if prose(p, 8, 0.18))
 
 
 _OSIS_BREAK = re.compile(r"<(?:/?p|/?div|lb|br|/?lg|/?l|title|/title|/?item|/?list|/?entryFree|/?q\s+[^>]*eID[^>]*)\b[^>]*>", re.IGNORECASE)
