@@ -208,7 +208,7 @@ def main(argv=None):
 
     bad = [p for p in variants if p not in DECODE_PRODUCTS or p == "auto"]
     if bad:
-        raise SystemExit(f"error: --products {args.products!r}: {bad} not in reduce, matmul, triton")
+        raise SystemExit(f"error: --products {args.products!r}: {bad} not in reduce, matmul, triton, triton_op")
     for products in variants:
         for B, P in shapes:
             try:
