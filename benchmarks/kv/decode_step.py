@@ -7,7 +7,8 @@ KV heads of 128, bf16, 20% of prompt + 128), compiled by inductor with CUDA grap
 transformers compiles the step (``mode="reduce-overhead"``, dynamic shapes), for each way of
 forming q K^T and P V (``decode_products``: ``reduce`` = fused reductions, opt-in;
 ``matmul`` = cuBLAS bmm, the default; ``triton`` = the Triton decode kernel, output and scores
-from one read of K and V, as one custom op in the graph, opt-in). For each it reports ms per
+from one read of K and V, as one custom op in the graph, opt-in; ``triton_op`` = the same kernels
+as a ``torch.library.triton_op``, launched by inductor's code, not listed by default). For each it reports ms per
 layer-step, the bytes the
 step must move (K and V once, scores, positions, validity) over that time, the same against
 SDPA's masked attention over the same slots (output only: the bandwidth a library kernel reaches
@@ -28,6 +29,7 @@ and custom-op host calls per compiled step (``step_profile.py``).
 
 Usage (GPU):  python benchmarks/kv/decode_step.py --out $OUT     (about 3-4 minutes on an H100)
               python benchmarks/kv/decode_step.py --out $OUT --products matmul,triton --shapes 64x2048 --layers 24
+              python benchmarks/kv/decode_step.py --out $OUT --products matmul,triton,triton_op --shapes 64x2048 --layers 24
               python benchmarks/kv/decode_step.py --out $OUT --products matmul,triton
               python benchmarks/kv/decode_step.py --smoke --out /tmp/x   (CPU, seconds)
 Needs no model weights (no reference LM).
@@ -208,7 +210,7 @@ def main(argv=None):
 
     bad = [p for p in variants if p not in DECODE_PRODUCTS or p == "auto"]
     if bad:
-        raise SystemExit(f"error: --products {args.products!r}: {bad} not in reduce, matmul, triton")
+        raise SystemExit(f"error: --products {args.products!r}: {bad} not in reduce, matmul, triton, triton_op")
     for products in variants:
         for B, P in shapes:
             try:

@@ -24,6 +24,9 @@ Rows (all through ``model.generate``; what a user writes):
   h2o_20_triton  h2o_20 with its decoding step's attention and scores from the Triton decode kernel
                  as one custom op in the compiled graph (``decode_products="triton"``): the A/B
                  of that option, after h2o_20_reduce (``--rows hf_static,h2o_20,h2o_20_triton``)
+  h2o_20_tritonop  the same kernels registered with ``torch.library.triton_op``
+                 (``decode_products="triton_op"``): inductor emits the kernel launches into its
+                 code, no Python wrapper per layer and step; after h2o_20_triton
 
 Each row also records the CUDA-graph skips and graphs compiled during it (inductor's counters;
 ``perf_hints`` logging prints a skip's reason), so a step that silently runs without CUDA graphs
@@ -45,7 +48,8 @@ rewritten after every row, so a killed run still leaves its results.
 
 Usage (GPU):  python benchmarks/kv/serving.py --out $OUT          (about 8 minutes on an H100)
               python benchmarks/kv/serving.py --out $OUT --name kv_serving_triton_ab --rows h2o_20,h2o_20_triton \
-                  --prompts 2048 --no-sweep --profile --minutes 8   (the Triton op's A/B, profiled: ~5.5 min)
+                  --prompts 2048 --no-sweep --profile --minutes 8   (the Triton op's A/B, profiled: ~5.5 min;
+                  add h2o_20_tritonop to the rows for the triton_op registration: ~7.5 min)
               python benchmarks/kv/serving.py --smoke --out /tmp/x  (CPU, seconds)
 """
 
@@ -155,7 +159,7 @@ def make_cache(row: str, P: int, N: int):
         return kv.H2OCache("20%")
     policy, pct, *variant = row.split("_")
     # h2o_20_reduce: fused reductions while compiled ("auto"); h2o_20_triton: the Triton decode op
-    products = {(): None, ("reduce",): "auto", ("triton",): "triton"}[tuple(variant)]
+    products = {(): None, ("reduce",): "auto", ("triton",): "triton", ("tritonop",): "triton_op"}[tuple(variant)]
     return kv.make_cache(policy, f"{pct}%", static=True, max_new_tokens=N, decode_products=products)
 
 
@@ -272,7 +276,8 @@ def plan(prompts, smoke, do_sweep=True):
     jobs += [(r, p, sweep(p)) for p in prompts for r in ("hf_static", "h2o_20") if do_sweep]
     jobs += [(r, p, [ref[p]]) for p in prompts for r in ("hf_dynamic", "ab_full")]
     jobs += [(f"{pol}_{pct[:-1]}", p, [ref[p]]) for p in prompts for pol, pct in BUDGET_ROWS if (pol, pct) != ("h2o", "20%")]
-    jobs += [(r, p, sweep(p) if do_sweep else [ref[p]]) for r in ("h2o_20_reduce", "h2o_20_triton") for p in prompts]
+    jobs += [(r, p, sweep(p) if do_sweep else [ref[p]]) for r in ("h2o_20_reduce", "h2o_20_triton", "h2o_20_tritonop")
+             for p in prompts]
     return jobs, ref
 
 
@@ -291,7 +296,7 @@ def summarize(rows, prompts, ref):
             if x and y:
                 s[f"h2o20_over_hf_static_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]
         for b in sorted({r["batch"] for r in ok if r["prompt"] == p}):
-            for variant in ("reduce", "triton"):  # the A/B of a decode_products option against matmul
+            for variant in ("reduce", "triton", "tritonop"):  # the A/B of a decode_products option against matmul
                 x, y, z = get("h2o_20", p, b), get(f"h2o_20_{variant}", p, b), get("hf_static", p, b)
                 if x and y:
                     s[f"h2o20_{variant}_over_matmul_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]

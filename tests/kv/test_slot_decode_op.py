@@ -2,8 +2,12 @@
 decode kernel. Under Triton's interpreter (a subprocess: TRITON_INTERPRET must be set before triton
 compiles anything) it equals ``products="matmul"`` on random slots with masks and GQA, eager and
 under ``torch.compile(fullgraph=True, dynamic=True)``; on a plain CPU the op falls back to the
-matmul path, also inside compiled graphs and transformers' compiled generate."""
+matmul path, also inside compiled graphs and transformers' compiled generate. ``"triton_op"``: the
+same kernels as a ``torch.library.triton_op``; equal to matmul eager under the interpreter (which
+cannot trace its kernels), compiled on a plain CPU (fallback) and in compiled generate; its
+compiled graph holds the kernel launches, not the op."""
 
+import itertools
 import os
 import subprocess
 import sys
@@ -59,11 +63,15 @@ for seed, (B, Hq, Hkv, S, D, waves) in enumerate([(3, 8, 2, 37, 32, None), (1, 8
         o_m = step(q, k, v, mask, col_m, "matmul")
         o_t = step(q, k, v, mask, col_t, "triton")
         o_c = compiled(q, k, v, mask, col_c, "triton")
+        col_o = start.clone()
+        o_o = step(q, k, v, mask, col_o, "triton_op")  # the triton_op registration: eager only here
         assert o_t.dtype == dtype and o_t.shape == (B, Hq, 1, D)
         assert torch.equal(col_t[~mask], start[~mask]) and torch.equal(col_c[~mask], start[~mask])
         assert torch.allclose(col_t.sum(-1) - start.sum(-1), torch.full((B, Hkv), Hq / Hkv), atol=1e-3)
         worst[dtype] = max(worst[dtype], rel(o_t, o_m), rel(col_t - start, col_m - start),
-                           rel(o_c, o_m), rel(col_c - start, col_m - start))
+                           rel(o_c, o_m), rel(col_c - start, col_m - start),
+                           rel(o_o, o_m), rel(col_o - start, col_m - start))
+        assert torch.equal(col_o[~mask], start[~mask])
 print("WORST", worst[torch.float32], worst[torch.float16])
 """
 
@@ -111,10 +119,10 @@ def test_triton_products_fall_back_to_matmul_on_a_plain_cpu_and_compile():
     assert not uses_kernel(torch.zeros(1))
     from torch._dynamo.utils import counters
 
-    def step(q, k, v, mask, col):
-        return slot_decode_attention(q, k, v, key_mask=mask, colsum_out=col, products="triton")
+    for products, backend in itertools.product(("triton", "triton_op"), ("eager", "aot_eager")):
+        def step(q, k, v, mask, col, products=products):
+            return slot_decode_attention(q, k, v, key_mask=mask, colsum_out=col, products=products)
 
-    for backend in ("eager", "aot_eager"):
         torch._dynamo.reset()
         counters.clear()
         compiled = torch.compile(step, backend=backend, fullgraph=True, dynamic=True)
@@ -128,7 +136,59 @@ def test_triton_products_fall_back_to_matmul_on_a_plain_cpu_and_compile():
             want = slot_decode_attention(q, k, v, key_mask=mask, colsum_out=cols[0], products="matmul")
             assert torch.equal(step(q, k, v, mask, cols[1]), want) and torch.equal(cols[1], cols[0])
             assert torch.equal(compiled(q, k, v, mask, cols[2]), want) and torch.equal(cols[2], cols[0])
-        assert counters["stats"]["unique_graphs"] == 1, backend
+        assert counters["stats"]["unique_graphs"] == 1, (products, backend)
+
+
+def test_triton_op_registration_traces_the_kernels_into_the_graph(monkeypatch):
+    """``"triton_op"`` compiled (fullgraph, static and dynamic): the graph AOTAutograd hands the
+    backend holds the decode kernels (split and combine) as ``triton_kernel_wrapper_functional``
+    nodes with concrete grids, and no call of the op. On a CPU the kernel path is forced for the
+    trace only (the compiler is stopped before running: no CPU triton driver); inductor's code from
+    it, and running it, are checked on CUDA (the gpu tests below)."""
+    if os.environ.get("TRITON_INTERPRET") == "1" or not _triton_installed():
+        pytest.skip("needs triton compiled kernels (not the interpreter's) to trace")
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    import anybudget.kv.slot_decode_op as op
+
+    monkeypatch.setattr(op, "uses_kernel", lambda t: True)
+    graphs = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        raise Stop
+
+    def step(q, k, v, mask, col):
+        return slot_decode_attention(q, k, v, key_mask=mask, colsum_out=col, products="triton_op")
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 8, 1, 32, generator=g)
+    k, v = (torch.randn(3, 2, 37, 32, generator=g) for _ in range(2))
+    mask = torch.rand(3, 2, 37, generator=g) > 0.4
+    for dynamic in (False, True):
+        torch._dynamo.reset()
+        compiled = torch.compile(step, backend=aot_autograd(fw_compiler=capture), fullgraph=True, dynamic=dynamic)
+        with pytest.raises(Exception, match="Stop"):
+            compiled(q, k, v, mask, torch.zeros(3, 2, 37))
+        nodes = [n for n in graphs[-1].graph.nodes if n.op == "call_function"]
+        kernels = [n for n in nodes if "triton_kernel_wrapper" in str(n.target)]
+        assert len(kernels) == 2, graphs[-1].code
+        names = [kernel_side_table.get_kernel(n.kwargs["kernel_idx"]).fn.__name__ for n in kernels]
+        assert names == ["_decode_split", "_decode_combine"]
+        assert kernels[0].kwargs["grid"] == [(1, 6, 1)]  # (splits, B * Hkv): 8 "SMs" on a CPU, 37 keys
+        assert not any("anybudget" in str(n.target) for n in nodes)
+
+
+def _triton_installed():
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def test_triton_products_through_compiled_generate():
@@ -140,17 +200,19 @@ def test_triton_products_through_compiled_generate():
     # eager backend: dynamo's graph (fullgraph) is the point; the functionalized op is tested above
     cc = CompileConfig(backend="eager", fullgraph=True, dynamic=True)
     cc._compile_all_devices = True  # CPU: transformers compiles only on accelerators otherwise
-    caches = [kv.H2OCache("40%", static=True, max_new_tokens=6, decode_products=p) for p in ("matmul", "triton")]
-    # the matmul default eager (test_static holds its compiled steps equal to eager), the op compiled
-    outs = [model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, **kv.cache_kwargs(model, caches[0])),
-            model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, compile_config=cc,
-                           **kv.cache_kwargs(model, caches[1]))]
+    products = ("matmul", "triton", "triton_op")
+    caches = [kv.H2OCache("40%", static=True, max_new_tokens=6, decode_products=p) for p in products]
+    # the matmul default eager (test_static holds its compiled steps equal to eager), the ops compiled
+    outs = [model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, **kv.cache_kwargs(model, caches[0]))]
+    outs += [model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, compile_config=cc,
+                            **kv.cache_kwargs(model, c)) for c in caches[1:]]
     assert hasattr(model, "_compiled_call")
-    assert torch.equal(outs[0], outs[1])
-    assert all(layer.decode_products == "triton" for layer in caches[1].layers)
-    for i in range(len(caches[0].layers)):
-        assert torch.equal(caches[0].kept_positions(i), caches[1].kept_positions(i))
-        assert torch.allclose(caches[0].layers[i].prio, caches[1].layers[i].prio)
+    for j in (1, 2):
+        assert torch.equal(outs[0], outs[j])
+        assert all(layer.decode_products == products[j] for layer in caches[j].layers)
+        for i in range(len(caches[0].layers)):
+            assert torch.equal(caches[0].kept_positions(i), caches[j].kept_positions(i))
+            assert torch.allclose(caches[0].layers[i].prio, caches[j].layers[i].prio)
 
 
 def test_bad_decode_products_raise_naming_the_argument():
@@ -180,13 +242,41 @@ def test_triton_products_equal_matmul_gpu_bf16_compiled():
     compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True, dynamic=True)
     col_m = torch.zeros(B, Hkv, S, device="cuda")
     want = step(q, k, v, mask, col_m, "matmul").float()
-    col_t = torch.zeros(B, Hkv, S, device="cuda")
-    torch._dynamo.mark_static_address(col_t)  # as the slot layer's scores: updated in place by the graph
-    for _ in range(3):  # warm-up, recording, replay
-        col_t.zero_()
-        got = compiled(q, k, v, mask, col_t, "triton").float()
-    assert ((got - want).norm() / want.norm()) < 2e-2
-    assert ((col_t - col_m).norm() / col_m.norm()) < 2e-2
+    for products in ("triton", "triton_op"):
+        col_t = torch.zeros(B, Hkv, S, device="cuda")
+        torch._dynamo.mark_static_address(col_t)  # as the slot layer's scores: updated in place by the graph
+        for _ in range(3):  # warm-up, recording, replay
+            col_t.zero_()
+            got = compiled(q, k, v, mask, col_t, products).float()
+        assert ((got - want).norm() / want.norm()) < 2e-2, products
+        assert ((col_t - col_m).norm() / col_m.norm()) < 2e-2, products
+        eager = step(q, k, v, mask, torch.zeros(B, Hkv, S, device="cuda"), products).float()
+        assert ((eager - want).norm() / want.norm()) < 2e-2, products
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_op_kernels_are_in_inductors_code_gpu():
+    """``"triton_op"`` under inductor: the generated code defines and launches the decode kernels
+    itself and never calls the op (``"triton"``: one extern call of the custom op)."""
+    from torch._inductor.utils import run_and_get_code
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(4, 8, 1, 64, generator=g, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(4, 2, 300, 64, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = torch.ones(4, 2, 300, dtype=torch.bool, device="cuda")
+    codes = {}
+    for products in ("triton", "triton_op"):
+        torch._dynamo.reset()
+
+        def step(q, k, v, mask, col, products=products):
+            return slot_decode_attention(q, k, v, key_mask=mask, colsum_out=col, products=products)
+
+        _, code = run_and_get_code(torch.compile(step, fullgraph=True), q, k, v, mask, torch.zeros(4, 2, 300, device="cuda"))
+        codes[products] = "\n".join(code)
+    assert "torch.ops.anybudget.slot_decode_triton.default(" in codes["triton"]
+    assert "_decode_split" in codes["triton_op"] and "_decode_combine" in codes["triton_op"]
+    assert "torch.ops.anybudget" not in codes["triton_op"], codes["triton_op"][-3000:]
 
 
 @pytest.mark.gpu
@@ -199,13 +289,15 @@ def test_triton_products_through_generate_with_cuda_graphs_gpu():
     model = kv.enable(tiny_model("llama").cuda())
     ids = torch.randint(1, 96, (4, 40), generator=torch.Generator().manual_seed(0)).cuda()
     skips = counters["inductor"]["cudagraph_skips"]
-    caches = [kv.H2OCache("30%", static=True, max_new_tokens=8, decode_products=p) for p in ("matmul", "triton")]
+    products = ("matmul", "triton", "triton_op")
+    caches = [kv.H2OCache("30%", static=True, max_new_tokens=8, decode_products=p) for p in products]
     outs = [model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, compile_config=CompileConfig(dynamic=True),
                            **kv.cache_kwargs(model, c)) for c in caches]
-    assert torch.equal(outs[0], outs[1])
     assert counters["inductor"]["cudagraph_skips"] == skips
-    for i in range(len(caches[0].layers)):
-        assert torch.equal(caches[0].kept_positions(i), caches[1].kept_positions(i))
+    for j in (1, 2):
+        assert torch.equal(outs[0], outs[j]), products[j]
+        for i in range(len(caches[0].layers)):
+            assert torch.equal(caches[0].kept_positions(i), caches[j].kept_positions(i))
 
 
 @pytest.mark.gpu
@@ -225,7 +317,7 @@ def test_triton_products_replayed_from_a_cuda_graph_in_generate_gpu():
     model = kv.enable(tiny_model("llama").cuda())
     ids = torch.randint(1, 96, (4, 40), generator=torch.Generator().manual_seed(0)).cuda()
     per_step = {}
-    for products in ("matmul", "triton"):
+    for products in ("matmul", "triton", "triton_op"):
         cache = kv.H2OCache("30%", static=True, max_new_tokens=12, decode_products=products)
         kw = {"input_ids": ids, "do_sample": False, "compile_config": CompileConfig(dynamic=True),
               **kv.cache_kwargs(model, cache)}
@@ -236,4 +328,6 @@ def test_triton_products_replayed_from_a_cuda_graph_in_generate_gpu():
     for products, p in per_step.items():
         assert p["graph_launches"] >= 1, (products, p)
         assert p["op_calls"].get("anybudget::slot_decode_triton", 0) == 0, (products, p)
+        assert p["op_calls"].get("anybudget::slot_decode_triton_op", 0) == 0, (products, p)
     assert per_step["triton"]["kernel_launches"] <= per_step["matmul"]["kernel_launches"], per_step
+    assert per_step["triton_op"]["kernel_launches"] <= per_step["matmul"]["kernel_launches"], per_step

@@ -176,7 +176,7 @@ def masked_sdpa(q, k, v, *, scale=None, key_mask=None) -> torch.Tensor:
     return torch.where(mask.any(-1, keepdim=True), out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
-DECODE_PRODUCTS = ("auto", "reduce", "matmul", "triton")
+DECODE_PRODUCTS = ("auto", "reduce", "matmul", "triton", "triton_op")
 
 
 def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None, products: str = "auto") -> torch.Tensor:
@@ -205,13 +205,17 @@ def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None, pro
     (batch 64, 2k) to 1.73x (batch 16, 8k) less time than ``"matmul"``'s (``kv_decode_step.json``),
     but transformers' whole compiled decoding step was slower (batch 64, 2k: 9.41 vs 6.66 ms/step,
     ``serving.py``'s ``h2o_20_triton`` row); ``serving.py --profile`` records where that step's
-    time goes. So it stays opt-in and the caches keep ``"matmul"`` as their default.
+    time goes. So it stays opt-in and the caches keep ``"matmul"`` as their default. ``"triton_op"``: the
+    same kernels registered with ``torch.library.triton_op``, so that a compiled graph launches them
+    itself instead of calling the op's Python wrapper each step (equal to ``"matmul"`` on the CPU:
+    interpreter eager; compiled, the graph holds the two kernel launches; not yet timed on a GPU).
     """
     if products not in DECODE_PRODUCTS:
         raise ValueError(f"products={products!r} is not one of {', '.join(DECODE_PRODUCTS)}")
-    if products == "triton":
+    if products in ("triton", "triton_op"):
         scale = q.shape[-1] ** -0.5 if scale is None else scale
-        return torch.ops.anybudget.slot_decode_triton(q, k, v, key_mask, colsum_out, float(scale))
+        op = torch.ops.anybudget.slot_decode_triton if products == "triton" else torch.ops.anybudget.slot_decode_triton_op
+        return op(q, k, v, key_mask, colsum_out, float(scale))
     B, Hq, _, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv

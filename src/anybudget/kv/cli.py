@@ -18,7 +18,7 @@ from anybudget.cli_types import (
 
 POLICY_CHOICES = ("full", "h2o", "streaming", "local", "random")
 # kv.attention.DECODE_PRODUCTS, spelled here so that parsing imports no torch (a test keeps them equal)
-DECODE_PRODUCT_CHOICES = ("matmul", "auto", "reduce", "triton")
+DECODE_PRODUCT_CHOICES = ("matmul", "auto", "reduce", "triton", "triton_op")
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -213,7 +213,8 @@ def _colsum_target(colsum_out, B, Hkv, Lk, dev):
 
 
 def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key_mask=None, block_n=64, num_splits=None,
-                                        split_waves=None, num_warps=4, num_stages=3, fused=None, colsum_out=None):
+                                        split_waves=None, num_warps=4, num_stages=3, fused=None, colsum_out=None,
+                                        wrap=None):
     """Kernels for few queries (``G * Lq <= 128``): a decoding step. Same contract as
     :func:`attention_with_colsum_triton`.
 
@@ -228,9 +229,18 @@ def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key
     Split-K defaults (block_n 64, 3 stages, 4 waves for MHA and 2 for GQA) are within 10% of the
     best of the 12-point sweep of ``benchmarks/kv/decode_kernel.py`` at every measured shape
     (``kv_decode_kernel.json``, H200).
+
+    ``wrap``: ``torch.library.wrap_triton`` when called from a ``triton_op`` body
+    (``slot_decode_op.py``), so that tracing records the launches as kernel nodes; then the shapes
+    are made concrete ints (a traced body guards on them: the plan and the grids are host-side
+    Python on shapes) and the workspace is one fresh buffer per part (no views of a shared buffer
+    for functionalization to replay).
     """
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
+    if wrap is not None:
+        B, Hq, Lq, D, Hkv, Lk = (int(x) for x in (B, Hq, Lq, D, Hkv, Lk))
+    launch = wrap if wrap is not None else (lambda kernel: kernel)
     G = Hq // Hkv
     R = G * Lq
     if R > 128:
@@ -253,8 +263,11 @@ def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key
     for size in sizes:
         starts.append(n)
         n += -(-size // 32) * 32
-    ws = torch.empty(max(n, 1), dtype=torch.float32, device=dev)
-    parts = [ws[a:a + size] for a, size in zip(starts, sizes)]
+    if wrap is None:
+        ws = torch.empty(max(n, 1), dtype=torch.float32, device=dev)
+        parts = [ws[a:a + size] for a, size in zip(starts, sizes)]
+    else:
+        parts = [torch.empty(size, dtype=torch.float32, device=dev) for size in sizes]
     if not accum:
         col = parts[0].view(B, Hkv, Lk)
         scb, sch = Hkv * Lk, Lk
@@ -262,7 +275,7 @@ def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key
     km, skmb, skmh, has_km = _key_mask_args(key_mask, S)
     flags = {"CAUSAL": bool(causal), "HAS_KM": has_km, "DOT_F32": q.dtype == torch.float32}
     if fused:
-        _decode_fused[(B * Hkv,)](
+        launch(_decode_fused)[(B * Hkv,)](
             q, k, v, km, S, out, col,
             *q.stride(), *k.stride(), *v.stride(), skmb, skmh, *out.stride(), scb, sch,
             Hkv, G, Lq, Lk, scale, ACCUM=accum, **flags,
@@ -270,14 +283,14 @@ def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key
         )
         return out, col
     Mp, Lp, Ap = parts[2].view(rows, ns), parts[3].view(rows, ns), parts[4].view(rows, ns, BLOCK_D)
-    _decode_split[(ns, B * Hkv)](
+    launch(_decode_split)[(ns, B * Hkv)](
         q, k, v, km, S, Mp, Lp, Ap,
         *q.stride(), *k.stride(), *v.stride(),
         skmb, skmh, Hkv, G, Lq, Lk, split_len, ns, scale, **flags,
         BLOCK_M=BLOCK_M, BLOCK_N=BN, BLOCK_D=BLOCK_D, D=D, num_warps=num_warps, num_stages=num_stages,
     )
     BLOCK_C = 256
-    _decode_combine[(triton.cdiv(max(Lk, 1), BLOCK_C), B * Hkv)](
+    launch(_decode_combine)[(triton.cdiv(max(Lk, 1), BLOCK_C), B * Hkv)](
         S, Mp, Lp, Ap, out, col,
         *out.stride(), scb, sch, Hkv, G, Lq, Lk, ns, ACCUM=accum,
         BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, BLOCK_S=max(2, triton.next_power_of_2(ns)), BLOCK_D=BLOCK_D, D=D,

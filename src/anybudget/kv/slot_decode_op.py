@@ -12,6 +12,14 @@ node of the graph: no graph break, and the kernel launches are recorded into the
 any other kernel. The op does no ``.item()``, no host sync and allocates only shape-sized
 workspace. ``colsum_out`` is declared mutated, so functionalization keeps the in-place update.
 
+A second registration of the same computation, ``torch.ops.anybudget.slot_decode_triton_op``
+(``decode_products="triton_op"``), uses ``torch.library.triton_op``: its body (host-side Python on
+shapes plus the launches through ``torch.library.wrap_triton``) is traced at compile time, so the
+compiled graph holds the Triton kernels themselves (inductor emits them into its generated code)
+instead of one extern call into this module's Python wrapper at every step. Eager it runs the same
+kernels directly. Under Triton's interpreter it runs eagerly only: ``wrap_triton`` cannot trace an
+interpreted kernel, so compile it on a plain CPU (the matmul fallback is traced) or on CUDA.
+
 Where it runs: CUDA with triton -> the kernels; CPU with ``TRITON_INTERPRET=1`` and triton -> the
 same kernels under Triton's interpreter (tests); any other CPU tensor -> the PyTorch reference
 (``slot_decode_attention(products="matmul")``), so a compiled CPU graph still runs. On CUDA
@@ -24,7 +32,7 @@ import os
 
 import torch
 
-__all__ = ["slot_decode_triton", "takes_fused", "uses_kernel"]
+__all__ = ["slot_decode_triton", "slot_decode_triton_op", "takes_fused", "uses_kernel"]
 
 # The op takes split-K at every shape: in CUDA graphs (no host launches to save) it was faster than
 # the one-launch form at each shape benchmarks/kv/decode_step.py timed (kernel_choice, H200, 16 KV
@@ -60,12 +68,17 @@ def slot_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_ma
     """q: (B, Hq, 1, D); k, v: (B, Hkv, S, D); key_mask: (B, Hkv, S) bool, at least one True per
     row; colsum_out: float32 (B, Hkv, S) with unit last stride, added to in place (or None).
     Softmax and score sums in float32. Returns (B, Hq, 1, D) in q.dtype."""
+    return _slot_decode(q, k, v, key_mask, colsum_out, scale, None)
+
+
+def _slot_decode(q, k, v, key_mask, colsum_out, scale, wrap):
+    """Both registrations' body: the kernel (launched through ``wrap`` when given) or the reference."""
     if uses_kernel(q):
         from anybudget.kv.decode_triton import _num_sms, decode_attention_with_colsum_triton
 
-        fused = takes_fused(k.shape[0], k.shape[1], _num_sms(q.device))
+        fused = takes_fused(int(k.shape[0]), int(k.shape[1]), _num_sms(q.device))
         out, _ = decode_attention_with_colsum_triton(q, k, v, scale=scale, causal=False, key_mask=key_mask,
-                                                     colsum_out=colsum_out, fused=fused)
+                                                     colsum_out=colsum_out, fused=fused, wrap=wrap)
         return out
     from anybudget.kv.attention import slot_decode_attention
 
@@ -75,3 +88,12 @@ def slot_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_ma
 @slot_decode_triton.register_fake
 def _slot_decode_triton_fake(q, k, v, key_mask, colsum_out, scale):
     return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+
+
+@torch.library.triton_op("anybudget::slot_decode_triton_op", mutates_args=("colsum_out",))
+def slot_decode_triton_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor,
+                          colsum_out: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """:func:`slot_decode_triton` registered with ``torch.library.triton_op`` (same contract): this
+    body is also its fake implementation and is traced into compiled graphs, the kernel launches
+    as ``wrap_triton`` nodes (the interpreter's kernels are launched directly: eager only)."""
+    return _slot_decode(q, k, v, key_mask, colsum_out, scale, torch.library.wrap_triton)
