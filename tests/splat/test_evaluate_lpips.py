@@ -61,6 +61,8 @@ def test_lpips_mean_over_views_on_the_package_scale(monkeypatch):
     want = sum(float(2 * (render_reference(other, v).image.clamp(0, 1) - v.image).abs().mean()) for v in views) / len(views)
     assert m["lpips"] == pytest.approx(want, rel=1e-5) and "lpips_unavailable" not in m
     assert evaluate(gt, views, fps_repeats=0, lpips=True)["lpips"] == pytest.approx(0.0, abs=1e-6)
+    pair = lpips_metric("cpu")  # built once, reused for several scenes (the CLI's path)
+    assert evaluate(other, views, fps_repeats=0, lpips=pair)["lpips"] == pytest.approx(want, rel=1e-5)
 
 
 def test_lpips_net_is_checked():

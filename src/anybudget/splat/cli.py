@@ -189,15 +189,16 @@ def _decompress(args) -> int:
 def _eval(args) -> int:
     from anybudget.io import atomic_write_json, command_record, write_plot
     from anybudget.splat.cameras import load_views
-    from anybudget.splat.evaluate import evaluate, side_by_side_png
+    from anybudget.splat.evaluate import evaluate, lpips_metric, side_by_side_png
 
     dev = _device(args)
     views = load_views(args.views, args.split, background=_bg(args))
     scenes, rows = {}, {}
+    lpips = False if args.no_lpips else lpips_metric(dev)  # loaded once for every scene
     for path in args.scenes:
         s = _load_scene(path).to(dev)
         scenes[Path(path).name] = s
-        m = evaluate(s, views, _bg(args), args.backend, lpips=not args.no_lpips)
+        m = evaluate(s, views, _bg(args), args.backend, lpips=lpips)
         m["size_bytes"] = Path(path).stat().st_size
         rows[Path(path).name] = m
         fps = f"{m['fps']:.1f}" if m["fps"] else "-"

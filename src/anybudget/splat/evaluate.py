@@ -82,12 +82,13 @@ def lpips_metric(device, net: str = "vgg"):
 
 @torch.no_grad()
 def evaluate(scene: GaussianScene, views: list[Camera], background=None, backend: str = "auto",
-             fps_repeats: int = 3, lpips: bool = False) -> dict:
+             fps_repeats: int = 3, lpips=False) -> dict:
     """Mean PSNR / SSIM over ``views`` (with images), FPS, and the Gaussian count; with ``lpips=True`` also
-    mean LPIPS (VGG) where :func:`lpips_metric` can build it, else ``lpips: None`` and ``lpips_unavailable``."""
+    mean LPIPS (VGG) where :func:`lpips_metric` can build it, else ``lpips: None`` and ``lpips_unavailable``.
+    ``lpips`` may also be the ``(fn, reason)`` pair :func:`lpips_metric` returned, to load it once for many scenes."""
     if not views or any(v.image is None for v in views):
         raise ValueError("views must be non-empty and carry images (load them with images=True)")
-    lp_fn, lp_why = lpips_metric(scene.device) if lpips else (None, None)
+    lp_fn, lp_why = lpips if isinstance(lpips, tuple) else lpips_metric(scene.device) if lpips else (None, None)
     ps, ss, lp = [], [], []
     for v in views:
         img = render(scene, v.to(scene.device), background, backend=backend).image.clamp(0, 1)
@@ -99,7 +100,7 @@ def evaluate(scene: GaussianScene, views: list[Camera], background=None, backend
     fps = measure_fps(scene, views, background, backend, fps_repeats) if fps_repeats else None
     out = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "fps": fps, "num_gaussians": len(scene),
            "views": len(views)}
-    if lpips:
+    if lpips is not False:
         out["lpips"] = float(np.mean(lp)) if lp else None
         if lp_why:
             out["lpips_unavailable"] = lp_why
