@@ -303,31 +303,17 @@ def run_phases(run: Run) -> None:
     qwl = quality_workload(wl, test.numel())
     windows = P.quality_windows(test, qwl, a.quality_seqs)
 
-    def latency_phase():
-        memo, calls = st["latency_memo"], [0]
-
-        def measure(model, c, w):  # measurements of an earlier, stopped call are reused in order
-            k = calls[0]
-            calls[0] += 1
-            if k < len(memo) and memo[k]["label"] == c.label:
-                return memo[k]["measured"]
-            m = run.measure(model, c, w)
-            memo[k:] = [{"label": c.label, "measured": m}]
-            st.save()
-            return m
+    def latency_phase():  # a stopped call's measurements come back from run.measure's memo (state "measured")
         if static:
             try:
-                lat, calib = P.static_latency_model(run.em, wl, policies, pcts, measure=measure)
+                lat, calib = P.static_latency_model(run.em, wl, policies, pcts, measure=run.measure)
             except Exception as e:  # shared dynamic-weight graphs failed: compile per sub-network instead
                 if not st["share"] or dev.type != "cuda":
                     raise
-                st["shared_graphs_error"], st["share"] = f"{type(e).__name__}: {e}"[:500], False
-                st["compile_mode"] = "static"
-                memo.clear()
-                calls[0] = 0
-                torch._dynamo.reset()
+                st["shared_graphs_error"] = f"{type(e).__name__}: {e}"[:500]
+                st.switch_compile_mode("static")  # drops the shared graphs' measurements and compile times
                 run.compiled.clear()
-                lat, calib = P.static_latency_model(run.em, wl, policies, pcts, measure=measure)
+                lat, calib = P.static_latency_model(run.em, wl, policies, pcts, measure=run.measure)
         else:
             lat, calib = P.decode_latency_model(run.em, wl, policies, min(pcts))
         st["latency"] = {"model": lat.to_dict(), "calibration": calib}
@@ -358,8 +344,7 @@ def run_phases(run: Run) -> None:
         write_record(run)
         if a.stop_after == f"grid:{i + 1}" and i + 1 < len(budgets):
             raise Stop(f"--stop-after grid:{i + 1}")
-    if "grid" not in st["done"]:
-        st["done"].append("grid")
+    st.finish("grid", 0.0)  # its time was added per budget
 
 
 def fit_budget(run: Run, b, quality, lat, rows, windows, qwl, static, qbatch):

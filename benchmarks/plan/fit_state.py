@@ -93,7 +93,7 @@ class State:
         check_checkpoint_config(self.dir, d.get("config"), config, "--state",
                                 "give another --state, or delete it to start over")
         self.d = {"config": config, "done": [], "phases_s": {}, "durations": {}, "calls": [], "grid": [],
-                  "checked": {}, "latency_memo": []} | d
+                  "checked": {}} | d
         self.resumed = bool(d)
 
     def __getitem__(self, key):
@@ -133,7 +133,8 @@ class State:
             for phase in ("latency", "grid"):
                 if phase in self["done"]:
                     self["done"].remove(phase)
-            self["latency_memo"], self["grid"], self["checked"], self["measured"] = [], [], {}, {}
+            self["grid"], self["checked"], self["measured"] = [], {}, {}
+            self.d.pop("latency_memo", None)  # states written before the measurements' memo was "measured"
             self.d.pop("latency", None)
             drop = ("compile", "measure", "budget")
             self["durations"] = {k: v for k, v in self["durations"].items() if not k.startswith(drop)}
@@ -358,6 +359,7 @@ class Run:
         else:
             self.st["durations"]["measure"] = max(dt, self.st["durations"].get("measure", 0.0))
         memo[c.label] = {"device": self.call.get("device"), "measured": m}
+        self.st.save()  # a call stopped later still has it
         return m
 
 

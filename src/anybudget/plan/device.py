@@ -172,15 +172,15 @@ def measure_candidate(model, c: Candidate, wl: ServingWorkload, repeat: int = 2,
 
     _check_serve(serve)
     static = serve == "static"
-    compiled = static and (next(model.parameters()).device.type == "cuda" or compile_config is not None)
+    p = next(model.parameters())
+    dev = p.device
+    compiled = static and (dev.type == "cuda" or compile_config is not None)
     if compiled and not share_graphs:
         torch._dynamo.reset()  # a fresh compile state per candidate, as the one plan a user serves
     if static and c.policy == "full":
         disable(model)  # transformers' own attention with its StaticCache (SDPA), as a user would serve it
     else:
         enable(model)
-    p = next(model.parameters())
-    dev = p.device
     g = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
     ids = torch.randint(min(3, vocab - 1), vocab, (wl.batch, wl.prompt), generator=g).to(dev)
