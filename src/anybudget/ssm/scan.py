@@ -180,7 +180,7 @@ def selective_scan_chunked(
 
 
 def _chunked_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size=64):
-    """:func:`selective_scan_chunked` without the input checks (for callers that made them: ``scan_op``'s backward)."""
+    """:func:`selective_scan_chunked` without the input checks (for callers that made them: ``scan_op``)."""
     dtype_in, u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
     bsz, d_inner, seq = u.shape
     d_state = A.shape[1]

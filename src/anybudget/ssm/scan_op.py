@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from anybudget.ssm.scan import _chunked_unchecked, check_scan_inputs, selective_scan_chunked
+from anybudget.ssm.scan import _chunked_unchecked, check_scan_inputs
 
 __all__ = ["SCAN_OP_IMPLS", "selective_scan_op"]
 
@@ -48,7 +48,8 @@ def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tens
         from anybudget.ssm.scan_triton import triton_forward
 
         return triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=tile)
-    out, last = selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state=True)
+    # selective_scan_op checked the inputs: no second check (a device sync on A's values) on every forward
+    out, last = _chunked_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)
     states = u.new_empty((u.shape[0], 0, u.shape[1], A.shape[1]), dtype=torch.float32)
     return out.contiguous(), states, last.float().contiguous()
 
