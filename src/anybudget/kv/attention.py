@@ -212,14 +212,13 @@ def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None, pro
     """
     if products not in DECODE_PRODUCTS:
         raise ValueError(f"products={products!r} is not one of {', '.join(DECODE_PRODUCTS)}")
+    B, Hq, _, D = q.shape
+    scale = D**-0.5 if scale is None else scale
     if products in ("triton", "triton_op"):
-        scale = q.shape[-1] ** -0.5 if scale is None else scale
         op = torch.ops.anybudget.slot_decode_triton if products == "triton" else torch.ops.anybudget.slot_decode_triton_op
         return op(q, k, v, key_mask, colsum_out, float(scale))
-    B, Hq, _, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
-    scale = D**-0.5 if scale is None else scale
     reduce = products == "reduce" or (products == "auto" and torch.compiler.is_compiling())
     qg = q.view(B, Hkv, G, D)
     if reduce:  # (B, Hkv, G, 1, D) x (B, Hkv, 1, S, D) summed over D
