@@ -137,10 +137,6 @@ LICENCES = {
 }
 
 
-def _html(root: Path, pats: list[str]):
-    return (f for f, _ in v2._html_files(root, pats))
-
-
 def documents(pkg: str, root: Path):
     """Yield (doc_id, text) of one new package unpacked at ``root``."""
     if pkg in TEXLIVE or pkg in ("asymptote-doc", "pari-doc", "r-doc-pdf"):

@@ -122,27 +122,6 @@ def kernel_source_docs(root: Path, pkg: str):
                 yield f"{pkg}/{member.name}", text
 
 
-def bible_docs(root: Path, pkg: str):
-    """bible-kjv-text: one book of the King James Version a document, verse numbers dropped."""
-    f = root / "usr/share/bible-kjv/bible.txt"
-    if not f.exists():
-        cand = glob.glob(str(root / "usr/share/**/*.txt*"), recursive=True)
-        if not cand:
-            raise FileNotFoundError(f"no bible text under {root}")
-        f = Path(max(cand, key=os.path.getsize))
-    opener = gzip.open if str(f).endswith(".gz") else open
-    with opener(f, "rt", encoding="utf-8", errors="replace") as fh:
-        raw = fh.read()
-    books: dict[str, list[str]] = {}
-    for line in raw.splitlines():
-        m = re.match(r"^(\d?\s?[A-Za-z]+)\s*\d+:\d+\s+(.*)$", line.strip())
-        if m:
-            books.setdefault(m.group(1), []).append(m.group(2).strip())
-    for i, (name, verses) in enumerate(books.items()):
-        chunks = [" ".join(verses[k: k + 12]) for k in range(0, len(verses), 12)]
-        yield f"{pkg}/{i:02d}-{name}", "\n\n".join(chunks)
-
-
 _WML_STRING = re.compile(r'_\s*"((?:[^"]|"")*)"', re.DOTALL)
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import lzma
 import sys
 from pathlib import Path
 
@@ -34,6 +33,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lm_eval import read_ids  # noqa: E402
+
+from anybudget.elastic.data import read_tokens  # noqa: E402
+
 MANIFEST = ROOT / "benchmarks/zoo/data_v3/manifest.json"
 MISSING_EXIT = 3
 
@@ -77,16 +80,12 @@ def verify(manifest: dict, root: Path = ROOT, parts: list[str] | None = None) ->
     return checked
 
 
-def _read(path: Path) -> np.ndarray:
-    return np.frombuffer(lzma.decompress(path.read_bytes()), dtype=np.uint16)
-
-
 def load(manifest: dict, root: Path = ROOT) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(training ids as one uint16 array in part order, {eval name: ids}) after ``verify``."""
-    train = np.concatenate([_read(root / p["path"]) for p in manifest["parts"]])
+    train = np.concatenate([read_tokens(root / p["path"]) for p in manifest["parts"]])
     if train.size != manifest["train_tokens"]:
         raise StagingError(f"train tokens {train.size} != manifest {manifest['train_tokens']}")
-    evals = {name: _read(root / e["path"]).astype(np.int64) for name, e in manifest["eval"].items()}
+    evals = {name: read_ids(root / e["path"]) for name, e in manifest["eval"].items()}
     return train, evals
 
 
