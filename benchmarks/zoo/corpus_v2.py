@@ -313,6 +313,11 @@ def split_v2(pkg: str, doc_id: str) -> str:
         return "v1_test" if s == "test" else s
     if pkg == HELDOUT:
         return "heldout"
+    return bucket_split(doc_id)
+
+
+def bucket_split(doc_id: str) -> str:
+    """A new document's split by the hash bucket of its id: test < 2, validation < 4, else train."""
     h = v1.bucket(doc_id)
     return "test" if h < 2 else "validation" if h < 4 else "train"
 
