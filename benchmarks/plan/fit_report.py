@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from anybudget.io import atomic_path, write_results
+from anybudget.io import save_figure, write_results
 from anybudget.plan.device import compile_settings
 
 
@@ -102,6 +102,4 @@ def plot(results, path) -> None:
     ax.set_yscale("log")
     ax.set_title("anybudget fit: combined plan vs single-technique plans, each measured within its budget", fontsize=9)
     ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
+    save_figure(fig, path, bbox_inches="tight")

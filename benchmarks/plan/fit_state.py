@@ -38,7 +38,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from anybudget.io import atomic_path, atomic_write_json, check_checkpoint_config
+from anybudget.io import atomic_write_bytes, atomic_write_json, check_checkpoint_config
 
 STATE_TAR = "plan_state.tar"
 PART_BYTES = 15 * 2**20  # the device returns files of at most 16 MiB
@@ -170,8 +170,7 @@ class State:
             sd.update({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(str(f)).items()})
         raw = e / "model" / "model.safetensors"
         save_file(sd, str(raw), metadata={"format": "pt"})
-        with atomic_path(e / WEIGHTS_XZ) as tmp:
-            Path(tmp).write_bytes(lzma.compress(raw.read_bytes(), preset=0))
+        atomic_write_bytes(e / WEIGHTS_XZ, lzma.compress(raw.read_bytes(), preset=0))
         return {"weights_bf16_bytes": raw.stat().st_size, "weights_xz_bytes": (e / WEIGHTS_XZ).stat().st_size}
 
     def elastic_ready(self) -> Path:
@@ -183,8 +182,7 @@ class State:
                 raise FileNotFoundError(f"--state {str(self.dir)!r} says the build is done but has no {e / WEIGHTS_XZ}: "
                                         "they travel in the tar of the call that built them only; extract every "
                                         "later call's plan_state.tar over that folder")
-            with atomic_path(raw) as tmp:
-                Path(tmp).write_bytes(lzma.decompress((e / WEIGHTS_XZ).read_bytes()))
+            atomic_write_bytes(raw, lzma.decompress((e / WEIGHTS_XZ).read_bytes()))
         return e
 
     # -- the compile cache ---------------------------------------------------------------------
@@ -214,8 +212,7 @@ class State:
         if buf.tell() > max_bytes:
             dest.unlink(missing_ok=True)
             return info | {"kept": False, "why": f"{buf.tell()} bytes compressed > {max_bytes}: dropped"}
-        with atomic_path(dest) as tmp:
-            Path(tmp).write_bytes(buf.getvalue())
+        atomic_write_bytes(dest, buf.getvalue())
         return info | {"kept": True}
 
     # -- the tar that travels --------------------------------------------------------------------
@@ -248,8 +245,7 @@ class State:
         with open(whole, "rb") as src:
             for i in range((size + part_bytes - 1) // part_bytes):
                 p = out / f"{STATE_TAR}.{i:02d}"
-                with atomic_path(p) as tmp:
-                    Path(tmp).write_bytes(src.read(part_bytes))
+                atomic_write_bytes(p, src.read(part_bytes))
                 parts.append(p)
         whole.unlink()
         return parts
