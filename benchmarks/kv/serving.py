@@ -212,6 +212,13 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
     skips0, graphs0 = counters["inductor"]["cudagraph_skips"], counters["stats"]["unique_graphs"]
     sp = _step_profile() if profile else None
     trees = [sp.cudagraph_tree_counts()] if profile else []
+
+    def fresh_cache(static_cache):  # before each timed or profiled generate
+        if row in ("hf_dynamic", "ab_full"):
+            gen.update(kv.cache_kwargs(model, make_cache(row, P, N)))
+        elif row == "hf_static" and static_cache is not None:
+            static_cache.reset()  # a user's StaticCache is not reset by generate; anybudget's caches restart themselves
+
     with torch.no_grad():
         t0 = time.perf_counter()
         model.generate(**{**gen, "min_new_tokens": 4}, max_new_tokens=4)  # compile + CUDA graph capture
@@ -219,10 +226,7 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
             torch.cuda.synchronize()
         warm = time.perf_counter() - t0
         trees += [sp.cudagraph_tree_counts()] if profile else []
-        if row in ("hf_dynamic", "ab_full"):
-            gen.update(kv.cache_kwargs(model, make_cache(row, P, N)))
-        elif row == "hf_static" and cache is not None:
-            cache.reset()  # a user's StaticCache is not reset by generate; anybudget's caches restart themselves
+        fresh_cache(cache)
         clock = StepClock()
         if CUDA:
             torch.cuda.reset_peak_memory_stats()
@@ -233,10 +237,7 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
         total = time.perf_counter() - t0
         if profile:  # a few more steps under the profiler (not part of the timings above)
             trees.append(sp.cudagraph_tree_counts())
-            if row in ("hf_dynamic", "ab_full"):
-                gen.update(kv.cache_kwargs(model, make_cache(row, P, N)))
-            elif row == "hf_static" and cache is not None:
-                cache.reset()
+            fresh_cache(cache)
             ps = sp.ProfileSteps()
             model.generate(**{**gen, "min_new_tokens": ps.stop}, max_new_tokens=ps.stop, logits_processor=[ps])
             prof = sp.summarize_profile(ps)
