@@ -179,6 +179,12 @@ def masked_sdpa(q, k, v, *, scale=None, key_mask=None) -> torch.Tensor:
 DECODE_PRODUCTS = ("auto", "reduce", "matmul", "triton", "triton_op")
 
 
+def check_decode_products(value, name: str = "products") -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is one of :data:`DECODE_PRODUCTS`."""
+    if value not in DECODE_PRODUCTS:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(DECODE_PRODUCTS)}")
+
+
 def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None, products: str = "auto") -> torch.Tensor:
     """One decoding step over static slots: the query sees every valid slot (slots are not in
     position order, so no causal mask), plain PyTorch ops that ``torch.compile`` fuses.
@@ -210,8 +216,7 @@ def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None, pro
     itself instead of calling the op's Python wrapper each step (equal to ``"matmul"`` on the CPU:
     interpreter eager; compiled, the graph holds the two kernel launches; not yet timed on a GPU).
     """
-    if products not in DECODE_PRODUCTS:
-        raise ValueError(f"products={products!r} is not one of {', '.join(DECODE_PRODUCTS)}")
+    check_decode_products(products)
     B, Hq, _, D = q.shape
     scale = D**-0.5 if scale is None else scale
     if products in ("triton", "triton_op"):

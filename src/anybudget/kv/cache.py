@@ -33,7 +33,7 @@ from __future__ import annotations
 from transformers.cache_utils import Cache
 
 from anybudget.budget import Budget, BudgetError, Quantity
-from anybudget.kv.attention import DECODE_PRODUCTS
+from anybudget.kv.attention import check_decode_products
 from anybudget.kv.policies import H2O, Local, Random, Streaming, make_policy, split_budget
 from anybudget.kv.slots import SharedRng, SlotLayer, cache_size
 from anybudget.kv.static_slots import StaticSlotLayer
@@ -86,8 +86,7 @@ class KVBudgetCache(Cache):
                  **policy_kwargs):
         self.budget = parse_kv_budget(budget)
         if decode_products is not None:
-            if decode_products not in DECODE_PRODUCTS:
-                raise ValueError(f"decode_products={decode_products!r} is not one of {', '.join(DECODE_PRODUCTS)}")
+            check_decode_products(decode_products, "decode_products")
             self.decode_products = decode_products
         if isinstance(policy, str) and policy == "random":
             policy_kwargs.setdefault("seed", seed)
