@@ -38,6 +38,7 @@ Needs no model weights (no reference LM).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import sys
@@ -52,18 +53,21 @@ ROOT = Path(__file__).resolve().parents[2]
 CUDA = torch.cuda.is_available()
 
 
-def _step_bytes_module():
-    spec = importlib.util.spec_from_file_location("kv_step_bytes", ROOT / "benchmarks" / "kv" / "step_bytes.py")
+@functools.cache
+def _kv_module(name: str):
+    """A sibling benchmark module (``benchmarks/kv/<name>.py``), loaded once."""
+    spec = importlib.util.spec_from_file_location(f"kv_{name}", ROOT / "benchmarks" / "kv" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _step_bytes_module():
+    return _kv_module("step_bytes")
 
 
 def _step_profile():
-    spec = importlib.util.spec_from_file_location("kv_step_profile", ROOT / "benchmarks" / "kv" / "step_profile.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _kv_module("step_profile")
 
 
 def _sync():
