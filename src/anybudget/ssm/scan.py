@@ -240,27 +240,22 @@ def selective_scan(
             # One opaque call in the graph: the Triton autograd.Function's Python-side state would
             # break the graph, and the chunked scan's own ops make long, shape-fragile traces.
             backend = "op"
-    if backend == "op":
-        from functools import partial
+    if backend in ("op", "triton"):
+        triton = backend == "triton" or (u.is_cuda and _triton_available())
+        if backend == "op":
+            from functools import partial
 
-        from anybudget.ssm.scan_op import selective_scan_op
+            from anybudget.ssm.scan_op import selective_scan_op
 
-        triton = u.is_cuda and _triton_available()
-        op = partial(selective_scan_op, impl="triton" if triton else "torch")
+            fn = partial(selective_scan_op, impl="triton" if triton else "torch")
+        else:
+            from anybudget.ssm.scan_triton import selective_scan_triton as fn
+        # the op's PyTorch scan always splits the fixed channels off; Triton as ScanBlocks.split_fixed says
         if fixed_channels and any(fixed_channels) and (not triton or _split_fixed()):
             from anybudget.ssm.scan_split import selective_scan_split
 
-            return selective_scan_split(op, *args, n_ones=fixed_channels[0], n_zeros=fixed_channels[1])
-        return op(*args)
-    if backend == "triton":
-        from anybudget.ssm.scan_triton import ScanBlocks, selective_scan_triton
-
-        if fixed_channels and any(fixed_channels) and ScanBlocks.split_fixed:
-            from anybudget.ssm.scan_split import selective_scan_split
-
-            return selective_scan_split(selective_scan_triton, *args, n_ones=fixed_channels[0],
-                                        n_zeros=fixed_channels[1])
-        return selective_scan_triton(*args)
+            return selective_scan_split(fn, *args, n_ones=fixed_channels[0], n_zeros=fixed_channels[1])
+        return fn(*args)
     if backend == "ref":
         return selective_scan_ref(*args)
     return selective_scan_chunked(*args)
