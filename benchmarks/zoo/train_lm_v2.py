@@ -10,6 +10,11 @@ warm-up then cosine decay scheduled to the wall-clock budget. Validation loss ev
 steps; the best weights are kept. At the end: bits per byte on the v2 validation and test splits,
 on v1's test documents and on the held-out domain (lm_eval.py), greedy and sampled continuations.
 
+Distillation (--teacher DIR, a saved causal LM with the same tokenizer): the loss becomes
+(1 - a) * CE(student, next token) + a * T^2 * KL(teacher_T || student_T) per token (Hinton et al. 2015,
+eq. 2; a = --kd-alpha, T = --kd-temp), the teacher frozen in bf16. --keep DIR also saves the final model
+there (e.g. a teacher for a later call on the same machine, when it is too large to come back).
+
 Output: the model folder (save_pretrained, bf16), train_record.json and loss.png are packed into
 one tar split into 15 MiB parts (``pack.tar.part-aa`` ...) so that they come back from the GPU
 machine, plus a copy of train_record.json. Unpack with ``cat pack.tar.part-* | tar xf -``.
@@ -67,6 +72,29 @@ def model_config(vocab: int, smoke: bool, bos: int, eos: int, pad: int, layers: 
                        eos_token_id=eos, pad_token_id=pad, attention_bias=False, mlp_bias=False, **dims)
 
 
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temp: float) -> torch.Tensor:
+    """Mean per-token T^2 * KL(softmax(teacher / T) || softmax(student / T)) (Hinton et al. 2015, eq. 2), float32."""
+    s = torch.log_softmax(student.float().reshape(-1, student.size(-1)) / temp, dim=-1)
+    t = torch.log_softmax(teacher.float().reshape(-1, teacher.size(-1)) / temp, dim=-1)
+    return torch.nn.functional.kl_div(s, t, log_target=True, reduction="batchmean") * temp * temp
+
+
+def load_teacher(path: str, cfg, device):
+    """A frozen teacher in eval mode (bf16 on the GPU, float32 on the CPU); its vocabulary must be the student's."""
+    from transformers import AutoModelForCausalLM
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"--teacher {path}: no such folder (a save_pretrained causal LM)")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    teacher = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    if teacher.config.vocab_size != cfg.vocab_size:
+        raise ValueError(f"--teacher {path}: vocabulary {teacher.config.vocab_size} != the student's {cfg.vocab_size}")
+    teacher.config._attn_implementation = "sdpa"
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
 def main(argv=None, train=None, extra_evals=None) -> int:
     """Train; ``train`` (token ids, any integer dtype) replaces --train, ``extra_evals`` adds evaluation sets."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,10 +116,19 @@ def main(argv=None, train=None, extra_evals=None) -> int:
     ap.add_argument("--hidden", type=int, default=512, help="a multiple of 128")
     ap.add_argument("--ffn", type=int, default=1024)
     ap.add_argument("--name", default="reflm_v2_train", help="the record's name")
+    ap.add_argument("--teacher", default=None, help="distil from this saved causal LM (same tokenizer)")
+    ap.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term, in [0, 1]")
+    ap.add_argument("--kd-temp", type=float, default=1.0, help="distillation temperature, > 0")
+    ap.add_argument("--keep", default=None, help="also save the final model (and tokenizer) to this folder")
+    ap.add_argument("--no-pack", action="store_true", help="write only train_record.json to --out (no weights)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
     if args.hidden % 128:
         ap.error(f"--hidden {args.hidden}: must be a multiple of 128 (64-wide heads, 2 query heads per KV head)")
+    if not 0.0 <= args.kd_alpha <= 1.0:
+        ap.error(f"--kd-alpha {args.kd_alpha}: must be in [0, 1]")
+    if args.kd_temp <= 0:
+        ap.error(f"--kd-temp {args.kd_temp}: must be > 0")
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -138,6 +175,8 @@ def main(argv=None, train=None, extra_evals=None) -> int:
 
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     fwd = torch.compile(net) if device.type == "cuda" else net
+    teacher = load_teacher(args.teacher, cfg, device) if args.teacher else None
+    t_fwd = torch.compile(teacher) if teacher is not None and device.type == "cuda" else teacher
 
     tokens_per_step = args.batch * args.seq * world
     max_steps = int(args.max_epochs * len(train) / tokens_per_step)
@@ -168,7 +207,12 @@ def main(argv=None, train=None, extra_evals=None) -> int:
             g["lr"] = lr_at(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = fwd(input_ids=x[:, :-1]).logits
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = t_fwd(input_ids=x[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+        if teacher is not None:
+            loss = (1 - args.kd_alpha) * loss + args.kd_alpha * kd_loss(logits, t_logits, args.kd_temp)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -225,6 +269,9 @@ def main(argv=None, train=None, extra_evals=None) -> int:
     model.generation_config.bos_token_id = tok.bos_token_id
     model.save_pretrained(work / "model", safe_serialization=True)
     tok.save_pretrained(work / "model")
+    if args.keep:
+        model.save_pretrained(args.keep, safe_serialization=True)
+        tok.save_pretrained(args.keep)
     rec = device_record()
     record = {
         "name": args.name,
@@ -241,8 +288,9 @@ def main(argv=None, train=None, extra_evals=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "train_record.json", record)
-    subprocess.run(f"tar cf - -C {work} model train_record.json loss.png | split -b 15M - {out}/pack.tar.part-",
-                   shell=True, check=True)
+    if not args.no_pack:
+        subprocess.run(f"tar cf - -C {work} model train_record.json loss.png | split -b 15M - {out}/pack.tar.part-",
+                       shell=True, check=True)
     say(f"done in {time.perf_counter() - t_start:.0f}s", flush=True)
     if ddp:
         torch.distributed.destroy_process_group()
