@@ -2,11 +2,13 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from anybudget.cli import main
 from anybudget.prune.masks import load_mask, mask_sparsity
+from anybudget.prune.tasks import load_task
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "prune"
 sys.path.insert(0, str(BENCH))
@@ -155,3 +157,33 @@ def test_imp_jobs_spread_round_robin_over_gpus_and_stay_put_on_one():
     spread = run_imp.spread(todo, 2)
     assert [j["device"] for _, j in spread] == ["cuda:0", "cuda:1", "cuda:0"]
     assert [j["task"] for _, j in spread] == ["a", "b", "c"] and todo[0][1]["device"] == "cuda"  # input untouched
+
+
+def test_speed24_smoke_builds_the_ticket_and_its_dense_numbers(tmp_path):
+    import speed24
+
+    assert speed24.main(["--smoke", "--out", str(tmp_path)]) == 0
+    m = json.loads((tmp_path / "prune_speed24_smoke.json").read_text())["metrics"]
+    assert m["ticket"]["sparsity"] == pytest.approx(0.5)
+    mod = m["cusparselt"]["model"]
+    assert mod["accuracy_dense"]["dev.accuracy"] == pytest.approx(m["ticket"]["metrics"]["dev.accuracy"])
+    assert mod["bound"] >= 1.0 and "need CUDA" in mod["error"]
+
+
+def test_speed24_model_export_on_the_cpu_stand_in_equals_dense(tmp_path, monkeypatch):
+    """speed24.model_speed's whole path (load the ticket, convert every prunable Linear, forward,
+    accuracy) with cuSPARSELt's operand contract kept by a CPU stand-in (tests/prune/cslt_fake.py)."""
+    import smoke
+    import speed24
+    from cslt_fake import fake_cslt_sparse_mm, fake_to_sparse
+
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", fake_cslt_sparse_mm)
+    data, enc = smoke.build(tmp_path / "data")
+    speed24.build_ticket(str(enc), str(data), "rt", 0, tmp_path / "m24", "cpu")
+    _, sp, _ = load_task(data / "tasks" / "rt.safetensors.xz")
+    batch = sp["dev"].batch(np.arange(16))  # 16 rows: no padding, so the pooler's strided input reaches the kernel
+    r = speed24.model_speed(str(tmp_path / "m24"), batch, {"dev": sp["dev"]}, repeat=1, device="cpu",
+                            dtype=torch.bfloat16, to_sparse=fake_to_sparse)
+    assert r["converted"] == r["prunable"] == 13 and r["correct"], r
+    assert r["argmax_agreement"] >= 0.9
+    assert r["accuracy_sparse_kernels"]["dev.accuracy"] == pytest.approx(r["accuracy_dense"]["dev.accuracy"], abs=0.07)

@@ -70,17 +70,33 @@ class Linear24(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, 2:4 {type(self.weight).__name__}"
 
 
+def _torch_to_sparse(fuse_transpose: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    def convert(w: torch.Tensor) -> torch.Tensor:
+        from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+        old = SparseSemiStructuredTensor._FUSE_TRANSPOSE
+        SparseSemiStructuredTensor._FUSE_TRANSPOSE = fuse_transpose
+        try:
+            return to_sparse_semi_structured(w)
+        finally:
+            SparseSemiStructuredTensor._FUSE_TRANSPOSE = old
+
+    return convert
+
+
 @torch.no_grad()
 def to_semi_structured(model: nn.Module, mask: Mask | None = None,
-                       to_sparse: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[str]:
+                       to_sparse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       fuse_transpose: bool = True) -> list[str]:
     """Replace each masked Linear (2:4 pattern) by a ``Linear24`` whose weight is ``to_sparse(weight)``,
     in place; returns the converted parameter names. ``to_sparse`` defaults to
     ``torch.sparse.to_sparse_semi_structured`` (CUDA fp16/bf16 weights only); tests pass a
-    CPU stand-in. Weights whose shape the kernels refuse stay dense (left out of the return value).
+    CPU stand-in. ``fuse_transpose`` (cuSPARSELt): the kernel writes its product already transposed
+    to the (tokens, out) row-major layout the next layer reads (torch's default, False, returns a
+    transposed view that every following op reads strided). Weights whose shape the kernels refuse stay dense (left out of the return value).
     A name listed twice, or a module already converted, is refused (a weight is never converted twice)."""
     if to_sparse is None:
-        from torch.sparse import to_sparse_semi_structured as to_sparse
-
+        to_sparse = _torch_to_sparse(fuse_transpose)
         if not torch.cuda.is_available():
             raise RuntimeError("2:4 semi-structured kernels need CUDA; on the CPU use mask_24 / "
                                "apply_mask (same numbers, dense storage)")
