@@ -187,3 +187,22 @@ def test_speed24_model_export_on_the_cpu_stand_in_equals_dense(tmp_path, monkeyp
     assert r["converted"] == r["prunable"] == 13 and r["correct"], r
     assert r["argmax_agreement"] >= 0.9
     assert r["accuracy_sparse_kernels"]["dev.accuracy"] == pytest.approx(r["accuracy_dense"]["dev.accuracy"], abs=0.07)
+
+
+def test_imp_curves_colour_each_control_the_same_in_every_panel(tmp_path, monkeypatch):
+    """The record's controls come in job-completion order, different per task; the one legend
+    must hold for every panel."""
+    import report
+
+    import anybudget.io
+
+    figs = []
+    monkeypatch.setattr(anybudget.io, "save_figure", lambda fig, path, **kw: figs.append(fig))
+    lv = {"0.5": {"mean": 0.5, "std": 0.01}}
+    full = {"mean": 0.6, "std": 0.01}
+    order = [("oneshot", "shuffled", "random_pruning", "random_reinit"), ("random_reinit", "oneshot", "shuffled", "random_pruning")]
+    tasks = {f"t{i}": {"metric": "dev.accuracy", "full": full, "imp": lv, "sparsest_winning": {"imp": None},
+                       "controls": {k: lv for k in o}} for i, o in enumerate(order)}
+    report._imp_curves({"tasks": tasks}, tmp_path / "c.png")
+    colours = [{c.get_label(): c.lines[0].get_color() for c in ax.containers} for ax in figs[0].axes[:2]]
+    assert colours[0] == colours[1] and len(set(colours[0].values())) == 5
