@@ -63,12 +63,32 @@ def _err(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
-def timed(fn, repeat: int, graph: bool) -> dict:
+def kernel_ms(fn, repeat: int = 10) -> float:
+    """Mean ms per call of the CUDA kernels ``fn()`` launches (torch.profiler device time: no host gaps)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeat):
+            fn()
+        torch.cuda.synchronize()
+    us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
+    return us / 1e3 / repeat
+
+
+def timed(fn, repeat: int, graph: bool, kernels: bool = True) -> dict:
     """Median ms of ``fn()`` eager and, on CUDA with ``graph``, replayed from a CUDA graph (the graph's
-    output is checked against the eager one: rel_err_graph)."""
+    output is checked against the eager one: rel_err_graph), and the kernels' own time (kernel_ms)."""
     res = {"eager_ms": latency(fn, warmup=3, repeat=repeat).median_s * 1e3}
     if not (graph and torch.cuda.is_available()):
         return res
+    try:
+        if kernels:
+            res["kernel_ms"] = kernel_ms(fn)
+    except Exception as e:  # noqa: BLE001 (profiler API drift must not lose the run)
+        res["kernel_error"] = _err(e)
     try:
         ref = fn()
         s = torch.cuda.Stream()
@@ -91,8 +111,8 @@ def timed(fn, repeat: int, graph: bool) -> dict:
 def _ratios(row: dict, dense: dict, sparse: dict) -> None:
     row.update({f"dense_{k}": v for k, v in dense.items()})
     row.update({f"sparse_{k}": v for k, v in sparse.items()})
-    for k in ("eager_ms", "graph_ms"):
-        if k in dense and k in sparse:
+    for k in ("eager_ms", "graph_ms", "kernel_ms"):
+        if dense.get(k, 0) > 0 and sparse.get(k, 0) > 0:
             row[f"speedup_{k[:-3]}"] = dense[k] / sparse[k]
 
 
@@ -108,15 +128,16 @@ def matmul_speed(tokens: int = 16384, hidden: int = 768, repeat: int = 50, name:
         apply_mask(lin, mask)
         x = torch.randn(tokens // 128, 128, k, device="cuda", dtype=torch.half)
         row = {}
+        kern = name == "cusparselt" and fuse_transpose  # the profiler once per shape, not per variant
         with torch.inference_mode():
             ref = lin(x)
-            dense = timed(lambda: lin(x), repeat, graph)  # noqa: B023 (called inside this iteration)
+            dense = timed(lambda: lin(x), repeat, graph, kern)  # noqa: B023 (called inside this iteration)
             try:
                 with backend(name):
                     to_semi_structured(lin, mask, fuse_transpose=fuse_transpose)
                 row["rel_err"] = _rel(lin(x), ref)
                 row["correct"] = row["rel_err"] <= REL_TOL
-                _ratios(row, dense, timed(lambda: lin(x), repeat, graph))  # noqa: B023
+                _ratios(row, dense, timed(lambda: lin(x), repeat, graph, kern))  # noqa: B023
             except ERRORS as e:
                 row.update({f"dense_{k}": v for k, v in dense.items()}, error=_err(e))
         rows[f"{i}:{o}x{k}"] = row
@@ -124,8 +145,8 @@ def matmul_speed(tokens: int = 16384, hidden: int = 768, repeat: int = 50, name:
     out = {"backend": name, "fuse_transpose": fuse_transpose, "tokens": tokens, "hidden": hidden, "matrices": rows,
            "all_correct": bool(ok) and len(ok) == len(rows) and all(r["correct"] for r in ok),
            "bound": 2.0}
-    for k in ("eager", "graph"):
-        if ok and len(ok) == len(rows) and all(f"sparse_{k}_ms" in r for r in ok):
+    for k in ("eager", "graph", "kernel"):
+        if ok and len(ok) == len(rows) and all(r.get(f"sparse_{k}_ms", 0) > 0 for r in ok):
             out[f"layer_speedup_{k}"] = (sum(r[f"dense_{k}_ms"] for r in ok) / sum(r[f"sparse_{k}_ms"] for r in ok))
     return out
 
@@ -178,6 +199,10 @@ def model_speed(model_dir: str, batch: dict, splits: dict | None = None, repeat:
     with torch.no_grad():
         apply_mask(model, mask, strict=False)
     batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    if "attention_mask" in batch:  # prepared 4-D additive mask: transformers' 2-D path syncs (mask.all()),
+        am = batch["attention_mask"]  # which a CUDA graph capture refuses
+        L = am.shape[1]
+        batch["attention_mask"] = ((1.0 - am[:, None, None, :].to(dtype)) * torch.finfo(dtype).min).expand(-1, 1, L, L).contiguous()
     res = {"backend": name, "prunable": len(mask), "batch": list(batch["input_ids"].shape)}
     with torch.inference_mode():
         shapes, hooks = _linear_inputs(model, mask)
@@ -189,7 +214,7 @@ def model_speed(model_dir: str, batch: dict, splits: dict | None = None, repeat:
         mods = dict(model.named_modules())
         for p, shp in shapes.items():  # the converted matmuls alone, dense, at the model's shapes
             x = torch.randn(shp, device=device, dtype=dtype)
-            t = timed(lambda: mods[p](x), repeat, graph)  # noqa: B023
+            t = timed(lambda: mods[p](x), repeat, graph, kernels=False)  # noqa: B023
             lin_ms += t.get("graph_ms", t["eager_ms"])
         t_dense = dense.get("graph_ms", dense["eager_ms"])
         res["dense_converted_matmuls_ms"] = lin_ms
