@@ -8,7 +8,6 @@ import torch
 
 from anybudget.cli import main
 from anybudget.prune.masks import load_mask, mask_sparsity
-from anybudget.prune.tasks import load_task
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "prune"
 sys.path.insert(0, str(BENCH))
@@ -170,19 +169,23 @@ def test_speed24_smoke_builds_the_ticket_and_its_dense_numbers(tmp_path):
     assert mod["bound"] >= 1.0 and "need CUDA" in mod["error"]
 
 
-def test_speed24_model_export_on_the_cpu_stand_in_equals_dense(tmp_path, monkeypatch):
-    """speed24.model_speed's whole path (load the ticket, convert every prunable Linear, forward,
+def test_speed24_model_export_on_the_cpu_stand_in_equals_dense(tmp_path, monkeypatch, make_model, task_data):
+    """speed24.model_speed's whole path (load a saved 2:4 ticket, convert every prunable Linear, forward,
     accuracy) with cuSPARSELt's operand contract kept by a CPU stand-in (tests/prune/cslt_fake.py)."""
-    import smoke
     import speed24
     from cslt_fake import fake_cslt_sparse_mm, fake_to_sparse
 
+    from anybudget.prune.masks import apply_mask, save_mask
+    from anybudget.prune.sparse24 import prune_24
+
     monkeypatch.setattr(torch, "_cslt_sparse_mm", fake_cslt_sparse_mm)
-    data, enc = smoke.build(tmp_path / "data")
-    speed24.build_ticket(str(enc), str(data), "rt", 0, tmp_path / "m24", "cpu")
-    _, sp, _ = load_task(data / "tasks" / "rt.safetensors.xz")
-    batch = sp["dev"].batch(np.arange(16))  # 16 rows: no padding, so the pooler's strided input reaches the kernel
-    r = speed24.model_speed(str(tmp_path / "m24"), batch, {"dev": sp["dev"]}, repeat=1, device="cpu",
+    m = make_model()
+    mask = prune_24(m)
+    apply_mask(m, mask)
+    m.save_pretrained(tmp_path / "m24")
+    save_mask(tmp_path / "m24" / "mask.safetensors", mask, {"pattern": "2:4"})
+    batch = task_data["dev"].batch(np.arange(16))  # 16 rows: no padding, the pooler's strided input reaches the kernel
+    r = speed24.model_speed(str(tmp_path / "m24"), batch, {"dev": task_data["dev"]}, repeat=1, device="cpu",
                             dtype=torch.bfloat16, to_sparse=fake_to_sparse)
     assert r["converted"] == r["prunable"] == 13 and r["correct"], r
     assert r["argmax_agreement"] >= 0.9
