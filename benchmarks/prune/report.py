@@ -6,7 +6,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from anybudget.prune.controls import sparsest_winning, winning
+from anybudget.prune.controls import CONTROLS, sparsest_winning, winning
 from anybudget.prune.tasks import TASKS
 
 # Chen et al. 2020, Table 2: sparsest IMP subnetwork (rewound to the pre-trained weights) within
@@ -110,6 +110,10 @@ def _pct(s) -> str:
     return f"{100 * s:.0f}%"
 
 
+# one colour per control in every panel (the record's dict order follows job completion, task by task)
+COLOURS = {k: f"C{i}" for i, k in enumerate(CONTROLS)}
+
+
 def plots(summary: dict, out: Path) -> None:
     """imp_curves.png and transfer.png; each one that fails is one warning line (the JSON is written first)."""
     from anybudget.io import write_plot
@@ -139,10 +143,11 @@ def _imp_curves(summary: dict, path: Path) -> None:
         ax.axhspan(f["mean"] - f["std"], f["mean"] + f["std"], color="0.85", label="full +- 1 std")
         xs = [float(s) for s in r["imp"]]
         ax.errorbar(xs, [v["mean"] for v in r["imp"].values()], [v["std"] for v in r["imp"].values()],
-                    marker="o", ms=3, label="IMP (rewind to pre-trained)", color="C0")
-        for i, (kind, lv) in enumerate(r["controls"].items()):
+                    marker="o", ms=3, label="IMP (rewind to pre-trained)", color=COLOURS["imp"])
+        for kind in sorted(r["controls"], key=lambda k: CONTROLS.index(k) if k in CONTROLS else len(CONTROLS)):
+            lv = r["controls"][kind]
             ax.errorbar([float(s) for s in lv], [v["mean"] for v in lv.values()], [v["std"] for v in lv.values()],
-                        marker="x", ms=4, ls="--", label=kind, color=f"C{i + 1}")
+                        marker="x", ms=4, ls="--", label=kind, color=COLOURS.get(kind, "k"))
         sw = r["sparsest_winning"]["imp"]
         if sw is not None:
             ax.plot([sw], [r["imp"][str(sw)]["mean"]], marker="*", ms=14, color="gold", mec="k",

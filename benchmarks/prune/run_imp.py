@@ -131,11 +131,12 @@ def main(argv=None) -> int:
 
         from anybudget.prune.tasks import load_task
 
-        _, splits, _ = load_task(args.data / "tasks" / f"{args.tasks24.split(',')[0]}.safetensors.xz")
+        spec, splits, _ = load_task(args.data / "tasks" / f"{args.tasks24.split(',')[0]}.safetensors.xz")
         import numpy as np
 
         batch = splits["dev"].batch(np.arange(min(256, len(splits["dev"]))))
-        speed = speed24.all_backends(str(work / "m24"), batch)
+        acc = {s: splits[s] for s in ("dev", "test")} if spec.kind == "binary" else None
+        speed = speed24.all_backends(str(work / "m24"), batch, acc)
     summary = report.summarise(res1 + res2, tasks, args)
     summary["speed24"] = speed
     summary["seconds"] = time.time() - t0

@@ -1,15 +1,22 @@
 """2:4 semi-structured sparse inference against dense, same run, same GPU, for each of torch's two
-sparse backends (CUTLASS and cuSPARSELt), each checked for correctness against the dense product of
-the same 2:4-masked weights before its time is reported.
+sparse backends (CUTLASS and cuSPARSELt), each checked against the dense product of the same
+2:4-masked weights before its time is reported.
 
-  python benchmarks/prune/speed24.py --model .carry/prune/imp/model --out $OUT   # -> prune_speed24.json
+  # the 2:4 ticket of run_imp.py (<work>/m24: fp16 classifier + mask.safetensors)
+  python benchmarks/prune/speed24.py --model <work>/m24 --data .carry/prune_minilm/imp --out $OUT
+  # or build that ticket here first (job_24: 2:4 magnitude mask on theta_0, fine-tuned on --task)
+  python benchmarks/prune/speed24.py --encoder .carry/prune/minilm --data .carry/prune_minilm/imp --task rt --out $OUT
+  python benchmarks/prune/speed24.py --smoke --out /tmp/x                 # CPU: the same path, no kernels
 
-Two measurements: (1) a classifier (forward of a batch, dense fp16 vs its prunable Linear weights
-as semi-structured sparse tensors; logits agreement with the dense forward of the same masked
-weights), (2) BERT-base-sized encoder matmuls (768x768 x4, 768->3072, 3072->768 on 16384 tokens,
-input shaped (batch, seq, hidden) with bias, as a BERT layer calls them). Ratios = dense / sparse
-median latency (CUDA events, anybudget.measure.latency). A backend whose output differs from the
-dense product by more than fp16 rounding is reported as wrong and its time is not a speed-up.
+Two measurements: (1) one BERT encoder layer's six matrices at --hidden (Q, K, V, attention output,
+FFN in, FFN out) on --tokens tokens, input (batch, seq, hidden) with bias, as BERT calls them;
+(2) the classifier, dense fp16 vs its prunable Linears as semi-structured tensors (sparse24.Linear24):
+logits against the dense forward of the same masked weights, accuracy on the task's dev and test
+splits, latency on a dev batch. Every time is taken twice: eager (what a caller gets: torch's
+cuSPARSELt op builds its descriptors and plan on the host at every call, ~0.5 ms) and replayed
+from a CUDA graph (kernels only). Ratios = dense / sparse median, same run. Bound: 2:4 halves the
+multiply-adds of the converted matmuls only, so the model can gain at most T / (T - L / 2), with T
+the dense forward and L its converted matmuls (each timed alone at the shape the model feeds it).
 """
 
 from __future__ import annotations
@@ -17,17 +24,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # jobs.py (the 2:4 ticket) when run from the repository root
+    sys.path.insert(0, str(HERE))
+
 from anybudget.measure import latency
 from anybudget.prune.masks import apply_mask
 from anybudget.prune.sparse24 import mask_24, prune_24, to_semi_structured
 
 BACKENDS = ("cutlass", "cusparselt")
 REL_TOL = 2e-2  # fp16 products of K <= 3072 terms: rounding stays well below this relative error
+ERRORS = (RuntimeError, NotImplementedError, ValueError)
 
 
 @contextlib.contextmanager
@@ -47,105 +59,269 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-6))
 
 
-def matmul_speed(tokens: int = 16384, hidden: int = 768, repeat: int = 50, name: str = "cutlass") -> dict:
-    """Dense vs 2:4 latency of one BERT-base encoder layer's six matrices (fp16)."""
+def _err(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+def kernel_ms(fn, repeat: int = 10) -> float:
+    """Mean ms per call of the CUDA kernels ``fn()`` launches (torch.profiler device time: no host gaps)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeat):
+            fn()
+        torch.cuda.synchronize()
+    us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
+    return us / 1e3 / repeat
+
+
+def timed(fn, repeat: int, graph: bool, kernels: bool = True) -> dict:
+    """Median ms of ``fn()`` eager and, on CUDA with ``graph``, replayed from a CUDA graph (the graph's
+    output is checked against the eager one: rel_err_graph), and the kernels' own time (kernel_ms)."""
+    res = {"eager_ms": latency(fn, warmup=3, repeat=repeat).median_s * 1e3}
+    if not (graph and torch.cuda.is_available()):
+        return res
+    try:
+        if kernels:
+            res["kernel_ms"] = kernel_ms(fn)
+    except Exception as e:  # noqa: BLE001 (profiler API drift must not lose the run)
+        res["kernel_error"] = _err(e)
+    try:
+        ref = fn()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = fn()
+        g.replay()
+        res["rel_err_graph"] = _rel(out, ref)
+        res["graph_ms"] = latency(g.replay, warmup=3, repeat=repeat).median_s * 1e3
+    except ERRORS as e:
+        res["graph_error"] = _err(e)
+    return res
+
+
+def _ratios(row: dict, dense: dict, sparse: dict) -> None:
+    row.update({f"dense_{k}": v for k, v in dense.items()})
+    row.update({f"sparse_{k}": v for k, v in sparse.items()})
+    for k in ("eager_ms", "graph_ms", "kernel_ms"):
+        if dense.get(k, 0) > 0 and sparse.get(k, 0) > 0:
+            row[f"speedup_{k[:-3]}"] = dense[k] / sparse[k]
+
+
+def matmul_speed(tokens: int = 16384, hidden: int = 768, repeat: int = 50, name: str = "cusparselt",
+                 fuse_transpose: bool = True, graph: bool = True) -> dict:
+    """Dense vs 2:4 latency of one BERT encoder layer's six matrices (fp16, CUDA)."""
     torch.manual_seed(0)
     shapes = [(hidden, hidden)] * 4 + [(4 * hidden, hidden), (hidden, 4 * hidden)]
     rows = {}
     for i, (o, k) in enumerate(shapes):
-        lin = torch.nn.Linear(k, o).half().cuda()
-        apply_mask(lin, {"weight": mask_24(lin.weight)})
+        lin = torch.nn.Sequential(torch.nn.Linear(k, o)).half().cuda()
+        mask = {"0.weight": mask_24(lin[0].weight)}
+        apply_mask(lin, mask)
         x = torch.randn(tokens // 128, 128, k, device="cuda", dtype=torch.half)
         row = {}
+        kern = name == "cusparselt" and fuse_transpose  # the profiler once per shape, not per variant
         with torch.inference_mode():
             ref = lin(x)
-            row["dense_ms"] = latency(lin, x, warmup=5, repeat=repeat).median_s * 1e3
+            dense = timed(lambda: lin(x), repeat, graph, kern)  # noqa: B023 (called inside this iteration)
             try:
                 with backend(name):
-                    to_semi_structured(lin, {"weight": None})
-                out = lin(x)
-                row["rel_err"] = _rel(out, ref)
+                    to_semi_structured(lin, mask, fuse_transpose=fuse_transpose)
+                row["rel_err"] = _rel(lin(x), ref)
                 row["correct"] = row["rel_err"] <= REL_TOL
-                row["sparse_ms"] = latency(lin, x, warmup=5, repeat=repeat).median_s * 1e3
-                row["speedup"] = row["dense_ms"] / row["sparse_ms"]
-            except (RuntimeError, NotImplementedError, ValueError) as e:
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                _ratios(row, dense, timed(lambda: lin(x), repeat, graph, kern))  # noqa: B023
+            except ERRORS as e:
+                row.update({f"dense_{k}": v for k, v in dense.items()}, error=_err(e))
         rows[f"{i}:{o}x{k}"] = row
-    ok = [r for r in rows.values() if "sparse_ms" in r]
-    out = {"backend": name, "tokens": tokens, "hidden": hidden, "matrices": rows,
-           "all_correct": bool(ok) and len(ok) == len(rows) and all(r["correct"] for r in ok)}
-    if len(ok) == len(rows):
-        out["layer_speedup"] = sum(r["dense_ms"] for r in ok) / sum(r["sparse_ms"] for r in ok)
+    ok = [r for r in rows.values() if "sparse_eager_ms" in r]
+    out = {"backend": name, "fuse_transpose": fuse_transpose, "tokens": tokens, "hidden": hidden, "matrices": rows,
+           "all_correct": bool(ok) and len(ok) == len(rows) and all(r["correct"] for r in ok),
+           "bound": 2.0}
+    for k in ("eager", "graph", "kernel"):
+        if ok and len(ok) == len(rows) and all(r.get(f"sparse_{k}_ms", 0) > 0 for r in ok):
+            out[f"layer_speedup_{k}"] = (sum(r[f"dense_{k}_ms"] for r in ok) / sum(r[f"sparse_{k}_ms"] for r in ok))
     return out
 
 
-def model_speed(model_dir: str, batch: dict, repeat: int = 50, name: str = "cutlass") -> dict:
-    """Dense vs semi-structured forward of a 2:4-masked fp16 classifier on ``batch``. ``model_dir``
-    holds ``mask.safetensors`` (a saved 2:4 ticket) or the 2:4 magnitude mask is made here."""
+def _linear_inputs(model, names) -> dict:
+    """The input shape each converted Linear sees in one forward (recorded by forward hooks)."""
+    mods = dict(model.named_modules())
+    shapes, hooks = {}, []
+
+    def record(path):
+        def hook(module, args, output):  # returns None: the output is left as it is
+            shapes.setdefault(path, tuple(args[0].shape))
+        return hook
+
+    for n in names:
+        p = n.rsplit(".", 1)[0]
+        hooks.append(mods[p].register_forward_hook(record(p)))
+    return shapes, hooks
+
+
+def _accuracy(model, splits: dict, device) -> dict:
+    import numpy as np
+
+    out = {}
+    for s, data in splits.items():
+        hits = n = 0
+        for i in range(0, len(data), 256):
+            b = data.batch(np.arange(i, min(i + 256, len(data))), device=device)
+            y = b.pop("labels")
+            hits += int((model(**b).logits.float().argmax(-1) == y).sum())
+            n += len(y)
+        out[f"{s}.accuracy"] = hits / n
+    return out
+
+
+def model_speed(model_dir: str, batch: dict, splits: dict | None = None, repeat: int = 50, name: str = "cusparselt",
+                device: str = "cuda", graph: bool = True, dtype: torch.dtype | None = None, to_sparse=None) -> dict:
+    """Dense vs semi-structured forward of a 2:4-masked fp16 classifier on ``batch``; accuracy on
+    ``splits`` (classification) before and after. ``model_dir`` holds ``mask.safetensors`` (a saved 2:4
+    ticket) or the 2:4 magnitude mask is made here. ``dtype``: fp16 on CUDA, fp32 elsewhere by default;
+    ``to_sparse``: sparse24.to_semi_structured's converter (tests: a CPU stand-in of the kernel)."""
     from transformers import AutoModelForSequenceClassification
 
     from anybudget.prune.masks import load_mask
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float16).cuda().eval()
+    dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     mpath = Path(model_dir) / "mask.safetensors"
     mask = load_mask(mpath)[0] if mpath.exists() else prune_24(model)
     with torch.no_grad():
         apply_mask(model, mask, strict=False)
-    labels = batch.get("labels")
-    batch = {k: v.cuda() for k, v in batch.items() if k != "labels"}
-    res = {"backend": name}
+    batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    if "attention_mask" in batch:  # prepared 4-D additive mask: transformers' 2-D path syncs (mask.all()),
+        am = batch["attention_mask"]  # which a CUDA graph capture refuses
+        L = am.shape[1]
+        batch["attention_mask"] = ((1.0 - am[:, None, None, :].to(dtype)) * torch.finfo(dtype).min).expand(-1, 1, L, L).contiguous()
+    res = {"backend": name, "prunable": len(mask), "batch": list(batch["input_ids"].shape)}
     with torch.inference_mode():
+        shapes, hooks = _linear_inputs(model, mask)
         ref = model(**batch).logits.float()
-        res["dense_ms"] = latency(lambda: model(**batch), warmup=5, repeat=repeat).median_s * 1e3
+        for h in hooks:
+            h.remove()
+        dense = timed(lambda: model(**batch).logits, repeat, graph)
+        lin_ms = 0.0
+        mods = dict(model.named_modules())
+        for p, shp in shapes.items():  # the converted matmuls alone, dense, at the model's shapes
+            x = torch.randn(shp, device=device, dtype=dtype)
+            t = timed(lambda: mods[p](x), repeat, graph, kernels=False)  # noqa: B023
+            lin_ms += t.get("graph_ms", t["eager_ms"])
+        t_dense = dense.get("graph_ms", dense["eager_ms"])
+        res["dense_converted_matmuls_ms"] = lin_ms
+        res["bound"] = t_dense / max(t_dense - lin_ms / 2, 1e-9)
+        if splits:
+            res["accuracy_dense"] = _accuracy(model, splits, device)
         try:
             with backend(name):
-                converted = to_semi_structured(model, mask)
+                converted = to_semi_structured(model, mask, to_sparse=to_sparse)
             out = model(**batch).logits.float()
-            res["sparse_ms"] = latency(lambda: model(**batch), warmup=5, repeat=repeat).median_s * 1e3
-        except (RuntimeError, NotImplementedError, ValueError) as e:
-            res["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            sparse = timed(lambda: model(**batch).logits, repeat, graph)
+        except ERRORS as e:
+            res.update({f"dense_{k}": v for k, v in dense.items()}, error=_err(e))
             return res
-    res.update({"speedup": res["dense_ms"] / res["sparse_ms"], "converted": len(converted), "prunable": len(mask),
-                "rel_err_logits": _rel(out, ref),
-                "argmax_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
-                "examples": int(ref.shape[0])})
-    res["correct"] = res["rel_err_logits"] <= REL_TOL
-    if labels is not None:
-        labels = labels.cuda()
-        res["accuracy_dense"] = float((ref.argmax(-1) == labels).float().mean())
-        res["accuracy_sparse_kernels"] = float((out.argmax(-1) == labels).float().mean())
+        _ratios(res, dense, sparse)
+        res.update({"converted": len(converted), "rel_err_logits": _rel(out, ref),
+                    "argmax_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
+                    "examples": int(ref.shape[0])})
+        res["correct"] = res["rel_err_logits"] <= REL_TOL
+        if splits:
+            res["accuracy_sparse_kernels"] = _accuracy(model, splits, device)
     return res
 
 
-def all_backends(model_dir: str | None, batch: dict | None, tokens: int = 16384) -> dict:
+def all_backends(model_dir: str | None, batch: dict | None, splits: dict | None = None, tokens: int = 16384,
+                 hidden: int = 768, repeat: int = 50) -> dict:
+    """Every backend: the layer's matrices (cuSPARSELt also unfused) and, given ``model_dir``, the model."""
     res = {}
     for name in BACKENDS:
-        res[name] = {"bert_base_layer": matmul_speed(tokens, name=name)}
+        res[name] = {"bert_base_layer": matmul_speed(tokens, hidden, repeat, name)}
+        if name == "cusparselt":
+            res[name]["bert_base_layer_unfused"] = matmul_speed(tokens, hidden, repeat, name, fuse_transpose=False)
         if model_dir is not None:
-            res[name]["model"] = model_speed(model_dir, batch, name=name)
+            res[name]["model"] = model_speed(model_dir, batch, splits, repeat, name)
     return res
+
+
+def build_ticket(encoder: str, data: str, task: str, seed: int, out: Path, device: str) -> dict:
+    """run_imp's job_24 here: the 2:4 magnitude mask on theta_0 (``encoder``), fine-tuned on ``task``
+    with run_imp's defaults; saves the fp16 classifier and its mask to ``out``."""
+    import jobs
+
+    j = {"data": data, "model": encoder, "device": device, "threads": 2, "task": task, "seed": seed, "save": str(out),
+         "finetune": {"epochs": 2.0, "lr": 2e-4, "batch_size": 64, "bf16": False}}
+    r = jobs.job_24(j)
+    return {"task": task, "seed": seed, "sparsity": r["sparsity"], "metrics": r["metrics"]}
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="a 2:4 ticket folder (fp16 classifier + mask.safetensors)")
+    ap.add_argument("--encoder", default=None, help="build the ticket here from this pre-trained encoder")
+    ap.add_argument("--data", default=None, help="prepared task data (<data>/tasks/<task>.safetensors.xz)")
+    ap.add_argument("--task", default="rt")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--model", default=None, help="a BERT classifier folder (2:4 mask made here if none saved)")
-    ap.add_argument("--out", default=None, help="write prune_speed24.json here")
+    ap.add_argument("--hidden", type=int, default=768, help="matmul section's layer width (BERT-base 768)")
+    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--name", default="prune_speed24", help="record name")
+    ap.add_argument("--out", default=None, help="write <name>.json here")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny model: ticket, dense timings, accuracy")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("speed24: needs CUDA (the CPU path is the mask reference, tested in tests/prune)")
+    cuda = torch.cuda.is_available() and not args.smoke
+    if not cuda and not args.smoke:
+        print("speed24: needs CUDA (--smoke runs the same path on the CPU without the kernels)")
         return 0
-    batch = None
-    if args.model:
-        g = torch.Generator().manual_seed(0)
-        ids = torch.randint(5, 4096, (256, 128), generator=g)
-        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    res = all_backends(args.model, batch, args.tokens)
+    if args.model and args.encoder:
+        raise SystemExit("--model and --encoder: give one (a saved ticket, or an encoder to build it from)")
+    tmp = tempfile.TemporaryDirectory(prefix="speed24_")
+    if args.smoke:
+        import smoke
+
+        data, enc = smoke.build(Path(tmp.name) / "data")
+        args.data, args.encoder, args.model, args.repeat = str(data), str(enc), None, 2
+    res: dict = {}
+    device = "cuda" if cuda else "cpu"
+    model_dir = args.model
+    if args.encoder:
+        if not args.data:
+            raise SystemExit("--encoder needs --data (the task to fine-tune the 2:4 ticket on)")
+        model_dir = str(Path(tmp.name) / "m24")
+        res["ticket"] = build_ticket(args.encoder, args.data, args.task, args.seed, Path(model_dir), device)
+    splits, batch = None, None
+    if model_dir:
+        import numpy as np
+
+        from anybudget.prune.tasks import load_task
+
+        if args.data:
+            spec, sp, _ = load_task(Path(args.data) / "tasks" / f"{args.task}.safetensors.xz")
+            if spec.kind == "binary":
+                splits = {s: sp[s] for s in ("dev", "test")}
+            batch = sp["dev"].batch(np.arange(min(256, len(sp["dev"]))))
+        else:
+            g = torch.Generator().manual_seed(0)
+            ids = torch.randint(5, 4096, (256, 128), generator=g)
+            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if cuda:
+        res.update(all_backends(model_dir, batch, splits, args.tokens, args.hidden, args.repeat))
+    else:  # smoke: the ticket, dense timings and accuracy; the conversion reports that it needs CUDA
+        res["cusparselt"] = {"model": model_speed(model_dir, batch, splits, args.repeat, device="cpu")}
     print(res)
     if args.out:
         from anybudget.io import write_results
 
-        write_results("prune_speed24", vars(args), res, out_dir=args.out)
+        write_results(args.name + ("_smoke" if args.smoke else ""), vars(args), res, out_dir=args.out)
+    tmp.cleanup()
     return 0
 
 

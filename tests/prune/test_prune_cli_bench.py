@@ -2,6 +2,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,3 +156,56 @@ def test_imp_jobs_spread_round_robin_over_gpus_and_stay_put_on_one():
     spread = run_imp.spread(todo, 2)
     assert [j["device"] for _, j in spread] == ["cuda:0", "cuda:1", "cuda:0"]
     assert [j["task"] for _, j in spread] == ["a", "b", "c"] and todo[0][1]["device"] == "cuda"  # input untouched
+
+
+def test_speed24_smoke_builds_the_ticket_and_its_dense_numbers(tmp_path):
+    import speed24
+
+    assert speed24.main(["--smoke", "--out", str(tmp_path)]) == 0
+    m = json.loads((tmp_path / "prune_speed24_smoke.json").read_text())["metrics"]
+    assert m["ticket"]["sparsity"] == pytest.approx(0.5)
+    mod = m["cusparselt"]["model"]
+    assert mod["accuracy_dense"]["dev.accuracy"] == pytest.approx(m["ticket"]["metrics"]["dev.accuracy"])
+    assert mod["bound"] >= 1.0 and "need CUDA" in mod["error"]
+
+
+def test_speed24_model_export_on_the_cpu_stand_in_equals_dense(tmp_path, monkeypatch, make_model, task_data):
+    """speed24.model_speed's whole path (load a saved 2:4 ticket, convert every prunable Linear, forward,
+    accuracy) with cuSPARSELt's operand contract kept by a CPU stand-in (tests/prune/cslt_fake.py)."""
+    import speed24
+    from cslt_fake import fake_cslt_sparse_mm, fake_to_sparse
+
+    from anybudget.prune.masks import apply_mask, save_mask
+    from anybudget.prune.sparse24 import prune_24
+
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", fake_cslt_sparse_mm)
+    m = make_model()
+    mask = prune_24(m)
+    apply_mask(m, mask)
+    m.save_pretrained(tmp_path / "m24")
+    save_mask(tmp_path / "m24" / "mask.safetensors", mask, {"pattern": "2:4"})
+    batch = task_data["dev"].batch(np.arange(16))  # 16 rows: no padding, the pooler's strided input reaches the kernel
+    r = speed24.model_speed(str(tmp_path / "m24"), batch, {"dev": task_data["dev"]}, repeat=1, device="cpu",
+                            dtype=torch.bfloat16, to_sparse=fake_to_sparse)
+    assert r["converted"] == r["prunable"] == 13 and r["correct"], r
+    assert r["argmax_agreement"] >= 0.9
+    assert r["accuracy_sparse_kernels"]["dev.accuracy"] == pytest.approx(r["accuracy_dense"]["dev.accuracy"], abs=0.07)
+
+
+def test_imp_curves_colour_each_control_the_same_in_every_panel(tmp_path, monkeypatch):
+    """The record's controls come in job-completion order, different per task; the one legend
+    must hold for every panel."""
+    import report
+
+    import anybudget.io
+
+    figs = []
+    monkeypatch.setattr(anybudget.io, "save_figure", lambda fig, path, **kw: figs.append(fig))
+    lv = {"0.5": {"mean": 0.5, "std": 0.01}}
+    full = {"mean": 0.6, "std": 0.01}
+    order = [("oneshot", "shuffled", "random_pruning", "random_reinit"), ("random_reinit", "oneshot", "shuffled", "random_pruning")]
+    tasks = {f"t{i}": {"metric": "dev.accuracy", "full": full, "imp": lv, "sparsest_winning": {"imp": None},
+                       "controls": {k: lv for k in o}} for i, o in enumerate(order)}
+    report._imp_curves({"tasks": tasks}, tmp_path / "c.png")
+    colours = [{c.get_label(): c.lines[0].get_color() for c in ax.containers} for ax in figs[0].axes[:2]]
+    assert colours[0] == colours[1] and len(set(colours[0].values())) == 5
