@@ -405,6 +405,9 @@ def main(argv=None):
                     help="most seconds one row's compile warm-up may take (default: the time left before the "
                          "--minutes deadline, less --timed-s); a row past it is skipped with a note")
     ap.add_argument("--notes", default=None, help="free text stored in the record's config (e.g. the host's load)")
+    ap.add_argument("--output-code", action="store_true",
+                    help="log inductor's generated code (TORCH_LOGS=output_code): the source of the kernels the "
+                         "--profile tables name")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: the same code path in seconds")
     ap.add_argument("--profile", action="store_true",
                     help="per row, a profiled extra generate: kernels, launches and CUDA-graph replays per step")
@@ -423,8 +426,8 @@ def main(argv=None):
         setattr(torch._dynamo.config, knob, value)
     if CUDA:  # why a graph runs without CUDA graphs, in the log; --profile: the CUDA-graph trees' recordings,
         # warm-up / eager runs, re-recordings and static inputs too
-        torch._logging.set_logs(perf_hints=True, **({"cudagraphs": True, "cudagraph_static_inputs": True}
-                                                    if args.profile else {}))
+        torch._logging.set_logs(perf_hints=True, output_code=args.output_code,
+                                **({"cudagraphs": True, "cudagraph_static_inputs": True} if args.profile else {}))
     from transformers import CompileConfig
 
     # One compilation per path serves every batch and length (CUDA graphs are still recorded per
