@@ -43,13 +43,19 @@ compiles and records the CUDA graphs) is excluded and reported as ``warmup_s``. 
 bytes one step must read (weights except the embedding, keys and values, and for budgeted caches
 their per-slot score/position/validity) over the copy bandwidth measured at the start of the run.
 
-A wall-clock guard (``--minutes``) skips rows that would not finish and lists them; the JSON is
-rewritten after every row, so a killed run still leaves its results.
+A wall-clock guard (``--minutes``, ``row_guard.py``) skips rows that would not finish and lists
+them in the record and in its summary (``skipped_rows``): a row's first batch is expected to
+compile as long as the longest warm-up seen so far in the run (at least ``--compile-s``), and a
+warm-up still compiling when the budget is spent (or past ``--warmup-cap``) is stopped and the row
+listed as skipped. ``--rows`` runs its rows in the given order: the row that must run goes first.
+The JSON is rewritten after every row, so a killed run still leaves its results.
 
 Usage (GPU):  python benchmarks/kv/serving.py --out $OUT          (about 8 minutes on an H100)
               python benchmarks/kv/serving.py --out $OUT --name kv_serving_triton_ab --rows h2o_20,h2o_20_triton \
-                  --prompts 2048 --no-sweep --profile --minutes 8   (the Triton op's A/B, profiled: ~5.5 min;
-                  add h2o_20_tritonop to the rows for the triton_op registration: ~7.5 min)
+                  --prompts 2048 --no-sweep --profile --minutes 8   (the Triton op's A/B, profiled: ~5.5 min
+                  when the host's CPUs are free; each row's compile took 121-255 s on an H200)
+              python benchmarks/kv/serving.py --out $OUT --name kv_serving_tritonop_ab --rows h2o_20_tritonop,h2o_20,h2o_20_triton \
+                  --prompts 2048 --no-sweep --profile --minutes 7   (triton_op first: the rows that do not fit are listed)
               python benchmarks/kv/serving.py --smoke --out /tmp/x  (CPU, seconds)
 """
 
@@ -72,11 +78,16 @@ from anybudget.plan.device import compile_settings, hf_static_cache
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _step_profile():
-    spec = importlib.util.spec_from_file_location("kv_step_profile", ROOT / "benchmarks" / "kv" / "step_profile.py")
+def _sibling(name: str):
+    """A module of benchmarks/kv/ (not a package) by file name."""
+    spec = importlib.util.spec_from_file_location(f"kv_{name}", ROOT / "benchmarks" / "kv" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _step_profile():
+    return _sibling("step_profile")
 
 GiB = 2**30
 CUDA = torch.cuda.is_available()
@@ -187,7 +198,10 @@ def estimate_cache_gib(row, cfg, B, P, N) -> float:
     return Lyr * B * H * slots * (2 * D * 2 + 17) / GiB
 
 
-def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_shapes=False, profile=False):
+def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_shapes=False, profile=False,
+            warm_cap=None, guard=None):
+    """One (row, batch, prompt) measurement. ``warm_cap``: seconds the warm-up call (compile +
+    CUDA-graph recording) may take (``row_guard.warmup_limit``: ``WarmupCapped`` past it)."""
     g = torch.Generator().manual_seed(B * 7 + P)
     dev = model.device
     ids = torch.randint(1, cfg.vocab_size, (B, P), generator=g).to(dev)
@@ -219,9 +233,11 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
         elif row == "hf_static" and static_cache is not None:
             static_cache.reset()  # a user's StaticCache is not reset by generate; anybudget's caches restart themselves
 
+    guard = guard or _sibling("row_guard")
     with torch.no_grad():
         t0 = time.perf_counter()
-        model.generate(**{**gen, "min_new_tokens": 4}, max_new_tokens=4)  # compile + CUDA graph capture
+        with guard.warmup_limit(warm_cap):
+            model.generate(**{**gen, "min_new_tokens": 4}, max_new_tokens=4)  # compile + CUDA graph capture
         if CUDA:
             torch.cuda.synchronize()
         warm = time.perf_counter() - t0
@@ -282,7 +298,7 @@ def plan(prompts, smoke, do_sweep=True):
     return jobs, ref
 
 
-def summarize(rows, prompts, ref):
+def summarize(rows, prompts, ref, skipped=None):
     ok = [r for r in rows if "decode_ms_per_step" in r]
 
     def get(row, p, b):
@@ -334,6 +350,8 @@ def summarize(rows, prompts, ref):
     plain = [r for r in rows if r["row"] == "h2o_dynamic"]
     if plain:
         s["h2o20_plain_generate_large_batch"] = {k: plain[0].get(k) for k in ("batch", "prompt", "decode_ms_per_step", "oom", "error")}
+    if skipped:  # in the headline, so a row that did not run is not silently missing
+        s["skipped_rows"] = "; ".join(f"{k['row']} b{k['batch']} p{k['prompt']}: {k['why']}" for k in skipped)
     return s
 
 
@@ -376,7 +394,20 @@ def main(argv=None):
                          "(recompiles for every batch and length) instead of dynamic batch/length dims")
     ap.add_argument("--no-sweep", action="store_true",
                     help="every row at its reference batch only (no batch doubling): the other policies in one call")
-    ap.add_argument("--rows", default=None, help="comma list of rows to run (default all, in priority order)")
+    ap.add_argument("--rows", default=None,
+                    help="comma list of rows to run, in this order (default all, in priority order): put the row "
+                         "that must run first")
+    ap.add_argument("--compile-s", type=float, default=None,
+                    help="seconds a row's first batch is expected to compile before any has been measured in the "
+                         "run (default 180; smoke 0); then the longest warm-up seen is used")
+    ap.add_argument("--timed-s", type=float, default=None, help="seconds of a row's timed part (default 30; smoke 0)")
+    ap.add_argument("--warmup-cap", type=float, default=None,
+                    help="most seconds one row's compile warm-up may take (default: the time left before the "
+                         "--minutes deadline, less --timed-s); a row past it is skipped with a note")
+    ap.add_argument("--notes", default=None, help="free text stored in the record's config (e.g. the host's load)")
+    ap.add_argument("--output-code", action="store_true",
+                    help="log inductor's generated code (TORCH_LOGS=output_code): the source of the kernels the "
+                         "--profile tables name")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: the same code path in seconds")
     ap.add_argument("--profile", action="store_true",
                     help="per row, a profiled extra generate: kernels, launches and CUDA-graph replays per step")
@@ -395,8 +426,8 @@ def main(argv=None):
         setattr(torch._dynamo.config, knob, value)
     if CUDA:  # why a graph runs without CUDA graphs, in the log; --profile: the CUDA-graph trees' recordings,
         # warm-up / eager runs, re-recordings and static inputs too
-        torch._logging.set_logs(perf_hints=True, **({"cudagraphs": True, "cudagraph_static_inputs": True}
-                                                    if args.profile else {}))
+        torch._logging.set_logs(perf_hints=True, output_code=args.output_code,
+                                **({"cudagraphs": True, "cudagraph_static_inputs": True} if args.profile else {}))
     from transformers import CompileConfig
 
     # One compilation per path serves every batch and length (CUDA graphs are still recorded per
@@ -410,9 +441,15 @@ def main(argv=None):
     bw = copy_bandwidth(args.smoke)
     total_mem = torch.cuda.get_device_properties(0).total_memory / GiB if CUDA else 1e9
     jobs, ref = plan(prompts, args.smoke, do_sweep=not args.no_sweep)
-    if args.rows:
-        keep = set(args.rows.split(","))
-        jobs = [j for j in jobs if j[0] in keep]
+    if args.rows:  # the given rows in the given order (each row's prompts in plan order)
+        order = args.rows.split(",")
+        unknown = sorted(set(order) - {j[0] for j in jobs})
+        if unknown:
+            raise SystemExit(f"error: --rows {','.join(unknown)}: not rows of the plan ({', '.join(dict.fromkeys(j[0] for j in jobs))})")
+        jobs = sorted((j for j in jobs if j[0] in order), key=lambda j: order.index(j[0]))
+    guard = _sibling("row_guard")
+    compile_s = args.compile_s if args.compile_s is not None else (0.0 if args.smoke else 180.0)
+    timed_s = args.timed_s if args.timed_s is not None else (0.0 if args.smoke else 30.0)
     rows, skipped = [], []
     config = {"model": "LlamaForCausalLM, random weights", "params": sum(p.numel() for p in model.parameters()),
               "dtype": str(model.dtype), "prompts": prompts, "new_tokens": N, "copy_bandwidth_gbps": bw / 1e9,
@@ -420,15 +457,20 @@ def main(argv=None):
               "budgeted_rows": "static=True caches, decoding compiled by transformers' generate (inductor, "
                                "reduce-overhead) like cache_implementation='static'",
               "compile_config": None if compile_config is None else compile_config.to_dict(),
-              "minutes_guard": args.minutes, "profile": args.profile, "layers": cfg.num_hidden_layers}
+              "minutes_guard": args.minutes, "profile": args.profile, "layers": cfg.num_hidden_layers,
+              "row_order": list(dict.fromkeys(j[0] for j in jobs)), "compile_s_guess": compile_s,
+              "timed_s_guess": timed_s, "warmup_cap_s": args.warmup_cap}
+    if args.notes:
+        config["notes"] = args.notes
 
     def save():
-        metrics = {"rows": rows, "skipped": skipped, "summary": summarize(rows, prompts, ref),
+        metrics = {"rows": rows, "skipped": skipped, "summary": summarize(rows, prompts, ref, skipped),
                    "wall_s": time.time() - t_start}
         path = write_results(args.name, config, metrics, baseline={"every ratio": "hf_static"}, out_dir=args.out)
         return path
 
     last_cost = {}  # (row, prompt) -> (batch, seconds): to predict the next doubling
+    warmups = []  # compile warm-ups of this run's rows (first batches), seconds
     tried = set()
     for row, P, batches in jobs:
         for B in batches:
@@ -437,10 +479,11 @@ def main(argv=None):
             tried.add((row, P, B))
             left = deadline - time.time()
             prev = last_cost.get((row, P))
-            # a row's first batch may compile (about a minute on a GPU for this model)
-            guess = prev[1] * B / prev[0] if prev else (0.0 if args.smoke else 90.0)
+            guess = guard.estimate_s(prev, B, warmups, compile_s, timed_s)  # a first batch compiles
             if left < 20 or guess > left:
-                skipped.append({"row": row, "prompt": P, "batch": B, "why": f"wall-clock guard ({left:.0f} s left)"})
+                what = "its last batch scaled" if prev else f"compile {guess - timed_s:.0f} s + timed {timed_s:.0f} s"
+                skipped.append({"row": row, "prompt": P, "batch": B,
+                                "why": f"wall-clock guard: needs ~{guess:.0f} s ({what}), {left:.0f} s left"})
                 continue
             est = estimate_cache_gib(row, cfg, B, P, N)
             if CUDA and est + weight_bytes / GiB > 0.9 * total_mem:
@@ -449,9 +492,18 @@ def main(argv=None):
                 tried.update((row, P, b) for b in batches if b > B)
                 break
             t0 = time.time()
+            cap = left - timed_s if args.warmup_cap is None else min(args.warmup_cap, left - timed_s)
             try:
                 res = run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, args.static_shapes,
-                              args.profile)
+                              args.profile, warm_cap=cap, guard=guard)
+            except guard.WarmupCapped as e:
+                cleanup(model)
+                warmups.append(time.time() - t0)
+                skipped.append({"row": row, "prompt": P, "batch": B, "why": f"{e} (stopped after {time.time() - t0:.0f} s)"})
+                tried.update((row, P, b) for b in batches)
+                print("SKIPPED", row, B, P, e, flush=True)
+                save()
+                break
             except torch.OutOfMemoryError:
                 cleanup(model)
                 rows.append({"row": row, "batch": B, "prompt": P, "oom": True, "why": "torch.OutOfMemoryError"})
@@ -465,6 +517,8 @@ def main(argv=None):
                 print("ERROR", row, B, P, e, flush=True)
                 save()
                 break
+            if prev is None:
+                warmups.append(res["warmup_s"])
             last_cost[(row, P)] = (B, time.time() - t0 - res["warmup_s"] + 5)
             rows.append(res)
             print(json.dumps(res), flush=True)
@@ -476,7 +530,7 @@ def main(argv=None):
         err = f"{type(e).__name__}: {e}"
     if err:
         print("plot:", err, flush=True)
-    print("wrote", path, json.dumps(summarize(rows, prompts, ref), indent=1), flush=True)
+    print("wrote", path, json.dumps(summarize(rows, prompts, ref, skipped), indent=1), flush=True)
     return 0
 
 

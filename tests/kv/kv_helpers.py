@@ -1,6 +1,10 @@
 """Tiny random causal LMs for the kv tests (a uniquely named module: the test folders share
 sys.path, so two conftest.py files would shadow each other)."""
 
+import contextlib
+import signal
+import threading
+
 import torch
 
 
@@ -34,3 +38,29 @@ def tiny_model(family: str, seed: int = 0):
 
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gpt_neox"]
+
+
+GPU_TEST_SECONDS = 240.0  # default cap of one gpu-marked kv test (ANYBUDGET_GPU_TEST_S overrides)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, what: str):
+    """Raise ``TimeoutError`` naming ``what`` when the block runs past ``seconds`` (SIGALRM, main
+    thread; where there is none the block runs unbounded). A test that hangs or compiles for too
+    long then fails with its traceback (where it was) instead of stalling the whole session."""
+    if seconds <= 0:
+        raise ValueError(f"seconds={seconds}: must be > 0")
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"{what} ran past {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

@@ -120,3 +120,59 @@ def test_serving_summary_compares_h2o_with_the_faster_of_the_two_hf_static_compi
     assert s["h2o20_over_fastest_hf_static_step_ratio_b16_p8192"] == 9.0 / 6.0
     jobs, _ = mod.plan([2048, 8192], smoke=False, do_sweep=False)
     assert [r for r, _, _ in jobs[:6]] == ["hf_static", "h2o_20", "hf_static_default"] * 2  # before any guard stops
+
+
+def _serving(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "kv" / "serving.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_serving_runs_the_given_rows_in_the_given_order_and_lists_rows_that_do_not_fit(tmp_path):
+    """``--rows`` order is the run order (the row that must run goes first); a row whose expected
+    compile does not fit the time left is skipped with a note in the record and in the summary;
+    a warm-up past ``--warmup-cap`` is stopped and its row listed; the run still saves its record."""
+    mod = _serving("kv_serving_order")
+    assert mod.main(["--smoke", "--out", str(tmp_path), "--prompts", "16", "--no-sweep", "--notes", "smoke",
+                     "--rows", "h2o_20_tritonop,h2o_20,h2o_20_triton"]) == 0
+    rec = json.loads((tmp_path / "kv_serving.json").read_text())
+    assert [r["row"] for r in rec["metrics"]["rows"]] == ["h2o_20_tritonop", "h2o_20", "h2o_20_triton"]
+    assert rec["config"]["row_order"] == ["h2o_20_tritonop", "h2o_20", "h2o_20_triton"]
+    assert rec["config"]["notes"] == "smoke" and "skipped_rows" not in rec["metrics"]["summary"]
+    assert rec["metrics"]["summary"]["h2o20_tritonop_over_matmul_step_ratio_b2_p16"] > 0
+
+    # a first batch expected to compile for 1e6 s does not fit a 1-minute budget: listed, not run
+    assert mod.main(["--smoke", "--out", str(tmp_path), "--name", "guard", "--prompts", "16", "--no-sweep",
+                     "--minutes", "1", "--compile-s", "1e6", "--rows", "h2o_20"]) == 0
+    rec = json.loads((tmp_path / "guard.json").read_text())
+    assert rec["metrics"]["rows"] == []
+    (skip,) = rec["metrics"]["skipped"]
+    assert skip["row"] == "h2o_20" and "wall-clock guard: needs ~1000000 s (compile 1000000 s" in skip["why"]
+    assert rec["metrics"]["summary"]["skipped_rows"].startswith("h2o_20 b2 p16: wall-clock guard")
+
+    # a warm-up past its cap is stopped: the row is listed with the cap and the next row is still tried
+    assert mod.main(["--smoke", "--out", str(tmp_path), "--name", "cap", "--prompts", "16", "--no-sweep",
+                     "--warmup-cap", "0.001", "--rows", "h2o_20,hf_static"]) == 0
+    rec = json.loads((tmp_path / "cap.json").read_text())
+    whys = {k["row"]: k["why"] for k in rec["metrics"]["skipped"]}
+    assert set(whys) == {"h2o_20", "hf_static"} and all("ran past its cap of 0 s" in w for w in whys.values()), whys
+    with pytest.raises(SystemExit, match="--rows h2o_99: not rows of the plan"):
+        mod.main(["--smoke", "--out", str(tmp_path), "--rows", "h2o_99"])
+
+
+def test_row_guard_estimates_a_first_batch_as_the_longest_compile_seen():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "kv"))
+    from row_guard import WarmupCapped, estimate_s, warmup_limit
+
+    assert estimate_s(None, 64, [], 180.0, 30.0) == 210.0  # nothing measured yet: the default
+    assert estimate_s(None, 64, [255.3, 169.2], 180.0, 30.0) == 285.3  # the longest warm-up so far
+    assert estimate_s((64, 12.0), 128, [255.3], 180.0, 30.0) == 24.0  # a later batch: scaled
+    with pytest.raises(ValueError, match="batch=0"):
+        estimate_s(None, 0, [], 1.0, 1.0)
+    with pytest.raises(WarmupCapped, match="no time left"), warmup_limit(-1.0):
+        pass
+    with warmup_limit(None), warmup_limit(5.0):
+        pass

@@ -272,7 +272,7 @@ def decode_attention_with_colsum_triton(q, k, v, *, scale=None, causal=True, key
         col = parts[0].view(B, Hkv, Lk)
         scb, sch = Hkv * Lk, Lk
     S = parts[1].view(rows, Lk1)
-    km, skmb, skmh, has_km = _key_mask_args(key_mask, S)
+    km, skmb, skmh, has_km = _key_mask_args(key_mask, S, traced=wrap is not None)
     flags = {"CAUSAL": bool(causal), "HAS_KM": has_km, "DOT_F32": q.dtype == torch.float32}
     if fused:
         launch(_decode_fused)[(B * Hkv,)](

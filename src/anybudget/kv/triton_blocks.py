@@ -65,11 +65,17 @@ def _key_block(
     return s, v
 
 
-def _key_mask_args(key_mask, dummy):
+def _key_mask_args(key_mask, dummy, traced: bool = False):
     """(pointer, batch stride, head stride, present) of a (B, Lk) or (B, Hkv, Lk) key mask; with no
-    mask, ``dummy`` stands in as a pointer that is never read."""
+    mask, ``dummy`` stands in as a pointer that is never read. ``traced`` (launches recorded by
+    ``wrap_triton`` into a compiled graph): an int8 copy (a small kernel in the graph) instead of
+    a dtype view, since inductor has handed user kernels the base tensor of a dtype view
+    (pytorch#163286, #136159) and a bool base is typed ``*i1``, which compiled kernels do not read
+    byte by byte (pytorch#176353, AOTInductor)."""
     if key_mask is None:
         return dummy, 0, 0, False
-    # A bool mask is read in place as int8 (same bytes): no converted copy per call.
-    km = key_mask.view(torch.int8) if key_mask.dtype == torch.bool else key_mask.to(torch.int8)
+    if traced:
+        km = key_mask.to(torch.int8, copy=True)
+    else:  # a bool mask is read in place as int8 (same bytes): no converted copy per call
+        km = key_mask.view(torch.int8) if key_mask.dtype == torch.bool else key_mask.to(torch.int8)
     return km, km.stride(0), (0 if km.dim() == 2 else km.stride(1)), True
