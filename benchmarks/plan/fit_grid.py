@@ -89,6 +89,10 @@ GPU (one H100/H200, one process on GPU 0; each call under `timeout 560`):
   carry .carry/plan/fit_state only (their tars are one file, extracted over the folder). A state of
   calls 1-2 (shared graphs) resumes at phase 3: build and quality are kept, its two shared-graph
   latency measurements and compile cache are dropped (``State.switch_compile_mode``).
+  The second grid on the finished state (phase 4 only; the state's device, else --refit-latency):
+    timeout 560 python benchmarks/plan/fit_grid.py --out $OUT/r/plan --quiet --grid bind \
+        --state .carry/plan/fit_state
+  first counted on the CPU: python benchmarks/plan/fit_predict.py --state .carry/plan/fit_state --grid bind --out DIR
 CPU smoke (tiny random model, every phase, seconds):  python benchmarks/plan/fit_grid.py --smoke --out /tmp/fg
 Writes to --out: plan_fit_grid.json (results record), plan_fit_grid.png, plan_state.tar[.NN].
 """

@@ -5,7 +5,8 @@ Every fit of the grid (``--grid``, its levels and the state's workload, candidat
 trials) runs ``plan.fit`` as the GPU call would: the same latency model, memory model and quality
 table (the state's), the device's predictions (bfloat16, H2O's fused scores on CUDA), and a
 measurement function that returns the state's measurement of a candidate already measured on
-that device (exactly what the GPU call reuses) and, for any other, a simulated one: its
+that device (what the GPU call reuses; one it measures again, ``fit_state.reusable``, stands in
+for its new measurement and counts as one) and, for any other, a simulated one: its
 prediction (``--error none``) or its prediction times the worst measured / predicted ratio among the
 state's measurements (``--error worst``: memory and latency apart, >= 1; a candidate that then
 breaks its budget is a fall-back, as on the device). Budgets the state already holds are not run
@@ -40,7 +41,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 import fit_grid as G
 from fit_report import summarize
-from fit_state import ELASTIC_FILES, WEIGHTS_XZ, State
+from fit_state import ELASTIC_FILES, WEIGHTS_XZ, State, reusable
 
 LOAD_S = 20.0  # a GPU call's imports, weights and tar besides its phases (call 3: 240 s total, 223 s of phases)
 
@@ -129,8 +130,12 @@ def main(argv=None) -> int:
         new: list[str] = []
 
         def measure(model, c, w):
-            if c.label in memo:
+            if c.label in memo and reusable(memo[c.label]):
                 return dict(memo[c.label])
+            if c.label in memo:  # measured again on the device (fit_state.reusable): its old numbers stand in
+                if c.label not in new:
+                    new.append(c.label)
+                return dict(memo[c.label]) | {"simulated": True}
             if c.label not in new:
                 new.append(c.label)
             r = by_label[c.label]

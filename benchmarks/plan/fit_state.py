@@ -281,6 +281,12 @@ def extract_state(parts, parent) -> Path:
     return Path(parent) / top.pop()
 
 
+def reusable(measured: dict) -> bool:
+    """Whether a recorded measurement is reused: not a CUDA peak taken before ``measure_candidate``
+    collected an earlier candidate's garbage first (``baseline``; those peaks could read low)."""
+    return measured.get("peak_kind") != "cuda_max_allocated" or measured.get("baseline") == "gc"
+
+
 class Run:
     """One call of the benchmark: the state it resumes, the clock that guards it, the loaded model."""
 
@@ -339,10 +345,11 @@ class Run:
         """The benchmark's one measurement function (latency model and every fit): guarded by the
         clock with the compile time of a graph not yet compiled in this process. A candidate already
         measured on this device (an earlier fit, budget or call: the same serving path, workload and
-        weights) is not measured again: its measurement is reused (the call's ``reused`` counts it)."""
+        weights) is not measured again: its measurement is reused (the call's ``reused`` counts it),
+        unless :func:`reusable` says its peak predates the garbage collection (measured again)."""
         memo = self.st.d.setdefault("measured", {})
         hit = memo.get(c.label)
-        if hit is not None and hit["device"] == self.call.get("device"):
+        if hit is not None and hit["device"] == self.call.get("device") and reusable(hit["measured"]):
             self.call["reused"] = self.call.get("reused", 0) + 1
             return dict(hit["measured"])
         key = self.compile_key(c)

@@ -397,3 +397,25 @@ def test_a_state_of_another_device_is_refused_or_its_latency_refitted(grid_mod, 
     m = json.loads((tmp_path / "o" / "plan_fit_grid_bind.json").read_text())["metrics"]
     assert m["complete"] and m["latency_model"]["device"] == "cpu"
     assert set(m["calls"][-1]["phases_s"]) == {"latency", "grid_bind"}
+
+
+def test_a_cuda_peak_measured_before_the_garbage_collection_is_measured_again(tmp_path, monkeypatch):
+    import argparse
+
+    import torch
+
+    import anybudget.plan as P
+
+    fs = load("fit_state")
+    st = fs.State(tmp_path, {})
+    st["calls"].append({"compile_s": {}, "device": "gpu A"})
+    st["share"] = False
+    old = {"step_s": 1.0, "peak_bytes": 5, "peak_kind": "cuda_max_allocated"}
+    st["measured"] = {"kv2/mlp64 full": {"device": "gpu A", "measured": old},
+                      "kv1/mlp64 full": {"device": "gpu A", "measured": old | {"baseline": "gc"}}}
+    run = fs.Run(argparse.Namespace(serve="static"), st, fs.Clock(100), torch.device("cpu"), tmp_path, None)
+    monkeypatch.setattr(P, "measure_candidate", lambda m, c, w, **k: {"step_s": 2.0, "baseline": "gc"})
+    assert run.measure(None, P.Candidate(1, 64), None) == old | {"baseline": "gc"}  # reused
+    assert run.measure(None, P.Candidate(2, 64), None) == {"step_s": 2.0, "baseline": "gc"}  # measured again
+    assert st["measured"]["kv2/mlp64 full"]["measured"]["baseline"] == "gc" and st["calls"][-1]["reused"] == 1
+    assert fs.reusable({"peak_kind": "cpu_weights_plus_cache"}) and not fs.reusable(old)
