@@ -167,7 +167,8 @@ def main(argv=None) -> int:
     check_s = d.get("check", 20.0)
     seconds = LOAD_S + len(new_run) * compile_s + len(new_checks) * check_s + len(todo) * d.get("budget", 1.0)
     checked = st["checked"]  # measured ppl of plans checked on the device (new choices: predicted only)
-    summary = summarize(entries, checked) | {
+    summary = {k.replace("_measured", "_simulated") if k == "plans_meet_budget_measured" else k: v
+               for k, v in summarize(entries, checked).items() if "measured_ppl" not in k} | {
         "budgets_to_run": len(todo), "budgets_needing_a_measurement": sum(
             any(e[k].get("simulated") for k in G.KINDS) for e in todo),
         "new_measurements": len(new_run), "new_quality_checks": len(new_checks),
