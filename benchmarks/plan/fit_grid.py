@@ -36,6 +36,20 @@ Budgets: 3 memory levels spread over the range the candidates span, at 0.8, 0.5 
   one technique always suffices, nor only its bottom) x 2 latency levels a user would state
   relative to what they run today: 1.0x the full model's predicted step ("no slower than serving
   the model as it is") and 1.25x ("a quarter slower is acceptable").
+Second grid (``--grid bind``; pre-registered 2026-11-26 after the first grid completed, before
+  any simulation of it; the first, ``--grid main``, is kept as it is): the first grid's budgets were
+  met by the full network with KV eviction alone at 4 of 6 (its latency levels are at or above the
+  full model's step, and eviction at 20-50% costs the full model 0.3-2.7% perplexity), so they test
+  eviction more than a combination. A combiner is tested where both axes bind: every budget is
+  below the full model (full cache) on both axes. Memory at the same 0.8, 0.5, 0.2 of the way from
+  the smallest reachable predicted peak to the full model's (with 128 sequences the KV cache is
+  ~20x the weights, so every level is a KV-memory budget) x latency at 0.75, 0.5, 0.25 of the way
+  from the fastest reachable predicted step to the full model's (``--latency-scale range``: below
+  1.0x the full step at every level; as for memory, fractions of the range the candidates span,
+  so the levels come from the candidate space and no quality number). 9 budgets; the same
+  workload, candidates, margin and trials; state entries ``grid_bind``, record plan_fit_grid_bind.json.
+  ``fit_predict.py`` runs its selection on the CPU from a state (measured candidates reused,
+  the others taken as predicted) to count the measurements a call needs.
 
 Phases (all numbers from this run, which may span several calls through ``--state``):
   1 a quick elastic build of the reference LM (``anybudget.elastic.pipeline.build_elastic``:
@@ -75,6 +89,10 @@ GPU (one H100/H200, one process on GPU 0; each call under `timeout 560`):
   carry .carry/plan/fit_state only (their tars are one file, extracted over the folder). A state of
   calls 1-2 (shared graphs) resumes at phase 3: build and quality are kept, its two shared-graph
   latency measurements and compile cache are dropped (``State.switch_compile_mode``).
+  The second grid on the finished state (phase 4 only; the state's device, else --refit-latency):
+    timeout 560 python benchmarks/plan/fit_grid.py --out $OUT/r/plan --quiet --grid bind \
+        --state .carry/plan/fit_state
+  first counted on the CPU: python benchmarks/plan/fit_predict.py --state .carry/plan/fit_state --grid bind --out DIR
 CPU smoke (tiny random model, every phase, seconds):  python benchmarks/plan/fit_grid.py --smoke --out /tmp/fg
 Writes to --out: plan_fit_grid.json (results record), plan_fit_grid.png, plan_state.tar[.NN].
 """
@@ -107,6 +125,8 @@ from fit_report import levels, plot, summarize, write_record
 from fit_state import Clock, Run, State, Stop, stop_on_sigterm
 
 KINDS = {"plan": ("elastic", "kv"), "elastic_only": ("elastic",), "kv_only": ("kv",)}
+GRIDS = {"main": {"mem_levels": "0.8,0.5,0.2", "latency_levels": "1.0,1.25", "latency_scale": "full"},
+         "bind": {"mem_levels": "0.8,0.5,0.2", "latency_levels": "0.75,0.5,0.25", "latency_scale": "range"}}
 
 
 def parse(argv=None):
@@ -134,9 +154,15 @@ def parse(argv=None):
                          "and every cache kind costs a compilation")
     ap.add_argument("--kv-budgets", default="50,20,10", help="percent")
     ap.add_argument("--quality-seqs", type=int, default=48, help="windows of prompt + new test tokens (quality, check)")
-    ap.add_argument("--mem-levels", default="0.8,0.5,0.2",
-                    help="memory budgets: fractions of the way from the smallest reachable peak (0) to the full model's (1)")
-    ap.add_argument("--latency-levels", default="1.0,1.25", help="latency budgets as multiples of the full model's step")
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="main",
+                    help="main: the first grid; bind: both axes below the full model (module doc); its preset levels")
+    ap.add_argument("--mem-levels", default=None,
+                    help="memory budgets: fractions of the way from the smallest reachable peak (0) to the full model's "
+                         "(1); default the --grid's")
+    ap.add_argument("--latency-levels", default=None, help="latency budgets (--latency-scale); default the --grid's")
+    ap.add_argument("--latency-scale", choices=("full", "range"), default=None,
+                    help="full: multiples of the full model's step; range: fractions of the way from the fastest "
+                         "reachable step (0) to the full model's (1); default the --grid's")
     ap.add_argument("--max-trials", type=int, default=4)
     ap.add_argument("--margin", type=float, default=0.03, help="plans aim this fraction under each budget (noise)")
     ap.add_argument("--wall-seconds", type=float, default=510,
@@ -155,11 +181,18 @@ def parse(argv=None):
                          "the same absolute path every call (Triton's cache index holds absolute paths)")
     ap.add_argument("--compile-cache-max-mib", type=float, default=8.0,
                     help="the packed compile cache is dropped (and the record says so) above this many MiB")
+    ap.add_argument("--refit-latency", action="store_true",
+                    help="a --state whose latency model is another device's: fit it again here (else refused)")
     ap.add_argument("--stop-after", default=None,
                     help="end the call after a phase: build, quality, latency or grid:N (N budgets done)")
     ap.add_argument("--smoke", action="store_true", help="tiny random model on the CPU, every phase, seconds")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
+    preset = GRIDS[a.grid]
+    a.mem_levels = a.mem_levels or preset["mem_levels"]
+    a.latency_levels = a.latency_levels or preset["latency_levels"]
+    a.latency_scale = a.latency_scale or preset["latency_scale"]
+    a.grid_key, a.record = ("grid", "plan_fit_grid") if a.grid == "main" else (f"grid_{a.grid}", f"plan_fit_grid_{a.grid}")
     stops = ("build", "quality", "latency") + tuple(f"grid:{i}" for i in range(1, 100))
     if a.stop_after is not None and a.stop_after not in stops:
         ap.error(f"--stop-after {a.stop_after!r} must be build, quality, latency or grid:N (N >= 1)")
@@ -167,7 +200,8 @@ def parse(argv=None):
         torch.set_num_threads(1)
         a.train_steps, a.train_batch, a.train_seq, a.prompt, a.new, a.batch = 2, 2, 32, 40, 4, 2
         a.quality_seqs, a.max_trials = 3, 3
-        a.latency_levels = "2,4"  # a tiny model's CPU step times are mostly noise
+        if a.latency_scale == "full":
+            a.latency_levels = "2,4"  # a tiny model's CPU step times are mostly noise
     return a
 
 
@@ -196,15 +230,17 @@ def build(a, model_dir, train_tokens, dev):
 
 def grid(a, rows):
     """Memory levels at fractions of the way from the smallest reachable predicted peak to the full
-    model's x latency levels as multiples of the full model's predicted step (module doc)."""
+    model's x latency levels as multiples of the full model's predicted step (``--latency-scale full``)
+    or fractions of the way from the fastest reachable predicted step to it (``range``; module doc)."""
     full = max(rows, key=lambda r: (r["candidate"]["kv_groups"], r["candidate"]["mlp_width"],
                                     r["candidate"]["policy"] == "full"))
-    lo_mem = min(r["mem"] for r in rows)
+    lo_mem, lo_lat = min(r["mem"] for r in rows), min(r["latency_s"] for r in rows)
     out = []
     for fm in levels(a.mem_levels):
         for fl in levels(a.latency_levels):
             mem = lo_mem + fm * (full["mem"] - lo_mem)
-            out.append(f"mem={math.ceil(mem / 2**10)}KiB,latency={fl * full['latency_s'] * 1e3:.4f}ms")
+            lat = fl * full["latency_s"] if a.latency_scale == "full" else lo_lat + fl * (full["latency_s"] - lo_lat)
+            out.append(f"mem={math.ceil(mem / 2**10)}KiB,latency={lat * 1e3:.4f}ms")
     return out, full
 
 
@@ -219,8 +255,7 @@ def plan_row(p: P.Plan) -> dict:
 def fingerprint(a) -> dict:
     """What a --state must have been written with to be resumed (paths excluded: they differ between machines)."""
     keys = ("smoke", "train_steps", "train_batch", "train_seq", "lr", "prompt", "new", "batch", "serve", "policies",
-            "kv_budgets", "quality_seqs", "mem_levels", "latency_levels",
-            "max_trials", "margin")
+            "kv_budgets", "quality_seqs", "max_trials", "margin")  # a grid's levels: checked by its budgets
     return {k: getattr(a, k) for k in keys} | {"model": "smoke" if a.smoke else Path(a.model).name}
 
 
@@ -231,8 +266,10 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device("cuda" if torch.cuda.is_available() and not a.smoke else "cpu")
     st = State(a.state or (out / "state" if a.smoke else ROOT / "benchmarks/plan/build/fit_state"), fingerprint(a))
-    st["calls"].append({"phases_s": {}, "compile_s": {}, "device": torch.cuda.get_device_name(0) if dev.type == "cuda"
-                        else "cpu", "resumed": st.resumed, "phase": "start", "stopped": None})
+    device = torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"
+    st.check_device(device, a.refit_latency)
+    st["calls"].append({"phases_s": {}, "compile_s": {}, "device": device, "resumed": st.resumed, "phase": "start",
+                        "stopped": None})
     st.switch_compile_mode(a.compile)
     restored = 0
     if a.compile_cache:  # read lazily by inductor and Triton: set before the first compilation
@@ -321,30 +358,32 @@ def run_phases(run: Run) -> None:
     lat = P.LatencyModel.from_dict(st["latency"]["model"])
     rows = predict_all(run.em, wl, quality, lat, policies, pcts)
     budgets, run.full = grid(a, rows)
-    clock.say(f"phase 4 grid: {len(st['grid'])} of {len(budgets)} budgets done before this call")
-    run.call["phase"] = "grid"
+    done = st.d.setdefault(a.grid_key, [])
+    clock.say(f"phase 4 grid {a.grid}: {len(done)} of {len(budgets)} budgets done before this call")
+    run.call["phase"] = a.grid_key
     for i, b in enumerate(budgets):
-        if i < len(st["grid"]):
-            if st["grid"][i]["budget"] != b:
-                raise ValueError(f"--state {str(st.dir)!r}: budget {i} is {st['grid'][i]['budget']}, now {b}")
+        if i < len(done):
+            if done[i]["budget"] != b:
+                raise ValueError(f"--state {str(st.dir)!r}: --grid {a.grid} budget {i} is {done[i]['budget']}, now {b} "
+                                 "(other levels: give another --grid)")
             continue
         clock.need(run.est("budget"), f"grid budget {i + 1}/{len(budgets)} not started")
         clock.say(f"grid budget {i + 1}/{len(budgets)} {b}: start")
         t, compiled = time.perf_counter(), sum(run.call["compile_s"].values())
         entry, checked = fit_budget(run, b, quality, lat, rows, windows, qwl, static, qbatch)
         dt = time.perf_counter() - t
-        st["grid"].append(entry)
+        done.append(entry)
         st["checked"].update(checked)
         st["durations"]["budget"] = dt - (sum(run.call["compile_s"].values()) - compiled)  # compiles are guarded apart
-        run.call["phases_s"]["grid"] = run.call["phases_s"].get("grid", 0.0) + dt
-        st.add_time("grid", dt)
+        run.call["phases_s"][a.grid_key] = run.call["phases_s"].get(a.grid_key, 0.0) + dt
+        st.add_time(a.grid_key, dt)
         st.save()
         clock.say(f"grid budget {i + 1}/{len(budgets)}: end ({dt:.1f} s) "
                   f"{ {k: entry[k].get('chosen', 'infeasible') for k in KINDS} }")
         write_record(run)
         if a.stop_after == f"grid:{i + 1}" and i + 1 < len(budgets):
             raise Stop(f"--stop-after grid:{i + 1}")
-    st.finish("grid", 0.0)  # its time was added per budget
+    st.finish(a.grid_key, 0.0)  # its time was added per budget
 
 
 def fit_budget(run: Run, b, quality, lat, rows, windows, qwl, static, qbatch):
@@ -395,10 +434,10 @@ def finish_call(run: Run) -> None:
                   f"cat plan_state.tar* | tar -xf - -C {st.dir.parent}")
     path = write_record(run)
     st.save()
-    plot(st["grid"], run.out / "plan_fit_grid.png")
-    done = "grid" in st["done"]
+    plot(st.get(a.grid_key, []), run.out / f"{a.record}.png")
+    done = a.grid_key in st["done"]
     clock.say(f"wrote {path} ({'complete' if done else 'NOT complete: resume with --state'}; "
-              f"{summarize(st['grid'], st['checked'])})")
+              f"{summarize(st.get(a.grid_key, []), st['checked'])})")
 
 
 if __name__ == "__main__":

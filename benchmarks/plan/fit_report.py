@@ -17,10 +17,10 @@ def levels(text):
 def write_record(run) -> Path:
     """The record of ``run`` (a ``fit_state.Run``) from its state so far (rewritten after every phase and budget: a killed run keeps it)."""
     a, st = run.a, run.st
-    grid_rows, checked = st["grid"], st["checked"]
+    grid_rows, checked = st.get(a.grid_key, []), st["checked"]
     lat = st.get("latency")
     full = getattr(run, "full", None)
-    metrics = {"complete": "grid" in st["done"], "phase": run.call["phase"], "stopped": run.call["stopped"],
+    metrics = {"complete": a.grid_key in st["done"], "phase": run.call["phase"], "stopped": run.call["stopped"],
                "grid": grid_rows, "summary": summarize(grid_rows, checked), "quality_check": checked,
                "full_model": full and {"label": full["label"], "predicted_mem": full["mem"],
                                        "predicted_latency_s": full["latency_s"], "ppl": full["ppl"]},
@@ -40,14 +40,15 @@ def write_record(run) -> Path:
               "compile_settings": compile_settings(share) if static else {}, "share_graphs": share,
               "compile_mode": st.get("compile_mode"), "compile_mode_changed": st.get("compile_mode_changed"),
               "quality_protocol": (st.get("quality") or {}).get("source"), "mem_levels": a.mem_levels,
-              "latency_levels": a.latency_levels, "max_trials": a.max_trials, "margin": a.margin, "smoke": a.smoke,
+              "latency_levels": a.latency_levels, "latency_scale": a.latency_scale,
+              "grid": a.grid, "max_trials": a.max_trials, "margin": a.margin, "smoke": a.smoke,
               "wall_seconds": a.wall_seconds,
               "assumptions": [("quality: ppl(sub-network) x KV ratio measured on the full model, both as "
                                "new-token perplexity after a prefilled prompt (the check measures the plan "
                                "the same way)"),
                               "latency: per decoding step of the whole batch (one new token per sequence)",
                               "weights: the elastic build's, rounded to bfloat16 (what every measurement serves)"]}
-    return write_results("plan_fit_grid", config, metrics, {"single_technique": ["elastic_only", "kv_only"]},
+    return write_results(a.record, config, metrics, {"single_technique": ["elastic_only", "kv_only"]},
                          out_dir=run.out)
 
 

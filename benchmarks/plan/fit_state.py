@@ -130,9 +130,9 @@ class State:
         if mode == "shared" and old == "static" and self.get("shared_graphs_error"):
             mode = "static"  # shared graphs failed in an earlier call, which went on with static ones
         if old is not None and old != mode:
-            for phase in ("latency", "grid"):
-                if phase in self["done"]:
-                    self["done"].remove(phase)
+            self["done"] = [p for p in self["done"] if p != "latency" and p.split("_")[0] != "grid"]
+            for key in [k for k in self.d if k.startswith("grid_")]:  # other grids (fit_grid --grid)
+                del self.d[key]
             self["grid"], self["checked"], self["measured"] = [], {}, {}
             self.d.pop("latency_memo", None)  # states written before the measurements' memo was "measured"
             self.d.pop("latency", None)
@@ -143,6 +143,21 @@ class State:
             change = {"from": old, "to": mode, "call": len(self["calls"])}
             self["compile_mode_changed"] = self.get("compile_mode_changed", []) + [change]
         self["compile_mode"], self["share"] = mode, mode == "shared"
+
+    def check_device(self, device: str, refit: bool) -> None:
+        """A state's latency model (phase 3) holds for the device it was measured on, and its
+        measurements are reused on that device only: on another, refuse (the grid would plan with one
+        device's latencies and measure on another) unless ``--refit-latency`` (phase 3 again, here)."""
+        lat_dev = (self.get("latency") or {}).get("model", {}).get("device")
+        if not self.done("latency") or lat_dev in (None, device):
+            return
+        if not refit:
+            raise SystemExit(f"error: --state {str(self.dir)!r}: its latency model and measurements are from {lat_dev}, this "
+                             f"call runs on {device}: run it on {lat_dev}, or give --refit-latency to fit phase 3 again here "
+                             "(~150 s, and every candidate is measured again)")
+        self["done"].remove("latency")
+        self["refit_latency"] = self.get("refit_latency", []) + [{"from": lat_dev, "to": device, "call": len(self["calls"])}]
+        self.d.pop("latency")
 
     # -- the elastic build ---------------------------------------------------------------------
     @property
@@ -266,6 +281,12 @@ def extract_state(parts, parent) -> Path:
     return Path(parent) / top.pop()
 
 
+def reusable(measured: dict) -> bool:
+    """Whether a recorded measurement is reused: not a CUDA peak taken before ``measure_candidate``
+    collected an earlier candidate's garbage first (``baseline``; those peaks could read low)."""
+    return measured.get("peak_kind") != "cuda_max_allocated" or measured.get("baseline") == "gc"
+
+
 class Run:
     """One call of the benchmark: the state it resumes, the clock that guards it, the loaded model."""
 
@@ -324,10 +345,11 @@ class Run:
         """The benchmark's one measurement function (latency model and every fit): guarded by the
         clock with the compile time of a graph not yet compiled in this process. A candidate already
         measured on this device (an earlier fit, budget or call: the same serving path, workload and
-        weights) is not measured again: its measurement is reused (the call's ``reused`` counts it)."""
+        weights) is not measured again: its measurement is reused (the call's ``reused`` counts it),
+        unless :func:`reusable` says its peak predates the garbage collection (measured again)."""
         memo = self.st.d.setdefault("measured", {})
         hit = memo.get(c.label)
-        if hit is not None and hit["device"] == self.call.get("device"):
+        if hit is not None and hit["device"] == self.call.get("device") and reusable(hit["measured"]):
             self.call["reused"] = self.call.get("reused", 0) + 1
             return dict(hit["measured"])
         key = self.compile_key(c)

@@ -181,3 +181,25 @@ def test_memory_correction_fitted_from_measured_peaks(em):
                                   measure=lambda m, c, wl: measure(m, c, wl, "cpu_weights_plus_cache"))
     assert cpu.mem_correction == {}
     assert LatencyModel.from_dict(lat.to_dict()).mem_extra(small) == pytest.approx(lat.mem_extra(small))
+
+
+def test_candidates_plot_draws_both_budgets(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from anybudget.plan import Plan, plot_candidates
+
+    rows = [{"label": f"kv{g}/mlp64 full", "mem": g * 2**20, "latency_s": g * 1e-3, "ppl": 10.0 / g, "fits": g < 3}
+            for g in (1, 2, 3, 4)]
+    chosen = {"kv_groups": 2, "mlp_width": 64, "policy": "full", "kv_percent": 100.0}
+    trial = {"label": rows[1]["label"], "measured": {"peak_bytes": 1.5 * 2**20, "step_s": 2e-3}, "meets": True}
+    p = Plan("mem=2.5MiB,latency=2.5ms", {}, chosen, {}, trial["measured"], [trial], rows, {}, {}, "cpu",
+             candidates=rows)
+    seen = []
+    real = plt.Figure.savefig
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plt.Figure, "savefig", lambda fig, *a, **k: seen.append(fig) or real(fig, *a, **k))
+        assert plot_candidates(p, tmp_path / "c.png").stat().st_size > 1000
+    ax, bar = seen[0].axes
+    dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--" and len(ln.get_xdata())]
+    assert [ln.get_xdata()[0] for ln in dashed] == [2.5]  # the memory budget, MiB
+    assert [ln.get_ydata()[0] for ln in bar.lines] == [2.5]  # the latency budget on the colour bar, ms

@@ -333,3 +333,89 @@ def test_a_state_of_shared_graphs_redoes_phases_3_and_4_only(tmp_path):
     st["done"].append("latency")
     st.switch_compile_mode("static")  # the same mode again: nothing dropped
     assert st["done"] == ["build", "quality", "latency"] and len(st["compile_mode_changed"]) == 1
+
+
+def test_second_grid_on_the_same_state_and_its_cpu_prediction(grid_mod, uninterrupted, tmp_path, monkeypatch):
+    """fit_predict.py (no GPU) reproduces a finished grid's choices from its state and leaves the state
+    as it was; ``--grid bind`` then runs on that state as a GPU call would: phase 4 only, every budget
+    below the full model on both axes, the first grid kept; the prediction then reproduces it too."""
+    import anybudget.plan as P
+    from anybudget.budget import Budget
+
+    pred = load("fit_predict")
+    state = Path(shutil.copytree(Path(uninterrupted["out"]) / "state", tmp_path / "carry" / "fit_state"))
+    files = {p: p.read_bytes() for p in state.rglob("*") if p.is_file()}
+
+    def predicted(grid, out):
+        assert pred.main(["--state", str(state), "--grid", grid, "--out", str(out)]) == 0
+        name = "plan_fit_grid" if grid == "main" else f"plan_fit_grid_{grid}"
+        return json.loads((out / f"{name}_predicted.json").read_text())["metrics"]
+
+    m = predicted("main", tmp_path / "p1")
+    assert {p: p.read_bytes() for p in state.rglob("*") if p.is_file()} == files  # read only
+    s = m["summary"]
+    assert s["recorded_budgets"] == s["recorded_budgets_reproduced"] == 6 and s["budgets_to_run"] == 0
+    assert s["new_measurements"] == 0 and s["device_seconds_estimate"] == pred.LOAD_S
+    for e, r in zip(m["grid"], uninterrupted["metrics"]["grid"], strict=True):
+        for k in ("plan", "elastic_only", "kv_only"):  # the same budgets and trials, measured ones reused
+            assert e["budget"] == r["budget"] and e[k].get("chosen") == r[k].get("chosen")
+            assert [t["label"] for t in e[k].get("trials", [])] == [t["label"] for t in r[k].get("trials", [])]
+    b = predicted("bind", tmp_path / "p2")
+    assert b["summary"]["budgets_to_run"] == 9 and b["summary"]["recorded_budgets"] == 0
+    new = {lab for e in b["grid"] for k in ("plan", "elastic_only", "kv_only") for lab in e[k].get("simulated", [])}
+    assert new == set(b["new_measurements"]) and not new & set(json.loads(files[state / "progress.json"])["measured"])
+
+    monkeypatch.setattr(P, "measure_candidate", steady_measure())
+    out = tmp_path / "bind"
+    assert grid_mod.main(["--smoke", "--quiet", "--grid", "bind", "--state", str(state), "--out", str(out)]) == 0
+    rec = json.loads((out / "plan_fit_grid_bind.json").read_text())
+    m2, full = rec["metrics"], uninterrupted["metrics"]["full_model"]
+    assert m2["complete"] and len(m2["grid"]) == 9 and set(m2["calls"][-1]["phases_s"]) == {"grid_bind"}
+    assert rec["config"]["grid"] == "bind" and rec["config"]["latency_scale"] == "range"
+    for e in m2["grid"]:
+        bud = Budget(e["budget"])
+        assert bud.mem.value < full["predicted_mem"] and bud.latency.value < full["predicted_latency_s"]
+    d = json.loads((state / "progress.json").read_text())
+    assert d["grid"] == uninterrupted["metrics"]["grid"] and {"grid", "grid_bind"} <= set(d["done"])
+    b2 = predicted("bind", tmp_path / "p3")
+    assert b2["summary"]["recorded_budgets_reproduced"] == 9 and b2["summary"]["new_measurements"] == 0
+
+
+def test_a_state_of_another_device_is_refused_or_its_latency_refitted(grid_mod, uninterrupted, tmp_path, monkeypatch):
+    import anybudget.plan as P
+
+    state = Path(shutil.copytree(Path(uninterrupted["out"]) / "state", tmp_path / "fit_state"))
+    d = json.loads((state / "progress.json").read_text())
+    d["latency"]["model"]["device"] = "GPU X"
+    (state / "progress.json").write_text(json.dumps(d))
+    args = ["--smoke", "--quiet", "--grid", "bind", "--state", str(state), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match="from GPU X, this call runs on cpu: run it on GPU X, or give --refit-latency"):
+        grid_mod.main(args)
+    assert json.loads((state / "progress.json").read_text()) == d  # refused before anything changed
+    monkeypatch.setattr(P, "measure_candidate", steady_measure())
+    assert grid_mod.main(args + ["--refit-latency"]) == 0
+    m = json.loads((tmp_path / "o" / "plan_fit_grid_bind.json").read_text())["metrics"]
+    assert m["complete"] and m["latency_model"]["device"] == "cpu"
+    assert set(m["calls"][-1]["phases_s"]) == {"latency", "grid_bind"}
+
+
+def test_a_cuda_peak_measured_before_the_garbage_collection_is_measured_again(tmp_path, monkeypatch):
+    import argparse
+
+    import torch
+
+    import anybudget.plan as P
+
+    fs = load("fit_state")
+    st = fs.State(tmp_path, {})
+    st["calls"].append({"compile_s": {}, "device": "gpu A"})
+    st["share"] = False
+    old = {"step_s": 1.0, "peak_bytes": 5, "peak_kind": "cuda_max_allocated"}
+    st["measured"] = {"kv2/mlp64 full": {"device": "gpu A", "measured": old},
+                      "kv1/mlp64 full": {"device": "gpu A", "measured": old | {"baseline": "gc"}}}
+    run = fs.Run(argparse.Namespace(serve="static"), st, fs.Clock(100), torch.device("cpu"), tmp_path, None)
+    monkeypatch.setattr(P, "measure_candidate", lambda m, c, w, **k: {"step_s": 2.0, "baseline": "gc"})
+    assert run.measure(None, P.Candidate(1, 64), None) == old | {"baseline": "gc"}  # reused
+    assert run.measure(None, P.Candidate(2, 64), None) == {"step_s": 2.0, "baseline": "gc"}  # measured again
+    assert st["measured"]["kv2/mlp64 full"]["measured"]["baseline"] == "gc" and st["calls"][-1]["reused"] == 1
+    assert fs.reusable({"peak_kind": "cpu_weights_plus_cache"}) and not fs.reusable(old)

@@ -128,7 +128,8 @@ def generate(plan_dir, prompt: str, max_new_tokens: int = 64, device: str | None
 
 
 def plot_candidates(plan: Plan, path) -> Path | None:
-    """Quality (predicted ppl) vs predicted memory, coloured by predicted latency; the budget drawn."""
+    """Quality (predicted ppl) vs predicted memory, coloured by predicted latency; the budget drawn
+    (memory: a line on the plot; latency: a line on the colour bar when inside its range)."""
     try:
         import matplotlib
 
@@ -147,7 +148,7 @@ def plot_candidates(plan: Plan, path) -> Path | None:
     lat = [(r["latency_s"] or 0.0) * 1e3 for r in rows]
     sc = ax.scatter(mem, ppl, c=lat, cmap="viridis", s=[28 if r["fits"] else 10 for r in rows],
                     marker="o", alpha=0.85)
-    fig.colorbar(sc, ax=ax, label="predicted ms per decoding step")
+    bar = fig.colorbar(sc, ax=ax, label="predicted ms per decoding step")
     for t in plan.trials:  # measured: a line from the predicted point to the measured memory
         r = next(r for r in rows if r["label"] == t["label"])
         x_meas = t["measured"]["peak_bytes"] / 2**20
@@ -159,7 +160,11 @@ def plot_candidates(plan: Plan, path) -> Path | None:
                 xytext=(8, 8), fontsize=8)
     if b.mem is not None:
         ax.axvline(b.mem.value / 2**20, color="red", ls="--", label=f"mem budget {b.mem}")
-    if b.latency is not None:
+    if b.latency is not None:  # on the colour scale: dots coloured above the line are over it
+        lo, hi = bar.ax.get_ylim()
+        if lo <= b.latency.value * 1e3 <= hi:
+            bar.ax.axhline(b.latency.value * 1e3, color="red", ls="--", lw=2)
+        ax.plot([], [], color="red", ls="--", lw=2, label=f"latency budget {b.latency} (on the colour bar)")
         ax.scatter([], [], s=10, color="gray", label=f"small: predicted over latency={b.latency} or mem")
     ax.set_xlabel("peak memory (MiB): dots predicted, markers measured")
     ax.set_ylabel("predicted perplexity")

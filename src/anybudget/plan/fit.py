@@ -177,12 +177,14 @@ def fused_scores(em) -> bool:
 
 def predict_all(em, workload: ServingWorkload, quality: Quality | None, latency_model: LatencyModel | None,
                 policies=("h2o", "streaming", "local"), kv_percents=(50.0, 20.0, 10.0),
-                techniques=("elastic", "kv"), serve: str | None = None) -> list[dict]:
+                techniques=("elastic", "kv"), serve: str | None = None, fused: bool | None = None) -> list[dict]:
     """Predicted numbers of every candidate (``ppl`` is None without ``quality``); ``serve`` defaults
-    to the latency model's mode (eager without one)."""
+    to the latency model's mode (eager without one); ``fused``: whether H2O's scores come from the
+    Triton kernels (default: :func:`fused_scores` of ``em``'s device; a prediction for another
+    device, made on the CPU, gives that device's)."""
     from anybudget.elastic import params_table
 
-    fused = fused_scores(em)
+    fused = fused_scores(em) if fused is None else bool(fused)
     params = params_table(em)
     rows = []
     for c in enumerate_candidates(em.kv_choices, em.mlp_choices, policies, kv_percents, techniques):
@@ -206,7 +208,7 @@ def check_reachable(em, budget, workload: ServingWorkload, latency_model: Latenc
 def fit(em, budget, workload: ServingWorkload, quality: Quality, latency_model: LatencyModel | None = None,
         policies=("h2o", "streaming", "local"), kv_percents=(50.0, 20.0, 10.0), techniques=("elastic", "kv"),
         max_trials: int = 5, table_rows: int = 12, measure=None, source: str = "", margin: float = 0.02,
-        quiet: bool = True, serve: str | None = None, compile_config=None) -> Plan:
+        quiet: bool = True, serve: str | None = None, compile_config=None, fused: bool | None = None) -> Plan:
     """Plan ``em`` (an ElasticLlama) for ``budget`` (``mem`` and/or per-token ``latency``) and ``workload``.
 
     ``quality``: measured data (``quality.measure_quality``); ``latency_model``: a fitted decode model
@@ -234,7 +236,7 @@ def fit(em, budget, workload: ServingWorkload, quality: Quality, latency_model: 
     if measure is None:
         def measure(model, c, wl):
             return measure_candidate(model, c, wl, serve=serve, compile_config=compile_config)
-    rows = predict_all(em, workload, quality, latency_model, policies, kv_percents, techniques, serve)
+    rows = predict_all(em, workload, quality, latency_model, policies, kv_percents, techniques, serve, fused)
     if not 0 <= margin < 1:
         raise ValueError(f"margin={margin!r} must be in [0, 1)")
     ok = [r for r in rows if fits(r, budget, "mem", "latency_s")]
