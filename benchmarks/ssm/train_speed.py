@@ -9,7 +9,11 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
 * ``cudagraph``: the same with TF32 matmuls (``FastStepConfig.tf32``, the default);
 * ``compile``: torch.compile(fullgraph) of the loss with the scan as a custom op (``scan_op``), TF32;
 * ``compile+cudagraph``: that compiled step captured as one CUDA graph per shape;
-* ``compile+cudagraph+bf16``: plus bf16 autocast of the forward (not the reference's precision).
+* ``compile+cudagraph+bf16``: plus bf16 autocast of the forward (not the reference's precision);
+* ``compile+cudagraph+tf`` / ``+tf16``: compile+cudagraph with the time-major scan tiles (``time_first``):
+  forward (8, 32, 8) and chunked backward (8, 16, 4), the tiles of ``ssm_step_profile.json``'s eager
+  step (its scan kernels took 5.5 ms against 8.5 ms for the time_last ones at depth 2, H200); ``tf16``:
+  forward (8, 16, 4) too, so the backward reuses the forward's states instead of rebuilding them.
 
 Every variant times the same step indices after warm-up (all shapes compiled / captured first),
 then profiles a few steps: kernels per step (inside a CUDA graph too) and their summed GPU time. A
@@ -19,7 +23,7 @@ fixed-seed run of the reference and of the fast variants from the same init reco
 Part 2 (``--with-scan``): the Triton scan forward+backward at batch 16, d_inner 256, seq 4096 beside
 its memory-traffic bound (``scan_bound``).
 
-    python benchmarks/ssm/train_speed.py --out $OUT          # one H100/H200, ~3-4 minutes
+    python benchmarks/ssm/train_speed.py --out $OUT          # one H100/H200, ~6-8 minutes (--time-limit 300)
     python benchmarks/ssm/train_speed.py --smoke --out /tmp/x  # CPU, seconds, same training code
 """
 
@@ -61,13 +65,20 @@ VARIANTS = {
     "compile+cudagraph": ("compile+cudagraph", {}, NEW),
     "compile+cudagraph+bf16": ("compile+cudagraph+bf16", {}, NEW),
     "compile+cudagraph+autotune": ("compile+cudagraph", {"compile_mode": "max-autotune-no-cudagraphs"}, NEW),
+    "compile+cudagraph+tf": ("compile+cudagraph", {}, "new_tf"),
+    "compile+cudagraph+tf16": ("compile+cudagraph", {}, "new_tf16"),
 }
 # The old path: the time_last kernel over all 18 states, sequential backward; the new: polarized
 # channels in closed form, chunked backward.
 SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
-         NEW: ("time_last", True, ((4, 32, 4), (4, 32, 4)), "chunked")}
-FIRST = ("reference", "cudagraph_fp32", "compile+cudagraph")  # timed at every depth before the rest
-GPU_DEFAULT = "reference,cudagraph_fp32,cudagraph,compile,compile+cudagraph,compile+cudagraph+bf16"
+         NEW: ("time_last", True, ((4, 32, 4), (4, 32, 4)), "chunked"),
+         "new_tf": ("time_first", True, ((8, 32, 8), (8, 16, 4)), "chunked"),
+         "new_tf16": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
+TOP_KERNELS = 12  # kernels per row of the record, by GPU time
+# Timed at every depth before the rest (a --time-limit cut loses the rest first).
+FIRST = ("reference", "compile+cudagraph", "compile+cudagraph+tf", "compile+cudagraph+tf16", "cudagraph_fp32")
+GPU_DEFAULT = ("reference,cudagraph_fp32,cudagraph,compile,compile+cudagraph,compile+cudagraph+tf,"
+               "compile+cudagraph+tf16,compile+cudagraph+bf16")
 
 
 class Runner:
@@ -160,7 +171,7 @@ def _warm_and_time(r, args, profile_steps=0):
         from anybudget.measure import kernel_times
 
         it = iter(range(30_000, 30_000 + profile_steps))
-        top, kernel_us, count = kernel_times(lambda: r.step(next(it)), steps=profile_steps, top=8)
+        top, kernel_us, count = kernel_times(lambda: r.step(next(it)), steps=profile_steps, top=TOP_KERNELS)
         row.update(kernels_per_step=count, kernel_ms_per_step=kernel_us / 1e3,
                    top_kernels=[{"kernel": k["kernel"][:80], "calls_per_step": k["calls_per_step"],
                                  "us_per_step": round(k["us_per_step"], 1)} for k in top])
@@ -220,7 +231,7 @@ def main(argv=None) -> int:
     ap.add_argument("--curve-modes", default="compile+cudagraph,cudagraph_fp32",
                     help="fast variants whose fixed-seed loss curve is compared with the reference")
     ap.add_argument("--with-scan", action="store_true", help="also time the scan against its memory bound")
-    ap.add_argument("--time-limit", type=float, default=150.0,
+    ap.add_argument("--time-limit", type=float, default=300.0,
                     help="seconds after which remaining step timings are skipped (recorded as skipped)")
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (--smoke: aot_eager)")
     args = ap.parse_args(argv)
@@ -252,6 +263,14 @@ def main(argv=None) -> int:
     # can pass dynamo's default of 8 cached graphs per function, after which fullgraph raises.
     torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)
     metrics: dict = {"steps": [], "loss_curves": {}, "speedup": {}}
+    config = {"model": f"MambaLM d_model {args.d_model}, d_state 16+2 (polarize both), vocab {args.vocab}",
+              "batch": args.batch, "segments": [s.__dict__ for s in segments], "timed_steps": args.steps,
+              "timing": "wall clock over the same step indices (after every shape was compiled/captured), "
+                        f"synchronised at both ends; kernels: torch.profiler over 3 further steps (top {TOP_KERNELS})",
+              "variants": {m: {"mode": VARIANTS[m][0], **VARIANTS[m][1], "scan": SCANS[VARIANTS[m][2]]} for m in modes},
+              "depths": depths, "compile_backend": args.compile_backend, "smoke": args.smoke, "device": device,
+              "time_limit_s": args.time_limit}
+    rec_name = "ssm_train_speed" + ("_smoke" if args.smoke else "")
     t_start = time.perf_counter()
     for name, layers in _plan(modes, depths):
         if time.perf_counter() - t_start > args.time_limit:
@@ -263,6 +282,8 @@ def main(argv=None) -> int:
                 row = {"variant": name, "layers": layers, "error": repr(e)[:400]}
         metrics["steps"].append(row)
         print({k: v for k, v in row.items() if k != "top_kernels"}, flush=True)
+        # Rewritten after every row: a call cut by its timeout keeps the rows done (metrics.complete False).
+        write_results(rec_name, config, {"steps": metrics["steps"], "complete": False}, out_dir=args.out)
         if cuda:
             torch.cuda.empty_cache()
     for layers in depths:
@@ -290,13 +311,8 @@ def main(argv=None) -> int:
     if cuda and args.with_scan:
         metrics["scan"] = scan_part(args)
     metrics["wall_s"] = time.perf_counter() - t_start
-    config = {"model": f"MambaLM d_model {args.d_model}, d_state 16+2 (polarize both), vocab {args.vocab}",
-              "batch": args.batch, "segments": [s.__dict__ for s in segments], "timed_steps": args.steps,
-              "timing": "wall clock over the same step indices (after every shape was compiled/captured), "
-                        "synchronised at both ends; kernels: torch.profiler over 3 further steps",
-              "variants": {m: {"mode": VARIANTS[m][0], **VARIANTS[m][1], "scan": SCANS[VARIANTS[m][2]]} for m in modes},
-              "depths": depths, "compile_backend": args.compile_backend, "smoke": args.smoke, "device": device}
-    path = write_results("ssm_train_speed" + ("_smoke" if args.smoke else ""), config, metrics, out_dir=args.out)
+    metrics["complete"] = True
+    path = write_results(rec_name, config, metrics, out_dir=args.out)
     print("wrote", path)
     try:
         plot_curves(metrics["loss_curves"], f"{args.out}/ssm_train_speed{'_smoke' if args.smoke else ''}_loss.png")

@@ -23,7 +23,7 @@ def bench():
         yield lambda name: importlib.import_module(name)
     finally:  # benchmarks/report.py must not shadow another folder's report.py (benchmarks/prune/) later
         sys.path[:] = saved
-        for m in ("results_page", "report", "report_lm_elastic", "report_prune_splat"):
+        for m in ("results_page", "report", "report_lm_elastic", "report_prune_splat", "report_ssm"):
             sys.modules.pop(m, None)
 
 

@@ -30,6 +30,17 @@ def test_train_speed_smoke_records_both_steps_and_equal_losses(bench, tmp_path):
     assert modes == {"reference", "eager"} and "L2" in rec["metrics"]["speedup"]
     assert rec["metrics"]["loss_curves"]["max_rel_diff_vs_reference"]["eager"] < 1e-4
     assert (tmp_path / "ssm_train_speed_smoke_loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert rec["metrics"]["complete"] is True and rec["config"]["time_limit_s"] == 300.0
+
+
+def test_train_speed_variants_name_known_scans_and_the_gpu_default_known_variants(bench):
+    ts = bench("train_speed")
+    assert {v[2] for v in ts.VARIANTS.values()} <= set(ts.SCANS)
+    assert set(ts.GPU_DEFAULT.split(",")) <= set(ts.VARIANTS) and set(ts.FIRST) <= set(ts.VARIANTS)
+    for layout, split, (fwd, bwd), impl in ts.SCANS.values():  # tiles are powers of two, as ScanBlocks needs
+        assert layout in ("time_last", "time_first") and impl in ("chunked", "sequential") and isinstance(split, bool)
+        assert all(x > 0 and x & (x - 1) == 0 for x in fwd + bwd), (fwd, bwd)
+    assert ts.SCANS[ts.VARIANTS["compile+cudagraph+tf"][2]][0] == "time_first"
 
 
 def test_scan_traffic_bound_counts_each_tensor_once(bench):
@@ -143,9 +154,12 @@ def test_profile_step_smoke_writes_a_record(tmp_path):
     import subprocess
 
     env = dict(os.environ, PYTHONPATH=str(BENCH.parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, str(BENCH / "profile_step.py"), "--smoke", "--layers", "2", "--out",
-                        str(tmp_path)], check=False, env=env, capture_output=True, text=True, timeout=170)
+    # --time-limit 0: the first depth always runs, the second would end past the limit and is skipped.
+    r = subprocess.run([sys.executable, str(BENCH / "profile_step.py"), "--smoke", "--layers", "2,4", "--time-limit",
+                        "0", "--out", str(tmp_path)], check=False, env=env, capture_output=True, text=True, timeout=170)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     rec = json.loads((tmp_path / "ssm_step_profile.json").read_text())
     assert rec["metrics"]["L2"]["steps"] == 2 and rec["metrics"]["L2"]["wall_ms_per_step_profiled"] > 0
+    assert rec["metrics"]["L2"]["depth_s"] > 0 and "time-limit" in rec["metrics"]["L4"]["skipped"]
+    assert rec["metrics"]["complete"] is True and rec["config"]["time_limit_s"] == 0
     assert rec["device"] and rec["config"]["mode"].startswith("eager")

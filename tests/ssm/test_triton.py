@@ -42,7 +42,7 @@ def test_triton_scan_gpu_matches_reference(seq, n, variant, split, impl, monkeyp
     from anybudget.ssm.scan_triton import ScanBlocks
 
     monkeypatch.setattr(ScanBlocks, "variant", variant)
-    monkeypatch.setattr(ScanBlocks, "bwd_impl", impl[:7])
+    monkeypatch.setattr(ScanBlocks, "bwd_impl", "chunked" if impl.startswith("chunked") else impl)
     if impl == "chunked16":  # chunks shorter than the forward's tiles: chunk-start states rebuilt in the backward
         monkeypatch.setattr(ScanBlocks, "bwd_chunked", (4, 16, 4))
     ins = [t.detach().float().cuda().requires_grad_() for t in scan_inputs(2, 64, seq, n, seed=seq)]

@@ -95,6 +95,8 @@ def chunked_cases():
     check(1, 3, 20, 3, polar=False, optional=False, softplus=False, fwd=(4, 16, 4), impl="chunked",
           chunked=(4, 8, 4))
     check(1, 6, 75, 18, polar=True, fwd=(4, 4, 4), impl="chunked", chunked=(4, 4, 4))
+    # 3 channel blocks over a split of 2: the second program's last block is past the end (fully masked).
+    check(1, 10, 20, 5, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4))
     check(1, 6, 75, 18, polar=True, fwd=(4, 8, 4), impl="chunked", chunked=(4, 4, 4))  # own states, 19 chunks
     check(1, 3, 40, 18, polar=True, fwd=(4, 32, 4), impl="chunked", chunked=(4, 32, 4))  # 32 padded states: chunk 16
     check(2, 8, 45, 5, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(8, 16, 4), variant="time_first")
@@ -113,12 +115,12 @@ def chunked_cases():
 
 
 def check_op(b, d, seq, n, impl="chunked", fwd=(4, 16, 4), chunked=(4, 16, 4), transposed=False, compiled=False,
-             fixed=None, dtype=torch.float32):
+             fixed=None, dtype=torch.float32, variant="time_last"):
     """The custom op (``scan_op``, impl "triton") vs the reference: forward, last state, every gradient."""
     from anybudget.ssm.scan import selective_scan
     from anybudget.ssm.scan_op import selective_scan_op
 
-    ScanBlocks.fwd, ScanBlocks.variant, ScanBlocks.bwd_impl, ScanBlocks.bwd_chunked = fwd, "time_last", impl, chunked
+    ScanBlocks.fwd, ScanBlocks.variant, ScanBlocks.bwd_impl, ScanBlocks.bwd_chunked = fwd, variant, impl, chunked
     ScanBlocks.bwd = fwd
     ins = [t.detach().float().requires_grad_() for t in scan_inputs(b, d, seq, n, polar=True, seed=seq + n)]
     # Non-contiguous inputs, as a (batch, seq, channel) producer gives them: the op must copy them itself.
@@ -147,7 +149,8 @@ def check_op(b, d, seq, n, impl="chunked", fwd=(4, 16, 4), chunked=(4, 16, 4), t
         err = ((c.float() - a).abs().max() / a.abs().max().clamp_min(1.0)).item()
         assert err < (1e-4 if dtype == torch.float32 else 5e-2), f"op grad {NAMES[i]}: rel err {err:.2e}"
     print(f"ok op b={b} d={d} seq={seq} n={n} {impl} transposed={transposed} compiled={compiled} fixed={fixed} "
-          f"{dtype}", flush=True)
+          f"{dtype} {variant}", flush=True)
+    ScanBlocks.variant = "time_last"
 
 
 def op_cases():
@@ -156,6 +159,9 @@ def op_cases():
     check_op(2, 5, 37, 6, impl="sequential", transposed=True)
     check_op(1, 4, 33, 4, dtype=torch.bfloat16, transposed=True)
     check_op(2, 5, 37, 6, compiled=True, fixed=(1, 1), transposed=True)
+    # train_speed's time_first variants: time-major forward tiles, chunks shorter than them (states rebuilt) or equal.
+    check_op(2, 5, 37, 6, variant="time_first", fwd=(4, 16, 4), chunked=(4, 8, 4), fixed=(1, 1))
+    check_op(2, 5, 37, 6, variant="time_first", fwd=(4, 16, 4), chunked=(4, 16, 4))
 
 
 if __name__ == "__main__":

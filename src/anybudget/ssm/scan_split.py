@@ -51,7 +51,10 @@ def selective_scan_split(scan_fn, u: Tensor, delta: Tensor, A: Tensor, B: Tensor
     if delta_softplus:
         dt = F.softplus(dt)
     dtu = dt * u.to(ct)  # (b, d, l)
-    Bf, Cf = B.to(ct), C.to(ct)
+    # A cast (bf16 inputs) is made contiguous: B, C are strided views of x_proj's output, and a
+    # cast copy's "preserve" layout came out different in the compiled forward than in its traced
+    # graph, which the compiled backward asserts on (compile+cudagraph+bf16 on the GPU: stride 9216 vs 18432).
+    Bf, Cf = (t if t.dtype == ct else t.to(ct, memory_format=torch.contiguous_format) for t in (B, C))
     firsts, lasts = [], []
     # addcmul: one pass over (b, d, l) per term instead of a multiply and an add.
     for k in range(n_ones):

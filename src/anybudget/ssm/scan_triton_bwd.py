@@ -98,10 +98,13 @@ def _chunk_adjoint_kernel(
 @triton.jit
 def _chunk_carry_kernel(
     A_ptr, X_ptr, S_ptr, E_ptr, n_inner, n_state, n_chunks,
-    REVERSE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr,
+    REVERSE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, N_BLOCKS: tl.constexpr,
 ):
     """REVERSE: E_{c-1} = X_c + P_c E_c from E_last = 0 (the adjoint); else H_{c+1} = X_c + P_c H_c from
-    H_0 = 0 (chunk-start states), with P_c = exp(A S_c)."""
+    H_0 = 0 (chunk-start states), with P_c = exp(A S_c). ``N_BLOCKS = cdiv(n_chunks, BLOCK_C)``.
+
+    Loop trip counts are constexprs, never run-time tensors: Triton 3.6's interpreter turns a
+    tensor bound into an int with ``int(array of shape (1,))``, a TypeError under NumPy >= 2.4."""
     pid_b, pid_j = tl.program_id(0), tl.program_id(1)
     n_j = n_inner * n_state
     offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)  # flat (channel, state) index, A's layout
@@ -110,16 +113,15 @@ def _chunk_carry_kernel(
     A_safe, a_zero = load_a_matrix(A_ptr, 0, offs_j, mask_j, 1)
     c_loc = tl.arange(0, BLOCK_C)
     carry = tl.zeros((BLOCK_J,), dtype=tl.float32)  # the value entering the next block
-    n_blocks = tl.cdiv(n_chunks, BLOCK_C)
     if REVERSE:
         tl.store(E_ptr + (pid_b * n_chunks + n_chunks - 1) * n_j + offs_j, carry, mask=mask_j)
         shift = -1
     else:
         tl.store(E_ptr + pid_b * n_chunks * n_j + offs_j, carry, mask=mask_j)
         shift = 1
-    for i in range(n_blocks):
+    for i in range(N_BLOCKS):
         if REVERSE:
-            offs_c = (n_blocks - 1 - i) * BLOCK_C + c_loc
+            offs_c = (N_BLOCKS - 1 - i) * BLOCK_C + c_loc
         else:
             offs_c = i * BLOCK_C + c_loc
         m = (offs_c < n_chunks)[:, None] & mask_j[None, :]
@@ -142,8 +144,10 @@ def _chunk_grads_kernel(
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
     n_inner, n_state, seq, n_chunks, n_state_tiles, tile_ratio, d_split,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, N_ITERS: tl.constexpr,
 ):
+    # Channel blocks k = pid_s, pid_s + d_split, ...: N_ITERS = cdiv(n_dblocks, d_split) (a constexpr bound,
+    # see _chunk_carry_kernel); a block past the end is fully masked (u = dout = h0 = E = 0) and adds nothing.
     pid_b, pid_c, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = tl.arange(0, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
@@ -159,8 +163,8 @@ def _chunk_grads_kernel(
     dB3 = tl.zeros((BLOCK_N, BLOCK_D, BLOCK_T), dtype=tl.float32)
     dC3 = tl.zeros((BLOCK_N, BLOCK_D, BLOCK_T), dtype=tl.float32)
     part = (pid_b * n_chunks + pid_c) * n_inner  # row of the per-(batch, chunk) partials
-    for k in range(pid_s, tl.cdiv(n_inner, BLOCK_D), d_split):
-        offs_d = k * BLOCK_D + tl.arange(0, BLOCK_D)
+    for i in range(N_ITERS):
+        offs_d = (pid_s + i * d_split) * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_d = offs_d < n_inner
         m_nd = mask_n[:, None] & mask_d[None, :]
         m_dt = mask_d[:, None] & mask_t[None, :]
@@ -256,12 +260,11 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     E = torch.empty_like(X)
     block_c, block_j = 16, 256
     carry_grid = (bsz, triton.cdiv(n_inner * n_state, block_j))
-    _chunk_carry_kernel[carry_grid](A, X, S, E, n_inner, n_state, n_chunks, REVERSE=True, BLOCK_C=block_c,
-                                    BLOCK_J=block_j, num_warps=4)
+    carry = {"BLOCK_C": block_c, "BLOCK_J": block_j, "N_BLOCKS": triton.cdiv(n_chunks, block_c), "num_warps": 4}
+    _chunk_carry_kernel[carry_grid](A, X, S, E, n_inner, n_state, n_chunks, REVERSE=True, **carry)
     if own_states:
         states, fwd_tile = torch.empty_like(X), block_t
-        _chunk_carry_kernel[carry_grid](A, Y, S, states, n_inner, n_state, n_chunks, REVERSE=False,
-                                        BLOCK_C=block_c, BLOCK_J=block_j, num_warps=4)
+        _chunk_carry_kernel[carry_grid](A, Y, S, states, n_inner, n_state, n_chunks, REVERSE=False, **carry)
     del X, S, Y
     n_dblocks = triton.cdiv(n_inner, block_d)
     split = _d_split(bsz, n_chunks, n_dblocks, target_programs)
@@ -279,7 +282,8 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
         u, delta, A, B, C, D if D is not None else dummy, zz, bb, dout, states, E,
         du, ddelta, dz if dz is not None else du, dB, dC, dA, dD, dbias,
         n_inner, n_state, seq, n_chunks, states.shape[1], block_t // fwd_tile, split,
-        HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=warps, **flags)
+        HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, N_ITERS=triton.cdiv(n_dblocks, split),
+        num_warps=warps, **flags)
     if split > 1:
         dB, dC = dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype)
     return (du, ddelta, dA.sum((0, 1)), dB, dC,

@@ -1,0 +1,53 @@
+"""The MQAR training-step speed table (``ssm_train_speed.json``) for the results page (``report.py``)."""
+
+from __future__ import annotations
+
+from report_lm_elastic import dev, load, rel
+
+
+def _why(s: dict) -> str:
+    """A skipped or failed variant's reason, its first line, fit for a table cell."""
+    why = s.get("skipped") or s.get("error", "")
+    return why.split("\\n")[0].split("\n")[0][:90].replace("|", "/")
+
+
+def ssm_train_speed_md():
+    """Per variant and depth: ms/step, the ratio to the reference step of the same run, kernels; the scan's bound."""
+    r = load("ssm_train_speed")
+    if not r or "variants" not in r["config"]:
+        return ""
+    c, m = r["config"], r["metrics"]
+    ref = {s["layers"]: s["step_s"] for s in m["steps"] if s["variant"] == "reference" and "step_s" in s}
+    out = ("### Polarized Mamba: the MQAR training step\n\n"
+           f"{c['model']}, batch {c['batch']}, the reference training mixture (seq 64-1024); {c['timed_steps']} "
+           "timed steps per variant, all variants in one process (`benchmarks/ssm/train_speed.py`). x ref: the "
+           "reference step of the same run divided by the variant's step (the target is 3x).\n\n"
+           "| variant | depth | ms / step | x ref | kernels / step | kernel ms / step | warm-up s |\n"
+           "|---|---|---|---|---|---|---|\n")
+    for s in sorted(m["steps"], key=lambda s: (s["layers"], s.get("step_s") or 1e9)):
+        if "step_s" not in s:
+            out += f"| {s['variant']} | {s['layers']} | - | - | - | - | {_why(s)} |\n"
+            continue
+        x = ref[s["layers"]] / s["step_s"] if s["layers"] in ref else float("nan")
+        out += (f"| {s['variant']} | {s['layers']} | {s['step_s'] * 1e3:.1f} | {x:.2f}x | "
+                f"{s['kernels_per_step']:.0f} | {s['kernel_ms_per_step']:.1f} | {s['warmup_s']:.0f} |\n")
+    lc = m.get("loss_curves", {}).get("max_rel_diff_vs_reference")
+    if lc:
+        out += (f"\nFixed-seed loss curve against the reference step (depth {m['loss_curves']['layers']}), largest "
+                "relative difference: " + ", ".join(f"{k} {v:.1e}" for k, v in lc.items()) + ".\n")
+    sc = m.get("scan")
+    if sc:
+        sh = sc["shape"]
+        out += (f"\nThe Triton scan alone, batch {sh['batch']}, d_inner {sh['d_inner']}, d_state {sh['d_state']}, "
+                f"seq {sh['seq']}, forward + backward. Bound: its bytes at the copy bandwidth measured in the same "
+                f"run ({sc['measured_copy_bw_Bps'] / 1e12:.2f} TB/s). Model path: the 16 learned states in the "
+                "kernel, the 2 polarized ones in closed form (what the step runs); kernel 18 states: all in the "
+                "kernel.\n\n| layout | inputs | path | fwd+bwd ms | bound ms | x bound |\n|---|---|---|---|---|---|\n")
+        for lay, v in sc["by_variant"].items():
+            for k in ("fp32", "bf16", "fp32_kernel_18_states", "bf16_kernel_18_states"):
+                if k in v:
+                    x, path = v[k], "kernel 18 states" if "18" in k else "model path"
+                    out += (f"| {lay} | {k.split('_')[0]} | {path} | {x['fwd_bwd_s'] * 1e3:.2f} | "
+                            f"{x['bound_s_measured_copy'] * 1e3:.3f} | {x['x_over_bound_measured']:.0f}x |\n")
+    png = rel("ssm_train_speed_loss", "png")
+    return out + f"\n![loss curves]({png})\n\nSource: `{rel('ssm_train_speed')}` ({dev(r)}).\n"
