@@ -42,13 +42,15 @@ def quality_md():
             x = next(x for x in rows if x["policy"] == p and x["budget"] == b)
             cells.append(f"{x['ppl']:.2f} (x{x['ppl_ratio_vs_full']:.3f})")
         out += f"| {p} | " + " | ".join(cells) + " |\n"
-    v1 = load("kv_quality_v1")
-    if v1:
-        def ratio(rec, pol, b):
-            return next(x for x in rec["metrics"]["results"] if x["policy"] == pol and x["budget"] == b)["ppl_ratio_vs_full"]
-        out += ("\nThe same measurement on the v1 reference LM (19.4M, `kv_quality_v1.json`): at 20%, H2O "
-                f"x{ratio(v1, 'h2o', '20%'):.3f}, StreamingLLM x{ratio(v1, 'streaming', '20%'):.3f}, local "
-                f"x{ratio(v1, 'local', '20%'):.3f}, random x{ratio(v1, 'random', '20%'):.3f}.\n")
+    def ratio(rec, pol, b):
+        return next(x for x in rec["metrics"]["results"] if x["policy"] == pol and x["budget"] == b)["ppl_ratio_vs_full"]
+
+    for ver, what in (("v2", "27.3M, 47.7M training tokens"), ("v1", "19.4M")):
+        old = load(f"kv_quality_{ver}")
+        if old:
+            out += (f"\nThe same measurement on the {ver} reference LM ({what}, `kv_quality_{ver}.json`): at 20%, H2O "
+                    f"x{ratio(old, 'h2o', '20%'):.3f}, StreamingLLM x{ratio(old, 'streaming', '20%'):.3f}, local "
+                    f"x{ratio(old, 'local', '20%'):.3f}, random x{ratio(old, 'random', '20%'):.3f}.\n")
     out += f"\n![kv quality]({rel('kv_quality', 'png')})\n\nSource: `{rel('kv_quality')}` ({dev(r)}).\n"
     return out
 
@@ -57,9 +59,10 @@ def attention_md():
     r = load("kv_attention_stats")
     if not r:
         return ""
-    v1 = load("kv_attention_stats_v1")
+    olds = [(v, load(f"kv_attention_stats_{v}")) for v in ("v2", "v1")]
+    olds = [(v, o) for v, o in olds if o]
+    ver = "v3" if load("reflm_v3_train") else "v2"
     m = r["metrics"]["mean_over_layers"]
-    m1 = v1["metrics"]["mean_over_layers"] if v1 else {}
     rows = (("the first token (StreamingLLM's sink)", "sink_mass"),
             ("document-boundary tokens (BOS / end-of-text) anywhere in the window", "boundary_mass"),
             ("the newest 20% of tokens (local window)", "local20_mass"),
@@ -68,17 +71,19 @@ def attention_md():
     out = ("### Where the reference LM's attention goes\n\n"
            f"Exact attention on {r['config']['windows']} windows of {r['config']['seq_len']} tokens (v1's test documents), "
            "queries in the second half, mean over heads and queries (`benchmarks/kv/attention_stats.py`):\n\n"
-           "| attention mass captured by | v2, mean over layers | v1, mean over layers |\n|---|---|---|\n")
+           f"| attention mass captured by | {ver}, mean over layers |"
+           + "".join(f" {v}, mean over layers |" for v, _ in olds) + "\n|---|---|" + "---|" * len(olds) + "\n")
     for label, k in rows:
-        old = f"{m1[k]:.3f}" if k in m1 else "-"
-        out += f"| {label} | {m[k]:.3f} | {old} |\n"
+        out += f"| {label} | {m[k]:.3f} |" + "".join(
+            f" {o['metrics']['mean_over_layers'][k]:.3f} |" if k in o["metrics"]["mean_over_layers"] else " - |"
+            for _, o in olds) + "\n"
     per = r["metrics"]["per_layer"]
-    out += ("\nPer layer (v2):\n\n| layer | " + " | ".join(str(i) for i in range(len(per["sink_mass"]))) + " |\n|---|"
+    out += (f"\nPer layer ({ver}):\n\n| layer | " + " | ".join(str(i) for i in range(len(per["sink_mass"]))) + " |\n|---|"
             + "---|" * len(per["sink_mass"]) + "\n")
     for label, k in rows:
         out += f"| {k} | " + " | ".join(f"{x:.2f}" for x in per[k]) + " |\n"
     out += f"\nSource: `{rel('kv_attention_stats')}` ({dev(r)})"
-    out += f"; v1: `kv_attention_stats_v1.json` ({dev(v1)}).\n" if v1 else ".\n"
+    out += "".join(f"; {v}: `kv_attention_stats_{v}.json` ({dev(o)})" for v, o in olds) + ".\n"
     return out
 
 
