@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anybudget.io import results_dir, write_results
+from anybudget.io import model_identity, results_dir, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,7 +80,7 @@ def main(argv=None):
     summary = {k: float(np.mean(v)) for k, v in per_layer.items()}
     for k, v in summary.items():
         print(f"{k:<20} {v:.3f}  per layer {[round(x, 3) for x in per_layer[k]]}")
-    cfg = {"model": "anybudget reference LM", "windows": args.windows, "seq_len": n, "queries": "t >= n/2, every "
+    cfg = {"model": "anybudget reference LM", "model_id": model_identity(args.model), "windows": args.windows, "seq_len": n, "queries": "t >= n/2, every "
            f"{args.stride}th", "attention": "eager, float32", "budget": "20% of visible tokens (10% recent + 10% heavy)"}
     path = write_results("kv_attention_stats", cfg, {"mean_over_layers": summary, "per_layer": per_layer}, out_dir=args.out)
     print("wrote", path)

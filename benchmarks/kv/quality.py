@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anybudget.io import results_dir, write_results
+from anybudget.io import model_identity, results_dir, write_results
 from anybudget.kv.evaluate import evaluate_policies, plot_results
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def main(argv=None):
         print(f"{t['policy']:<10} {t['budget']:>5} ppl {t['ppl']:8.3f}  x{t['ppl_ratio_vs_full']:.3f}  kept {t['kept_fraction']:.1%}")
     rel = lambda p: str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else str(p)
     params = sum(p.numel() for p in model.parameters())
-    cfg = {"model": rel(args.model), "model_params": params, "data": rel(args.data),
+    cfg = {"model": rel(args.model), "model_id": model_identity(args.model), "model_params": params, "data": rel(args.data),
            "seq_len": args.seq_len, "num_seqs": args.num_seqs, "feed": "one token per step (streaming)",
            "dtype": "float32", "h2o_recent_ratio": 0.5, "streaming_sink_tokens": 4, "random_seed": 0}
     path = write_results(args.name, cfg, {"results": table}, baseline={"full_ppl": full.ppl}, out_dir=args.out)

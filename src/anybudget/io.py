@@ -144,6 +144,28 @@ def results_record(name: str, config: dict, metrics: dict, baseline: dict | None
     }
 
 
+def model_identity(folder: str | os.PathLike) -> dict:
+    """What a results record needs to name a saved model: its ``reflm.json`` name (the reference LM) or
+    config's architecture, and the first 16 hex digits of the sha256 of its ``model.safetensors``."""
+    import hashlib
+
+    folder = Path(folder)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"model folder {str(folder)!r}: no model.safetensors")
+    h = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    meta = folder / "reflm.json"
+    if meta.is_file():
+        name = read_json(meta).get("name")
+    else:
+        cfg = folder / "config.json"
+        name = (read_json(cfg).get("architectures") or ["?"])[0] if cfg.is_file() else "?"
+    return {"name": name, "weights_sha256": h.hexdigest()[:16]}
+
+
 def command_record(obj: dict, config: Any) -> dict:
     """A command's output ``obj`` with its configuration and the device record (versions, commit, date).
 

@@ -133,3 +133,18 @@ def test_results_dir_maps_a_record_to_its_module_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = io.write_results("prune_unit", {}, {"x": 1})  # no out_dir: the module folder
     assert path == io.Path("benchmarks/results/prune/prune_unit.json") and path.is_file()
+
+
+def test_model_identity_names_the_weights(tmp_path):
+    import hashlib
+
+    from anybudget.io import model_identity
+
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        model_identity(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    ident = model_identity(tmp_path)
+    assert ident == {"name": "LlamaForCausalLM", "weights_sha256": hashlib.sha256(b"weights").hexdigest()[:16]}
+    (tmp_path / "reflm.json").write_text('{"name": "anybudget reference LM v3"}')
+    assert model_identity(tmp_path)["name"] == "anybudget reference LM v3"
