@@ -39,7 +39,7 @@ def streaming_nll(model, input_ids: torch.Tensor, cache, chunk: int = 1, progres
             logits.float().transpose(1, 2), input_ids[:, s + 1 : e + 1], reduction="none"
         )
         if progress is not None:
-            progress.update(e - s)
+            progress.update((e - s) * B)  # the bar counts tokens of every sequence in the batch
     return nll
 
 
