@@ -76,11 +76,13 @@ def slot_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_ma
 def _slot_decode(q, k, v, key_mask, scale, colsum, wrap):
     """Both registrations' body: the kernel (launched through ``wrap`` when given) or the reference.
 
-    The column sums come back as a fresh tensor instead of being added in place to the cache's
-    scores: the eviction that reads the scores right after must see a read of a tensor that is
-    not mutated in the graph, or inductor (2.13) tiles its reduction over (batch, head) with
-    4-slot blocks (its coalescing analysis drops reads of buffers mutated earlier in the graph,
-    see ``static_slots.py``), which ran ~99 us per layer instead of ~2 on an H200 (batch 64)."""
+    The column sums come back as a new tensor, not added in place to the cache's scores: with an
+    in-place op, inductor (2.13) lost the eviction's reads of the slot buffers mutated earlier in
+    the step (its coalescing analysis looks them up under their pre-mutation names), saw only the
+    (batch, head)-shaped outputs and tiled the eviction's amin/argmax (batch, head) x slots with
+    R0_BLOCK 4: 2.28 ms per step, 99 us a layer, on an H200 at batch 64, prompt 2k (serving
+    run8). Read from a fresh tensor, the add and the eviction fuse into one reduction tiled over
+    (row, head) pairs with the slots contiguous (R0_BLOCK 512), as on the matmul path."""
     if uses_kernel(q):
         from anybudget.kv.decode_triton import _num_sms, decode_attention_with_colsum_triton
 
