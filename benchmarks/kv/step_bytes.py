@@ -59,6 +59,31 @@ def _role(source_name: str) -> str:
     return "weights" if "weight" in source_name else "input"
 
 
+def _triton_tiling(node):
+    """The iteration tiles inductor's Triton scheduling gives a fused kernel, e.g. ``["x", "r0_"]``
+    (rows, then a reduction over a contiguous dim) or ``["y", "x", "r0_"]`` (a 2-D tiled reduction,
+    whose block configs keep R0_BLOCK at 4: see ``slot_decode_op._slot_decode``); None for an
+    extern kernel or under the cpp scheduler."""
+    import torch._inductor.config as icfg
+    from torch._inductor.codegen.triton import TritonScheduling
+    from torch._inductor.scheduler import FusedSchedulerNode, SchedulerNode
+    from torch._inductor.virtualized import V
+
+    if icfg.cpu_backend != "triton" or not isinstance(node, (SchedulerNode, FusedSchedulerNode)):
+        return None
+    try:
+        removed = getattr(V.graph.scheduler, "removed_ops", ())  # set later, at codegen
+        nodes = [n for n in node.get_nodes() if n.get_name() not in removed]
+        _, (numel, rnumel) = max(nodes, key=lambda n: int(n.is_reduction())).group
+        sched = TritonScheduling(V.graph.scheduler)
+        schedule = sched.generate_node_schedule(nodes, numel, rnumel)
+        analysis = node.get_coalesce_analysis() if icfg.triton.coalesce_tiling_analysis else None
+        tiling, _ = TritonScheduling.get_tiling_and_scores(schedule, numel, rnumel, analysis)
+    except Exception:  # noqa: BLE001 - inductor internals (torch 2.13): report nothing rather than fail
+        return None
+    return [str(k) for k in tiling if not (str(k) == "r0_" and tiling[k] == 1)]
+
+
 class _Recorder:
     """Collects (kernel, reads, writes) from inductor's scheduler and the graph inputs' roles."""
 
@@ -138,6 +163,7 @@ class _Recorder:
                 if sn.node is not None:
                     origins |= {str(o.target) for o in sn.node.origins if o.op == "call_function"}
             ent["ops"] = sorted(origins)
+            ent["tiling"] = _triton_tiling(node)
             self.kernels.append(ent)
             for sn in node.get_nodes():
                 buf = sn.node

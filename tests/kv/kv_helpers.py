@@ -2,7 +2,11 @@
 sys.path, so two conftest.py files would shadow each other)."""
 
 import contextlib
+import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 
 import torch
@@ -64,3 +68,28 @@ def time_limit(seconds: float, what: str):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def run_interpreted(script):
+    """Run ``script`` in a subprocess under Triton's interpreter (TRITON_INTERPRET must be set before
+    triton compiles anything) with this checkout's sources first; returns its stdout."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+    env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=False, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def interpreter_ok():
+    """(usable, reason): whether Triton's interpreter can run the kernels here."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False, "triton not installed (pip install 'anybudget[gpu]')"
+    import numpy
+
+    if tuple(int(x) for x in numpy.__version__.split(".")[:2]) >= (2, 4):
+        return False, "Triton's interpreter breaks on numpy >= 2.4; the dev extra pins numpy<2.4"
+    return True, ""

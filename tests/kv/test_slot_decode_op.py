@@ -10,13 +10,10 @@ compiled graph holds the kernel launches, not the op."""
 import itertools
 import os
 import re
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
-from kv_helpers import tiny_model
+from kv_helpers import interpreter_ok, run_interpreted, tiny_model
 from transformers import CompileConfig
 
 from anybudget import kv
@@ -77,36 +74,14 @@ print("WORST", worst[torch.float32], worst[torch.float16])
 """
 
 
-def _run_interpreted(script):
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
-    env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], check=False, env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r.stdout
-
-
-def _interpreter_ok():
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False, "triton not installed (pip install 'anybudget[gpu]')"
-    import numpy
-
-    if tuple(int(x) for x in numpy.__version__.split(".")[:2]) >= (2, 4):
-        return False, "Triton's interpreter breaks on numpy >= 2.4; the dev extra pins numpy<2.4"
-    return True, ""
-
-
-interpreter = pytest.mark.skipif(not _interpreter_ok()[0], reason=_interpreter_ok()[1])
+interpreter = pytest.mark.skipif(not interpreter_ok()[0], reason=interpreter_ok()[1])
 
 
 @interpreter
 def test_triton_products_equal_matmul_under_the_interpreter():
     # fp32: numpy arithmetic, agreement to float32 rounding; fp16: the matmul path rounds the
     # logits to fp16 before the softmax, the kernel keeps them in float32 (1e-2 relative, as bf16).
-    f32, f16 = (float(x) for x in _run_interpreted(CASES).split("WORST")[-1].split())
+    f32, f16 = (float(x) for x in run_interpreted(CASES).split("WORST")[-1].split())
     assert f32 < 1e-5, f32
     assert f16 < 1e-2, f16
 

@@ -210,8 +210,12 @@ def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None, pro
     16 KV heads of 128, 20% of prompt + 128 slots) one compiled layer step's kernels took 1.35x
     (batch 64, 2k) to 1.73x (batch 16, 8k) less time than ``"matmul"``'s (``kv_decode_step.json``),
     but transformers' whole compiled decoding step was slower (batch 64, 2k: 9.41 vs 6.66 ms/step,
-    ``serving.py``'s ``h2o_20_triton`` row); ``serving.py --profile`` records where that step's
-    time goes. So it stays opt-in and the caches keep ``"matmul"`` as their default. ``"triton_op"``: the
+    ``serving.py``'s ``h2o_20_triton`` row); ``serving.py --profile`` found where (run8, batch 64,
+    2k: 8.96 vs 8.08 ms): the kernel cut the products from 2.77 to 1.74 ms per step, but the
+    eviction after it took 2.28 ms, inductor having tiled it over (batch, head) because the op
+    added its sums to the scores in place (see ``slot_decode_op._slot_decode``); the op now
+    returns them and this function adds them, as the matmul path does (not yet re-timed on a
+    GPU). So it stays opt-in and the caches keep ``"matmul"`` as their default. ``"triton_op"``: the
     same kernels registered with ``torch.library.triton_op``, so that a compiled graph launches them
     itself instead of calling the op's Python wrapper each step (equal to ``"matmul"`` on the CPU:
     interpreter eager; compiled, the graph holds the two kernel launches; not yet timed on a GPU).
@@ -221,7 +225,10 @@ def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None, pro
     scale = D**-0.5 if scale is None else scale
     if products in ("triton", "triton_op"):
         op = torch.ops.anybudget.slot_decode_triton if products == "triton" else torch.ops.anybudget.slot_decode_triton_op
-        return op(q, k, v, key_mask, colsum_out, float(scale))
+        out, col = op(q, k, v, key_mask, float(scale), colsum_out is not None)
+        if colsum_out is not None:  # in the graph, as the matmul path: fused into the eviction's reduction
+            colsum_out.add_(col)
+        return out
     Hkv = k.shape[1]
     G = Hq // Hkv
     reduce = products == "reduce" or (products == "auto" and torch.compiler.is_compiling())

@@ -1,8 +1,8 @@
 """The static decoding step's attention as one PyTorch custom op around the Triton decode kernel.
 
-``torch.ops.anybudget.slot_decode_triton(q, k, v, key_mask, colsum_out, scale)`` attends one query
-per sequence over unordered slots (key mask, no causal mask) and adds the attention each slot
-received to ``colsum_out`` (H2O's scores, Zhang et al. 2023, Alg. 1), reading K and V once
+``torch.ops.anybudget.slot_decode_triton(q, k, v, key_mask, scale, colsum)`` attends one query
+per sequence over unordered slots (key mask, no causal mask) and returns the output and the
+attention each slot received (H2O's score increments, Zhang et al. 2023, Alg. 1), reading K and V once
 (``decode_triton.py``: split-K flash decoding at every shape, see :data:`FUSED_FROM_WAVES`; the
 split count is a function of the shapes and the SM count only).
 
@@ -10,7 +10,7 @@ Registered with ``torch.library.custom_op`` and a fake (shape-only) implementati
 ``torch.compile`` (``fullgraph=True``, dynamic shapes, ``mode="reduce-overhead"``) keeps it as one
 node of the graph: no graph break, and the kernel launches are recorded into the CUDA graph like
 any other kernel. The op does no ``.item()``, no host sync and allocates only shape-sized
-workspace. ``colsum_out`` is declared mutated, so functionalization keeps the in-place update.
+workspace. It mutates nothing: the caller adds the column sums to the scores in its graph.
 
 A second registration of the same computation, ``torch.ops.anybudget.slot_decode_triton_op``
 (``decode_products="triton_op"``), uses ``torch.library.triton_op``: its body (host-side Python on
@@ -62,38 +62,52 @@ def uses_kernel(t: torch.Tensor) -> bool:
     return True
 
 
-@torch.library.custom_op("anybudget::slot_decode_triton", mutates_args=("colsum_out",))
+@torch.library.custom_op("anybudget::slot_decode_triton", mutates_args=())
 def slot_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor,
-                       colsum_out: torch.Tensor | None, scale: float) -> torch.Tensor:
+                       scale: float, colsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """q: (B, Hq, 1, D); k, v: (B, Hkv, S, D); key_mask: (B, Hkv, S) bool, at least one True per
-    row; colsum_out: float32 (B, Hkv, S) with unit last stride, added to in place (or None).
-    Softmax and score sums in float32. Returns (B, Hq, 1, D) in q.dtype."""
-    return _slot_decode(q, k, v, key_mask, colsum_out, scale, None)
+    row. Softmax and score sums in float32. Returns the output (B, Hq, 1, D) in q.dtype and, with
+    ``colsum``, a new float32 (B, Hkv, S) tensor of the attention each slot received (else an
+    empty one). The caller adds the column sums to the scores in its own graph, where inductor
+    fuses that add into the eviction's reduction (see :func:`_slot_decode`)."""
+    return _slot_decode(q, k, v, key_mask, scale, colsum, None)
 
 
-def _slot_decode(q, k, v, key_mask, colsum_out, scale, wrap):
-    """Both registrations' body: the kernel (launched through ``wrap`` when given) or the reference."""
+def _slot_decode(q, k, v, key_mask, scale, colsum, wrap):
+    """Both registrations' body: the kernel (launched through ``wrap`` when given) or the reference.
+
+    The column sums come back as a new tensor, not added in place to the cache's scores: with an
+    in-place op, inductor (2.13) lost the eviction's reads of the slot buffers mutated earlier in
+    the step (its coalescing analysis looks them up under their pre-mutation names), saw only the
+    (batch, head)-shaped outputs and tiled the eviction's amin/argmax (batch, head) x slots with
+    R0_BLOCK 4: 2.28 ms per step, 99 us a layer, on an H200 at batch 64, prompt 2k (serving
+    run8). Read from a fresh tensor, the add and the eviction fuse into one reduction tiled over
+    (row, head) pairs with the slots contiguous (R0_BLOCK 512), as on the matmul path."""
     if uses_kernel(q):
         from anybudget.kv.decode_triton import _num_sms, decode_attention_with_colsum_triton
 
         fused = takes_fused(int(k.shape[0]), int(k.shape[1]), _num_sms(q.device))
-        out, _ = decode_attention_with_colsum_triton(q, k, v, scale=scale, causal=False, key_mask=key_mask,
-                                                     colsum_out=colsum_out, fused=fused, wrap=wrap)
-        return out
+        out, col = decode_attention_with_colsum_triton(q, k, v, scale=scale, causal=False, key_mask=key_mask,
+                                                       fused=fused, wrap=wrap)
+        return out, (col if colsum else col.new_empty(0))
     from anybudget.kv.attention import slot_decode_attention
 
-    return slot_decode_attention(q, k, v, scale=scale, key_mask=key_mask, colsum_out=colsum_out, products="matmul")
+    col = torch.zeros(k.shape[:3], dtype=torch.float32, device=q.device) if colsum else None
+    out = slot_decode_attention(q, k, v, scale=scale, key_mask=key_mask, colsum_out=col, products="matmul")
+    return out, (col if colsum else q.new_empty(0, dtype=torch.float32))
 
 
 @slot_decode_triton.register_fake
-def _slot_decode_triton_fake(q, k, v, key_mask, colsum_out, scale):
-    return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+def _slot_decode_triton_fake(q, k, v, key_mask, scale, colsum):
+    out = q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+    col = q.new_empty(k.shape[:3] if colsum else (0,), dtype=torch.float32)
+    return out, col
 
 
-@torch.library.triton_op("anybudget::slot_decode_triton_op", mutates_args=("colsum_out",))
+@torch.library.triton_op("anybudget::slot_decode_triton_op", mutates_args=())
 def slot_decode_triton_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor,
-                          colsum_out: torch.Tensor | None, scale: float) -> torch.Tensor:
+                          scale: float, colsum: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`slot_decode_triton` registered with ``torch.library.triton_op`` (same contract): this
     body is also its fake implementation and is traced into compiled graphs, the kernel launches
     as ``wrap_triton`` nodes (the interpreter's kernels are launched directly: eager only)."""
-    return _slot_decode(q, k, v, key_mask, colsum_out, scale, torch.library.wrap_triton)
+    return _slot_decode(q, k, v, key_mask, scale, colsum, torch.library.wrap_triton)
