@@ -17,7 +17,7 @@ import contextlib
 import signal
 import threading
 
-__all__ = ["WarmupCapped", "estimate_s", "warmup_limit"]
+__all__ = ["WarmupCapped", "alarm", "estimate_s", "warmup_limit"]
 
 
 class WarmupCapped(BaseException):
@@ -38,18 +38,16 @@ def estimate_s(prev: tuple[int, float] | None, batch: int, warmups: list[float],
 
 
 @contextlib.contextmanager
-def warmup_limit(seconds: float | None):
-    """Raise :class:`WarmupCapped` in the block once it has run ``seconds`` (SIGALRM; main thread
-    only, elsewhere or with ``None`` the block is not bounded). The compile it interrupts leaves no
-    compiled graph behind; a later call of the same function compiles again."""
-    if seconds is None or not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+def alarm(seconds: float, expired):
+    """Raise ``expired()`` in the block once it has run ``seconds`` (SIGALRM, so the main thread
+    only; elsewhere, or without SIGALRM, the block runs unbounded). Shared with the kv GPU tests'
+    per-test time limit (tests/kv/kv_helpers.py)."""
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
         yield
         return
-    if seconds <= 0:
-        raise WarmupCapped(f"no time left for a warm-up ({seconds:.0f} s)")
 
     def expire(signum, frame):
-        raise WarmupCapped(f"compile warm-up ran past its cap of {seconds:.0f} s")
+        raise expired()
 
     old = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -58,3 +56,17 @@ def warmup_limit(seconds: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+@contextlib.contextmanager
+def warmup_limit(seconds: float | None):
+    """Raise :class:`WarmupCapped` in the block once it has run ``seconds`` (see :func:`alarm`; with
+    ``None`` the block is not bounded). The compile it interrupts leaves no compiled graph behind; a
+    later call of the same function compiles again."""
+    if seconds is None:
+        yield
+        return
+    if seconds <= 0:
+        raise WarmupCapped(f"no time left for a warm-up ({seconds:.0f} s)")
+    with alarm(seconds, lambda: WarmupCapped(f"compile warm-up ran past its cap of {seconds:.0f} s")):
+        yield

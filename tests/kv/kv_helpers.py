@@ -3,11 +3,10 @@ sys.path, so two conftest.py files would shadow each other)."""
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
+from pathlib import Path
 
 import torch
 
@@ -49,25 +48,17 @@ GPU_TEST_SECONDS = 240.0  # default cap of one gpu-marked kv test (ANYBUDGET_GPU
 
 @contextlib.contextmanager
 def time_limit(seconds: float, what: str):
-    """Raise ``TimeoutError`` naming ``what`` when the block runs past ``seconds`` (SIGALRM, main
-    thread; where there is none the block runs unbounded). A test that hangs or compiles for too
-    long then fails with its traceback (where it was) instead of stalling the whole session."""
+    """Raise ``TimeoutError`` naming ``what`` when the block runs past ``seconds`` (serving's
+    ``row_guard.alarm``: SIGALRM, main thread; where there is none the block runs unbounded). A test
+    that hangs or compiles for too long then fails with its traceback (where it was) instead of
+    stalling the whole session."""
     if seconds <= 0:
         raise ValueError(f"seconds={seconds}: must be > 0")
-    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "kv"))
+    from row_guard import alarm
 
-    def expire(signum, frame):
-        raise TimeoutError(f"{what} ran past {seconds:g} s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
+    with alarm(seconds, lambda: TimeoutError(f"{what} ran past {seconds:g} s")):
         yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def run_interpreted(script):
