@@ -134,13 +134,22 @@ def _router_losses(m) -> str:
             "rank the two the other way round from the test split.") if parts else ""
 
 
+def lm_version(rec) -> str:
+    """Which reference LM a record measured: the newest one trained before the record's date."""
+    for ver in ("v3", "v2"):
+        lm = load(f"reflm_{ver}_train")
+        if lm and str(rec.get("date")) >= str(lm.get("date")):
+            return ver
+    return "v1"
+
+
 def elastic_md(full=True):
     r = load("elastic_flextron")
     if not r:
         return ""
     m = r["metrics"]
     t = m["elastic_training"]
-    out = ("### Elastic sub-networks (Flextron) on the reference LM\n\n"
+    out = (f"### Elastic sub-networks (Flextron) on the reference LM {lm_version(r)}\n\n"
            f"Heads (per KV group) and MLP neurons ranked by activation magnitude and permuted (full model unchanged: "
            f"perplexity {m['ppl_original']:.3f} before, {m['ppl_permuted_full']:.3f} after), then elastic continued "
            f"training: {t['tokens'] / 1e6:.1f}M tokens ({t['pct_of_pretraining']:.1f}% of the base model's pre-training "
