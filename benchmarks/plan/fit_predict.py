@@ -145,6 +145,9 @@ def main(argv=None) -> int:
         entries, checks = [], {}
         for i, b in enumerate(budgets):
             entry = {"budget": b, "recorded": i < len(recorded)}
+            if entry["recorded"] and recorded[i].get("budget") not in (None, b):  # as fit_grid refuses a drift
+                raise ValueError(f"budget {i}: the state recorded {recorded[i]['budget']!r}, this grid computes "
+                                 f"{b!r}: the grid's levels or the state's reference numbers changed")
             for kind, tech in G.KINDS.items():
                 try:
                     p = P.fit(em, b, wl, quality, lat, policies, pcts, tech, a.max_trials, margin=a.margin,

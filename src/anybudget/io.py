@@ -158,10 +158,9 @@ def model_identity(folder: str | os.PathLike) -> dict:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     meta = folder / "reflm.json"
-    if meta.is_file():
-        name = read_json(meta).get("name")
-    else:
-        cfg = folder / "config.json"
+    cfg = folder / "config.json"
+    name = read_json(meta).get("name") if meta.is_file() else None
+    if not name:  # not the reference LM (or its reflm.json names nothing): the config's architecture
         name = (read_json(cfg).get("architectures") or ["?"])[0] if cfg.is_file() else "?"
     return {"name": name, "weights_sha256": h.hexdigest()[:16]}
 

@@ -88,3 +88,15 @@ def test_decode_op_returns_column_sums_and_mutates_nothing(name):
     assert torch.allclose(out, want, atol=1e-6) and torch.allclose(col, want_col, atol=1e-6)
     assert col.dtype == torch.float32 and torch.equal(col[~mask], torch.zeros_like(col[~mask]))
     assert op(q, k, v, mask, 0.25, False)[1].numel() == 0
+
+
+@pytest.mark.parametrize("products", ["triton", "triton_op"])
+def test_decode_products_refuse_a_bad_score_buffer(products):
+    """The Triton products add their sums into ``colsum_out`` in the caller's graph: a buffer that
+    is not float32 (B, Hkv, S) with unit last stride is refused by name, not silently down-cast."""
+    q = torch.randn(2, 4, 1, 8)
+    k, v = torch.randn(2, 2, 11, 8), torch.randn(2, 2, 11, 8)
+    mask = torch.ones(2, 2, 11, dtype=torch.bool)
+    for bad in (torch.zeros(2, 2, 11, dtype=torch.bfloat16), torch.zeros(2, 2, 10), torch.zeros(2, 11, 2).transpose(1, 2)):
+        with pytest.raises(ValueError, match="colsum_out must be a float32"):
+            slot_decode_attention(q, k, v, key_mask=mask, colsum_out=bad, scale=0.25, products=products)

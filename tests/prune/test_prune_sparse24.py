@@ -98,3 +98,33 @@ def test_export_refuses_a_weight_off_the_pattern(make_model, cpu_cslt):
     mask = prune_24(m)
     with pytest.raises(ValueError, match="2:4 pattern"):
         to_semi_structured(m, mask, to_sparse=cpu_cslt)
+
+
+def test_a_bad_name_leaves_the_model_unconverted(make_model, cpu_cslt):
+    """Every name is checked before anything is replaced: a bad one late in the mask leaves no
+    Linear24 behind, so the caller can fix the mask and convert again."""
+    m = make_model().to(torch.bfloat16)
+    mask = prune_24(m)
+    apply_mask(m, mask)
+    bad = dict(mask)
+    bad["no.such.weight"] = next(iter(mask.values()))
+    with pytest.raises(ValueError, match="no.such.weight: needs the weight of an nn.Linear"):
+        to_semi_structured(m, bad, to_sparse=cpu_cslt)
+    assert not any(isinstance(x, Linear24) for x in m.modules())
+    assert sorted(to_semi_structured(m, mask, to_sparse=cpu_cslt)) == sorted(mask)
+
+
+def test_a_weight_the_kernels_refuse_stays_dense_with_a_warning(make_model, cpu_cslt):
+    m = make_model().to(torch.bfloat16)
+    mask = prune_24(m)
+    apply_mask(m, mask)
+    first = next(iter(mask))
+
+    def picky(w):
+        if w.shape == dict(m.named_parameters())[first].shape:
+            raise RuntimeError("shape below the kernel's minimum")
+        return cpu_cslt(w)
+
+    with pytest.warns(UserWarning, match="left dense.*shape below the kernel's minimum"):
+        done = to_semi_structured(m, mask, to_sparse=picky)
+    assert first not in done and len(done) < len(mask)

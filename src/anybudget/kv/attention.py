@@ -225,6 +225,8 @@ def slot_decode_attention(q, k, v, *, scale=None, key_mask, colsum_out=None, pro
     scale = D**-0.5 if scale is None else scale
     if products in ("triton", "triton_op"):
         op = torch.ops.anybudget.slot_decode_triton if products == "triton" else torch.ops.anybudget.slot_decode_triton_op
+        if colsum_out is not None and not torch.compiler.is_compiling():  # a traced graph checked it eagerly
+            _check_colsum_out(colsum_out, B, k.shape[1], k.shape[2], q.device)
         out, col = op(q, k, v, key_mask, float(scale), colsum_out is not None)
         if colsum_out is not None:  # in the graph, as the matmul path: fused into the eviction's reduction
             colsum_out.add_(col)

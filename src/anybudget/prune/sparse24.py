@@ -14,6 +14,7 @@ the wrong rows, silently: every layer alone is right, the exported classifier is
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -107,8 +108,8 @@ def to_semi_structured(model: nn.Module, mask: Mask | None = None,
     if len(set(names)) != len(names):
         raise ValueError(f"mask names a parameter twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
     mods = dict(model.named_modules())
-    done = []
-    for n in names:
+    checked = []
+    for n in names:  # every name is checked before any module is replaced: a bad one leaves the model as it was
         path = n.rsplit(".", 1)[0] if "." in n else ""
         mod = mods.get(path)
         if isinstance(mod, Linear24):
@@ -116,21 +117,27 @@ def to_semi_structured(model: nn.Module, mask: Mask | None = None,
                 f"{n}: already converted to 2:4 (to_semi_structured ran twice on this model)")
         if not isinstance(mod, nn.Linear) or not n.endswith(".weight") and n != "weight":
             raise ValueError(f"{n}: needs the weight of an nn.Linear, got {type(mod).__name__}")
+        if not path:
+            raise ValueError(f"{n}: the model itself is a Linear; wrap it in a module to convert it in place")
         w = mod.weight
         if need_cuda and (w.device.type != "cuda" or w.dtype not in (torch.float16, torch.bfloat16)):
             raise ValueError(f"{n}: needs a CUDA fp16/bf16 weight, got {w.dtype} on {w.device}")
         if not check_24(w):
             raise ValueError(f"{n}: weight does not follow the 2:4 pattern; apply prune_24's mask first")
+        checked.append((n, path, mod))
+    done, dense = [], []
+    for n, path, mod in checked:
         try:
-            sparse = to_sparse(w.detach())
-        except (RuntimeError, ValueError):
-            continue  # shape below the kernels' minimum: stays dense
+            sparse = to_sparse(mod.weight.detach())
+        except (RuntimeError, ValueError) as err:  # e.g. a shape below the kernels' minimum: stays dense
+            dense.append(f"{n} ({str(err).splitlines()[0][:120]})")
+            continue
         new = Linear24(sparse, mod.bias, mod.in_features, mod.out_features)
-        if path:
-            parent, _, attr = path.rpartition(".")
-            setattr(mods[parent] if parent else model, attr, new)
-        else:
-            raise ValueError(f"{n}: the model itself is a Linear; wrap it in a module to convert it in place")
+        parent, _, attr = path.rpartition(".")
+        setattr(mods[parent] if parent else model, attr, new)
         mods[path] = new
         done.append(n)
+    if dense:
+        warnings.warn(f"to_semi_structured: {len(dense)} weight(s) left dense, the 2:4 kernels refused them: "
+                      + "; ".join(dense), stacklevel=2)
     return done
