@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/report.py) -->", "<!-- RESULTS:END -->"
 
-from report_lm_elastic import dev, elastic_md, load, reflm_md, rel  # noqa: E402
+from report_lm_elastic import dev, elastic_md, lm_version, load, reflm_md, rel  # noqa: E402
 from report_prune_splat import prune_md, splat_md  # noqa: E402
 from report_ssm import ssm_train_speed_md  # noqa: E402
 
@@ -61,7 +61,7 @@ def attention_md():
         return ""
     olds = [(v, load(f"kv_attention_stats_{v}")) for v in ("v2", "v1")]
     olds = [(v, o) for v, o in olds if o]
-    ver = "v3" if load("reflm_v3_train") else "v2"
+    ver = lm_version(r)
     m = r["metrics"]["mean_over_layers"]
     rows = (("the first token (StreamingLLM's sink)", "sink_mass"),
             ("document-boundary tokens (BOS / end-of-text) anywhere in the window", "boundary_mass"),

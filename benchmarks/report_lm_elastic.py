@@ -46,56 +46,42 @@ def _v1_bpb(cmp, split):
 
 
 def reflm_md(full=True):
-    """The shipped reference LM (v3 when its record exists, else v2) beside v2, v1 and the larger v3 run."""
-    r = load("reflm_v3_train") or load("reflm_v2_train")
+    """The shipped reference LM (v3) beside v2, v1 and the larger v3 run."""
+    r = load("reflm_v3_train")
     if not r:
         return ""
-    v3 = r["name"] == "reflm_v3_train"
-    ver = "v3" if v3 else "v2"
     m, c = r["metrics"], r["config"]["model"]
-    cmp = load("reflm_v1_vs_v2")
-    v2 = load("reflm_v2_train") if v3 else None
-    big = load("reflm_v3_48m_train") if v3 else None
+    cmp, v2, big = load("reflm_v1_vs_v2"), load("reflm_v2_train"), load("reflm_v3_48m_train")
     ev = m["eval"]
     names = {"validation": "v2 validation", "test": "v2 test", "v1_test": "v1's test documents",
              "heldout": "held-out domain (GnuCash guide, never trained on)",
              "validation_new": "v3's new packages, validation", "test_new": "v3's new packages, test"}
-    head = f"| evaluation text (1024-token windows) | {ver} bits/byte | {ver} perplexity |"
-    head += " v2 bits/byte |" if v3 else ""
-    head += (f" {big['metrics']['params'] / 1e6:.1f}M v3 bits/byte |" if big else "") + f" v1 bits/byte | {ver} lower than v1 by |\n"
+    head = ("| evaluation text (1024-token windows) | v3 bits/byte | v3 perplexity | v2 bits/byte |"
+            + (f" {big['metrics']['params'] / 1e6:.1f}M v3 bits/byte |" if big else "")
+            + " v1 bits/byte | v3 lower than v1 by |\n")
     head += "|---" * (head.count("|") - 1) + "|\n"
     rows = ""
     for k in names:
         if k not in ev:
             continue
         v1 = _v1_bpb(cmp, k)
+        e2 = v2["metrics"]["eval"].get(k) if v2 else None
         row = f"| {names[k]} | {ev[k]['bits_per_byte']:.3f} | {ev[k]['ppl']:.2f} |"
-        if v3:
-            e2 = v2["metrics"]["eval"].get(k) if v2 else None
-            row += f" {e2['bits_per_byte']:.3f} |" if e2 else " - |"
+        row += f" {e2['bits_per_byte']:.3f} |" if e2 else " - |"
         if big:
             row += f" {big['metrics']['eval'][k]['bits_per_byte']:.3f} |" if k in big["metrics"]["eval"] else " - |"
         row += f" {v1:.3f} | {1 - ev[k]['bits_per_byte'] / v1:.1%} |\n" if v1 else " - | - |\n"
         rows += row
     s = m["samples"][1]
-    if v3:
-        man = json.loads((RES.parent / "zoo/data_v3/manifest.json").read_text())
-        src = man["sources"]
-        corpus = (f"The training text ({man['train_tokens'] / 1e6:.1f}M tokens) is v2's {src['v2_train']['tokens'] / 1e6:.1f}M "
-                  f"plus {src['v3_new_train']['tokens'] / 1e6:.1f}M from {len(man['corpus']['packages'])} more Debian packages "
-                  "(kernel and compiler comments, TeX Live manuals, Javadoc, API references, a 19th-century commentary; every "
-                  "paragraph of every v2 split deduplicated out); `benchmarks/zoo/data_v3/manifest.json` is its manifest. "
-                  "Same tokenizer and architecture as v2, so v2 to v3 is the effect of the data.")
-        kept = ("the weights are those of the last step, the best validation loss" if m["best_step"] == m["steps"]
-                else f"the weights kept are those of the best validation loss, step {m['best_step']} of {m['steps']}")
-    else:
-        tok = json.loads((RES.parent / "zoo/data_v2/tokens.json").read_text())
-        n_pkg = sum(1 for v in tok["corpus"]["packages"].values() if sum(v["documents"].values()))
-        total = sum(x["tokens"] for k, x in tok["splits"].items() if k != "elastic_train")
-        corpus = (f"The corpus ({total / 1e6:.1f}M tokens) is English from {n_pkg} Debian packages (documentation, manual "
-                  "pages, GCIDE, FOLDOC, WordNet glosses, fortunes, the Jargon File); `benchmarks/zoo/data_v2/tokens.json` "
-                  "is its manifest.")
-        kept = f"the weights kept are those of the best validation loss, step {m['best_step']} of {m['steps']}"
+    man = json.loads((RES.parent / "zoo/data_v3/manifest.json").read_text())
+    src = man["sources"]
+    corpus = (f"The training text ({man['train_tokens'] / 1e6:.1f}M tokens) is v2's {src['v2_train']['tokens'] / 1e6:.1f}M "
+              f"plus {src['v3_new_train']['tokens'] / 1e6:.1f}M from {len(man['corpus']['packages'])} more Debian packages "
+              "(kernel and compiler comments, TeX Live manuals, Javadoc, API references, a 19th-century commentary; every "
+              "paragraph of every v2 split deduplicated out); `benchmarks/zoo/data_v3/manifest.json` is its manifest. "
+              "Same tokenizer and architecture as v2, so v2 to v3 is the effect of the data.")
+    kept = ("the weights are those of the last step, the best validation loss" if m["best_step"] == m["steps"]
+            else f"the weights kept are those of the best validation loss, step {m['best_step']} of {m['steps']}")
     bigtxt = ""
     if big:
         bm = big["metrics"]
@@ -106,7 +92,7 @@ def reflm_md(full=True):
                   "the package can hold (the working tree that travels to the GPU machine is 64 MiB in all) and did not come "
                   f"back with the run's other outputs (the record is rebuilt from its log: `{rel('reflm_v3_48m_train')}`).\n")
     return (
-        f"### Reference language model {ver} (`src/anybudget/assets/reflm`)\n\n"
+        "### Reference language model v3 (`src/anybudget/assets/reflm`)\n\n"
         f"A {m['params'] / 1e6:.1f}M-parameter `LlamaForCausalLM` ({c['num_hidden_layers']} layers, hidden "
         f"{c['hidden_size']}, {c['num_attention_heads']} query / {c['num_key_value_heads']} KV heads, SwiGLU "
         f"{c['intermediate_size']}, byte-level BPE of {c['vocab_size']} with a BOS token at every document start) trained "
@@ -115,8 +101,8 @@ def reflm_md(full=True):
         f"training split; {kept}). {corpus}\n\n"
         + head + rows + bigtxt +
         f"\nSample (greedy, repetition penalty 1.1): *{s['greedy_rp1.1']!s}*\n\n"
-        + (f"![loss]({rel(r['name'] + '_loss', 'png')})\n\n" if full else "")
-        + f"Source: `{rel(r['name'])}` ({dev(r)})"
+        + (f"![loss]({rel('reflm_v3_train_loss', 'png')})\n\n" if full else "")
+        + f"Source: `{rel('reflm_v3_train')}` ({dev(r)})"
         + (f"; v2 column: `{rel('reflm_v2_train')}` ({dev(v2)})" if v2 else "")
         + (f"; v1 column: `{rel('reflm_v1_vs_v2')}` ({dev(cmp)})" if cmp else "") + ".\n"
     )

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # jobs.py (the 2:4 ticket) when run from the repository root
     sys.path.insert(0, str(HERE))
 
-from anybudget.measure import latency
+from anybudget.measure import kernel_times, latency
 from anybudget.prune.masks import apply_mask
 from anybudget.prune.sparse24 import mask_24, prune_24, to_semi_structured
 
@@ -64,18 +64,11 @@ def _err(e: Exception) -> str:
 
 
 def kernel_ms(fn, repeat: int = 10) -> float:
-    """Mean ms per call of the CUDA kernels ``fn()`` launches (torch.profiler device time: no host gaps)."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
+    """Mean ms per call of the CUDA kernels ``fn()`` launches (``measure.kernel_times``: torch.profiler
+    device time, no host gaps), after one warm-up call."""
     fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(repeat):
-            fn()
-        torch.cuda.synchronize()
-    us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
-    return us / 1e3 / repeat
+    return kernel_times(fn, steps=repeat)[1] / 1e3
 
 
 def timed(fn, repeat: int, graph: bool, kernels: bool = True) -> dict:

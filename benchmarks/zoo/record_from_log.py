@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from anybudget.io import atomic_write_json, read_json  # noqa: E402
+from anybudget.io import atomic_write_json, read_json, results_record  # noqa: E402
 
 RATE = re.compile(r"([\d.]+) steps/s = ([\d.]+) M tok/s on (\d+) GPU\(s\); schedule (\d+) steps = (\d+)M tokens = ([\d.]+) epochs")
 STEP = re.compile(r"^step (\d+) epoch ([\d.]+) train ([\d.]+) val ([\d.]+) \((\d+)s\)$")
@@ -77,13 +77,13 @@ def main(argv=None) -> int:
     if {"layers", "hidden", "ffn"} <= config.keys():
         metrics["params"] = count_params(int(config["layers"]), int(config["hidden"]), int(config["ffn"]))
     ref = read_json(args.device_from)
-    device = {**ref["device"], "gpu_count": args.gpu_count, "date": args.date}
-    record = {"name": args.name, "config": {**config, "log": str(args.log.resolve().relative_to(ROOT))},
-              "metrics": {**metrics, "from_log": True,
-                          "note": "weights and train_record.json did not come back (over one call's return limit); "
-                                  "numbers parsed from the log's tail"},
-              "baseline": None, "device": device, "torch": ref["torch"], "transformers": ref["transformers"],
-              "commit": ref["commit"], "date": args.date}
+    record = results_record(args.name, {**config, "log": str(args.log.resolve().relative_to(ROOT))},
+                            {**metrics, "from_log": True,
+                             "note": "weights and train_record.json did not come back (over one call's return "
+                                     "limit); numbers parsed from the log's tail"})
+    # the run's machine and commit, not this one's
+    record.update(device={**ref["device"], "gpu_count": args.gpu_count, "date": args.date}, torch=ref["torch"],
+                  transformers=ref["transformers"], commit=ref["commit"], date=args.date)
     path = atomic_write_json(args.out / f"{args.name}.json", record)
     print("wrote", path)
     return 0

@@ -210,7 +210,8 @@ def main(argv=None, train=None, extra_evals=None) -> int:
             if teacher is not None:
                 with torch.no_grad():
                     t_logits = t_fwd(input_ids=x[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+        logits = logits.float()  # once: the CE and the KD term both read it
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
         if teacher is not None:
             loss = (1 - args.kd_alpha) * loss + args.kd_alpha * kd_loss(logits, t_logits, args.kd_temp)
         loss.backward()
