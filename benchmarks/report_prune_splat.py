@@ -151,13 +151,54 @@ def _minilm_md() -> str:
             "and is not quoted).\n")
     sp = load("prune_speed24_minilm")
     if sp:
-        t = sp["metrics"].get("ticket", {})
-        out += ("\nThe MiniLM 2:4 ticket (" + (f"{t.get('task')}, seed {t.get('seed')}, " if t else "")
-                + "2:4 magnitude mask on theta_0, fine-tuned) exported to semi-structured tensors, same run: "
-                "eager includes torch's per-call cuSPARSELt plan set-up on the host; graph replays the kernels "
-                "from a CUDA graph; bound = dense forward / (dense forward - half its converted matmuls):\n\n")
-        out += _speed24_md(sp)
+        out += _speed24_minilm_md(sp, load("prune_speed24_minilm_model"), m["tasks"])
     return out
+
+
+def _speed24_minilm_md(sp: dict, spm: dict | None, tasks: dict) -> str:
+    """The MiniLM 2:4 export on the GPU: per record and output layout, the model's dense and 2:4 times
+    (eager, CUDA-graph replay, kernels alone), the bound, exactness and the accuracy on the kernels,
+    beside the IMP record's unstructured 50% ticket and 2:4 mask (3 seeds)."""
+    t = sp["metrics"].get("ticket", {})
+    task = t.get("task", "rt")
+    out = (f"\n**2:4 export on the GPU.** The MiniLM 2:4 ticket ({task}, seed {t.get('seed', 0)}: the 2:4 magnitude "
+           "mask on theta_0, fine-tuned as in the IMP runs) exported with `prune.sparse24.to_semi_structured` "
+           "(torch's semi-structured tensors, fp16), against the dense fp16 model with the same masked weights, "
+           "same run, a dev batch of 256 sentences. Eager = a plain call (includes torch's cuSPARSELt set-up on "
+           "the host at every call); graph = replayed from a CUDA graph (what `torch.compile(mode='reduce-overhead')` "
+           "or a serving loop runs); kernels = GPU time alone; bound = dense / (dense - half the converted "
+           "matmuls' dense time). torch's CUTLASS backend refuses compute capability 9.0 "
+           "(`prune_minilm_runs/prune_speed24_minilm_call1_stopped.json`), so cuSPARSELt is the H100's only one.\n\n"
+           "| record | output layout | dense eager / graph ms | 2:4 eager / graph / kernels ms | speed-up graph (kernels) | "
+           "bound | logits rel. error, argmax agreement | dev / test accuracy on the 2:4 kernels |\n"
+           "|---|---|---|---|---|---|---|---|\n")
+    for rec in (sp, spm):
+        if not rec:
+            continue
+        cs = rec["metrics"].get("cusparselt", {})
+        for part, lay in (("model", "transposed by the kernel (default)"), ("model_unfused", "torch's transposed view")):
+            v = cs.get(part)
+            if not v or "sparse_graph_ms" not in v:
+                continue
+            acc = v.get("accuracy_sparse_kernels", {})
+            out += (f"| `{rec['name']}` | {lay} | {v['dense_eager_ms']:.2f} / {v['dense_graph_ms']:.2f} | "
+                    f"{v['sparse_eager_ms']:.0f} / {v['sparse_graph_ms']:.2f} / {v.get('sparse_kernel_ms', float('nan')):.2f} | "
+                    f"{_x(v['speedup_graph'])} ({_x(v.get('speedup_kernel'))}) | {v['bound']:.2f}x | "
+                    f"{v['rel_err_logits']:.1e}, {v['argmax_agreement']:.2f} | "
+                    f"{acc.get('dev.accuracy', float('nan')):.3f} / {acc.get('test.accuracy', float('nan')):.3f} |\n")
+    lay = sp["metrics"].get("cusparselt", {}).get("bert_base_layer", {})
+    tk = tasks.get(task, {})
+    out += "\n"
+    if lay.get("layer_speedup_graph"):
+        out += (f"BERT-base-sized matrices alone (768/3072 wide, 16k tokens): 2:4 at {_x(lay['layer_speedup_graph'])} "
+                f"of dense replayed from a graph, {_x(lay.get('layer_speedup_kernel'))} in kernel time. ")
+    if "sparse24" in tk and "imp" in tk:
+        s24, i50, full = tk["sparse24"], tk["imp"].get("0.5", {}), tk["full"]
+        out += (f"Accuracy beside the unstructured ticket ({task} dev, 3 seeds, `prune_imp_minilm.json`): full model "
+                f"{full['mean']:.3f} +- {full['std']:.3f}, IMP's unstructured 50% ticket {i50.get('mean', float('nan')):.3f} "
+                f"+- {i50.get('std', float('nan')):.3f}, the 2:4 mask {s24['mean']:.3f} +- {s24['std']:.3f}. ")
+    return out + (f"\n\nSource: `{rel(sp['name'])}`" + (f", `{rel(spm['name'])}`" if spm else "")
+                  + f" ({dev(sp)}).\n")
 
 
 def splat_md(full=True):

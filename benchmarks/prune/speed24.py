@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -59,6 +61,14 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-6))
 
 
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr, with the seconds since the start (a stopped run shows where it was)."""
+    print(f"[speed24 {time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
 def _err(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
@@ -71,14 +81,16 @@ def kernel_ms(fn, repeat: int = 10) -> float:
     return kernel_times(fn, steps=repeat)[1] / 1e3
 
 
-def timed(fn, repeat: int, graph: bool, kernels: bool = True) -> dict:
+def timed(fn, repeat: int, graph: bool, kernels: bool = True, slow_eager: bool = False) -> dict:
     """Median ms of ``fn()`` eager and, on CUDA with ``graph``, replayed from a CUDA graph (the graph's
-    output is checked against the eager one: rel_err_graph), and the kernels' own time (kernel_ms)."""
-    res = {"eager_ms": latency(fn, warmup=3, repeat=repeat).median_s * 1e3}
+    output is checked against the eager one: rel_err_graph), and the kernels' own time (kernel_ms).
+    ``slow_eager``: eager calls cost ~200 ms each (torch 2.11's cuSPARSELt op plans on the host at every
+    call, measured on an H100): eager is timed over 2 calls and the kernels from the graph's replay."""
+    res = {"eager_ms": latency(fn, warmup=1 if slow_eager else 3, repeat=2 if slow_eager else repeat).median_s * 1e3}
     if not (graph and torch.cuda.is_available()):
         return res
     try:
-        if kernels:
+        if kernels and not slow_eager:
             res["kernel_ms"] = kernel_ms(fn)
     except Exception as e:  # noqa: BLE001 (profiler API drift must not lose the run)
         res["kernel_error"] = _err(e)
@@ -96,6 +108,8 @@ def timed(fn, repeat: int, graph: bool, kernels: bool = True) -> dict:
         g.replay()
         res["rel_err_graph"] = _rel(out, ref)
         res["graph_ms"] = latency(g.replay, warmup=3, repeat=repeat).median_s * 1e3
+        if kernels and slow_eager:
+            res["kernel_ms"] = kernel_ms(g.replay)
     except ERRORS as e:
         res["graph_error"] = _err(e)
     return res
@@ -130,7 +144,7 @@ def matmul_speed(tokens: int = 16384, hidden: int = 768, repeat: int = 50, name:
                     to_semi_structured(lin, mask, fuse_transpose=fuse_transpose)
                 row["rel_err"] = _rel(lin(x), ref)
                 row["correct"] = row["rel_err"] <= REL_TOL
-                _ratios(row, dense, timed(lambda: lin(x), repeat, graph, kern))  # noqa: B023
+                _ratios(row, dense, timed(lambda: lin(x), repeat, graph, kern, name == "cusparselt"))  # noqa: B023
             except ERRORS as e:
                 row.update({f"dense_{k}": v for k, v in dense.items()}, error=_err(e))
         rows[f"{i}:{o}x{k}"] = row
@@ -176,7 +190,8 @@ def _accuracy(model, splits: dict, device) -> dict:
 
 
 def model_speed(model_dir: str, batch: dict, splits: dict | None = None, repeat: int = 50, name: str = "cusparselt",
-                device: str = "cuda", graph: bool = True, dtype: torch.dtype | None = None, to_sparse=None) -> dict:
+                device: str = "cuda", graph: bool = True, dtype: torch.dtype | None = None, to_sparse=None,
+                fuse_transpose: bool = True) -> dict:
     """Dense vs semi-structured forward of a 2:4-masked fp16 classifier on ``batch``; accuracy on
     ``splits`` (classification) before and after. ``model_dir`` holds ``mask.safetensors`` (a saved 2:4
     ticket) or the 2:4 magnitude mask is made here. ``dtype``: fp16 on CUDA, fp32 elsewhere by default;
@@ -196,7 +211,7 @@ def model_speed(model_dir: str, batch: dict, splits: dict | None = None, repeat:
         am = batch["attention_mask"]  # which a CUDA graph capture refuses
         L = am.shape[1]
         batch["attention_mask"] = ((1.0 - am[:, None, None, :].to(dtype)) * torch.finfo(dtype).min).expand(-1, 1, L, L).contiguous()
-    res = {"backend": name, "prunable": len(mask), "batch": list(batch["input_ids"].shape)}
+    res = {"backend": name, "fuse_transpose": fuse_transpose, "prunable": len(mask), "batch": list(batch["input_ids"].shape)}
     with torch.inference_mode():
         shapes, hooks = _linear_inputs(model, mask)
         ref = model(**batch).logits.float()
@@ -216,9 +231,9 @@ def model_speed(model_dir: str, batch: dict, splits: dict | None = None, repeat:
             res["accuracy_dense"] = _accuracy(model, splits, device)
         try:
             with backend(name):
-                converted = to_semi_structured(model, mask, to_sparse=to_sparse)
+                converted = to_semi_structured(model, mask, to_sparse=to_sparse, fuse_transpose=fuse_transpose)
             out = model(**batch).logits.float()
-            sparse = timed(lambda: model(**batch).logits, repeat, graph)
+            sparse = timed(lambda: model(**batch).logits, repeat, graph, slow_eager=name == "cusparselt")
         except ERRORS as e:
             res.update({f"dense_{k}": v for k, v in dense.items()}, error=_err(e))
             return res
@@ -233,15 +248,31 @@ def model_speed(model_dir: str, batch: dict, splits: dict | None = None, repeat:
 
 
 def all_backends(model_dir: str | None, batch: dict | None, splits: dict | None = None, tokens: int = 16384,
-                 hidden: int = 768, repeat: int = 50) -> dict:
-    """Every backend: the layer's matrices (cuSPARSELt also unfused) and, given ``model_dir``, the model."""
-    res = {}
-    for name in BACKENDS:
-        res[name] = {"bert_base_layer": matmul_speed(tokens, hidden, repeat, name)}
+                 hidden: int = 768, repeat: int = 50, save: dict | None = None, on_part=None,
+                 backends: tuple = BACKENDS, only: tuple | None = None) -> dict:
+    """Every backend: the layer's matrices (cuSPARSELt also unfused) and, given ``model_dir``, the model.
+    With ``save`` the results go into ``save["backends"]`` as they come and ``on_part()`` runs after each
+    part (the caller writes the record: a stopped run keeps what it measured)."""
+    res = {} if save is None else save.setdefault("backends", {})
+    for name in backends:
+        res[name] = {}
+        parts = [("bert_base_layer", lambda: matmul_speed(tokens, hidden, repeat, name))]  # noqa: B023
         if name == "cusparselt":
-            res[name]["bert_base_layer_unfused"] = matmul_speed(tokens, hidden, repeat, name, fuse_transpose=False)
+            parts.append(("bert_base_layer_unfused",
+                          lambda: matmul_speed(tokens, hidden, repeat, name, fuse_transpose=False)))  # noqa: B023
         if model_dir is not None:
-            res[name]["model"] = model_speed(model_dir, batch, splits, repeat, name)
+            parts.append(("model", lambda: model_speed(model_dir, batch, splits, repeat, name)))  # noqa: B023
+            if name == "cusparselt":
+                parts.append(("model_unfused", lambda: model_speed(model_dir, batch, splits, repeat, name,  # noqa: B023
+                                                                   fuse_transpose=False)))
+        for part, fn in parts:
+            if only is not None and part not in only:
+                continue
+            log(f"{name} {part}: start")
+            res[name][part] = fn()
+            log(f"{name} {part}: done")
+            if on_part is not None:
+                on_part()
     return res
 
 
@@ -269,7 +300,18 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="prune_speed24", help="record name")
     ap.add_argument("--out", default=None, help="write <name>.json here")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny model: ticket, dense timings, accuracy")
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma list of " + ", ".join(BACKENDS))
+    ap.add_argument("--parts", default=None, help="comma list of bert_base_layer, bert_base_layer_unfused (cuSPARSELt), "
+                    "model, model_unfused (cuSPARSELt); default all")
+    ap.add_argument("--ticket-dir", default=None,
+                    help="with --encoder: build the ticket here and keep it (reuse it later with --model)")
+    ap.add_argument("--trace-after", type=float, default=None,
+                    help="print every thread's stack after this many seconds, and every 60 s after (a hang shows where)")
     args = ap.parse_args(argv)
+    if bad := set(args.backends.split(",")) - set(BACKENDS):
+        raise SystemExit(f"--backends: unknown {sorted(bad)}; allowed: {', '.join(BACKENDS)}")
+    if args.trace_after:
+        faulthandler.dump_traceback_later(args.trace_after, repeat=True)
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
         print("speed24: needs CUDA (--smoke runs the same path on the CPU without the kernels)")
@@ -288,8 +330,10 @@ def main(argv=None) -> int:
     if args.encoder:
         if not args.data:
             raise SystemExit("--encoder needs --data (the task to fine-tune the 2:4 ticket on)")
-        model_dir = str(Path(tmp.name) / "m24")
+        model_dir = args.ticket_dir or str(Path(tmp.name) / "m24")
+        log(f"ticket: building from {args.encoder} on {args.task}")
         res["ticket"] = build_ticket(args.encoder, args.data, args.task, args.seed, Path(model_dir), device)
+        log(f"ticket: built {res['ticket']['metrics']}")
     splits, batch = None, None
     if model_dir:
         import numpy as np
@@ -305,15 +349,24 @@ def main(argv=None) -> int:
             g = torch.Generator().manual_seed(0)
             ids = torch.randint(5, 4096, (256, 128), generator=g)
             batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def write(complete: bool) -> None:
+        if args.out:
+            from anybudget.io import write_results
+
+            write_results(args.name + ("_smoke" if args.smoke else ""), vars(args), {**res, "complete": complete},
+                          out_dir=args.out)
+
     if cuda:
-        res.update(all_backends(model_dir, batch, splits, args.tokens, args.hidden, args.repeat))
+        all_backends(model_dir, batch, splits, args.tokens, args.hidden, args.repeat, save=res,
+                     on_part=lambda: write(False), backends=tuple(args.backends.split(",")),
+                     only=tuple(args.parts.split(",")) if args.parts else None)
+        res.update(res.pop("backends"))
     else:  # smoke: the ticket, dense timings and accuracy; the conversion reports that it needs CUDA
         res["cusparselt"] = {"model": model_speed(model_dir, batch, splits, args.repeat, device="cpu")}
     print(res)
-    if args.out:
-        from anybudget.io import write_results
-
-        write_results(args.name + ("_smoke" if args.smoke else ""), vars(args), res, out_dir=args.out)
+    write(True)
+    faulthandler.cancel_dump_traceback_later()
     tmp.cleanup()
     return 0
 

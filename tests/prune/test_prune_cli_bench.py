@@ -169,6 +169,16 @@ def test_speed24_smoke_builds_the_ticket_and_its_dense_numbers(tmp_path):
     assert mod["bound"] >= 1.0 and "need CUDA" in mod["error"]
 
 
+def test_speed24_refuses_an_unknown_backend_and_keeps_the_ticket_where_asked(tmp_path):
+    import speed24
+
+    with pytest.raises(SystemExit, match="--backends: unknown \\['cudnn'\\]"):
+        speed24.main(["--smoke", "--backends", "cudnn"])
+    assert speed24.main(["--smoke", "--out", str(tmp_path), "--ticket-dir", str(tmp_path / "m24")]) == 0
+    assert (tmp_path / "m24" / "mask.safetensors").exists()  # kept: a later call reuses it with --model
+    assert json.loads((tmp_path / "prune_speed24_smoke.json").read_text())["metrics"]["complete"] is True
+
+
 def test_speed24_model_export_on_the_cpu_stand_in_equals_dense(tmp_path, monkeypatch, make_model, task_data):
     """speed24.model_speed's whole path (load a saved 2:4 ticket, convert every prunable Linear, forward,
     accuracy) with cuSPARSELt's operand contract kept by a CPU stand-in (tests/prune/cslt_fake.py)."""
