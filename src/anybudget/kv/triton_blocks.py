@@ -18,10 +18,12 @@ __all__ = ["_key_block", "_key_mask_args", "_scores", "_softmax_step", "tl", "tr
 
 @triton.jit
 def _scores(q, k, scale, DOT_F32: tl.constexpr):
-    """``q @ k^T * scale`` (IEEE float32 dots for float32 inputs)."""
+    """``q @ k^T * scale`` in float32 (IEEE float32 dots for float32 inputs). The cast keeps the
+    online softmax's loop-carried state float32 where inductor passes ``scale`` as a float64 scalar
+    (the ``triton_op`` path on an H100: "m_i ... re-assigned to fp64 in loop")."""
     if DOT_F32:
-        return tl.dot(q, tl.trans(k), input_precision="ieee") * scale
-    return tl.dot(q, tl.trans(k)) * scale
+        return (tl.dot(q, tl.trans(k), input_precision="ieee") * scale).to(tl.float32)
+    return (tl.dot(q, tl.trans(k)) * scale).to(tl.float32)
 
 
 @triton.jit
