@@ -27,6 +27,7 @@ from anybudget.kv.cache import (
     make_cache,
     parse_kv_budget,
 )
+from anybudget.kv.decode_loop import greedy_generate
 from anybudget.kv.hf import SUPPORTED, cache_kwargs, disable, enable, enabled
 from anybudget.kv.policies import (
     H2O,
@@ -51,5 +52,5 @@ __all__ = [
     "attention_with_colsum", "attention_with_colsum_reference",
     "h2o_keep_indices", "streaming_keep_indices", "local_keep_indices", "random_keep_indices",
     "full_keep_indices", "split_budget", "H2O", "Streaming", "Local", "Random", "Full", "make_policy",
-    "select_victims",
+    "select_victims", "greedy_generate",
 ]
