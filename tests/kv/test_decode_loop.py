@@ -96,7 +96,8 @@ def test_eos_pads_finished_rows_and_trims_like_generate(model):
 class _HostReads(TorchDispatchMode):
     """Records ops that read a device value back to the host (a sync: not allowed in a capture)."""
 
-    SYNCING = ("_local_scalar_dense", "nonzero", "masked_select", "item", "equal", "is_nonzero")
+    # lift_fresh: ``torch.tensor(...)`` from host data, a host-to-device copy on CUDA (not capturable)
+    SYNCING = ("_local_scalar_dense", "nonzero", "masked_select", "item", "equal", "is_nonzero", "lift_fresh")
 
     def __init__(self):
         super().__init__()
@@ -131,9 +132,10 @@ def test_the_step_reads_nothing_back_to_the_host(model, which, monkeypatch):
     out = loop.greedy_generate(model, ids, cache, n)
     assert out.shape == (3, 12 + n) and len(modes) == n - 1
     assert all(m.seen == [] for m in modes), [m.seen for m in modes]
-    with _HostReads() as probe:  # the probe sees a host read
+    with _HostReads() as probe:  # the probe sees a host read and a tensor made from host data
         bool(torch.ones(2).any())
-    assert probe.seen == ["_local_scalar_dense.default"]
+        torch.tensor([1, 2])
+    assert probe.seen == ["_local_scalar_dense.default", "lift_fresh.default"]
 
 
 def test_compiled_step_equals_eager(model):
