@@ -138,6 +138,52 @@ def test_the_step_reads_nothing_back_to_the_host(model, which, monkeypatch):
     assert probe.seen == ["_local_scalar_dense.default", "lift_fresh.default"]
 
 
+class _TracedGraph:
+    """A CUDA graph's semantics on the CPU: the step's Python runs once (``make_fx`` records its aten
+    ops, in-place writes to the loop's and the cache's tensors included, and fails on a host read);
+    every replay reruns the recorded ops only. The trace executes the step once (a capture does
+    not), so the first replay is skipped: the same number of steps run."""
+
+    def __init__(self, fn, warmup=2):
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        for _ in range(warmup):
+            fn()
+        self.gm, self.skip = make_fx(fn)(), True
+
+    def replay(self):
+        if not self.skip:
+            self.gm()
+        self.skip = False
+
+
+@pytest.mark.parametrize("which", ["h2o_20", "h2o_5_tokens", "hf_static"])
+def test_replayed_steps_equal_generate(model, which, monkeypatch):
+    """Replays of one recorded step (no Python per step: a Python-side counter or branch that
+    changes per step would be frozen, as in a CUDA graph) still generate generate's tokens."""
+    import anybudget.kv.decode_loop as loop
+
+    n = 9
+    ids, mask = _prompt(seed=4)
+
+    def make():
+        return {"h2o_20": lambda: kv.H2OCache("20%", static=True, max_new_tokens=n),
+                "h2o_5_tokens": lambda: kv.H2OCache(5, static=True, max_new_tokens=n),
+                "hf_static": lambda: StaticCache(config=model.config, max_cache_len=12 + n)}[which]()
+
+    ours = which != "hf_static"
+    if ours:
+        kv.enable(model)
+    ref = _generate(model, ids, mask, make(), n)
+    kv.disable(model)
+    monkeypatch.setattr(loop, "_graphs_on", lambda dev: True)
+    monkeypatch.setattr(loop, "capture", _TracedGraph)
+    stats = {}
+    got = loop.greedy_generate(model, ids, make(), n, attention_mask=mask, stats=stats)
+    assert torch.equal(got, ref)
+    assert stats["replays"] == n - 1 - 2 and stats["warmup_steps"] == 2 and stats["decode_ms_per_step"] > 0
+
+
 def test_compiled_step_equals_eager(model):
     n = 6
     ids, mask = _prompt(seed=3)

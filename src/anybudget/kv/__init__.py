@@ -8,6 +8,8 @@
     # serving: fixed slots, eviction on the device, decoding steps compiled by generate (CUDA graphs)
     cache = kv.H2OCache("20%", static=True, max_new_tokens=128)
     out = model.generate(**inputs, max_new_tokens=128, **kv.cache_kwargs(model, cache))
+    # or without generate's host loop: one CUDA graph per generation, replayed with no sync per token
+    out = kv.greedy_generate(model, inputs["input_ids"], cache, 128, attention_mask=inputs["attention_mask"])
 
 Layout: ``policies.py`` (the policy objects, one victim rule, the reference ``*_keep_indices``),
 ``slots.py`` / ``static_slots.py`` (per-layer slot stores), ``cache.py`` (the caches),

@@ -181,21 +181,33 @@ def greedy_generate(model, input_ids: torch.Tensor, cache, max_new_tokens: int, 
     return finish_at_eos(tokens, P, eos, pad)
 
 
+def _graphs_on(dev) -> bool:
+    """Whether the steps are captured and replayed (CUDA) or run eagerly (the tests emulate a
+    capture on the CPU by patching this and :func:`capture`)."""
+    return dev.type == "cuda"
+
+
 def _run_steps(run, steps: int, dev, warmup_steps: int, stats: dict) -> None:
-    """``steps`` calls of ``run``: on CUDA, ``warmup_steps`` of them on a side stream, one capture,
-    the rest as replays with no host sync until the end; else (CPU, or too few steps) eagerly."""
+    """``steps`` calls of ``run``: with graphs, ``warmup_steps`` of them on a side stream, one
+    capture, the rest as replays with no host sync until the end; else (CPU, or too few steps)
+    eagerly."""
     t0 = time.perf_counter()
-    if dev.type == "cuda" and steps > warmup_steps:
+    if _graphs_on(dev) and steps > warmup_steps:
         graph = capture(run, warmup=warmup_steps)
         replays = steps - warmup_steps
         stats.update(warmup_steps=warmup_steps, capture_s=_sync_time(dev, t0), replays=replays)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        if dev.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        t0 = time.perf_counter()
         for _ in range(replays):
             graph.replay()
-        end.record()
-        end.synchronize()
-        stats["decode_ms_per_step"] = start.elapsed_time(end) / replays
+        if dev.type == "cuda":
+            end.record()
+            end.synchronize()
+            stats["decode_ms_per_step"] = start.elapsed_time(end) / replays
+        else:
+            stats["decode_ms_per_step"] = (time.perf_counter() - t0) * 1e3 / replays
         return
     for _ in range(steps):
         run()
