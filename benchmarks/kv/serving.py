@@ -59,6 +59,9 @@ Usage (GPU):  python benchmarks/kv/serving.py --out $OUT          (about 8 minut
                   when the host's CPUs are free; each row's compile took 121-255 s on an H200)
               python benchmarks/kv/serving.py --out $OUT --name kv_serving_tritonop_ab --rows h2o_20_tritonop,h2o_20,h2o_20_triton \
                   --prompts 2048 --no-sweep --profile --minutes 7   (triton_op first: the rows that do not fit are listed)
+              python benchmarks/kv/serving.py --out $OUT --name kv_serving_loop --rows \
+                  h2o_20_loop,hf_static_loop,hf_static,h2o_20_loop_compiled --prompts 8192,2048 --no-sweep --minutes 7.5
+                  (the captured loop against generate; the eager loop rows compile nothing)
               python benchmarks/kv/serving.py --smoke --out /tmp/x  (CPU, seconds)
 """
 

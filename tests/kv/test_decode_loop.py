@@ -51,6 +51,19 @@ def test_static_h2o_equals_generate(model, budget, padded):
         assert int(cache.layers[0].valid.sum(-1).max()) < 12 + n - 1
 
 
+def test_microbatched_prefill_equals_generate(model):
+    """A prompt of more rows x tokens than ``prefill_batch_tokens`` is prefilled in row micro-batches
+    inside the library (one row at a time here), then decoded as one batch."""
+    n = 7
+    ids, mask = _prompt(seed=5)
+    kv.enable(model)
+    ref = _generate(model, ids, mask, kv.H2OCache("20%", static=True, max_new_tokens=n, prefill_batch_tokens=12), n)
+    kv.disable(model)
+    got = kv.greedy_generate(model, ids, kv.H2OCache("20%", static=True, max_new_tokens=n, prefill_batch_tokens=12), n,
+                             attention_mask=mask)
+    assert torch.equal(got, ref)
+
+
 def test_other_policies_and_reuse_of_a_cache(model):
     n = 8
     ids, mask = _prompt(seed=1)
@@ -69,10 +82,12 @@ def test_hf_static_cache_equals_generate(model, padded):
     ids, mask = _prompt() if padded else _prompt(pads=())
     ref = _generate(model, ids, mask, StaticCache(config=model.config, max_cache_len=12 + n), n)
     kv.enable(model)  # switched off for the call (a StaticCache needs the model's own attention)
-    got = kv.greedy_generate(model, ids, StaticCache(config=model.config, max_cache_len=12 + n), n, attention_mask=mask)
+    cache = StaticCache(config=model.config, max_cache_len=12 + n + 3)
+    for _ in range(2):  # the second call resets the cache in place
+        got = kv.greedy_generate(model, ids, cache, n, attention_mask=mask)
+        assert torch.equal(got, ref)
     assert hasattr(model, "_anybudget_prev_attn")
     kv.disable(model)
-    assert torch.equal(got, ref)
 
 
 def test_eos_pads_finished_rows_and_trims_like_generate(model):
