@@ -90,6 +90,18 @@ def test_hf_static_cache_equals_generate(model, padded):
     kv.disable(model)
 
 
+def test_hf_static_cache_with_eager_attention_equals_generate():
+    """Eager attention: the step's mask is additive (0 / dtype min), as transformers builds it."""
+    m = tiny_model("llama")
+    m.set_attn_implementation("eager")
+    m.generation_config.eos_token_id, m.generation_config.pad_token_id = None, 0
+    n = 8
+    ids, mask = _prompt(seed=6)
+    ref = _generate(m, ids, mask, StaticCache(config=m.config, max_cache_len=12 + n), n)
+    got = kv.greedy_generate(m, ids, StaticCache(config=m.config, max_cache_len=12 + n), n, attention_mask=mask)
+    assert torch.equal(got, ref)
+
+
 def test_eos_pads_finished_rows_and_trims_like_generate(model):
     """With an EOS id, finished rows read pad after their EOS and the output ends where generate's does."""
     n = 12
@@ -224,5 +236,9 @@ def test_bad_inputs_name_the_argument(model):
     with pytest.raises(ValueError, match="attention_mask of shape"):
         kv.greedy_generate(model, ids, kv.H2OCache("20%", static=True, max_new_tokens=4), 4,
                            attention_mask=torch.ones(3, 5))
+    flex = tiny_model("llama")
+    flex.set_attn_implementation("flex_attention")
+    with pytest.raises(ValueError, match="model attention 'flex_attention'.*sdpa, eager"):
+        kv.greedy_generate(flex, ids, StaticCache(config=flex.config, max_cache_len=20), 4)
     with pytest.raises(ValueError, match="warmup_steps=0"):
         kv.greedy_generate(model, ids, kv.H2OCache("20%", static=True, max_new_tokens=4), 4, warmup_steps=0)

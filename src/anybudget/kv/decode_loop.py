@@ -59,8 +59,8 @@ def _check(model, input_ids, cache, max_new_tokens, attention_mask, warmup_steps
         if room < need:
             raise ValueError(f"cache: a StaticCache of max_cache_len={room} is too short for a prompt of "
                              f"{input_ids.shape[1]} + max_new_tokens={max_new_tokens} (needs >= {need})")
-        impl = model.config._attn_implementation
-        if impl not in _MASKED_ATTENTION and impl != "anybudget":
+        impl = getattr(model, "_anybudget_prev_attn", model.config._attn_implementation)  # the model's own
+        if impl not in _MASKED_ATTENTION:
             raise ValueError(f"model attention {impl!r}: greedy_generate with a StaticCache supports "
                              f"{', '.join(_MASKED_ATTENTION)} (model.set_attn_implementation('sdpa'))")
 
