@@ -217,7 +217,7 @@ def test_compiled_step_equals_eager(model):
     ref = kv.greedy_generate(model, ids, kv.H2OCache("20%", static=True, max_new_tokens=n), n, attention_mask=mask)
     torch._dynamo.reset()
     got = kv.greedy_generate(model, ids, kv.H2OCache("20%", static=True, max_new_tokens=n), n, attention_mask=mask,
-                             compile={"backend": "eager"}, stats=(stats := {}))
+                             compile={"backend": "aot_eager"}, stats=(stats := {}))
     assert torch.equal(got, ref)
     assert stats["decode_ms_per_step"] > 0 and stats["replays"] == 0 and stats["prefill_s"] > 0
 
@@ -242,3 +242,11 @@ def test_bad_inputs_name_the_argument(model):
         kv.greedy_generate(flex, ids, StaticCache(config=flex.config, max_cache_len=20), 4)
     with pytest.raises(ValueError, match="warmup_steps=0"):
         kv.greedy_generate(model, ids, kv.H2OCache("20%", static=True, max_new_tokens=4), 4, warmup_steps=0)
+
+
+def test_one_new_token_is_the_prefill_argmax(model):
+    ids, mask = _prompt(seed=7)
+    ref = _generate(model, ids, mask, StaticCache(config=model.config, max_cache_len=13), 1)
+    got = kv.greedy_generate(model, ids, StaticCache(config=model.config, max_cache_len=13), 1, attention_mask=mask,
+                             stats=(stats := {}))
+    assert got.shape == (3, 13) and torch.equal(got, ref) and stats["replays"] == 0
