@@ -250,3 +250,28 @@ def test_one_new_token_is_the_prefill_argmax(model):
     got = kv.greedy_generate(model, ids, StaticCache(config=model.config, max_cache_len=13), 1, attention_mask=mask,
                              stats=(stats := {}))
     assert got.shape == (3, 13) and torch.equal(got, ref) and stats["replays"] == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("which", ["h2o_20", "h2o_20_triton", "hf_static"])
+def test_captured_loop_equals_generate_gpu(which):
+    """CUDA: the real capture and replays (fp32 tiny Llama) give generate's tokens."""
+    m = tiny_model("llama").cuda()
+    m.generation_config.eos_token_id, m.generation_config.pad_token_id = None, 0
+    n = 12
+    ids, mask = (t.cuda() for t in _prompt(seed=8))
+
+    def make():
+        if which == "hf_static":
+            return StaticCache(config=m.config, max_cache_len=12 + n)
+        return kv.H2OCache("20%", static=True, max_new_tokens=n,
+                           decode_products="triton" if which.endswith("triton") else None)
+
+    if which != "hf_static":
+        kv.enable(m)
+    ref = _generate(m, ids, mask, make(), n)
+    kv.disable(m)
+    got = kv.greedy_generate(m, ids, make(), n, attention_mask=mask, stats=(stats := {}))
+    assert stats["replays"] == n - 1 - 2 and stats["decode_ms_per_step"] > 0
+    assert torch.equal(got, ref)
