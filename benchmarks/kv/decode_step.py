@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from anybudget.cudagraph import capture
 from anybudget.measure import kernel_times
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,15 +114,7 @@ def kernel_choice(layer, q, repeat) -> dict:
             return decode_attention_with_colsum_triton(q, layer.keys, layer.values, causal=False,
                                                        key_mask=layer.valid, colsum_out=col, fused=fused)
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # compile the kernels and warm up off the capture
-            call()
-            call()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            call()
+        graph = capture(call)  # two warm-up calls compile the kernels off the capture
         res[f"{name}_ms"] = _time_ms(graph.replay, repeat)
         del graph
     return res

@@ -27,6 +27,9 @@ Rows (all through ``model.generate``; what a user writes):
   h2o_20_tritonop  the same kernels registered with ``torch.library.triton_op``
                  (``decode_products="triton_op"``): inductor emits the kernel launches into its
                  code, no Python wrapper per layer and step; after h2o_20_triton
+  hf_static_loop / h2o_20_loop / h2o_20_loop_compiled: greedy decoding through
+                 ``kv.greedy_generate`` (one CUDA graph per generation, no host sync per token)
+                 instead of ``generate``; see ``serving_loop.py``; last in the plan
 
 Each row also records the CUDA-graph skips and graphs compiled during it (inductor's counters;
 ``perf_hints`` logging prints a skip's reason), so a step that silently runs without CUDA graphs
@@ -56,6 +59,9 @@ Usage (GPU):  python benchmarks/kv/serving.py --out $OUT          (about 8 minut
                   when the host's CPUs are free; each row's compile took 121-255 s on an H200)
               python benchmarks/kv/serving.py --out $OUT --name kv_serving_tritonop_ab --rows h2o_20_tritonop,h2o_20,h2o_20_triton \
                   --prompts 2048 --no-sweep --profile --minutes 7   (triton_op first: the rows that do not fit are listed)
+              python benchmarks/kv/serving.py --out $OUT --name kv_serving_loop --rows \
+                  h2o_20_loop,hf_static_loop,hf_static,h2o_20_loop_compiled --prompts 8192,2048 --no-sweep --minutes 7.5
+                  (the captured loop against generate; the eager loop rows compile nothing)
               python benchmarks/kv/serving.py --smoke --out /tmp/x  (CPU, seconds)
 """
 
@@ -202,6 +208,14 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
             warm_cap=None, guard=None):
     """One (row, batch, prompt) measurement. ``warm_cap``: seconds the warm-up call (compile +
     CUDA-graph recording) may take (``row_guard.warmup_limit``: ``WarmupCapped`` past it)."""
+    if row.endswith(("_loop", "_loop_compiled")):  # kv.greedy_generate instead of generate
+        res, cache = _sibling("serving_loop").run_loop_row(model, cfg, row, B, P, N, warm_cap, guard or _sibling("row_guard"))
+        read = weight_bytes + kv_bytes_per_step(row, cfg, B, P, N, cache)
+        res.update(bytes_read_per_step=read, bandwidth_limit_ms_per_step=read / bw * 1e3,
+                   fraction_of_bandwidth_limit=read / bw * 1e3 / res["decode_ms_per_step"])
+        del cache
+        cleanup(model)
+        return res
     g = torch.Generator().manual_seed(B * 7 + P)
     dev = model.device
     ids = torch.randint(1, cfg.vocab_size, (B, P), generator=g).to(dev)
@@ -295,6 +309,7 @@ def plan(prompts, smoke, do_sweep=True):
     jobs += [(f"{pol}_{pct[:-1]}", p, [ref[p]]) for p in prompts for pol, pct in BUDGET_ROWS if (pol, pct) != ("h2o", "20%")]
     jobs += [(r, p, sweep(p) if do_sweep else [ref[p]]) for r in ("h2o_20_reduce", "h2o_20_triton", "h2o_20_tritonop")
              for p in prompts]
+    jobs += [(r, p, [ref[p]]) for r in _sibling("serving_loop").ROWS for p in prompts]
     return jobs, ref
 
 
@@ -313,7 +328,7 @@ def summarize(rows, prompts, ref, skipped=None):
             if x and y:
                 s[f"h2o20_over_hf_static_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]
         for b in sorted({r["batch"] for r in ok if r["prompt"] == p}):
-            for variant in ("reduce", "triton", "tritonop"):  # the A/B of a decode_products option against matmul
+            for variant in ("reduce", "triton", "tritonop", "loop", "loop_compiled"):  # the A/B of a decode_products option against matmul
                 x, y, z = get("h2o_20", p, b), get(f"h2o_20_{variant}", p, b), get("hf_static", p, b)
                 if x and y:
                     s[f"h2o20_{variant}_over_matmul_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]
@@ -322,6 +337,14 @@ def summarize(rows, prompts, ref, skipped=None):
                         z["decode_ms_per_step"] / y["decode_ms_per_step"])
                 if y:
                     s[f"h2o20_{variant}_fraction_of_bandwidth_limit_b{b}_p{p}"] = y["fraction_of_bandwidth_limit"]
+            x, y = get("hf_static_loop", p, b), get("hf_static", p, b)  # the loop's own gain, full cache
+            if x and y:
+                s[f"hf_static_loop_over_hf_static_step_ratio_b{b}_p{p}"] = y["decode_ms_per_step"] / x["decode_ms_per_step"]
+            for variant in ("loop", "loop_compiled"):  # H2O and the full cache through the same loop
+                x, y = get(f"h2o_20_{variant}", p, b), get("hf_static_loop", p, b)
+                if x and y:
+                    s[f"h2o20_{variant}_over_hf_static_loop_step_ratio_b{b}_p{p}"] = (
+                        y["decode_ms_per_step"] / x["decode_ms_per_step"])
         for pol, pct in BUDGET_ROWS:
             r = get(f"{pol}_{pct[:-1]}", p, ref[p])
             if hf and r:
@@ -480,6 +503,8 @@ def main(argv=None):
             left = deadline - time.time()
             prev = last_cost.get((row, P))
             guess = guard.estimate_s(prev, B, warmups, compile_s, timed_s)  # a first batch compiles
+            if row.endswith("_loop"):  # an eagerly captured step: no compilation
+                guess = timed_s + 20
             if left < 20 or guess > left:
                 what = "its last batch scaled" if prev else f"compile {guess - timed_s:.0f} s + timed {timed_s:.0f} s"
                 skipped.append({"row": row, "prompt": P, "batch": B,

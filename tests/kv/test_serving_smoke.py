@@ -34,6 +34,25 @@ def test_serving_benchmark_smoke(tmp_path):
 
 
 
+def test_serving_loop_rows_smoke(tmp_path):
+    """The loop rows (kv.greedy_generate) beside generate's: same record fields, the same-loop ratio
+    and the loop's own gain in the summary; they generate the full number of tokens."""
+    mod = _serving("kv_serving_loop")
+    assert mod.main(["--smoke", "--out", str(tmp_path), "--prompts", "16", "--no-sweep", "--rows",
+                     "hf_static,hf_static_loop,h2o_20_triton,h2o_20_loop,h2o_20_loop_compiled"]) == 0
+    rec = json.loads((tmp_path / "kv_serving.json").read_text())
+    rows = {r["row"]: r for r in rec["metrics"]["rows"]}
+    assert set(rows) == {"hf_static", "hf_static_loop", "h2o_20_triton", "h2o_20_loop", "h2o_20_loop_compiled"}, rows
+    for name in ("hf_static_loop", "h2o_20_loop", "h2o_20_loop_compiled"):
+        r = rows[name]
+        assert r["new_tokens"] == 6 and r["decode_ms_per_step"] > 0 and r["fraction_of_bandwidth_limit"] > 0
+        assert r["warmup_s"] > 0 and r["prefill_s"] > 0 and r["replays"] == 0  # CPU: eager steps, no graph
+    s = rec["metrics"]["summary"]
+    for key in ("h2o20_loop_over_hf_static_loop_step_ratio_b2_p16", "h2o20_loop_compiled_over_hf_static_loop_step_ratio_b2_p16",
+                "hf_static_loop_over_hf_static_step_ratio_b2_p16", "h2o20_loop_over_hf_static_step_ratio_b2_p16"):
+        assert s[key] > 0, key
+
+
 def test_serving_benchmark_profile_smoke(tmp_path):
     """``--profile``: per row, a profiled extra generate with per-step counts; on the CPU (eager
     backend, nothing replayed) the Triton decode op's host calls are one per layer and step, the

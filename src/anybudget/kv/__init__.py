@@ -8,6 +8,8 @@
     # serving: fixed slots, eviction on the device, decoding steps compiled by generate (CUDA graphs)
     cache = kv.H2OCache("20%", static=True, max_new_tokens=128)
     out = model.generate(**inputs, max_new_tokens=128, **kv.cache_kwargs(model, cache))
+    # or without generate's host loop: one CUDA graph per generation, replayed with no sync per token
+    out = kv.greedy_generate(model, inputs["input_ids"], cache, 128, attention_mask=inputs["attention_mask"])
 
 Layout: ``policies.py`` (the policy objects, one victim rule, the reference ``*_keep_indices``),
 ``slots.py`` / ``static_slots.py`` (per-layer slot stores), ``cache.py`` (the caches),
@@ -27,6 +29,7 @@ from anybudget.kv.cache import (
     make_cache,
     parse_kv_budget,
 )
+from anybudget.kv.decode_loop import greedy_generate
 from anybudget.kv.hf import SUPPORTED, cache_kwargs, disable, enable, enabled
 from anybudget.kv.policies import (
     H2O,
@@ -51,5 +54,5 @@ __all__ = [
     "attention_with_colsum", "attention_with_colsum_reference",
     "h2o_keep_indices", "streaming_keep_indices", "local_keep_indices", "random_keep_indices",
     "full_keep_indices", "split_budget", "H2O", "Streaming", "Local", "Random", "Full", "make_policy",
-    "select_victims",
+    "select_victims", "greedy_generate",
 ]
