@@ -67,13 +67,35 @@ VARIANTS = {
     "compile+cudagraph+autotune": ("compile+cudagraph", {"compile_mode": "max-autotune-no-cudagraphs"}, NEW),
     "compile+cudagraph+tf": ("compile+cudagraph", {}, "new_tf"),
     "compile+cudagraph+tf16": ("compile+cudagraph", {}, "new_tf16"),
+    # Scan backward tuning on top of tf16 (SCAN_EXTRAS) and inductor options for the ~250 kernels around it.
+    "compile+cudagraph+tf16+adj32": ("compile+cudagraph", {}, "new_tf16_adj32"),
+    "compile+cudagraph+tf16+split": ("compile+cudagraph", {}, "new_tf16_split"),
+    "compile+cudagraph+tf16+tuned": ("compile+cudagraph", {}, "new_tf16_tuned"),
+    "compile+cudagraph+tf16+ndtile": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),)},
+                                      "new_tf16"),
+    "compile+cudagraph+tf16+cdt": ("compile+cudagraph", {"compile_options": (("coordinate_descent_tuning", True),)},
+                                   "new_tf16"),
+    "compile+cudagraph+tf16+static": ("compile+cudagraph", {"compile_dynamic": False}, "new_tf16"),
+    "compile+cudagraph+tf16+fast": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),
+                                                                              ("coordinate_descent_tuning", True))},
+                                    "new_tf16_tuned"),
 }
 # The old path: the time_last kernel over all 18 states, sequential backward; the new: polarized
 # channels in closed form, chunked backward.
 SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
          NEW: ("time_last", True, ((4, 32, 4), (4, 32, 4)), "chunked"),
          "new_tf": ("time_first", True, ((8, 32, 8), (8, 16, 4)), "chunked"),
-         "new_tf16": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
+         "new_tf16": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_adj32": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_split": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_tuned": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
+# ScanBlocks settings beyond SCANS' (defaults for scans not named): the adjoint kernel's own (BLOCK_D, warps)
+# (programs of 16 x 32 x 16 instead of 16 x 8 x 16); 4096 programs aimed at (the grads kernel's channel
+# blocks split over up to 8 programs at short sequences); triton.autotune of the adjoint and grads tiles.
+SCAN_DEFAULTS = {"bwd_adjoint": None, "bwd_programs": 512, "bwd_autotune": False}
+SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 4)},
+               "new_tf16_split": {"bwd_programs": 4096},
+               "new_tf16_tuned": {"bwd_autotune": True}}
 TOP_KERNELS = 12  # kernels per row of the record, by GPU time
 # Timed at every depth before the rest (a --time-limit cut loses the rest first).
 FIRST = ("reference", "compile+cudagraph", "compile+cudagraph+tf", "compile+cudagraph+tf16", "cudagraph_fp32")
@@ -144,8 +166,9 @@ def first_step_of_each_shape(stream, start=10_000, limit=5_000):
     return steps
 
 
-def set_scan(variant, split, tiles, impl="chunked"):
-    """Choose the Triton scan: tile layout, polarized channels split out or not, tile sizes, backward kernel."""
+def set_scan(variant, split, tiles, impl="chunked", extras=None):
+    """Choose the Triton scan: tile layout, polarized channels split out or not, tile sizes, backward kernel;
+    ``extras``: further ``ScanBlocks`` settings (``SCAN_DEFAULTS`` for the rest)."""
     try:
         from anybudget.ssm.scan_triton import ScanBlocks
     except ImportError:  # CPU smoke without triton: the chunked scan runs
@@ -153,6 +176,13 @@ def set_scan(variant, split, tiles, impl="chunked"):
     ScanBlocks.variant, ScanBlocks.split_fixed, ScanBlocks.bwd_impl = variant, split, impl
     ScanBlocks.fwd, ScanBlocks.bwd = tiles
     ScanBlocks.bwd_chunked = tiles[1]  # the backward tiles serve whichever backward runs
+    for k, v in {**SCAN_DEFAULTS, **(extras or {})}.items():
+        setattr(ScanBlocks, k, v)
+
+
+def set_named_scan(name):
+    """``set_scan`` for a ``SCANS`` entry and its ``SCAN_EXTRAS``."""
+    set_scan(*SCANS[name], extras=SCAN_EXTRAS.get(name))
 
 
 def _warm_and_time(r, args, profile_steps=0):
@@ -181,11 +211,12 @@ def _warm_and_time(r, args, profile_steps=0):
 def time_variant(name, layers, args, device, segments, profile_steps=3):
     """One ``VARIANTS`` entry at one depth: warm-up, timing, kernels per step (one record row)."""
     scan = SCANS[VARIANTS[name][2]]
-    set_scan(*scan)
+    set_named_scan(VARIANTS[name][2])
     r = Runner(name, build(layers, args.d_model, args.vocab, device), segments, args.batch, args.vocab, seed=7,
                compile_backend=args.compile_backend)
     return {"variant": name, "mode": VARIANTS[name][0], "layers": layers, "scan": VARIANTS[name][2],
             "scan_variant": scan[0], "split_fixed": scan[1], "bwd_impl": scan[3],
+            "scan_extras": SCAN_EXTRAS.get(VARIANTS[name][2], {}),
             **_warm_and_time(r, args, profile_steps)}
 
 
@@ -200,7 +231,7 @@ def time_mode(mode, layers, args, device, segments, variant, split=True, tiles=(
 
 
 def loss_curve(name, layers, args, device, segments):
-    set_scan(*SCANS[VARIANTS[name][2]])
+    set_named_scan(VARIANTS[name][2])
     r = Runner(name, build(layers, args.d_model, args.vocab, device, seed=1), segments, args.batch, args.vocab,
                seed=123, total=args.curve_steps, compile_backend=args.compile_backend)
     curve = []
@@ -267,7 +298,8 @@ def main(argv=None) -> int:
               "batch": args.batch, "segments": [s.__dict__ for s in segments], "timed_steps": args.steps,
               "timing": "wall clock over the same step indices (after every shape was compiled/captured), "
                         f"synchronised at both ends; kernels: torch.profiler over 3 further steps (top {TOP_KERNELS})",
-              "variants": {m: {"mode": VARIANTS[m][0], **VARIANTS[m][1], "scan": SCANS[VARIANTS[m][2]]} for m in modes},
+              "variants": {m: {"mode": VARIANTS[m][0], **VARIANTS[m][1], "scan": SCANS[VARIANTS[m][2]],
+                               "scan_extras": SCAN_EXTRAS.get(VARIANTS[m][2], {})} for m in modes},
               "depths": depths, "compile_backend": args.compile_backend, "smoke": args.smoke, "device": device,
               "time_limit_s": args.time_limit}
     rec_name = "ssm_train_speed" + ("_smoke" if args.smoke else "")

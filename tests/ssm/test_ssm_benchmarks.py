@@ -43,6 +43,33 @@ def test_train_speed_variants_name_known_scans_and_the_gpu_default_known_variant
     assert ts.SCANS[ts.VARIANTS["compile+cudagraph+tf"][2]][0] == "time_first"
 
 
+def test_scan_extras_name_known_scans_and_settings_and_reset_between_variants(bench):
+    pytest.importorskip("triton")
+    from anybudget.ssm.scan_triton import ScanBlocks
+
+    ts = bench("train_speed")
+    assert set(ts.SCAN_EXTRAS) <= set(ts.SCANS)
+    assert all(set(e) <= set(ts.SCAN_DEFAULTS) for e in ts.SCAN_EXTRAS.values())
+    assert all(hasattr(ScanBlocks, k) for k in ts.SCAN_DEFAULTS)
+    saved = {k: getattr(ScanBlocks, k) for k in ("variant", "split_fixed", "bwd_impl", "fwd", "bwd", "bwd_chunked",
+                                                 *ts.SCAN_DEFAULTS)}
+    try:
+        ts.set_named_scan(ts.VARIANTS["compile+cudagraph+tf16+tuned"][2])
+        assert ScanBlocks.bwd_autotune is True and ScanBlocks.bwd_chunked == (8, 16, 4)
+        ts.set_named_scan(ts.VARIANTS["compile+cudagraph+tf16+adj32"][2])
+        assert ScanBlocks.bwd_autotune is False and ScanBlocks.bwd_adjoint == (32, 4)
+        ts.set_named_scan(ts.VARIANTS["compile+cudagraph+tf16"][2])  # an earlier variant: the defaults again
+        assert {k: getattr(ScanBlocks, k) for k in ts.SCAN_DEFAULTS} == ts.SCAN_DEFAULTS
+    finally:
+        for k, v in saved.items():
+            setattr(ScanBlocks, k, v)
+    for name, (_, extra, _) in ts.VARIANTS.items():  # every variant's FastStepConfig overrides are valid
+        if "compile_options" in extra:
+            from anybudget.ssm.fast_step import FastStepConfig
+
+            assert FastStepConfig(compile=True, **extra).compile_options == extra["compile_options"], name
+
+
 def test_scan_traffic_bound_counts_each_tensor_once(bench):
     sb = bench("scan_bound")
     b, d, n, seq = 16, 256, 18, 4096

@@ -73,6 +73,12 @@ class ScanBlocks:
     # Programs the chunked backward aims for (4 per SM on an H100): when batch x chunks are fewer,
     # each chunk's channel blocks are split over programs (dB/dC partials summed afterwards).
     bwd_programs = 512
+    # The chunked backward's adjoint kernel alone: (BLOCK_D, warps), or None for bwd_chunked's. Its
+    # programs have no channel loop, so a wider channel block means fewer, fuller programs.
+    bwd_adjoint = None
+    # CUDA only: the chunked backward's adjoint and grads kernels tuned per shape by triton.autotune
+    # (scan_triton_bwd.ADJOINT_CONFIGS / GRADS_CONFIGS; bwd_chunked keeps the chunk), during warm-up.
+    bwd_autotune = False
     # Polarized channels (A exactly 0 / -inf) in closed form outside the kernel (scan_split):
     # 16 learned states tile as 16, 16 + 2 would pad to 32.
     split_fixed = True
@@ -327,8 +333,12 @@ def _chunked(fwd_tile, states, delta_softplus, saved, dout):
     # (state, time) tile at 512 (no spills at 32 states, chunk 16; ptxas sm_90). A chunk that is not a
     # multiple of the forward tile rebuilds its chunk-start states itself.
     bt = min(bt, max(8, 512 // block_n))
+    if ScanBlocks.bwd_autotune and not saved[0].is_cuda:
+        raise ValueError(f"ScanBlocks.bwd_autotune=True needs CUDA tensors, got {saved[0].device}; "
+                         "triton.autotune times its configs on the device")
     return chunked_backward(saved, states, fwd_tile, dout, delta_softplus, (bd, bt, warps),
-                            block_n=block_n, target_programs=ScanBlocks.bwd_programs)
+                            block_n=block_n, target_programs=ScanBlocks.bwd_programs,
+                            adjoint=ScanBlocks.bwd_adjoint, autotune=ScanBlocks.bwd_autotune)
 
 
 def _states_for_tiling(u, delta, A, B, C, delta_bias, delta_softplus, block_t):

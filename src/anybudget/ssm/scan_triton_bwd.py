@@ -27,8 +27,31 @@ Here the adjoint carry across chunks is computed first, so every chunk is indepe
    are per-(batch, chunk) partials summed by one ``torch.sum``.
 
 Tiles are (state, channel, time): states sit in each thread's registers, so every sum over states
-(y, dL/d(dt), dL/du) is a register sum; warps split channels, lanes split time. Same contract and
+(y, dL/d(dt), dL/du) is a register sum; warps split channels, lanes split time (whatever
+``ScanBlocks.variant`` the forward uses: these kernels have one layout). Same contract and
 rules as the sequential kernel (``A = -inf`` gives A-bar = 0 exactly, no division by a_t).
+
+Bounds at the MQAR training step (``benchmarks/ssm/train_speed.py``: batch 128, d_inner 256, 16 learned
+states, fp32, chunk 16 = forward tile; the mixture's mean seq is 388, so ~49.7k tokens and 204 M
+(token, channel, state) elements per layer and step; H100 3.35 TB/s, ~67 TFLOP/s fp32, ~3.7 T exp/s):
+
+============  =====================================================  ==========  ===============  =========
+kernel        bytes per token (each tensor once)                      MB / layer  exps, FLOP / el  bound/layer
+============  =====================================================  ==========  ===============  =========
+forward (tm)  u, delta, z, out 4x1024 + B, C 128 + states 1024         261         1, ~4            0.078 ms
+adjoint       delta, z, dout 3072 + C 64 + X 1024 + S 64                210         1, ~4            0.063 ms
+carry         X 1024 + S 64 + E 1024                                    105         -, 2             0.031 ms
+grads         u, delta, z, dout 4096 + B, C 128 + states, E 2048        522         2, ~25           0.156 ms
+              + du, ddelta, dz 3072 + dB, dC 128 + dA partial 1024
+============  =====================================================  ==========  ===============  =========
+
+Every kernel is memory-bound on paper (exps: 0.055 ms per exp per element and layer, FLOPs < 0.08 ms),
+~0.33 ms per layer in all, while the profiled depth-2 step spends 4.11 ms in grads (2.05 ms per layer,
+13x its bound), 1.30 ms in adjoint (10x) and 0.57 ms in carry: the kernels are latency-bound (small
+tiles, a 32-step loop over channel blocks per grads program, cross-lane scans), not traffic-bound, so
+tile shape, warps and the adjoint's own channel block are what to tune (``ScanBlocks.bwd_adjoint``,
+``ScanBlocks.bwd_autotune``: :data:`GRADS_CONFIGS`, :data:`ADJOINT_CONFIGS`, one choice per shape,
+chosen on the GPU by ``triton.autotune`` during the step's warm-up, never inside a CUDA-graph capture).
 """
 
 from __future__ import annotations
@@ -49,7 +72,7 @@ from anybudget.ssm.scan_triton_common import (
     softplus_grad,
 )
 
-__all__ = ["chunked_backward"]
+__all__ = ["ADJOINT_CONFIGS", "GRADS_CONFIGS", "chunked_backward"]
 
 
 @triton.jit
@@ -147,7 +170,8 @@ def _chunk_grads_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, N_ITERS: tl.constexpr,
 ):
     # Channel blocks k = pid_s, pid_s + d_split, ...: N_ITERS = cdiv(n_dblocks, d_split) (a constexpr bound,
-    # see _chunk_carry_kernel); a block past the end is fully masked (u = dout = h0 = E = 0) and adds nothing.
+    # see _chunk_carry_kernel; set by _grads_iters from BLOCK_D, so an autotuned BLOCK_D gets its own);
+    # a block past the end is fully masked (u = dout = h0 = E = 0) and adds nothing.
     pid_b, pid_c, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = tl.arange(0, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
@@ -223,6 +247,29 @@ def _chunk_grads_kernel(
     tl.store(dC_ptr + out, tl.sum(dC3, axis=1).to(dC_ptr.dtype.element_ty), mask=m_nt)
 
 
+# N_ITERS from BLOCK_D (a heuristic, so a tuned BLOCK_D loops the right number of times).
+_grads = triton.heuristics(
+    {"N_ITERS": lambda a: triton.cdiv(triton.cdiv(a["n_inner"], a["BLOCK_D"]), a["d_split"])})(_chunk_grads_kernel)
+
+# (BLOCK_D, num_warps) the autotuned backward tries; the chunk (BLOCK_T) stays ScanBlocks.bwd_chunked's,
+# since the chunk count sizes X, E and the partials and must equal the forward's tile for its states.
+# Each config is checked against the reference under the interpreter (tests/ssm/triton_interpret_check.py).
+GRADS_CONFIGS = ((4, 2), (4, 4), (8, 2), (8, 4), (8, 8), (16, 4), (16, 8))
+ADJOINT_CONFIGS = ((8, 4), (16, 2), (16, 4), (32, 4), (32, 8), (64, 8))
+_TUNE_KEY = ["n_inner", "n_state", "seq", "n_chunks"]
+
+
+def _configs(pairs):
+    return [triton.Config({"BLOCK_D": d}, num_warps=w) for d, w in pairs]
+
+
+# triton.autotune benchmarks every config once per new key (shape), then launches the best: only
+# stores, so re-running a config is harmless. It synchronises the device, which a CUDA-graph capture
+# forbids: FastStep's warm-up steps before each capture meet every shape first.
+_GRADS_TUNED = triton.autotune(_configs(GRADS_CONFIGS), key=[*_TUNE_KEY, "d_split"])(_grads)
+_ADJOINT_TUNED = triton.autotune(_configs(ADJOINT_CONFIGS), key=_TUNE_KEY)(_chunk_adjoint_kernel)
+
+
 def _d_split(bsz: int, n_chunks: int, n_dblocks: int, target: int) -> int:
     """Channel split: enough programs (``target``) when batch x chunks alone are few."""
     split = 1
@@ -231,17 +278,22 @@ def _d_split(bsz: int, n_chunks: int, n_dblocks: int, target: int) -> int:
     return split
 
 
-def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles, *, block_n, target_programs=512):
+def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles, *, block_n, target_programs=512,
+                     adjoint=None, autotune=False):
     """Gradients of ``selective_scan_triton`` by the chunk-parallel backward (see the module docstring).
 
     ``states``: the forward's tile-start states ``(batch, seq / fwd_tile, d_inner, d_state)``
     float32, used when the chunk (``tiles[1]``) is a multiple of ``fwd_tile``; otherwise (or with
     ``states=None``) the chunk-start states are rebuilt here in closed form (each chunk's end state
-    from a zero start, then the same carry forward). ``tiles = (BLOCK_D, BLOCK_T, num_warps)``.
+    from a zero start, then the same carry forward). ``tiles = (BLOCK_D, BLOCK_T, num_warps)``;
+    ``adjoint = (BLOCK_D, num_warps)`` of the adjoint kernel alone (None: ``tiles``'); ``autotune``
+    (CUDA only): the adjoint's and the grads kernel's (BLOCK_D, num_warps) chosen per shape among
+    :data:`ADJOINT_CONFIGS` / :data:`GRADS_CONFIGS` by ``triton.autotune`` (``tiles`` keeps the chunk).
     Returns ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent).
     """
     u, delta, A, B, C, D, z, delta_bias = ctx_tensors
     block_d, block_t, warps = tiles
+    adj_d, adj_warps = adjoint if adjoint is not None else (block_d, warps)
     own_states = states is None or block_t % fwd_tile != 0
     bsz, n_inner, seq = u.shape
     n_state = A.shape[1]
@@ -254,9 +306,14 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     X = torch.empty(bsz, n_chunks, n_inner, n_state, device=dev, dtype=f32)
     S = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
     Y = torch.empty_like(X) if own_states else X
-    _chunk_adjoint_kernel[(bsz, n_chunks, triton.cdiv(n_inner, block_d))](
-        u, delta, A, B, C, zz, bb, dout, X, S, Y, n_inner, n_state, seq, n_chunks, STATES=own_states,
-        BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=warps, **flags)
+    adj_args = (u, delta, A, B, C, zz, bb, dout, X, S, Y, n_inner, n_state, seq, n_chunks)
+    if autotune:
+        _ADJOINT_TUNED[lambda m: (bsz, n_chunks, triton.cdiv(n_inner, m["BLOCK_D"]))](
+            *adj_args, STATES=own_states, BLOCK_N=block_n, BLOCK_T=block_t, **flags)
+    else:
+        _chunk_adjoint_kernel[(bsz, n_chunks, triton.cdiv(n_inner, adj_d))](
+            *adj_args, STATES=own_states, BLOCK_D=adj_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=adj_warps,
+            **flags)
     E = torch.empty_like(X)
     block_c, block_j = 16, 256
     carry_grid = (bsz, triton.cdiv(n_inner * n_state, block_j))
@@ -278,12 +335,17 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     dA = torch.empty(bsz, n_chunks, n_inner, n_state, device=dev, dtype=f32)
     dD = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
     dbias = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
-    _chunk_grads_kernel[(bsz, n_chunks, split)](
-        u, delta, A, B, C, D if D is not None else dummy, zz, bb, dout, states, E,
-        du, ddelta, dz if dz is not None else du, dB, dC, dA, dD, dbias,
-        n_inner, n_state, seq, n_chunks, states.shape[1], block_t // fwd_tile, split,
-        HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, N_ITERS=triton.cdiv(n_dblocks, split),
-        num_warps=warps, **flags)
+    grads_args = (u, delta, A, B, C, D if D is not None else dummy, zz, bb, dout, states, E,
+                  du, ddelta, dz if dz is not None else du, dB, dC, dA, dD, dbias,
+                  n_inner, n_state, seq, n_chunks, states.shape[1], block_t // fwd_tile, split)
+    # The split is fixed by ``tiles``' BLOCK_D; a tuned BLOCK_D with fewer blocks than the split leaves
+    # some programs' blocks fully masked (they store zero partials): still exact.
+    if autotune:
+        _GRADS_TUNED[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_N=block_n, BLOCK_T=block_t,
+                                             **flags)
+    else:
+        _grads[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
+                                       BLOCK_T=block_t, num_warps=warps, **flags)
     if split > 1:
         dB, dC = dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype)
     return (du, ddelta, dA.sum((0, 1)), dB, dC,
