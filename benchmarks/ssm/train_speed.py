@@ -14,6 +14,15 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
   forward (8, 32, 8) and chunked backward (8, 16, 4), the tiles of ``ssm_step_profile.json``'s eager
   step (its scan kernels took 5.5 ms against 8.5 ms for the time_last ones at depth 2, H200); ``tf16``:
   forward (8, 16, 4) too, so the backward reuses the forward's states instead of rebuilding them.
+* ``+tf16+...``: tf16 with one change (``SCAN_EXTRAS``; the scan kernels' bounds at this step are in
+  ``scan_triton_bwd``'s docstring): ``adj32`` the adjoint kernel on 32-channel blocks, ``split`` up to
+  8 programs per chunk for the grads kernel at short sequences, ``tuned`` triton.autotune of the adjoint and
+  grads tiles per shape (in the warm-up), ``prefetch`` the grads kernel loading the next channel block
+  before the current one's arithmetic, ``fwdpf`` the forward loading the next tile before the current
+  one's arithmetic, ``tuned+prefetch`` all three; ``ndtile`` / ``cdt`` inductor's ``triton.prefer_nd_tiling`` /
+  ``coordinate_descent_tuning`` for the ~250 kernels around the scan (``FastStepConfig.compile_options``,
+  a compile of its own: ~70 s of warm-up), ``static`` one compile per shape; ``fast`` = tuned + prefetch
+  + both inductor options.
 
 Every variant times the same step indices after warm-up (all shapes compiled / captured first),
 then profiles a few steps: kernels per step (inside a CUDA graph too) and their summed GPU time. A
@@ -76,9 +85,12 @@ VARIANTS = {
     "compile+cudagraph+tf16+cdt": ("compile+cudagraph", {"compile_options": (("coordinate_descent_tuning", True),)},
                                    "new_tf16"),
     "compile+cudagraph+tf16+static": ("compile+cudagraph", {"compile_dynamic": False}, "new_tf16"),
+    "compile+cudagraph+tf16+prefetch": ("compile+cudagraph", {}, "new_tf16_prefetch"),
+    "compile+cudagraph+tf16+fwdpf": ("compile+cudagraph", {}, "new_tf16_fwdpf"),
+    "compile+cudagraph+tf16+tuned+prefetch": ("compile+cudagraph", {}, "new_tf16_tuned_prefetch"),
     "compile+cudagraph+tf16+fast": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),
                                                                               ("coordinate_descent_tuning", True))},
-                                    "new_tf16_tuned"),
+                                    "new_tf16_tuned_prefetch"),
 }
 # The old path: the time_last kernel over all 18 states, sequential backward; the new: polarized
 # channels in closed form, chunked backward.
@@ -88,14 +100,22 @@ SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
          "new_tf16": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_adj32": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_split": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
-         "new_tf16_tuned": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
+         "new_tf16_tuned": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_prefetch": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_fwdpf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_tuned_prefetch": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
 # ScanBlocks settings beyond SCANS' (defaults for scans not named): the adjoint kernel's own (BLOCK_D, warps)
 # (programs of 16 x 32 x 16 instead of 16 x 8 x 16); 4096 programs aimed at (the grads kernel's channel
-# blocks split over up to 8 programs at short sequences); triton.autotune of the adjoint and grads tiles.
-SCAN_DEFAULTS = {"bwd_adjoint": None, "bwd_programs": 512, "bwd_autotune": False}
+# blocks split over up to 8 programs at short sequences); triton.autotune of the adjoint and grads tiles;
+# the grads kernel's next-block prefetch; the time_first forward's next-tile prefetch.
+SCAN_DEFAULTS = {"bwd_adjoint": None, "bwd_programs": 512, "bwd_autotune": False, "bwd_prefetch": False,
+                 "fwd_prefetch": False}
 SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 4)},
                "new_tf16_split": {"bwd_programs": 4096},
-               "new_tf16_tuned": {"bwd_autotune": True}}
+               "new_tf16_tuned": {"bwd_autotune": True},
+               "new_tf16_prefetch": {"bwd_prefetch": True},
+               "new_tf16_fwdpf": {"fwd_prefetch": True},
+               "new_tf16_tuned_prefetch": {"bwd_autotune": True, "bwd_prefetch": True, "fwd_prefetch": True}}
 TOP_KERNELS = 12  # kernels per row of the record, by GPU time
 # Timed at every depth before the rest (a --time-limit cut loses the rest first).
 FIRST = ("reference", "compile+cudagraph", "compile+cudagraph+tf", "compile+cudagraph+tf16", "cudagraph_fp32")

@@ -21,10 +21,11 @@ NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
 
 def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd=(4, 32, 4), dtype=torch.float32,
-          variant="time_last", impl="sequential", chunked=(4, 32, 4), programs=512, adjoint=None):
-    ScanBlocks.fwd, ScanBlocks.bwd, ScanBlocks.variant = fwd, bwd, variant
+          variant="time_last", impl="sequential", chunked=(4, 32, 4), programs=512, adjoint=None, prefetch=False,
+          fwd_prefetch=False):
+    ScanBlocks.fwd, ScanBlocks.bwd, ScanBlocks.variant, ScanBlocks.fwd_prefetch = fwd, bwd, variant, fwd_prefetch
     ScanBlocks.bwd_impl, ScanBlocks.bwd_chunked, ScanBlocks.bwd_programs = impl, chunked, programs
-    ScanBlocks.bwd_adjoint = adjoint
+    ScanBlocks.bwd_adjoint, ScanBlocks.bwd_prefetch = adjoint, prefetch
     ins = [t.detach().float() for t in scan_inputs(b, d, seq, n, polar=polar, seed=seq + n)]
     if not softplus:
         ins[1] = ins[1].abs() * 0.3
@@ -50,8 +51,8 @@ def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd
         assert err < (1e-4 if dtype == torch.float32 else 5e-2), f"grad {NAMES[i]}: rel err {err:.2e}"
     print(f"ok b={b} d={d} seq={seq} n={n} polar={polar} optional={optional} softplus={softplus} "
           f"fwd={fwd} bwd={bwd} {dtype} {variant} {impl} {chunked if impl == 'chunked' else ''} adjoint={adjoint}",
-          flush=True)
-    ScanBlocks.bwd_adjoint = None
+          f"prefetch={prefetch} fwd_prefetch={fwd_prefetch}", flush=True)
+    ScanBlocks.bwd_adjoint, ScanBlocks.bwd_prefetch, ScanBlocks.fwd_prefetch = None, False, False
 
 
 def check_split(variant, impl="sequential"):
@@ -130,7 +131,7 @@ class FixedTuner:
         return launch
 
 
-def check_tuned(grads_cfg, adj_cfg, b=1, d=10, seq=21, n=6, chunk=16, tiles_d=4, programs=512):
+def check_tuned(grads_cfg, adj_cfg, b=1, d=10, seq=21, n=6, chunk=16, tiles_d=4, programs=512, prefetch=False):
     """The autotuned launch path (``chunked_backward(autotune=True)``) with one config of each list forced."""
     from anybudget.ssm import scan_triton_bwd as sb
     from anybudget.ssm.scan_triton import _block_n, triton_forward
@@ -148,13 +149,14 @@ def check_tuned(grads_cfg, adj_cfg, b=1, d=10, seq=21, n=6, chunk=16, tiles_d=4,
         out, states, _ = triton_forward(*x, True)
         torch.testing.assert_close(out, o1, rtol=1e-4, atol=1e-4)
         g2 = sb.chunked_backward(x, states, chunk, g, True, (tiles_d, chunk, 4), block_n=_block_n(n),
-                                 target_programs=programs, autotune=True)
+                                 target_programs=programs, autotune=True, prefetch=prefetch)
     finally:
         sb._GRADS_TUNED, sb._ADJOINT_TUNED = saved
     for i, a, c in zip(range(8), g1, g2):
         err = ((c.float() - a).abs().max() / a.abs().max().clamp_min(1.0)).item()
         assert err < 1e-4, f"tuned grads={grads_cfg} adjoint={adj_cfg} grad {NAMES[i]}: rel err {err:.2e}"
-    print(f"ok tuned grads={grads_cfg} adjoint={adj_cfg} d={d} seq={seq} chunk={chunk} programs={programs}", flush=True)
+    print(f"ok tuned grads={grads_cfg} adjoint={adj_cfg} d={d} seq={seq} chunk={chunk} programs={programs} "
+          f"prefetch={prefetch}", flush=True)
 
 
 def tuned_cases():
@@ -164,13 +166,25 @@ def tuned_cases():
     # 10 channels: every BLOCK_D leaves a partial block; seq 21: a partial last chunk. programs=512 splits the
     # channel blocks over 2 programs (chosen from tiles_d=4: 3 blocks), which BLOCK_D 16 leaves with a fully
     # masked program (zero partials); programs=1: no split, one program loops over every block.
+    # Prefetch on every other config: the next block's loads (fully masked after the last block) change nothing.
     for i, gc in enumerate(GRADS_CONFIGS):
-        check_tuned(gc, ADJOINT_CONFIGS[i % len(ADJOINT_CONFIGS)], programs=1 if i % 2 else 512)
+        check_tuned(gc, ADJOINT_CONFIGS[i % len(ADJOINT_CONFIGS)], programs=1 if i % 2 else 512,
+                    prefetch=i % 3 != 1)
     check_tuned((8, 4), ADJOINT_CONFIGS[-1], d=6, seq=45, n=18, chunk=8)  # 6 chunks, 32 padded states
     # ScanBlocks.bwd_adjoint through the public function: wider and narrower than the grads' channel block.
     check(1, 10, 21, 6, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4), adjoint=(16, 4))
     check(1, 5, 21, 5, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(8, 16, 4), adjoint=(2, 2),
           variant="time_first", programs=1)
+    # Prefetch through the public function: no optional inputs (no z, D, bias), bf16, 2 channel blocks.
+    check(1, 3, 20, 3, polar=False, optional=False, softplus=False, fwd=(4, 16, 4), impl="chunked",
+          chunked=(2, 8, 4), prefetch=True)
+    check(1, 4, 21, 4, polar=True, dtype=torch.bfloat16, fwd=(4, 16, 4), impl="chunked", chunked=(2, 16, 4),
+          prefetch=True)
+    # The time_first forward's prefetch (chunk-start states from it, and rebuilt at a shorter chunk; no z).
+    check(1, 5, 37, 6, polar=True, fwd=(4, 16, 4), variant="time_first", impl="chunked", chunked=(4, 16, 4),
+          prefetch=True, fwd_prefetch=True)
+    check(1, 3, 20, 3, polar=False, optional=False, softplus=False, fwd=(4, 16, 4), variant="time_first",
+          impl="chunked", chunked=(4, 8, 4), fwd_prefetch=True)
     ins = [t.detach().float().requires_grad_() for t in scan_inputs(1, 2, 5, 2, seed=1)]
     ScanBlocks.bwd_impl, ScanBlocks.bwd_autotune = "chunked", True
     try:

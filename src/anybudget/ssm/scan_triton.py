@@ -79,6 +79,11 @@ class ScanBlocks:
     # CUDA only: the chunked backward's adjoint and grads kernels tuned per shape by triton.autotune
     # (scan_triton_bwd.ADJOINT_CONFIGS / GRADS_CONFIGS; bwd_chunked keeps the chunk), during warm-up.
     bwd_autotune = False
+    # The time_first forward issues tile i + 1's reads before tile i's arithmetic (same results).
+    fwd_prefetch = False
+    # The chunked backward's grads kernel issues the next channel block's loads before this block's
+    # arithmetic (a two-stage pipeline by hand; same results).
+    bwd_prefetch = False
     # Polarized channels (A exactly 0 / -inf) in closed form outside the kernel (scan_split):
     # 16 learned states tile as 16, 16 + 2 would pad to 32.
     split_fixed = True
@@ -247,13 +252,14 @@ def triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=
     states = torch.empty(bsz, n_tiles, n_inner, n_state, device=u.device, dtype=torch.float32)
     last = torch.empty(bsz, n_inner, n_state, device=u.device, dtype=torch.float32)
     grid = (bsz, triton.cdiv(n_inner, block_d))
+    extra = {"PREFETCH": True} if ScanBlocks.fwd_prefetch and ScanBlocks.variant == "time_first" else {}
     _kernels()[0][grid](
         u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, out, states, last,
         n_inner, n_state, seq, N_TILES=n_tiles,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_N=_block_n(n_state),
-        BLOCK_T=block_t, num_warps=warps,
+        BLOCK_T=block_t, num_warps=warps, **extra,
     )
     return out, states, last
 
@@ -338,7 +344,8 @@ def _chunked(fwd_tile, states, delta_softplus, saved, dout):
                          "triton.autotune times its configs on the device")
     return chunked_backward(saved, states, fwd_tile, dout, delta_softplus, (bd, bt, warps),
                             block_n=block_n, target_programs=ScanBlocks.bwd_programs,
-                            adjoint=ScanBlocks.bwd_adjoint, autotune=ScanBlocks.bwd_autotune)
+                            adjoint=ScanBlocks.bwd_adjoint, autotune=ScanBlocks.bwd_autotune,
+                            prefetch=ScanBlocks.bwd_prefetch)
 
 
 def _states_for_tiling(u, delta, A, B, C, delta_bias, delta_softplus, block_t):
