@@ -21,8 +21,9 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
   before the current one's arithmetic, ``fwdpf`` the forward loading the next tile before the current
   one's arithmetic, ``tuned+prefetch`` all three; ``ndtile`` / ``cdt`` inductor's ``triton.prefer_nd_tiling`` /
   ``coordinate_descent_tuning`` for the ~250 kernels around the scan (``FastStepConfig.compile_options``,
-  a compile of its own: ~70 s of warm-up), ``static`` one compile per shape; ``fast`` = tuned + prefetch
-  + both inductor options.
+  a compile of its own: ~70 s of warm-up), ``combo`` inductor's ``combo_kernels`` (independent small
+  kernels launched as one), ``static`` one compile per shape (11 compiles: minutes, time it alone);
+  ``fast`` = tuned + both prefetches + ndtile + cdt.
 
 Every variant times the same step indices after warm-up (all shapes compiled / captured first),
 then profiles a few steps: kernels per step (inside a CUDA graph too) and their summed GPU time. A
@@ -84,6 +85,7 @@ VARIANTS = {
                                       "new_tf16"),
     "compile+cudagraph+tf16+cdt": ("compile+cudagraph", {"compile_options": (("coordinate_descent_tuning", True),)},
                                    "new_tf16"),
+    "compile+cudagraph+tf16+combo": ("compile+cudagraph", {"compile_options": (("combo_kernels", True),)}, "new_tf16"),
     "compile+cudagraph+tf16+static": ("compile+cudagraph", {"compile_dynamic": False}, "new_tf16"),
     "compile+cudagraph+tf16+prefetch": ("compile+cudagraph", {}, "new_tf16_prefetch"),
     "compile+cudagraph+tf16+fwdpf": ("compile+cudagraph", {}, "new_tf16_fwdpf"),
