@@ -4,7 +4,7 @@ No GPU needed: ``triton.compile`` builds the cubin for ``GPUTarget("cuda", 90, 3
 ``cuobjdump -res-usage`` reads its registers per thread and stack (spill) bytes. Registers bound how
 many programs an SM holds (65536 / (regs x 32 x warps)), the occupancy that hides the latency the
 chunked backward is bound by (``scan_triton_bwd``'s docstring). Kernels: the grads kernel over
-``GRADS_CONFIGS`` with and without ``PREFETCH``, the adjoint over ``ADJOINT_CONFIGS``, the time_first
+``GRADS_CONFIGS`` (with their register caps, ``maxnreg``) with and without ``PREFETCH``, the adjoint over ``ADJOINT_CONFIGS``, the time_first
 forward at (8, 16, 4) with and without ``PREFETCH``; fp32, 16 states, chunk 16, every optional input.
 
     python benchmarks/ssm/scan_regs.py --out /tmp/x             # ~2 minutes on 2 CPU cores
@@ -28,14 +28,14 @@ def _signature(fn, consts):
     return {n: "constexpr" if n in consts else ("*fp32" if n.endswith("_ptr") else "i32") for n in fn.arg_names}
 
 
-def resource_usage(fn, consts, warps):
+def resource_usage(fn, consts, warps, maxnreg=None):
     """``{"regs", "stack_bytes", "programs_per_sm"}`` of ``fn`` compiled for sm_90 with ``consts``."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     src = ASTSource(fn=fn, signature=_signature(fn, consts), constexprs=consts)
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "maxnreg": maxnreg})
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
@@ -55,12 +55,12 @@ def rows(smoke=False):
     flags = {"HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True}
     out = []
     grads = sb.GRADS_CONFIGS[:1] if smoke else sb.GRADS_CONFIGS
-    for bd, w in grads:
+    for bd, w, maxnreg in grads:
         for pf in ((True,) if smoke else (False, True)):
             c = {**flags, "HAS_D": True, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16, "N_ITERS": 256 // bd,
                  "PREFETCH": pf}
-            out.append({"kernel": "grads", "block_d": bd, "warps": w, "prefetch": pf,
-                        **resource_usage(sb._chunk_grads_kernel, c, w)})
+            out.append({"kernel": "grads", "block_d": bd, "warps": w, "maxnreg": maxnreg, "prefetch": pf,
+                        **resource_usage(sb._chunk_grads_kernel, c, w, maxnreg)})
             print(out[-1], flush=True)
     if smoke:
         return out

@@ -19,7 +19,8 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
   8 programs per chunk for the grads kernel at short sequences, ``tuned`` triton.autotune of the adjoint and
   grads tiles per shape (in the warm-up), ``prefetch`` the grads kernel loading the next channel block
   before the current one's arithmetic, ``fwdpf`` the forward loading the next tile before the current
-  one's arithmetic, ``tuned+prefetch`` all three; ``ndtile`` / ``cdt`` inductor's ``triton.prefer_nd_tiling`` /
+  one's arithmetic, ``tuned+prefetch`` all three, ``reg168`` the grads kernel capped at 168 registers
+  (3 programs an SM) with adj32 and fwdpf; ``ndtile`` / ``cdt`` inductor's ``triton.prefer_nd_tiling`` /
   ``coordinate_descent_tuning`` for the ~250 kernels around the scan (``FastStepConfig.compile_options``,
   a compile of its own: ~70 s of warm-up), ``combo`` inductor's ``combo_kernels`` (independent small
   kernels launched as one), ``static`` one compile per shape (11 compiles: minutes, time it alone);
@@ -89,6 +90,7 @@ VARIANTS = {
     "compile+cudagraph+tf16+static": ("compile+cudagraph", {"compile_dynamic": False}, "new_tf16"),
     "compile+cudagraph+tf16+prefetch": ("compile+cudagraph", {}, "new_tf16_prefetch"),
     "compile+cudagraph+tf16+fwdpf": ("compile+cudagraph", {}, "new_tf16_fwdpf"),
+    "compile+cudagraph+tf16+reg168": ("compile+cudagraph", {}, "new_tf16_reg168"),
     "compile+cudagraph+tf16+tuned+prefetch": ("compile+cudagraph", {}, "new_tf16_tuned_prefetch"),
     "compile+cudagraph+tf16+fast": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),
                                                                               ("coordinate_descent_tuning", True))},
@@ -105,18 +107,21 @@ SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
          "new_tf16_tuned": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_prefetch": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_fwdpf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_reg168": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_tuned_prefetch": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
 # ScanBlocks settings beyond SCANS' (defaults for scans not named): the adjoint kernel's own (BLOCK_D, warps)
 # (programs of 16 x 32 x 16 on 8 warps, 64 registers a thread, instead of 16 x 8 x 16 on 4); 4096 programs aimed at (the grads kernel's channel
 # blocks split over up to 8 programs at short sequences); triton.autotune of the adjoint and grads tiles;
-# the grads kernel's next-block prefetch; the time_first forward's next-tile prefetch.
+# the grads kernel's next-block prefetch; the time_first forward's next-tile prefetch; the grads kernel's
+# registers capped at 168 (3 programs an SM instead of 2, no spills at sm_90: ssm_scan_regs.json).
 SCAN_DEFAULTS = {"bwd_adjoint": None, "bwd_programs": 512, "bwd_autotune": False, "bwd_prefetch": False,
-                 "fwd_prefetch": False}
+                 "fwd_prefetch": False, "bwd_maxnreg": None}
 SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
                "new_tf16_split": {"bwd_programs": 4096},
                "new_tf16_tuned": {"bwd_autotune": True},
                "new_tf16_prefetch": {"bwd_prefetch": True},
                "new_tf16_fwdpf": {"fwd_prefetch": True},
+               "new_tf16_reg168": {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_prefetch": True},
                "new_tf16_tuned_prefetch": {"bwd_autotune": True, "bwd_prefetch": True, "fwd_prefetch": True}}
 TOP_KERNELS = 12  # kernels per row of the record, by GPU time
 # Timed at every depth before the rest (a --time-limit cut loses the rest first).

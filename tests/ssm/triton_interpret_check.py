@@ -137,7 +137,7 @@ def check_tuned(grads_cfg, adj_cfg, b=1, d=10, seq=21, n=6, chunk=16, tiles_d=4,
     from anybudget.ssm.scan_triton import _block_n, triton_forward
 
     saved = sb._GRADS_TUNED, sb._ADJOINT_TUNED
-    sb._GRADS_TUNED = FixedTuner(sb._grads, *grads_cfg)
+    sb._GRADS_TUNED = FixedTuner(sb._grads, *grads_cfg[:2])  # maxnreg (a ptxas option) means nothing here
     sb._ADJOINT_TUNED = FixedTuner(sb._chunk_adjoint_kernel, *adj_cfg)
     try:
         ScanBlocks.fwd, ScanBlocks.variant = (4, chunk, 4), "time_first"
@@ -180,6 +180,9 @@ def tuned_cases():
           chunked=(2, 8, 4), prefetch=True)
     check(1, 4, 21, 4, polar=True, dtype=torch.bfloat16, fwd=(4, 16, 4), impl="chunked", chunked=(2, 16, 4),
           prefetch=True)
+    ScanBlocks.bwd_maxnreg = 168  # the launch passes it through (the interpreter ignores it)
+    check(1, 3, 20, 3, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(2, 16, 4))
+    ScanBlocks.bwd_maxnreg = None
     # The time_first forward's prefetch (chunk-start states from it, and rebuilt at a shorter chunk; no z).
     check(1, 5, 37, 6, polar=True, fwd=(4, 16, 4), variant="time_first", impl="chunked", chunked=(4, 16, 4),
           prefetch=True, fwd_prefetch=True)

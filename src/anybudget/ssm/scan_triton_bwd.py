@@ -318,18 +318,21 @@ def _chunk_grads_kernel(
 _grads = triton.heuristics(
     {"N_ITERS": lambda a: triton.cdiv(triton.cdiv(a["n_inner"], a["BLOCK_D"]), a["d_split"])})(_chunk_grads_kernel)
 
-# (BLOCK_D, num_warps) the autotuned backward tries; the chunk (BLOCK_T) stays ScanBlocks.bwd_chunked's,
+# (BLOCK_D, num_warps[, maxnreg]) the autotuned backward tries; the chunk (BLOCK_T) stays ScanBlocks.bwd_chunked's,
 # since the chunk count sizes X, E and the partials and must equal the forward's tile for its states.
 # Each config is checked against the reference under the interpreter (tests/ssm/triton_interpret_check.py).
-# Grads configs that spill at sm_90 (fp32, 16 states, chunk 16: (8, 2) and (16, 4), benchmarks/ssm/scan_regs.py)
-# are left out; (8, 4) takes 228 registers a thread (2 programs an SM), (4, 4) 114, (8, 8) 143.
-GRADS_CONFIGS = ((4, 2), (4, 4), (8, 4), (8, 8), (16, 8))
+# Registers at sm_90 (fp32, 16 states, chunk 16; benchmarks/ssm/scan_regs.py, ssm_scan_regs.json): grads (8, 4)
+# takes 228 a thread unbounded, 2 programs an SM; capped at 168 (maxnreg) it fits without spilling and 3 fit;
+# (8, 8) 143 -> 128 (2 programs of 8 warps instead of 1), (4, 2) 235 -> 168 (6 instead of 4), no spills.
+# (8, 2) and (16, 4) spill unbounded, (16, 8) at 128: left out.
+GRADS_CONFIGS = ((4, 2, None), (4, 2, 168), (4, 4, None), (8, 4, None), (8, 4, 168), (8, 8, None), (8, 8, 128),
+                 (16, 8, None))
 ADJOINT_CONFIGS = ((8, 4), (16, 2), (16, 4), (32, 4), (32, 8), (64, 8))
 _TUNE_KEY = ["n_inner", "n_state", "seq", "n_chunks"]
 
 
-def _configs(pairs):
-    return [triton.Config({"BLOCK_D": d}, num_warps=w) for d, w in pairs]
+def _configs(entries):
+    return [triton.Config({"BLOCK_D": e[0]}, num_warps=e[1], maxnreg=e[2] if len(e) > 2 else None) for e in entries]
 
 
 # triton.autotune benchmarks every config once per new key (shape), then launches the best: only
@@ -348,7 +351,7 @@ def _d_split(bsz: int, n_chunks: int, n_dblocks: int, target: int) -> int:
 
 
 def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles, *, block_n, target_programs=512,
-                     adjoint=None, autotune=False, prefetch=False):
+                     adjoint=None, autotune=False, prefetch=False, maxnreg=None):
     """Gradients of ``selective_scan_triton`` by the chunk-parallel backward (see the module docstring).
 
     ``states``: the forward's tile-start states ``(batch, seq / fwd_tile, d_inner, d_state)``
@@ -358,7 +361,9 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     ``adjoint = (BLOCK_D, num_warps)`` of the adjoint kernel alone (None: ``tiles``'); ``autotune``
     (CUDA only): the adjoint's and the grads kernel's (BLOCK_D, num_warps) chosen per shape among
     :data:`ADJOINT_CONFIGS` / :data:`GRADS_CONFIGS` by ``triton.autotune`` (``tiles`` keeps the chunk);
-    ``prefetch``: the grads kernel loads channel block k + 1 before computing block k (same results).
+    ``prefetch``: the grads kernel loads channel block k + 1 before computing block k (same results);
+    ``maxnreg``: a cap on the grads kernel's registers a thread (ptxas; None: its own choice), for more
+    programs an SM (ignored with ``autotune``, whose configs carry their own).
     Returns ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent).
     """
     u, delta, A, B, C, D, z, delta_bias = ctx_tensors
@@ -415,7 +420,8 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
                                              PREFETCH=bool(prefetch), **flags)
     else:
         _grads[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
-                                       BLOCK_T=block_t, PREFETCH=bool(prefetch), num_warps=warps, **flags)
+                                       BLOCK_T=block_t, PREFETCH=bool(prefetch), num_warps=warps, maxnreg=maxnreg,
+                                       **flags)
     if split > 1:
         dB, dC = dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype)
     return (du, ddelta, dA.sum((0, 1)), dB, dC,
