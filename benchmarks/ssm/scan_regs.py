@@ -68,10 +68,10 @@ def rows(smoke=False):
         c = {**flags, "STATES": False, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16}
         out.append({"kernel": "adjoint", "block_d": bd, "warps": w, **resource_usage(sb._chunk_adjoint_kernel, c, w)})
         print(out[-1], flush=True)
-    for pf in (False, True):
+    for pf, maxnreg in ((False, None), (True, None), (False, 80)):
         c = {**flags, "HAS_D": True, "N_TILES": 64, "BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "PREFETCH": pf}
-        out.append({"kernel": "fwd_tm", "block_d": 8, "warps": 4, "prefetch": pf,
-                    **resource_usage(tm.fwd_kernel_tm, c, 4)})
+        out.append({"kernel": "fwd_tm", "block_d": 8, "warps": 4, "maxnreg": maxnreg, "prefetch": pf,
+                    **resource_usage(tm.fwd_kernel_tm, c, 4, maxnreg)})
         print(out[-1], flush=True)
     return out
 

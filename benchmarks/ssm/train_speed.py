@@ -20,7 +20,7 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
   grads tiles per shape (in the warm-up), ``prefetch`` the grads kernel loading the next channel block
   before the current one's arithmetic, ``fwdpf`` the forward loading the next tile before the current
   one's arithmetic, ``tuned+prefetch`` all three, ``reg168`` the grads kernel capped at 168 registers
-  (3 programs an SM) with adj32 and fwdpf; ``ndtile`` / ``cdt`` inductor's ``triton.prefer_nd_tiling`` /
+  (3 programs an SM instead of 2) and the forward at 80 (6 instead of 5), with adj32; ``ndtile`` / ``cdt`` inductor's ``triton.prefer_nd_tiling`` /
   ``coordinate_descent_tuning`` for the ~250 kernels around the scan (``FastStepConfig.compile_options``,
   a compile of its own: ~70 s of warm-up), ``combo`` inductor's ``combo_kernels`` (independent small
   kernels launched as one), ``static`` one compile per shape (11 compiles: minutes, time it alone);
@@ -115,15 +115,16 @@ SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
 # (programs of 16 x 32 x 16 on 8 warps, 64 registers a thread, instead of 16 x 8 x 16 on 4); 4096 programs aimed at (the grads kernel's channel
 # blocks split over up to 8 programs at short sequences); triton.autotune of the adjoint and grads tiles;
 # the grads kernel's next-block prefetch; the time_first forward's next-tile prefetch; the grads kernel's
-# registers capped at 168 (3 programs an SM instead of 2, no spills at sm_90: ssm_scan_regs.json).
+# registers capped at 168 (3 programs an SM instead of 2, no spills at sm_90: ssm_scan_regs.json), the
+# forward's at 80 (6 instead of 5).
 SCAN_DEFAULTS = {"bwd_adjoint": None, "bwd_programs": 512, "bwd_autotune": False, "bwd_prefetch": False,
-                 "fwd_prefetch": False, "bwd_maxnreg": None}
+                 "fwd_prefetch": False, "bwd_maxnreg": None, "fwd_maxnreg": None}
 SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
                "new_tf16_split": {"bwd_programs": 4096},
                "new_tf16_tuned": {"bwd_autotune": True},
                "new_tf16_prefetch": {"bwd_prefetch": True},
                "new_tf16_fwdpf": {"fwd_prefetch": True},
-               "new_tf16_reg168": {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_prefetch": True},
+               "new_tf16_reg168": {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_maxnreg": 80},
                "new_tf16_tuned_prefetch": {"bwd_autotune": True, "bwd_prefetch": True, "fwd_prefetch": True},
                "new_tf16_tuned_fwdpf": {"bwd_autotune": True, "fwd_prefetch": True}}
 TOP_KERNELS = 12  # kernels per row of the record, by GPU time

@@ -260,7 +260,7 @@ def test_cli_diagnose_refuses_a_checkpoint_of_another_model(tmp_path, capsys):
     ({"bwd_programs": 4096}, ()),
     ({"bwd_autotune": True}, ()),
     ({"bwd_prefetch": True, "fwd_prefetch": True}, ()),
-    ({"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_prefetch": True}, ()),
+    ({"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_maxnreg": 80}, ()),
     ({"bwd_autotune": True, "fwd_prefetch": True},
      (("triton.prefer_nd_tiling", True), ("coordinate_descent_tuning", True))),
 ])

@@ -67,7 +67,7 @@ def test_triton_scan_gpu_matches_reference(seq, n, variant, split, impl, monkeyp
 @pytest.mark.parametrize("extras", [{"bwd_adjoint": (32, 4)}, {"bwd_adjoint": (64, 8), "bwd_programs": 4096},
                                     {"bwd_autotune": True}, {"bwd_prefetch": True, "fwd_prefetch": True},
                                     {"bwd_autotune": True, "bwd_prefetch": True, "bwd_programs": 4096},
-                                    {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_prefetch": True}])
+                                    {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_maxnreg": 80}])
 def test_tuned_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkeypatch):
     """The chunked backward's own adjoint tile, a wider channel split, triton.autotune, the prefetches
     (grads kernel, time_first forward) and a register cap, at train_speed's tiles."""

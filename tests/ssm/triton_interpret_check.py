@@ -180,9 +180,9 @@ def tuned_cases():
           chunked=(2, 8, 4), prefetch=True)
     check(1, 4, 21, 4, polar=True, dtype=torch.bfloat16, fwd=(4, 16, 4), impl="chunked", chunked=(2, 16, 4),
           prefetch=True)
-    ScanBlocks.bwd_maxnreg = 168  # the launch passes it through (the interpreter ignores it)
-    check(1, 3, 20, 3, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(2, 16, 4))
-    ScanBlocks.bwd_maxnreg = None
+    ScanBlocks.bwd_maxnreg = ScanBlocks.fwd_maxnreg = 168  # the launches pass them on (the interpreter ignores them)
+    check(1, 3, 20, 3, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(2, 16, 4), variant="time_first")
+    ScanBlocks.bwd_maxnreg = ScanBlocks.fwd_maxnreg = None
     # The time_first forward's prefetch (chunk-start states from it, and rebuilt at a shorter chunk; no z).
     check(1, 5, 37, 6, polar=True, fwd=(4, 16, 4), variant="time_first", impl="chunked", chunked=(4, 16, 4),
           prefetch=True, fwd_prefetch=True)

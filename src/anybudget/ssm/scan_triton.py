@@ -81,6 +81,9 @@ class ScanBlocks:
     bwd_autotune = False
     # The time_first forward issues tile i + 1's reads before tile i's arithmetic (same results).
     fwd_prefetch = False
+    # A cap on the forward kernel's registers a thread (None: ptxas's choice; time_first (8, 16, 4) takes 88,
+    # 5 programs an SM; 80 fits without spilling, 6 programs: ssm_scan_regs.json's method).
+    fwd_maxnreg = None
     # The chunked backward's grads kernel issues the next channel block's loads before this block's
     # arithmetic (a two-stage pipeline by hand; same results).
     bwd_prefetch = False
@@ -262,7 +265,7 @@ def triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=
         n_inner, n_state, seq, N_TILES=n_tiles,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_N=_block_n(n_state),
-        BLOCK_T=block_t, num_warps=warps, **extra,
+        BLOCK_T=block_t, num_warps=warps, maxnreg=ScanBlocks.fwd_maxnreg, **extra,
     )
     return out, states, last
 
