@@ -28,7 +28,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling train_speed module
-from train_speed import SCANS, VARIANTS, Runner, build, first_step_of_each_shape, set_scan
+from train_speed import (
+    SCANS,
+    VARIANTS,
+    Runner,
+    build,
+    first_step_of_each_shape,
+    set_named_scan,
+    set_scan,
+)
 
 from anybudget.io import results_dir, write_results
 from anybudget.measure import kernel_times
@@ -72,7 +80,7 @@ def main(argv=None) -> int:
         if a.variant == "eager":
             set_scan("time_first", True, ((8, 32, 8), (8, 16, 4)), "chunked")
         else:
-            set_scan(*SCANS[VARIANTS[a.variant][2]])
+            set_named_scan(VARIANTS[a.variant][2])
         r = Runner(a.variant, build(layers, d_model, vocab, device), segments, batch, vocab, seed=7,
                    compile_backend="aot_eager" if a.smoke else "inductor")
         for i in first_step_of_each_shape(r.stream):

@@ -14,6 +14,18 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
   forward (8, 32, 8) and chunked backward (8, 16, 4), the tiles of ``ssm_step_profile.json``'s eager
   step (its scan kernels took 5.5 ms against 8.5 ms for the time_last ones at depth 2, H200); ``tf16``:
   forward (8, 16, 4) too, so the backward reuses the forward's states instead of rebuilding them.
+* ``+tf16+...``: tf16 with one change (``SCAN_EXTRAS``; the scan kernels' bounds at this step are in
+  ``scan_triton_bwd``'s docstring): ``adj32`` the adjoint kernel on 32-channel blocks, ``split`` up to
+  8 programs per chunk for the grads kernel at short sequences, ``tuned`` triton.autotune of the adjoint and
+  grads tiles per shape (in the warm-up), ``prefetch`` the grads kernel loading the next channel block
+  before the current one's arithmetic, ``fwdpf`` the forward loading the next tile before the current
+  one's arithmetic, ``tuned+prefetch`` all three, ``reg168`` the grads kernel capped at 168 registers
+  (3 programs an SM instead of 2) and the forward at 80 (6 instead of 5), with adj32; ``ndtile`` / ``cdt`` inductor's ``triton.prefer_nd_tiling`` /
+  ``coordinate_descent_tuning`` for the ~250 kernels around the scan (``FastStepConfig.compile_options``,
+  a compile of its own: ~70 s of warm-up), ``combo`` inductor's ``combo_kernels`` (independent small
+  kernels launched as one), ``static`` one compile per shape (11 compiles: minutes, time it alone);
+  ``fast`` = tuned + fwdpf + ndtile + cdt (no grads prefetch: it adds registers, and spills under the
+  tuned configs' register caps, ``ssm_scan_regs.json``).
 
 Every variant times the same step indices after warm-up (all shapes compiled / captured first),
 then profiles a few steps: kernels per step (inside a CUDA graph too) and their summed GPU time. A
@@ -67,13 +79,54 @@ VARIANTS = {
     "compile+cudagraph+autotune": ("compile+cudagraph", {"compile_mode": "max-autotune-no-cudagraphs"}, NEW),
     "compile+cudagraph+tf": ("compile+cudagraph", {}, "new_tf"),
     "compile+cudagraph+tf16": ("compile+cudagraph", {}, "new_tf16"),
+    # Scan backward tuning on top of tf16 (SCAN_EXTRAS) and inductor options for the ~250 kernels around it.
+    "compile+cudagraph+tf16+adj32": ("compile+cudagraph", {}, "new_tf16_adj32"),
+    "compile+cudagraph+tf16+split": ("compile+cudagraph", {}, "new_tf16_split"),
+    "compile+cudagraph+tf16+tuned": ("compile+cudagraph", {}, "new_tf16_tuned"),
+    "compile+cudagraph+tf16+ndtile": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),)},
+                                      "new_tf16"),
+    "compile+cudagraph+tf16+cdt": ("compile+cudagraph", {"compile_options": (("coordinate_descent_tuning", True),)},
+                                   "new_tf16"),
+    "compile+cudagraph+tf16+combo": ("compile+cudagraph", {"compile_options": (("combo_kernels", True),)}, "new_tf16"),
+    "compile+cudagraph+tf16+static": ("compile+cudagraph", {"compile_dynamic": False}, "new_tf16"),
+    "compile+cudagraph+tf16+prefetch": ("compile+cudagraph", {}, "new_tf16_prefetch"),
+    "compile+cudagraph+tf16+fwdpf": ("compile+cudagraph", {}, "new_tf16_fwdpf"),
+    "compile+cudagraph+tf16+reg168": ("compile+cudagraph", {}, "new_tf16_reg168"),
+    "compile+cudagraph+tf16+tuned+prefetch": ("compile+cudagraph", {}, "new_tf16_tuned_prefetch"),
+    "compile+cudagraph+tf16+fast": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),
+                                                                              ("coordinate_descent_tuning", True))},
+                                    "new_tf16_tuned_fwdpf"),
 }
 # The old path: the time_last kernel over all 18 states, sequential backward; the new: polarized
 # channels in closed form, chunked backward.
 SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
          NEW: ("time_last", True, ((4, 32, 4), (4, 32, 4)), "chunked"),
          "new_tf": ("time_first", True, ((8, 32, 8), (8, 16, 4)), "chunked"),
-         "new_tf16": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
+         "new_tf16": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_adj32": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_split": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_tuned": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_prefetch": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_fwdpf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_reg168": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_tuned_prefetch": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_tuned_fwdpf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
+# ScanBlocks settings beyond SCANS' (defaults for scans not named): the adjoint kernel's own (BLOCK_D, warps)
+# (programs of 16 x 32 x 16 on 8 warps, 64 registers a thread, instead of 16 x 8 x 16 on 4); 4096 programs aimed at (the grads kernel's channel
+# blocks split over up to 8 programs at short sequences); triton.autotune of the adjoint and grads tiles;
+# the grads kernel's next-block prefetch; the time_first forward's next-tile prefetch; the grads kernel's
+# registers capped at 168 (3 programs an SM instead of 2, no spills at sm_90: ssm_scan_regs.json), the
+# forward's at 80 (6 instead of 5).
+SCAN_DEFAULTS = {"bwd_adjoint": None, "bwd_programs": 512, "bwd_autotune": False, "bwd_prefetch": False,
+                 "fwd_prefetch": False, "bwd_maxnreg": None, "fwd_maxnreg": None}
+SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
+               "new_tf16_split": {"bwd_programs": 4096},
+               "new_tf16_tuned": {"bwd_autotune": True},
+               "new_tf16_prefetch": {"bwd_prefetch": True},
+               "new_tf16_fwdpf": {"fwd_prefetch": True},
+               "new_tf16_reg168": {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_maxnreg": 80},
+               "new_tf16_tuned_prefetch": {"bwd_autotune": True, "bwd_prefetch": True, "fwd_prefetch": True},
+               "new_tf16_tuned_fwdpf": {"bwd_autotune": True, "fwd_prefetch": True}}
 TOP_KERNELS = 12  # kernels per row of the record, by GPU time
 # Timed at every depth before the rest (a --time-limit cut loses the rest first).
 FIRST = ("reference", "compile+cudagraph", "compile+cudagraph+tf", "compile+cudagraph+tf16", "cudagraph_fp32")
@@ -144,8 +197,9 @@ def first_step_of_each_shape(stream, start=10_000, limit=5_000):
     return steps
 
 
-def set_scan(variant, split, tiles, impl="chunked"):
-    """Choose the Triton scan: tile layout, polarized channels split out or not, tile sizes, backward kernel."""
+def set_scan(variant, split, tiles, impl="chunked", extras=None):
+    """Choose the Triton scan: tile layout, polarized channels split out or not, tile sizes, backward kernel;
+    ``extras``: further ``ScanBlocks`` settings (``SCAN_DEFAULTS`` for the rest)."""
     try:
         from anybudget.ssm.scan_triton import ScanBlocks
     except ImportError:  # CPU smoke without triton: the chunked scan runs
@@ -153,6 +207,13 @@ def set_scan(variant, split, tiles, impl="chunked"):
     ScanBlocks.variant, ScanBlocks.split_fixed, ScanBlocks.bwd_impl = variant, split, impl
     ScanBlocks.fwd, ScanBlocks.bwd = tiles
     ScanBlocks.bwd_chunked = tiles[1]  # the backward tiles serve whichever backward runs
+    for k, v in {**SCAN_DEFAULTS, **(extras or {})}.items():
+        setattr(ScanBlocks, k, v)
+
+
+def set_named_scan(name):
+    """``set_scan`` for a ``SCANS`` entry and its ``SCAN_EXTRAS``."""
+    set_scan(*SCANS[name], extras=SCAN_EXTRAS.get(name))
 
 
 def _warm_and_time(r, args, profile_steps=0):
@@ -181,11 +242,12 @@ def _warm_and_time(r, args, profile_steps=0):
 def time_variant(name, layers, args, device, segments, profile_steps=3):
     """One ``VARIANTS`` entry at one depth: warm-up, timing, kernels per step (one record row)."""
     scan = SCANS[VARIANTS[name][2]]
-    set_scan(*scan)
+    set_named_scan(VARIANTS[name][2])
     r = Runner(name, build(layers, args.d_model, args.vocab, device), segments, args.batch, args.vocab, seed=7,
                compile_backend=args.compile_backend)
     return {"variant": name, "mode": VARIANTS[name][0], "layers": layers, "scan": VARIANTS[name][2],
             "scan_variant": scan[0], "split_fixed": scan[1], "bwd_impl": scan[3],
+            "scan_extras": SCAN_EXTRAS.get(VARIANTS[name][2], {}),
             **_warm_and_time(r, args, profile_steps)}
 
 
@@ -200,7 +262,7 @@ def time_mode(mode, layers, args, device, segments, variant, split=True, tiles=(
 
 
 def loss_curve(name, layers, args, device, segments):
-    set_scan(*SCANS[VARIANTS[name][2]])
+    set_named_scan(VARIANTS[name][2])
     r = Runner(name, build(layers, args.d_model, args.vocab, device, seed=1), segments, args.batch, args.vocab,
                seed=123, total=args.curve_steps, compile_backend=args.compile_backend)
     curve = []
@@ -267,7 +329,8 @@ def main(argv=None) -> int:
               "batch": args.batch, "segments": [s.__dict__ for s in segments], "timed_steps": args.steps,
               "timing": "wall clock over the same step indices (after every shape was compiled/captured), "
                         f"synchronised at both ends; kernels: torch.profiler over 3 further steps (top {TOP_KERNELS})",
-              "variants": {m: {"mode": VARIANTS[m][0], **VARIANTS[m][1], "scan": SCANS[VARIANTS[m][2]]} for m in modes},
+              "variants": {m: {"mode": VARIANTS[m][0], **VARIANTS[m][1], "scan": SCANS[VARIANTS[m][2]],
+                               "scan_extras": SCAN_EXTRAS.get(VARIANTS[m][2], {})} for m in modes},
               "depths": depths, "compile_backend": args.compile_backend, "smoke": args.smoke, "device": device,
               "time_limit_s": args.time_limit}
     rec_name = "ssm_train_speed" + ("_smoke" if args.smoke else "")

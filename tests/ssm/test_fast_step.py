@@ -139,6 +139,10 @@ def test_step_mode_errors():
     with pytest.raises(ValueError, match="needs a CUDA device"):
         FastStepConfig.from_mode("cudagraph", "cpu")
     assert FastStepConfig.from_mode("auto", "cpu") == FastStepConfig()
+    with pytest.raises(ValueError, match="compile_options=.*compile_mode='max-autotune-no-cudagraphs'"):
+        FastStepConfig(compile_options=(("coordinate_descent_tuning", True),), compile_mode="max-autotune-no-cudagraphs")
+    with pytest.raises(ValueError, match=r"compile_options=\('combo_kernels', True\) must be \(name, value\) pairs"):
+        FastStepConfig(compile_options=("combo_kernels", True))
 
 
 def test_cli_mqar_refuses_a_step_that_does_not_fit_before_allocating(tmp_path, monkeypatch):
@@ -247,3 +251,32 @@ def test_cli_diagnose_refuses_a_checkpoint_of_another_model(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.n_layers: checkpoint 1, now 2" in err and "Traceback" not in err
     assert main([*diag, "--layers", "1"]) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("extras, options", [
+    ({"bwd_adjoint": (32, 4)}, ()),
+    ({"bwd_programs": 4096}, ()),
+    ({"bwd_autotune": True}, ()),
+    ({"bwd_prefetch": True, "fwd_prefetch": True}, ()),
+    ({"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_maxnreg": 80}, ()),
+    ({"bwd_autotune": True, "fwd_prefetch": True},
+     (("triton.prefer_nd_tiling", True), ("coordinate_descent_tuning", True))),
+])
+def test_tuned_compiled_step_on_gpu_follows_the_reference(extras, options, monkeypatch):
+    # train_speed's compile+cudagraph+tf16+{adj32,split,tuned,prefetch,reg168,fast}: time-first forward tiles, chunk 16, the
+    # backward's extra settings (autotune runs in the warm-up before each capture), inductor options.
+    pytest.importorskip("triton")
+    from anybudget.ssm import fast_step
+    from anybudget.ssm.scan_triton import ScanBlocks
+
+    for k, v in {"variant": "time_first", "fwd": (8, 16, 4), "bwd": (8, 16, 4), "bwd_chunked": (8, 16, 4),
+                 **extras}.items():
+        monkeypatch.setattr(ScanBlocks, k, v)
+    monkeypatch.setattr(fast_step.FastStepConfig, "from_mode", staticmethod(
+        lambda m, d: FastStepConfig(compile=True, cuda_graph=True, compile_options=options)))
+    cfg = TrainConfig(lr=3e-3, batch_size=8, max_steps=24, eval_every=8, vocab_size=96, test_examples=8)
+    ra = train_mqar(tiny_lm().cuda(), cfg, SEGS, TESTS, quiet=True)
+    rb = train_mqar(tiny_lm().cuda(), cfg, SEGS, TESTS, quiet=True, step="compile+cudagraph")
+    assert [h["loss"] for h in rb["history"]] == pytest.approx([h["loss"] for h in ra["history"]], rel=5e-3)

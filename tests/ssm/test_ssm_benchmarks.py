@@ -43,6 +43,33 @@ def test_train_speed_variants_name_known_scans_and_the_gpu_default_known_variant
     assert ts.SCANS[ts.VARIANTS["compile+cudagraph+tf"][2]][0] == "time_first"
 
 
+def test_scan_extras_name_known_scans_and_settings_and_reset_between_variants(bench):
+    pytest.importorskip("triton")
+    from anybudget.ssm.scan_triton import ScanBlocks
+
+    ts = bench("train_speed")
+    assert set(ts.SCAN_EXTRAS) <= set(ts.SCANS)
+    assert all(set(e) <= set(ts.SCAN_DEFAULTS) for e in ts.SCAN_EXTRAS.values())
+    assert all(hasattr(ScanBlocks, k) for k in ts.SCAN_DEFAULTS)
+    saved = {k: getattr(ScanBlocks, k) for k in ("variant", "split_fixed", "bwd_impl", "fwd", "bwd", "bwd_chunked",
+                                                 *ts.SCAN_DEFAULTS)}
+    try:
+        ts.set_named_scan(ts.VARIANTS["compile+cudagraph+tf16+tuned"][2])
+        assert ScanBlocks.bwd_autotune is True and ScanBlocks.bwd_chunked == (8, 16, 4)
+        ts.set_named_scan(ts.VARIANTS["compile+cudagraph+tf16+adj32"][2])
+        assert ScanBlocks.bwd_autotune is False and ScanBlocks.bwd_adjoint == (32, 8)
+        ts.set_named_scan(ts.VARIANTS["compile+cudagraph+tf16"][2])  # an earlier variant: the defaults again
+        assert {k: getattr(ScanBlocks, k) for k in ts.SCAN_DEFAULTS} == ts.SCAN_DEFAULTS
+    finally:
+        for k, v in saved.items():
+            setattr(ScanBlocks, k, v)
+    for name, (_, extra, _) in ts.VARIANTS.items():  # every variant's FastStepConfig overrides are valid
+        if "compile_options" in extra:
+            from anybudget.ssm.fast_step import FastStepConfig
+
+            assert FastStepConfig(compile=True, **extra).compile_options == extra["compile_options"], name
+
+
 def test_scan_traffic_bound_counts_each_tensor_once(bench):
     sb = bench("scan_bound")
     b, d, n, seq = 16, 256, 18, 4096
@@ -163,3 +190,18 @@ def test_profile_step_smoke_writes_a_record(tmp_path):
     assert rec["metrics"]["L2"]["depth_s"] > 0 and "time-limit" in rec["metrics"]["L4"]["skipped"]
     assert rec["metrics"]["complete"] is True and rec["config"]["time_limit_s"] == 0
     assert rec["device"] and rec["config"]["mode"].startswith("eager")
+
+
+def _has_cuobjdump() -> bool:
+    spec = importlib.util.find_spec("triton")
+    return spec is not None and (Path(spec.origin).parent / "backends/nvidia/bin/cuobjdump").exists()
+
+
+@pytest.mark.skipif(not _has_cuobjdump(), reason="needs triton's NVIDIA backend tools (ptxas, cuobjdump)")
+def test_scan_regs_smoke_compiles_the_prefetch_grads_kernel_for_sm90_without_spills(bench, tmp_path):
+    # The CPU builds the H100 cubin: a kernel that does not compile for the GPU fails here, not on the device.
+    sr = bench("scan_regs")
+    assert sr.main(["--smoke", "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "ssm_scan_regs_smoke.json").read_text())["metrics"]["kernels"]
+    assert row["kernel"] == "grads" and row["prefetch"] is True
+    assert 0 < row["regs"] <= 255 and row["stack_bytes"] == 0 and row["programs_per_sm"] >= 1

@@ -21,7 +21,7 @@ def _has_triton() -> bool:
 
 
 @pytest.mark.skipif(not _has_triton(), reason="triton not installed (pip install 'anybudget[gpu]')")
-@pytest.mark.parametrize("which", ["sequential", "chunked", "op"])
+@pytest.mark.parametrize("which", ["sequential", "chunked", "op", "tuned"])
 def test_triton_scan_interpreter_matches_reference(which):
     """Forward, last state and every gradient vs the sequential reference (float32 1e-4, bf16 5e-2)."""
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -57,6 +57,34 @@ def test_triton_scan_gpu_matches_reference(seq, n, variant, split, impl, monkeyp
     g2 = list(torch.autograd.grad((o2 * g).sum(), ins))
     if split:  # the model builds A's polarized columns as constants: only the learned columns have a gradient
         g1[2], g2[2] = g1[2][:, 1:-1], g2[2][:, 1:-1]
+    for a, b in zip(g1, g2):
+        assert (b - a).abs().max() / a.abs().max().clamp_min(1.0) < 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
+@pytest.mark.parametrize("seq, n, d", [(100, 18, 64), (1031, 18, 256), (4096, 17, 200)])
+@pytest.mark.parametrize("extras", [{"bwd_adjoint": (32, 4)}, {"bwd_adjoint": (64, 8), "bwd_programs": 4096},
+                                    {"bwd_autotune": True}, {"bwd_prefetch": True, "fwd_prefetch": True},
+                                    {"bwd_autotune": True, "bwd_prefetch": True, "bwd_programs": 4096},
+                                    {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_maxnreg": 80}])
+def test_tuned_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkeypatch):
+    """The chunked backward's own adjoint tile, a wider channel split, triton.autotune, the prefetches
+    (grads kernel, time_first forward) and a register cap, at train_speed's tiles."""
+    from anybudget.ssm.scan import selective_scan, selective_scan_chunked
+    from anybudget.ssm.scan_triton import ScanBlocks
+
+    for k, v in {"variant": "time_first", "bwd_impl": "chunked", "fwd": (8, 16, 4), "bwd_chunked": (8, 16, 4),
+                 **extras}.items():
+        monkeypatch.setattr(ScanBlocks, k, v)
+    ins = [t.detach().float().cuda().requires_grad_() for t in scan_inputs(2, d, seq, n, seed=seq)]
+    o1 = selective_scan_chunked(*ins, delta_softplus=True)
+    o2 = selective_scan(*ins, delta_softplus=True, backend="triton", fixed_channels=(1, 1))
+    torch.testing.assert_close(o2, o1, rtol=1e-3, atol=1e-3)
+    g = torch.randn_like(o1)
+    g1 = list(torch.autograd.grad((o1 * g).sum(), ins))
+    g2 = list(torch.autograd.grad((o2 * g).sum(), ins))
+    g1[2], g2[2] = g1[2][:, 1:-1], g2[2][:, 1:-1]  # the polarized columns of A are constants
     for a, b in zip(g1, g2):
         assert (b - a).abs().max() / a.abs().max().clamp_min(1.0) < 1e-3
 

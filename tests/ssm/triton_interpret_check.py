@@ -21,9 +21,11 @@ NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
 
 def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd=(4, 32, 4), dtype=torch.float32,
-          variant="time_last", impl="sequential", chunked=(4, 32, 4), programs=512):
-    ScanBlocks.fwd, ScanBlocks.bwd, ScanBlocks.variant = fwd, bwd, variant
+          variant="time_last", impl="sequential", chunked=(4, 32, 4), programs=512, adjoint=None, prefetch=False,
+          fwd_prefetch=False):
+    ScanBlocks.fwd, ScanBlocks.bwd, ScanBlocks.variant, ScanBlocks.fwd_prefetch = fwd, bwd, variant, fwd_prefetch
     ScanBlocks.bwd_impl, ScanBlocks.bwd_chunked, ScanBlocks.bwd_programs = impl, chunked, programs
+    ScanBlocks.bwd_adjoint, ScanBlocks.bwd_prefetch = adjoint, prefetch
     ins = [t.detach().float() for t in scan_inputs(b, d, seq, n, polar=polar, seed=seq + n)]
     if not softplus:
         ins[1] = ins[1].abs() * 0.3
@@ -48,7 +50,9 @@ def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd
         err = ((c.float() - a).abs().max() / scale).item()
         assert err < (1e-4 if dtype == torch.float32 else 5e-2), f"grad {NAMES[i]}: rel err {err:.2e}"
     print(f"ok b={b} d={d} seq={seq} n={n} polar={polar} optional={optional} softplus={softplus} "
-          f"fwd={fwd} bwd={bwd} {dtype} {variant} {impl} {chunked if impl == 'chunked' else ''}", flush=True)
+          f"fwd={fwd} bwd={bwd} {dtype} {variant} {impl} {chunked if impl == 'chunked' else ''} adjoint={adjoint}",
+          f"prefetch={prefetch} fwd_prefetch={fwd_prefetch}", flush=True)
+    ScanBlocks.bwd_adjoint, ScanBlocks.bwd_prefetch, ScanBlocks.fwd_prefetch = None, False, False
 
 
 def check_split(variant, impl="sequential"):
@@ -114,6 +118,89 @@ def chunked_cases():
     print("ok unknown bwd_impl refused", flush=True)
 
 
+class FixedTuner:
+    """Stands in for a ``triton.autotune`` kernel under the interpreter: launches one given config."""
+
+    def __init__(self, fn, block_d, warps):
+        self.fn, self.block_d, self.warps = fn, block_d, warps
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            g = grid({"BLOCK_D": self.block_d}) if callable(grid) else grid
+            return self.fn[g](*args, BLOCK_D=self.block_d, num_warps=self.warps, **kwargs)
+        return launch
+
+
+def check_tuned(grads_cfg, adj_cfg, b=1, d=10, seq=21, n=6, chunk=16, tiles_d=4, programs=512, prefetch=False):
+    """The autotuned launch path (``chunked_backward(autotune=True)``) with one config of each list forced."""
+    from anybudget.ssm import scan_triton_bwd as sb
+    from anybudget.ssm.scan_triton import _block_n, triton_forward
+
+    saved = sb._GRADS_TUNED, sb._ADJOINT_TUNED
+    sb._GRADS_TUNED = FixedTuner(sb._grads, *grads_cfg[:2])  # maxnreg (a ptxas option) means nothing here
+    sb._ADJOINT_TUNED = FixedTuner(sb._chunk_adjoint_kernel, *adj_cfg)
+    try:
+        ScanBlocks.fwd, ScanBlocks.variant = (4, chunk, 4), "time_first"
+        ins = [t.detach().float().requires_grad_() for t in scan_inputs(b, d, seq, n, polar=True, seed=seq + d)]
+        o1 = selective_scan_ref(*ins, delta_softplus=True)
+        g = torch.randn(o1.shape, generator=torch.Generator().manual_seed(0))
+        g1 = torch.autograd.grad((o1 * g).sum(), ins)
+        x = [t.detach() for t in ins]
+        out, states, _ = triton_forward(*x, True)
+        torch.testing.assert_close(out, o1, rtol=1e-4, atol=1e-4)
+        g2 = sb.chunked_backward(x, states, chunk, g, True, (tiles_d, chunk, 4), block_n=_block_n(n),
+                                 target_programs=programs, autotune=True, prefetch=prefetch)
+    finally:
+        sb._GRADS_TUNED, sb._ADJOINT_TUNED = saved
+    for i, a, c in zip(range(8), g1, g2):
+        err = ((c.float() - a).abs().max() / a.abs().max().clamp_min(1.0)).item()
+        assert err < 1e-4, f"tuned grads={grads_cfg} adjoint={adj_cfg} grad {NAMES[i]}: rel err {err:.2e}"
+    print(f"ok tuned grads={grads_cfg} adjoint={adj_cfg} d={d} seq={seq} chunk={chunk} programs={programs} "
+          f"prefetch={prefetch}", flush=True)
+
+
+def tuned_cases():
+    """Every config the autotuned backward may pick, an adjoint tile of its own, uneven channel/chunk splits."""
+    from anybudget.ssm.scan_triton_bwd import ADJOINT_CONFIGS, GRADS_CONFIGS
+
+    # 10 channels: every BLOCK_D leaves a partial block; seq 21: a partial last chunk. programs=512 splits the
+    # channel blocks over 2 programs (chosen from tiles_d=4: 3 blocks), which BLOCK_D 16 leaves with a fully
+    # masked program (zero partials); programs=1: no split, one program loops over every block.
+    # Prefetch on every other config: the next block's loads (fully masked after the last block) change nothing.
+    for i, gc in enumerate(GRADS_CONFIGS):
+        check_tuned(gc, ADJOINT_CONFIGS[i % len(ADJOINT_CONFIGS)], programs=1 if i % 2 else 512,
+                    prefetch=i % 3 != 1)
+    check_tuned((8, 4), ADJOINT_CONFIGS[-1], d=6, seq=45, n=18, chunk=8)  # 6 chunks, 32 padded states
+    # ScanBlocks.bwd_adjoint through the public function: wider and narrower than the grads' channel block.
+    check(1, 10, 21, 6, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4), adjoint=(16, 4))
+    check(1, 5, 21, 5, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(8, 16, 4), adjoint=(2, 2),
+          variant="time_first", programs=1)
+    # Prefetch through the public function: no optional inputs (no z, D, bias), bf16, 2 channel blocks.
+    check(1, 3, 20, 3, polar=False, optional=False, softplus=False, fwd=(4, 16, 4), impl="chunked",
+          chunked=(2, 8, 4), prefetch=True)
+    check(1, 4, 21, 4, polar=True, dtype=torch.bfloat16, fwd=(4, 16, 4), impl="chunked", chunked=(2, 16, 4),
+          prefetch=True)
+    ScanBlocks.bwd_maxnreg = ScanBlocks.fwd_maxnreg = 168  # the launches pass them on (the interpreter ignores them)
+    check(1, 3, 20, 3, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(2, 16, 4), variant="time_first")
+    ScanBlocks.bwd_maxnreg = ScanBlocks.fwd_maxnreg = None
+    # The time_first forward's prefetch (chunk-start states from it, and rebuilt at a shorter chunk; no z).
+    check(1, 5, 37, 6, polar=True, fwd=(4, 16, 4), variant="time_first", impl="chunked", chunked=(4, 16, 4),
+          prefetch=True, fwd_prefetch=True)
+    check(1, 3, 20, 3, polar=False, optional=False, softplus=False, fwd=(4, 16, 4), variant="time_first",
+          impl="chunked", chunked=(4, 8, 4), fwd_prefetch=True)
+    ins = [t.detach().float().requires_grad_() for t in scan_inputs(1, 2, 5, 2, seed=1)]
+    ScanBlocks.bwd_impl, ScanBlocks.bwd_autotune = "chunked", True
+    try:
+        selective_scan_triton(*ins, delta_softplus=True).sum().backward()
+    except ValueError as e:
+        assert "bwd_autotune" in str(e) and "CUDA" in str(e), e
+    else:
+        raise AssertionError("bwd_autotune on CPU tensors must raise")
+    finally:
+        ScanBlocks.bwd_autotune = False
+    print("ok bwd_autotune refused off CUDA", flush=True)
+
+
 def check_op(b, d, seq, n, impl="chunked", fwd=(4, 16, 4), chunked=(4, 16, 4), transposed=False, compiled=False,
              fixed=None, dtype=torch.float32, variant="time_last"):
     """The custom op (``scan_op``, impl "triton") vs the reference: forward, last state, every gradient."""
@@ -172,4 +259,6 @@ if __name__ == "__main__":
         chunked_cases()
     if which in ("op", "all"):
         op_cases()
+    if which in ("tuned", "all"):
+        tuned_cases()
     print("ALL OK")

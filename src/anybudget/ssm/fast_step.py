@@ -53,7 +53,10 @@ class FastStepConfig:
     has 11 shapes, above dynamo's recompile limit of 8) or one per shape (False);
     ``bf16``: bf16 autocast for the forward (matmuls and the scan's inputs in bf16, the scan
     accumulating in fp32, the loss in fp32; not the reference's precision: opt-in);
-    ``tf32``: TF32 tensor-core matmuls on CUDA (default on; see the module docstring)."""
+    ``tf32``: TF32 tensor-core matmuls on CUDA (default on; see the module docstring);
+    ``compile_options``: inductor settings as ``(name, value)`` pairs for ``torch.compile(options=...)``,
+    e.g. ``(("coordinate_descent_tuning", True),)`` (empty: the defaults; torch takes options or a
+    mode, not both)."""
 
     compile: bool = False
     cuda_graph: bool = False
@@ -63,8 +66,14 @@ class FastStepConfig:
     tf32: bool = True
     compile_mode: str | None = None
     compile_dynamic: bool | None = True
+    compile_options: tuple = ()
 
     def __post_init__(self):
+        if self.compile_options and self.compile_mode is not None:
+            raise ValueError(f"compile_options={self.compile_options!r} with compile_mode={self.compile_mode!r}: "
+                             "torch.compile takes one of them; set compile_mode=None")
+        if not all(isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in self.compile_options):
+            raise ValueError(f"compile_options={self.compile_options!r} must be (name, value) pairs")
         if self.cuda_graph and self.compile and self.compile_mode in ("reduce-overhead", "max-autotune"):
             raise ValueError(f"compile_mode={self.compile_mode!r} captures its own CUDA graphs; with cuda_graph=True "
                              "use None or 'max-autotune-no-cudagraphs'")
@@ -162,7 +171,8 @@ class FastStep:
         loss = static_mqar_loss
         if config.compile:
             loss = torch.compile(static_mqar_loss, backend=config.compile_backend, mode=config.compile_mode,
-                                 dynamic=config.compile_dynamic, fullgraph=True)
+                                 options=dict(config.compile_options) or None, dynamic=config.compile_dynamic,
+                                 fullgraph=True)
         self._loss = loss
         self._graphs: dict[tuple, tuple] = {}
         self._pool = None

@@ -73,6 +73,23 @@ class ScanBlocks:
     # Programs the chunked backward aims for (4 per SM on an H100): when batch x chunks are fewer,
     # each chunk's channel blocks are split over programs (dB/dC partials summed afterwards).
     bwd_programs = 512
+    # The chunked backward's adjoint kernel alone: (BLOCK_D, warps), or None for bwd_chunked's. Its
+    # programs have no channel loop, so a wider channel block means fewer, fuller programs.
+    bwd_adjoint = None
+    # CUDA only: the chunked backward's adjoint and grads kernels tuned per shape by triton.autotune
+    # (scan_triton_bwd.ADJOINT_CONFIGS / GRADS_CONFIGS; bwd_chunked keeps the chunk), during warm-up.
+    bwd_autotune = False
+    # The time_first forward issues tile i + 1's reads before tile i's arithmetic (same results).
+    fwd_prefetch = False
+    # A cap on the forward kernel's registers a thread (None: ptxas's choice; time_first (8, 16, 4) takes 88,
+    # 5 programs an SM; 80 fits without spilling, 6 programs: ssm_scan_regs.json's method).
+    fwd_maxnreg = None
+    # The chunked backward's grads kernel issues the next channel block's loads before this block's
+    # arithmetic (a two-stage pipeline by hand; same results).
+    bwd_prefetch = False
+    # A cap on the chunked grads kernel's registers a thread (None: ptxas's choice; at (8, 16, 4) and 16
+    # states it takes 228, 2 programs an SM; 168 fits without spilling, 3 programs: ssm_scan_regs.json).
+    bwd_maxnreg = None
     # Polarized channels (A exactly 0 / -inf) in closed form outside the kernel (scan_split):
     # 16 learned states tile as 16, 16 + 2 would pad to 32.
     split_fixed = True
@@ -241,13 +258,14 @@ def triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=
     states = torch.empty(bsz, n_tiles, n_inner, n_state, device=u.device, dtype=torch.float32)
     last = torch.empty(bsz, n_inner, n_state, device=u.device, dtype=torch.float32)
     grid = (bsz, triton.cdiv(n_inner, block_d))
+    extra = {"PREFETCH": True} if ScanBlocks.fwd_prefetch and ScanBlocks.variant == "time_first" else {}
     _kernels()[0][grid](
         u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, out, states, last,
         n_inner, n_state, seq, N_TILES=n_tiles,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_N=_block_n(n_state),
-        BLOCK_T=block_t, num_warps=warps,
+        BLOCK_T=block_t, num_warps=warps, maxnreg=ScanBlocks.fwd_maxnreg, **extra,
     )
     return out, states, last
 
@@ -327,8 +345,13 @@ def _chunked(fwd_tile, states, delta_softplus, saved, dout):
     # (state, time) tile at 512 (no spills at 32 states, chunk 16; ptxas sm_90). A chunk that is not a
     # multiple of the forward tile rebuilds its chunk-start states itself.
     bt = min(bt, max(8, 512 // block_n))
+    if ScanBlocks.bwd_autotune and not saved[0].is_cuda:
+        raise ValueError(f"ScanBlocks.bwd_autotune=True needs CUDA tensors, got {saved[0].device}; "
+                         "triton.autotune times its configs on the device")
     return chunked_backward(saved, states, fwd_tile, dout, delta_softplus, (bd, bt, warps),
-                            block_n=block_n, target_programs=ScanBlocks.bwd_programs)
+                            block_n=block_n, target_programs=ScanBlocks.bwd_programs,
+                            adjoint=ScanBlocks.bwd_adjoint, autotune=ScanBlocks.bwd_autotune,
+                            prefetch=ScanBlocks.bwd_prefetch, maxnreg=ScanBlocks.bwd_maxnreg)
 
 
 def _states_for_tiling(u, delta, A, B, C, delta_bias, delta_softplus, block_t):

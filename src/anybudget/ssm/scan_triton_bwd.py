@@ -27,8 +27,35 @@ Here the adjoint carry across chunks is computed first, so every chunk is indepe
    are per-(batch, chunk) partials summed by one ``torch.sum``.
 
 Tiles are (state, channel, time): states sit in each thread's registers, so every sum over states
-(y, dL/d(dt), dL/du) is a register sum; warps split channels, lanes split time. Same contract and
+(y, dL/d(dt), dL/du) is a register sum; warps split channels, lanes split time (whatever
+``ScanBlocks.variant`` the forward uses: these kernels have one layout). Same contract and
 rules as the sequential kernel (``A = -inf`` gives A-bar = 0 exactly, no division by a_t).
+
+Bounds at the MQAR training step (``benchmarks/ssm/train_speed.py``: batch 128, d_inner 256, 16 learned
+states, fp32, chunk 16 = forward tile; the mixture's mean seq is 388, so ~49.7k tokens and 204 M
+(token, channel, state) elements per layer and step; H100 3.35 TB/s, ~67 TFLOP/s fp32, ~3.7 T exp/s):
+
+============  =====================================================  ==========  ===============  =========
+kernel        bytes per token (each tensor once)                      MB / layer  exps, FLOP / el  bound/layer
+============  =====================================================  ==========  ===============  =========
+forward (tm)  u, delta, z, out 4x1024 + B, C 128 + states 1024         261         1, ~4            0.078 ms
+adjoint       delta, z, dout 3072 + C 64 + X 1024 + S 64                210         1, ~4            0.063 ms
+carry         X 1024 + S 64 + E 1024                                    105         -, 2             0.031 ms
+grads         u, delta, z, dout 4096 + B, C 128 + states, E 2048        522         2, ~25           0.156 ms
+              + du, ddelta, dz 3072 + dB, dC 128 + dA partial 1024
+============  =====================================================  ==========  ===============  =========
+
+Every kernel is memory-bound on paper (exps: 0.055 ms per exp per element and layer, FLOPs < 0.08 ms),
+~0.33 ms per layer in all, while the profiled depth-2 step (H100, tf16 tiles) spends 4.11 ms in grads
+(2.05 ms per layer, 13x its bound), 1.30 ms in adjoint (10x), 0.57 ms in carry and 0.79 ms in the
+forward (5x). The kernels are latency-bound, not traffic-bound: grads runs 128 x 24.3 chunks x 32
+channel blocks ~ 100k block steps per layer on ~400 resident programs (registers: (16, 8, 16) tiles),
+~250 dependent rounds of global reads, two cross-lane scans and stores, ~8 us each = 2 ms. Hence the
+knobs: the adjoint's own channel block (``ScanBlocks.bwd_adjoint``), tiles and warps per shape
+(``ScanBlocks.bwd_autotune``: :data:`GRADS_CONFIGS`, :data:`ADJOINT_CONFIGS`, chosen on the GPU by
+``triton.autotune`` during the step's warm-up, never inside a CUDA-graph capture) and the reads of the
+next channel block issued before this block's arithmetic (``ScanBlocks.bwd_prefetch``; the forward's
+``fwd_prefetch`` does the same for the next tile).
 """
 
 from __future__ import annotations
@@ -46,10 +73,11 @@ from anybudget.ssm.scan_triton_common import (
     load_dt,
     load_vec,
     silu_and_grad,
+    softplus,
     softplus_grad,
 )
 
-__all__ = ["chunked_backward"]
+__all__ = ["ADJOINT_CONFIGS", "GRADS_CONFIGS", "chunked_backward"]
 
 
 @triton.jit
@@ -139,15 +167,106 @@ def _chunk_carry_kernel(
 
 
 @triton.jit
+def _grads_load(u_ptr, delta_ptr, A_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, E_ptr, k, pid_b, pid_c, part,
+                n_inner, n_state, seq, n_state_tiles, tile_ratio, offs_n, mask_n, offs_t, mask_t, mask_t1,
+                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Every global read of channel block ``k`` (raw: no arithmetic, so a prefetch holds few registers)."""
+    offs_d = k * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < n_inner
+    m_nd = mask_n[:, None] & mask_d[None, :]
+    m_dt = mask_d[:, None] & mask_t[None, :]
+    A = tl.load(A_ptr + offs_d[None, :] * n_state + offs_n[:, None], mask=m_nd, other=0.0).to(tl.float32)
+    bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
+    Dv = load_vec(D_ptr, offs_d, mask_d, HAS_D)
+    dn = offs_d[None, :] * n_state + offs_n[:, None]
+    h0 = tl.load(states_ptr + (pid_b * n_state_tiles + pid_c * tile_ratio) * n_inner * n_state + dn,
+                 mask=m_nd, other=0.0)
+    E = tl.load(E_ptr + part * n_state + dn, mask=m_nd, other=0.0)
+    row = pid_b * n_inner * seq + offs_d[:, None] * seq + offs_t[None, :]
+    u = tl.load(u_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
+    draw = tl.load(delta_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
+    draw1 = tl.load(delta_ptr + row + 1, mask=mask_d[:, None] & mask_t1[None, :], other=0.0).to(tl.float32)
+    dout = tl.load(dout_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
+    else:
+        z = tl.zeros_like(u)
+    return A, bias, Dv, h0, E, u, draw, draw1, dout, z
+
+
+@triton.jit
+def _grads_block(k, A, bias, Dv, h0, E, u, draw, draw1, dout, z, Bt, Ct, dB3, dC3,
+                 du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, pid_b, part, n_inner, n_state, seq,
+                 offs_n, mask_n, offs_t, mask_t, is_last,
+                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                 BLOCK_D: tl.constexpr):
+    """Channel block ``k`` of one chunk from its loads (``_grads_load``): stores du, ddelta, dz and the
+    dA / dD / d(bias) partials, returns the dB / dC accumulators with this block added."""
+    offs_d = k * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < n_inner
+    m_nd = mask_n[:, None] & mask_d[None, :]
+    m_dt = mask_d[:, None] & mask_t[None, :]
+    a_zero = A == float("-inf")  # load_a_matrix's rule, on the prefetched A
+    A3, z3 = tl.where(a_zero, 0.0, A)[:, :, None], a_zero[:, :, None]
+    dn = offs_d[None, :] * n_state + offs_n[:, None]
+    row = pid_b * n_inner * seq + offs_d[:, None] * seq + offs_t[None, :]
+    dtr, dtr1 = draw, draw1  # load_dt's arithmetic after the raw loads
+    if HAS_BIAS:
+        dtr, dtr1 = dtr + bias[:, None], dtr1 + bias[:, None]
+    dt, dt1 = dtr, dtr1
+    if SOFTPLUS:
+        dt, dt1 = softplus(dtr), softplus(dtr1)
+    a = discretize(A3 * dt[None, :, :], z3)
+    a = tl.where(mask_t[None, None, :], a, 1.0)  # past the end: carry the state unchanged
+    dtu = dt * u
+    b = dtu[None, :, :] * Bt[:, None, :]
+    a_cum, h_loc = tl.associative_scan((a, b), axis=2, combine_fn=combine)
+    hs = h_loc + a_cum * h0[:, :, None]
+    dy = dout
+    if HAS_Z:
+        y = tl.sum(hs * Ct[:, None, :], axis=0)
+        if HAS_D:
+            y += Dv[:, None] * u
+        s, ds = silu_and_grad(z)
+        tl.store(dz_ptr + row, (dout * y * ds).to(dz_ptr.dtype.element_ty), mask=m_dt)
+        dy = dout * s
+    a1 = discretize(A3 * dt1[None, :, :], z3)
+    a1 = tl.where(is_last, 1.0, a1)
+    c = Ct[:, None, :] * dy[None, :, :]
+    g_cum, g_loc = tl.associative_scan((a1, c), axis=2, combine_fn=combine, reverse=True)
+    g = g_loc + g_cum * E[:, :, None]
+    gq = g * (hs - b)  # g_t a_t h_{t-1}: no division by a_t
+    gB = tl.sum(g * Bt[:, None, :], axis=0)  # (D, T), a register sum over states
+    ddt = gB * u + tl.sum(gq * A3, axis=0)
+    tl.store(dA_ptr + part * n_state + dn, tl.sum(gq * dt[None, :, :], axis=2), mask=m_nd)
+    du = gB * dt
+    if HAS_D:
+        du += Dv[:, None] * dy
+        tl.store(dD_ptr + part + offs_d, tl.sum(tl.where(m_dt, dy * u, 0.0), axis=1), mask=mask_d)
+    if SOFTPLUS:
+        ddt = ddt * softplus_grad(dtr)
+    ddt = tl.where(m_dt, ddt, 0.0)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + part + offs_d, tl.sum(ddt, axis=1), mask=mask_d)
+    tl.store(du_ptr + row, du.to(du_ptr.dtype.element_ty), mask=m_dt)
+    tl.store(ddelta_ptr + row, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_dt)
+    return dB3 + g * dtu[None, :, :], dC3 + hs * dy[None, :, :]
+
+
+@triton.jit
 def _chunk_grads_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, E_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
     n_inner, n_state, seq, n_chunks, n_state_tiles, tile_ratio, d_split,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, N_ITERS: tl.constexpr,
+    PREFETCH: tl.constexpr = False,
 ):
     # Channel blocks k = pid_s, pid_s + d_split, ...: N_ITERS = cdiv(n_dblocks, d_split) (a constexpr bound,
-    # see _chunk_carry_kernel); a block past the end is fully masked (u = dout = h0 = E = 0) and adds nothing.
+    # see _chunk_carry_kernel; set by the _grads heuristic from BLOCK_D, so a tuned BLOCK_D gets its own);
+    # a block past the end is fully masked (u = dout = h0 = E = 0) and adds nothing.
+    # PREFETCH: block k + d_split's loads are issued before block k's arithmetic (a hand-made two-stage
+    # pipeline: the loads' latency hides behind the two scans; the last prefetch is fully masked, no traffic).
     pid_b, pid_c, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = tl.arange(0, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
@@ -163,64 +282,64 @@ def _chunk_grads_kernel(
     dB3 = tl.zeros((BLOCK_N, BLOCK_D, BLOCK_T), dtype=tl.float32)
     dC3 = tl.zeros((BLOCK_N, BLOCK_D, BLOCK_T), dtype=tl.float32)
     part = (pid_b * n_chunks + pid_c) * n_inner  # row of the per-(batch, chunk) partials
-    for i in range(N_ITERS):
-        offs_d = (pid_s + i * d_split) * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < n_inner
-        m_nd = mask_n[:, None] & mask_d[None, :]
-        m_dt = mask_d[:, None] & mask_t[None, :]
-        A_safe, a_zero = load_a_matrix(A_ptr, offs_n[:, None], offs_d[None, :], m_nd, n_state)
-        A3, z3 = A_safe[:, :, None], a_zero[:, :, None]
-        bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
-        Dv = load_vec(D_ptr, offs_d, mask_d, HAS_D)
-        dn = offs_d[None, :] * n_state + offs_n[:, None]
-        h0 = tl.load(states_ptr + (pid_b * n_state_tiles + pid_c * tile_ratio) * n_inner * n_state + dn,
-                     mask=m_nd, other=0.0)
-        E = tl.load(E_ptr + part * n_state + dn, mask=m_nd, other=0.0)
-        row = pid_b * n_inner * seq + offs_d[:, None] * seq + offs_t[None, :]
-        u = tl.load(u_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
-        dt, dtr = load_dt(delta_ptr + row, m_dt, bias[:, None], HAS_BIAS, SOFTPLUS)
-        dout = tl.load(dout_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
-        a = discretize(A3 * dt[None, :, :], z3)
-        a = tl.where(mask_t[None, None, :], a, 1.0)  # past the end: carry the state unchanged
-        dtu = dt * u
-        b = dtu[None, :, :] * Bt[:, None, :]
-        a_cum, h_loc = tl.associative_scan((a, b), axis=2, combine_fn=combine)
-        hs = h_loc + a_cum * h0[:, :, None]
-        dy = dout
-        if HAS_Z:
-            y = tl.sum(hs * Ct[:, None, :], axis=0)
-            if HAS_D:
-                y += Dv[:, None] * u
-            z = tl.load(z_ptr + row, mask=m_dt, other=0.0).to(tl.float32)
-            s, ds = silu_and_grad(z)
-            tl.store(dz_ptr + row, (dout * y * ds).to(dz_ptr.dtype.element_ty), mask=m_dt)
-            dy = dout * s
-        dt1, _ = load_dt(delta_ptr + row + 1, mask_d[:, None] & mask_t1[None, :], bias[:, None], HAS_BIAS, SOFTPLUS)
-        a1 = discretize(A3 * dt1[None, :, :], z3)
-        a1 = tl.where(is_last, 1.0, a1)
-        c = Ct[:, None, :] * dy[None, :, :]
-        g_cum, g_loc = tl.associative_scan((a1, c), axis=2, combine_fn=combine, reverse=True)
-        g = g_loc + g_cum * E[:, :, None]
-        gq = g * (hs - b)  # g_t a_t h_{t-1}: no division by a_t
-        gB = tl.sum(g * Bt[:, None, :], axis=0)  # (D, T), a register sum over states
-        ddt = gB * u + tl.sum(gq * A3, axis=0)
-        tl.store(dA_ptr + part * n_state + dn, tl.sum(gq * dt[None, :, :], axis=2), mask=m_nd)
-        du = gB * dt
-        if HAS_D:
-            du += Dv[:, None] * dy
-            tl.store(dD_ptr + part + offs_d, tl.sum(tl.where(m_dt, dy * u, 0.0), axis=1), mask=mask_d)
-        if SOFTPLUS:
-            ddt = ddt * softplus_grad(dtr)
-        ddt = tl.where(m_dt, ddt, 0.0)
-        if HAS_BIAS:
-            tl.store(dbias_ptr + part + offs_d, tl.sum(ddt, axis=1), mask=mask_d)
-        tl.store(du_ptr + row, du.to(du_ptr.dtype.element_ty), mask=m_dt)
-        tl.store(ddelta_ptr + row, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_dt)
-        dB3 += g * dtu[None, :, :]
-        dC3 += hs * dy[None, :, :]
+    if PREFETCH:
+        A, bias, Dv, h0, E, u, draw, draw1, dout, z = _grads_load(
+            u_ptr, delta_ptr, A_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, E_ptr, pid_s, pid_b, pid_c, part,
+            n_inner, n_state, seq, n_state_tiles, tile_ratio, offs_n, mask_n, offs_t, mask_t, mask_t1,
+            HAS_D, HAS_Z, HAS_BIAS, BLOCK_D)
+        for i in range(N_ITERS):
+            k = pid_s + i * d_split
+            nA, nbias, nDv, nh0, nE, nu, ndraw, ndraw1, ndout, nz = _grads_load(
+                u_ptr, delta_ptr, A_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, E_ptr, k + d_split, pid_b,
+                pid_c, part, n_inner, n_state, seq, n_state_tiles, tile_ratio, offs_n, mask_n, offs_t, mask_t,
+                mask_t1, HAS_D, HAS_Z, HAS_BIAS, BLOCK_D)
+            dB3, dC3 = _grads_block(
+                k, A, bias, Dv, h0, E, u, draw, draw1, dout, z, Bt, Ct, dB3, dC3, du_ptr, ddelta_ptr, dz_ptr,
+                dA_ptr, dD_ptr, dbias_ptr, pid_b, part, n_inner, n_state, seq, offs_n, mask_n, offs_t, mask_t,
+                is_last, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_D)
+            A, bias, Dv, h0, E, u, draw, draw1, dout, z = nA, nbias, nDv, nh0, nE, nu, ndraw, ndraw1, ndout, nz
+    else:
+        for i in range(N_ITERS):
+            k = pid_s + i * d_split
+            A, bias, Dv, h0, E, u, draw, draw1, dout, z = _grads_load(
+                u_ptr, delta_ptr, A_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, E_ptr, k, pid_b, pid_c, part,
+                n_inner, n_state, seq, n_state_tiles, tile_ratio, offs_n, mask_n, offs_t, mask_t, mask_t1,
+                HAS_D, HAS_Z, HAS_BIAS, BLOCK_D)
+            dB3, dC3 = _grads_block(
+                k, A, bias, Dv, h0, E, u, draw, draw1, dout, z, Bt, Ct, dB3, dC3, du_ptr, ddelta_ptr, dz_ptr,
+                dA_ptr, dD_ptr, dbias_ptr, pid_b, part, n_inner, n_state, seq, offs_n, mask_n, offs_t, mask_t,
+                is_last, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_D)
     out = pid_s * tl.num_programs(0) * n_state * seq + rowB
     tl.store(dB_ptr + out, tl.sum(dB3, axis=1).to(dB_ptr.dtype.element_ty), mask=m_nt)
     tl.store(dC_ptr + out, tl.sum(dC3, axis=1).to(dC_ptr.dtype.element_ty), mask=m_nt)
+
+
+# N_ITERS from BLOCK_D (a heuristic, so a tuned BLOCK_D loops the right number of times).
+_grads = triton.heuristics(
+    {"N_ITERS": lambda a: triton.cdiv(triton.cdiv(a["n_inner"], a["BLOCK_D"]), a["d_split"])})(_chunk_grads_kernel)
+
+# (BLOCK_D, num_warps[, maxnreg]) the autotuned backward tries; the chunk (BLOCK_T) stays ScanBlocks.bwd_chunked's,
+# since the chunk count sizes X, E and the partials and must equal the forward's tile for its states.
+# Each config is checked against the reference under the interpreter (tests/ssm/triton_interpret_check.py).
+# Registers at sm_90 (fp32, 16 states, chunk 16; benchmarks/ssm/scan_regs.py, ssm_scan_regs.json): grads (8, 4)
+# takes 228 a thread unbounded, 2 programs an SM; capped at 168 (maxnreg) it fits without spilling and 3 fit;
+# (8, 8) 143 -> 128 (2 programs of 8 warps instead of 1), (4, 2) 235 -> 168 (6 instead of 4), no spills.
+# (8, 2) and (16, 4) spill unbounded, (16, 8) at 128: left out.
+GRADS_CONFIGS = ((4, 2, None), (4, 2, 168), (4, 4, None), (8, 4, None), (8, 4, 168), (8, 8, None), (8, 8, 128),
+                 (16, 8, None))
+ADJOINT_CONFIGS = ((8, 4), (16, 2), (16, 4), (32, 4), (32, 8), (64, 8))
+_TUNE_KEY = ["n_inner", "n_state", "seq", "n_chunks"]
+
+
+def _configs(entries):
+    return [triton.Config({"BLOCK_D": e[0]}, num_warps=e[1], maxnreg=e[2] if len(e) > 2 else None) for e in entries]
+
+
+# triton.autotune benchmarks every config once per new key (shape), then launches the best: only
+# stores, so re-running a config is harmless. It synchronises the device, which a CUDA-graph capture
+# forbids: FastStep's warm-up steps before each capture meet every shape first.
+_GRADS_TUNED = triton.autotune(_configs(GRADS_CONFIGS), key=[*_TUNE_KEY, "d_split"])(_grads)
+_ADJOINT_TUNED = triton.autotune(_configs(ADJOINT_CONFIGS), key=_TUNE_KEY)(_chunk_adjoint_kernel)
 
 
 def _d_split(bsz: int, n_chunks: int, n_dblocks: int, target: int) -> int:
@@ -231,17 +350,25 @@ def _d_split(bsz: int, n_chunks: int, n_dblocks: int, target: int) -> int:
     return split
 
 
-def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles, *, block_n, target_programs=512):
+def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles, *, block_n, target_programs=512,
+                     adjoint=None, autotune=False, prefetch=False, maxnreg=None):
     """Gradients of ``selective_scan_triton`` by the chunk-parallel backward (see the module docstring).
 
     ``states``: the forward's tile-start states ``(batch, seq / fwd_tile, d_inner, d_state)``
     float32, used when the chunk (``tiles[1]``) is a multiple of ``fwd_tile``; otherwise (or with
     ``states=None``) the chunk-start states are rebuilt here in closed form (each chunk's end state
-    from a zero start, then the same carry forward). ``tiles = (BLOCK_D, BLOCK_T, num_warps)``.
+    from a zero start, then the same carry forward). ``tiles = (BLOCK_D, BLOCK_T, num_warps)``;
+    ``adjoint = (BLOCK_D, num_warps)`` of the adjoint kernel alone (None: ``tiles``'); ``autotune``
+    (CUDA only): the adjoint's and the grads kernel's (BLOCK_D, num_warps) chosen per shape among
+    :data:`ADJOINT_CONFIGS` / :data:`GRADS_CONFIGS` by ``triton.autotune`` (``tiles`` keeps the chunk);
+    ``prefetch``: the grads kernel loads channel block k + 1 before computing block k (same results);
+    ``maxnreg``: a cap on the grads kernel's registers a thread (ptxas; None: its own choice), for more
+    programs an SM (ignored with ``autotune``, whose configs carry their own).
     Returns ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent).
     """
     u, delta, A, B, C, D, z, delta_bias = ctx_tensors
     block_d, block_t, warps = tiles
+    adj_d, adj_warps = adjoint if adjoint is not None else (block_d, warps)
     own_states = states is None or block_t % fwd_tile != 0
     bsz, n_inner, seq = u.shape
     n_state = A.shape[1]
@@ -254,9 +381,14 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     X = torch.empty(bsz, n_chunks, n_inner, n_state, device=dev, dtype=f32)
     S = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
     Y = torch.empty_like(X) if own_states else X
-    _chunk_adjoint_kernel[(bsz, n_chunks, triton.cdiv(n_inner, block_d))](
-        u, delta, A, B, C, zz, bb, dout, X, S, Y, n_inner, n_state, seq, n_chunks, STATES=own_states,
-        BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=warps, **flags)
+    adj_args = (u, delta, A, B, C, zz, bb, dout, X, S, Y, n_inner, n_state, seq, n_chunks)
+    if autotune:
+        _ADJOINT_TUNED[lambda m: (bsz, n_chunks, triton.cdiv(n_inner, m["BLOCK_D"]))](
+            *adj_args, STATES=own_states, BLOCK_N=block_n, BLOCK_T=block_t, **flags)
+    else:
+        _chunk_adjoint_kernel[(bsz, n_chunks, triton.cdiv(n_inner, adj_d))](
+            *adj_args, STATES=own_states, BLOCK_D=adj_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=adj_warps,
+            **flags)
     E = torch.empty_like(X)
     block_c, block_j = 16, 256
     carry_grid = (bsz, triton.cdiv(n_inner * n_state, block_j))
@@ -278,12 +410,18 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     dA = torch.empty(bsz, n_chunks, n_inner, n_state, device=dev, dtype=f32)
     dD = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
     dbias = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
-    _chunk_grads_kernel[(bsz, n_chunks, split)](
-        u, delta, A, B, C, D if D is not None else dummy, zz, bb, dout, states, E,
-        du, ddelta, dz if dz is not None else du, dB, dC, dA, dD, dbias,
-        n_inner, n_state, seq, n_chunks, states.shape[1], block_t // fwd_tile, split,
-        HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, N_ITERS=triton.cdiv(n_dblocks, split),
-        num_warps=warps, **flags)
+    grads_args = (u, delta, A, B, C, D if D is not None else dummy, zz, bb, dout, states, E,
+                  du, ddelta, dz if dz is not None else du, dB, dC, dA, dD, dbias,
+                  n_inner, n_state, seq, n_chunks, states.shape[1], block_t // fwd_tile, split)
+    # The split is fixed by ``tiles``' BLOCK_D; a tuned BLOCK_D with fewer blocks than the split leaves
+    # some programs' blocks fully masked (they store zero partials): still exact.
+    if autotune:
+        _GRADS_TUNED[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_N=block_n, BLOCK_T=block_t,
+                                             PREFETCH=bool(prefetch), **flags)
+    else:
+        _grads[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
+                                       BLOCK_T=block_t, PREFETCH=bool(prefetch), num_warps=warps, maxnreg=maxnreg,
+                                       **flags)
     if split > 1:
         dB, dC = dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype)
     return (du, ddelta, dA.sum((0, 1)), dB, dC,

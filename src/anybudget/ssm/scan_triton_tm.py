@@ -23,10 +23,58 @@ from anybudget.ssm.scan_triton_common import (
     load_a_matrix,
     load_dt,
     load_vec,
+    softplus,
     softplus_grad,
 )
 
 __all__ = ["bwd_kernel_tm", "fwd_kernel_tm"]
+
+
+@triton.jit
+def _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, seq, mask_d, mask_n,
+                 HAS_Z: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Tile ``tile``'s raw reads: u, delta, B, C, z ((T, D) and (T, N), float32; z = 0 when absent)."""
+    offs_t = tile * BLOCK_T + t_loc
+    mask_t = offs_t < seq
+    m_td = mask_t[:, None] & mask_d[None, :]
+    m_tn = mask_t[:, None] & mask_n[None, :]
+    u = tl.load(u_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)  # (T, D)
+    draw = tl.load(delta_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
+    Bt = tl.load(B_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)  # (T, N)
+    Ct = tl.load(C_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
+    else:
+        z = tl.zeros_like(u)
+    return u, draw, Bt, Ct, z
+
+
+@triton.jit
+def _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off, pid_b, tile,
+                 t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES: tl.constexpr, HAS_D: tl.constexpr,
+                 HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr):
+    """One tile of the forward from its reads: stores the tile-start state and y, returns the end state."""
+    offs_t = tile * BLOCK_T + t_loc
+    mask_t = offs_t < seq
+    tl.store(states_ptr + (pid_b * N_TILES + tile) * n_inner * n_state + st_off, h, mask=mask_dn)
+    m_td = mask_t[:, None] & mask_d[None, :]
+    dt = draw  # load_dt's arithmetic after the raw read
+    if HAS_BIAS:
+        dt = dt + bias[None, :]
+    if SOFTPLUS:
+        dt = softplus(dt)
+    a = discretize(dt[:, :, None] * A_safe, a_zero)  # (T, D, N)
+    a = tl.where(mask_t[:, None, None], a, 1.0)  # past the end: carry the state unchanged
+    b = (dt * u)[:, :, None] * Bt[:, None, :]
+    a_cum, h_loc = tl.associative_scan((a, b), axis=0, combine_fn=combine)
+    hs = h_loc + a_cum * h[None, :, :]
+    y = tl.sum(hs * Ct[:, None, :], axis=2)  # (T, D)
+    if HAS_D:
+        y += Dv[None, :] * u
+    if HAS_Z:
+        y = y * z * tl.sigmoid(z)
+    tl.store(out_ptr + row + offs_t[:, None], y.to(out_ptr.dtype.element_ty), mask=m_td)
+    return tl.sum(tl.where((t_loc == BLOCK_T - 1)[:, None, None], hs, 0.0), axis=0)
 
 
 @triton.jit
@@ -36,8 +84,10 @@ def fwd_kernel_tm(
     n_inner, n_state, seq,
     N_TILES: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, PREFETCH: tl.constexpr = False,
 ):
+    # PREFETCH: tile i + 1's reads are issued before tile i's arithmetic, off the chain of dependent tiles
+    # (the read after the last tile is fully masked: no traffic). Same results either way.
     pid_b = tl.program_id(0)
     offs_d, offs_n, mask_d, mask_n = channel_tile(tl.program_id(1), n_inner, n_state, BLOCK_D, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
@@ -50,29 +100,23 @@ def fwd_kernel_tm(
     row = pid_b * n_inner * seq + offs_d[None, :] * seq  # (1, D)
     rowB = pid_b * n_state * seq + offs_n[None, :] * seq  # (1, N)
     st_off = offs_d[:, None] * n_state + offs_n[None, :]
-    for tile in range(N_TILES):
-        offs_t = tile * BLOCK_T + t_loc
-        mask_t = offs_t < seq
-        tl.store(states_ptr + (pid_b * N_TILES + tile) * n_inner * n_state + st_off, h, mask=mask_dn)
-        m_td = mask_t[:, None] & mask_d[None, :]
-        m_tn = mask_t[:, None] & mask_n[None, :]
-        u = tl.load(u_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)  # (T, D)
-        dt, _ = load_dt(delta_ptr + row + offs_t[:, None], m_td, bias[None, :], HAS_BIAS, SOFTPLUS)
-        Bt = tl.load(B_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)  # (T, N)
-        Ct = tl.load(C_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)
-        a = discretize(dt[:, :, None] * A_safe, a_zero)  # (T, D, N)
-        a = tl.where(mask_t[:, None, None], a, 1.0)  # past the end: carry the state unchanged
-        b = (dt * u)[:, :, None] * Bt[:, None, :]
-        a_cum, h_loc = tl.associative_scan((a, b), axis=0, combine_fn=combine)
-        hs = h_loc + a_cum * h[None, :, :]
-        y = tl.sum(hs * Ct[:, None, :], axis=2)  # (T, D)
-        if HAS_D:
-            y += Dv[None, :] * u
-        if HAS_Z:
-            z = tl.load(z_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
-            y = y * z * tl.sigmoid(z)
-        tl.store(out_ptr + row + offs_t[:, None], y.to(out_ptr.dtype.element_ty), mask=m_td)
-        h = tl.sum(tl.where((t_loc == BLOCK_T - 1)[:, None, None], hs, 0.0), axis=0)
+    if PREFETCH:
+        u, draw, Bt, Ct, z = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, 0, t_loc, seq, mask_d,
+                                          mask_n, HAS_Z, BLOCK_T)
+        for tile in range(N_TILES):
+            nu, ndraw, nBt, nCt, nz = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile + 1, t_loc,
+                                                   seq, mask_d, mask_n, HAS_Z, BLOCK_T)
+            h = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off, pid_b,
+                             tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z, HAS_BIAS,
+                             SOFTPLUS, BLOCK_T)
+            u, draw, Bt, Ct, z = nu, ndraw, nBt, nCt, nz
+    else:
+        for tile in range(N_TILES):
+            u, draw, Bt, Ct, z = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, seq,
+                                              mask_d, mask_n, HAS_Z, BLOCK_T)
+            h = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off, pid_b,
+                             tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z, HAS_BIAS,
+                             SOFTPLUS, BLOCK_T)
     tl.store(last_ptr + pid_b * n_inner * n_state + st_off, h, mask=mask_dn)
 
 

@@ -1,0 +1,96 @@
+"""Registers and spills of the scan kernels at the MQAR step's tiles, compiled for an H100 (sm_90) on the CPU.
+
+No GPU needed: ``triton.compile`` builds the cubin for ``GPUTarget("cuda", 90, 32)`` and the wheel's
+``cuobjdump -res-usage`` reads its registers per thread and stack (spill) bytes. Registers bound how
+many programs an SM holds (65536 / (regs x 32 x warps)), the occupancy that hides the latency the
+chunked backward is bound by (``scan_triton_bwd``'s docstring). Kernels: the grads kernel over
+``GRADS_CONFIGS`` (with their register caps, ``maxnreg``) with and without ``PREFETCH``, the adjoint over ``ADJOINT_CONFIGS``, the time_first
+forward at (8, 16, 4) with and without ``PREFETCH``; fp32, 16 states, chunk 16, every optional input.
+
+    python benchmarks/ssm/scan_regs.py --out /tmp/x             # ~2 minutes on 2 CPU cores
+    python benchmarks/ssm/scan_regs.py --smoke --out /tmp/x     # one kernel (the prefetch path), seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SM_REGS = 65536  # registers per SM (H100)
+
+
+def _signature(fn, consts):
+    return {n: "constexpr" if n in consts else ("*fp32" if n.endswith("_ptr") else "i32") for n in fn.arg_names}
+
+
+def resource_usage(fn, consts, warps, maxnreg=None):
+    """``{"regs", "stack_bytes", "programs_per_sm"}`` of ``fn`` compiled for sm_90 with ``consts``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    src = ASTSource(fn=fn, signature=_signature(fn, consts), constexprs=consts)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "maxnreg": maxnreg})
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        Path(path).write_bytes(k.asm["cubin"])
+        out = subprocess.run([str(tool), "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    if m is None:
+        raise RuntimeError(f"cuobjdump -res-usage gave no REG/STACK line: {out[-300:]!r}")
+    regs, stack = int(m.group(1)), int(m.group(2))
+    return {"regs": regs, "stack_bytes": stack, "programs_per_sm": SM_REGS // (regs * 32 * warps)}
+
+
+def rows(smoke=False):
+    from anybudget.ssm import scan_triton_bwd as sb
+    from anybudget.ssm import scan_triton_tm as tm
+
+    flags = {"HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True}
+    out = []
+    grads = sb.GRADS_CONFIGS[:1] if smoke else sb.GRADS_CONFIGS
+    for bd, w, maxnreg in grads:
+        for pf in ((True,) if smoke else (False, True)):
+            c = {**flags, "HAS_D": True, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16, "N_ITERS": 256 // bd,
+                 "PREFETCH": pf}
+            out.append({"kernel": "grads", "block_d": bd, "warps": w, "maxnreg": maxnreg, "prefetch": pf,
+                        **resource_usage(sb._chunk_grads_kernel, c, w, maxnreg)})
+            print(out[-1], flush=True)
+    if smoke:
+        return out
+    for bd, w in sb.ADJOINT_CONFIGS:
+        c = {**flags, "STATES": False, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16}
+        out.append({"kernel": "adjoint", "block_d": bd, "warps": w, **resource_usage(sb._chunk_adjoint_kernel, c, w)})
+        print(out[-1], flush=True)
+    for pf, maxnreg in ((False, None), (True, None), (False, 80)):
+        c = {**flags, "HAS_D": True, "N_TILES": 64, "BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "PREFETCH": pf}
+        out.append({"kernel": "fwd_tm", "block_d": 8, "warps": 4, "maxnreg": maxnreg, "prefetch": pf,
+                    **resource_usage(tm.fwd_kernel_tm, c, 4, maxnreg)})
+        print(out[-1], flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from anybudget.io import results_dir, write_results
+
+    ap.add_argument("--out", default=str(results_dir("ssm_scan_regs")))
+    ap.add_argument("--smoke", action="store_true", help="one grads config (with PREFETCH) only")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, set to silence its warning
+    config = {"target": "cuda sm_90 (H100), 32 lanes", "dtype": "float32", "d_state": 16, "chunk": 16,
+              "d_inner": 256, "smoke": args.smoke, "regs_per_sm": SM_REGS}
+    path = write_results("ssm_scan_regs" + ("_smoke" if args.smoke else ""), config, {"kernels": rows(args.smoke)},
+                         out_dir=args.out)
+    print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
