@@ -309,7 +309,7 @@ def plan(prompts, smoke, do_sweep=True):
     jobs += [(f"{pol}_{pct[:-1]}", p, [ref[p]]) for p in prompts for pol, pct in BUDGET_ROWS if (pol, pct) != ("h2o", "20%")]
     jobs += [(r, p, sweep(p) if do_sweep else [ref[p]]) for r in ("h2o_20_reduce", "h2o_20_triton", "h2o_20_tritonop")
              for p in prompts]
-    jobs += [(r, p, [ref[p]]) for r in _sibling("serving_loop").ROWS for p in prompts]
+    jobs += [(r, p, sweep(p) if do_sweep else [ref[p]]) for r in _sibling("serving_loop").ROWS for p in prompts]
     return jobs, ref
 
 
@@ -349,18 +349,30 @@ def summarize(rows, prompts, ref, skipped=None):
             r = get(f"{pol}_{pct[:-1]}", p, ref[p])
             if hf and r:
                 s[f"{pol}{pct[:-1]}_over_hf_static_step_ratio_b{ref[p]}_p{p}"] = hf["decode_ms_per_step"] / r["decode_ms_per_step"]
-        best = {}
-        for row in ("hf_static", "h2o_20"):
+        best = {}  # each row at the largest batch it ran (its sweep's last before out of memory)
+        for row in ("hf_static", "hf_static_loop", "h2o_20", "h2o_20_loop", "h2o_20_loop_compiled"):
             mine = [r for r in ok if r["row"] == row and r["prompt"] == p]
             if mine:
                 best[row] = max(mine, key=lambda r: r["batch"])
-        if len(best) == 2:
+        if "hf_static" in best and "h2o_20" in best:
             a, b = best["h2o_20"], best["hf_static"]
             s[f"h2o20_over_hf_static_throughput_ratio_max_batch_p{p}"] = a["decode_tok_per_s"] / b["decode_tok_per_s"]
             s[f"h2o20_over_hf_static_end_to_end_throughput_ratio_max_batch_p{p}"] = (
                 a["end_to_end_tok_per_s"] / b["end_to_end_tok_per_s"])
             s[f"max_batch_p{p}"] = {"h2o_20": a["batch"], "hf_static": b["batch"]}
             s[f"h2o20_fraction_of_bandwidth_limit_max_batch_p{p}"] = a["fraction_of_bandwidth_limit"]
+        for variant in ("loop", "loop_compiled"):  # the captured loop at its largest batch
+            a = best.get(f"h2o_20_{variant}")
+            for base in ("hf_static", "hf_static_loop"):
+                b = best.get(base)
+                if a and b:
+                    s[f"h2o20_{variant}_over_{base}_throughput_ratio_max_batch_p{p}"] = (
+                        a["decode_tok_per_s"] / b["decode_tok_per_s"])
+                    s[f"h2o20_{variant}_over_{base}_end_to_end_throughput_ratio_max_batch_p{p}"] = (
+                        a["end_to_end_tok_per_s"] / b["end_to_end_tok_per_s"])
+                    s.setdefault(f"max_batch_p{p}", {}).update({f"h2o_20_{variant}": a["batch"], base: b["batch"]})
+            if a:
+                s[f"h2o20_{variant}_fraction_of_bandwidth_limit_max_batch_p{p}"] = a["fraction_of_bandwidth_limit"]
         a, d, h = get("hf_static", p, ref[p]), get("hf_static_default", p, ref[p]), get("h2o_20", p, ref[p])
         if a and d:
             s[f"hf_static_dynamic_dims_over_default_step_ratio_b{ref[p]}_p{p}"] = (

@@ -141,6 +141,25 @@ def test_serving_summary_compares_h2o_with_the_faster_of_the_two_hf_static_compi
     assert [r for r, _, _ in jobs[:6]] == ["hf_static", "h2o_20", "hf_static_default"] * 2  # before any guard stops
 
 
+def test_serving_loop_rows_sweep_and_compare_at_their_largest_batches():
+    mod = _serving("kv_serving_loop_sweep")
+    jobs, ref = mod.plan([2048], smoke=False, do_sweep=True)
+    loop = {r: b for r, _, b in jobs if r.startswith("h2o_20_loop")}
+    assert loop["h2o_20_loop_compiled"] == [8, 16, 32, 64, 128, 256, 512, 1024] and ref[2048] in loop["h2o_20_loop"]
+
+    def row(name, b, tok_s):
+        return {"row": name, "prompt": 2048, "batch": b, "decode_ms_per_step": b / tok_s * 1e3, "decode_tok_per_s": tok_s,
+                "end_to_end_tok_per_s": tok_s / 2, "fraction_of_bandwidth_limit": b / 2048}
+    rows = [row("hf_static", 64, 4000.0), row("hf_static", 256, 8000.0), row("hf_static_loop", 128, 6000.0),
+            row("h2o_20_loop_compiled", 64, 9000.0), row("h2o_20_loop_compiled", 1024, 30000.0)]
+    s = mod.summarize(rows, [2048], ref)
+    assert s["h2o20_loop_compiled_over_hf_static_throughput_ratio_max_batch_p2048"] == 30000.0 / 8000.0
+    assert s["h2o20_loop_compiled_over_hf_static_loop_throughput_ratio_max_batch_p2048"] == 30000.0 / 6000.0
+    assert s["h2o20_loop_compiled_fraction_of_bandwidth_limit_max_batch_p2048"] == 0.5
+    assert s["max_batch_p2048"] == {"h2o_20_loop_compiled": 1024, "hf_static": 256, "hf_static_loop": 128}
+    assert "h2o20_loop_over_hf_static_throughput_ratio_max_batch_p2048" not in s  # a row that did not run
+
+
 def _serving(name):
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "kv" / "serving.py")
     mod = importlib.util.module_from_spec(spec)
