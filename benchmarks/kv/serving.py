@@ -330,8 +330,11 @@ def summarize(rows, prompts, ref, skipped=None):
         for b in sorted({r["batch"] for r in ok if r["prompt"] == p}):
             for variant in ("reduce", "triton", "tritonop", "loop", "loop_compiled"):  # the A/B of a decode_products option against matmul
                 x, y, z = get("h2o_20", p, b), get(f"h2o_20_{variant}", p, b), get("hf_static", p, b)
-                if x and y:
+                if x and y and not variant.startswith("loop"):  # the loop rows change the loop too: see below
                     s[f"h2o20_{variant}_over_matmul_step_ratio_b{b}_p{p}"] = x["decode_ms_per_step"] / y["decode_ms_per_step"]
+                t = get("h2o_20_triton", p, b)  # same products (triton), generate's loop against the captured one
+                if variant.startswith("loop") and t and y:
+                    s[f"h2o20_{variant}_over_h2o20_triton_step_ratio_b{b}_p{p}"] = t["decode_ms_per_step"] / y["decode_ms_per_step"]
                 if y and z:
                     s[f"h2o20_{variant}_over_hf_static_step_ratio_b{b}_p{p}"] = (
                         z["decode_ms_per_step"] / y["decode_ms_per_step"])

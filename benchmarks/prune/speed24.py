@@ -40,6 +40,7 @@ from anybudget.prune.masks import apply_mask
 from anybudget.prune.sparse24 import mask_24, prune_24, to_semi_structured
 
 BACKENDS = ("cutlass", "cusparselt")
+PARTS = ("bert_base_layer", "bert_base_layer_unfused", "model", "model_unfused")  # the last two need a model
 REL_TOL = 2e-2  # fp16 products of K <= 3072 terms: rounding stays well below this relative error
 ERRORS = (RuntimeError, NotImplementedError, ValueError)
 
@@ -112,6 +113,8 @@ def timed(fn, repeat: int, graph: bool, kernels: bool = True, slow_eager: bool =
             res["kernel_ms"] = kernel_ms(g.replay)
     except ERRORS as e:
         res["graph_error"] = _err(e)
+        if kernels and slow_eager:  # its kernels were to be timed from the graph: say why they are missing
+            res["kernel_error"] = "no CUDA graph: " + res["graph_error"]
     return res
 
 
@@ -310,6 +313,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if bad := set(args.backends.split(",")) - set(BACKENDS):
         raise SystemExit(f"--backends: unknown {sorted(bad)}; allowed: {', '.join(BACKENDS)}")
+    if args.parts and (bad := set(args.parts.split(",")) - set(PARTS)):
+        raise SystemExit(f"--parts: unknown {sorted(bad)}; allowed: {', '.join(PARTS)}")
     if args.trace_after:
         faulthandler.dump_traceback_later(args.trace_after, repeat=True)
     cuda = torch.cuda.is_available() and not args.smoke
@@ -354,7 +359,8 @@ def main(argv=None) -> int:
         if args.out:
             from anybudget.io import write_results
 
-            write_results(args.name + ("_smoke" if args.smoke else ""), vars(args), {**res, "complete": complete},
+            flat = {k: v for k, v in res.items() if k != "backends"} | res.get("backends", {})  # one layout, partial or not
+            write_results(args.name + ("_smoke" if args.smoke else ""), vars(args), {**flat, "complete": complete},
                           out_dir=args.out)
 
     if cuda:

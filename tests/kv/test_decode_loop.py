@@ -244,6 +244,32 @@ def test_bad_inputs_name_the_argument(model):
         kv.greedy_generate(model, ids, kv.H2OCache("20%", static=True, max_new_tokens=4), 4, warmup_steps=0)
 
 
+def test_what_a_capture_cannot_run_is_refused_by_name(model):
+    from anybudget.kv.decode_loop import _check_capturable
+
+    rnd = kv.RandomCache("20%", static=True, max_new_tokens=4)
+    with pytest.raises(ValueError, match="cache=RandomCache: .*own CUDA generator"):
+        _check_capturable(rnd, False, "cuda")
+    _check_capturable(rnd, False, "cpu")  # eager steps on the CPU: no capture, nothing to refuse
+    h2o = kv.H2OCache("20%", static=True, max_new_tokens=4)
+    for bad in ({"mode": "reduce-overhead"}, {"mode": "max-autotune"}, {"options": {"triton.cudagraphs": True}}):
+        with pytest.raises(ValueError, match="compile=.*inductor's own CUDA graphs"):
+            _check_capturable(h2o, bad, "cuda")
+    _check_capturable(h2o, {"mode": "max-autotune-no-cudagraphs"}, "cuda")
+    _check_capturable(h2o, True, "cuda")
+
+
+def test_generation_config_logits_processors_are_refused(model):
+    ids = _prompt(pads=())[0]
+    model.generation_config.repetition_penalty = 1.05
+    try:
+        with pytest.raises(ValueError, match=r"logits processors \(repetition_penalty=1.05\)"):
+            kv.greedy_generate(model, ids, kv.H2OCache("20%", static=True, max_new_tokens=4), 4)
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+    assert kv.greedy_generate(model, ids, kv.H2OCache("20%", static=True, max_new_tokens=4), 4).shape[1] >= ids.shape[1]
+
+
 def test_one_new_token_is_the_prefill_argmax(model):
     ids, mask = _prompt(seed=7)
     ref = _generate(model, ids, mask, StaticCache(config=model.config, max_cache_len=13), 1)

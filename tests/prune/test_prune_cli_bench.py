@@ -174,6 +174,8 @@ def test_speed24_refuses_an_unknown_backend_and_keeps_the_ticket_where_asked(tmp
 
     with pytest.raises(SystemExit, match="--backends: unknown \\['cudnn'\\]"):
         speed24.main(["--smoke", "--backends", "cudnn"])
+    with pytest.raises(SystemExit, match="--parts: unknown \\['modle'\\]"):
+        speed24.main(["--smoke", "--parts", "modle"])
     assert speed24.main(["--smoke", "--out", str(tmp_path), "--ticket-dir", str(tmp_path / "m24")]) == 0
     assert (tmp_path / "m24" / "mask.safetensors").exists()  # kept: a later call reuses it with --model
     assert json.loads((tmp_path / "prune_speed24_smoke.json").read_text())["metrics"]["complete"] is True

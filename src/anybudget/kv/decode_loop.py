@@ -16,6 +16,10 @@ EOS are replaced by the pad token (``pad_token_id``, else the first EOS id) and,
 generated an EOS, the columns after the last row's first EOS are dropped: the tokens and the
 length ``generate(do_sample=False)`` returns with the same EOS and pad ids (rows are independent,
 so a finished row's extra tokens change nothing in the others).
+
+Plain greedy only: the step takes the argmax of the logits. A model whose ``generation_config``
+asks ``generate`` for logits processors (repetition penalty, suppressed or bad words, a minimum
+length, no-repeat n-grams) is refused, since ``generate`` would return other tokens.
 """
 
 from __future__ import annotations
@@ -34,7 +38,42 @@ __all__ = ["greedy_generate"]
 _MASKED_ATTENTION = ("sdpa", "eager")  # what the step's own 4-D mask for transformers' StaticCache feeds
 
 
+# generation_config fields whose non-default values make generate(do_sample=False) apply a logits processor
+_PROCESSORS = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+               "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "min_new_tokens": (None, 0),
+               "min_length": (None, 0), "encoder_repetition_penalty": (None, 1.0), "sequence_bias": (None,)}
+# torch.compile settings that record inductor's own CUDA graphs, which cannot run inside our capture
+_OWN_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def _check_capturable(cache, compile, device_type: str) -> None:
+    """What a CUDA-graph capture of the step refuses: a cache that draws from its own generator
+    (RandomCache: an unregistered CUDA generator cannot advance in a capture), inductor's own
+    CUDA graphs inside ours, and a sliding-window StaticCache (its length is a host int)."""
+    if device_type != "cuda":
+        return
+    if isinstance(cache, KVBudgetCache) and cache.policy.name == "random":
+        raise ValueError("cache=RandomCache: its evictions draw from the cache's own CUDA generator, which a "
+                         "captured step cannot advance; greedy_generate supports the H2O, StreamingLLM and local "
+                         "policies (RandomCache is a control for quality runs: use it with model.generate)")
+    if isinstance(compile, dict) and (compile.get("mode") in _OWN_GRAPH_MODES
+                                      or (compile.get("options") or {}).get("triton.cudagraphs")):
+        raise ValueError(f"compile={compile!r}: inductor's own CUDA graphs cannot run inside greedy_generate's "
+                         "capture; use mode 'default' or 'max-autotune-no-cudagraphs' (compile=True)")
+    layers = getattr(cache, "layers", None) or []
+    if not isinstance(cache, KVBudgetCache) and any(getattr(layer, "is_sliding", False) for layer in layers):
+        raise ValueError("cache: a StaticCache with sliding-window layers keeps its length on the host, so a "
+                         "captured step cannot advance it; use a model without sliding windows or model.generate")
+
+
 def _check(model, input_ids, cache, max_new_tokens, attention_mask, warmup_steps):
+    gc = model.generation_config
+    asked = [f"{k}={getattr(gc, k)!r}" for k, ok in _PROCESSORS.items()
+             if hasattr(gc, k) and getattr(gc, k) not in ok]
+    if asked:
+        raise ValueError(f"model.generation_config asks for logits processors ({', '.join(asked)}) that "
+                         "greedy_generate does not apply (plain argmax); reset them, e.g. "
+                         "model.generation_config.repetition_penalty = 1.0, or use model.generate")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} is out of range; it must be an integer >= 1")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
@@ -128,6 +167,7 @@ def greedy_generate(model, input_ids: torch.Tensor, cache, max_new_tokens: int, 
     replays / replays; on the CPU the loop's wall time / steps).
     """
     _check(model, input_ids, cache, max_new_tokens, attention_mask, warmup_steps)
+    _check_capturable(cache, compile, input_ids.device.type)
     eos = _eos_ids(model, eos_token_id)
     pad = pad_token_id if pad_token_id is not None else model.generation_config.pad_token_id
     pad = int(pad if pad is not None else (eos[0] if eos else 0))

@@ -20,7 +20,8 @@ __all__ = ["_key_block", "_key_mask_args", "_scores", "_softmax_step", "tl", "tr
 def _scores(q, k, scale, DOT_F32: tl.constexpr):
     """``q @ k^T * scale`` in float32 (IEEE float32 dots for float32 inputs). The cast keeps the
     online softmax's loop-carried state float32 where inductor passes ``scale`` as a float64 scalar
-    (the ``triton_op`` path on an H100: "m_i ... re-assigned to fp64 in loop")."""
+    (the ``triton_op`` path on an H100: "m_i ... re-assigned to fp64 in loop"); there the product
+    is rounded from float64, so its last bit may differ from the eager Triton path's."""
     if DOT_F32:
         return (tl.dot(q, tl.trans(k), input_precision="ieee") * scale).to(tl.float32)
     return (tl.dot(q, tl.trans(k)) * scale).to(tl.float32)
