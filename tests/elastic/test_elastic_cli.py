@@ -101,3 +101,15 @@ def test_build_refuses_another_configuration_in_the_same_out(built):
     assert len(lines) == 1 and lines[0].startswith("error: --out"), r.stderr
     assert "train.steps: 3 there, 5 now" in lines[0] and "build.seq: 16 there, 12 now" in lines[0]
     assert {p: p.stat().st_mtime_ns for p in (root / "el").rglob("*") if p.is_file()} == before
+
+
+def test_eval_targets_never_fall_below_the_smallest_sub_network():
+    from anybudget.budget import Budget
+    from anybudget.elastic.cli import eval_targets
+
+    for lo, hi in ((0.0008142484, 0.0008142484), (0.0008142486, 0.0008142490), (1e-3, 2e-3), (1e-3, 0.9e-3)):
+        rows = eval_targets(lo, hi)
+        assert len(rows) == 8
+        for target, text in rows:
+            assert float(Budget(text)["latency"].value) >= target >= lo  # rounded up, never below the smallest
+    assert eval_targets(1e-3, 2e-3)[-1][0] == 2e-3

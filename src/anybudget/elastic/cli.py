@@ -4,6 +4,7 @@ generated from their dataclasses (one flag per field, the dataclass holds the de
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
@@ -128,6 +129,18 @@ def _export(args) -> int:
     return 0
 
 
+def eval_targets(lo: float, hi: float) -> list[tuple[float, str]]:
+    """The router rows' latency targets of ``elastic eval``: 1/8 .. 8/8 of the way from the smallest
+    sub-network's table cost ``lo`` to the full model's ``hi`` (seconds), each with its budget text
+    rounded up to whole ns (rounding down put 1/8 below ``lo`` when the table was nearly flat: a tiny
+    model timed on a busy CPU)."""
+    out = []
+    for f in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0):
+        target = lo + f * max(hi - lo, 0.0)
+        out.append((target, f"latency={math.ceil(target * 1e9)}ns"))
+    return out
+
+
 def _eval(args) -> int:
     from anybudget.elastic.data import eval_windows
     from anybudget.elastic.evaluate import perplexity
@@ -144,10 +157,8 @@ def _eval(args) -> int:
         rows.append({"kind": "uniform", "subnet": str(sub), "params": param_count(em, sub),
                      "latency_ms": table.cost(sub) * 1e3 if table else None, "ppl": perplexity(em, windows, sub)})
     if router is not None and table is not None:
-        lo, hi = table.cost(em.smallest()), table.cost(em.full())
-        for f in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0):
-            target = lo + f * (hi - lo)
-            sub = route(em, f"latency={target * 1e3:.6f}ms", router=router, table=table)
+        for target, budget_text in eval_targets(table.cost(em.smallest()), table.cost(em.full())):
+            sub = route(em, budget_text, router=router, table=table)
             rows.append({"kind": "router", "subnet": str(sub), "params": param_count(em, sub), "target_ms": target * 1e3,
                          "latency_ms": table.cost(sub) * 1e3, "ppl": perplexity(em, windows, sub)})
     print(f"{'kind':8} {'params(M)':>9} {'LUT ms':>8} {'ppl':>8}  subnet")
