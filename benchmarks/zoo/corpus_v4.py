@@ -82,6 +82,11 @@ def lintian_docs(root: Path, pkg: str):
     yield from ex.tree_docs(root, pkg, ["usr/share/lintian/tags/**/*.tag"], clean)
 
 
+def clean_php(src: str) -> str:
+    """PHP doc comments as prose: ``@param``/``@return``/... tag lines dropped (they end a paragraph)."""
+    return ex.clean_c_comments(re.sub(r"(?m)^(\s*\*+)\s*@\w+.*$", r"\1", src))
+
+
 def documents(pkg: str, root: Path):
     """Yield (doc_id, text) of one v4 package unpacked at ``root``."""
     lisp = ex4.clean_lisp_strings
@@ -99,7 +104,7 @@ def documents(pkg: str, root: Path):
     elif pkg in PYTHON:
         yield from ex.python_docs(root, pkg, v1.clean_rst)
     elif pkg in PHP:
-        yield from ex.tree_docs(root, pkg, ["usr/share/**/*.php"], ex.clean_c_comments,
+        yield from ex.tree_docs(root, pkg, ["usr/share/**/*.php"], clean_php,
                                 skip=re.compile(r"/(tests?|vendor/[^/]+/[^/]+/tests?)/|/i18n/|/languages/"))
     elif pkg in MAN:
         for f in sorted(root.glob("usr/share/man/man*/*.gz")):

@@ -79,3 +79,8 @@ def test_seen_set_holds_every_v2_and_v3_split(tmp_path):
 def test_unknown_package_is_named():
     with pytest.raises(SystemExit, match="nope"):
         corpus_v4.main(["--packages", "emacs-el,nope", "--out", "/nonexistent/x"])
+
+
+def test_php_doc_comments_drop_tag_lines():
+    src = f"<?php\n/**\n * {ENGLISH}\n *\n * @param string $x the name\n * @return bool\n */\nfunction f($x) {{}}\n"
+    assert corpus_v4.clean_php(src) == ENGLISH
