@@ -21,10 +21,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import DOC_SEP  # noqa: E402
-from tokenize_v3 import encode_docs, write_part  # noqa: E402
+from corpus import DOC_SEP
+from tokenize_v3 import encode_docs, write_part
 
-from anybudget.io import atomic_write_json, read_json  # noqa: E402
+from anybudget.io import atomic_write_json, read_json
 
 
 def main(argv=None) -> int:
