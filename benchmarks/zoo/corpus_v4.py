@@ -56,9 +56,26 @@ from anybudget.io import atomic_write_json, atomic_write_text
 PYTHON = ("python3-azure", "python3-torch", "python3-mne", "python3-django", "python3-skimage", "python3-plotly",
           "python3-nipype", "python3-dipy", "python3-sunpy", "python3-kubernetes")
 PHP = ("mediawiki", "wordpress")
-MAN = ("libssl-doc", "libx11-doc", "glibc-doc", "libcurl4-doc", "debhelper", "devscripts", "dpkg-dev")
+MAN = ("libssl-doc", "libx11-doc", "glibc-doc", "libcurl4-doc", "debhelper", "devscripts", "dpkg-dev", "gnutls-doc")
+GO = ("golang-google-api-dev", "golang-google-cloud-dev")
+# HTML manuals (English pages only), cleaned as v1/v3 clean HTML; gnutls-doc also has manual pages (MAN)
+HTML = {
+    "wx3.2-doc": ["usr/share/doc/wx3.2-doc/html/*.html"],
+    "ffmpeg-doc": ["usr/share/doc/ffmpeg/manual/*.html", "usr/share/doc/ffmpeg/api/*.html"],
+    "imagemagick-6-doc": ["usr/share/doc/imagemagick-6-common/html/www/**/*.html"],
+    "gnutls-doc": ["usr/share/doc/gnutls-doc/html/*.html"],
+    "postfix-doc": ["usr/share/doc/postfix/html/*.html"],
+    "graphviz-doc": ["usr/share/doc/graphviz/html/**/*.html"],
+    "doxygen-doc": ["usr/share/doc/doxygen/html/*.html"],
+    "abs-guide": ["usr/share/doc/abs-guide/html/*.html"],
+    "debian-faq": ["usr/share/doc/debian/FAQ/*.en.html"],
+    "apt-doc": ["usr/share/doc/apt-doc/guide.html/*.html", "usr/share/doc/apt-doc/offline.html/*.html"],
+    "ghc-doc": ["usr/share/doc/ghc-doc/html/libraries/**/*.html"],  # all libraries; v2 took base and the guide
+}
+# hyperlinked sources, search indexes, generated file lists; v2's ghc-doc pages (base, users guide) dedup anyway
+HTML_SKIP = re.compile(r"/src/|/search/|/(examples?|testdata)/|-members\.html$|/doc-index|/(files|globals|functions)[\w-]*\.html$")
 NEW_PACKAGES = ("emacs-el", "acl2-books-source", "sword-text-kjv", "cataclysm-dda-data", *PYTHON, *PHP, *MAN,
-                "lintian")
+                "lintian", *GO, *HTML, "erlang-src")
 LICENCES = {
     "emacs-el": "GPL-3.0+", "acl2-books-source": "BSD-3-Clause (most books; some GPL-2.0+/MIT), Debian main",
     "sword-text-kjv": "public domain (DistributionLicense in the module's .conf)",
@@ -68,7 +85,12 @@ LICENCES = {
     "python3-sunpy": "BSD-2-Clause", "python3-kubernetes": "Apache-2.0", "mediawiki": "GPL-2.0+",
     "wordpress": "GPL-2.0+", "libssl-doc": "Apache-2.0", "libx11-doc": "MIT/X11", "glibc-doc": "GPL-2.0+ / LGPL-2.1+",
     "libcurl4-doc": "curl (MIT-like)", "debhelper": "GPL-2.0+", "devscripts": "GPL-2.0+", "dpkg-dev": "GPL-2.0+",
-    "lintian": "GPL-2.0+",
+    "lintian": "GPL-2.0+", "golang-google-api-dev": "BSD-3-Clause", "golang-google-cloud-dev": "Apache-2.0",
+    "wx3.2-doc": "wxWindows Library Licence", "ffmpeg-doc": "LGPL-2.1+ (parts GPL-2.0+)",
+    "imagemagick-6-doc": "ImageMagick licence (Apache-2.0-like)", "gnutls-doc": "LGPL-2.1+ / GFDL-1.3+ (no invariant sections)",
+    "postfix-doc": "IPL-1.0 OR EPL-2.0", "graphviz-doc": "EPL-1.0", "doxygen-doc": "GPL-2.0",
+    "abs-guide": "public domain", "debian-faq": "GPL-2.0+", "apt-doc": "GPL-2.0+", "ghc-doc": "BSD-3-Clause (GHC, libraries)",
+    "erlang-src": "Apache-2.0",
 }
 
 
@@ -89,6 +111,8 @@ def clean_php(src: str) -> str:
 
 def documents(pkg: str, root: Path):
     """Yield (doc_id, text) of one v4 package unpacked at ``root``."""
+    if pkg not in NEW_PACKAGES:
+        raise ValueError(f"pkg={pkg!r}: no extractor (known: {', '.join(NEW_PACKAGES)})")
     lisp = ex4.clean_lisp_strings
     if pkg == "emacs-el":
         yield from ex.tree_docs(root, pkg, ["usr/share/emacs/*/lisp/**/*.el.gz"], lisp)
@@ -106,15 +130,19 @@ def documents(pkg: str, root: Path):
     elif pkg in PHP:
         yield from ex.tree_docs(root, pkg, ["usr/share/**/*.php"], clean_php,
                                 skip=re.compile(r"/(tests?|vendor/[^/]+/[^/]+/tests?)/|/i18n/|/languages/"))
-    elif pkg in MAN:
+    elif pkg in GO:
+        yield from ex.tree_docs(root, pkg, ["usr/share/gocode/src/**/*.go"], lambda s: ex.clean_line_comments(s, "//"))
+    elif pkg == "erlang-src":
+        yield from ex.tree_docs(root, pkg, ["usr/lib/erlang/lib/*/src/*.erl"], lambda s: ex.clean_line_comments(s, "%+"))
+    elif pkg in HTML:
+        yield from ex.tree_docs(root, pkg, HTML[pkg], lambda s: ex.clean_plain_paras(v1.clean_html(s)), skip=HTML_SKIP)
+    if pkg in MAN:
         for f in sorted(root.glob("usr/share/man/man*/*.gz")):
             text = ex.clean_plain_paras(v2.clean_man(str(f)))
             if len(text) >= 300:
                 yield f"{pkg}/{f.relative_to(root)}", text
-    elif pkg == "lintian":
+    if pkg == "lintian":
         yield from lintian_docs(root, pkg)
-    else:
-        raise ValueError(f"pkg={pkg!r}: no extractor (known: {', '.join(NEW_PACKAGES)})")
 
 
 def fetch(pkgs: list[str], dest: Path, v3_debs: Path) -> dict[str, Path]:

@@ -84,3 +84,8 @@ def test_unknown_package_is_named():
 def test_php_doc_comments_drop_tag_lines():
     src = f"<?php\n/**\n * {ENGLISH}\n *\n * @param string $x the name\n * @return bool\n */\nfunction f($x) {{}}\n"
     assert corpus_v4.clean_php(src) == ENGLISH
+
+
+def test_documents_rejects_an_unknown_package(tmp_path):
+    with pytest.raises(ValueError, match="pkg='nope'"):
+        next(corpus_v4.documents("nope", tmp_path))
