@@ -62,7 +62,9 @@ GO = ("golang-google-api-dev", "golang-google-cloud-dev")
 HTML = {
     "wx3.2-doc": ["usr/share/doc/wx3.2-doc/html/*.html"],
     "ffmpeg-doc": ["usr/share/doc/ffmpeg/manual/*.html", "usr/share/doc/ffmpeg/api/*.html"],
-    "imagemagick-6-doc": ["usr/share/doc/imagemagick-6-common/html/www/**/*.html"],
+    # html/www/www is a symlink to itself: no recursive glob; api/MagickCore is Doxygen of the C sources
+    "imagemagick-6-doc": ["usr/share/doc/imagemagick-6-common/html/www/*.html",
+                          "usr/share/doc/imagemagick-6-common/html/www/api/*.html"],
     "gnutls-doc": ["usr/share/doc/gnutls-doc/html/*.html"],
     "postfix-doc": ["usr/share/doc/postfix/html/*.html"],
     "graphviz-doc": ["usr/share/doc/graphviz/html/**/*.html"],
