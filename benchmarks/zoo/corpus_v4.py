@@ -76,8 +76,9 @@ HTML = {
 }
 # hyperlinked sources, search indexes, generated file lists; v2's ghc-doc pages (base, users guide) dedup anyway
 HTML_SKIP = re.compile(r"/src/|/search/|/(examples?|testdata)/|-members\.html$|/doc-index|/(files|globals|functions)[\w-]*\.html$")
-NEW_PACKAGES = ("emacs-el", "acl2-books-source", "sword-text-kjv", "cataclysm-dda-data", *PYTHON, *PHP, *MAN,
-                "lintian", *GO, *HTML, "erlang-src")
+NEW_PACKAGES = tuple(dict.fromkeys((  # in dedup order, each once (gnutls-doc is in MAN and HTML)
+    "emacs-el", "acl2-books-source", "sword-text-kjv", "cataclysm-dda-data", *PYTHON, *PHP, *MAN, "lintian", *GO,
+    *HTML, "erlang-src")))
 LICENCES = {
     "emacs-el": "GPL-3.0+", "acl2-books-source": "BSD-3-Clause (most books; some GPL-2.0+/MIT), Debian main",
     "sword-text-kjv": "public domain (DistributionLicense in the module's .conf)",
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--packages", default=",".join(NEW_PACKAGES), help="comma-separated subset, in order")
     ap.add_argument("--extract-only", action="store_true", help="download and extract, skip dedup and splits")
     args = ap.parse_args(argv)
-    pkgs = [p for p in args.packages.split(",") if p]
+    pkgs = list(dict.fromkeys(p for p in args.packages.split(",") if p))
     bad = [p for p in pkgs if p not in NEW_PACKAGES]
     if bad:
         raise SystemExit(f"--packages: unknown {bad}; allowed: {', '.join(NEW_PACKAGES)}")

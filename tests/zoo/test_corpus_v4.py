@@ -89,3 +89,8 @@ def test_php_doc_comments_drop_tag_lines():
 def test_documents_rejects_an_unknown_package(tmp_path):
     with pytest.raises(ValueError, match="pkg='nope'"):
         next(corpus_v4.documents("nope", tmp_path))
+
+
+def test_each_package_once():
+    assert len(set(corpus_v4.NEW_PACKAGES)) == len(corpus_v4.NEW_PACKAGES)
+    assert set(corpus_v4.LICENCES) == set(corpus_v4.NEW_PACKAGES)
