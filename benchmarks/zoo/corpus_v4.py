@@ -21,11 +21,14 @@ Sources (the survey with sizes and the packages not built yet: corpus_v4_survey.
   libssl-doc, libx11-doc, glibc-doc, libcurl4-doc, gnutls-doc, debhelper, devscripts, dpkg-dev   manual pages (groff)
   lintian                tag explanations (``Explanation:`` fields of usr/share/lintian/tags/**/*.tag)
   golang-google-api-dev, golang-google-cloud-dev   Go doc comments (Google API clients); erlang-src ``%`` comments
+  golang-github-azure-azure-sdk-for-go-dev   Go doc comments (Azure SDK); tk8.6-doc manual pages
   wx3.2-doc, ffmpeg-doc, imagemagick-6-doc, gnutls-doc, postfix-doc, graphviz-doc, doxygen-doc, abs-guide,
-  debian-faq, apt-doc, ghc-doc (all libraries; v2 took base and the users guide)   HTML manuals
+  debian-faq, apt-doc, ghc-doc (all libraries; v2 took base and the users guide), libeigen3-doc, xorg-docs   HTML
+  node-typescript        JSDoc comments of TypeScript's lib*.d.ts (DOM and ECMAScript declarations)
+  sword-dict-strongs-greek, sword-dict-strongs-hebrew   Strong's dictionaries (public domain SWORD modules)
 
-This build (Debian bookworm, 2026-11-26): 38 packages, 88.4 MB of new train text in 19,621 documents
-(22.89M tokens with the shipped tokenizer, tokenize_v4.py), 0.87 MB validation_new4, 1.63 MB test_new4.
+This build (Debian bookworm, 2026-11-26): 45 packages, 103.0 MB of new train text in 25,421 documents
+(26.49M tokens with the shipped tokenizer, tokenize_v4.py), 1.16 MB validation_new4, 1.94 MB test_new4.
 The per-package table is in data_v4/manifest.json.
 
 .debs come from ``apt-get download`` into <out>/debs; one already in v3's debs folder is copied from there.
@@ -63,8 +66,9 @@ from anybudget.io import atomic_write_json, atomic_write_text
 PYTHON = ("python3-azure", "python3-torch", "python3-mne", "python3-django", "python3-skimage", "python3-plotly",
           "python3-nipype", "python3-dipy", "python3-sunpy", "python3-kubernetes")
 PHP = ("mediawiki", "wordpress")
-MAN = ("libssl-doc", "libx11-doc", "glibc-doc", "libcurl4-doc", "debhelper", "devscripts", "dpkg-dev", "gnutls-doc")
-GO = ("golang-google-api-dev", "golang-google-cloud-dev")
+MAN = ("libssl-doc", "libx11-doc", "glibc-doc", "libcurl4-doc", "debhelper", "devscripts", "dpkg-dev", "gnutls-doc",
+       "tk8.6-doc")
+GO = ("golang-google-api-dev", "golang-google-cloud-dev", "golang-github-azure-azure-sdk-for-go-dev")
 # HTML manuals (English pages only), cleaned as v1/v3 clean HTML; gnutls-doc also has manual pages (MAN)
 HTML = {
     "wx3.2-doc": ["usr/share/doc/wx3.2-doc/html/*.html"],
@@ -80,12 +84,14 @@ HTML = {
     "debian-faq": ["usr/share/doc/debian/FAQ/*.en.html"],
     "apt-doc": ["usr/share/doc/apt-doc/guide.html/*.html", "usr/share/doc/apt-doc/offline.html/*.html"],
     "ghc-doc": ["usr/share/doc/ghc-doc/html/libraries/**/*.html"],  # all libraries; v2 took base and the guide
+    "libeigen3-doc": ["usr/share/doc/libeigen3-dev/html/*.html", "usr/share/doc/libeigen3-dev/html/unsupported/*.html"],
+    "xorg-docs": ["usr/share/doc/xorg-docs/**/*.html"],
 }
 # hyperlinked sources, search indexes, generated file lists; v2's ghc-doc pages (base, users guide) dedup anyway
 HTML_SKIP = re.compile(r"/src/|/search/|/(examples?|testdata)/|-members\.html$|/doc-index|/(files|globals|functions)[\w-]*\.html$")
 NEW_PACKAGES = tuple(dict.fromkeys((  # in dedup order, each once (gnutls-doc is in MAN and HTML)
     "emacs-el", "acl2-books-source", "sword-text-kjv", "cataclysm-dda-data", *PYTHON, *PHP, *MAN, "lintian", *GO,
-    *HTML, "erlang-src")))
+    *HTML, "erlang-src", "node-typescript", "sword-dict-strongs-greek", "sword-dict-strongs-hebrew")))
 LICENCES = {
     "emacs-el": "GPL-3.0+", "acl2-books-source": "BSD-3-Clause (most books; some GPL-2.0+/MIT), Debian main",
     "sword-text-kjv": "public domain (DistributionLicense in the module's .conf)",
@@ -100,7 +106,9 @@ LICENCES = {
     "imagemagick-6-doc": "ImageMagick licence (Apache-2.0-like)", "gnutls-doc": "LGPL-2.1+ / GFDL-1.3+ (no invariant sections)",
     "postfix-doc": "IPL-1.0 OR EPL-2.0", "graphviz-doc": "EPL-1.0", "doxygen-doc": "GPL-2.0",
     "abs-guide": "public domain", "debian-faq": "GPL-2.0+", "apt-doc": "GPL-2.0+", "ghc-doc": "BSD-3-Clause (GHC, libraries)",
-    "erlang-src": "Apache-2.0",
+    "erlang-src": "Apache-2.0", "golang-github-azure-azure-sdk-for-go-dev": "MIT", "libeigen3-doc": "MPL-2.0",
+    "xorg-docs": "MIT/X11 (various)", "tk8.6-doc": "Tcl/Tk licence (BSD-like)", "node-typescript": "Apache-2.0",
+    "sword-dict-strongs-greek": "public domain", "sword-dict-strongs-hebrew": "public domain",
 }
 
 
@@ -130,6 +138,10 @@ def documents(pkg: str, root: Path):
         yield from ex.tree_docs(root, pkg, ["usr/share/acl2*/books/**/*.lisp", "usr/share/acl2*/books/**/*.lsp",
                                             "usr/**/books/**/*.lisp"],
                                 lambda s: "\n\n".join(p for p in (lisp(s), ex.clean_line_comments(s, ";")) if p))
+    elif pkg.startswith("sword-dict-"):
+        yield from ex.sword_docs(root, pkg)
+    elif pkg == "node-typescript":  # JSDoc of the standard library declarations (DOM, ES5 ... ES2022)
+        yield from ex.tree_docs(root, pkg, ["usr/share/nodejs/typescript/lib/lib*.d.ts"], ex.clean_c_comments)
     elif pkg == "sword-text-kjv":  # its OSIS word tags leave a space before punctuation: "Paul , a servant"
         for doc_id, text in ex.sword_docs(root, pkg):
             yield doc_id, re.sub(r"\( +", "(", re.sub(r" +([,;:.?!)])", r"\1", text))
