@@ -22,6 +22,17 @@ def _cache_bytes_full(cache) -> int:
                for layer in cache.layers)
 
 
+def embedded_name() -> str:
+    """The embedded reference LM as its ``reflm.json`` names it (version and size), for the demo's header."""
+    import json
+
+    from anybudget.models import REFLM_DIR
+
+    meta = json.loads((REFLM_DIR / "reflm.json").read_text())
+    return (f"embedded {meta['name'].removeprefix('anybudget ')} ({meta['params'] / 1e6:.1f}M-parameter Llama, "
+            "trained here on English from Debian packages)")
+
+
 def run_demo(model=None, budget="kv=20%", tokens=64, device=None, quiet=False, plan=True) -> int:
     import torch
     from transformers import DynamicCache
@@ -37,8 +48,7 @@ def run_demo(model=None, budget="kv=20%", tokens=64, device=None, quiet=False, p
     t0 = time.perf_counter()
     lm, tok, dev = load_causal_lm(model, device)
     enable(lm)
-    print(f"model: {model or 'embedded reference LM v2 (27.3M-parameter Llama, trained on English from Debian packages)'}"
-          f" on {dev}; KV budget {kvq}")
+    print(f"model: {model or embedded_name()} on {dev}; KV budget {kvq}")
     enc = tok(PROMPT, return_tensors="pt").to(dev)
     outs = {}
     for name, cache in (("full cache", DynamicCache()), (f"H2O {kvq}", H2OCache(kvq))):

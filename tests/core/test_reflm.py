@@ -56,3 +56,11 @@ def test_one_batch_nll_matches_the_recorded_value(lm):
     assert math.isclose(nll, chk["nll"], rel_tol=1e-4), (nll, chk["nll"])
     # and the model is a trained one: far below the uniform guess
     assert nll < 0.6 * math.log(model.config.vocab_size)
+
+
+def test_the_demo_names_the_shipped_model_by_its_record():
+    from anybudget.demo import embedded_name
+
+    name = embedded_name()
+    version = META["name"].split()[-1]  # e.g. "v3"
+    assert f"reference LM {version} " in name and f"{META['params'] / 1e6:.1f}M-parameter" in name
