@@ -191,28 +191,77 @@ def documents(pkg: str, root: Path):
         raise ValueError(f"pkg={pkg!r}: no extractor (known: {', '.join(NEW_PACKAGES)})")
 
 
-def extract(pkg: str, deb: Path, raw: Path) -> int:
-    """Unpack one .deb and write its documents to ``raw`` (jsonl.gz, written atomically)."""
+def extract(pkg: str, deb: Path, raw: Path, docs=None) -> int:
+    """Unpack one .deb and write its documents to ``raw`` (jsonl.gz, written atomically). ``docs``:
+    the corpus's ``documents(pkg, root)`` (default this file's; corpus_v4 passes its own)."""
     n = 0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / pkg
         subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
         part = raw.with_suffix(".part")
         with gzip.open(part, "wt", encoding="utf-8") as fh:
-            for doc_id, text in documents(pkg, root):
+            for doc_id, text in (docs or documents)(pkg, root):
                 fh.write(json.dumps([doc_id, text]) + "\n")
                 n += 1
         part.rename(raw)
     return n
 
 
+def paragraph_hashes(path: Path) -> set[bytes]:
+    """The sha1 of every paragraph of every document of a split file (the dedup set's entries)."""
+    return {hashlib.sha1(p.encode()).digest()
+            for doc in path.read_text(encoding="utf-8").split(v1.DOC_SEP) for p in doc.split("\n\n")}
+
+
 def read_v2(build: Path) -> tuple[dict, set[bytes]]:
     record = json.loads((build / "corpus.json").read_text())
     seen: set[bytes] = set()
     for s in record["splits"]:
-        for doc in (build / f"{s}.txt").read_text(encoding="utf-8").split(v1.DOC_SEP):
-            seen.update(hashlib.sha1(p.encode()).digest() for p in doc.split("\n\n"))
+        seen |= paragraph_hashes(build / f"{s}.txt")
     return record, seen
+
+
+def split_packages(pkgs: list[str], debs: dict[str, Path], raw_dir: Path, seen: set[bytes], licences: dict):
+    """Each package's extracted documents (``raw_dir/<pkg>.jsonl.gz``), in package order: paragraphs
+    already in ``seen`` dropped (``seen`` grows, so later packages dedup against earlier ones),
+    documents under 200 characters left out, the rest split by ``new_split``. Returns (documents per
+    split, their packages, the per-package manifest, paragraphs dropped)."""
+    splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    owners: dict[str, list[str]] = {s: [] for s in splits}  # the package of each document
+    manifest, dropped = {}, 0
+    for pkg in pkgs:
+        deb = debs[pkg]
+        m = manifest[pkg] = {"deb": deb.name, "version": deb.name.split("_")[1].replace("%3a", ":"),
+                             "deb_bytes": deb.stat().st_size, "licence": licences[pkg],
+                             "documents": {}, "bytes": {}, "duplicate_paragraphs_dropped": 0}
+        with gzip.open(raw_dir / f"{pkg}.jsonl.gz", "rt", encoding="utf-8") as fh:
+            for line in fh:
+                doc_id, text = json.loads(line)
+                text, n_dup = dedup(text, seen)
+                m["duplicate_paragraphs_dropped"] += n_dup
+                if len(text) < 200:
+                    continue
+                s = new_split(doc_id)
+                splits[s].append(text)
+                owners[s].append(pkg)
+                m["documents"][s] = m["documents"].get(s, 0) + 1
+                m["bytes"][s] = m["bytes"].get(s, 0) + len(text.encode())
+        dropped += m["duplicate_paragraphs_dropped"]
+        print(f"{pkg:28s} {sum(m['bytes'].values()) / 1e6:8.1f} MB kept  {m['documents']}  "
+              f"{m['duplicate_paragraphs_dropped']} duplicates", flush=True)
+    return splits, owners, manifest, dropped
+
+
+def write_splits(out: Path, splits: dict, owners: dict, suffix: str, record: dict) -> None:
+    """``out/<split><suffix>.txt`` and ``.packages`` (atomic), their sizes into ``record["splits"]``,
+    and the record as ``out/corpus.json``."""
+    for s, docs in splits.items():
+        text = v1.DOC_SEP.join(docs)
+        atomic_write_text(out / f"{s}{suffix}.txt", text)
+        atomic_write_text(out / f"{s}{suffix}.packages", "\n".join(owners[s]) + "\n")
+        record["splits"][f"{s}{suffix}"] = {"documents": len(docs), "bytes": len(text.encode())}
+    atomic_write_json(out / "corpus.json", record)
+    print(json.dumps(record["splits"], indent=1))
 
 
 dedup = v2.dedup  # one exact-paragraph rule for both corpora
@@ -242,41 +291,14 @@ def main(argv=None) -> int:
             print(f"{pkg:28s} {n:6d} documents  {raw.stat().st_size / 1e6:7.1f} MB gz  {time.time() - t0:5.0f}s",
                   flush=True)
     v2rec, seen = read_v2(Path(args.v2_build))
-    splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
-    owners: dict[str, list[str]] = {s: [] for s in splits}  # the package of each document
-    manifest, dropped = {}, 0
-    for pkg in pkgs:  # dedup against v2 and earlier packages, in package order
-        deb = debs[pkg]
-        m = manifest[pkg] = {"deb": deb.name, "version": deb.name.split("_")[1].replace("%3a", ":"),
-                             "deb_bytes": deb.stat().st_size, "licence": LICENCES[pkg],
-                             "documents": {}, "bytes": {}, "duplicate_paragraphs_dropped": 0}
-        with gzip.open(out / "raw" / f"{pkg}.jsonl.gz", "rt", encoding="utf-8") as fh:
-            for line in fh:
-                doc_id, text = json.loads(line)
-                text, n_dup = dedup(text, seen)
-                m["duplicate_paragraphs_dropped"] += n_dup
-                if len(text) < 200:
-                    continue
-                s = new_split(doc_id)
-                splits[s].append(text)
-                owners[s].append(pkg)
-                m["documents"][s] = m["documents"].get(s, 0) + 1
-                m["bytes"][s] = m["bytes"].get(s, 0) + len(text.encode())
-        dropped += m["duplicate_paragraphs_dropped"]
-        print(f"{pkg:28s} {sum(m['bytes'].values()) / 1e6:8.1f} MB kept  {m['documents']}", flush=True)
+    splits, owners, manifest, dropped = split_packages(pkgs, debs, out / "raw", seen, LICENCES)
     record = {"v2": {"splits": v2rec["splits"], "packages": len(v2rec["packages"])},
               "packages": manifest,
               "split_rule": "v2 splits unchanged (v1_test, test, validation, heldout=gnucash-docs, train); "
                             "new packages: sha1(doc_id)%100 <2 test, <4 validation, else train; paragraphs "
                             "already in any v2 split or an earlier package dropped",
               "duplicate_paragraphs_dropped": dropped, "splits": {}}
-    for s, docs in splits.items():
-        text = v1.DOC_SEP.join(docs)
-        atomic_write_text(out / f"{s}_new.txt", text)
-        atomic_write_text(out / f"{s}_new.packages", "\n".join(owners[s]) + "\n")
-        record["splits"][f"{s}_new"] = {"documents": len(docs), "bytes": len(text.encode())}
-    atomic_write_json(out / "corpus.json", record)
-    print(json.dumps(record["splits"], indent=1))
+    write_splits(out, splits, owners, "_new", record)
     return 0
 
 

@@ -43,14 +43,10 @@ Writes  <out>/raw/<pkg>.jsonl.gz (the resumable per-package extraction), <out>/{
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
 import json
 import re
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -60,8 +56,6 @@ import corpus_v2 as v2
 import corpus_v3 as v3
 import extract_v3 as ex
 import extract_v4 as ex4
-
-from anybudget.io import atomic_write_json, atomic_write_text
 
 PYTHON = ("python3-azure", "python3-torch", "python3-mne", "python3-django", "python3-skimage", "python3-plotly",
           "python3-nipype", "python3-dipy", "python3-sunpy", "python3-kubernetes")
@@ -176,27 +170,11 @@ def fetch(pkgs: list[str], dest: Path, v3_debs: Path) -> dict[str, Path]:
     return v1.fetch_debs(dest, tuple(pkgs))
 
 
-def extract(pkg: str, deb: Path, raw: Path) -> int:
-    """Unpack one .deb and write its documents to ``raw`` (jsonl.gz, renamed into place when complete)."""
-    n = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / pkg
-        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
-        part = raw.with_suffix(".part")
-        with gzip.open(part, "wt", encoding="utf-8") as fh:
-            for doc_id, text in documents(pkg, root):
-                fh.write(json.dumps([doc_id, text]) + "\n")
-                n += 1
-        part.rename(raw)
-    return n
-
-
 def read_seen(v2_build: Path, v3_build: Path) -> tuple[dict, set[bytes]]:
     """v2's manifest and the sha1 of every paragraph of every v2 and v3 split."""
     record, seen = v3.read_v2(v2_build)
     for s in ("train", "validation", "test"):
-        for doc in (v3_build / f"{s}_new.txt").read_text(encoding="utf-8").split(v1.DOC_SEP):
-            seen.update(hashlib.sha1(p.encode()).digest() for p in doc.split("\n\n"))
+        seen |= v3.paragraph_hashes(v3_build / f"{s}_new.txt")
     return record, seen
 
 
@@ -219,7 +197,7 @@ def main(argv=None) -> int:
         if not raw.exists():
             t0 = time.time()
             deb = fetch([pkg], out / "debs", v3b / "debs")[pkg]
-            n = extract(pkg, deb, raw)
+            n = v3.extract(pkg, deb, raw, documents)
             print(f"{pkg:28s} {n:6d} documents  {raw.stat().st_size / 1e6:7.1f} MB gz  {time.time() - t0:5.0f}s",
                   flush=True)
     if args.extract_only:
@@ -227,42 +205,14 @@ def main(argv=None) -> int:
     debs = fetch(pkgs, out / "debs", v3b / "debs")
     v2rec, seen = read_seen(Path(args.v2_build), v3b)
     print(f"{len(seen)} v2/v3 paragraphs in the dedup set", flush=True)
-    splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
-    owners: dict[str, list[str]] = {s: [] for s in splits}
-    manifest, dropped = {}, 0
-    for pkg in pkgs:  # dedup against v2, v3 and earlier v4 packages, in package order
-        deb = debs[pkg]
-        m = manifest[pkg] = {"deb": deb.name, "version": deb.name.split("_")[1].replace("%3a", ":"),
-                             "deb_bytes": deb.stat().st_size, "licence": LICENCES[pkg],
-                             "documents": {}, "bytes": {}, "duplicate_paragraphs_dropped": 0}
-        with gzip.open(out / "raw" / f"{pkg}.jsonl.gz", "rt", encoding="utf-8") as fh:
-            for line in fh:
-                doc_id, text = json.loads(line)
-                text, n_dup = v2.dedup(text, seen)
-                m["duplicate_paragraphs_dropped"] += n_dup
-                if len(text) < 200:
-                    continue
-                s = v2.bucket_split(doc_id)
-                splits[s].append(text)
-                owners[s].append(pkg)
-                m["documents"][s] = m["documents"].get(s, 0) + 1
-                m["bytes"][s] = m["bytes"].get(s, 0) + len(text.encode())
-        dropped += m["duplicate_paragraphs_dropped"]
-        print(f"{pkg:28s} {sum(m['bytes'].values()) / 1e6:8.1f} MB kept  {m['documents']}  "
-              f"{m['duplicate_paragraphs_dropped']} duplicates", flush=True)
+    splits, owners, manifest, dropped = v3.split_packages(pkgs, debs, out / "raw", seen, LICENCES)
     record = {"v2": {"splits": v2rec["splits"], "packages": len(v2rec["packages"])},
               "v3": json.loads((v3b / "corpus.json").read_text())["splits"],
               "packages": manifest,
               "split_rule": "v2 and v3 splits unchanged; v4 packages: sha1(doc_id)%100 <2 test, <4 validation, "
                             "else train; paragraphs already in any v2 or v3 split or an earlier v4 package dropped",
               "duplicate_paragraphs_dropped": dropped, "splits": {}}
-    for s, docs in splits.items():
-        text = v1.DOC_SEP.join(docs)
-        atomic_write_text(out / f"{s}_new4.txt", text)
-        atomic_write_text(out / f"{s}_new4.packages", "\n".join(owners[s]) + "\n")
-        record["splits"][f"{s}_new4"] = {"documents": len(docs), "bytes": len(text.encode())}
-    atomic_write_json(out / "corpus.json", record)
-    print(json.dumps(record["splits"], indent=1))
+    v3.write_splits(out, splits, owners, "_new4", record)
     return 0
 
 

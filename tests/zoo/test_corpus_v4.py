@@ -1,5 +1,6 @@
 """Corpus v4 extractors (Lisp strings, JSON game text, lintian tags) and its dedup against v2 and v3 splits."""
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -94,3 +95,27 @@ def test_documents_rejects_an_unknown_package(tmp_path):
 def test_each_package_once():
     assert len(set(corpus_v4.NEW_PACKAGES)) == len(corpus_v4.NEW_PACKAGES)
     assert set(corpus_v4.LICENCES) == set(corpus_v4.NEW_PACKAGES)
+
+
+def test_split_packages_dedups_across_packages_and_write_splits_records_them(tmp_path):
+    import gzip
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    debs = {}
+    for pkg, docs in (("a", [["a/1", f"{ENGLISH}\n\n{OTHER}"], ["a/2", "too short"]]), ("b", [["b/1", f"{OTHER}\n\n{ENGLISH}"]])):
+        with gzip.open(raw / f"{pkg}.jsonl.gz", "wt", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(d) + "\n" for d in docs)
+        debs[pkg] = tmp_path / f"{pkg}_1.0%3a2_all.deb"
+        debs[pkg].write_bytes(b"x" * 7)
+    seen = {hashlib.sha1(b"already seen").digest()}
+    splits, owners, manifest, dropped = corpus_v4.v3.split_packages(["a", "b"], debs, raw, seen, {"a": "MIT", "b": "GPL"})
+    assert sum(map(len, splits.values())) == 1 and dropped == 2  # b's paragraphs were both in a: nothing left
+    assert manifest["a"]["version"] == "1.0:2" and manifest["a"]["licence"] == "MIT" and manifest["b"]["documents"] == {}
+    s = next(k for k, v in splits.items() if v)
+    assert owners[s] == ["a"] and splits[s] == [f"{ENGLISH}\n\n{OTHER}"]
+    record = {"splits": {}}
+    corpus_v4.v3.write_splits(tmp_path, splits, owners, "_new4", record)
+    assert (tmp_path / f"{s}_new4.txt").read_text() == v1.DOC_SEP.join(splits[s]) and (tmp_path / f"{s}_new4.packages").read_text() == "a\n"
+    assert record["splits"][f"{s}_new4"]["documents"] == 1
+    assert json.loads((tmp_path / "corpus.json").read_text()) == record
