@@ -1,7 +1,7 @@
 """CUDA graphs: warm a step up on a side stream, capture one call, replay it.
 
 One helper for the captured loops of the library and the benchmarks (``kv.decode_loop``,
-``benchmarks/kv/decode_step.py``): the warm-up compiles kernels (Triton, torch.compile) and
+``ssm.fast_step``, ``benchmarks/kv/decode_step.py``, ``benchmarks/prune/speed24.py``): the warm-up compiles kernels (Triton, torch.compile) and
 settles the caching allocator off the capture, as ``torch.cuda.graphs`` requires.
 """
 

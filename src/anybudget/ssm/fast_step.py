@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anybudget.cudagraph import capture
+
 __all__ = ["FastStep", "FastStepConfig", "static_mqar_loss"]
 
 STEP_MODES = ("reference", "auto", "eager", "compile", "cudagraph", "compile+cudagraph", "cudagraph+bf16",
@@ -223,21 +225,16 @@ class FastStep:
                    for p in self.params if p in self.opt.state}
         saved_loss = self.loss_sum.clone()
         static = tuple(t.clone() for t in (inputs, positions, values))
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.config.warmup_steps):
-                self.opt.zero_grad(set_to_none=True)
-                self._body(*static)
-        torch.cuda.current_stream().wait_stream(side)
-        self.opt.zero_grad(set_to_none=True)
+
+        def step():
+            self.opt.zero_grad(set_to_none=True)  # host-side only: no kernel enters the graph
+            self._body(*static)
+
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         # One pool for all shapes: graphs never run concurrently and nothing a graph allocates
         # is needed after its replay (weights, optimizer state, loss sum and inputs live outside).
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            self._body(*static)
+        graph = capture(step, warmup=self.config.warmup_steps, pool=self._pool)
         with torch.no_grad():
             for p, v in zip(self.params, saved_p):
                 p.copy_(v)
