@@ -24,11 +24,10 @@ def _cache_bytes_full(cache) -> int:
 
 def embedded_name() -> str:
     """The embedded reference LM as its ``reflm.json`` names it (version and size), for the demo's header."""
-    import json
-
+    from anybudget.io import read_json
     from anybudget.models import REFLM_DIR
 
-    meta = json.loads((REFLM_DIR / "reflm.json").read_text())
+    meta = read_json(REFLM_DIR / "reflm.json")
     return (f"embedded {meta['name'].removeprefix('anybudget ')} ({meta['params'] / 1e6:.1f}M-parameter Llama, "
             "trained here on English from Debian packages)")
 
