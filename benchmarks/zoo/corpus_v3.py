@@ -137,6 +137,14 @@ LICENCES = {
 }
 
 
+def man_docs(root: Path, pkg: str):
+    """A package's manual pages (``usr/share/man/man*/*.gz``) as plain paragraphs, those of 300+ characters."""
+    for f in sorted(root.glob("usr/share/man/man*/*.gz")):
+        text = ex.clean_plain_paras(v2.clean_man(str(f)))
+        if len(text) >= 300:
+            yield f"{pkg}/{f.relative_to(root)}", text
+
+
 def documents(pkg: str, root: Path):
     """Yield (doc_id, text) of one new package unpacked at ``root``."""
     if pkg in TEXLIVE or pkg in ("asymptote-doc", "pari-doc", "r-doc-pdf"):
@@ -175,10 +183,7 @@ def documents(pkg: str, root: Path):
     elif pkg == "openjdk-17-source":
         yield from ex.zip_docs(root, pkg, "usr/lib/jvm/*/lib/src.zip", ".java", ex.clean_javadoc)
     elif pkg in MAN:
-        for f in sorted(root.glob("usr/share/man/man*/*.gz")):
-            text = ex.clean_plain_paras(v2.clean_man(str(f)))
-            if len(text) >= 300:
-                yield f"{pkg}/{f.relative_to(root)}", text
+        yield from man_docs(root, pkg)
     elif pkg == "wesnoth-1.16-data":
         yield from ex.wesnoth_docs(root, pkg)
     elif pkg == "freeciv-data":

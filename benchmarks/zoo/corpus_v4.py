@@ -52,7 +52,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus as v1
-import corpus_v2 as v2
 import corpus_v3 as v3
 import extract_v3 as ex
 import extract_v4 as ex4
@@ -153,10 +152,7 @@ def documents(pkg: str, root: Path):
     elif pkg in HTML:
         yield from ex.tree_docs(root, pkg, HTML[pkg], lambda s: ex.clean_plain_paras(v1.clean_html(s)), skip=HTML_SKIP)
     if pkg in MAN:
-        for f in sorted(root.glob("usr/share/man/man*/*.gz")):
-            text = ex.clean_plain_paras(v2.clean_man(str(f)))
-            if len(text) >= 300:
-                yield f"{pkg}/{f.relative_to(root)}", text
+        yield from v3.man_docs(root, pkg)
     if pkg == "lintian":
         yield from lintian_docs(root, pkg)
 

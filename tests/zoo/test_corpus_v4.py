@@ -73,7 +73,7 @@ def test_seen_set_holds_every_v2_and_v3_split(tmp_path):
         (v3b / f"{s}_new.txt").write_text(f"v3 {s} text" + v1.DOC_SEP + f"v3 {s} more")
     _, seen = corpus_v4.read_seen(v2b, v3b)
     assert len(seen) == 5 * 3 + 3 * 2
-    text, dropped = corpus_v4.v2.dedup("heldout paragraph two\n\nv3 test more\n\nnew one", seen)
+    text, dropped = corpus_v4.v3.dedup("heldout paragraph two\n\nv3 test more\n\nnew one", seen)
     assert (text, dropped) == ("new one", 2)
 
 
