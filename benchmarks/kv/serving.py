@@ -290,16 +290,18 @@ def run_row(model, cfg, row, B, P, N, bw, compile_config, weight_bytes, static_s
     return res
 
 
-def plan(prompts, smoke, do_sweep=True):
+def plan(prompts, smoke, do_sweep=True, sweep_batches=None):
     """(row, prompt, batches) in priority order: the compared pair at the reference batch of each
     prompt, plain use at a large batch, the pair's batch sweeps (doubling until out of memory,
-    the reference batch not repeated; left out with ``do_sweep=False``), then the other rows at the
-    reference batch."""
+    the reference batch not repeated; left out with ``do_sweep=False``; ``sweep_batches`` replaces
+    the doubling with the given batches), then the other rows at the reference batch."""
     start = {p: (1 if smoke else (8 if p <= 2048 else 4)) for p in prompts}
     cap = 2 if smoke else 1024
     ref = {p: (2 if smoke else (64 if p <= 2048 else 16)) for p in prompts}
 
     def sweep(p):
+        if sweep_batches:
+            return list(sweep_batches)
         return [b for b in (start[p] * 2**i for i in range(12)) if b <= cap]
 
     jobs = [(r, p, [ref[p]]) for p in prompts for r in ("hf_static", "h2o_20", "hf_static_default")]
@@ -432,6 +434,9 @@ def main(argv=None):
                          "(recompiles for every batch and length) instead of dynamic batch/length dims")
     ap.add_argument("--no-sweep", action="store_true",
                     help="every row at its reference batch only (no batch doubling): the other policies in one call")
+    ap.add_argument("--sweep-batches", default=None,
+                    help="comma list of batches that replaces the doubling sweep (e.g. 256,512,1024: the largest "
+                         "batches only, where each new batch of a compiled row recompiles)")
     ap.add_argument("--rows", default=None,
                     help="comma list of rows to run, in this order (default all, in priority order): put the row "
                          "that must run first")
@@ -478,7 +483,15 @@ def main(argv=None):
     weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
     bw = copy_bandwidth(args.smoke)
     total_mem = torch.cuda.get_device_properties(0).total_memory / GiB if CUDA else 1e9
-    jobs, ref = plan(prompts, args.smoke, do_sweep=not args.no_sweep)
+    sweep_batches = None
+    if args.sweep_batches:
+        try:
+            sweep_batches = sorted({int(x) for x in args.sweep_batches.split(",")})
+        except ValueError:
+            raise SystemExit(f"error: --sweep-batches {args.sweep_batches!r}: a comma list of integers >= 1") from None
+        if sweep_batches[0] < 1:
+            raise SystemExit(f"error: --sweep-batches {args.sweep_batches!r}: batches must be >= 1")
+    jobs, ref = plan(prompts, args.smoke, do_sweep=not args.no_sweep, sweep_batches=sweep_batches)
     if args.rows:  # the given rows in the given order (each row's prompts in plan order)
         order = args.rows.split(",")
         unknown = sorted(set(order) - {j[0] for j in jobs})
@@ -497,7 +510,7 @@ def main(argv=None):
               "compile_config": None if compile_config is None else compile_config.to_dict(),
               "minutes_guard": args.minutes, "profile": args.profile, "layers": cfg.num_hidden_layers,
               "row_order": list(dict.fromkeys(j[0] for j in jobs)), "compile_s_guess": compile_s,
-              "timed_s_guess": timed_s, "warmup_cap_s": args.warmup_cap}
+              "timed_s_guess": timed_s, "warmup_cap_s": args.warmup_cap, "sweep_batches": sweep_batches}
     if args.notes:
         config["notes"] = args.notes
 

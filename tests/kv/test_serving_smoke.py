@@ -214,3 +214,14 @@ def test_row_guard_estimates_a_first_batch_as_the_longest_compile_seen():
         pass
     with warmup_limit(None), warmup_limit(5.0):
         pass
+
+
+def test_serving_sweep_batches_replace_the_doubling_and_bad_lists_are_refused(capsys):
+    mod = _serving("kv_serving_sweep_batches")
+    jobs, ref = mod.plan([2048], smoke=False, do_sweep=True, sweep_batches=[256, 512, 1024])
+    sweeps = {r: b for r, _, b in jobs if r in ("hf_static", "h2o_20_loop_compiled") and len(b) > 1}
+    assert sweeps == {"hf_static": [256, 512, 1024], "h2o_20_loop_compiled": [256, 512, 1024]}
+    assert ("hf_static", 2048, [ref[2048]]) in jobs  # the reference batch still runs first
+    for bad in ("0,256", "a,b"):
+        with pytest.raises(SystemExit, match="--sweep-batches"):
+            mod.main(["--smoke", "--sweep-batches", bad, "--out", "/tmp/never"])
