@@ -22,6 +22,21 @@ PRE-REGISTERED SETTING (issue 17 item 3; fixed before any result of the scaled r
   * diagnostics on the trained default-L4 and both-L4 models: influence vs distance (recency)
     and normalised sharpness per layer (over-smoothing), seq 256 inputs.
 
+SECOND REGISTRATION, v2 (written 2026-11-26 after v1 ran in full and before any v2 run; ``--registration v2``,
+the default from then on; v1's record stays ``ssm_table2_scaled.json``):
+  * why: v1's rule set STEPS to its cap, 4,000, where the pilot was at 0.17 on 16 pairs and nothing
+    had learned the task (all 16 runs at 2.3-3.2% except one); the orderings could not be tested;
+  * everything above is unchanged (task, test splits, model, optimiser, lr, cosine to 0, batch,
+    early stop at 0.99, 2 seeds, the three orderings, the diagnostics) except:
+  * STEPS = 24,000 for all 16 runs, fixed here, not from a new pilot: v1's pilot (default L2,
+    cosine over 10,000 steps) was still rising on 16 pairs (0.49) until its learning rate decayed;
+    v1's own rule, 2 x the step reaching 0.5, gives at least 20,000; 24,000 adds a fifth;
+  * the step: ``compile+cudagraph`` (v1: ``auto``, CUDA graphs without compile); the same arithmetic,
+    held to the reference step by the fast step's tests;
+  * run order (several calls, resumable): seed 123 before seed 124, each seed in the order
+    default L2, default L4, zero L2, zero L4, one L2, both L4, both L2, one L4 (the pairs each
+    ordering needs first); record ``ssm_table2_scaled_v2.json``, state ``.carry/ssm/table2_scaled_v2``.
+
 Runs are spread over the GPUs by worker processes (``--procs-per-gpu`` per GPU), each claiming
 the next unfinished run (``table2_worker.py``). State lives in ``--state-dir`` (finished runs'
 records, checkpoints of runs the time guard cut, step times, the plan); a later call with the same
@@ -31,6 +46,7 @@ into ``$OUT/table2_scaled_state.tar`` for the coordinator to carry back.
     python benchmarks/ssm/table2_scaled.py --pilot --out $OUT --state-dir .carry/ssm/table2_scaled
     python benchmarks/ssm/table2_scaled.py --steps auto --out $OUT --state-dir .carry/ssm/table2_scaled
     python benchmarks/ssm/table2_scaled.py --smoke --out /tmp/t2   # CPU, seconds, whole code path
+    python benchmarks/ssm/table2_scaled.py --registration v2 --out $OUT   # v2: 24,000 steps, resumes
 """
 
 from __future__ import annotations
@@ -58,6 +74,12 @@ PAPER = {
 PLAN = {"seq_len": 256, "vocab_size": 8192, "d_model": 128, "lr": 1e-3, "weight_decay": 0.1, "batch_size": 128,
         "eval_every": 500, "early_stop_acc": 0.99, "test_examples": 1000, "seeds": [123, 124],
         "checkpoint_every": 1000}
+# v2 (docstring): the same plan with a fixed step count, the compiled step and a priority order of runs.
+V2 = {"steps": 24000, "registration": "v2", "step_mode": "compile+cudagraph",
+      "order": [f"{p}_L{n}" for p, n in (("default", 2), ("default", 4), ("zero", 2), ("zero", 4), ("one", 2),
+                                         ("both", 4), ("both", 2), ("one", 4))]}
+REGISTRATIONS = {"v1": {"record": "ssm_table2_scaled", "state": ".carry/ssm/table2_scaled"},
+                 "v2": {"record": "ssm_table2_scaled_v2", "state": ".carry/ssm/table2_scaled_v2"}}
 SMOKE_PLAN = {**PLAN, "seq_len": 64, "vocab_size": 96, "d_model": 16, "batch_size": 4, "eval_every": 4,
               "test_examples": 8, "seeds": [1, 2], "checkpoint_every": 4, "steps": 8}
 CALL_S, N_GPU_CALLS = 480, 2  # the budget rule: 16 runs in two 9-minute calls on 2 GPUs
@@ -124,7 +146,14 @@ def load_plan(args) -> dict:
 
     state = Path(args.state_dir)
     base = dict(SMOKE_PLAN if args.smoke else PLAN)
-    if not args.smoke:
+    reg = getattr(args, "registration", "v1")
+    if reg == "v2":
+        if args.steps not in (None, str(V2["steps"])) and not args.smoke:
+            raise SystemExit(f"--steps {args.steps}: registration v2 fixes {V2['steps']} steps; leave --steps out")
+        base.update({k: v for k, v in V2.items() if not (args.smoke and k == "steps")})
+        if args.step != V2["step_mode"] and not args.smoke:
+            raise SystemExit(f"--step {args.step}: registration v2 fixes the step {V2['step_mode']!r}")
+    elif not args.smoke:
         if args.steps == "auto":
             pf = state / "pilot.json"
             if not pf.exists():
@@ -162,7 +191,8 @@ def launch(args, plan) -> None:
         env = dict(os.environ)
         if n_gpu:
             env["CUDA_VISIBLE_DEVICES"] = str(g)
-        cmd = [sys.executable, str(HERE / "table2_scaled.py"), "--worker", "--state-dir", str(state),
+        cmd = [sys.executable, str(HERE / "table2_scaled.py"), "--worker", "--registration", args.registration,
+               "--state-dir", str(state),
                "--time-limit", str(left), "--step", args.step] + (["--smoke"] if args.smoke else []) \
             + (["--runs", args.runs] if args.runs else [])
         log = open(state / f"worker_{g}_{k}.log", "a")  # noqa: SIM115 - closed after the process ends
@@ -202,7 +232,7 @@ def report(args, plan) -> int:
     L = plan["seq_len"]
     keys = [f"kv{L // 16}", f"kv{L // 8}", f"kv{L // 4}", "avg"]
     rows, per_seed, mean = [], {s: {} for s in plan["seeds"]}, {}
-    for pol, layers, _ in w.all_runs(plan["seeds"][:1]):
+    for pol, layers, _ in w.all_runs(plan["seeds"][:1], plan.get("order")):
         got = [runs[w.run_name(pol, layers, s)] for s in plan["seeds"] if w.run_name(pol, layers, s) in runs]
         for r in got:
             per_seed[r["seed"]][(pol, layers)] = [round(100 * r["final"][k], 2) for k in keys]
@@ -215,12 +245,12 @@ def report(args, plan) -> int:
     checks = {"seed_mean": ordering_checks(mean),
               **{f"seed_{s}": ordering_checks(per_seed[s]) for s in plan["seeds"]}}
     diags = {r["run"]: r["diagnostics"] for r in runs.values() if "diagnostics" in r}
-    pending = [w.run_name(*r) for r in w.all_runs(plan["seeds"]) if w.run_name(*r) not in runs]
+    pending = [w.run_name(*r) for r in w.all_runs(plan["seeds"], plan.get("order")) if w.run_name(*r) not in runs]
     config = {"pre_registered": plan, "paper": "Table 2 at seq 1024 (64/128/256 pairs); ours at seq 256 (16/32/64)",
               "test_keys": keys, "step_mode": args.step, "smoke": args.smoke}
     metrics = {"complete": not pending, "pending": pending, "rows": rows, "ordering_checks": checks,
                "diagnostics": diags}
-    name = "ssm_table2_scaled" + ("_smoke" if args.smoke else "")
+    name = REGISTRATIONS[getattr(args, "registration", "v1")]["record"] + ("_smoke" if args.smoke else "")
     path = write_results(name, config, metrics,
                          baseline={"source": "Wang et al. ICLR 2025 Table 2",
                                    "rows": {f"{p}_L{n}": v for (p, n), v in PAPER.items()}}, out_dir=args.out)
@@ -293,7 +323,9 @@ def main(argv=None) -> int:
     from anybudget.io import results_dir
 
     ap.add_argument("--out", default=str(results_dir("ssm_table2_scaled")))
-    ap.add_argument("--state-dir", default=".carry/ssm/table2_scaled")
+    ap.add_argument("--registration", choices=sorted(REGISTRATIONS), default="v2",
+                    help="which pre-registered setting (module docstring): v1 (ran in full, 4,000 steps) or v2")
+    ap.add_argument("--state-dir", default=None, help="state folder (default .carry/ssm/table2_scaled[_v2])")
     ap.add_argument("--steps", default=None, help="training steps for every run, or 'auto' (from the pilot)")
     ap.add_argument("--pilot", action="store_true", help="only the pilot (default L2), its own JSON")
     ap.add_argument("--pilot-steps", type=int, default=10000)
@@ -301,13 +333,20 @@ def main(argv=None) -> int:
                     help="seconds of training in this call (default 480: a 9-minute call with start-up and report)")
     ap.add_argument("--procs-per-gpu", type=int, default=1,
                     help="worker processes per GPU (default 1; 2 may overlap small kernels better)")
-    ap.add_argument("--step", default="auto", help="training step mode (anybudget.ssm.fast_step.STEP_MODES)")
+    ap.add_argument("--step", default=None,
+                    help="training step mode (anybudget.ssm.fast_step.STEP_MODES; default v1 'auto', v2 its registered one)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny settings, whole code path")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--runs", default=None, help="comma list of run names (e.g. both_L4_s123) to restrict to")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.state_dir is None:
+        args.state_dir = REGISTRATIONS[args.registration]["state"]
+    if args.step is None:
+        args.step = V2["step_mode"] if args.registration == "v2" and not args.smoke else "auto"
+    if args.registration == "v2" and args.pilot:
+        raise SystemExit("--pilot: registration v2 has no pilot (its step count is fixed); use --registration v1")
     sys.path.insert(0, str(HERE))  # the sibling worker module
     if not args.smoke and not torch.cuda.is_available() and not args.report_only:
         print("needs CUDA (or --smoke)", file=sys.stderr)

@@ -25,9 +25,15 @@ def run_name(pol, layers, seed):
     return f"{pol}_L{layers}_s{seed}"
 
 
-def all_runs(seeds):
-    # Depth 4 first: the longest runs start first, short ones fill the end of a call.
-    return [(p, L, s) for L in (4, 2) for s in seeds for p in POLS]
+def all_runs(seeds, order=None):
+    """(pol, layers, seed) in claim order. v1 (``order`` None): depth 4 first, so the longest runs start
+    first and short ones fill the end of a call. v2: ``order`` ("default_L2", ...) per seed, seeds in turn."""
+    if order is None:
+        return [(p, L, s) for L in (4, 2) for s in seeds for p in POLS]
+    cfgs = [(o.rsplit("_L", 1)[0], int(o.rsplit("_L", 1)[1])) for o in order]
+    if sorted(cfgs) != sorted((p, L) for p in POLS for L in (2, 4)):
+        raise ValueError(f"order {order}: must name each of the 8 configurations once")
+    return [(p, L, s) for s in seeds for p, L in cfgs]
 
 
 def build(pol, layers, seed, plan):
@@ -102,7 +108,7 @@ def work(state: Path, plan: dict, deadline: float, step_mode: str, log=print, on
     runs_dir = state / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     segs, tests = segments_and_tests(plan)
-    for pol, L, seed in all_runs(plan["seeds"]):
+    for pol, L, seed in all_runs(plan["seeds"], plan.get("order")):
         name = run_name(pol, L, seed)
         if (only and name not in only) or (runs_dir / f"{name}.json").exists() or not _claim(state, name):
             continue

@@ -205,3 +205,32 @@ def test_scan_regs_smoke_compiles_the_prefetch_grads_kernel_for_sm90_without_spi
     (row,) = json.loads((tmp_path / "ssm_scan_regs_smoke.json").read_text())["metrics"]["kernels"]
     assert row["kernel"] == "grads" and row["prefetch"] is True
     assert 0 < row["regs"] <= 255 and row["stack_bytes"] == 0 and row["programs_per_sm"] >= 1
+
+
+def test_table2_scaled_v2_registration_fixes_steps_step_and_run_order(bench, tmp_path):
+    t2, w = bench("table2_scaled"), bench("table2_worker")
+    args = type("A", (), {"state_dir": str(tmp_path / "v2"), "smoke": False, "steps": None, "registration": "v2",
+                          "step": "compile+cudagraph"})
+    plan = t2.load_plan(args)
+    assert plan["steps"] == 24000 and plan["registration"] == "v2" and plan["lr"] == t2.PLAN["lr"]
+    assert t2.load_plan(args) == plan  # a resumed call keeps it
+    args.steps = "5000"
+    with pytest.raises(SystemExit, match="registration v2 fixes 24000 steps"):
+        t2.load_plan(args)
+    args.steps, args.step = None, "auto"
+    with pytest.raises(SystemExit, match="registration v2 fixes the step"):
+        t2.load_plan(args)
+    runs = w.all_runs(plan["seeds"], plan["order"])
+    assert [w.run_name(*r) for r in runs[:3]] == ["default_L2_s123", "default_L4_s123", "zero_L2_s123"]
+    assert len(set(runs)) == 16 and {s for _, _, s in runs[:8]} == {123}
+    with pytest.raises(ValueError, match="each of the 8 configurations once"):
+        w.all_runs([1], plan["order"][:-1] + ["default_L2"])
+    # v1's state folder is refused for v2 (another plan), and v1's order is unchanged (depth 4 first).
+    v1 = type("A", (), {"state_dir": str(tmp_path / "v1"), "smoke": False, "steps": "4000"})
+    t2.load_plan(v1)
+    args.state_dir, args.step = str(tmp_path / "v1"), "compile+cudagraph"
+    with pytest.raises(SystemExit, match="another plan"):
+        t2.load_plan(args)
+    assert w.all_runs([1])[0] == ("default", 4, 1)
+    with pytest.raises(SystemExit, match="no pilot"):
+        t2.main(["--pilot", "--out", str(tmp_path / "o")])
