@@ -234,3 +234,16 @@ def test_table2_scaled_v2_registration_fixes_steps_step_and_run_order(bench, tmp
     assert w.all_runs([1])[0] == ("default", 4, 1)
     with pytest.raises(SystemExit, match="no pilot"):
         t2.main(["--pilot", "--out", str(tmp_path / "o")])
+
+
+def test_table2_ordering_checks_check_what_a_partial_table_allows(bench):
+    t2 = bench("table2_scaled")
+    assert t2.ordering_checks({("default", 2): [1, 2, 3, 4]}) is None
+    part = {("default", 2): [99, 92, 60, 84], ("default", 4): [99, 89, 57, 82], ("zero", 2): [99, 97, 80, 92],
+            ("zero", 4): [99, 96, 72, 89], ("one", 2): [89, 69, 38, 65]}
+    c = t2.ordering_checks(part)
+    assert set(c) == {"zero_makes_depth_help", "one_helps_hardest_split"}
+    assert not c["zero_makes_depth_help"]["holds"] and c["zero_makes_depth_help"]["zero_gain"] == -3
+    assert not c["one_helps_hardest_split"]["holds"]
+    full = {**part, ("both", 2): [1, 1, 1, 83], ("both", 4): [1, 1, 1, 95], ("one", 4): [1, 1, 1, 50]}
+    assert t2.ordering_checks(full)["both_L4_best"] == {"holds": True, "best": "both_L4"}
