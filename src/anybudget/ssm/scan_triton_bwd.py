@@ -351,7 +351,7 @@ def _d_split(bsz: int, n_chunks: int, n_dblocks: int, target: int) -> int:
 
 
 def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles, *, block_n, target_programs=512,
-                     adjoint=None, autotune=False, prefetch=False, maxnreg=None):
+                     adjoint=None, autotune=False, prefetch=False, maxnreg=None, grads_tm=False):
     """Gradients of ``selective_scan_triton`` by the chunk-parallel backward (see the module docstring).
 
     ``states``: the forward's tile-start states ``(batch, seq / fwd_tile, d_inner, d_state)``
@@ -363,7 +363,9 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     :data:`ADJOINT_CONFIGS` / :data:`GRADS_CONFIGS` by ``triton.autotune`` (``tiles`` keeps the chunk);
     ``prefetch``: the grads kernel loads channel block k + 1 before computing block k (same results);
     ``maxnreg``: a cap on the grads kernel's registers a thread (ptxas; None: its own choice), for more
-    programs an SM (ignored with ``autotune``, whose configs carry their own).
+    programs an SM (ignored with ``autotune``, whose configs carry their own); ``grads_tm``: the grads kernel
+    with (time, channel, state) tiles (``scan_triton_bwd_tm``: the scans over a chunk in registers, no lane
+    exchanges; ``autotune`` then picks among its ``GRADS_TM_CONFIGS``; ``prefetch`` ignored; same results).
     Returns ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent).
     """
     u, delta, A, B, C, D, z, delta_bias = ctx_tensors
@@ -415,13 +417,20 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
                   n_inner, n_state, seq, n_chunks, states.shape[1], block_t // fwd_tile, split)
     # The split is fixed by ``tiles``' BLOCK_D; a tuned BLOCK_D with fewer blocks than the split leaves
     # some programs' blocks fully masked (they store zero partials): still exact.
-    if autotune:
-        _GRADS_TUNED[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_N=block_n, BLOCK_T=block_t,
-                                             PREFETCH=bool(prefetch), **flags)
+    if grads_tm:
+        from anybudget.ssm.scan_triton_bwd_tm import grads_tm as kernel_tm
+        from anybudget.ssm.scan_triton_bwd_tm import grads_tm_tuned
+
+        tuned, plain = grads_tm_tuned, kernel_tm
     else:
-        _grads[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
-                                       BLOCK_T=block_t, PREFETCH=bool(prefetch), num_warps=warps, maxnreg=maxnreg,
-                                       **flags)
+        tuned, plain = _GRADS_TUNED, _grads
+    if autotune:
+        tuned[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_N=block_n, BLOCK_T=block_t,
+                                      PREFETCH=bool(prefetch), **flags)
+    else:
+        plain[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
+                                      BLOCK_T=block_t, PREFETCH=bool(prefetch), num_warps=warps, maxnreg=maxnreg,
+                                      **flags)
     if split > 1:
         dB, dC = dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype)
     return (du, ddelta, dA.sum((0, 1)), dB, dC,
