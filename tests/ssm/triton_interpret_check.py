@@ -123,13 +123,13 @@ def chunked_cases():
 class FixedTuner:
     """Stands in for a ``triton.autotune`` kernel under the interpreter: launches one given config."""
 
-    def __init__(self, fn, block_d, warps):
-        self.fn, self.block_d, self.warps = fn, block_d, warps
+    def __init__(self, fn, block_d, warps, tm=None):
+        self.fn, self.block_d, self.warps, self.extra = fn, block_d, warps, {} if tm is None else {"TM": tm}
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             g = grid({"BLOCK_D": self.block_d}) if callable(grid) else grid
-            return self.fn[g](*args, BLOCK_D=self.block_d, num_warps=self.warps, **kwargs)
+            return self.fn[g](*args, BLOCK_D=self.block_d, num_warps=self.warps, **self.extra, **kwargs)
         return launch
 
 
@@ -140,9 +140,10 @@ def check_tuned(grads_cfg, adj_cfg, b=1, d=10, seq=21, n=6, chunk=16, tiles_d=4,
     from anybudget.ssm import scan_triton_bwd_tm as sbt
     from anybudget.ssm.scan_triton import _block_n, triton_forward
 
-    saved = sb._GRADS_TUNED, sb._ADJOINT_TUNED, sbt.grads_tm_tuned
+    saved = sb._GRADS_TUNED, sb._ADJOINT_TUNED, sbt.grads_any_tuned
     sb._GRADS_TUNED = FixedTuner(sb._grads, *grads_cfg[:2])  # maxnreg (a ptxas option) means nothing here
-    sbt.grads_tm_tuned = FixedTuner(sbt.grads_tm, *grads_cfg[:2])
+    # grads_tm: the combined tuner's config (BLOCK_D, warps[, maxnreg][, TM]) forced, TM (default True) included.
+    sbt.grads_any_tuned = FixedTuner(sbt.grads_any, *grads_cfg[:2], tm=grads_cfg[3] if len(grads_cfg) > 3 else True)
     sb._ADJOINT_TUNED = FixedTuner(sb._chunk_adjoint_kernel, *adj_cfg)
     try:
         ScanBlocks.fwd, ScanBlocks.variant = (4, chunk, 4), "time_first"
@@ -156,7 +157,7 @@ def check_tuned(grads_cfg, adj_cfg, b=1, d=10, seq=21, n=6, chunk=16, tiles_d=4,
         g2 = sb.chunked_backward(x, states, chunk, g, True, (tiles_d, chunk, 4), block_n=_block_n(n),
                                  target_programs=programs, autotune=True, prefetch=prefetch, grads_tm=grads_tm)
     finally:
-        sb._GRADS_TUNED, sb._ADJOINT_TUNED, sbt.grads_tm_tuned = saved
+        sb._GRADS_TUNED, sb._ADJOINT_TUNED, sbt.grads_any_tuned = saved
     for i, a, c in zip(range(8), g1, g2):
         err = ((c.float() - a).abs().max() / a.abs().max().clamp_min(1.0)).item()
         assert err < 1e-4, f"tuned grads={grads_cfg} adjoint={adj_cfg} grad {NAMES[i]}: rel err {err:.2e}"
@@ -167,12 +168,15 @@ def check_tuned(grads_cfg, adj_cfg, b=1, d=10, seq=21, n=6, chunk=16, tiles_d=4,
 def grads_tm_cases():
     """The time-major grads kernel (``ScanBlocks.bwd_grads_tm``): every autotune config, uneven channel/chunk
     splits, chunk-start states rebuilt, padded states, no optional inputs, bf16, the split path."""
-    from anybudget.ssm.scan_triton_bwd import ADJOINT_CONFIGS
+    from anybudget.ssm.scan_triton_bwd import ADJOINT_CONFIGS, GRADS_CONFIGS
     from anybudget.ssm.scan_triton_bwd_tm import GRADS_TM_CONFIGS
 
     # 10 channels, seq 21 (see tuned_cases): partial channel blocks, a partial last chunk, a fully masked program.
+    # The combined tuner's time-major configs, and two of the default kernel's through it (TM=False, prefetch on one).
     for i, gc in enumerate(GRADS_TM_CONFIGS):
         check_tuned(gc, ADJOINT_CONFIGS[i % len(ADJOINT_CONFIGS)], programs=1 if i % 2 else 512, grads_tm=True)
+    check_tuned((*GRADS_CONFIGS[0], False), ADJOINT_CONFIGS[0], programs=512, grads_tm=True, prefetch=True)
+    check_tuned((*GRADS_CONFIGS[5], False), ADJOINT_CONFIGS[1], programs=1, grads_tm=True)
     check(2, 5, 37, 6, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4), variant="time_first",
           grads_tm=True)
     check(1, 10, 20, 5, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4), grads_tm=True)

@@ -365,7 +365,8 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     ``maxnreg``: a cap on the grads kernel's registers a thread (ptxas; None: its own choice), for more
     programs an SM (ignored with ``autotune``, whose configs carry their own); ``grads_tm``: the grads kernel
     with (time, channel, state) tiles (``scan_triton_bwd_tm``: the scans over a chunk in registers, no lane
-    exchanges; ``autotune`` then picks among its ``GRADS_TM_CONFIGS``; ``prefetch`` ignored; same results).
+    exchanges; same results; ``prefetch`` ignored); with ``autotune``, the tuner picks per shape among both kernels'
+    configs (:data:`GRADS_CONFIGS` and ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``).
     Returns ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent).
     """
     u, delta, A, B, C, D, z, delta_bias = ctx_tensors
@@ -418,10 +419,9 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     # The split is fixed by ``tiles``' BLOCK_D; a tuned BLOCK_D with fewer blocks than the split leaves
     # some programs' blocks fully masked (they store zero partials): still exact.
     if grads_tm:
-        from anybudget.ssm.scan_triton_bwd_tm import grads_tm as kernel_tm
-        from anybudget.ssm.scan_triton_bwd_tm import grads_tm_tuned
+        from anybudget.ssm import scan_triton_bwd_tm as tm
 
-        tuned, plain = grads_tm_tuned, kernel_tm
+        tuned, plain = tm.grads_any_tuned, tm.grads_tm
     else:
         tuned, plain = _GRADS_TUNED, _grads
     if autotune:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from anybudget.ssm.scan_triton_bwd import GRADS_CONFIGS, _chunk_grads_kernel
 from anybudget.ssm.scan_triton_common import (
     combine,
     discretize,
@@ -27,7 +28,7 @@ from anybudget.ssm.scan_triton_common import (
     softplus_grad,
 )
 
-__all__ = ["GRADS_TM_CONFIGS", "grads_tm", "grads_tm_tuned"]
+__all__ = ["GRADS_TM_CONFIGS", "grads_any", "grads_any_tuned", "grads_tm"]
 
 
 @triton.jit
@@ -137,16 +138,44 @@ def _chunk_grads_tm_kernel(
     tl.store(dC_ptr + out, tl.sum(dC3, axis=1).to(dC_ptr.dtype.element_ty), mask=m_tn)
 
 
-grads_tm = triton.heuristics(
-    {"N_ITERS": lambda a: triton.cdiv(triton.cdiv(a["n_inner"], a["BLOCK_D"]), a["d_split"])})(_chunk_grads_tm_kernel)
+@triton.jit
+def _chunk_grads_any_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, E_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    n_inner, n_state, seq, n_chunks, n_state_tiles, tile_ratio, d_split,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, N_ITERS: tl.constexpr,
+    PREFETCH: tl.constexpr = False, TM: tl.constexpr = True,
+):
+    # Either grads kernel, chosen by the constexpr TM: one function for triton.autotune to pick among both.
+    args = (u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, E_ptr,
+            du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+            n_inner, n_state, seq, n_chunks, n_state_tiles, tile_ratio, d_split)
+    if TM:
+        _chunk_grads_tm_kernel(*args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_D, BLOCK_N, BLOCK_T, N_ITERS)
+    else:
+        _chunk_grads_kernel(*args, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_D, BLOCK_N, BLOCK_T, N_ITERS, PREFETCH)
 
-# (BLOCK_D, num_warps[, maxnreg]) tried by the autotuned time-major kernel (registers: benchmarks/ssm/scan_regs.py).
-GRADS_TM_CONFIGS = ((4, 2, None), (8, 4, None), (16, 8, None), (8, 2, None), (16, 4, None))
+
+def _n_iters(kernel):
+    """N_ITERS = cdiv(channel blocks, d_split) from the (maybe tuned) BLOCK_D, as ``scan_triton_bwd._grads``."""
+    return triton.heuristics(
+        {"N_ITERS": lambda a: triton.cdiv(triton.cdiv(a["n_inner"], a["BLOCK_D"]), a["d_split"])})(kernel)
 
 
-def _configs(entries):
-    return [triton.Config({"BLOCK_D": e[0]}, num_warps=e[1], maxnreg=e[2] if len(e) > 2 else None) for e in entries]
+grads_tm = _n_iters(_chunk_grads_tm_kernel)
+grads_any = _n_iters(_chunk_grads_any_kernel)
+
+# (BLOCK_D, num_warps, maxnreg) of the time-major kernel that the autotuned launch adds to GRADS_CONFIGS'.
+# Registers at sm_90 (fp32, 16 states, chunk 16; benchmarks/ssm/scan_regs.py): (8, 4) 249 unbounded (2 programs an SM),
+# 168 with 56 bytes of spills (3); (4, 2) 249 (4), 168 with 80 bytes (6); (16, 8) 243 (1).
+GRADS_TM_CONFIGS = ((8, 4, None), (8, 4, 168), (4, 2, None), (4, 2, 168), (16, 8, None))
 
 
-grads_tm_tuned = triton.autotune(_configs(GRADS_TM_CONFIGS),
-                                 key=["n_inner", "n_state", "seq", "n_chunks", "d_split"])(grads_tm)
+def _configs(entries, tm):
+    return [triton.Config({"BLOCK_D": e[0], "TM": tm}, num_warps=e[1], maxnreg=e[2]) for e in entries]
+
+
+# The autotuned launch with ScanBlocks.bwd_grads_tm: both kernels' configs, the faster per shape (warm-up only).
+grads_any_tuned = triton.autotune(_configs(GRADS_CONFIGS, False) + _configs(GRADS_TM_CONFIGS, True),
+                                  key=["n_inner", "n_state", "seq", "n_chunks", "d_split"])(grads_any)
