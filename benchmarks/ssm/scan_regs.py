@@ -6,11 +6,11 @@ many programs an SM holds (65536 / (regs x 32 x warps)), the occupancy that hide
 chunked backward is bound by (``scan_triton_bwd``'s docstring), and the static SASS counts of lane exchanges
 (SHFL), shared-memory traffic and barriers, which share one issue pipe. Kernels: the grads kernel over
 ``GRADS_CONFIGS`` (with their register caps, ``maxnreg``) with and without ``PREFETCH``, the time-major grads
-kernel over ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``, the adjoint over ``ADJOINT_CONFIGS``, the time_first
+kernel over ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``, the adjoint (both layouts) over ``ADJOINT_CONFIGS``, the time_first
 forward at (8, 16, 4) with and without ``PREFETCH``; fp32, 16 states, chunk 16, every optional input.
 
     python benchmarks/ssm/scan_regs.py --out /tmp/x             # ~2 minutes on 2 CPU cores
-    python benchmarks/ssm/scan_regs.py --smoke --out /tmp/x     # two grads kernels (prefetch, time-major), seconds
+    python benchmarks/ssm/scan_regs.py --smoke --out /tmp/x     # grads (prefetch, time-major), adjoint (both), seconds
 """
 
 from __future__ import annotations
@@ -72,17 +72,18 @@ def rows(smoke=False):
             out.append({"kernel": "grads", "block_d": bd, "warps": w, "maxnreg": maxnreg, "prefetch": pf,
                         **resource_usage(sb._chunk_grads_kernel, c, w, maxnreg)})
             print(out[-1], flush=True)
-    for bd, w, maxnreg in sbt.GRADS_TM_CONFIGS[:1] if smoke else sbt.GRADS_TM_CONFIGS:  # ScanBlocks.bwd_grads_tm
+    for bd, w, maxnreg in sbt.GRADS_TM_CONFIGS[:1] if smoke else sbt.GRADS_TM_CONFIGS:  # ScanBlocks.bwd_tm
         c = {**flags, "HAS_D": True, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16, "N_ITERS": 256 // bd}
         out.append({"kernel": "grads_tm", "block_d": bd, "warps": w, "maxnreg": maxnreg, "prefetch": False,
                     **resource_usage(sbt._chunk_grads_tm_kernel, c, w, maxnreg)})
         print(out[-1], flush=True)
+    for bd, w in sb.ADJOINT_CONFIGS[:1] if smoke else sb.ADJOINT_CONFIGS:  # both layouts (ScanBlocks.bwd_tm)
+        c = {**flags, "STATES": False, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16}
+        for name, fn in (("adjoint", sb._chunk_adjoint_kernel), ("adjoint_tm", sbt._chunk_adjoint_tm_kernel)):
+            out.append({"kernel": name, "block_d": bd, "warps": w, **resource_usage(fn, c, w)})
+            print(out[-1], flush=True)
     if smoke:
         return out
-    for bd, w in sb.ADJOINT_CONFIGS:
-        c = {**flags, "STATES": False, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16}
-        out.append({"kernel": "adjoint", "block_d": bd, "warps": w, **resource_usage(sb._chunk_adjoint_kernel, c, w)})
-        print(out[-1], flush=True)
     for pf, maxnreg in ((False, None), (True, None), (False, 80)):
         c = {**flags, "HAS_D": True, "N_TILES": 64, "BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "PREFETCH": pf}
         out.append({"kernel": "fwd_tm", "block_d": 8, "warps": 4, "maxnreg": maxnreg, "prefetch": pf,
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
     from anybudget.io import results_dir, write_results
 
     ap.add_argument("--out", default=str(results_dir("ssm_scan_regs")))
-    ap.add_argument("--smoke", action="store_true", help="one grads config (with PREFETCH) and one time-major grads config only")
+    ap.add_argument("--smoke", action="store_true", help="one config of the grads kernel (with PREFETCH), the time-major grads kernel and both adjoints")
     args = ap.parse_args(argv)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, set to silence its warning
     config = {"target": "cuda sm_90 (H100), 32 lanes", "dtype": "float32", "d_state": 16, "chunk": 16,

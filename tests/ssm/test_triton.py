@@ -21,7 +21,7 @@ def _has_triton() -> bool:
 
 
 @pytest.mark.skipif(not _has_triton(), reason="triton not installed (pip install 'anybudget[gpu]')")
-@pytest.mark.parametrize("which", ["sequential", "chunked", "op", "tuned", "grads_tm"])
+@pytest.mark.parametrize("which", ["sequential", "chunked", "op", "tuned", "bwd_tm"])
 def test_triton_scan_interpreter_matches_reference(which):
     """Forward, last state and every gradient vs the sequential reference (float32 1e-4, bf16 5e-2)."""
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -96,8 +96,8 @@ def test_tuned_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkeyp
                                     {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8)}, {"bwd_chunked": (4, 16, 2)},
                                     {"bwd_chunked": (8, 8, 4)}], ids=["plain", "tuned", "split", "reg168", "d4w2",
                                                                       "chunk8"])
-def test_grads_tm_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkeypatch):
-    """The time-major grads kernel (``ScanBlocks.bwd_grads_tm``) on CUDA: alone, autotuned among both kernels'
+def test_bwd_tm_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkeypatch):
+    """The time-major grads kernel (``ScanBlocks.bwd_tm``) on CUDA: alone, autotuned among both kernels'
     configs, channel blocks split over programs, a register cap, a narrower tile, chunks shorter than the
     forward's tiles (states rebuilt); vs the reference and vs the default grads kernel."""
     from anybudget.ssm.scan import selective_scan, selective_scan_chunked
@@ -112,7 +112,7 @@ def test_grads_tm_chunked_backward_gpu_matches_reference(seq, n, d, extras, monk
     g1 = list(torch.autograd.grad((o1 * g).sum(), ins))
     grads = {}
     for tm in (False, True):
-        monkeypatch.setattr(ScanBlocks, "bwd_grads_tm", tm)
+        monkeypatch.setattr(ScanBlocks, "bwd_tm", tm)
         o2 = selective_scan(*ins, delta_softplus=True, backend="triton", fixed_channels=(1, 1))
         torch.testing.assert_close(o2, o1, rtol=1e-3, atol=1e-3)
         grads[tm] = list(torch.autograd.grad((o2 * g).sum(), ins))

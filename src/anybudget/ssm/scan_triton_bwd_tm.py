@@ -1,5 +1,6 @@
-"""Time-major grads kernel of the chunked backward (``ScanBlocks.bwd_grads_tm``): ``scan_triton_bwd``'s
-``_chunk_grads_kernel`` with tiles ``(time, channel, state)`` instead of ``(state, channel, time)``.
+"""Time-major grads and adjoint kernels of the chunked backward (``ScanBlocks.bwd_tm``): ``scan_triton_bwd``'s
+``_chunk_grads_kernel`` / ``_chunk_adjoint_kernel`` with tiles ``(time, channel, state)`` instead of
+``(state, channel, time)``.
 
 Why: Triton spreads a tile's last axis over a warp's lanes. The default kernel's last axis is time,
 so both ``associative_scan`` s over a chunk (the state h and the adjoint g) and the dA partial's sum
@@ -11,6 +12,9 @@ loops in registers and the dA partial is a register sum; only the three sums ove
 (time, channel) (y, dL/d(dt), dL/du) cross lanes. Same algorithm, arguments and results as
 ``_chunk_grads_kernel`` (checked against the reference under the interpreter and on CUDA); no
 prefetch path. Per-thread tile is ``BLOCK_T`` elements when ``BLOCK_D = 2 * num_warps`` (16 states).
+The adjoint kernel's cumulative sum of dt and its sums over the chunk's time steps (X, and Y when it rebuilds
+chunk-start states) become register sums the same way: at (8, 16, 4) its sm_90 code has 8 shuffles instead of 72
+and ~30% fewer instructions (``benchmarks/ssm/scan_regs.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from anybudget.ssm.scan_triton_bwd import GRADS_CONFIGS, _chunk_grads_kernel
+from anybudget.ssm.scan_triton_bwd import (
+    ADJOINT_CONFIGS,
+    GRADS_CONFIGS,
+    _chunk_adjoint_kernel,
+    _chunk_grads_kernel,
+)
 from anybudget.ssm.scan_triton_common import (
     combine,
     discretize,
@@ -28,7 +37,74 @@ from anybudget.ssm.scan_triton_common import (
     softplus_grad,
 )
 
-__all__ = ["GRADS_TM_CONFIGS", "grads_any", "grads_any_tuned", "grads_tm"]
+__all__ = ["GRADS_TM_CONFIGS", "adjoint_any_tuned", "adjoint_tm", "grads_any", "grads_any_tuned", "grads_tm"]
+
+
+@triton.jit
+def _chunk_adjoint_tm_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, X_ptr, S_ptr, Y_ptr,
+    n_inner, n_state, seq, n_chunks,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STATES: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """``scan_triton_bwd._chunk_adjoint_kernel`` on (time, channel, state) tiles: the cumulative sum of dt and
+    the sums over the chunk's time steps run in each thread's registers (same arguments and results)."""
+    pid_b, pid_c, pid_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = pid_c * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_d, mask_n, mask_t = offs_d < n_inner, offs_n < n_state, offs_t < seq
+    m_dn = mask_d[:, None] & mask_n[None, :]
+    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=m_dn, other=0.0).to(tl.float32)
+    a_zero = A == float("-inf")  # load_a_matrix's rule
+    A3, z3 = tl.where(a_zero, 0.0, A)[None, :, :], a_zero[None, :, :]
+    bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
+    row = pid_b * n_inner * seq + offs_d[None, :] * seq + offs_t[:, None]  # (T, D)
+    m_td = mask_t[:, None] & mask_d[None, :]
+    dt = tl.load(delta_ptr + row, mask=m_td, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt = dt + bias[None, :]
+    if SOFTPLUS:
+        dt = softplus(dt)
+    dt = tl.where(m_td, dt, 0.0)
+    dy = tl.load(dout_ptr + row, mask=m_td, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + row, mask=m_td, other=0.0).to(tl.float32)
+        s, _ = silu_and_grad(z)
+        dy = dy * s
+    rowB = pid_b * n_state * seq + offs_n[None, :] * seq + offs_t[:, None]  # (T, N)
+    m_tn = mask_t[:, None] & mask_n[None, :]
+    Ct = tl.load(C_ptr + rowB, mask=m_tn, other=0.0).to(tl.float32)
+    cs = tl.cumsum(dt, axis=0)  # (T, D): sum of dt from the chunk's first step to t
+    w = discretize(cs[:, :, None] * A3, z3)  # prod_{k <= t} a_k, (T, D, N)
+    X = tl.sum(w * (dy[:, :, None] * Ct[:, None, :]), axis=0)  # (D, N)
+    base = (pid_b * n_chunks + pid_c) * n_inner
+    dn = (base + offs_d[:, None]) * n_state + offs_n[None, :]
+    tl.store(X_ptr + dn, X, mask=m_dn)
+    S = tl.sum(dt, axis=0)
+    tl.store(S_ptr + base + offs_d, S, mask=mask_d)
+    if STATES:  # the chunk's end state from a zero start: sum_t prod_{t < k <= end} a_k dt_t u_t B_t
+        u = tl.load(u_ptr + row, mask=m_td, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + rowB, mask=m_tn, other=0.0).to(tl.float32)
+        last = offs_t == tl.minimum(pid_c * BLOCK_T + BLOCK_T, seq) - 1  # empty product: 1, also for A = -inf
+        v = discretize((S[None, :] - cs)[:, :, None] * A3, z3 & ~last[:, None, None])
+        tl.store(Y_ptr + dn, tl.sum(v * ((dt * u)[:, :, None] * Bt[:, None, :]), axis=0), mask=m_dn)
+
+
+@triton.jit
+def _chunk_adjoint_any_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, X_ptr, S_ptr, Y_ptr,
+    n_inner, n_state, seq, n_chunks,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STATES: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, TM: tl.constexpr = True,
+):
+    # Either adjoint kernel, chosen by the constexpr TM (for triton.autotune, as _chunk_grads_any_kernel).
+    args = (u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, X_ptr, S_ptr, Y_ptr,
+            n_inner, n_state, seq, n_chunks)
+    if TM:
+        _chunk_adjoint_tm_kernel(*args, HAS_Z, HAS_BIAS, SOFTPLUS, STATES, BLOCK_D, BLOCK_N, BLOCK_T)
+    else:
+        _chunk_adjoint_kernel(*args, HAS_Z, HAS_BIAS, SOFTPLUS, STATES, BLOCK_D, BLOCK_N, BLOCK_T)
 
 
 @triton.jit
@@ -173,9 +249,13 @@ GRADS_TM_CONFIGS = ((8, 4, None), (8, 4, 168), (4, 2, None), (4, 2, 168), (16, 8
 
 
 def _configs(entries, tm):
-    return [triton.Config({"BLOCK_D": e[0], "TM": tm}, num_warps=e[1], maxnreg=e[2]) for e in entries]
+    return [triton.Config({"BLOCK_D": e[0], "TM": tm}, num_warps=e[1], maxnreg=e[2] if len(e) > 2 else None)
+            for e in entries]
 
 
-# The autotuned launch with ScanBlocks.bwd_grads_tm: both kernels' configs, the faster per shape (warm-up only).
+# The autotuned launches with ScanBlocks.bwd_tm: both layouts' configs, the faster per shape (warm-up only).
 grads_any_tuned = triton.autotune(_configs(GRADS_CONFIGS, False) + _configs(GRADS_TM_CONFIGS, True),
                                   key=["n_inner", "n_state", "seq", "n_chunks", "d_split"])(grads_any)
+adjoint_tm = _chunk_adjoint_tm_kernel
+adjoint_any_tuned = triton.autotune(_configs(ADJOINT_CONFIGS, False) + _configs(ADJOINT_CONFIGS, True),
+                                    key=["n_inner", "n_state", "seq", "n_chunks"])(_chunk_adjoint_any_kernel)
