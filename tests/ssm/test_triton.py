@@ -97,9 +97,9 @@ def test_tuned_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkeyp
                                     {"bwd_chunked": (8, 8, 4)}], ids=["plain", "tuned", "split", "reg168", "d4w2",
                                                                       "chunk8"])
 def test_bwd_tm_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkeypatch):
-    """The time-major grads kernel (``ScanBlocks.bwd_tm``) on CUDA: alone, autotuned among both kernels'
-    configs, channel blocks split over programs, a register cap, a narrower tile, chunks shorter than the
-    forward's tiles (states rebuilt); vs the reference and vs the default grads kernel."""
+    """The time-major adjoint and grads kernels (``ScanBlocks.bwd_tm``) on CUDA: alone, autotuned among both
+    layouts' configs, channel blocks split over programs, a register cap with the adjoint's own tile, a narrower
+    tile, chunks shorter than the forward's tiles (states rebuilt); vs the reference and vs the default kernels."""
     from anybudget.ssm.scan import selective_scan, selective_scan_chunked
     from anybudget.ssm.scan_triton import ScanBlocks
 
@@ -122,7 +122,7 @@ def test_bwd_tm_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkey
     for i, (a, b, c) in enumerate(zip(g1, grads[True], grads[False])):
         scale = a.abs().max().clamp_min(1.0)
         assert (b - a).abs().max() / scale < 1e-3, i
-        assert (b - c).abs().max() / scale < 1e-4, i  # the two grads kernels agree closer than either to the reference
+        assert (b - c).abs().max() / scale < 1e-4, i  # the two layouts agree closer than either to the reference
 
 
 @pytest.mark.gpu
