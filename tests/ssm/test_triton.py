@@ -94,8 +94,9 @@ def test_tuned_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkeyp
 @pytest.mark.parametrize("seq, n, d", [(1, 3, 8), (100, 18, 64), (1031, 18, 256), (4096, 17, 200), (388, 18, 256)])
 @pytest.mark.parametrize("extras", [{}, {"bwd_autotune": True}, {"bwd_programs": 4096},
                                     {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8)}, {"bwd_chunked": (4, 16, 2)},
-                                    {"bwd_chunked": (8, 8, 4)}], ids=["plain", "tuned", "split", "reg168", "d4w2",
-                                                                      "chunk8"])
+                                    {"bwd_chunked": (8, 8, 4)},
+                                    {"bwd_chunked": (4, 16, 2), "bwd_maxnreg": 200, "bwd_adjoint": (16, 4)}],
+                         ids=["plain", "tuned", "split", "reg168", "d4w2", "chunk8", "tm42"])
 def test_bwd_tm_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkeypatch):
     """The time-major adjoint and grads kernels (``ScanBlocks.bwd_tm``) on CUDA: alone, autotuned among both
     layouts' configs, channel blocks split over programs, a register cap with the adjoint's own tile, a narrower
