@@ -3,12 +3,14 @@
 No GPU needed: ``triton.compile`` builds the cubin for ``GPUTarget("cuda", 90, 32)`` and the wheel's
 ``cuobjdump -res-usage`` reads its registers per thread and stack (spill) bytes. Registers bound how
 many programs an SM holds (65536 / (regs x 32 x warps)), the occupancy that hides the latency the
-chunked backward is bound by (``scan_triton_bwd``'s docstring). Kernels: the grads kernel over
-``GRADS_CONFIGS`` (with their register caps, ``maxnreg``) with and without ``PREFETCH``, the adjoint over ``ADJOINT_CONFIGS``, the time_first
+chunked backward is bound by (``scan_triton_bwd``'s docstring), and the static SASS counts of lane exchanges
+(SHFL), shared-memory traffic and barriers, which share one issue pipe. Kernels: the grads kernel over
+``GRADS_CONFIGS`` (with their register caps, ``maxnreg``) with and without ``PREFETCH``, the time-major grads
+kernel over ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``, the adjoint (both layouts) over ``ADJOINT_CONFIGS``, the time_first
 forward at (8, 16, 4) with and without ``PREFETCH``; fp32, 16 states, chunk 16, every optional input.
 
     python benchmarks/ssm/scan_regs.py --out /tmp/x             # ~2 minutes on 2 CPU cores
-    python benchmarks/ssm/scan_regs.py --smoke --out /tmp/x     # one kernel (the prefetch path), seconds
+    python benchmarks/ssm/scan_regs.py --smoke --out /tmp/x     # grads (prefetch, time-major), adjoint (both), seconds
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ def _signature(fn, consts):
     return {n: "constexpr" if n in consts else ("*fp32" if n.endswith("_ptr") else "i32") for n in fn.arg_names}
 
 
+SASS_OPS = ("SHFL", "LDS", "STS", "BAR", "MUFU")  # lane exchanges, shared memory, barriers, exps (one MIO pipe)
+
+
 def resource_usage(fn, consts, warps, maxnreg=None):
-    """``{"regs", "stack_bytes", "programs_per_sm"}`` of ``fn`` compiled for sm_90 with ``consts``."""
+    """``{"regs", "stack_bytes", "programs_per_sm", "sass"}`` of ``fn`` compiled for sm_90 with ``consts``;
+    ``sass``: the cubin's instruction count and its count of each of :data:`SASS_OPS` (static, the whole kernel)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -41,15 +47,19 @@ def resource_usage(fn, consts, warps, maxnreg=None):
         path = os.path.join(d, "k.cubin")
         Path(path).write_bytes(k.asm["cubin"])
         out = subprocess.run([str(tool), "-res-usage", path], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([str(tool), "-sass", path], capture_output=True, text=True, check=True).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+)", out)
     if m is None:
         raise RuntimeError(f"cuobjdump -res-usage gave no REG/STACK line: {out[-300:]!r}")
     regs, stack = int(m.group(1)), int(m.group(2))
-    return {"regs": regs, "stack_bytes": stack, "programs_per_sm": SM_REGS // (regs * 32 * warps)}
+    ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass)
+    counts = {"instructions": len(ops), **{op: sum(o == op for o in ops) for op in SASS_OPS}}
+    return {"regs": regs, "stack_bytes": stack, "programs_per_sm": SM_REGS // (regs * 32 * warps), "sass": counts}
 
 
 def rows(smoke=False):
     from anybudget.ssm import scan_triton_bwd as sb
+    from anybudget.ssm import scan_triton_bwd_tm as sbt
     from anybudget.ssm import scan_triton_tm as tm
 
     flags = {"HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True}
@@ -62,12 +72,18 @@ def rows(smoke=False):
             out.append({"kernel": "grads", "block_d": bd, "warps": w, "maxnreg": maxnreg, "prefetch": pf,
                         **resource_usage(sb._chunk_grads_kernel, c, w, maxnreg)})
             print(out[-1], flush=True)
+    for bd, w, maxnreg in sbt.GRADS_TM_CONFIGS[:1] if smoke else sbt.GRADS_TM_CONFIGS:  # ScanBlocks.bwd_tm
+        c = {**flags, "HAS_D": True, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16, "N_ITERS": 256 // bd}
+        out.append({"kernel": "grads_tm", "block_d": bd, "warps": w, "maxnreg": maxnreg, "prefetch": False,
+                    **resource_usage(sbt._chunk_grads_tm_kernel, c, w, maxnreg)})
+        print(out[-1], flush=True)
+    for bd, w in sb.ADJOINT_CONFIGS[:1] if smoke else sb.ADJOINT_CONFIGS:  # both layouts (ScanBlocks.bwd_tm)
+        c = {**flags, "STATES": False, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16}
+        for name, fn in (("adjoint", sb._chunk_adjoint_kernel), ("adjoint_tm", sbt._chunk_adjoint_tm_kernel)):
+            out.append({"kernel": name, "block_d": bd, "warps": w, **resource_usage(fn, c, w)})
+            print(out[-1], flush=True)
     if smoke:
         return out
-    for bd, w in sb.ADJOINT_CONFIGS:
-        c = {**flags, "STATES": False, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16}
-        out.append({"kernel": "adjoint", "block_d": bd, "warps": w, **resource_usage(sb._chunk_adjoint_kernel, c, w)})
-        print(out[-1], flush=True)
     for pf, maxnreg in ((False, None), (True, None), (False, 80)):
         c = {**flags, "HAS_D": True, "N_TILES": 64, "BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "PREFETCH": pf}
         out.append({"kernel": "fwd_tm", "block_d": 8, "warps": 4, "maxnreg": maxnreg, "prefetch": pf,
@@ -81,7 +97,7 @@ def main(argv=None) -> int:
     from anybudget.io import results_dir, write_results
 
     ap.add_argument("--out", default=str(results_dir("ssm_scan_regs")))
-    ap.add_argument("--smoke", action="store_true", help="one grads config (with PREFETCH) only")
+    ap.add_argument("--smoke", action="store_true", help="one config of the grads kernel (with PREFETCH), the time-major grads kernel and both adjoints")
     args = ap.parse_args(argv)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, set to silence its warning
     config = {"target": "cuda sm_90 (H100), 32 lanes", "dtype": "float32", "d_state": 16, "chunk": 16,

@@ -25,7 +25,12 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
   a compile of its own: ~70 s of warm-up), ``combo`` inductor's ``combo_kernels`` (independent small
   kernels launched as one), ``static`` one compile per shape (11 compiles: minutes, time it alone);
   ``fast`` = tuned + fwdpf + ndtile + cdt (no grads prefetch: it adds registers, and spills under the
-  tuned configs' register caps, ``ssm_scan_regs.json``).
+  tuned configs' register caps, ``ssm_scan_regs.json``); ``bwdtm`` the backward's adjoint and grads kernels on
+  time-major tiles (``ScanBlocks.bwd_tm``: scans and sums over a chunk in registers; at sm_90 the grads kernel has
+  ~25% fewer instructions and ~1/3 fewer lane exchanges a channel block, the adjoint 1/9 of the exchanges),
+  ``tuned+bwdtm`` autotune choosing per shape among both layouts' configs, ``bwdtm42`` the time-major kernels at
+  the tiles with the fewest instructions a channel at sm_90 (``ssm_scan_regs.json``): grads (4 channels, 2 warps)
+  capped at 200 registers (5 programs an SM, no spills), adjoint (16, 4).
 
 Every variant times the same step indices after warm-up (all shapes compiled / captured first),
 then profiles a few steps: kernels per step (inside a CUDA graph too) and their summed GPU time. A
@@ -93,6 +98,9 @@ VARIANTS = {
     "compile+cudagraph+tf16+fwdpf": ("compile+cudagraph", {}, "new_tf16_fwdpf"),
     "compile+cudagraph+tf16+reg168": ("compile+cudagraph", {}, "new_tf16_reg168"),
     "compile+cudagraph+tf16+tuned+prefetch": ("compile+cudagraph", {}, "new_tf16_tuned_prefetch"),
+    "compile+cudagraph+tf16+bwdtm": ("compile+cudagraph", {}, "new_tf16_bwdtm"),
+    "compile+cudagraph+tf16+tuned+bwdtm": ("compile+cudagraph", {}, "new_tf16_tuned_bwdtm"),
+    "compile+cudagraph+tf16+bwdtm42": ("compile+cudagraph", {}, "new_tf16_bwdtm42"),
     "compile+cudagraph+tf16+fast": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),
                                                                               ("coordinate_descent_tuning", True))},
                                     "new_tf16_tuned_fwdpf"),
@@ -110,15 +118,18 @@ SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
          "new_tf16_fwdpf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_reg168": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_tuned_prefetch": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
-         "new_tf16_tuned_fwdpf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
+         "new_tf16_tuned_fwdpf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_bwdtm": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_tuned_bwdtm": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_bwdtm42": ("time_first", True, ((8, 16, 4), (4, 16, 2)), "chunked")}
 # ScanBlocks settings beyond SCANS' (defaults for scans not named): the adjoint kernel's own (BLOCK_D, warps)
 # (programs of 16 x 32 x 16 on 8 warps, 64 registers a thread, instead of 16 x 8 x 16 on 4); 4096 programs aimed at (the grads kernel's channel
 # blocks split over up to 8 programs at short sequences); triton.autotune of the adjoint and grads tiles;
 # the grads kernel's next-block prefetch; the time_first forward's next-tile prefetch; the grads kernel's
 # registers capped at 168 (3 programs an SM instead of 2, no spills at sm_90: ssm_scan_regs.json), the
-# forward's at 80 (6 instead of 5).
+# forward's at 80 (6 instead of 5); the time-major grads kernel (alone, or among the tuned configs).
 SCAN_DEFAULTS = {"bwd_adjoint": None, "bwd_programs": 512, "bwd_autotune": False, "bwd_prefetch": False,
-                 "fwd_prefetch": False, "bwd_maxnreg": None, "fwd_maxnreg": None}
+                 "fwd_prefetch": False, "bwd_maxnreg": None, "fwd_maxnreg": None, "bwd_tm": False}
 SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
                "new_tf16_split": {"bwd_programs": 4096},
                "new_tf16_tuned": {"bwd_autotune": True},
@@ -126,7 +137,10 @@ SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
                "new_tf16_fwdpf": {"fwd_prefetch": True},
                "new_tf16_reg168": {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_maxnreg": 80},
                "new_tf16_tuned_prefetch": {"bwd_autotune": True, "bwd_prefetch": True, "fwd_prefetch": True},
-               "new_tf16_tuned_fwdpf": {"bwd_autotune": True, "fwd_prefetch": True}}
+               "new_tf16_tuned_fwdpf": {"bwd_autotune": True, "fwd_prefetch": True},
+               "new_tf16_bwdtm": {"bwd_tm": True},
+               "new_tf16_tuned_bwdtm": {"bwd_autotune": True, "bwd_tm": True},
+               "new_tf16_bwdtm42": {"bwd_tm": True, "bwd_maxnreg": 200, "bwd_adjoint": (16, 4)}}
 TOP_KERNELS = 12  # kernels per row of the record, by GPU time
 # Timed at every depth before the rest (a --time-limit cut loses the rest first).
 FIRST = ("reference", "compile+cudagraph", "compile+cudagraph+tf", "compile+cudagraph+tf16", "cudagraph_fp32")

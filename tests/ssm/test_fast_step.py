@@ -263,9 +263,13 @@ def test_cli_diagnose_refuses_a_checkpoint_of_another_model(tmp_path, capsys):
     ({"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_maxnreg": 80}, ()),
     ({"bwd_autotune": True, "fwd_prefetch": True},
      (("triton.prefer_nd_tiling", True), ("coordinate_descent_tuning", True))),
+    pytest.param({"bwd_tm": True}, (), id="bwd_tm"),
+    pytest.param({"bwd_tm": True, "bwd_autotune": True}, (), id="bwd_tm_tuned"),
+    pytest.param({"bwd_tm": True, "bwd_chunked": (4, 16, 2), "bwd_maxnreg": 200, "bwd_adjoint": (16, 4)}, (),
+                 id="bwd_tm42"),
 ])
 def test_tuned_compiled_step_on_gpu_follows_the_reference(extras, options, monkeypatch):
-    # train_speed's compile+cudagraph+tf16+{adj32,split,tuned,prefetch,reg168,fast}: time-first forward tiles, chunk 16, the
+    # train_speed's compile+cudagraph+tf16+{adj32,split,tuned,prefetch,reg168,fast,bwdtm,tuned+bwdtm}: time-first forward tiles, chunk 16, the
     # backward's extra settings (autotune runs in the warm-up before each capture), inductor options.
     pytest.importorskip("triton")
     from anybudget.ssm import fast_step

@@ -198,13 +198,19 @@ def _has_cuobjdump() -> bool:
 
 
 @pytest.mark.skipif(not _has_cuobjdump(), reason="needs triton's NVIDIA backend tools (ptxas, cuobjdump)")
-def test_scan_regs_smoke_compiles_the_prefetch_grads_kernel_for_sm90_without_spills(bench, tmp_path):
+def test_scan_regs_smoke_compiles_the_grads_and_adjoint_kernels_for_sm90_without_spills(bench, tmp_path):
     # The CPU builds the H100 cubin: a kernel that does not compile for the GPU fails here, not on the device.
     sr = bench("scan_regs")
     assert sr.main(["--smoke", "--out", str(tmp_path)]) == 0
-    (row,) = json.loads((tmp_path / "ssm_scan_regs_smoke.json").read_text())["metrics"]["kernels"]
-    assert row["kernel"] == "grads" and row["prefetch"] is True
-    assert 0 < row["regs"] <= 255 and row["stack_bytes"] == 0 and row["programs_per_sm"] >= 1
+    rows = json.loads((tmp_path / "ssm_scan_regs_smoke.json").read_text())["metrics"]["kernels"]
+    row, tm, adj, adj_tm = rows
+    assert row["kernel"] == "grads" and row["prefetch"] is True and tm["kernel"] == "grads_tm"
+    assert (adj["kernel"], adj_tm["kernel"]) == ("adjoint", "adjoint_tm")
+    for r in rows:
+        assert 0 < r["regs"] <= 255 and r["stack_bytes"] == 0 and r["programs_per_sm"] >= 1
+        assert 0 < r["sass"]["SHFL"] < r["sass"]["instructions"]
+    # The time-major kernels' scans and sums over a chunk run in registers: fewer lane exchanges than the defaults'.
+    assert tm["sass"]["SHFL"] < row["sass"]["SHFL"] and 4 * adj_tm["sass"]["SHFL"] < adj["sass"]["SHFL"]
 
 
 def test_table2_scaled_v2_registration_fixes_steps_step_and_run_order(bench, tmp_path):

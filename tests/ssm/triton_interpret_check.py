@@ -22,7 +22,8 @@ NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
 def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd=(4, 32, 4), dtype=torch.float32,
           variant="time_last", impl="sequential", chunked=(4, 32, 4), programs=512, adjoint=None, prefetch=False,
-          fwd_prefetch=False):
+          fwd_prefetch=False, time_major=False):
+    ScanBlocks.bwd_tm = time_major
     ScanBlocks.fwd, ScanBlocks.bwd, ScanBlocks.variant, ScanBlocks.fwd_prefetch = fwd, bwd, variant, fwd_prefetch
     ScanBlocks.bwd_impl, ScanBlocks.bwd_chunked, ScanBlocks.bwd_programs = impl, chunked, programs
     ScanBlocks.bwd_adjoint, ScanBlocks.bwd_prefetch = adjoint, prefetch
@@ -51,8 +52,9 @@ def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd
         assert err < (1e-4 if dtype == torch.float32 else 5e-2), f"grad {NAMES[i]}: rel err {err:.2e}"
     print(f"ok b={b} d={d} seq={seq} n={n} polar={polar} optional={optional} softplus={softplus} "
           f"fwd={fwd} bwd={bwd} {dtype} {variant} {impl} {chunked if impl == 'chunked' else ''} adjoint={adjoint}",
-          f"prefetch={prefetch} fwd_prefetch={fwd_prefetch}", flush=True)
+          f"prefetch={prefetch} fwd_prefetch={fwd_prefetch} time_major={time_major}", flush=True)
     ScanBlocks.bwd_adjoint, ScanBlocks.bwd_prefetch, ScanBlocks.fwd_prefetch = None, False, False
+    ScanBlocks.bwd_tm = False
 
 
 def check_split(variant, impl="sequential"):
@@ -121,23 +123,30 @@ def chunked_cases():
 class FixedTuner:
     """Stands in for a ``triton.autotune`` kernel under the interpreter: launches one given config."""
 
-    def __init__(self, fn, block_d, warps):
-        self.fn, self.block_d, self.warps = fn, block_d, warps
+    def __init__(self, fn, block_d, warps, tm=None):
+        self.fn, self.block_d, self.warps, self.extra = fn, block_d, warps, {} if tm is None else {"TM": tm}
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             g = grid({"BLOCK_D": self.block_d}) if callable(grid) else grid
-            return self.fn[g](*args, BLOCK_D=self.block_d, num_warps=self.warps, **kwargs)
+            return self.fn[g](*args, BLOCK_D=self.block_d, num_warps=self.warps, **self.extra, **kwargs)
         return launch
 
 
-def check_tuned(grads_cfg, adj_cfg, b=1, d=10, seq=21, n=6, chunk=16, tiles_d=4, programs=512, prefetch=False):
+def check_tuned(grads_cfg, adj_cfg, b=1, d=10, seq=21, n=6, chunk=16, tiles_d=4, programs=512, prefetch=False,
+                time_major=False):
     """The autotuned launch path (``chunked_backward(autotune=True)``) with one config of each list forced."""
     from anybudget.ssm import scan_triton_bwd as sb
+    from anybudget.ssm import scan_triton_bwd_tm as sbt
     from anybudget.ssm.scan_triton import _block_n, triton_forward
 
-    saved = sb._GRADS_TUNED, sb._ADJOINT_TUNED
+    saved = sb._GRADS_TUNED, sb._ADJOINT_TUNED, sbt.grads_any_tuned, sbt.adjoint_any_tuned
     sb._GRADS_TUNED = FixedTuner(sb._grads, *grads_cfg[:2])  # maxnreg (a ptxas option) means nothing here
+    # time_major: the combined tuner's config (BLOCK_D, warps[, maxnreg][, TM]) forced, TM (default True) included.
+    sbt.grads_any_tuned = FixedTuner(sbt.grads_any, *grads_cfg[:2], tm=grads_cfg[3] if len(grads_cfg) > 3 else True)
+    # and the adjoint's (BLOCK_D, warps[, TM]).
+    sbt.adjoint_any_tuned = FixedTuner(sbt._chunk_adjoint_any_kernel, *adj_cfg[:2],
+                                       tm=adj_cfg[2] if len(adj_cfg) > 2 else True)
     sb._ADJOINT_TUNED = FixedTuner(sb._chunk_adjoint_kernel, *adj_cfg)
     try:
         ScanBlocks.fwd, ScanBlocks.variant = (4, chunk, 4), "time_first"
@@ -149,14 +158,48 @@ def check_tuned(grads_cfg, adj_cfg, b=1, d=10, seq=21, n=6, chunk=16, tiles_d=4,
         out, states, _ = triton_forward(*x, True)
         torch.testing.assert_close(out, o1, rtol=1e-4, atol=1e-4)
         g2 = sb.chunked_backward(x, states, chunk, g, True, (tiles_d, chunk, 4), block_n=_block_n(n),
-                                 target_programs=programs, autotune=True, prefetch=prefetch)
+                                 target_programs=programs, autotune=True, prefetch=prefetch, time_major=time_major)
     finally:
-        sb._GRADS_TUNED, sb._ADJOINT_TUNED = saved
+        sb._GRADS_TUNED, sb._ADJOINT_TUNED, sbt.grads_any_tuned, sbt.adjoint_any_tuned = saved
     for i, a, c in zip(range(8), g1, g2):
         err = ((c.float() - a).abs().max() / a.abs().max().clamp_min(1.0)).item()
         assert err < 1e-4, f"tuned grads={grads_cfg} adjoint={adj_cfg} grad {NAMES[i]}: rel err {err:.2e}"
     print(f"ok tuned grads={grads_cfg} adjoint={adj_cfg} d={d} seq={seq} chunk={chunk} programs={programs} "
-          f"prefetch={prefetch}", flush=True)
+          f"prefetch={prefetch} time_major={time_major}", flush=True)
+
+
+def bwd_tm_cases():
+    """The time-major adjoint and grads kernels (``ScanBlocks.bwd_tm``): every autotune config, uneven channel/chunk
+    splits, chunk-start states rebuilt, padded states, no optional inputs, bf16, the split path."""
+    from anybudget.ssm.scan_triton_bwd import ADJOINT_CONFIGS, GRADS_CONFIGS
+    from anybudget.ssm.scan_triton_bwd_tm import GRADS_TM_CONFIGS
+
+    # 10 channels, seq 21 (see tuned_cases): partial channel blocks, a partial last chunk, a fully masked program.
+    # The combined tuner's time-major configs, and two of the default kernel's through it (TM=False, prefetch on one).
+    for i, gc in enumerate(GRADS_TM_CONFIGS):
+        check_tuned(gc, ADJOINT_CONFIGS[i % len(ADJOINT_CONFIGS)], programs=1 if i % 2 else 512, time_major=True)
+    check_tuned((*GRADS_CONFIGS[0], False), (*ADJOINT_CONFIGS[0], False), programs=512, time_major=True,
+                prefetch=True)
+    check_tuned((*GRADS_CONFIGS[5], False), ADJOINT_CONFIGS[-1], programs=1, time_major=True)
+    # The time-major adjoint's own tile (ScanBlocks.bwd_adjoint) through the public function, chunk-start states
+    # rebuilt (its STATES path) at 32 padded states.
+    check(1, 10, 21, 6, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4), adjoint=(16, 4),
+          time_major=True)
+    check(1, 3, 40, 18, polar=True, fwd=(4, 32, 4), impl="chunked", chunked=(4, 8, 4), adjoint=(2, 2),
+          time_major=True)
+    check(2, 5, 37, 6, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4), variant="time_first",
+          time_major=True)
+    check(1, 10, 20, 5, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4), time_major=True)
+    check(1, 6, 75, 18, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(4, 8, 4), time_major=True)  # own states
+    check(1, 3, 20, 3, polar=False, optional=False, softplus=False, fwd=(4, 16, 4), impl="chunked",
+          chunked=(2, 8, 4), time_major=True)
+    check(1, 4, 21, 4, polar=True, dtype=torch.bfloat16, fwd=(4, 16, 4), impl="chunked", chunked=(2, 16, 4),
+          time_major=True)
+    ScanBlocks.bwd_tm = True
+    try:
+        check_split("time_first", "chunked")
+    finally:
+        ScanBlocks.bwd_tm = False
 
 
 def tuned_cases():
@@ -261,4 +304,6 @@ if __name__ == "__main__":
         op_cases()
     if which in ("tuned", "all"):
         tuned_cases()
+    if which in ("bwd_tm", "all"):
+        bwd_tm_cases()
     print("ALL OK")

@@ -90,6 +90,10 @@ class ScanBlocks:
     # A cap on the chunked grads kernel's registers a thread (None: ptxas's choice; at (8, 16, 4) and 16
     # states it takes 228, 2 programs an SM; 168 fits without spilling, 3 programs: ssm_scan_regs.json).
     bwd_maxnreg = None
+    # The chunked backward's adjoint and grads kernels on (time, channel, state) tiles (scan_triton_bwd_tm: the
+    # scans and sums over a chunk's time steps in registers, no lane exchanges; same results). Off: (state, channel,
+    # time) tiles. With bwd_autotune, the tuner picks per shape among both layouts' configs.
+    bwd_tm = False
     # Polarized channels (A exactly 0 / -inf) in closed form outside the kernel (scan_split):
     # 16 learned states tile as 16, 16 + 2 would pad to 32.
     split_fixed = True
@@ -351,7 +355,8 @@ def _chunked(fwd_tile, states, delta_softplus, saved, dout):
     return chunked_backward(saved, states, fwd_tile, dout, delta_softplus, (bd, bt, warps),
                             block_n=block_n, target_programs=ScanBlocks.bwd_programs,
                             adjoint=ScanBlocks.bwd_adjoint, autotune=ScanBlocks.bwd_autotune,
-                            prefetch=ScanBlocks.bwd_prefetch, maxnreg=ScanBlocks.bwd_maxnreg)
+                            prefetch=ScanBlocks.bwd_prefetch, maxnreg=ScanBlocks.bwd_maxnreg,
+                            time_major=ScanBlocks.bwd_tm)
 
 
 def _states_for_tiling(u, delta, A, B, C, delta_bias, delta_softplus, block_t):

@@ -351,7 +351,7 @@ def _d_split(bsz: int, n_chunks: int, n_dblocks: int, target: int) -> int:
 
 
 def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles, *, block_n, target_programs=512,
-                     adjoint=None, autotune=False, prefetch=False, maxnreg=None):
+                     adjoint=None, autotune=False, prefetch=False, maxnreg=None, time_major=False):
     """Gradients of ``selective_scan_triton`` by the chunk-parallel backward (see the module docstring).
 
     ``states``: the forward's tile-start states ``(batch, seq / fwd_tile, d_inner, d_state)``
@@ -363,7 +363,11 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     :data:`ADJOINT_CONFIGS` / :data:`GRADS_CONFIGS` by ``triton.autotune`` (``tiles`` keeps the chunk);
     ``prefetch``: the grads kernel loads channel block k + 1 before computing block k (same results);
     ``maxnreg``: a cap on the grads kernel's registers a thread (ptxas; None: its own choice), for more
-    programs an SM (ignored with ``autotune``, whose configs carry their own).
+    programs an SM (ignored with ``autotune``, whose configs carry their own); ``time_major``: the adjoint and
+    grads kernels on (time, channel, state) tiles (``scan_triton_bwd_tm``: the scans and sums over a chunk's time
+    steps in registers, no lane exchanges; same results; ``prefetch`` ignored); with ``autotune``, the tuner picks
+    per shape among both layouts' configs (:data:`ADJOINT_CONFIGS`, :data:`GRADS_CONFIGS` and
+    ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``).
     Returns ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent).
     """
     u, delta, A, B, C, D, z, delta_bias = ctx_tensors
@@ -382,11 +386,16 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     S = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
     Y = torch.empty_like(X) if own_states else X
     adj_args = (u, delta, A, B, C, zz, bb, dout, X, S, Y, n_inner, n_state, seq, n_chunks)
+    adj_tuned, adj_plain = _ADJOINT_TUNED, _chunk_adjoint_kernel
+    if time_major:
+        from anybudget.ssm import scan_triton_bwd_tm as tm
+
+        adj_tuned, adj_plain = tm.adjoint_any_tuned, tm.adjoint_tm
     if autotune:
-        _ADJOINT_TUNED[lambda m: (bsz, n_chunks, triton.cdiv(n_inner, m["BLOCK_D"]))](
+        adj_tuned[lambda m: (bsz, n_chunks, triton.cdiv(n_inner, m["BLOCK_D"]))](
             *adj_args, STATES=own_states, BLOCK_N=block_n, BLOCK_T=block_t, **flags)
     else:
-        _chunk_adjoint_kernel[(bsz, n_chunks, triton.cdiv(n_inner, adj_d))](
+        adj_plain[(bsz, n_chunks, triton.cdiv(n_inner, adj_d))](
             *adj_args, STATES=own_states, BLOCK_D=adj_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=adj_warps,
             **flags)
     E = torch.empty_like(X)
@@ -415,13 +424,17 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
                   n_inner, n_state, seq, n_chunks, states.shape[1], block_t // fwd_tile, split)
     # The split is fixed by ``tiles``' BLOCK_D; a tuned BLOCK_D with fewer blocks than the split leaves
     # some programs' blocks fully masked (they store zero partials): still exact.
-    if autotune:
-        _GRADS_TUNED[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_N=block_n, BLOCK_T=block_t,
-                                             PREFETCH=bool(prefetch), **flags)
+    if time_major:
+        tuned, plain = tm.grads_any_tuned, tm.grads_tm
     else:
-        _grads[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
-                                       BLOCK_T=block_t, PREFETCH=bool(prefetch), num_warps=warps, maxnreg=maxnreg,
-                                       **flags)
+        tuned, plain = _GRADS_TUNED, _grads
+    if autotune:
+        tuned[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_N=block_n, BLOCK_T=block_t,
+                                      PREFETCH=bool(prefetch), **flags)
+    else:
+        plain[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
+                                      BLOCK_T=block_t, PREFETCH=bool(prefetch), num_warps=warps, maxnreg=maxnreg,
+                                      **flags)
     if split > 1:
         dB, dC = dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype)
     return (du, ddelta, dA.sum((0, 1)), dB, dC,
