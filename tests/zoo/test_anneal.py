@@ -1,0 +1,127 @@
+"""Reference-LM annealing: the no-leak check, document tokenization, the general slice, the mixture sampler, a CPU smoke run."""
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ZOO = Path(__file__).resolve().parents[2] / "benchmarks/zoo"
+sys.path.insert(0, str(ZOO))
+
+import anneal_data as ad
+import anneal_lm
+
+LONG = "The driver reports the fan speed in rotations per minute and raises an alarm when it falls below the limit " * 3
+
+
+def test_leak_check_finds_whole_documents_and_long_paragraphs():
+    train = [f"Intro {i}.\n\n{LONG}{i}" for i in range(4)] + ["A unique document about sockets.\n\nshort"]
+    test = ["Intro 9.\n\n" + LONG + "9", "Something else entirely, not in train at all."]
+    r = ad.leak_check(train, test, min_chars=100)
+    assert (r["test_documents_in_train"], r["test_paragraphs"], r["test_paragraphs_in_train"]) == (0, 1, 0)
+    assert r["ok"]
+    test.append(train[2])  # a whole training document in the test set
+    r = ad.leak_check(train, test, min_chars=100)
+    assert r["test_documents_in_train"] == 1 and r["test_paragraphs_in_train"] == 1 and not r["ok"]
+    # whitespace differences do not hide a shared paragraph; short paragraphs do not count
+    r = ad.leak_check(train, ["New text.\n\n" + LONG.replace(" ", "  ") + "3\n\nshort"], min_chars=100)
+    assert r["test_paragraphs_in_train"] == 1 and r["test_documents_in_train"] == 0 and not r["ok"]
+    with pytest.raises(ValueError, match="min_chars=0"):
+        ad.leak_check(train, test, min_chars=0)
+
+
+def test_encode_documents_puts_bos_at_every_document_start(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(anneal_lm.ASSETS)
+    docs = ad.split_documents(ad.DOC_SEP.join(["The kernel.", "  ", "A second document\n\nwith two paragraphs."]))
+    assert len(docs) == 2
+    ids = ad.encode_documents(tok, docs)
+    bos, eos = tok.convert_tokens_to_ids(ad.BOS), tok.convert_tokens_to_ids(ad.EOS)
+    assert ids.dtype == np.uint16 and ids[0] == bos and ids[-1] == eos
+    starts = np.flatnonzero(ids == bos)
+    assert starts.size == 2 and ids[starts[1] - 1] == eos
+    assert tok.decode(ids[1: starts[1] - 1]) == "The kernel."
+    path = tmp_path / "x.u16.xz"
+    ad.write_u16_xz(path, ids)
+    assert np.array_equal(anneal_lm.read_ids(path), ids.astype(np.int64))
+
+
+def test_document_slice_takes_whole_documents_spread_through_the_file():
+    rng = np.random.default_rng(0)
+    docs = [np.concatenate([[1], rng.integers(5, 100, size=rng.integers(5, 50))]) for _ in range(400)]
+    for i, d in enumerate(docs):
+        d[1] = 1000 + i  # document tag
+    ids = np.concatenate(docs)
+    sl = ad.document_slice(ids, 1, 2000)
+    assert 2000 <= sl.size < 2000 + 60 and sl[0] == 1
+    tags = sl[np.flatnonzero(sl == 1) + 1] - 1000
+    assert np.all(np.diff(tags) > 0) and tags[-1] > 300  # in order, from the whole file
+    for t in tags:  # each document whole
+        assert np.array_equal(sl[np.flatnonzero(sl == 1)[list(tags).index(t)]:][: len(docs[t])], docs[t])
+    with pytest.raises(ValueError, match="no document start"):
+        ad.document_slice(ids, 7777, 10)
+
+
+def test_mixture_fractions_and_windows_inside_their_file():
+    indomain = np.arange(0, 5000)  # values tell the source and the position
+    general = np.arange(100_000, 100_300)
+    seq = 64
+    for frac in (0.0, 0.3, 0.7, 1.0):
+        mix = ad.Mixture(indomain, general, frac, seq, seed=1)
+        n_in = n = 0
+        for _ in range(50):
+            x, is_in = mix.batch(6)
+            assert x.shape == (6, seq + 1)
+            for row, flag in zip(x, is_in):
+                assert np.all(np.diff(row) == 1)  # contiguous, never across a file end
+                src = indomain if flag else general
+                assert src[0] <= row[0] and row[-1] <= src[-1]
+            n_in, n = n_in + is_in.sum(), n + is_in.size
+            assert abs(n_in - frac * n) <= 1  # stratified: the running count stays within a row
+    with pytest.raises(ValueError, match="frac=1.5"):
+        ad.Mixture(indomain, general, 1.5, seq)
+    with pytest.raises(ValueError, match="general: 300 tokens"):
+        ad.Mixture(indomain, general, 0.5, 400)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    lrs = [anneal_lm.lr_at(s, 100, 10, 1e-3) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:])) and lrs[-1] == pytest.approx(1e-3 / 90)
+    assert anneal_lm.lr_at(100, 100, 10, 1e-3) == 0.0
+
+
+def test_smoke_run_writes_records_and_a_package_readable_pack(tmp_path):
+    out = tmp_path / "out"
+    assert anneal_lm.main(["--smoke", "--out", str(out)]) == 0
+    rec = json.loads((out / "reflm_anneal.json").read_text())
+    m = rec["metrics"]
+    assert [r["lr"] for r in m["runs"]] == [3e-4, 1e-3]
+    assert all(r["steps_done"] == 6 for r in m["runs"])
+    assert set(m["start"]) == set(anneal_lm.EVAL_SETS)
+    best = min([m["start"]["v1_validation"]] + [c["eval"]["v1_validation"]["bits_per_byte"]
+                                               for r in m["runs"] for c in r["curve"] if "eval" in c])
+    assert m["selected"]["bits_per_byte"]["v1_validation"] == pytest.approx(best)
+    assert (out / "anneal.png").stat().st_size > 0
+    unpack = tmp_path / "unpack"
+    unpack.mkdir()
+    subprocess.run(f"cat {out}/pack.tar.part-* | xz -dcf | tar xf - -C {unpack}", shell=True, check=True)
+    assert (unpack / "model/model.safetensors").is_file() and (unpack / "loss.png").is_file()
+    tr = json.loads((unpack / "train_record.json").read_text())
+    for key in ("params", "tokens_seen", "epochs", "train_tokens", "train_time_s", "eval", "samples"):
+        assert key in tr["metrics"]
+    assert tr["config"]["world_size"] == 1 and "gpu" in tr["device"]
+
+
+def test_bad_arguments_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        anneal_lm.main(["--smoke", "--out", str(tmp_path), "--indomain-frac", "1.2"])
+    assert "--indomain-frac 1.2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        anneal_lm.main(["--smoke", "--out", str(tmp_path), "--eval-sets", "v1_test"])
+    assert "must include v1_validation" in capsys.readouterr().err
