@@ -8,12 +8,15 @@ mixed with documents of v2's train split (the general mix), starting from the sh
 
   python benchmarks/zoo/anneal_lm.py --prepare            (CPU, ~2 min: no-leak check, token files in
                                                             .carry/reflm_anneal/ and /work/main/.carry/reflm_anneal/)
-  python benchmarks/zoo/anneal_lm.py --out $OUT [--lr 1e-4,3e-4,6e-4] [--steps 1000] [--minutes 5.5]
+  python benchmarks/zoo/anneal_lm.py --out $OUT [--lr 3e-5,1e-4,3e-4] [--steps 600] [--minutes 5.5]
   python benchmarks/zoo/anneal_lm.py --smoke --out /tmp/smoke  (CPU, tiny random model, seconds)
 
 One run per --lr value, each from the same starting weights (fresh AdamW, betas 0.9/0.95, weight decay
 0.1 on matrices, bf16 autocast, fused on CUDA), linear warm-up over --warmup steps then linear decay to
-0 at --steps. Bits per byte (lm_eval.py: 1024-token windows) on v1_validation (v1's in-domain
+0 at --steps. The default peak (1e-4) is v3's final learning rate (2e-3 x min-lr-frac 0.05), the
+default batch v3's per-GPU 64 x 1024 tokens: a fresh AdamW takes steps of about lr per weight, so a
+higher peak or a small batch first moves the model away (CPU pilot: 40 steps of 4 x 512 tokens at
+3e-4 raised v1-test bits per byte by 1.8%). Bits per byte (lm_eval.py: 1024-token windows) on v1_validation (v1's in-domain
 validation documents: the selection set), v1_test (the target), test, validation and heldout, before
 training, every --eval-every steps and at the end. The checkpoint with the lowest v1_validation bits
 per byte over all runs and evaluation points (step 0, the starting model, included) is the result;
@@ -81,9 +84,9 @@ def prepare(args) -> int:
     arrays = {"indomain": encode_documents(tok, train), "indomain_val": encode_documents(tok, val), "general": general}
     record = {"leak_check": leak, "files": {},
               "indomain_documents_in_v2_train": None if v2_train is None else sum(d.strip() in v2_train for d in train)}
-    for dest in dict.fromkeys([Path(args.carry), MAIN_CARRY]):
+    for dest in dict.fromkeys([Path(args.carry), *([Path(args.mirror)] if args.mirror else [])]):
         if dest != Path(args.carry) and not dest.parent.is_dir():
-            continue
+            continue  # no main checkout's .carry here
         for name, ids in arrays.items():
             nbytes = write_u16_xz(dest / f"{name}.u16.xz", ids)
             record["files"][name] = {"tokens": int(ids.size), "xz_bytes": nbytes}
@@ -149,18 +152,20 @@ def main(argv=None) -> int:
     ap.add_argument("--general-source", default=str(ROOT / ".carry/zoo2/train.u16.xz"))
     ap.add_argument("--general-tokens", type=int, default=4_000_000)
     ap.add_argument("--carry", default=str(CARRY))
+    ap.add_argument("--mirror", default=str(MAIN_CARRY), help="--prepare also writes here ('' for nowhere)")
     ap.add_argument("--tokenizer", default=str(ASSETS))
     ap.add_argument("--init", default=str(ASSETS), help="the model folder to anneal (save_pretrained)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--name", default="reflm_anneal", help="the results record's name")
-    ap.add_argument("--lr", default="3e-4", help="peak learning rate; a comma list runs one anneal per value")
+    ap.add_argument("--lr", default="1e-4", help="peak learning rate; a comma list runs one anneal per value")
     ap.add_argument("--indomain-frac", type=float, default=0.7)
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--warmup", type=int, default=50)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=64, help="windows per step (v3: 64 per GPU, 2 GPUs)")
     ap.add_argument("--seq", type=int, default=1024, help="training window (evaluation always uses --eval-seq)")
     ap.add_argument("--eval-seq", type=int, default=1024)
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-every", type=int, default=150)
+    ap.add_argument("--log-every", type=int, default=25, help="training-loss points (and progress lines)")
     ap.add_argument("--eval-windows", type=int, default=None, help="cap on windows per eval set (default: all)")
     ap.add_argument("--eval-sets", default=",".join(EVAL_SETS))
     ap.add_argument("--weight-decay", type=float, default=0.1)
@@ -242,6 +247,8 @@ def main(argv=None) -> int:
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
+            if step in (10, 40) and device.type == "cuda":
+                torch.cuda.synchronize()
             if step == 10:
                 rate_t0 = time.perf_counter()
             if step == 40 and rate_t0 is not None:  # fit this run's schedule into its share of the time left
@@ -252,8 +259,10 @@ def main(argv=None) -> int:
                 if fit < steps:
                     steps = max(step + 1, fit)
                     print(f"lr {lr:g}: schedule shortened to {steps} steps to fit --minutes", flush=True)
-            if step % 25 == 0 or step == steps:
+            if step % args.log_every == 0 or step == steps:
                 curve.append({"step": step, "train_loss": loss.item(), "lr": lr_at(step - 1, steps, args.warmup, lr)})
+                print(f"lr {lr:g} step {step}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t_start:.0f}s)",
+                      flush=True)
             out_of_time = time.perf_counter() - t_start > budget - reserve * (len(lrs) - i)
             if step % args.eval_every == 0 or step == steps or out_of_time:
                 ev = evaluate_all(model, tok, evals, args.eval_seq, device, args.eval_windows)

@@ -125,3 +125,29 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         anneal_lm.main(["--smoke", "--out", str(tmp_path), "--eval-sets", "v1_test"])
     assert "must include v1_validation" in capsys.readouterr().err
+
+
+def test_prepare_writes_token_files_and_refuses_a_leak(tmp_path):
+    from anneal_lm import DATA2
+
+    docs = [f"Document {i}. " + LONG + str(i) for i in range(6)]
+    (tmp_path / "b1").mkdir()
+    (tmp_path / "b2").mkdir()
+    (tmp_path / "b1/train.txt").write_text(ad.DOC_SEP.join(docs[:4]), encoding="utf-8")
+    (tmp_path / "b1/validation.txt").write_text(docs[4], encoding="utf-8")
+    (tmp_path / "b2/v1_test.txt").write_text(docs[5], encoding="utf-8")
+    (tmp_path / "b2/train.txt").write_text(ad.DOC_SEP.join(docs[:3]), encoding="utf-8")
+    ad.write_u16_xz(tmp_path / "gen.u16.xz", anneal_lm.read_ids(DATA2 / "heldout.u16.xz")[:30_000])
+    common = ["--prepare", "--build", str(tmp_path / "b1"), "--build-v2", str(tmp_path / "b2"),
+              "--general-source", str(tmp_path / "gen.u16.xz"), "--general-tokens", "5000"]
+    assert anneal_lm.main([*common, "--carry", str(tmp_path / "c"), "--mirror", str(tmp_path / "m")]) == 0
+    rec = json.loads((tmp_path / "c/prepare.json").read_text())
+    assert rec["leak_check"]["v1_test"]["ok"] and rec["indomain_documents_in_v2_train"] == 3
+    ids = anneal_lm.read_ids(tmp_path / "c/indomain.u16.xz")
+    assert rec["files"]["indomain"]["tokens"] == ids.size and (ids == ids[0]).sum() == 4  # 4 documents, 4 BOS
+    assert 5000 <= rec["files"]["general"]["tokens"] < 8000
+    assert (tmp_path / "m/general.u16.xz").read_bytes() == (tmp_path / "c/general.u16.xz").read_bytes()
+    (tmp_path / "b2/v1_test.txt").write_text(docs[2], encoding="utf-8")  # a training document in the test set
+    with pytest.raises(SystemExit, match="leak check failed"):
+        anneal_lm.main([*common, "--carry", str(tmp_path / "c2"), "--mirror", ""])
+    assert not (tmp_path / "c2").exists()
