@@ -11,7 +11,7 @@ mixed with documents of v2's train split (the general mix), starting from the sh
   python benchmarks/zoo/anneal_lm.py --out $OUT [--lr 3e-5,1e-4,3e-4] [--steps 600] [--minutes 5.5]
   python benchmarks/zoo/anneal_lm.py --smoke --out /tmp/smoke  (CPU, tiny random model, seconds)
 
-One run per --lr value, each from the same starting weights (fresh AdamW, betas 0.9/0.95, weight decay
+One run per (--lr, --indomain-frac) pair, each from the same starting weights (fresh AdamW, betas 0.9/0.95, weight decay
 0.1 on matrices, bf16 autocast, fused on CUDA), linear warm-up over --warmup steps then linear decay to
 0 at --steps. The default peak (1e-4) is v3's final learning rate (2e-3 x min-lr-frac 0.05), the
 default batch v3's per-GPU 64 x 1024 tokens: a fresh AdamW takes steps of about lr per weight, so a
@@ -136,7 +136,7 @@ def plot(runs: list[dict], path: Path) -> None:
     for ax, name in zip(axes, ("v1_test", SELECT, "heldout")):
         for r in runs:
             pts = [c for c in r["curve"] if "eval" in c]
-            ax.plot([c["step"] for c in pts], [c["eval"][name]["bits_per_byte"] for c in pts], "o-", label=f"lr {r['lr']:g}")
+            ax.plot([c["step"] for c in pts], [c["eval"][name]["bits_per_byte"] for c in pts], "o-", label=f"lr {r['lr']:g} frac {r['indomain_frac']:g}")
         ax.set_title(name)
         ax.set_xlabel("anneal step")
         ax.set_ylabel("bits per byte")
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--name", default="reflm_anneal", help="the results record's name")
     ap.add_argument("--lr", default="1e-4", help="peak learning rate; a comma list runs one anneal per value")
-    ap.add_argument("--indomain-frac", type=float, default=0.7)
+    ap.add_argument("--indomain-frac", default="0.7", help="in-domain share of the windows; a comma list: one run per (lr, frac)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--batch", type=int, default=64, help="windows per step (v3: 64 per GPU, 2 GPUs)")
@@ -180,8 +180,9 @@ def main(argv=None) -> int:
         return prepare(args)
     if args.out is None:
         ap.error("--out is required (except with --prepare)")
-    if not 0.0 <= args.indomain_frac <= 1.0:
-        ap.error(f"--indomain-frac {args.indomain_frac}: must be in [0, 1]")
+    fracs = [float(x) for x in str(args.indomain_frac).split(",")]
+    if any(not 0.0 <= f <= 1.0 for f in fracs):
+        ap.error(f"--indomain-frac {args.indomain_frac}: every value must be in [0, 1]")
     if args.steps < 1 or not 0 <= args.warmup < args.steps:
         ap.error(f"--steps {args.steps} / --warmup {args.warmup}: need steps >= 1 and 0 <= warmup < steps")
     if args.threads:
@@ -222,9 +223,10 @@ def main(argv=None) -> int:
     print("start:", {n: round(r["bits_per_byte"], 4) for n, r in before.items()}, f"({eval_s:.0f}s)", flush=True)
     best = {"bpb": before[SELECT]["bits_per_byte"], "lr": None, "step": 0, "state": None, "eval": before}
     runs, tokens_per_step = [], args.batch * args.seq
-    for i, lr in enumerate(lrs):
+    plan = [(lr, f) for f in fracs for lr in lrs]
+    for i, (lr, frac) in enumerate(plan):
         model.load_state_dict(start_state)  # in place: a compiled forward stays valid
-        mix = Mixture(data["indomain"], data["general"], args.indomain_frac, args.seq, args.seed + i)
+        mix = Mixture(data["indomain"], data["general"], frac, args.seq, args.seed + i)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         rest = [p for p in model.parameters() if p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -253,31 +255,31 @@ def main(argv=None) -> int:
                 rate_t0 = time.perf_counter()
             if step == 40 and rate_t0 is not None:  # fit this run's schedule into its share of the time left
                 per_step = (time.perf_counter() - rate_t0) / 30
-                left = budget - (time.perf_counter() - t_start) - reserve * (len(lrs) - i)
+                left = budget - (time.perf_counter() - t_start) - reserve * (len(plan) - i)
                 n_evals = max(0, (steps - step) // args.eval_every)
-                fit = step + int((left / (len(lrs) - i) - n_evals * eval_s) / per_step)
+                fit = step + int((left / (len(plan) - i) - n_evals * eval_s) / per_step)
                 if fit < steps:
                     steps = max(step + 1, fit)
-                    print(f"lr {lr:g}: schedule shortened to {steps} steps to fit --minutes", flush=True)
+                    print(f"lr {lr:g} frac {frac:g}: schedule shortened to {steps} steps to fit --minutes", flush=True)
             if step % args.log_every == 0 or step == steps:
                 curve.append({"step": step, "train_loss": loss.item(), "lr": lr_at(step - 1, steps, args.warmup, lr)})
-                print(f"lr {lr:g} step {step}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t_start:.0f}s)",
+                print(f"lr {lr:g} frac {frac:g} step {step}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t_start:.0f}s)",
                       flush=True)
-            out_of_time = time.perf_counter() - t_start > budget - reserve * (len(lrs) - i)
+            out_of_time = time.perf_counter() - t_start > budget - reserve * (len(plan) - i)
             if step % args.eval_every == 0 or step == steps or out_of_time:
                 ev = evaluate_all(model, tok, evals, args.eval_seq, device, args.eval_windows)
                 curve.append({"step": step, "eval": ev, "elapsed_s": time.perf_counter() - t_start})
-                print(f"lr {lr:g} step {step}/{steps} loss {loss.item():.3f}",
+                print(f"lr {lr:g} frac {frac:g} step {step}/{steps} loss {loss.item():.3f}",
                       {n: round(r["bits_per_byte"], 4) for n, r in ev.items()},
                       f"({time.perf_counter() - t_start:.0f}s)", flush=True)
                 if ev[SELECT]["bits_per_byte"] < best["bpb"]:
-                    best = {"bpb": ev[SELECT]["bits_per_byte"], "lr": lr, "step": step, "eval": ev,
+                    best = {"bpb": ev[SELECT]["bits_per_byte"], "lr": lr, "frac": frac, "run": i, "step": step, "eval": ev,
                             "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
             if out_of_time:
                 print("time guard: stopping this run", flush=True)
                 break
         final = curve[-1]["eval"]
-        runs.append({"lr": lr, "steps_planned": args.steps, "steps_scheduled": steps, "steps_done": step,
+        runs.append({"lr": lr, "indomain_frac": frac, "steps_planned": args.steps, "steps_scheduled": steps, "steps_done": step,
                      "tokens": step * tokens_per_step, "indomain_rows_frac": mix.in_rows / max(1, mix.rows),
                      "indomain_passes": mix.in_rows * (args.seq + 1) / len(data["indomain"]),
                      "train_s": time.perf_counter() - run_t0, "curve": curve,
@@ -289,7 +291,7 @@ def main(argv=None) -> int:
         model.load_state_dict(best["state"])
     sel = {n: r["bits_per_byte"] for n, r in best["eval"].items()}
     base = {n: r["bits_per_byte"] for n, r in before.items()}
-    metrics = {"selected": {"lr": best["lr"], "step": best["step"], "by": SELECT, "bits_per_byte": sel},
+    metrics = {"selected": {"lr": best["lr"], "indomain_frac": best.get("frac"), "step": best["step"], "by": SELECT, "bits_per_byte": sel},
                "start": base, "change_pct": {n: 100 * (sel[n] / base[n] - 1) for n in sel},
                "target_v1_test_bpb": 1.034, "runs": runs, "wall_s": time.perf_counter() - t_start,
                "data_tokens": {n: int(a.size) for n, a in data.items()}}
@@ -304,13 +306,13 @@ def main(argv=None) -> int:
     model.to(torch.bfloat16).save_pretrained(pack / "model", safe_serialization=True)
     tok.save_pretrained(pack / "model")
     n_params = sum(p.numel() for p in model.parameters())
-    run = next((r for r in runs if r["lr"] == best["lr"]), None)
+    run = runs[best["run"]] if best["lr"] is not None else None
     tokens_seen = best["step"] * tokens_per_step
     from anybudget.io import results_record
 
     rec = results_record(f"{args.name}_train", {**config, "world_size": 1, "tokens_per_step": tokens_per_step},
                          {"params": n_params, "tokens_seen": tokens_seen,
-                          "epochs": tokens_seen * args.indomain_frac / len(data["indomain"]),
+                          "epochs": tokens_seen * (best.get("frac") or 0.0) / len(data["indomain"]),
                           "train_tokens": int(len(data["indomain"]) + len(data["general"])),
                           "train_time_s": run["train_s"] if run else 0.0, "eval": best["eval"], "samples": smp,
                           "anneal": metrics["selected"], "start_model": str(init)})

@@ -98,11 +98,11 @@ def test_schedule_warms_up_then_decays_to_zero():
 
 def test_smoke_run_writes_records_and_a_package_readable_pack(tmp_path):
     out = tmp_path / "out"
-    assert anneal_lm.main(["--smoke", "--out", str(out)]) == 0
+    assert anneal_lm.main(["--smoke", "--out", str(out), "--indomain-frac", "0.5,1"]) == 0
     rec = json.loads((out / "reflm_anneal.json").read_text())
     m = rec["metrics"]
-    assert [r["lr"] for r in m["runs"]] == [3e-4, 1e-3]
-    assert all(r["steps_done"] == 6 for r in m["runs"])
+    assert [(r["lr"], r["indomain_frac"]) for r in m["runs"]] == [(3e-4, 0.5), (1e-3, 0.5), (3e-4, 1.0), (1e-3, 1.0)]
+    assert all(r["steps_done"] == 6 and abs(r["indomain_rows_frac"] - r["indomain_frac"]) <= 1 / 24 for r in m["runs"])
     assert set(m["start"]) == set(anneal_lm.EVAL_SETS)
     best = min([m["start"]["v1_validation"]] + [c["eval"]["v1_validation"]["bits_per_byte"]
                                                for r in m["runs"] for c in r["curve"] if "eval" in c])
