@@ -31,6 +31,7 @@ and pack.tar.part-* (the selected model, bf16 safetensors + tokenizer, its recor
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,7 @@ ASSETS = ROOT / "src/anybudget/assets/reflm"
 DATA2 = ROOT / "benchmarks/zoo/data_v2"
 EVAL_SETS = ("v1_validation", "v1_test", "test", "validation", "heldout")
 SELECT = "v1_validation"
+XZ_PY = "import lzma, shutil, sys; f = lzma.open(sys.stdout.buffer, 'wb'); shutil.copyfileobj(sys.stdin.buffer, f); f.close()"
 
 
 def prepare(args) -> int:
@@ -320,7 +322,8 @@ def main(argv=None) -> int:
     atomic_write_json(pack / "train_record.json", rec)
     atomic_write_json(out / "train_record.json", rec)
     (pack / "loss.png").write_bytes((out / "anneal.png").read_bytes())
-    subprocess.run(f"tar cf - -C {pack} model train_record.json loss.png | xz -T0 -6 | split -b 15M - {out}/pack.tar.part-",
+    compress = "xz -T0 -6" if shutil.which("xz") else f"{sys.executable} -c {XZ_PY!r}"
+    subprocess.run(f"tar cf - -C {pack} model train_record.json loss.png | {compress} | split -b 15M - {out}/pack.tar.part-",
                    shell=True, check=True)
     print(f"done in {time.perf_counter() - t_start:.0f}s", flush=True)
     return 0

@@ -151,3 +151,13 @@ def test_prepare_writes_token_files_and_refuses_a_leak(tmp_path):
     with pytest.raises(SystemExit, match="leak check failed"):
         anneal_lm.main([*common, "--carry", str(tmp_path / "c2"), "--mirror", ""])
     assert not (tmp_path / "c2").exists()
+
+
+def test_pack_without_the_xz_program_is_still_xz(tmp_path, monkeypatch):
+    monkeypatch.setattr(anneal_lm.shutil, "which", lambda name: None)
+    assert anneal_lm.main(["--smoke", "--out", str(tmp_path / "out")]) == 0
+    data = b"".join(p.read_bytes() for p in sorted((tmp_path / "out").glob("pack.tar.part-*")))
+    assert data[:6] == b"\xfd7zXZ\x00"
+    (tmp_path / "u").mkdir()
+    subprocess.run(f"cat {tmp_path}/out/pack.tar.part-* | xz -dcf | tar xf - -C {tmp_path}/u", shell=True, check=True)
+    assert (tmp_path / "u/model/model.safetensors").is_file()
