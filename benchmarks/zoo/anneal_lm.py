@@ -55,7 +55,7 @@ from anneal_data import (
 from lm_eval import evaluate as eval_bpb
 from lm_eval import read_ids
 
-from anybudget.io import atomic_write_json, write_results
+from anybudget.io import atomic_write_json, write_plot, write_results
 
 CARRY = ROOT / ".carry/reflm_anneal"
 MAIN_CARRY = Path("/work/main/.carry/reflm_anneal")
@@ -63,6 +63,7 @@ ASSETS = ROOT / "src/anybudget/assets/reflm"
 DATA2 = ROOT / "benchmarks/zoo/data_v2"
 EVAL_SETS = ("v1_validation", "v1_test", "test", "validation", "heldout")
 SELECT = "v1_validation"
+LR_DEFAULT = "1e-4"
 XZ_PY = "import lzma, shutil, sys; f = lzma.open(sys.stdout.buffer, 'wb'); shutil.copyfileobj(sys.stdin.buffer, f); f.close()"
 
 
@@ -122,7 +123,8 @@ def smoke_setup(args, work: Path):
     val = read_ids(DATA2 / "validation.u16.xz")
     data = {"indomain": val[:20_000], "indomain_val": val[20_000:24_000], "general": val[30_000:50_000]}
     args.seq, args.eval_seq, args.batch, args.steps, args.warmup, args.eval_every, args.eval_windows = 64, 64, 4, 6, 2, 3, 2
-    args.lr = "3e-4,1e-3"
+    if args.lr == LR_DEFAULT:
+        args.lr = "3e-4,1e-3"
     return work / "init", data
 
 
@@ -134,8 +136,9 @@ def plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, name in zip(axes, ("v1_test", SELECT, "heldout")):
+    names = [n for n in ("v1_test", SELECT, "heldout") if n in runs[0]["curve"][0]["eval"]] if runs else []
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.3 * max(1, len(names)), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
         for r in runs:
             pts = [c for c in r["curve"] if "eval" in c]
             ax.plot([c["step"] for c in pts], [c["eval"][name]["bits_per_byte"] for c in pts], "o-", label=f"lr {r['lr']:g} frac {r['indomain_frac']:g}")
@@ -159,7 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--init", default=str(ASSETS), help="the model folder to anneal (save_pretrained)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--name", default="reflm_anneal", help="the results record's name")
-    ap.add_argument("--lr", default="1e-4", help="peak learning rate; a comma list runs one anneal per value")
+    ap.add_argument("--lr", default=LR_DEFAULT, help="peak learning rate; a comma list runs one anneal per value")
     ap.add_argument("--indomain-frac", default="0.7", help="in-domain share of the windows; a comma list: one run per (lr, frac)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--warmup", type=int, default=50)
@@ -289,8 +292,7 @@ def main(argv=None) -> int:
         if time.perf_counter() - t_start > budget - reserve:
             print("time guard: no further runs", flush=True)
             break
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
+    model.load_state_dict(best["state"] if best["state"] is not None else start_state)  # step 0: the start
     sel = {n: r["bits_per_byte"] for n, r in best["eval"].items()}
     base = {n: r["bits_per_byte"] for n, r in before.items()}
     metrics = {"selected": {"lr": best["lr"], "indomain_frac": best.get("frac"), "step": best["step"], "by": SELECT, "bits_per_byte": sel},
@@ -299,7 +301,7 @@ def main(argv=None) -> int:
                "data_tokens": {n: int(a.size) for n, a in data.items()}}
     config = {k: v for k, v in vars(args).items()}
     write_results(args.name, config, metrics, baseline={"model": str(init), "bits_per_byte": base}, out_dir=out)
-    plot(runs, out / "anneal.png")
+    png = write_plot(out / "anneal.png", lambda path: plot(runs, path))
     print("selected:", metrics["selected"], "change %:", {n: round(v, 2) for n, v in metrics["change_pct"].items()})
     if args.no_save:
         return 0
@@ -321,9 +323,12 @@ def main(argv=None) -> int:
     rec["corpus"] = "benchmarks/zoo/build/train.txt (in-domain) + .carry/zoo2/train.u16.xz slice (general)"
     atomic_write_json(pack / "train_record.json", rec)
     atomic_write_json(out / "train_record.json", rec)
-    (pack / "loss.png").write_bytes((out / "anneal.png").read_bytes())
+    members = "model train_record.json"
+    if png is not None:  # package_reflm.py copies it as <record name>_loss.png
+        (pack / "loss.png").write_bytes(png.read_bytes())
+        members += " loss.png"
     compress = "xz -T0 -6" if shutil.which("xz") else f"{sys.executable} -c {XZ_PY!r}"
-    subprocess.run(f"tar cf - -C {pack} model train_record.json loss.png | {compress} | split -b 15M - {out}/pack.tar.part-",
+    subprocess.run(f"tar cf - -C {pack} {members} | {compress} | split -b 15M - {out}/pack.tar.part-",
                    shell=True, check=True)
     print(f"done in {time.perf_counter() - t_start:.0f}s", flush=True)
     return 0

@@ -161,3 +161,20 @@ def test_pack_without_the_xz_program_is_still_xz(tmp_path, monkeypatch):
     (tmp_path / "u").mkdir()
     subprocess.run(f"cat {tmp_path}/out/pack.tar.part-* | xz -dcf | tar xf - -C {tmp_path}/u", shell=True, check=True)
     assert (tmp_path / "u/model/model.safetensors").is_file()
+
+
+def test_when_no_step_beats_the_start_the_start_is_saved(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    made = []
+    real = anneal_lm.smoke_setup
+    monkeypatch.setattr(anneal_lm, "smoke_setup", lambda args, work: made.append(work) or real(args, work))
+    assert anneal_lm.main(["--smoke", "--out", str(tmp_path / "out"), "--lr", "0.99"]) == 0  # diverges
+    m = json.loads((tmp_path / "out/reflm_anneal.json").read_text())["metrics"]
+    assert m["selected"]["step"] == 0 and m["runs"][0]["final"]["v1_validation"] > m["start"]["v1_validation"]
+    (tmp_path / "u").mkdir()
+    subprocess.run(f"cat {tmp_path}/out/pack.tar.part-* | xz -dcf | tar xf - -C {tmp_path}/u", shell=True, check=True)
+    saved, init = load_file(tmp_path / "u/model/model.safetensors"), load_file(made[0] / "init/model.safetensors")
+    assert saved.keys() == init.keys()
+    for k in saved:
+        assert saved[k].dtype.is_floating_point and saved[k].equal(init[k].to(saved[k].dtype)), k
