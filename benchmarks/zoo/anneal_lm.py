@@ -11,19 +11,20 @@ mixed with documents of v2's train split (the general mix), starting from the sh
   python benchmarks/zoo/anneal_lm.py --out $OUT [--lr 3e-5,1e-4,3e-4] [--steps 600] [--minutes 5.5]
   python benchmarks/zoo/anneal_lm.py --smoke --out /tmp/smoke  (CPU, tiny random model, seconds)
 
-One run per (--lr, --indomain-frac) pair, each from the same starting weights (fresh AdamW, betas 0.9/0.95, weight decay
-0.1 on matrices, bf16 autocast, fused on CUDA), linear warm-up over --warmup steps then linear decay to
-0 at --steps. The default peak (1e-4) is v3's final learning rate (2e-3 x min-lr-frac 0.05), the
-default batch v3's per-GPU 64 x 1024 tokens: a fresh AdamW takes steps of about lr per weight, so a
-higher peak or a small batch first moves the model away (CPU pilot: 40 steps of 4 x 512 tokens at
-3e-4 raised v1-test bits per byte by 1.8%). Bits per byte (lm_eval.py: 1024-token windows) on v1_validation (v1's in-domain
-validation documents: the selection set), v1_test (the target), test, validation and heldout, before
-training, every --eval-every steps and at the end. The checkpoint with the lowest v1_validation bits
-per byte over all runs and evaluation points (step 0, the starting model, included) is the result;
-v1_test never selects. --minutes guards the wall clock: a run shortens its schedule to fit the time
-left, and training stops early so the final evaluation and saving still fit.
+One run per (--lr, --indomain-frac) pair, each from the same starting weights (fresh AdamW, betas
+0.9/0.95, weight decay 0.1 on matrices, bf16 autocast, fused on CUDA), linear warm-up over --warmup
+steps then linear decay to 0 at --steps. The default peak (1e-4) is v3's final learning rate (2e-3 x
+min-lr-frac 0.05), the default batch v3's per-GPU 64 x 1024 tokens: a fresh AdamW moves every weight
+by about lr per step, so a higher peak or a small batch first pushes the model away (CPU pilot: 40
+steps of 4 x 512 tokens at 3e-4 raised v1-test bits per byte by 1.8%; 27 steps at 3e-5: +0.1%).
+Bits per byte (lm_eval.py, 1024-token windows) on v1_validation (v1's in-domain validation
+documents: the selection set), v1_test (the target), test, validation and heldout, before training,
+every --eval-every steps and at the end. The checkpoint with the lowest v1_validation bits per byte
+over all runs and evaluation points (step 0, the starting model, included) is the result; v1_test
+never selects. --minutes guards the wall clock: a run shortens its schedule to fit the time left,
+and training stops early so that the final evaluation and saving still fit.
 
-Writes to --out: reflm_anneal.json (write_results: every run's curve), anneal.png, train_record.json
+Writes to --out: <--name>.json (write_results: every run's curve), anneal.png, train_record.json
 and pack.tar.part-* (the selected model, bf16 safetensors + tokenizer, its record and plot: tar | xz,
 15 MiB parts, read by ``package_reflm.py --parts``).
 """
