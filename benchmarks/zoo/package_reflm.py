@@ -47,7 +47,7 @@ def main(argv=None) -> int:
                     help="only copy the training record and loss plot to benchmarks/results/reflm (shipped model kept)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp())
-    subprocess.run(f"cat {Path(args.parts)}/pack.tar.part-* | tar xf - -C {work}", shell=True, check=True)
+    subprocess.run(f"cat {Path(args.parts)}/pack.tar.part-* | xz -dcf | tar xf - -C {work}", shell=True, check=True)
     rec = read_json(work / "train_record.json")
     name = rec.get("name", "reflm_v2_train")  # reflm_v2_train or reflm_v3_train
     version = name.split("_")[1]
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         "world_size": rec["config"]["world_size"],
         "eval": m["eval"],
         "samples": m["samples"],
-        "corpus": {"v2": "benchmarks/zoo/data_v2/tokens.json"}.get(version, f"benchmarks/zoo/data_{version}/manifest.json"),
+        "corpus": rec.get("corpus") or {"v2": "benchmarks/zoo/data_v2/tokens.json"}.get(version, f"benchmarks/zoo/data_{version}/manifest.json"),
         "training_record": f"benchmarks/results/reflm/{name}.json",
         "check": {**CHECK, "nll": check_nll(staged), "how": "lm_eval.window_losses, float32, CPU"},
         "device": rec["device"]["gpu"],
