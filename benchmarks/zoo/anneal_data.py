@@ -12,13 +12,19 @@ of in-domain rows per step is stratified (the running count tracks ``frac * rows
 
 from __future__ import annotations
 
+import lzma
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 
-DOC_SEP = "\n\n\f\n\n"  # the document separator of benchmarks/zoo/corpus.py and corpus_v2.py
-BOS, EOS = "<|bos|>", "<|endoftext|>"
+if str(Path(__file__).resolve().parent) not in sys.path:  # the zoo's corpus and tokenizer modules
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import DOC_SEP  # noqa: E402,F401 - the corpus split files' document separator
+from tokenize_corpus import write_xz  # noqa: E402
+from tokenize_v2 import BOS, EOS  # noqa: E402,F401 - the reference LM's document tokens
+from tokenize_v3 import encode_docs  # noqa: E402
 
 
 def split_documents(text: str) -> list[str]:
@@ -58,16 +64,8 @@ def leak_check(train_docs: list[str], test_docs: list[str], min_chars: int = 200
 
 
 def encode_documents(tok, docs: list[str], chunk: int = 2000) -> np.ndarray:
-    """``<|bos|> document <|endoftext|>`` for every document, as one uint16 array (tokenize_v2's format)."""
-    bos, eos = tok.convert_tokens_to_ids(BOS), tok.convert_tokens_to_ids(EOS)
-    parts = [np.zeros(0, dtype=np.uint16)]
-    for i in range(0, len(docs), chunk):
-        for ids in tok(docs[i: i + chunk], add_special_tokens=False)["input_ids"]:
-            parts.append(np.asarray([bos, *ids, eos], dtype=np.uint16))
-    out = np.concatenate(parts)
-    if out.size and int(out.max()) >= 2**16:
-        raise ValueError(f"token id {int(out.max())} does not fit uint16")
-    return out
+    """``<|bos|> document <|endoftext|>`` for every document, as one uint16 array (tokenize_v3's encoding)."""
+    return np.concatenate([np.zeros(0, dtype=np.uint16), *encode_docs(tok, docs, batch=chunk)])
 
 
 def document_slice(ids: np.ndarray, bos: int, n_tokens: int) -> np.ndarray:
@@ -123,11 +121,5 @@ class Mixture:
 
 
 def write_u16_xz(path: Path, ids: np.ndarray) -> int:
-    """Write uint16 ids xz-compressed (atomically); return the compressed size in bytes."""
-    import lzma
-
-    from anybudget.io import atomic_write_bytes
-
-    data = lzma.compress(np.ascontiguousarray(ids, dtype=np.uint16).tobytes(), preset=9 | lzma.PRESET_EXTREME)
-    atomic_write_bytes(path, data)
-    return len(data)
+    """Write uint16 ids xz-compressed (atomically, tokenize_corpus.write_xz at xz's extreme preset); return the size."""
+    return write_xz(path, np.ascontiguousarray(ids, dtype=np.uint16), preset=9 | lzma.PRESET_EXTREME)

@@ -55,6 +55,7 @@ from anneal_data import (
 )
 from lm_eval import evaluate as eval_bpb
 from lm_eval import read_ids
+from train_lm import lm_step
 
 from anybudget.io import atomic_write_json, write_plot, write_results
 
@@ -247,13 +248,7 @@ def main(argv=None) -> int:
             x = torch.from_numpy(mix.batch(args.batch)[0]).to(device, non_blocking=True)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, steps, args.warmup, lr)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = fwd(input_ids=x[:, :-1]).logits
-            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss = lm_step(fwd, model, opt, x)
             step += 1
             if step in (10, 40) and device.type == "cuda":
                 torch.cuda.synchronize()

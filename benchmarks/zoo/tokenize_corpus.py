@@ -66,8 +66,8 @@ def encode_split(fast, txt: Path) -> np.ndarray:
     return arr
 
 
-def write_xz(path: Path, arr: np.ndarray) -> int:
-    data = lzma.compress(arr.tobytes(), preset=9)
+def write_xz(path: Path, arr: np.ndarray, preset: int = 9) -> int:
+    data = lzma.compress(arr.tobytes(), preset=preset)
     atomic_write_bytes(path, data)
     return len(data)
 

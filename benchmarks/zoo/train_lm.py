@@ -110,6 +110,19 @@ def plot(curve: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def lm_step(fwd, model, opt, x: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on windows ``x`` (B, S+1): bf16 autocast on CUDA, next-token cross-entropy in
+    float32, gradients clipped to norm 1; returns the loss (``fwd``: the model or its compiled forward)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        logits = fwd(input_ids=x[:, :-1]).logits
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", default=str(ROOT / ".carry/zoo/train.u16.xz"))
@@ -196,13 +209,7 @@ def main(argv=None) -> int:
         x = torch.from_numpy(np.stack([train[s: s + args.seq + 1] for s in starts])).to(device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = fwd(input_ids=x[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = lm_step(fwd, model, opt, x)
         step += 1
         tokens_seen += tokens_per_step
         if step - start_step == 30:  # compile and warm-up done: measure speed from here
