@@ -15,7 +15,6 @@ from damage by the elastic training itself (both worse). CPU, float32, ~1 minute
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -34,22 +33,11 @@ def windows(ids: np.ndarray, n: int, length: int, seed: int) -> torch.Tensor:
     return torch.tensor(np.stack([ids[i:i + length + 1] for i in start]).astype(np.int64))
 
 
-@torch.no_grad()
-def perplexity(model, w: torch.Tensor, batch: int = 8) -> float:
-    total, count = 0.0, 0
-    for i in range(0, len(w), batch):
-        x = w[i:i + batch]
-        logits = model(x[:, :-1]).logits.float()
-        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                                   reduction="sum").item()
-        count += x[:, 1:].numel()
-    return math.exp(total / count)
-
-
 def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM
 
     from anybudget.elastic.data import read_tokens
+    from anybudget.elastic.evaluate import perplexity
     from anybudget.io import write_results
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -74,7 +62,7 @@ def main(argv=None) -> int:
     for name, path in (("base", a.base), (a.label, a.elastic)):
         t0 = time.time()
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        row = {"model": name, "path": str(path), **{f"{k}_ppl": perplexity(model, w) for k, w in sets.items()},
+        row = {"model": name, "path": str(path), **{f"{k}_ppl": perplexity(model, list(w.split(8))) for k, w in sets.items()},
                "seconds": time.time() - t0}
         rows.append(row)
         print(f"{name}: train windows {row['train_ppl']:.2f}, test windows {row['test_ppl']:.2f} ({row['seconds']:.0f} s)",
