@@ -31,6 +31,8 @@ from anybudget.ssm.scan_triton_bwd import (
 from anybudget.ssm.scan_triton_common import (
     combine,
     discretize,
+    load_a_matrix,
+    load_dt,
     load_vec,
     silu_and_grad,
     softplus,
@@ -55,17 +57,12 @@ def _chunk_adjoint_tm_kernel(
     offs_t = pid_c * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_d, mask_n, mask_t = offs_d < n_inner, offs_n < n_state, offs_t < seq
     m_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=m_dn, other=0.0).to(tl.float32)
-    a_zero = A == float("-inf")  # load_a_matrix's rule
-    A3, z3 = tl.where(a_zero, 0.0, A)[None, :, :], a_zero[None, :, :]
+    A_safe, a_zero = load_a_matrix(A_ptr, offs_n[None, :], offs_d[:, None], m_dn, n_state)
+    A3, z3 = A_safe[None, :, :], a_zero[None, :, :]
     bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
     row = pid_b * n_inner * seq + offs_d[None, :] * seq + offs_t[:, None]  # (T, D)
     m_td = mask_t[:, None] & mask_d[None, :]
-    dt = tl.load(delta_ptr + row, mask=m_td, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        dt = dt + bias[None, :]
-    if SOFTPLUS:
-        dt = softplus(dt)
+    dt, _ = load_dt(delta_ptr + row, m_td, bias[None, :], HAS_BIAS, SOFTPLUS)
     dt = tl.where(m_td, dt, 0.0)
     dy = tl.load(dout_ptr + row, mask=m_td, other=0.0).to(tl.float32)
     if HAS_Z:
@@ -120,8 +117,8 @@ def _grads_tm_block(k, pid_b, pid_c, part, u_ptr, delta_ptr, A_ptr, D_ptr, z_ptr
     m_dn = mask_d[:, None] & mask_n[None, :]
     m_td = mask_t[:, None] & mask_d[None, :]
     dn = offs_d[:, None] * n_state + offs_n[None, :]  # (D, N), A's and the states' layout
-    A = tl.load(A_ptr + dn, mask=m_dn, other=0.0).to(tl.float32)
-    a_zero = A == float("-inf")  # load_a_matrix's rule
+    A = tl.load(A_ptr + dn, mask=m_dn, other=0.0).to(tl.float32)  # load_a_matrix's rule on the shared index dn
+    a_zero = A == float("-inf")
     A3, z3 = tl.where(a_zero, 0.0, A)[None, :, :], a_zero[None, :, :]
     bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
     Dv = load_vec(D_ptr, offs_d, mask_d, HAS_D)
@@ -130,6 +127,7 @@ def _grads_tm_block(k, pid_b, pid_c, part, u_ptr, delta_ptr, A_ptr, D_ptr, z_ptr
     E = tl.load(E_ptr + part * n_state + dn, mask=m_dn, other=0.0)
     row = pid_b * n_inner * seq + offs_d[None, :] * seq + offs_t[:, None]  # (T, D)
     u = tl.load(u_ptr + row, mask=m_td, other=0.0).to(tl.float32)
+    # The raw loads first, then load_dt's arithmetic (the order the compiler schedules best: fewer instructions).
     dtr = tl.load(delta_ptr + row, mask=m_td, other=0.0).to(tl.float32)
     dtr1 = tl.load(delta_ptr + row + 1, mask=mask_t1[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
     dout = tl.load(dout_ptr + row, mask=m_td, other=0.0).to(tl.float32)
