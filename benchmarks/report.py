@@ -448,11 +448,12 @@ def ssm_table2_scaled_md(name="ssm_table2_scaled"):
     c, m = r["config"]["pre_registered"], r["metrics"]
     keys = r["config"]["test_keys"]
     v2 = c.get("registration") == "v2"
+    steps_from = "fixed by the second registration, after v1 below learned too little" if v2 else "the pilot's rule"
     out = (f"\n### Polarized Mamba on MQAR, scaled and pre-registered{' (second registration, v2)' if v2 else ''}\n\n"
            f"Registered before it ran (`benchmarks/ssm/table2_scaled.py`): seq {c['seq_len']}, vocab {c['vocab_size']}, "
            f"d_model {c['d_model']}, lr {c['lr']:g}, weight decay {c['weight_decay']:g}, batch {c['batch_size']}, "
            f"{c['steps']:,} steps for every configuration "
-           f"({'fixed by the second registration, after v1 below learned too little' if v2 else 'the pilot' + chr(39) + 's rule'}), "
+           f"({steps_from}), "
            f"early stop at {c['early_stop_acc']:g}, "
            f"seeds {', '.join(map(str, c['seeds']))}. {r['config']['paper']}. Test accuracy in % "
            f"({' / '.join(keys)}); runs {'complete' if m['complete'] else 'pending: ' + ', '.join(m['pending'])}:\n\n"
