@@ -459,6 +459,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.layers < 1:
         raise SystemExit(f"error: --layers {args.layers}: must be >= 1")
+    sweep_batches = None
+    if args.sweep_batches:
+        try:
+            sweep_batches = sorted({int(x) for x in args.sweep_batches.split(",")})
+        except ValueError:
+            raise SystemExit(f"error: --sweep-batches {args.sweep_batches!r}: a comma list of integers >= 1") from None
+        if sweep_batches[0] < 1:
+            raise SystemExit(f"error: --sweep-batches {args.sweep_batches!r}: batches must be >= 1")
     t_start = time.time()
     deadline = t_start + args.minutes * 60
     prompts = [int(x) for x in (args.prompts or ("16,32" if args.smoke else "2048,8192")).split(",")]
@@ -483,14 +491,6 @@ def main(argv=None):
     weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
     bw = copy_bandwidth(args.smoke)
     total_mem = torch.cuda.get_device_properties(0).total_memory / GiB if CUDA else 1e9
-    sweep_batches = None
-    if args.sweep_batches:
-        try:
-            sweep_batches = sorted({int(x) for x in args.sweep_batches.split(",")})
-        except ValueError:
-            raise SystemExit(f"error: --sweep-batches {args.sweep_batches!r}: a comma list of integers >= 1") from None
-        if sweep_batches[0] < 1:
-            raise SystemExit(f"error: --sweep-batches {args.sweep_batches!r}: batches must be >= 1")
     jobs, ref = plan(prompts, args.smoke, do_sweep=not args.no_sweep, sweep_batches=sweep_batches)
     if args.rows:  # the given rows in the given order (each row's prompts in plan order)
         order = args.rows.split(",")

@@ -225,3 +225,5 @@ def test_serving_sweep_batches_replace_the_doubling_and_bad_lists_are_refused(ca
     for bad in ("0,256", "a,b"):
         with pytest.raises(SystemExit, match="--sweep-batches"):
             mod.main(["--smoke", "--sweep-batches", bad, "--out", "/tmp/never"])
+        with pytest.raises(SystemExit, match="--sweep-batches"):  # checked before the model or the device
+            mod.main(["--sweep-batches", bad, "--out", "/tmp/never"])
