@@ -31,6 +31,8 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
   ``tuned+bwdtm`` autotune choosing per shape among both layouts' configs, ``bwdtm42`` the time-major kernels at
   the tiles with the fewest instructions a channel at sm_90 (``ssm_scan_regs.json``): grads (4 channels, 2 warps)
   capped at 200 registers (5 programs an SM, no spills), adjoint (16, 4).
+  ``bwdtm+cdt`` / ``+ndtile`` / ``+static`` / ``+fast``: bwdtm with the inductor options above (``fast``: both
+  options and the forward's prefetch), the ~250 kernels around the scan being about half of the bwdtm step.
 
 Every variant times the same step indices after warm-up (all shapes compiled / captured first),
 then profiles a few steps: kernels per step (inside a CUDA graph too) and their summed GPU time. A
@@ -101,6 +103,15 @@ VARIANTS = {
     "compile+cudagraph+tf16+bwdtm": ("compile+cudagraph", {}, "new_tf16_bwdtm"),
     "compile+cudagraph+tf16+tuned+bwdtm": ("compile+cudagraph", {}, "new_tf16_tuned_bwdtm"),
     "compile+cudagraph+tf16+bwdtm42": ("compile+cudagraph", {}, "new_tf16_bwdtm42"),
+    # The time-major backward with the inductor options (never timed with the default backward either).
+    "compile+cudagraph+tf16+bwdtm+cdt": ("compile+cudagraph", {"compile_options": (("coordinate_descent_tuning", True),)},
+                                         "new_tf16_bwdtm"),
+    "compile+cudagraph+tf16+bwdtm+ndtile": ("compile+cudagraph",
+                                            {"compile_options": (("triton.prefer_nd_tiling", True),)}, "new_tf16_bwdtm"),
+    "compile+cudagraph+tf16+bwdtm+static": ("compile+cudagraph", {"compile_dynamic": False}, "new_tf16_bwdtm"),
+    "compile+cudagraph+tf16+bwdtm+fast": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),
+                                                                                    ("coordinate_descent_tuning", True))},
+                                          "new_tf16_bwdtm_fwdpf"),
     "compile+cudagraph+tf16+fast": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),
                                                                               ("coordinate_descent_tuning", True))},
                                     "new_tf16_tuned_fwdpf"),
@@ -121,7 +132,8 @@ SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
          "new_tf16_tuned_fwdpf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_bwdtm": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_tuned_bwdtm": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
-         "new_tf16_bwdtm42": ("time_first", True, ((8, 16, 4), (4, 16, 2)), "chunked")}
+         "new_tf16_bwdtm42": ("time_first", True, ((8, 16, 4), (4, 16, 2)), "chunked"),
+         "new_tf16_bwdtm_fwdpf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
 # ScanBlocks settings beyond SCANS' (defaults for scans not named): the adjoint kernel's own (BLOCK_D, warps)
 # (programs of 16 x 32 x 16 on 8 warps, 64 registers a thread, instead of 16 x 8 x 16 on 4); 4096 programs aimed at (the grads kernel's channel
 # blocks split over up to 8 programs at short sequences); triton.autotune of the adjoint and grads tiles;
@@ -140,7 +152,8 @@ SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
                "new_tf16_tuned_fwdpf": {"bwd_autotune": True, "fwd_prefetch": True},
                "new_tf16_bwdtm": {"bwd_tm": True},
                "new_tf16_tuned_bwdtm": {"bwd_autotune": True, "bwd_tm": True},
-               "new_tf16_bwdtm42": {"bwd_tm": True, "bwd_maxnreg": 200, "bwd_adjoint": (16, 4)}}
+               "new_tf16_bwdtm42": {"bwd_tm": True, "bwd_maxnreg": 200, "bwd_adjoint": (16, 4)},
+               "new_tf16_bwdtm_fwdpf": {"bwd_tm": True, "fwd_prefetch": True}}
 TOP_KERNELS = 12  # kernels per row of the record, by GPU time
 # Timed at every depth before the rest (a --time-limit cut loses the rest first).
 FIRST = ("reference", "compile+cudagraph", "compile+cudagraph+tf", "compile+cudagraph+tf16", "cudagraph_fp32")
