@@ -194,3 +194,27 @@ def test_cli_diagnose_and_bad_args(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--vocab-size 60 must be > --max-seq-len 64"):
         main(["ssm", "mqar", "--vocab-size", "60", "--d-model", "16", "--max-seq-len", "64", "--steps", "1",
               "--device", "cpu", "--quiet", "--out", str(tmp_path)])
+
+
+def test_decay_all_puts_every_parameter_under_weight_decay_as_the_reference_code():
+    from anybudget.ssm.train import _param_groups
+
+    lm = tiny_lm()
+    n_params = len({id(p) for p in lm.parameters()})
+    ours = _param_groups(lm, 0.1)
+    a_logs = {id(m.A_log) for m in lm.modules() if hasattr(m, "A_log")}
+    assert a_logs and a_logs <= {id(p) for p in ours[1]["params"]}  # Mamba's recipe: A_log not decayed
+    assert ours[1]["weight_decay"] == 0.0 and len(ours[0]["params"]) + len(ours[1]["params"]) == n_params
+    ref = _param_groups(lm, 0.1, decay_all=True)
+    assert len(ref[0]["params"]) == n_params and ref[0]["weight_decay"] == 0.1 and not ref[1]["params"]
+
+
+def test_checkpoint_without_decay_all_resumes_as_false_and_refuses_true():
+    from anybudget.ssm.checkpoint import CheckpointMismatch, check_run_config, run_config
+
+    lm = tiny_lm()
+    old = run_config(lm, TrainConfig(), SEGS, TESTS)
+    del old["train"]["decay_all"]  # a checkpoint written before the setting existed
+    check_run_config(old, run_config(lm, TrainConfig(), SEGS, TESTS), "ck.pt")
+    with pytest.raises(CheckpointMismatch, match=r"train\.decay_all: checkpoint False, now True"):
+        check_run_config(old, run_config(lm, TrainConfig(decay_all=True), SEGS, TESTS), "ck.pt")

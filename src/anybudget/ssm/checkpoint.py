@@ -18,6 +18,8 @@ __all__ = ["CheckpointMismatch", "check_run_config", "load_checkpoint", "load_mo
 
 # Free to change between a run and its resume: they decide speed or bookkeeping, not the weights.
 IGNORED_KEYS = frozenset({"train.checkpoint_every", "train.test_batch_size", "model.mamba.scan_backend"})
+# Settings added later, with the value every checkpoint written before them implies.
+ADDED_KEYS = {"train.decay_all": False}
 
 
 class CheckpointMismatch(ValueError):
@@ -68,6 +70,7 @@ def check_run_config(saved: dict | None, current: dict, path) -> None:
             "--checkpoint to start a new run"
         )
     a, b = _flatten(_plain(saved)), _flatten(_plain(current))
+    a = {**ADDED_KEYS, **a}  # keys added after older checkpoints were written, at the value those ran with
     diff = [k for k in sorted(set(a) | set(b)) if k not in IGNORED_KEYS and a.get(k) != b.get(k)]
     if diff:
         shown = "; ".join(f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in diff[:6])

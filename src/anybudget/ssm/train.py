@@ -25,7 +25,13 @@ __all__ = ["TrainConfig", "cosine_lr", "estimate_step_bytes", "evaluate_mqar", "
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """MQAR training settings; defaults are the reference code's."""
+    """MQAR training settings; defaults are the reference code's except two, both named here.
+
+    ``decay_all``: False (default) keeps weight decay off ``A_log``, D, norms and biases (Mamba's own
+    recipe, the ``_no_weight_decay`` marks); True decays every parameter, as the reference code's
+    zoology ``train.py`` does (one AdamW group over ``model.parameters()``). The cosine schedule steps
+    per batch over ``max_steps`` (the reference steps it once per epoch of a fixed dataset).
+    """
 
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -42,6 +48,7 @@ class TrainConfig:
     test_examples: int | None = None  # per test set; None = the reference's 1000
     checkpoint_every: int = 200
     grad_clip: float | None = None
+    decay_all: bool = False
 
     def __post_init__(self):
         if not self.lr > 0:
@@ -110,14 +117,15 @@ def evaluate_mqar(model: nn.Module, test_sets=TEST_SETS, vocab_size: int = 8192,
     return out
 
 
-def _param_groups(model: nn.Module, weight_decay: float):
+def _param_groups(model: nn.Module, weight_decay: float, decay_all: bool = False):
+    """AdamW groups: (decayed, not decayed); ``decay_all`` puts every parameter in the first (``TrainConfig``)."""
     decay, no_decay = [], []
     seen = set()
     for name, p in model.named_parameters():
         if id(p) in seen or not p.requires_grad:
             continue
         seen.add(id(p))
-        if getattr(p, "_no_weight_decay", False) or p.dim() < 2:
+        if not decay_all and (getattr(p, "_no_weight_decay", False) or p.dim() < 2):
             no_decay.append(p)
         else:
             decay.append(p)
@@ -177,10 +185,10 @@ def train_mqar(
     if ck is not None:
         model.load_state_dict(ck["model"])
     if step == "reference":
-        opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.decay_all), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(cfg, s, total) / cfg.lr)
     else:
-        fast = FastStep(model, _param_groups(model, cfg.weight_decay), cfg.lr, cfg.grad_clip, fast_cfg)
+        fast = FastStep(model, _param_groups(model, cfg.weight_decay, cfg.decay_all), cfg.lr, cfg.grad_clip, fast_cfg)
         opt = fast.opt
     it, history, stopped_early = 0, [], False
     # Each batch is one segment (seq 64 / 4 pairs up to seq 1024 / 256 pairs), and their losses
