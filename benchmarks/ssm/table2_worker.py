@@ -27,12 +27,15 @@ def run_name(pol, layers, seed):
 
 def all_runs(seeds, order=None):
     """(pol, layers, seed) in claim order. v1 (``order`` None): depth 4 first, so the longest runs start
-    first and short ones fill the end of a call. v2: ``order`` ("default_L2", ...) per seed, seeds in turn."""
+    first and short ones fill the end of a call. v2: ``order`` ("default_L2", ...) per seed, seeds in turn
+    (all 8 configurations, or a subset for a diagnostic registration, each at most once)."""
     if order is None:
         return [(p, L, s) for L in (4, 2) for s in seeds for p in POLS]
     cfgs = [(o.rsplit("_L", 1)[0], int(o.rsplit("_L", 1)[1])) for o in order]
-    if sorted(cfgs) != sorted((p, L) for p in POLS for L in (2, 4)):
-        raise ValueError(f"order {order}: must name each of the 8 configurations once")
+    known = {(p, L) for p in POLS for L in (2, 4)}
+    if not cfgs or len(set(cfgs)) != len(cfgs) or not set(cfgs) <= known:
+        raise ValueError(f"order {order}: must name configurations of the 8 ({', '.join(sorted(f'{p}_L{L}' for p, L in known))}), "
+                         "each at most once")
     return [(p, L, s) for s in seeds for p, L in cfgs]
 
 

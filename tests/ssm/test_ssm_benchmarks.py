@@ -229,8 +229,10 @@ def test_table2_scaled_v2_registration_fixes_steps_step_and_run_order(bench, tmp
     runs = w.all_runs(plan["seeds"], plan["order"])
     assert [w.run_name(*r) for r in runs[:3]] == ["default_L2_s123", "default_L4_s123", "zero_L2_s123"]
     assert len(set(runs)) == 16 and {s for _, _, s in runs[:8]} == {123}
-    with pytest.raises(ValueError, match="each of the 8 configurations once"):
+    with pytest.raises(ValueError, match="each at most once"):
         w.all_runs([1], plan["order"][:-1] + ["default_L2"])
+    with pytest.raises(ValueError, match="configurations of the 8"):
+        w.all_runs([1], ["default_L3"])
     # v1's state folder is refused for v2 (another plan), and v1's order is unchanged (depth 4 first).
     v1 = type("A", (), {"state_dir": str(tmp_path / "v1"), "smoke": False, "steps": "4000"})
     t2.load_plan(v1)
@@ -253,3 +255,28 @@ def test_table2_ordering_checks_check_what_a_partial_table_allows(bench):
     assert not c["one_helps_hardest_split"]["holds"]
     full = {**part, ("both", 2): [1, 1, 1, 83], ("both", 4): [1, 1, 1, 95], ("one", 4): [1, 1, 1, 50]}
     assert t2.ordering_checks(full)["both_L4_best"] == {"holds": True, "best": "both_L4"}
+
+
+def test_table2_scaled_v2_48k_registration_runs_the_depth2_pair_at_48000_steps(bench, tmp_path):
+    t2, w = bench("table2_scaled"), bench("table2_worker")
+    args = type("A", (), {"state_dir": str(tmp_path / "d"), "smoke": False, "steps": None, "registration": "v2-48k",
+                          "step": "compile+cudagraph"})
+    plan = t2.load_plan(args)
+    # v2's plan in every key but the step count, the registration and the runs.
+    same = {k for k in t2.V2 if k not in ("steps", "registration", "order")} | set(t2.PLAN)
+    assert all(plan[k] == {**t2.PLAN, **t2.V2}[k] for k in same)
+    assert plan["steps"] == 48000 and plan["registration"] == "v2-48k"
+    assert [w.run_name(*r) for r in w.all_runs(plan["seeds"], plan["order"])] == [
+        "default_L2_s123", "one_L2_s123", "default_L2_s124", "one_L2_s124"]
+    args.steps = "24000"
+    with pytest.raises(SystemExit, match="registration v2-48k fixes 48000 steps"):
+        t2.load_plan(args)
+    # A v2 state folder is refused for v2-48k: the plans differ.
+    v2 = type("A", (), {"state_dir": str(tmp_path / "v2"), "smoke": False, "steps": None, "registration": "v2",
+                        "step": "compile+cudagraph"})
+    t2.load_plan(v2)
+    args.steps, args.state_dir = None, v2.state_dir
+    with pytest.raises(SystemExit, match="another plan"):
+        t2.load_plan(args)
+    assert t2.ordering_checks({("default", 2): [99, 92, 60, 84], ("one", 2): [99, 95, 70, 88]}) == {
+        "one_helps_hardest_split": {"holds": True, "one_L2_kv64": 70, "default_L2_kv64": 60}}
