@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -152,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--anneal-val", default=str(ROOT / ".carry/reflm_anneal/indomain_val.u16.xz"),
                     help="the selection set (v1_validation) of the anneal phase")
     ap.add_argument("--anneal-indomain-frac", type=float, default=0.5, help="share of in-domain windows in the phase, in [0, 1]")
+    ap.add_argument("--finish-s", type=float, default=60.0,
+                    help="with --state-dir: past --minutes, go on if the schedule ends within this many seconds")
+    ap.add_argument("--corpus", default=None, help="what the model was trained on (a manifest), kept in the record")
     ap.add_argument("--keep", default=None, help="also save the final model (and tokenizer) to this folder")
     ap.add_argument("--no-pack", action="store_true", help="write only train_record.json to --out (no weights)")
     ap.add_argument("--smoke", action="store_true")
@@ -325,11 +327,14 @@ def main(argv=None, train=None, extra_evals=None) -> int:
             torch.cuda.synchronize()
             rate = 60 / (time.perf_counter() - t_rate0)
             if total_steps is None:  # the first call fixes the schedule of all calls
-                n_calls = math.ceil((sched_s - train_s_before) / budget_s - 1e-9)  # this one and the later ones
                 warm_s = max(0.0, t_rate0 - t_start - 30 / rate) + (15 if args.state_dir else 0)  # per later call
-                remaining = sched_s - train_s_before - (time.perf_counter() - t_start) - (n_calls - 1) * warm_s
-                n_evals = remaining * rate / args.eval_every
-                total_steps = sync_int(min(max_steps, step + int(remaining * rate - n_evals * 1.5 * rate)))
+                eval_tok_s = 2 * rate * tokens_per_step / world  # rank 0 alone, forward only: ~2x a step's tokens/s
+                phase_s = 0 if anneal is None else (len(evals[SELECT]) + len(evals["v1_test"])) / eval_tok_s
+                fixed_s = 0 if anneal is None else 2 * sum(len(e) for e in evals.values()) / eval_tok_s
+                total_steps, n_calls = ts.fit_schedule(step, rate, train_s_before, time.perf_counter() - t_start, sched_s,
+                                                       budget_s, warm_s, args.eval_every, max_steps, args.anneal_frac,
+                                                       phase_s, fixed_s)
+                total_steps = sync_int(total_steps)
                 a = ts.anneal_start(total_steps, args.anneal_frac)
                 passes = 0 if a is None else ((total_steps - a) * args.batch * world * args.anneal_indomain_frac
                                               * (args.seq + 1) / len(anneal))
@@ -358,7 +363,10 @@ def main(argv=None, train=None, extra_evals=None) -> int:
                 torch.distributed.barrier()
         if args.stop_after_steps and step - step0 >= args.stop_after_steps and step != total_steps:
             break
-        if step % 50 == 0 and sync_int(int(time.perf_counter() - t_start > budget_s * (1.0 if args.state_dir else 1.04))):
+        over = time.perf_counter() - t_start > budget_s * (1.0 if args.state_dir else 1.04)
+        if over and args.state_dir and rate and total_steps and (total_steps - step) / rate < args.finish_s:
+            over = False  # the schedule ends within --finish-s: finish it in this call rather than another
+        if step % 50 == 0 and sync_int(int(over)):
             say("time budget reached", flush=True)
             break
     call_s = time.perf_counter() - t_start
@@ -384,7 +392,7 @@ def main(argv=None, train=None, extra_evals=None) -> int:
                              "indomain_passes": phase["indomain_rows"] * world * (args.seq + 1) / len(anneal)}
     rec = device_record()
     config = {**vars(args), "world_size": world, "tokens_per_step": tokens_per_step, "model": cfg.to_dict()}
-    record = {"name": args.name, "config": config, "metrics": metrics, "baseline": None, "device": rec,
+    record = {"name": args.name, "corpus": args.corpus, "config": config, "metrics": metrics, "baseline": None, "device": rec,
               "torch": rec["torch"], "transformers": rec["transformers"], "commit": rec["commit"], "date": rec["date"]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -98,6 +98,13 @@ def load(manifest: dict, root: Path = ROOT) -> tuple[np.ndarray, dict[str, np.nd
     return train, evals
 
 
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Other options go to train_lm_v2.py (--minutes, --batch, --lr, ...).")
@@ -111,7 +118,7 @@ def main(argv=None) -> int:
     import train_lm_v2
 
     defaults = ["--name", "reflm_v3_train", "--tokenizer", str(ROOT / "src/anybudget/assets/reflm"),
-                "--max-epochs", "4", "--minutes", "8.0"]
+                "--max-epochs", "4", "--minutes", "8.0", "--corpus", _rel(Path(args.manifest))]
     anneal = manifest.get("anneal", {})
     if {"indomain", "indomain_val"} <= set(anneal):  # staged with the training parts (restage_v3.py)
         defaults += ["--anneal-data", str(root / anneal["indomain"]["path"]),

@@ -30,7 +30,8 @@ import torch
 
 from anybudget.io import atomic_write_json
 
-# xz of the shipped v3 weights (bf16 safetensors): 38,487,596 bytes for 54,551,504 (.carry/reflm_v3xz)
+# xz of the shipped v3 weights (bf16 safetensors): 38,487,596 bytes for 54,551,504 (.carry/reflm_v3xz);
+# xz -6 (what the pack uses) gives 38,570,628 (+0.2%), the tokenizer.json 142,788 for 1,121,740
 XZ_RATIO = 38_487_596 / 54_551_504
 XZ_MARGIN = 0.03  # a longer-trained model may compress a little worse
 RETURN_BYTES = 64 * 2**20  # files back from one call
@@ -81,6 +82,22 @@ def check_pack_fits(vocab: int, layers: int, hidden: int, ffn: int, extra_bytes:
             f"that can come back from one call; at most {n_max / 1e6:.1f}M parameters fit"
             + (f" (e.g. --ffn {fit_ffn} with this --layers/--hidden)" if fit_ffn else ""))
     return {"params": n, "pack_bytes_est": est, "max_params": n_max, "limit_bytes": RETURN_BYTES - RESERVE_BYTES}
+
+
+def fit_schedule(step: int, rate: float, before_s: float, now_s: float, sched_s: float, budget_s: float,
+                 warm_s: float, eval_every: int, max_steps: int, anneal_frac: float = 0.0, phase_eval_s: float = 0.0,
+                 fixed_eval_s: float = 0.0) -> tuple[int, int]:
+    """(total steps, calls) that fill ``sched_s`` training seconds at ``rate`` steps/s, measured at ``step``.
+
+    ``before_s``/``now_s``: seconds trained in earlier calls / so far in this one; every later call loses
+    ``warm_s`` (start, compile, state); a validation costs ~1.5 s; the anneal phase's evaluations
+    ``phase_eval_s`` each (one per ``eval_every`` steps in the phase) plus ``fixed_eval_s`` (its start and end).
+    """
+    n_calls = math.ceil((sched_s - before_s) / budget_s - 1e-9)  # this call and the later ones
+    remaining = sched_s - before_s - now_s - (n_calls - 1) * warm_s - fixed_eval_s
+    remaining -= remaining * rate * anneal_frac / eval_every * phase_eval_s
+    n_evals = remaining * rate / eval_every
+    return min(max_steps, step + int(remaining * rate - n_evals * 1.5 * rate)), n_calls
 
 
 def anneal_start(total_steps: int, frac: float) -> int | None:

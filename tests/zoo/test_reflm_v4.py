@@ -160,3 +160,29 @@ def test_a_run_cut_into_calls_equals_one_run(tmp_path, capsys):
     assert rb["selected_by"] == ts.SELECT and rb["best_step"] in {c["step"] for c in an["curve"]}
     assert rb["best_step"] == ra["best_step"] and rb["eval"] == ra["eval"]
     assert sorted(p.name for p in (tmp_path / "b3").glob("pack.tar.part-*"))
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--anneal-frac", "1.0"], "--anneal-frac 1.0: must be in [0, 1)"),
+    (["--anneal-indomain-frac", "1.5"], "--anneal-indomain-frac 1.5: must be in [0, 1]"),
+    (["--total-minutes", "16"], "--total-minutes 16.0: needs --state-dir"),
+    (["--anneal-frac", "0.1", "--anneal-data", "/nonexistent.u16.xz"], "--anneal-data /nonexistent.u16.xz: no such file"),
+])
+def test_bad_arguments_name_the_option(extra, msg, capsys):
+    import train_lm_v2
+
+    with pytest.raises(SystemExit):
+        train_lm_v2.parse_args(["--smoke", "--out", "/tmp/x", *extra])
+    assert msg in capsys.readouterr().err
+
+
+def test_fit_schedule_spreads_the_total_over_the_calls():
+    # one call, no anneal: the single-call rule of train_lm_v2 (remaining time x rate, 1.5 s per validation)
+    one, calls = ts.fit_schedule(90, 10.0, 0.0, 30.0, 450.0, 450.0, 20.0, 400, 10**6)
+    assert calls == 1 and one == 90 + int(420 * 10 - 420 * 10 / 400 * 1.5 * 10)
+    two, calls = ts.fit_schedule(90, 10.0, 0.0, 30.0, 900.0, 450.0, 20.0, 400, 10**6)
+    assert calls == 2 and two == 90 + int((870 - 20) * 10 * (1 - 1.5 * 10 / 400))  # the second call's warm-up lost
+    later, calls = ts.fit_schedule(4600, 10.0, 450.0, 30.0, 900.0, 450.0, 20.0, 400, 10**6)  # measured in call 2
+    assert calls == 1 and later == 4600 + int(420 * 10 * (1 - 1.5 * 10 / 400))
+    annealed, _ = ts.fit_schedule(90, 10.0, 0.0, 30.0, 900.0, 450.0, 20.0, 400, 10**6, 0.1, 2.0, 10.0)
+    assert annealed < two and ts.fit_schedule(90, 10.0, 0.0, 30.0, 900.0, 450.0, 20.0, 400, 5000)[0] == 5000
