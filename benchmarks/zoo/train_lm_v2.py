@@ -41,7 +41,6 @@ before training. Unpack with ``cat pack.tar.part-* | xz -dcf | tar xf -`` (packa
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -56,6 +55,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_args
 import train_state as ts
 from lm_eval import evaluate as eval_bpb
 from lm_eval import read_ids, window_losses
@@ -118,79 +118,9 @@ def load_teacher(path: str, cfg, device):
     return teacher
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train", default=str(ROOT / ".carry/zoo2/train.u16.xz"))
-    ap.add_argument("--tokenizer", default=str(ROOT / ".carry/zoo2/tokenizer"))
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--minutes", type=float, default=8.3, help="wall-clock budget of this call's training loop")
-    ap.add_argument("--total-minutes", type=float, default=None,
-                    help="with --state-dir: training minutes of all calls together (fixes the schedule; default --minutes)")
-    ap.add_argument("--state-dir", default=None, help="save/resume the run here (a git-ignored folder, e.g. .carry/reflm4_state)")
-    ap.add_argument("--stop-after-steps", type=int, default=None, help="end this call after this many steps (tests, planning)")
-    ap.add_argument("--max-epochs", type=float, default=30.0)
-    ap.add_argument("--seq", type=int, default=1024)
-    ap.add_argument("--batch", type=int, default=64, help="sequences per GPU per step")
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--min-lr-frac", type=float, default=0.05)
-    ap.add_argument("--warmup", type=int, default=300)
-    ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--eval-every", type=int, default=400)
-    ap.add_argument("--val-windows", type=int, default=96)
-    ap.add_argument("--log-every", type=int, default=25, help="training-loss points in the curve")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--hidden", type=int, default=512, help="a multiple of 128")
-    ap.add_argument("--ffn", type=int, default=1024)
-    ap.add_argument("--name", default="reflm_v2_train", help="the record's name")
-    ap.add_argument("--teacher", default=None, help="distil from this saved causal LM (same tokenizer)")
-    ap.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term, in [0, 1]")
-    ap.add_argument("--kd-temp", type=float, default=1.0, help="distillation temperature, > 0")
-    ap.add_argument("--anneal-frac", type=float, default=0.0, help="anneal phase: this fraction of the steps at the end, in [0, 1)")
-    ap.add_argument("--anneal-data", default=str(ROOT / ".carry/reflm_anneal/indomain.u16.xz"), help="in-domain tokens")
-    ap.add_argument("--anneal-val", default=str(ROOT / ".carry/reflm_anneal/indomain_val.u16.xz"),
-                    help="the selection set (v1_validation) of the anneal phase")
-    ap.add_argument("--anneal-indomain-frac", type=float, default=0.5, help="share of in-domain windows in the phase, in [0, 1]")
-    ap.add_argument("--finish-s", type=float, default=60.0,
-                    help="with --state-dir: past --minutes, go on if the schedule ends within this many seconds")
-    ap.add_argument("--corpus", default=None, help="what the model was trained on (a manifest), kept in the record")
-    ap.add_argument("--keep", default=None, help="also save the final model (and tokenizer) to this folder")
-    ap.add_argument("--no-pack", action="store_true", help="write only train_record.json to --out (no weights)")
-    ap.add_argument("--smoke", action="store_true")
-    return ap
-
-
-def parse_args(argv=None, vocab: int | None = None) -> argparse.Namespace:
-    """Parse and check the options; unless --no-pack, refuse a model too large to come back (train_state)."""
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    if args.hidden % 128:
-        ap.error(f"--hidden {args.hidden}: must be a multiple of 128 (64-wide heads, 2 query heads per KV head)")
-    if not 0.0 <= args.kd_alpha <= 1.0:
-        ap.error(f"--kd-alpha {args.kd_alpha}: must be in [0, 1]")
-    if args.kd_temp <= 0:
-        ap.error(f"--kd-temp {args.kd_temp}: must be > 0")
-    if not 0.0 <= args.anneal_frac < 1.0:
-        ap.error(f"--anneal-frac {args.anneal_frac}: must be in [0, 1)")
-    if not 0.0 <= args.anneal_indomain_frac <= 1.0:
-        ap.error(f"--anneal-indomain-frac {args.anneal_indomain_frac}: must be in [0, 1]")
-    if args.total_minutes is not None and (args.state_dir is None or args.total_minutes < args.minutes):
-        ap.error(f"--total-minutes {args.total_minutes}: needs --state-dir and must be >= --minutes {args.minutes}")
-    if args.stop_after_steps is not None and args.stop_after_steps < 1:
-        ap.error(f"--stop-after-steps {args.stop_after_steps}: must be >= 1")
-    for flag in ("anneal_data", "anneal_val"):
-        if args.anneal_frac > 0 and not Path(getattr(args, flag)).is_file():
-            ap.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: no such file (anneal_lm.py --prepare, restage_v3.py)")
-    if not args.no_pack and not args.smoke:
-        if vocab is None:
-            from transformers import AutoTokenizer
-
-            vocab = len(AutoTokenizer.from_pretrained(args.tokenizer))
-        try:
-            args.pack = ts.check_pack_fits(vocab, args.layers, args.hidden, args.ffn, ts.tokenizer_pack_bytes(args.tokenizer))
-        except ValueError as err:
-            ap.error(str(err))
-    return args
+def parse_args(argv=None, vocab: int | None = None):
+    """The options (train_args.py), checked; the model's pack must fit the trip back unless --no-pack."""
+    return train_args.parse_args(argv, vocab, __doc__)
 
 
 def main(argv=None, train=None, extra_evals=None) -> int:
@@ -249,6 +179,11 @@ def main(argv=None, train=None, extra_evals=None) -> int:
     fp = ts.fingerprint(args, world_size=world, train_tokens=len(train), vocab=len(tok),
                         anneal_tokens=0 if anneal is None else len(anneal))
     meta = ts.read_meta(args.state_dir) if args.state_dir else None
+    if args.resume_only and meta is None:
+        if ddp:
+            torch.distributed.destroy_process_group()
+        raise SystemExit(f"error: --resume-only: no checkpoint in --state-dir {args.state_dir} (the machine was not kept "
+                         "warm?); stage again and train in one call (--total-minutes = --minutes) or start a new schedule")
     if meta is not None:  # resume: same settings, same schedule, the saved step
         try:
             ts.check_fingerprint(meta["fingerprint"], fp, args.state_dir)

@@ -140,6 +140,8 @@ def test_a_run_cut_into_calls_equals_one_run(tmp_path, capsys):
     from safetensors.torch import load_file
 
     _, _, mpath = _restage(tmp_path, cap=80_000)
+    with pytest.raises(SystemExit, match="--resume-only: no checkpoint"):
+        _run(tmp_path, mpath, "a", "sa", "--resume-only")
     assert _run(tmp_path, mpath, "a", "sa") == 0
     assert _run(tmp_path, mpath, "b1", "sb", "--stop-after-steps", "4") == 0
     assert not list((tmp_path / "b1").glob("pack.tar.part-*"))  # an earlier call: the record only
