@@ -120,7 +120,8 @@ def restage(src_manifest: dict, src_root: Path, root: Path, dest: str = DEST, ca
         parts = list(pool.map(_compress, jobs_in))
     for k, e in enumerate(parts):
         e.update(part=f"part{k + 1}", first_token=int(ranges[k][0]))
-    new = {"source_manifest": "benchmarks/zoo/data_v3/manifest.json", "cap_bytes": cap, "stream_sha256": sha,
+    new = {"source_manifest": "benchmarks/zoo/data_v3/manifest.json", "vocab_size": src_manifest.get("vocab_size"),
+           "cap_bytes": cap, "stream_sha256": sha,
            "train_tokens": int(train.size), "parts": parts, "eval": {}, "anneal": {}}
     for key, (src, entry) in extras.items():
         kind, name = key.split("/")

@@ -342,6 +342,10 @@ def main(argv=None, train=None, extra_evals=None) -> int:
     metrics["eval"] = {s: eval_bpb(model, tok, ids, args.seq, 32, device, cap) for s, ids in evals.items()}
     for s, r in metrics["eval"].items():
         say(f"{s}: ppl {r['ppl']:.2f}  bits/byte {r['bits_per_byte']:.4f}  ({r['tokens']} tokens)", flush=True)
+    if metrics.get("anneal", {}).get("before"):  # the selected weights against the phase's start, in %
+        before = metrics["anneal"]["before"]
+        metrics["anneal"]["change_pct"] = {n: 100 * (metrics["eval"][n]["bits_per_byte"] / before[n] - 1) for n in before}
+        say("anneal change %:", {n: round(v, 2) for n, v in metrics["anneal"]["change_pct"].items()}, flush=True)
     metrics["samples"] = samples(model, tok, device, max_new_tokens=60 if not args.smoke else 8, prompts=PROMPTS)
     for s in metrics["samples"]:
         say(json.dumps(s), flush=True)

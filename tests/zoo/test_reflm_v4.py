@@ -161,6 +161,7 @@ def test_a_run_cut_into_calls_equals_one_run(tmp_path, capsys):
     assert set(an["before"]) == set(an["end"]) == set(rb["eval"]) >= {ts.SELECT, "v1_test", "heldout"}
     assert rb["selected_by"] == ts.SELECT and rb["best_step"] in {c["step"] for c in an["curve"]}
     assert rb["best_step"] == ra["best_step"] and rb["eval"] == ra["eval"]
+    assert set(an["change_pct"]) == set(an["before"]) and np.isfinite(list(an["change_pct"].values())).all()
     assert sorted(p.name for p in (tmp_path / "b3").glob("pack.tar.part-*"))
 
 
