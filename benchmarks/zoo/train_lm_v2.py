@@ -15,17 +15,35 @@ Distillation (--teacher DIR, a saved causal LM with the same tokenizer): the los
 eq. 2; a = --kd-alpha, T = --kd-temp), the teacher frozen in bf16. --keep DIR also saves the final model
 there (e.g. a teacher for a later call on the same machine, when it is too large to come back).
 
-Output: the model folder (save_pretrained, bf16), train_record.json and loss.png are packed into
-one tar split into 15 MiB parts (``pack.tar.part-aa`` ...) so that they come back from the GPU
-machine, plus a copy of train_record.json. Unpack with ``cat pack.tar.part-* | tar xf -``.
+Across calls (--state-dir DIR, a git-ignored folder such as .carry/reflm4_state; train_state.py):
+the first call fixes the schedule (total steps) from its measured throughput and --total-minutes
+(all calls' training minutes), every call trains for its --minutes and then saves weights, fused-AdamW
+state, step, generators and curves atomically; a later call with the same DIR resumes that schedule
+at that step and refuses a DIR made with other settings. Only the call that ends the schedule packs
+the weights; earlier calls write train_record.json only.
+
+Anneal phase (--anneal-frac F > 0; Llama 3 report, Sec. 3.1.3): the last F of the steps up-weight
+the in-domain tokens (--anneal-data: v1's six documentation packages) while the learning rate falls
+linearly from the cosine's value at the phase start to 0. --anneal-indomain-frac (default 0.5) is
+their share of the windows: the in-domain text is ~7% of v3's mix, so 0.5 up-weights it ~7x, and the
+other half of every batch stays general because an all-in-domain anneal of v3 (anneal_lm.py, 100%)
+made general text worse by 0.8-2.4% while v1_test gained 1.5%; the call prints the passes over the
+9.2M in-domain tokens this implies (keep them <~4: repeated data loses value beyond a few epochs,
+Muennighoff et al. 2023). Bits per byte of every eval set are recorded at the phase's start and end;
+the checkpoint with the lowest v1_validation (--anneal-val) bits per byte among the phase's
+evaluations, its start included, is the result; v1_test never selects.
+
+Output: the model folder (save_pretrained, bf16), train_record.json and loss.png, tar | xz, split into
+15 MiB parts (``pack.tar.part-aa`` ...) so that they come back from the GPU machine, plus a copy of
+train_record.json; a model whose pack cannot come back (train_state.check_pack_fits) is refused
+before training. Unpack with ``cat pack.tar.part-* | xz -dcf | tar xf -`` (package_reflm.py --parts).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,10 +55,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_args
+import train_state as ts
 from lm_eval import evaluate as eval_bpb
 from lm_eval import read_ids, window_losses
 from train_lm import plot, samples
 
+from anybudget.elastic.data import read_tokens
 from anybudget.io import atomic_write_json
 from anybudget.measure import device_record
 
@@ -53,6 +74,8 @@ PROMPTS = [
     "When the file is opened,",
 ]
 DATA2 = ROOT / "benchmarks/zoo/data_v2"
+SELECT = ts.SELECT
+XZ_PY = "import lzma, shutil, sys; f = lzma.open(sys.stdout.buffer, 'wb'); shutil.copyfileobj(sys.stdin.buffer, f); f.close()"
 
 
 def model_config(vocab: int, smoke: bool, bos: int, eos: int, pad: int, layers: int = 8, hidden: int = 512,
@@ -95,40 +118,14 @@ def load_teacher(path: str, cfg, device):
     return teacher
 
 
+def parse_args(argv=None, vocab: int | None = None):
+    """The options (train_args.py), checked; the model's pack must fit the trip back unless --no-pack."""
+    return train_args.parse_args(argv, vocab, __doc__)
+
+
 def main(argv=None, train=None, extra_evals=None) -> int:
     """Train; ``train`` (token ids, any integer dtype) replaces --train, ``extra_evals`` adds evaluation sets."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train", default=str(ROOT / ".carry/zoo2/train.u16.xz"))
-    ap.add_argument("--tokenizer", default=str(ROOT / ".carry/zoo2/tokenizer"))
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--minutes", type=float, default=8.3, help="wall-clock budget of the training loop")
-    ap.add_argument("--max-epochs", type=float, default=30.0)
-    ap.add_argument("--seq", type=int, default=1024)
-    ap.add_argument("--batch", type=int, default=64, help="sequences per GPU per step")
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--min-lr-frac", type=float, default=0.05)
-    ap.add_argument("--warmup", type=int, default=300)
-    ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--eval-every", type=int, default=400)
-    ap.add_argument("--val-windows", type=int, default=96)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--hidden", type=int, default=512, help="a multiple of 128")
-    ap.add_argument("--ffn", type=int, default=1024)
-    ap.add_argument("--name", default="reflm_v2_train", help="the record's name")
-    ap.add_argument("--teacher", default=None, help="distil from this saved causal LM (same tokenizer)")
-    ap.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term, in [0, 1]")
-    ap.add_argument("--kd-temp", type=float, default=1.0, help="distillation temperature, > 0")
-    ap.add_argument("--keep", default=None, help="also save the final model (and tokenizer) to this folder")
-    ap.add_argument("--no-pack", action="store_true", help="write only train_record.json to --out (no weights)")
-    ap.add_argument("--smoke", action="store_true")
-    args = ap.parse_args(argv)
-    if args.hidden % 128:
-        ap.error(f"--hidden {args.hidden}: must be a multiple of 128 (64-wide heads, 2 query heads per KV head)")
-    if not 0.0 <= args.kd_alpha <= 1.0:
-        ap.error(f"--kd-alpha {args.kd_alpha}: must be in [0, 1]")
-    if args.kd_temp <= 0:
-        ap.error(f"--kd-temp {args.kd_temp}: must be > 0")
+    args = parse_args(argv)
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -156,9 +153,13 @@ def main(argv=None, train=None, extra_evals=None) -> int:
     train = read_ids(args.train) if train is None else train
     evals = {s: read_ids(DATA2 / f"{s}.u16.xz") for s in ("validation", "test", "v1_test", "heldout")}
     evals.update(extra_evals or {})
+    anneal = read_tokens(args.anneal_data) if args.anneal_frac > 0 else None
+    if anneal is not None:
+        evals[SELECT] = read_ids(args.anneal_val)
     if args.smoke:
-        args.seq, args.batch, args.eval_every, args.warmup, args.val_windows = 64, 4, 5, 2, 4
+        args.seq, args.batch, args.eval_every, args.warmup, args.val_windows, args.log_every = 64, 4, 5, 2, 4, 1
         train = train[:200_000]
+    cap = 4 if args.smoke else None
     cfg = model_config(len(tok), args.smoke, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id,
                        args.layers, args.hidden, args.ffn)
     model = LlamaForCausalLM(cfg).to(device)
@@ -169,6 +170,33 @@ def main(argv=None, train=None, extra_evals=None) -> int:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
+    tokens_per_step = args.batch * args.seq * world
+    max_steps = int(args.max_epochs * len(train) / tokens_per_step)
+    total_steps = 12 if args.smoke else None
+    step, tokens_seen, curve, train_s_before, calls = 0, 0, [], 0.0, []
+    best = {"by": "val_loss", "value": float("inf"), "step": 0, "state": None}
+    phase = {"start": None, "indomain_rows": 0, "before": None, "end": None, "curve": []}
+    fp = ts.fingerprint(args, world_size=world, train_tokens=len(train), vocab=len(tok),
+                        anneal_tokens=0 if anneal is None else len(anneal))
+    meta = ts.read_meta(args.state_dir) if args.state_dir else None
+    if args.resume_only and meta is None:
+        if ddp:
+            torch.distributed.destroy_process_group()
+        raise SystemExit(f"error: --resume-only: no checkpoint in --state-dir {args.state_dir} (the machine was not kept "
+                         "warm?); stage again and train in one call (--total-minutes = --minutes) or start a new schedule")
+    if meta is not None:  # resume: same settings, same schedule, the saved step
+        try:
+            ts.check_fingerprint(meta["fingerprint"], fp, args.state_dir)
+        except ValueError as err:
+            if ddp:
+                torch.distributed.destroy_process_group()
+            raise SystemExit(f"error: {err}") from None
+        saved = ts.load(args.state_dir, model, opt, rank, rng, device)
+        step, tokens_seen, curve, total_steps = meta["step"], meta["tokens_seen"], meta["curve"], meta["total_steps"]
+        train_s_before, calls, phase = meta["train_time_s"], meta["calls"], meta["anneal"]
+        best = {**meta["best"], "state": saved["state"] if saved else None}
+        best["value"] = float("inf") if best["value"] is None else best["value"]
+        say(f"resumed {args.state_dir} at step {step} of {total_steps}", flush=True)
     net = model
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -178,19 +206,16 @@ def main(argv=None, train=None, extra_evals=None) -> int:
     teacher = load_teacher(args.teacher, cfg, device) if args.teacher else None
     t_fwd = torch.compile(teacher) if teacher is not None and device.type == "cuda" else teacher
 
-    tokens_per_step = args.batch * args.seq * world
-    max_steps = int(args.max_epochs * len(train) / tokens_per_step)
-    total_steps = 12 if args.smoke else None
     budget_s = args.minutes * 60
+    sched_s = (args.total_minutes or args.minutes) * 60
     t_start = time.perf_counter()
-    t_rate0 = step_rate0 = None
-    step, tokens_seen, curve, best = 0, 0, [], (float("inf"), None, 0)
+    t_rate0 = rate = None
+    step0 = step
 
     def lr_at(s: int) -> float:
-        if s < args.warmup:
-            return args.lr * (s + 1) / args.warmup
-        prog = min(1.0, (s - args.warmup) / max(1, (total_steps or max_steps) - args.warmup))
-        return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * prog)))
+        total = total_steps or max_steps
+        return ts.learning_rate(s, total, args.warmup, args.lr, args.min_lr_frac,
+                                ts.anneal_start(total_steps, args.anneal_frac) if total_steps else None)
 
     def sync_int(v: int) -> int:
         if not ddp:
@@ -199,10 +224,20 @@ def main(argv=None, train=None, extra_evals=None) -> int:
         torch.distributed.broadcast(t, 0)
         return int(t.item())
 
+    def windows(starts, src) -> list:
+        return [src[s: s + args.seq + 1] for s in starts]
+
     model.train()
     while total_steps is None or step < total_steps:
-        starts = rng.integers(0, len(train) - args.seq - 1, size=args.batch)
-        x = torch.from_numpy(np.stack([train[s: s + args.seq + 1] for s in starts]).astype(np.int64)).to(device, non_blocking=True)
+        a_start = ts.anneal_start(total_steps, args.anneal_frac) if total_steps else None
+        if a_start is not None and step >= a_start:  # anneal phase: in-domain rows up-weighted
+            n_in = ts.indomain_rows(step - a_start, args.batch, args.anneal_indomain_frac)
+            rows = windows(rng.integers(0, len(anneal) - args.seq - 1, size=n_in), anneal)
+            rows += windows(rng.integers(0, len(train) - args.seq - 1, size=args.batch - n_in), train)
+            phase["indomain_rows"] += n_in
+        else:
+            rows = windows(rng.integers(0, len(train) - args.seq - 1, size=args.batch), train)
+        x = torch.from_numpy(np.stack(rows).astype(np.int64)).to(device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -220,49 +255,99 @@ def main(argv=None, train=None, extra_evals=None) -> int:
         opt.zero_grad(set_to_none=True)
         step += 1
         tokens_seen += tokens_per_step
-        if step == 30 and device.type == "cuda":  # compile and warm-up done: measure speed from here
+        if step - step0 == 30 and device.type == "cuda":  # compile and warm-up done: measure speed from here
             torch.cuda.synchronize()
-            t_rate0, step_rate0 = time.perf_counter(), step
-        if total_steps is None and t_rate0 is not None and step - step_rate0 == 60:
+            t_rate0 = time.perf_counter()
+        if t_rate0 is not None and step - step0 == 90:
             torch.cuda.synchronize()
             rate = 60 / (time.perf_counter() - t_rate0)
-            remaining = budget_s - (time.perf_counter() - t_start)
-            n_evals = remaining * rate / args.eval_every
-            total_steps = sync_int(min(max_steps, step + int(remaining * rate - n_evals * 1.5 * rate)))
-            say(f"{rate:.2f} steps/s = {rate * tokens_per_step / 1e6:.2f} M tok/s on {world} GPU(s); "
-                f"schedule {total_steps} steps = {total_steps * tokens_per_step / 1e6:.0f}M tokens = "
-                f"{total_steps * tokens_per_step / len(train):.1f} epochs", flush=True)
-        if step % 25 == 0 and main_rank:
-            curve.append({"step": step, "epoch": tokens_seen / len(train), "train_loss": loss.item(), "lr": lr_at(step)})
-        if step % args.eval_every == 0 or step == total_steps:
+            if total_steps is None:  # the first call fixes the schedule of all calls
+                warm_s = max(0.0, t_rate0 - t_start - 30 / rate) + (15 if args.state_dir else 0)  # per later call
+                eval_tok_s = 2 * rate * tokens_per_step / world  # rank 0 alone, forward only: ~2x a step's tokens/s
+                phase_s = 0 if anneal is None else (len(evals[SELECT]) + len(evals["v1_test"])) / eval_tok_s
+                fixed_s = 0 if anneal is None else 2 * sum(len(e) for e in evals.values()) / eval_tok_s
+                total_steps, n_calls = ts.fit_schedule(step, rate, train_s_before, time.perf_counter() - t_start, sched_s,
+                                                       budget_s, warm_s, args.eval_every, max_steps, args.anneal_frac,
+                                                       phase_s, fixed_s)
+                total_steps = sync_int(total_steps)
+                a = ts.anneal_start(total_steps, args.anneal_frac)
+                passes = 0 if a is None else ((total_steps - a) * args.batch * world * args.anneal_indomain_frac
+                                              * (args.seq + 1) / len(anneal))
+                say(f"{rate:.2f} steps/s = {rate * tokens_per_step / 1e6:.2f} M tok/s on {world} GPU(s); "
+                    f"schedule {total_steps} steps over {n_calls} call(s) = {total_steps * tokens_per_step / 1e6:.0f}M "
+                    f"tokens = {total_steps * tokens_per_step / len(train):.1f} epochs"
+                    + ("" if a is None else f"; anneal from step {a}: {passes:.1f} passes over the in-domain tokens"), flush=True)
+        if step % args.log_every == 0 and main_rank:
+            curve.append({"step": step, "epoch": tokens_seen / len(train), "train_loss": loss.item(), "lr": lr_at(step - 1)})
+        a_start = ts.anneal_start(total_steps, args.anneal_frac) if total_steps else None
+        in_phase = a_start is not None and step >= a_start
+        phase_eval = in_phase and (step == a_start or (step - a_start) % args.eval_every == 0 or step == total_steps)
+        if step % args.eval_every == 0 or step == total_steps or phase_eval:
             if main_rank:
                 v_sum, v_t = window_losses(model, evals["validation"], args.seq, 32, device, args.val_windows)
                 v = v_sum / v_t.size
                 curve.append({"step": step, "epoch": tokens_seen / len(train), "val_loss": v,
-                              "elapsed_s": time.perf_counter() - t_start})
+                              "elapsed_s": train_s_before + time.perf_counter() - t_start})
                 say(f"step {step} epoch {tokens_seen / len(train):.2f} train {loss.item():.3f} val {v:.3f} "
                     f"({time.perf_counter() - t_start:.0f}s)", flush=True)
-                if v < best[0]:
-                    best = (v, {k: t.detach().clone() for k, t in model.state_dict().items()}, step)
+                if not in_phase and v < best["value"]:
+                    best = {"by": "val_loss", "value": v, "step": step, "state": ts.clone(model)}
+                if phase_eval:
+                    ts.phase_eval(model, tok, evals, args.seq, device, cap, step, a_start, total_steps, phase, best, say)
             if ddp:
                 torch.distributed.barrier()
-        if step % 50 == 0 and sync_int(int(time.perf_counter() - t_start > budget_s * 1.04)):
+        if args.stop_after_steps and step - step0 >= args.stop_after_steps and step != total_steps:
+            break
+        over = time.perf_counter() - t_start > budget_s * (1.0 if args.state_dir else 1.04)
+        if over and args.state_dir and rate and total_steps and (total_steps - step) / rate < args.finish_s:
+            over = False  # the schedule ends within --finish-s: finish it in this call rather than another
+        if step % 50 == 0 and sync_int(int(over)):
             say("time budget reached", flush=True)
             break
-    train_time = time.perf_counter() - t_start
+    call_s = time.perf_counter() - t_start
+    train_time = train_s_before + call_s
+    calls.append({"steps": [step0, step], "train_s": call_s, "steps_per_s": rate})
+    complete = total_steps is not None and step >= total_steps
+    if args.state_dir:
+        ts.save_all(args.state_dir, ddp, main_rank, rank, model, opt, rng, best, {
+            "fingerprint": fp, "step": step, "tokens_seen": tokens_seen, "total_steps": total_steps, "curve": curve,
+            "train_time_s": train_time, "calls": calls, "anneal": phase, "complete": complete,
+            "best": {k: v for k, v in best.items() if k != "state"}})
     if ddp:
         torch.distributed.barrier()
     if not main_rank:
         torch.distributed.destroy_process_group()
         return 0
-    if best[1] is not None:
-        model.load_state_dict(best[1])
-    cap = 4 if args.smoke else None
-    metrics_eval = {s: eval_bpb(model, tok, ids, args.seq, 32, device, cap) for s, ids in evals.items()}
-    for s, r in metrics_eval.items():
+    metrics = {"params": n_params, "steps": step, "total_steps": total_steps, "tokens_seen": tokens_seen,
+               "epochs": tokens_seen / len(train), "train_tokens": len(train), "train_time_s": train_time,
+               "calls": calls, "schedule_complete": complete, "best_step": best["step"], "selected_by": best["by"],
+               "best_value": best["value"], "curve": curve}
+    if args.anneal_frac > 0:
+        metrics["anneal"] = {**phase, "frac": args.anneal_frac, "indomain_frac": args.anneal_indomain_frac,
+                             "indomain_passes": phase["indomain_rows"] * world * (args.seq + 1) / len(anneal)}
+    rec = device_record()
+    config = {**vars(args), "world_size": world, "tokens_per_step": tokens_per_step, "model": cfg.to_dict()}
+    record = {"name": args.name, "corpus": args.corpus, "config": config, "metrics": metrics, "baseline": None, "device": rec,
+              "torch": rec["torch"], "transformers": rec["transformers"], "commit": rec["commit"], "date": rec["date"]}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.state_dir and not complete:  # an earlier call of the schedule: the record only
+        atomic_write_json(out / "train_record.json", record)
+        say(f"state saved at step {step} of {total_steps}; run again with --state-dir {args.state_dir}", flush=True)
+        if ddp:
+            torch.distributed.destroy_process_group()
+        return 0
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    metrics["eval"] = {s: eval_bpb(model, tok, ids, args.seq, 32, device, cap) for s, ids in evals.items()}
+    for s, r in metrics["eval"].items():
         say(f"{s}: ppl {r['ppl']:.2f}  bits/byte {r['bits_per_byte']:.4f}  ({r['tokens']} tokens)", flush=True)
-    smp = samples(model, tok, device, max_new_tokens=60 if not args.smoke else 8, prompts=PROMPTS)
-    for s in smp:
+    if metrics.get("anneal", {}).get("before"):  # the selected weights against the phase's start, in %
+        before = metrics["anneal"]["before"]
+        metrics["anneal"]["change_pct"] = {n: 100 * (metrics["eval"][n]["bits_per_byte"] / before[n] - 1) for n in before}
+        say("anneal change %:", {n: round(v, 2) for n, v in metrics["anneal"]["change_pct"].items()}, flush=True)
+    metrics["samples"] = samples(model, tok, device, max_new_tokens=60 if not args.smoke else 8, prompts=PROMPTS)
+    for s in metrics["samples"]:
         say(json.dumps(s), flush=True)
     work = Path(tempfile.mkdtemp())
     model.to(torch.bfloat16)
@@ -273,24 +358,12 @@ def main(argv=None, train=None, extra_evals=None) -> int:
     if args.keep:
         model.save_pretrained(args.keep, safe_serialization=True)
         tok.save_pretrained(args.keep)
-    rec = device_record()
-    record = {
-        "name": args.name,
-        "config": {**vars(args), "world_size": world, "tokens_per_step": tokens_per_step, "model": cfg.to_dict()},
-        "metrics": {"params": n_params, "steps": step, "tokens_seen": tokens_seen,
-                    "epochs": tokens_seen / len(train), "train_tokens": len(train),
-                    "train_time_s": train_time, "best_step": best[2], "best_val_nll": best[0],
-                    "eval": metrics_eval, "curve": curve, "samples": smp},
-        "baseline": None, "device": rec, "torch": rec["torch"], "transformers": rec["transformers"],
-        "commit": rec["commit"], "date": rec["date"],
-    }
     atomic_write_json(work / "train_record.json", record)
     plot(curve, work / "loss.png")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "train_record.json", record)
     if not args.no_pack:
-        subprocess.run(f"tar cf - -C {work} model train_record.json loss.png | split -b 15M - {out}/pack.tar.part-",
+        compress = "xz -T0 -6" if shutil.which("xz") else f"{sys.executable} -c {XZ_PY!r}"
+        subprocess.run(f"tar cf - -C {work} model train_record.json loss.png | {compress} | split -b 15M - {out}/pack.tar.part-",
                        shell=True, check=True)
     say(f"done in {time.perf_counter() - t_start:.0f}s", flush=True)
     if ddp:

@@ -19,6 +19,12 @@ four (validation, test, v1_test, heldout = gnucash-docs).
 
   torchrun --nproc_per_node 2 benchmarks/zoo/train_lm_v3.py --out $OUT --minutes 8.0
   python benchmarks/zoo/train_lm_v3.py --smoke --out /tmp/smoke [--root DIR --manifest FILE]  (CPU, seconds)
+
+Re-split parts (``restage_v3.py``: <= 40 MB each, the same token stream, checked by its sha256, plus
+the anneal phase's in-domain and selection tokens): ``--manifest benchmarks/zoo/data_v3/manifest_s.json``,
+parts ``.carry/reflm3s/partK``; its anneal files become the defaults of --anneal-data / --anneal-val.
+The options of train_lm_v2.py (the model's size against the trip back included) are checked right
+after the parts are verified, before they are read.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ class StagingError(RuntimeError):
 
 
 def _file_entries(manifest: dict) -> list[dict]:
-    return [*manifest["parts"], *manifest["eval"].values()]
+    return [*manifest["parts"], *manifest["eval"].values(), *manifest.get("anneal", {}).values()]
 
 
 def verify(manifest: dict, root: Path = ROOT, parts: list[str] | None = None) -> list[str]:
@@ -73,7 +79,8 @@ def verify(manifest: dict, root: Path = ROOT, parts: list[str] | None = None) ->
         checked.append(e["path"])
     if problems:
         bad = sorted({p.split(":")[0] for p in problems})
-        carry = [f".carry/reflm3/{b}" for b in bad]
+        folder = {e["part"]: str(Path(e["path"]).parent) for e in _file_entries(manifest)}
+        carry = [folder[b] for b in bad]
         raise StagingError("staged v3 data incomplete:\n  " + "\n  ".join(problems)
                            + f"\nstage again with a call whose carry list is {json.dumps(carry)} "
                            "(one part per call, on a warm machine)")
@@ -85,8 +92,17 @@ def load(manifest: dict, root: Path = ROOT) -> tuple[np.ndarray, dict[str, np.nd
     train = np.concatenate([read_tokens(root / p["path"]) for p in manifest["parts"]])
     if train.size != manifest["train_tokens"]:
         raise StagingError(f"train tokens {train.size} != manifest {manifest['train_tokens']}")
+    if "stream_sha256" in manifest and hashlib.sha256(train.tobytes()).hexdigest() != manifest["stream_sha256"]:
+        raise StagingError("the concatenated training stream differs from the manifest's stream_sha256")
     evals = {name: read_ids(root / e["path"]) for name, e in manifest["eval"].items()}
     return train, evals
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def main(argv=None) -> int:
@@ -99,6 +115,15 @@ def main(argv=None) -> int:
     args, rest = ap.parse_known_args(argv)
     manifest = json.loads(Path(args.manifest).read_text())
     root = Path(args.root)
+    import train_lm_v2
+
+    defaults = ["--name", "reflm_v3_train", "--tokenizer", str(ROOT / "src/anybudget/assets/reflm"),
+                "--max-epochs", "4", "--minutes", "8.0", "--corpus", _rel(Path(args.manifest))]
+    anneal = manifest.get("anneal", {})
+    if {"indomain", "indomain_val"} <= set(anneal):  # staged with the training parts (restage_v3.py)
+        defaults += ["--anneal-data", str(root / anneal["indomain"]["path"]),
+                     "--anneal-val", str(root / anneal["indomain_val"]["path"])]
+    argv2 = defaults + rest
     try:
         if args.verify_only:
             parts = args.expect.split(",") if args.expect else None
@@ -109,12 +134,9 @@ def main(argv=None) -> int:
     except StagingError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return MISSING_EXIT
+    train_lm_v2.parse_args(argv2, vocab=manifest.get("vocab_size"))  # options and model size, before loading
     train, evals = load(manifest, root)
-    import train_lm_v2
-
-    defaults = ["--name", "reflm_v3_train", "--tokenizer", str(ROOT / "src/anybudget/assets/reflm"),
-                "--max-epochs", "4", "--minutes", "8.0"]
-    return train_lm_v2.main(defaults + rest, train=train, extra_evals=evals)
+    return train_lm_v2.main(argv2, train=train, extra_evals=evals)
 
 
 if __name__ == "__main__":
