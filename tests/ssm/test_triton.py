@@ -21,7 +21,7 @@ def _has_triton() -> bool:
 
 
 @pytest.mark.skipif(not _has_triton(), reason="triton not installed (pip install 'anybudget[gpu]')")
-@pytest.mark.parametrize("which", ["sequential", "chunked", "op", "tuned", "bwd_tm"])
+@pytest.mark.parametrize("which", ["sequential", "chunked", "op", "tuned", "bwd_tm", "fwdchunk"])
 def test_triton_scan_interpreter_matches_reference(which):
     """Forward, last state and every gradient vs the sequential reference (float32 1e-4, bf16 5e-2)."""
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -67,10 +67,11 @@ def test_triton_scan_gpu_matches_reference(seq, n, variant, split, impl, monkeyp
 @pytest.mark.parametrize("extras", [{"bwd_adjoint": (32, 4)}, {"bwd_adjoint": (64, 8), "bwd_programs": 4096},
                                     {"bwd_autotune": True}, {"bwd_prefetch": True, "fwd_prefetch": True},
                                     {"bwd_autotune": True, "bwd_prefetch": True, "bwd_programs": 4096},
-                                    {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_maxnreg": 80}])
+                                    {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_maxnreg": 80},
+                                    {"fwd_chunk": 256, "bwd_tm": True}, {"fwd_chunk": 64, "fwd_prefetch": True}])
 def test_tuned_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkeypatch):
     """The chunked backward's own adjoint tile, a wider channel split, triton.autotune, the prefetches
-    (grads kernel, time_first forward) and a register cap, at train_speed's tiles."""
+    (grads kernel, time_first forward), a register cap and the chunk-parallel forward, at train_speed's tiles."""
     from anybudget.ssm.scan import selective_scan, selective_scan_chunked
     from anybudget.ssm.scan_triton import ScanBlocks
 
