@@ -37,16 +37,19 @@ OLD = [("time_last", (4, 32, 4), (4, 32, 4)), ("time_first", (8, 32, 8), (8, 32,
 NEW = [(4, 32, 4), (4, 16, 4), (8, 8, 4), (2, 32, 2), (8, 32, 8), (8, 16, 4), (2, 16, 2), (4, 8, 2)]  # likeliest first
 # The chunk-parallel forward (ScanBlocks.fwd_chunk) at train_speed's tf16+bwdtm tiles (forward (8, 16, 4), time-major
 # chunked backward (8, 16, 4)), beside the same without it (None): at batch 16 the whole-sequence forward has 512
-# programs of 256 tiles; chunk 256 gives 16x the programs of 16 tiles.
-FWD_CHUNKS = [None, 256, 128, 512]
+# programs of 256 tiles; chunk 256 gives 16x the programs of 16 tiles. Then narrower forward tiles, which the chunks'
+# program count allows (sm_90, no z / D in the kernel: (8, 16, 4) 77 registers, 6 programs an SM; (4, 16, 2) 92, 11;
+# (4, 8, 1) 96, 21, one warp: no barriers between warps; scan_regs.py).
+FWD_CHUNKS = [((8, 16, 4), None), ((8, 16, 4), 256), ((8, 16, 4), 128), ((8, 16, 4), 512), ((4, 16, 2), 256),
+              ((4, 8, 1), 256)]
 
 
 def _configs(smoke):
     old = [{"impl": "sequential", "variant": v, "fwd": f, "bwd": b} for v, f, b in OLD]
     new = [{"impl": "chunked", "variant": "time_first", "fwd": (8, 32, 8), "bwd_chunked": (d, t, w)}
            for d, t, w in NEW]
-    fc = [{"impl": "chunked", "variant": "time_first", "fwd": (8, 16, 4), "bwd_chunked": (8, 16, 4), "bwd_tm": True,
-           "fwd_chunk": c} for c in FWD_CHUNKS]
+    fc = [{"impl": "chunked", "variant": "time_first", "fwd": f, "bwd_chunked": (8, 16, 4), "bwd_tm": True,
+           "fwd_chunk": c} for f, c in FWD_CHUNKS]
     if smoke:  # chunk 32 (forward states) and 16 (its own); the chunked forward at 2 chunks of seq 40
         return old[:1] + new[:2] + [dict(fc[1], fwd_chunk=32)]
     return old + fc[:2] + new + fc[2:]
@@ -203,8 +206,8 @@ def scan_part(shape, device, repeat, tol=TOL, budget_s=120.0):
         mine = [r for r in timed if r["impl"] == impl]
         if mine:
             res["best_" + impl] = min(mine, key=lambda r: r["bwd_s"])
-    fc = {str(r["fwd_chunk"]): {k: r[k] for k in ("fwd_s", "fwd_bwd_s")} for r in timed if "fwd_chunk" in r}
-    if fc:  # the chunked forward against the same tiles without it (key "None")
+    fc = {f"{r['fwd']}:{r['fwd_chunk']}": {k: r[k] for k in ("fwd_s", "fwd_bwd_s")} for r in timed if "fwd_chunk" in r}
+    if fc:  # the chunked forward against the (8, 16, 4) tiles without it ("(8, 16, 4):None")
         res["fwd_chunk"] = fc
     if "best_sequential" in res and "best_chunked" in res:
         res["bwd_speedup"] = res["best_sequential"]["bwd_s"] / res["best_chunked"]["bwd_s"]

@@ -26,6 +26,14 @@ bytes a chunk. At fp32, batch 16, d_inner 256, 16 states, seq 4096, chunk 256: 1
 z too where the kernel gates), ~0.045 ms at 3.35 TB/s. The last chunk's end state starts no chunk: its
 step-1 reads are masked off. One chunk (seq <= fwd_chunk) runs step 3 alone (no extra traffic).
 
+Registers at sm_90 (``benchmarks/ssm/scan_regs.py``, fp32, 16 states, tiles (8, 16, 4), chunk 256): step 3 as
+``fwd_kernel_tm`` (88 with z and D, 77 without, as the split path runs it: 6 programs an SM), step 1 64 (8 programs,
+496 SASS instructions against 680); no spills. Expectation, by occupancy alone (the forward is latency-bound): at
+batch 16, d_inner 256, seq 4096 the whole-sequence forward's 512 programs fill ~4 of an SM's 6 slots for 256 tiles;
+step 3's 8192 programs keep all 6 busy for ~165 tile-latencies, step 1 adds ~80 of its shorter ones: roughly
+break-even unless more resident programs also shorten each tile's latency; a clear gain only where
+batch x d_inner / BLOCK_D is below the GPU's slots (small batches), likely a small loss at MQAR's batch 128.
+
 Opt-in (``fwd_chunk = None`` keeps ``fwd_kernel_tm``) until timed on a GPU
 (``benchmarks/ssm/scan_bwd_speed.py``, ``train_speed.py``'s ``+fwdchunk`` variant). Same results
 as the reference (tests/ssm/triton_interpret_check.py ``fwdchunk``).
