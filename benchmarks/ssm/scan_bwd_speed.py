@@ -39,9 +39,11 @@ NEW = [(4, 32, 4), (4, 16, 4), (8, 8, 4), (2, 32, 2), (8, 32, 8), (8, 16, 4), (2
 # chunked backward (8, 16, 4)), beside the same without it (None): at batch 16 the whole-sequence forward has 512
 # programs of 256 tiles; chunk 256 gives 16x the programs of 16 tiles. Then narrower forward tiles, which the chunks'
 # program count allows (sm_90, no z / D in the kernel: (8, 16, 4) 77 registers, 6 programs an SM; (4, 16, 2) 92, 11;
-# (4, 8, 1) 96, 21, one warp: no barriers between warps; scan_regs.py).
-FWD_CHUNKS = [((8, 16, 4), None), ((8, 16, 4), 256), ((8, 16, 4), 128), ((8, 16, 4), 512), ((4, 16, 2), 256),
-              ((4, 8, 1), 256)]
+# (4, 8, 1) 96, 21, one warp: no barriers between warps; scan_regs.py); the next tile's reads issued early
+# (ScanBlocks.fwd_prefetch) with and without chunks. (forward tiles, fwd_chunk, fwd_prefetch):
+FWD_CHUNKS = [((8, 16, 4), None, False), ((8, 16, 4), 256, False), ((8, 16, 4), 128, False),
+              ((8, 16, 4), 512, False), ((8, 16, 4), None, True), ((8, 16, 4), 256, True), ((4, 16, 2), 256, False),
+              ((4, 8, 1), 256, False)]
 
 
 def _configs(smoke):
@@ -49,10 +51,10 @@ def _configs(smoke):
     new = [{"impl": "chunked", "variant": "time_first", "fwd": (8, 32, 8), "bwd_chunked": (d, t, w)}
            for d, t, w in NEW]
     fc = [{"impl": "chunked", "variant": "time_first", "fwd": f, "bwd_chunked": (8, 16, 4), "bwd_tm": True,
-           "fwd_chunk": c} for f, c in FWD_CHUNKS]
+           "fwd_chunk": c, "fwd_prefetch": pf} for f, c, pf in FWD_CHUNKS]
     if smoke:  # chunk 32 (forward states) and 16 (its own); the chunked forward at 2 chunks of seq 40
         return old[:1] + new[:2] + [dict(fc[1], fwd_chunk=32)]
-    return old + fc[:2] + new + fc[2:]
+    return old + fc + new  # the fwd_chunk rows before the (already recorded) backward tiles, in the budget
 
 
 def _apply(cfg):
@@ -60,6 +62,7 @@ def _apply(cfg):
 
     ScanBlocks.bwd_impl, ScanBlocks.variant, ScanBlocks.fwd = cfg["impl"], cfg["variant"], cfg["fwd"]
     ScanBlocks.fwd_chunk, ScanBlocks.bwd_tm = cfg.get("fwd_chunk"), cfg.get("bwd_tm", False)
+    ScanBlocks.fwd_prefetch = cfg.get("fwd_prefetch", False)
     ScanBlocks.split_fixed = True
     if cfg["impl"] == "sequential":
         ScanBlocks.bwd = cfg["bwd"]
@@ -196,8 +199,8 @@ def scan_part(shape, device, repeat, tol=TOL, budget_s=120.0):
         row.update(bytes_fwd=fb, bytes_bwd=bb, bound_bwd_s=bb / bw, bound_fwd_bwd_s=(fb + bb) / bw,
                    bwd_x_over_bound=row["bwd_s"] / (bb / bw), fwd_bwd_x_over_bound=row["fwd_bwd_s"] / ((fb + bb) / bw))
         rows.append(row)
-        print("scan", {k: row[k] for k in ("impl", "variant", "fwd", "fwd_chunk", "fwd_s", "bwd_s", "kernel_bwd_s",
-                                       "fwd_bwd_s") if k in row},
+        keys = ("impl", "variant", "fwd", "fwd_chunk", "fwd_prefetch", "fwd_s", "bwd_s", "kernel_bwd_s", "fwd_bwd_s")
+        print("scan", {k: row[k] for k in keys if k in row},
               row.get("bwd", row.get("bwd_chunked")), flush=True)
     timed = [r for r in rows if "bwd_s" in r]
     res = {"shape": {"batch": b, "d_inner": d, "d_state": n_learned + 2, "seq": seq},
@@ -206,7 +209,8 @@ def scan_part(shape, device, repeat, tol=TOL, budget_s=120.0):
         mine = [r for r in timed if r["impl"] == impl]
         if mine:
             res["best_" + impl] = min(mine, key=lambda r: r["bwd_s"])
-    fc = {f"{r['fwd']}:{r['fwd_chunk']}": {k: r[k] for k in ("fwd_s", "fwd_bwd_s")} for r in timed if "fwd_chunk" in r}
+    fc = {f"{r['fwd']}:{r['fwd_chunk']}" + (":prefetch" if r["fwd_prefetch"] else ""):
+          {k: r[k] for k in ("fwd_s", "fwd_bwd_s")} for r in timed if "fwd_chunk" in r}
     if fc:  # the chunked forward against the (8, 16, 4) tiles without it ("(8, 16, 4):None")
         res["fwd_chunk"] = fc
     if "best_sequential" in res and "best_chunked" in res:

@@ -100,9 +100,12 @@ def fwd_chunk_rows(flags):
     from anybudget.ssm import scan_triton_fwdchunk as fc
 
     tiles = {"BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "TILES_PER_CHUNK": 16}
-    out = [{"kernel": "fwd_chunk_end", "block_d": 8, "warps": 4, "maxnreg": None, "prefetch": False,
-            **resource_usage(fc._chunk_end_kernel, {"HAS_BIAS": True, "SOFTPLUS": True, **tiles}, 4)}]
-    print(out[-1], flush=True)
+    out = []
+    for pf in (False, True):
+        out.append({"kernel": "fwd_chunk_end", "block_d": 8, "warps": 4, "maxnreg": None, "prefetch": pf,
+                    **resource_usage(fc._chunk_end_kernel, {"HAS_BIAS": True, "SOFTPLUS": True, **tiles,
+                                                            "PREFETCH": pf}, 4)})
+        print(out[-1], flush=True)
     for pf in (False, True):
         c = {**flags, **tiles, "HAS_D": True, "HAS_H0": True, "N_TILES": 256, "PREFETCH": pf}
         out.append({"kernel": "fwd_chunk", "block_d": 8, "warps": 4, "maxnreg": None, "prefetch": pf,

@@ -335,7 +335,8 @@ def fwdchunk_cases():
     check_fwd_chunk_outputs(1, 5, 37, 6, chunk=8, a_last=-100.0, prefetch=True)
     check_fwd_chunk_outputs(1, 3, 75, 5, chunk=4)
     check_fwd_chunk_outputs(1, 3, 20, 3, chunk=32, fwd=(4, 8, 4))
-    check_fwd_chunk_outputs(2, 3, 21, 3, chunk=16, fwd=(2, 8, 4), polar=False, optional=False)  # a tile past the end
+    # 3 tiles of 8 in 2 chunks of 16: the last chunk's second tile is past the end (no state stored for it).
+    check_fwd_chunk_outputs(2, 3, 21, 3, chunk=16, fwd=(2, 8, 4), polar=False, optional=False, prefetch=True)
     check_fwd_chunk_outputs(1, 4, 33, 4, chunk=8, dtype=torch.bfloat16)
     # Full backward through selective_scan_triton: the sequential one reads every tile-start state, the chunked one
     # every second (chunk 8 over tile 4) or every one.

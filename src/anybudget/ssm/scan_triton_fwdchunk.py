@@ -52,12 +52,43 @@ from anybudget.ssm.scan_triton_common import (
     combine,
     discretize,
     load_a_matrix,
-    load_dt,
     load_vec,
+    softplus,
 )
 from anybudget.ssm.scan_triton_tm import _fwd_tm_load, _fwd_tm_tile
 
 __all__ = ["chunked_forward", "extra_bytes"]
+
+
+@triton.jit
+def _end_load(u_ptr, delta_ptr, B_ptr, row, rowB, tile, t_loc, lim, mask_d, mask_n, BLOCK_T: tl.constexpr):
+    """Step 1's raw reads of ``tile`` (u, delta, B as float32), steps at or past ``lim`` masked off (read as 0)."""
+    offs_t = tile * BLOCK_T + t_loc
+    mask_t = offs_t < lim
+    m_td = mask_t[:, None] & mask_d[None, :]
+    u = tl.load(u_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)  # (T, D)
+    draw = tl.load(delta_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
+    Bt = tl.load(B_ptr + rowB + offs_t[:, None], mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+    return u, draw, Bt
+
+
+@triton.jit
+def _end_tile(u, draw, Bt, h, S, A_safe, a_zero, bias, tile, t_loc, lim, mask_d,
+              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr):
+    """One tile of step 1 from its reads: the state carried from a zero chunk start, and the running sum of dt."""
+    mask_t = tile * BLOCK_T + t_loc < lim
+    dt = draw  # load_dt's arithmetic after the raw read
+    if HAS_BIAS:
+        dt = dt + bias[None, :]
+    if SOFTPLUS:
+        dt = softplus(dt)
+    dt = tl.where(mask_t[:, None] & mask_d[None, :], dt, 0.0)  # past the end: no time passes (S: real steps only)
+    a = discretize(dt[:, :, None] * A_safe, a_zero)  # (T, D, N)
+    a = tl.where(mask_t[:, None, None], a, 1.0)
+    b = (dt * u)[:, :, None] * Bt[:, None, :]
+    a_cum, h_loc = tl.associative_scan((a, b), axis=0, combine_fn=combine)
+    hs = h_loc + a_cum * h[None, :, :]
+    return tl.sum(tl.where((t_loc == BLOCK_T - 1)[:, None, None], hs, 0.0), axis=0), S + tl.sum(dt, axis=0)
 
 
 @triton.jit
@@ -66,7 +97,9 @@ def _chunk_end_kernel(
     n_inner, n_state, seq, n_chunks,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, TILES_PER_CHUNK: tl.constexpr,
+    PREFETCH: tl.constexpr = False,
 ):
+    # PREFETCH: tile i + 1's reads issued before tile i's arithmetic (the chunk's last one reads nothing).
     pid_b, pid_c = tl.program_id(0), tl.program_id(2)
     offs_d, offs_n, mask_d, mask_n = channel_tile(tl.program_id(1), n_inner, n_state, BLOCK_D, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
@@ -80,21 +113,23 @@ def _chunk_end_kernel(
     lim = tl.where(pid_c == n_chunks - 1, 0, seq)
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     S = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for i in range(TILES_PER_CHUNK):
-        offs_t = (pid_c * TILES_PER_CHUNK + i) * BLOCK_T + t_loc
-        mask_t = offs_t < lim
-        m_td = mask_t[:, None] & mask_d[None, :]
-        u = tl.load(u_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)  # (T, D)
-        dt, _ = load_dt(delta_ptr + row + offs_t[:, None], m_td, bias[None, :], HAS_BIAS, SOFTPLUS)
-        dt = tl.where(m_td, dt, 0.0)  # past the end: no time passes (S counts real steps only)
-        Bt = tl.load(B_ptr + rowB + offs_t[:, None], mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        a = discretize(dt[:, :, None] * A_safe, a_zero)  # (T, D, N)
-        a = tl.where(mask_t[:, None, None], a, 1.0)
-        b = (dt * u)[:, :, None] * Bt[:, None, :]
-        a_cum, h_loc = tl.associative_scan((a, b), axis=0, combine_fn=combine)
-        hs = h_loc + a_cum * h[None, :, :]
-        h = tl.sum(tl.where((t_loc == BLOCK_T - 1)[:, None, None], hs, 0.0), axis=0)
-        S += tl.sum(dt, axis=0)
+    first = pid_c * TILES_PER_CHUNK
+    if PREFETCH:
+        u, draw, Bt = _end_load(u_ptr, delta_ptr, B_ptr, row, rowB, first, t_loc, lim, mask_d, mask_n, BLOCK_T)
+        for i in range(TILES_PER_CHUNK):
+            tile = first + i
+            nlim = tl.where(i + 1 < TILES_PER_CHUNK, lim, 0)
+            nu, ndraw, nBt = _end_load(u_ptr, delta_ptr, B_ptr, row, rowB, tile + 1, t_loc, nlim, mask_d, mask_n,
+                                       BLOCK_T)
+            h, S = _end_tile(u, draw, Bt, h, S, A_safe, a_zero, bias, tile, t_loc, lim, mask_d, HAS_BIAS, SOFTPLUS,
+                             BLOCK_T)
+            u, draw, Bt = nu, ndraw, nBt
+    else:
+        for i in range(TILES_PER_CHUNK):
+            tile = first + i
+            u, draw, Bt = _end_load(u_ptr, delta_ptr, B_ptr, row, rowB, tile, t_loc, lim, mask_d, mask_n, BLOCK_T)
+            h, S = _end_tile(u, draw, Bt, h, S, A_safe, a_zero, bias, tile, t_loc, lim, mask_d, HAS_BIAS, SOFTPLUS,
+                             BLOCK_T)
     base = (pid_b * n_chunks + pid_c) * n_inner
     tl.store(Y_ptr + (base + offs_d[:, None]) * n_state + offs_n[None, :], h, mask=mask_dn)
     tl.store(S_ptr + base + offs_d, S, mask=mask_d)
@@ -140,8 +175,8 @@ def _chunk_fwd_kernel(
             nu, ndraw, nBt, nCt, nz = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, nxt, t_loc,
                                                    seq, mask_d, mask_n, HAS_Z, BLOCK_T)
             h = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
-                             pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn & (idx_dn + tile < N_TILES), N_TILES,
-                             HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_T)
+                             pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn & (idx_dn + tile < N_TILES),
+                             N_TILES, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_T)
             u, draw, Bt, Ct, z = nu, ndraw, nBt, nCt, nz
     else:
         for i in range(TILES_PER_CHUNK):
@@ -149,8 +184,8 @@ def _chunk_fwd_kernel(
             u, draw, Bt, Ct, z = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, seq,
                                               mask_d, mask_n, HAS_Z, BLOCK_T)
             h = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
-                             pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn & (idx_dn + tile < N_TILES), N_TILES,
-                             HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_T)
+                             pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn & (idx_dn + tile < N_TILES),
+                             N_TILES, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_T)
     tl.store(last_ptr + pid_b * n_inner * n_state + st_off, h, mask=mask_dn & (idx_dn + pid_c == n_chunks - 1))
 
 
@@ -174,8 +209,8 @@ def chunked_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, *, chun
 
     Inputs as ``triton_forward`` passes them (contiguous, A float32). ``tiles = (BLOCK_D, BLOCK_T, warps)``
     of the forward (step 3, and the states' tile); ``chunk``: a positive multiple of BLOCK_T;
-    ``end_tiles``: step 1's (BLOCK_D, warps) (None: ``tiles``'); ``prefetch`` / ``maxnreg`` as
-    ``ScanBlocks.fwd_prefetch`` / ``fwd_maxnreg`` (step 3).
+    ``end_tiles``: step 1's (BLOCK_D, warps) (None: ``tiles``'); ``prefetch`` (steps 1 and 3) / ``maxnreg``
+    (step 3) as ``ScanBlocks.fwd_prefetch`` / ``fwd_maxnreg``.
     """
     from anybudget.ssm.scan_triton_bwd import _chunk_carry_kernel
 
@@ -199,8 +234,8 @@ def chunked_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, *, chun
         S = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
         _chunk_end_kernel[(bsz, triton.cdiv(n_inner, end_d), n_chunks)](
             u, delta, A, B, bb, Y, S, n_inner, n_state, seq, n_chunks,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            BLOCK_D=end_d, BLOCK_N=block_n, BLOCK_T=block_t, TILES_PER_CHUNK=chunk // block_t, num_warps=end_warps)
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), BLOCK_D=end_d, BLOCK_N=block_n,
+            BLOCK_T=block_t, TILES_PER_CHUNK=chunk // block_t, PREFETCH=bool(prefetch), num_warps=end_warps)
         H = torch.empty_like(Y)
         block_c, block_j = 16, 256
         _chunk_carry_kernel[(bsz, triton.cdiv(n_inner * n_state, block_j))](
