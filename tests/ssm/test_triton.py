@@ -31,6 +31,16 @@ def test_triton_scan_interpreter_matches_reference(which):
     assert "ALL OK" in r.stdout
 
 
+@pytest.mark.skipif(not _has_triton(), reason="triton not installed (pip install 'anybudget[gpu]')")
+def test_fwd_chunk_extra_bytes_counts_the_rereads_and_the_chunk_arrays():
+    from anybudget.ssm.scan_triton_fwdchunk import extra_bytes
+
+    assert extra_bytes(16, 256, 16, 256, 256) == 0  # one chunk: the whole-sequence forward's traffic
+    # 3 chunks of 100 over seq 250: u, delta and B re-read for the first two (200 steps), Y / H / S once each way
+    assert extra_bytes(2, 8, 4, 250, 100) == 2 * 200 * (2 * 8 + 4) * 4 + 2 * 3 * (4 * 8 * 4 + 2 * 8) * 4
+    assert extra_bytes(2, 8, 4, 250, 100, elem=2) < extra_bytes(2, 8, 4, 250, 100)  # bf16 inputs
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
 @pytest.mark.parametrize("seq, n", [(1, 3), (100, 18), (1031, 18), (4096, 17)])
