@@ -8,6 +8,9 @@ chunked PyTorch scan over all 18 states at this shape; a configuration that disa
 (the forward's graph kept, ``autograd.grad`` timed) and forward+backward, each beside the bytes it
 must move over a device-to-device copy's bandwidth measured in the same run.
 
+Rows ``fwd_chunk``: the chunk-parallel forward (``ScanBlocks.fwd_chunk``, ``scan_triton_fwdchunk``) at
+train_speed's tf16+bwdtm tiles against the same tiles without it; ``fwd_chunk_extra_bytes`` its extra traffic.
+
 Part 2, the MQAR training step (``train_speed``'s Table 2 model, batch 128, the training mixture,
 depth 2 and 4): the old step (reference loop, sequential backward) and the CUDA-graph step with the
 sequential and with the chunked backward, same step indices; the scan gradients are first checked
@@ -32,19 +35,34 @@ OLD = [("time_last", (4, 32, 4), (4, 32, 4)), ("time_first", (8, 32, 8), (8, 32,
 # reads the forward's tile-start states, shorter chunks rebuild their own (scan_triton_bwd, closed
 # form). Registers per thread (ptxas, sm_90, 16 states): 241 at (4, 32, 4), 143 at (4, 16, 4), 141 at (8, 8, 4).
 NEW = [(4, 32, 4), (4, 16, 4), (8, 8, 4), (2, 32, 2), (8, 32, 8), (8, 16, 4), (2, 16, 2), (4, 8, 2)]  # likeliest first
+# The chunk-parallel forward (ScanBlocks.fwd_chunk) at train_speed's tf16+bwdtm tiles (forward (8, 16, 4), time-major
+# chunked backward (8, 16, 4)), beside the same without it (None): at batch 16 the whole-sequence forward has 512
+# programs of 256 tiles; chunk 256 gives 16x the programs of 16 tiles. Then narrower forward tiles, which the chunks'
+# program count allows (sm_90, no z / D in the kernel: (8, 16, 4) 77 registers, 6 programs an SM; (4, 16, 2) 92, 11;
+# (4, 8, 1) 96, 21, one warp: no barriers between warps; scan_regs.py); the next tile's reads issued early
+# (ScanBlocks.fwd_prefetch) with and without chunks. (forward tiles, fwd_chunk, fwd_prefetch):
+FWD_CHUNKS = [((8, 16, 4), None, False), ((8, 16, 4), 256, False), ((8, 16, 4), 128, False),
+              ((8, 16, 4), 512, False), ((8, 16, 4), None, True), ((8, 16, 4), 256, True), ((4, 16, 2), 256, False),
+              ((4, 8, 1), 256, False)]
 
 
 def _configs(smoke):
-    rows = [{"impl": "sequential", "variant": v, "fwd": f, "bwd": b} for v, f, b in OLD]
-    rows += [{"impl": "chunked", "variant": "time_first", "fwd": (8, 32, 8), "bwd_chunked": (d, t, w)}
-             for d, t, w in NEW]
-    return rows[:1] + rows[2:4] if smoke else rows  # smoke: chunk 32 (forward states) and 16 (its own)
+    old = [{"impl": "sequential", "variant": v, "fwd": f, "bwd": b} for v, f, b in OLD]
+    new = [{"impl": "chunked", "variant": "time_first", "fwd": (8, 32, 8), "bwd_chunked": (d, t, w)}
+           for d, t, w in NEW]
+    fc = [{"impl": "chunked", "variant": "time_first", "fwd": f, "bwd_chunked": (8, 16, 4), "bwd_tm": True,
+           "fwd_chunk": c, "fwd_prefetch": pf} for f, c, pf in FWD_CHUNKS]
+    if smoke:  # chunk 32 (forward states) and 16 (its own); the chunked forward at 2 chunks of seq 40
+        return old[:1] + new[:2] + [dict(fc[1], fwd_chunk=32)]
+    return old + fc + new  # the fwd_chunk rows before the (already recorded) backward tiles, in the budget
 
 
 def _apply(cfg):
     from anybudget.ssm.scan_triton import ScanBlocks
 
     ScanBlocks.bwd_impl, ScanBlocks.variant, ScanBlocks.fwd = cfg["impl"], cfg["variant"], cfg["fwd"]
+    ScanBlocks.fwd_chunk, ScanBlocks.bwd_tm = cfg.get("fwd_chunk"), cfg.get("bwd_tm", False)
+    ScanBlocks.fwd_prefetch = cfg.get("fwd_prefetch", False)
     ScanBlocks.split_fixed = True
     if cfg["impl"] == "sequential":
         ScanBlocks.bwd = cfg["bwd"]
@@ -174,10 +192,15 @@ def scan_part(shape, device, repeat, tol=TOL, budget_s=120.0):
         row["kernel_bytes_bwd"] = kb = scan_bytes(b, d, n_learned, seq, cfg["fwd"][1])[1]
         row["kernel_bwd_x_over_bound"] = row["kernel_bwd_s"] / (kb / bw)
         fb, bb = scan_bytes(b, d, n_learned + 2, seq, cfg["fwd"][1])  # states at the forward's tiles
+        if cfg.get("fwd_chunk"):  # what the chunked forward moves beyond the whole-sequence one (16 states in it)
+            from anybudget.ssm.scan_triton_fwdchunk import extra_bytes
+
+            row["fwd_chunk_extra_bytes"] = extra_bytes(b, d, n_learned, seq, cfg["fwd_chunk"])
         row.update(bytes_fwd=fb, bytes_bwd=bb, bound_bwd_s=bb / bw, bound_fwd_bwd_s=(fb + bb) / bw,
                    bwd_x_over_bound=row["bwd_s"] / (bb / bw), fwd_bwd_x_over_bound=row["fwd_bwd_s"] / ((fb + bb) / bw))
         rows.append(row)
-        print("scan", {k: row[k] for k in ("impl", "variant", "fwd", "bwd_s", "kernel_bwd_s", "fwd_bwd_s") if k in row},
+        keys = ("impl", "variant", "fwd", "fwd_chunk", "fwd_prefetch", "fwd_s", "bwd_s", "kernel_bwd_s", "fwd_bwd_s")
+        print("scan", {k: row[k] for k in keys if k in row},
               row.get("bwd", row.get("bwd_chunked")), flush=True)
     timed = [r for r in rows if "bwd_s" in r]
     res = {"shape": {"batch": b, "d_inner": d, "d_state": n_learned + 2, "seq": seq},
@@ -186,6 +209,10 @@ def scan_part(shape, device, repeat, tol=TOL, budget_s=120.0):
         mine = [r for r in timed if r["impl"] == impl]
         if mine:
             res["best_" + impl] = min(mine, key=lambda r: r["bwd_s"])
+    fc = {f"{r['fwd']}:{r['fwd_chunk']}" + (":prefetch" if r["fwd_prefetch"] else ""):
+          {k: r[k] for k in ("fwd_s", "fwd_bwd_s")} for r in timed if "fwd_chunk" in r}
+    if fc:  # the chunked forward against the (8, 16, 4) tiles without it ("(8, 16, 4):None")
+        res["fwd_chunk"] = fc
     if "best_sequential" in res and "best_chunked" in res:
         res["bwd_speedup"] = res["best_sequential"]["bwd_s"] / res["best_chunked"]["bwd_s"]
         res["fwd_bwd_speedup"] = res["best_sequential"]["fwd_bwd_s"] / res["best_chunked"]["fwd_bwd_s"]
@@ -210,7 +237,8 @@ def train_part(args, device):
     for cfg in _configs(small):
         _apply(cfg)
         errs = _rel_errs(ins, grad, *ref, _model_path)
-        key = cfg["impl"] + ":" + str(cfg.get("bwd_chunked", cfg.get("bwd")))
+        key = cfg["impl"] + ":" + str(cfg.get("bwd_chunked", cfg.get("bwd"))) + (
+            f":fwd_chunk{cfg['fwd_chunk']}" if cfg.get("fwd_chunk") else "")
         out["check"][key] = errs
         ok[cfg["impl"]] = ok.get(cfg["impl"], True) and all(v <= args.tolerance for v in errs.values())
     del ins, grad, ref

@@ -7,7 +7,8 @@ chunked backward is bound by (``scan_triton_bwd``'s docstring), and the static S
 (SHFL), shared-memory traffic and barriers, which share one issue pipe. Kernels: the grads kernel over
 ``GRADS_CONFIGS`` (with their register caps, ``maxnreg``) with and without ``PREFETCH``, the time-major grads
 kernel over ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``, the adjoint (both layouts) over ``ADJOINT_CONFIGS``, the time_first
-forward at (8, 16, 4) with and without ``PREFETCH``; fp32, 16 states, chunk 16, every optional input.
+forward at (8, 16, 4) with and without ``PREFETCH``, the chunk-parallel forward's two kernels
+(``scan_triton_fwdchunk``, chunk 256); fp32, 16 states, chunk 16, every optional input.
 
     python benchmarks/ssm/scan_regs.py --out /tmp/x             # ~2 minutes on 2 CPU cores
     python benchmarks/ssm/scan_regs.py --smoke --out /tmp/x     # grads (prefetch, time-major), adjoint (both), seconds
@@ -88,6 +89,27 @@ def rows(smoke=False):
         c = {**flags, "HAS_D": True, "N_TILES": 64, "BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "PREFETCH": pf}
         out.append({"kernel": "fwd_tm", "block_d": 8, "warps": 4, "maxnreg": maxnreg, "prefetch": pf,
                     **resource_usage(tm.fwd_kernel_tm, c, 4, maxnreg)})
+        print(out[-1], flush=True)
+    out += fwd_chunk_rows(flags)
+    return out
+
+
+def fwd_chunk_rows(flags):
+    """The chunk-parallel forward's kernels (``ScanBlocks.fwd_chunk`` = 256 over tiles (8, 16, 4)): step 1 (chunk end
+    states, no y) and step 3 (the forward over a chunk from its carried start state), with and without PREFETCH."""
+    from anybudget.ssm import scan_triton_fwdchunk as fc
+
+    tiles = {"BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "TILES_PER_CHUNK": 16}
+    out = []
+    for pf in (False, True):
+        out.append({"kernel": "fwd_chunk_end", "block_d": 8, "warps": 4, "maxnreg": None, "prefetch": pf,
+                    **resource_usage(fc._chunk_end_kernel, {"HAS_BIAS": True, "SOFTPLUS": True, **tiles,
+                                                            "PREFETCH": pf}, 4)})
+        print(out[-1], flush=True)
+    for pf in (False, True):
+        c = {**flags, **tiles, "HAS_D": True, "HAS_H0": True, "N_TILES": 256, "PREFETCH": pf}
+        out.append({"kernel": "fwd_chunk", "block_d": 8, "warps": 4, "maxnreg": None, "prefetch": pf,
+                    **resource_usage(fc._chunk_fwd_kernel, c, 4)})
         print(out[-1], flush=True)
     return out
 

@@ -33,6 +33,11 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
   capped at 200 registers (5 programs an SM, no spills), adjoint (16, 4).
   ``bwdtm+cdt`` / ``+ndtile`` / ``+static`` / ``+fast``: bwdtm with the inductor options above (``fast``: both
   options and the forward's prefetch), the ~250 kernels around the scan being about half of the bwdtm step.
+  ``bwdtm+fwdchunk``: bwdtm with the chunk-parallel forward (``ScanBlocks.fwd_chunk`` = 256,
+  ``scan_triton_fwdchunk``): the mixture's buckets up to seq 256 run as one chunk (the same kernel work as
+  bwdtm), 512 and 1024 as 2 and 4 chunks, so only the long buckets pay its extra traffic (~9 B a (token,
+  channel)); at batch 128 the whole-sequence forward already has 4096 programs (~6 waves on an H100), so this
+  tells whether shorter serial chains still pay there, while its case is batch 16 (``scan_bwd_speed``'s rows).
 
 Every variant times the same step indices after warm-up (all shapes compiled / captured first),
 then profiles a few steps: kernels per step (inside a CUDA graph too) and their summed GPU time. A
@@ -112,6 +117,7 @@ VARIANTS = {
     "compile+cudagraph+tf16+bwdtm+fast": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),
                                                                                     ("coordinate_descent_tuning", True))},
                                           "new_tf16_bwdtm_fwdpf"),
+    "compile+cudagraph+tf16+bwdtm+fwdchunk": ("compile+cudagraph", {}, "new_tf16_bwdtm_fwdchunk"),
     "compile+cudagraph+tf16+fast": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),
                                                                               ("coordinate_descent_tuning", True))},
                                     "new_tf16_tuned_fwdpf"),
@@ -133,15 +139,17 @@ SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
          "new_tf16_bwdtm": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_tuned_bwdtm": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_bwdtm42": ("time_first", True, ((8, 16, 4), (4, 16, 2)), "chunked"),
-         "new_tf16_bwdtm_fwdpf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
+         "new_tf16_bwdtm_fwdpf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_bwdtm_fwdchunk": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
 # ScanBlocks settings beyond SCANS' (defaults for scans not named): the adjoint kernel's own (BLOCK_D, warps)
 # (programs of 16 x 32 x 16 on 8 warps, 64 registers a thread, instead of 16 x 8 x 16 on 4); 4096 programs aimed at (the grads kernel's channel
 # blocks split over up to 8 programs at short sequences); triton.autotune of the adjoint and grads tiles;
 # the grads kernel's next-block prefetch; the time_first forward's next-tile prefetch; the grads kernel's
 # registers capped at 168 (3 programs an SM instead of 2, no spills at sm_90: ssm_scan_regs.json), the
-# forward's at 80 (6 instead of 5); the time-major grads kernel (alone, or among the tuned configs).
+# forward's at 80 (6 instead of 5); the time-major grads kernel (alone, or among the tuned configs); the
+# chunk-parallel forward's chunk.
 SCAN_DEFAULTS = {"bwd_adjoint": None, "bwd_programs": 512, "bwd_autotune": False, "bwd_prefetch": False,
-                 "fwd_prefetch": False, "bwd_maxnreg": None, "fwd_maxnreg": None, "bwd_tm": False}
+                 "fwd_prefetch": False, "bwd_maxnreg": None, "fwd_maxnreg": None, "bwd_tm": False, "fwd_chunk": None}
 SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
                "new_tf16_split": {"bwd_programs": 4096},
                "new_tf16_tuned": {"bwd_autotune": True},
@@ -153,7 +161,8 @@ SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
                "new_tf16_bwdtm": {"bwd_tm": True},
                "new_tf16_tuned_bwdtm": {"bwd_autotune": True, "bwd_tm": True},
                "new_tf16_bwdtm42": {"bwd_tm": True, "bwd_maxnreg": 200, "bwd_adjoint": (16, 4)},
-               "new_tf16_bwdtm_fwdpf": {"bwd_tm": True, "fwd_prefetch": True}}
+               "new_tf16_bwdtm_fwdpf": {"bwd_tm": True, "fwd_prefetch": True},
+               "new_tf16_bwdtm_fwdchunk": {"bwd_tm": True, "fwd_chunk": 256}}
 TOP_KERNELS = 12  # kernels per row of the record, by GPU time
 # Timed at every depth before the rest (a --time-limit cut loses the rest first).
 FIRST = ("reference", "compile+cudagraph", "compile+cudagraph+tf", "compile+cudagraph+tf16", "cudagraph_fp32")

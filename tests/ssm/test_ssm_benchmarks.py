@@ -166,6 +166,10 @@ def test_scan_bwd_speed_smoke_checks_then_times_both_backwards(tmp_path):
         assert r["bound_bwd_s"] > 0 and r["bytes_bwd"] > r["bytes_fwd"] > 0
         assert r["kernel_bwd_s"] > 0 and 0 < r["kernel_bytes_bwd"] < r["bytes_bwd"]
     assert m["scan"]["bwd_speedup"] > 0
+    # the chunk-parallel forward's row (2 chunks of 32 over seq 40), checked and timed like the others
+    (fc,) = [r for r in rows if r.get("fwd_chunk")]
+    assert fc["fwd_chunk"] == 32 and fc["fwd_chunk_extra_bytes"] > 0
+    assert list(m["scan"]["fwd_chunk"]) == ["(8, 16, 4):32"]
     impls = {(s["mode"], s["impl"]) for s in m["train"]["steps"] if s.get("step_s", 0) > 0}
     assert impls == {("reference", "sequential"), ("eager", "sequential"), ("eager", "chunked")}
 

@@ -21,7 +21,7 @@ def _has_triton() -> bool:
 
 
 @pytest.mark.skipif(not _has_triton(), reason="triton not installed (pip install 'anybudget[gpu]')")
-@pytest.mark.parametrize("which", ["sequential", "chunked", "op", "tuned", "bwd_tm"])
+@pytest.mark.parametrize("which", ["sequential", "chunked", "op", "tuned", "bwd_tm", "fwdchunk"])
 def test_triton_scan_interpreter_matches_reference(which):
     """Forward, last state and every gradient vs the sequential reference (float32 1e-4, bf16 5e-2)."""
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -29,6 +29,16 @@ def test_triton_scan_interpreter_matches_reference(which):
                        capture_output=True, text=True, timeout=170)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ALL OK" in r.stdout
+
+
+@pytest.mark.skipif(not _has_triton(), reason="triton not installed (pip install 'anybudget[gpu]')")
+def test_fwd_chunk_extra_bytes_counts_the_rereads_and_the_chunk_arrays():
+    from anybudget.ssm.scan_triton_fwdchunk import extra_bytes
+
+    assert extra_bytes(16, 256, 16, 256, 256) == 0  # one chunk: the whole-sequence forward's traffic
+    # 3 chunks of 100 over seq 250: u, delta and B re-read for the first two (200 steps), Y / H / S once each way
+    assert extra_bytes(2, 8, 4, 250, 100) == 2 * 200 * (2 * 8 + 4) * 4 + 2 * 3 * (4 * 8 * 4 + 2 * 8) * 4
+    assert extra_bytes(2, 8, 4, 250, 100, elem=2) < extra_bytes(2, 8, 4, 250, 100)  # bf16 inputs
 
 
 @pytest.mark.gpu
@@ -67,10 +77,11 @@ def test_triton_scan_gpu_matches_reference(seq, n, variant, split, impl, monkeyp
 @pytest.mark.parametrize("extras", [{"bwd_adjoint": (32, 4)}, {"bwd_adjoint": (64, 8), "bwd_programs": 4096},
                                     {"bwd_autotune": True}, {"bwd_prefetch": True, "fwd_prefetch": True},
                                     {"bwd_autotune": True, "bwd_prefetch": True, "bwd_programs": 4096},
-                                    {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_maxnreg": 80}])
+                                    {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8), "fwd_maxnreg": 80},
+                                    {"fwd_chunk": 256, "bwd_tm": True}, {"fwd_chunk": 64, "fwd_prefetch": True}])
 def test_tuned_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkeypatch):
     """The chunked backward's own adjoint tile, a wider channel split, triton.autotune, the prefetches
-    (grads kernel, time_first forward) and a register cap, at train_speed's tiles."""
+    (grads kernel, time_first forward), a register cap and the chunk-parallel forward, at train_speed's tiles."""
     from anybudget.ssm.scan import selective_scan, selective_scan_chunked
     from anybudget.ssm.scan_triton import ScanBlocks
 

@@ -22,12 +22,14 @@ NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
 def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd=(4, 32, 4), dtype=torch.float32,
           variant="time_last", impl="sequential", chunked=(4, 32, 4), programs=512, adjoint=None, prefetch=False,
-          fwd_prefetch=False, time_major=False):
-    ScanBlocks.bwd_tm = time_major
+          fwd_prefetch=False, time_major=False, fwd_chunk=None, a_last=None):
+    ScanBlocks.bwd_tm, ScanBlocks.fwd_chunk = time_major, fwd_chunk
     ScanBlocks.fwd, ScanBlocks.bwd, ScanBlocks.variant, ScanBlocks.fwd_prefetch = fwd, bwd, variant, fwd_prefetch
     ScanBlocks.bwd_impl, ScanBlocks.bwd_chunked, ScanBlocks.bwd_programs = impl, chunked, programs
     ScanBlocks.bwd_adjoint, ScanBlocks.bwd_prefetch = adjoint, prefetch
     ins = [t.detach().float() for t in scan_inputs(b, d, seq, n, polar=polar, seed=seq + n)]
+    if a_last is not None:  # e.g. the reference code's zero-polarized form A = -100 instead of -inf
+        ins[2][:, -1] = a_last
     if not softplus:
         ins[1] = ins[1].abs() * 0.3
     if not optional:
@@ -52,9 +54,10 @@ def check(b, d, seq, n, polar, optional=True, softplus=True, fwd=(8, 32, 4), bwd
         assert err < (1e-4 if dtype == torch.float32 else 5e-2), f"grad {NAMES[i]}: rel err {err:.2e}"
     print(f"ok b={b} d={d} seq={seq} n={n} polar={polar} optional={optional} softplus={softplus} "
           f"fwd={fwd} bwd={bwd} {dtype} {variant} {impl} {chunked if impl == 'chunked' else ''} adjoint={adjoint}",
-          f"prefetch={prefetch} fwd_prefetch={fwd_prefetch} time_major={time_major}", flush=True)
+          f"prefetch={prefetch} fwd_prefetch={fwd_prefetch} time_major={time_major} fwd_chunk={fwd_chunk} "
+          f"a_last={a_last}", flush=True)
     ScanBlocks.bwd_adjoint, ScanBlocks.bwd_prefetch, ScanBlocks.fwd_prefetch = None, False, False
-    ScanBlocks.bwd_tm = False
+    ScanBlocks.bwd_tm, ScanBlocks.fwd_chunk = False, None
 
 
 def check_split(variant, impl="sequential"):
@@ -294,6 +297,77 @@ def op_cases():
     check_op(2, 5, 37, 6, variant="time_first", fwd=(4, 16, 4), chunked=(4, 16, 4))
 
 
+def check_fwd_chunk_outputs(b, d, seq, n, chunk, fwd=(4, 4, 4), polar=True, a_last=None, optional=True,
+                            prefetch=False, dtype=torch.float32):
+    """``ScanBlocks.fwd_chunk``'s forward outputs (y, every stored tile-start state, last state) vs the whole-sequence
+    time_first forward's (what the backward reads must mean the same), float32 1e-5 / bf16 out 1e-2."""
+    from anybudget.ssm.scan_triton import triton_forward
+
+    ScanBlocks.fwd, ScanBlocks.variant, ScanBlocks.fwd_prefetch = fwd, "time_first", prefetch
+    x = [t.detach().float() for t in scan_inputs(b, d, seq, n, polar=polar, seed=seq + d)]
+    if a_last is not None:
+        x[2][:, -1] = a_last
+    if not optional:
+        x[5] = x[6] = x[7] = None
+    x = [t.to(dtype) if i in (0, 1, 3, 4, 6) and t is not None else t for i, t in enumerate(x)]
+    try:
+        ScanBlocks.fwd_chunk = None
+        whole = triton_forward(*x, True)
+        ScanBlocks.fwd_chunk = chunk
+        chunked = triton_forward(*x, True)
+    finally:
+        ScanBlocks.fwd_chunk, ScanBlocks.fwd_prefetch = None, False
+    assert chunked[1].shape == whole[1].shape and chunked[0].dtype == whole[0].dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for name, a, c in zip(("y", "states", "last"), whole, chunked):
+        torch.testing.assert_close(c.float(), a.float(), rtol=tol, atol=tol, msg=lambda m, nm=name: f"{nm}: {m}")
+    print(f"ok fwd_chunk outputs b={b} d={d} seq={seq} n={n} chunk={chunk} fwd={fwd} polar={polar} a_last={a_last} "
+          f"optional={optional} prefetch={prefetch} {dtype}", flush=True)
+
+
+def fwdchunk_cases():
+    """The chunk-parallel forward (``ScanBlocks.fwd_chunk``, ``scan_triton_fwdchunk``): outputs and stored states vs
+    the whole-sequence forward, then forward + every gradient vs the reference through both backwards."""
+    # seq 37 over tile 4: a partial last tile; chunk 8: 5 chunks, the last holding 5 steps (a partial tile).
+    # A = 0 and -inf in the kernel (no split), then the reference's A = -100; > 16 chunks (19: the carry kernel's
+    # blocks of 16 chunks); one chunk (seq <= chunk: no carry); no z / D / bias / softplus; prefetch; bf16.
+    check_fwd_chunk_outputs(2, 5, 37, 6, chunk=8)
+    check_fwd_chunk_outputs(1, 5, 37, 6, chunk=8, a_last=-100.0, prefetch=True)
+    check_fwd_chunk_outputs(1, 3, 75, 5, chunk=4)
+    check_fwd_chunk_outputs(1, 3, 20, 3, chunk=32, fwd=(4, 8, 4))
+    # 3 tiles of 8 in 2 chunks of 16: the last chunk's second tile is past the end (no state stored for it).
+    check_fwd_chunk_outputs(2, 3, 21, 3, chunk=16, fwd=(2, 8, 4), polar=False, optional=False, prefetch=True)
+    check_fwd_chunk_outputs(1, 4, 33, 4, chunk=8, dtype=torch.bfloat16)
+    # Full backward through selective_scan_triton: the sequential one reads every tile-start state, the chunked one
+    # every second (chunk 8 over tile 4) or every one.
+    check(2, 5, 37, 6, polar=True, fwd=(4, 4, 4), bwd=(4, 4, 4), variant="time_first", fwd_chunk=8)
+    check(1, 5, 37, 6, polar=True, fwd=(4, 4, 4), variant="time_first", impl="chunked", chunked=(4, 8, 4),
+          fwd_chunk=8, a_last=-100.0)
+    check(1, 3, 75, 5, polar=True, fwd=(4, 4, 4), variant="time_first", impl="chunked", chunked=(4, 4, 4),
+          fwd_chunk=4, fwd_prefetch=True)
+    check(1, 3, 21, 3, polar=False, optional=False, softplus=False, fwd=(2, 8, 4), variant="time_first",
+          impl="chunked", chunked=(2, 8, 4), fwd_chunk=16)
+    check(1, 4, 33, 4, polar=True, dtype=torch.bfloat16, fwd=(4, 4, 4), variant="time_first", impl="chunked",
+          chunked=(4, 8, 4), fwd_chunk=8)
+    ScanBlocks.fwd_chunk = 32  # over check_split's tile 16 and seq 37: 2 chunks
+    try:
+        check_split("time_first", "chunked")  # split_fixed's path: the learned columns only, no z / D in the kernel
+        check_op(2, 5, 37, 6, variant="time_first", fwd=(4, 16, 4), chunked=(4, 16, 4))  # the custom op (compile's)
+        ins = [t.detach().float() for t in scan_inputs(1, 2, 9, 2, seed=1)]
+        for chunk, variant, fwd, needle in ((6, "time_first", (4, 4, 4), "multiple"), (0, "time_first", (4, 4, 4),
+                                            "multiple"), (8, "time_last", (4, 4, 4), "time_first")):
+            ScanBlocks.fwd_chunk, ScanBlocks.variant, ScanBlocks.fwd = chunk, variant, fwd
+            try:
+                selective_scan_triton(*ins, delta_softplus=True)
+            except ValueError as e:
+                assert f"fwd_chunk={chunk}" in str(e) and needle in str(e), e
+            else:
+                raise AssertionError(f"fwd_chunk={chunk} with {variant} must raise")
+    finally:
+        ScanBlocks.fwd_chunk, ScanBlocks.variant = None, "time_last"
+    print("ok bad fwd_chunk refused", flush=True)
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     if which in ("sequential", "all"):
@@ -306,4 +380,6 @@ if __name__ == "__main__":
         tuned_cases()
     if which in ("bwd_tm", "all"):
         bwd_tm_cases()
+    if which in ("fwdchunk", "all"):
+        fwdchunk_cases()
     print("ALL OK")

@@ -94,6 +94,11 @@ class ScanBlocks:
     # scans and sums over a chunk's time steps in registers, no lane exchanges; same results). Off: (state, channel,
     # time) tiles. With bwd_autotune, the tuner picks per shape among both layouts' configs.
     bwd_tm = False
+    # The time_first forward split into chunks of this many steps (a multiple of fwd's tile), scanned in parallel
+    # from zero, their start states carried across chunks, then each chunk re-scanned from its true start
+    # (scan_triton_fwdchunk: same outputs, ~9 B more traffic a (token, channel) at fp32, chunk 256). None: one
+    # program walks the whole sequence (fwd_kernel_tm). Opt-in until timed on a GPU.
+    fwd_chunk = None
     # Polarized channels (A exactly 0 / -inf) in closed form outside the kernel (scan_split):
     # 16 learned states tile as 16, 16 + 2 would pad to 32.
     split_fixed = True
@@ -248,7 +253,8 @@ def triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=
     """Run the forward kernel: ``(out, tile-start states (batch, tiles, d_inner, d_state) f32, last state f32)``.
 
     Inputs are made contiguous here (the kernels index ``(batch, channel, time)`` rows); ``block_t``
-    (default ``ScanBlocks.fwd[1]``) is the tile the states are stored at.
+    (default ``ScanBlocks.fwd[1]``) is the tile the states are stored at. With ``ScanBlocks.fwd_chunk``:
+    the chunk-parallel forward (``scan_triton_fwdchunk``), same outputs.
     """
     u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
     A = A.contiguous().float()
@@ -257,6 +263,15 @@ def triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=
     n_state = A.shape[1]
     block_d, default_t, warps = ScanBlocks.fwd
     block_t = block_t or default_t
+    if ScanBlocks.fwd_chunk is not None:
+        if ScanBlocks.variant != "time_first":
+            raise ValueError(f"ScanBlocks.fwd_chunk={ScanBlocks.fwd_chunk!r} needs ScanBlocks.variant='time_first', "
+                             f"got {ScanBlocks.variant!r}")
+        from anybudget.ssm.scan_triton_fwdchunk import chunked_forward
+
+        return chunked_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk=ScanBlocks.fwd_chunk,
+                               tiles=(block_d, block_t, warps), block_n=_block_n(n_state),
+                               prefetch=ScanBlocks.fwd_prefetch, maxnreg=ScanBlocks.fwd_maxnreg)
     n_tiles = math.ceil(seq / block_t)
     out = torch.empty_like(u)
     states = torch.empty(bsz, n_tiles, n_inner, n_state, device=u.device, dtype=torch.float32)
