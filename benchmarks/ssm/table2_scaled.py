@@ -59,6 +59,9 @@ into ``$OUT/table2_scaled_state.tar`` for the coordinator to carry back.
     python benchmarks/ssm/table2_scaled.py --steps auto --out $OUT --state-dir .carry/ssm/table2_scaled
     python benchmarks/ssm/table2_scaled.py --smoke --out /tmp/t2   # CPU, seconds, whole code path
     python benchmarks/ssm/table2_scaled.py --registration v2 --out $OUT   # v2: 24,000 steps, resumes
+    # a lost state folder: its finished runs come back from the committed record, the rest train
+    python benchmarks/ssm/table2_scaled.py --registration v2 --out $OUT \
+        --restore-from benchmarks/results/ssm/ssm_table2_scaled_v2.json
 """
 
 from __future__ import annotations
@@ -193,6 +196,48 @@ def load_plan(args) -> dict:
     state.mkdir(parents=True, exist_ok=True)
     atomic_write_json(f, base)
     return base
+
+
+def restore_from_record(state: Path, record_path: Path, plan: dict) -> list[str]:
+    """Seed a lost state folder's finished runs from a committed record of the same plan.
+
+    Writes ``runs/<name>.json`` for every (config, depth, seed) in the record's rows that the folder
+    lacks, with the record's final accuracies, its diagnostics and ``restored_from`` (the record and
+    its commit); histories and weights are not in a record, so they stay empty. Runs the folder
+    already has are left alone. Returns the names written."""
+    import table2_worker as w
+
+    from anybudget.io import atomic_write_json
+
+    try:
+        rec = json.loads(Path(record_path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--restore-from {record_path}: cannot read a results record ({e})") from e
+    saved = rec.get("config", {}).get("pre_registered")
+    if saved != plan:
+        diff = sorted(k for k in set(saved or {}) | set(plan) if (saved or {}).get(k) != plan.get(k))
+        raise SystemExit(f"--restore-from {record_path}: the record was made with another plan "
+                         f"(differs in: {', '.join(diff) or 'everything'}); restore only from this registration's record")
+    keys = rec["config"]["test_keys"]
+    diags = rec["metrics"].get("diagnostics", {})
+    runs_dir = state / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for row in rec["metrics"]["rows"]:
+        for i, (seed, vals) in enumerate(row["seeds"].items()):
+            name = w.run_name(row["config"], row["layers"], int(seed))
+            if (runs_dir / f"{name}.json").exists():
+                continue
+            final = {k: v / 100 for k, v in zip(keys, vals, strict=True)}
+            final["step"] = row["steps_run"][i]
+            out = {"run": name, "config": row["config"], "layers": row["layers"], "seed": int(seed), "final": final,
+                   "history": [], "restored_from": {"record": str(record_path), "commit": rec.get("commit"),
+                                                    "device": rec.get("device")}}
+            if name in diags:
+                out["diagnostics"] = diags[name]
+            atomic_write_json(runs_dir / f"{name}.json", out)
+            written.append(name)
+    return written
 
 
 def launch(args, plan) -> None:
@@ -360,6 +405,9 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny settings, whole code path")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--runs", default=None, help="comma list of run names (e.g. both_L4_s123) to restrict to")
+    ap.add_argument("--restore-from", default=None,
+                    help="a committed record of this registration (e.g. benchmarks/results/ssm/ssm_table2_scaled_v2.json): "
+                         "seeds a lost state folder with its finished runs, so only the missing ones train")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -379,6 +427,9 @@ def main(argv=None) -> int:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         return pilot(args, plan)
     plan = load_plan(args)
+    if args.restore_from and not args.worker:
+        got = restore_from_record(Path(args.state_dir), Path(args.restore_from), plan)
+        print(f"restored {len(got)} finished runs from {args.restore_from}: {', '.join(got) or 'none missing'}")
     if args.worker:
         import table2_worker as w
 

@@ -284,3 +284,35 @@ def test_table2_scaled_v2_48k_registration_runs_the_depth2_pair_at_48000_steps(b
         t2.load_plan(args)
     assert t2.ordering_checks({("default", 2): [99, 92, 60, 84], ("one", 2): [99, 95, 70, 88]}) == {
         "one_helps_hardest_split": {"holds": True, "one_L2_kv64": 70, "default_L2_kv64": 60}}
+
+
+def test_table2_state_restored_from_its_record_reports_the_same_rows(bench, tmp_path):
+    t2, w = bench("table2_scaled"), bench("table2_worker")
+    plan = {**t2.SMOKE_PLAN, "seeds": [1]}
+    state = tmp_path / "state"
+    w.work(state, plan, time.monotonic() + 1e4, "auto", log=lambda s: None, only={"zero_L2_s1", "both_L4_s1"})
+    args = type("A", (), {"state_dir": str(state), "out": str(tmp_path / "o1"), "step": "auto", "smoke": True})
+    (tmp_path / "o1").mkdir()
+    t2.report(args, plan)
+    rec_path = tmp_path / "o1" / "ssm_table2_scaled_smoke.json"
+    first = json.loads(rec_path.read_text())["metrics"]
+
+    # The state is lost: the record brings the finished runs back; nothing else is invented.
+    lost = tmp_path / "lost"
+    got = t2.restore_from_record(lost, rec_path, plan)
+    assert sorted(got) == ["both_L4_s1", "zero_L2_s1"]
+    back = json.loads((lost / "runs" / "both_L4_s1.json").read_text())
+    assert back["restored_from"]["record"] == str(rec_path) and back["history"] == []
+    assert back["diagnostics"] == first["diagnostics"]["both_L4_s1"]
+    args.state_dir, args.out = str(lost), str(tmp_path / "o2")
+    (tmp_path / "o2").mkdir()
+    t2.report(args, plan)
+    again = json.loads((tmp_path / "o2" / "ssm_table2_scaled_smoke.json").read_text())["metrics"]
+    assert again["rows"] == first["rows"] and again["pending"] == first["pending"]
+    assert again["ordering_checks"] == first["ordering_checks"]
+    assert t2.restore_from_record(lost, rec_path, plan) == []  # runs it has are left alone
+
+    with pytest.raises(SystemExit, match="another plan.*steps"):
+        t2.restore_from_record(tmp_path / "x", rec_path, {**plan, "steps": 99})
+    with pytest.raises(SystemExit, match="--restore-from .*cannot read"):
+        t2.restore_from_record(tmp_path / "x", tmp_path / "missing.json", plan)
