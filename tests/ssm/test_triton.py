@@ -102,6 +102,35 @@ def test_tuned_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkeyp
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
+@pytest.mark.parametrize("seq, n, d", [(100, 18, 64), (1031, 18, 256), (4096, 17, 200)])
+@pytest.mark.parametrize("chunk", [64, 256, 1008])
+@pytest.mark.parametrize("split", [False, True])
+def test_fwd_chunk_gpu_matches_reference(seq, n, d, chunk, split, monkeypatch):
+    """The chunk-parallel forward (``ScanBlocks.fwd_chunk``) on CUDA, with the time-major backward behind it:
+    outputs, last state and gradients vs the chunked reference; uneven last chunks included."""
+    from anybudget.ssm.scan import selective_scan, selective_scan_chunked
+    from anybudget.ssm.scan_triton import ScanBlocks
+
+    for k, v in {"variant": "time_first", "bwd_impl": "chunked", "fwd": (8, 16, 4), "bwd_chunked": (8, 16, 4),
+                 "bwd_tm": True, "fwd_chunk": chunk}.items():
+        monkeypatch.setattr(ScanBlocks, k, v)
+    ins = [t.detach().float().cuda().requires_grad_() for t in scan_inputs(2, d, seq, n, seed=seq + chunk)]
+    o1, h1 = selective_scan_chunked(*ins, delta_softplus=True, return_last_state=True)
+    o2, h2 = selective_scan(*ins, delta_softplus=True, return_last_state=True, backend="triton",
+                            fixed_channels=(1, 1) if split else None)
+    torch.testing.assert_close(o2, o1, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(h2, h1, rtol=1e-3, atol=1e-3)
+    g = torch.randn_like(o1)
+    g1 = list(torch.autograd.grad((o1 * g).sum(), ins))
+    g2 = list(torch.autograd.grad((o2 * g).sum(), ins))
+    if split:
+        g1[2], g2[2] = g1[2][:, 1:-1], g2[2][:, 1:-1]
+    for i, (a, b) in enumerate(zip(g1, g2)):
+        assert (b - a).abs().max() / a.abs().max().clamp_min(1.0) < 1e-3, i
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
 @pytest.mark.parametrize("seq, n, d", [(1, 3, 8), (100, 18, 64), (1031, 18, 256), (4096, 17, 200), (388, 18, 256)])
 @pytest.mark.parametrize("extras", [{}, {"bwd_autotune": True}, {"bwd_programs": 4096},
                                     {"bwd_maxnreg": 168, "bwd_adjoint": (32, 8)}, {"bwd_chunked": (4, 16, 2)},
