@@ -135,7 +135,8 @@ def wesnoth_docs(root: Path, pkg: str):
         paras = []
         for m in _WML_STRING.finditer(src):
             text = re.sub(r"<[^>]+>", "", m.group(1).replace('""', '"'))
-            text = re.sub(r"^(?:male|female)\^", "", text.strip())  # gendered variants of a line
+            # Gendered variants ("female^...") keep their prefix: the committed v3 build
+            # (data_v3/manifest.json) was extracted so; stripping it dedups 23 tutorial lines.
             text = re.sub(r"\s+", " ", text).strip()
             if prose(text, 8, 0.15):
                 paras.append(text)

@@ -151,3 +151,19 @@ def test_ansible_documentation_and_python_docstrings():
            'def f():\n    """' + ENGLISH + '"""\n')
     assert ex.ansible_doc_text(src) == "name: The name of the package that is to be installed on the host, like foo."
     assert ex.clean_python(src, lambda d: d) == ENGLISH
+
+
+def test_rebuild_rules_of_the_committed_corpus(tmp_path):
+    """Two rules that reproduce the committed v2/v3 builds: python-scipy-doc gives no documents, and a
+    Wesnoth line's gendered variant keeps its ``female^`` prefix (so it is not a duplicate of the line)."""
+    import corpus_v2
+
+    assert list(corpus_v2.new_documents("python-scipy-doc", tmp_path)) == []
+    line = "I hope I have a chance to retreat after this battle, before the orcs reach the bridge!"
+    cfg = tmp_path / "usr/share/games/wesnoth/1.16/data/core/x.cfg"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(f'message= _ "{line}"\nfemale_message= _ "female^{line}"\n'
+                   f'[a]\n text= _ "{ENGLISH}"\n[/a]\n')
+    [(doc_id, text)] = ex.wesnoth_docs(tmp_path, "wesnoth-1.16-data")
+    assert doc_id == "wesnoth-1.16-data/usr/share/games/wesnoth/1.16/data/core/x.cfg"
+    assert text.split("\n\n") == [line, f"female^{line}", ENGLISH]
