@@ -240,6 +240,12 @@ def restore_from_record(state: Path, record_path: Path, plan: dict) -> list[str]
     return written
 
 
+def worker_gpu(g: int, visible: str | None) -> str:
+    """The CUDA_VISIBLE_DEVICES of the worker on this process's GPU ``g``: the g-th of the caller's list if set."""
+    ids = [v.strip() for v in (visible or "").split(",") if v.strip()]
+    return ids[g] if g < len(ids) else str(g)
+
+
 def launch(args, plan) -> None:
     """Start the workers (one or more per GPU), wait for them; each stops before the deadline."""
     state = Path(args.state_dir)
@@ -252,7 +258,7 @@ def launch(args, plan) -> None:
     for g, k in slots:
         env = dict(os.environ)
         if n_gpu:
-            env["CUDA_VISIBLE_DEVICES"] = str(g)
+            env["CUDA_VISIBLE_DEVICES"] = worker_gpu(g, os.environ.get("CUDA_VISIBLE_DEVICES"))
         cmd = [sys.executable, str(HERE / "table2_scaled.py"), "--worker", "--registration", args.registration,
                "--state-dir", str(state),
                "--time-limit", str(left), "--step", args.step] + (["--smoke"] if args.smoke else []) \

@@ -316,3 +316,10 @@ def test_table2_state_restored_from_its_record_reports_the_same_rows(bench, tmp_
         t2.restore_from_record(tmp_path / "x", rec_path, {**plan, "steps": 99})
     with pytest.raises(SystemExit, match="--restore-from .*cannot read"):
         t2.restore_from_record(tmp_path / "x", tmp_path / "missing.json", plan)
+
+
+def test_table2_workers_stay_on_the_callers_visible_gpus(bench):
+    t2 = bench("table2_scaled")
+    assert t2.worker_gpu(0, "1") == "1"  # CUDA_VISIBLE_DEVICES=1: the worker must not land on GPU 0
+    assert [t2.worker_gpu(g, "3, 2") for g in (0, 1)] == ["3", "2"]
+    assert t2.worker_gpu(1, None) == "1" and t2.worker_gpu(0, "") == "0"
