@@ -323,3 +323,30 @@ def test_table2_workers_stay_on_the_callers_visible_gpus(bench):
     assert t2.worker_gpu(0, "1") == "1"  # CUDA_VISIBLE_DEVICES=1: the worker must not land on GPU 0
     assert [t2.worker_gpu(g, "3, 2") for g in (0, 1)] == ["3", "2"]
     assert t2.worker_gpu(1, None) == "1" and t2.worker_gpu(0, "") == "0"
+
+
+def test_one_channel_check_splits_the_scan_into_the_running_sum_and_the_learned_channels(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import one_channel_check as occ
+    import torch.nn.functional as F
+
+    from anybudget.ssm import MambaConfig
+    from anybudget.ssm.mamba import Mamba
+    from anybudget.ssm.scan import selective_scan
+
+    torch.manual_seed(0)
+    layer = Mamba(MambaConfig(d_model=8, d_state=4, polarize="one")).float()
+    hidden = torch.randn(2, 20, 8)
+    with torch.no_grad():
+        parts = occ.group_outputs(layer, hidden)
+        x = F.silu(layer._conv(layer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)[0], 20))
+        dt, B, C = layer._ssm_inputs(x)
+        full = selective_scan(x, dt, layer.A(), B, C, None, z=None, delta_bias=layer.dt_proj.bias.float(),
+                              delta_softplus=True, backend="ref")
+        # Eq. 5 with A-bar = 1: the one-channel's state is the running sum of delta * B * x.
+        delta = F.softplus(dt + layer.dt_proj.bias.float()[:, None])
+        by_hand = C[:, :1] * torch.cumsum(delta * B[:, :1] * x, dim=-1)
+    torch.testing.assert_close(parts["one"] + parts["learned"], full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(parts["one"], by_hand, rtol=1e-5, atol=1e-6)
+    rms = occ.channel_outputs(layer, hidden)
+    assert len(rms["one"]) == 1 and rms["one"][0] == pytest.approx(float(by_hand[..., 15].pow(2).mean().sqrt()))
