@@ -33,11 +33,7 @@ def group_outputs(layer, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
     alone (C masked to the group; no D, no gate): the two add up to the scan of all channels."""
     from anybudget.ssm.scan import selective_scan
 
-    seq = hidden.shape[1]
-    xz = layer.in_proj(hidden).transpose(1, 2)
-    x_pre, _ = xz.chunk(2, dim=1)
-    x = F.silu(layer._conv(x_pre, seq))
-    dt, B, C = layer._ssm_inputs(x)
+    _, x, _, dt, B, C = layer.scan_inputs(hidden)
     n_one = layer.config.n_ones
     out = {}
     for name, cols in (("one", slice(0, n_one)), ("learned", slice(n_one, n_one + layer.config.d_state))):

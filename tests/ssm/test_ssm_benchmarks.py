@@ -339,8 +339,7 @@ def test_one_channel_check_splits_the_scan_into_the_running_sum_and_the_learned_
     hidden = torch.randn(2, 20, 8)
     with torch.no_grad():
         parts = occ.group_outputs(layer, hidden)
-        x = F.silu(layer._conv(layer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)[0], 20))
-        dt, B, C = layer._ssm_inputs(x)
+        _, x, _, dt, B, C = layer.scan_inputs(hidden)
         full = selective_scan(x, dt, layer.A(), B, C, None, z=None, delta_bias=layer.dt_proj.bias.float(),
                               delta_softplus=True, backend="ref")
         # Eq. 5 with A-bar = 1: the one-channel's state is the running sum of delta * B * x.
@@ -350,3 +349,14 @@ def test_one_channel_check_splits_the_scan_into_the_running_sum_and_the_learned_
     torch.testing.assert_close(parts["one"], by_hand, rtol=1e-5, atol=1e-6)
     rms = occ.channel_outputs(layer, hidden)
     assert len(rms["one"]) == 1 and rms["one"][0] == pytest.approx(float(by_hand[..., 15].pow(2).mean().sqrt()))
+
+
+@pytest.mark.parametrize("argv, match", [(["--seeds", "x"], "--seeds 'x'"), (["--seeds", ","], "--seeds"),
+                                         (["--batch", "0"], "--batch 0")])
+def test_one_channel_check_refuses_bad_arguments_before_any_work(monkeypatch, capsys, tmp_path, argv, match):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import one_channel_check as occ
+
+    with pytest.raises(SystemExit) as e:
+        occ.main([*argv, "--out", str(tmp_path)])
+    assert e.value.code == 2 and match in capsys.readouterr().err and not list(tmp_path.iterdir())

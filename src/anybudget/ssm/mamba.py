@@ -207,6 +207,15 @@ class Mamba(nn.Module):
             out = out + xp[..., j:j + seq] * w[:, j:j + 1]
         return out + self.conv1d.bias[:, None] if self.conv1d.bias is not None else out
 
+    def scan_inputs(self, hidden: Tensor):
+        """hidden (batch, seq, d_model) -> ``x_pre, x, z, dt, B, C``: the conv's input, the scan's input u
+        (after conv and SiLU), the gate, and Δ (before bias), B, C, all ``(batch, channels, seq)``."""
+        xz = self.in_proj(hidden).transpose(1, 2)
+        x_pre, z = xz.chunk(2, dim=1)
+        x = F.silu(self._conv(x_pre, hidden.shape[1]))
+        dt, B, C = self._ssm_inputs(x)
+        return x_pre, x, z, dt, B, C
+
     def forward(self, hidden: Tensor, return_state: bool = False):
         """hidden: (batch, seq, d_model) -> (batch, seq, d_model) [, MambaState after the last token]."""
         if hidden.dim() != 3 or hidden.shape[-1] != self.config.d_model:
@@ -214,10 +223,7 @@ class Mamba(nn.Module):
                 f"hidden shape {tuple(hidden.shape)} must be (batch, seq, d_model={self.config.d_model})"
             )
         seq = hidden.shape[1]
-        xz = self.in_proj(hidden).transpose(1, 2)
-        x_pre, z = xz.chunk(2, dim=1)
-        x = F.silu(self._conv(x_pre, seq))
-        dt, B, C = self._ssm_inputs(x)
+        x_pre, x, z, dt, B, C = self.scan_inputs(hidden)
         res = selective_scan(
             x, dt, self.A(), B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True, return_last_state=return_state, backend=self.config.scan_backend,
