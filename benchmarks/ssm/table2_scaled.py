@@ -159,6 +159,11 @@ def pilot(args, plan) -> int:
     return 0
 
 
+def plan_diff(a: dict, b: dict) -> list[str]:
+    """The keys whose values differ between two plans (a key missing on one side counts)."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def load_plan(args) -> dict:
     """The plan of this state folder; the first call writes it, later calls must match it."""
     from anybudget.io import atomic_write_json
@@ -186,7 +191,7 @@ def load_plan(args) -> dict:
         saved = json.loads(f.read_text())
         if args.steps is None or args.steps == "auto":
             base["steps"] = saved["steps"]  # auto on a resumed run keeps the registered step count
-        diff = sorted(k for k in set(saved) | set(base) if saved.get(k) != base.get(k))
+        diff = plan_diff(saved, base)
         if diff:
             raise SystemExit(f"--state-dir {state} holds a run with another plan ({', '.join(f'{k}: {saved.get(k)} vs {base.get(k)}' for k in diff)}); "
                              "use another --state-dir or the same settings")
@@ -215,7 +220,7 @@ def restore_from_record(state: Path, record_path: Path, plan: dict) -> list[str]
         raise SystemExit(f"--restore-from {record_path}: cannot read a results record ({e})") from e
     saved = rec.get("config", {}).get("pre_registered")
     if saved != plan:
-        diff = sorted(k for k in set(saved or {}) | set(plan) if (saved or {}).get(k) != plan.get(k))
+        diff = plan_diff(saved or {}, plan)
         raise SystemExit(f"--restore-from {record_path}: the record was made with another plan "
                          f"(differs in: {', '.join(diff) or 'everything'}); restore only from this registration's record")
     keys = rec["config"]["test_keys"]
