@@ -267,7 +267,7 @@ def launch(args, plan) -> None:
         cmd = [sys.executable, str(HERE / "table2_scaled.py"), "--worker", "--registration", args.registration,
                "--state-dir", str(state),
                "--time-limit", str(left), "--step", args.step] + (["--smoke"] if args.smoke else []) \
-            + (["--runs", args.runs] if args.runs else [])
+            + (["--runs", args.runs] if args.runs else []) + (["--allow-partial"] if args.allow_partial else [])
         log = open(state / f"worker_{g}_{k}.log", "a")  # noqa: SIM115 - closed after the process ends
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
         print(f"worker {g}.{k} started", flush=True)
@@ -419,6 +419,8 @@ def main(argv=None) -> int:
     ap.add_argument("--restore-from", default=None,
                     help="a committed record of this registration (e.g. benchmarks/results/ssm/ssm_table2_scaled_v2.json): "
                          "seeds a lost state folder with its finished runs, so only the missing ones train")
+    ap.add_argument("--allow-partial", action="store_true",
+                    help="start a run that cannot finish in this call (it checkpoints; the next call resumes it)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -445,7 +447,8 @@ def main(argv=None) -> int:
         import table2_worker as w
 
         w.work(Path(args.state_dir), plan, T_START + args.time_limit, args.step,
-               log=lambda s: print(s, flush=True), only=set(args.runs.split(",")) if args.runs else None)
+               log=lambda s: print(s, flush=True), only=set(args.runs.split(",")) if args.runs else None,
+               allow_partial=args.allow_partial)
         return 0
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if not args.report_only:

@@ -19,6 +19,7 @@ import torch
 POLS = ("default", "one", "zero", "both")
 DIAG_TARGETS = {("default", 4), ("both", 4)}  # issue 17 item 4: default vs both at depth 4
 DEFAULT_STEP_S = {2: 0.008, 4: 0.014}  # until this machine has measured its own
+PARTIAL_MIN_S = 120.0  # a partial run gets at least this long (compile warm-up included) or is not started
 
 
 def run_name(pol, layers, seed):
@@ -99,10 +100,13 @@ def _claim(state: Path, name: str) -> bool:
     return True
 
 
-def work(state: Path, plan: dict, deadline: float, step_mode: str, log=print, only=None) -> None:
+def work(state: Path, plan: dict, deadline: float, step_mode: str, log=print, only=None,
+         allow_partial: bool = False) -> None:
     """Train unclaimed, unfinished runs until none is left or none fits before ``deadline``.
 
-    ``only``: run names to restrict to (default: all 8 configs x seeds)."""
+    ``only``: run names to restrict to (default: all 8 configs x seeds). ``allow_partial``: also start a
+    run that cannot finish before the deadline when at least PARTIAL_MIN_S are left (it checkpoints and
+    the next call resumes it), e.g. a 48,000-step run whose estimate with the 15% margin exceeds a call."""
     from anybudget.io import atomic_write_json
     from anybudget.ssm.checkpoint import CheckpointMismatch
     from anybudget.ssm.train import train_mqar
@@ -121,9 +125,11 @@ def work(state: Path, plan: dict, deadline: float, step_mode: str, log=print, on
             done_steps = torch.load(ck, map_location="cpu", weights_only=True)["step"]
         need = (plan["steps"] - done_steps) * step_time(state, L) * 1.15 + 30
         left = deadline - time.monotonic()
-        if need > left:
+        if need > left and not (allow_partial and left > PARTIAL_MIN_S):
             log(f"skip {name}: needs ~{need:.0f}s, {left:.0f}s left in this call")
             continue
+        if need > left:
+            log(f"start {name} anyway (--allow-partial): needs ~{need:.0f}s, {left:.0f}s left; the next call resumes it")
         model = build(pol, L, seed, plan).to(device)
         cfg = train_config(plan, seed)
         t0 = time.monotonic()

@@ -120,6 +120,23 @@ def test_table2_scaled_resumes_a_cut_run_and_reports_partial_results(bench, tmp_
     with tarfile.open(tmp_path / "out" / "table2_scaled_state.tar") as tar:
         assert "state/runs/zero_L2_s1.json" in tar.getnames()
 
+    # A run estimated to outlast the call is skipped; with allow_partial it starts (it checkpoints).
+    (state / "step_time_L2.json").write_text(json.dumps({"step_s": 1e4, "from": "test"}))
+    logs = []
+    for partial in (False, True):
+        for c in (state / "claims").iterdir():
+            c.unlink()
+        w.work(state, plan, time.monotonic() + 1e3, "auto", log=logs.append, only={"one_L2_s1"},
+               allow_partial=partial)
+        assert (state / "runs" / "one_L2_s1.json").exists() == partial
+    assert logs[0].startswith("skip one_L2_s1") and logs[1].startswith("start one_L2_s1 anyway")
+    # ... but not with less than PARTIAL_MIN_S left.
+    (state / "runs" / "one_L2_s1.json").unlink()
+    (state / "claims" / "one_L2_s1").unlink()
+    w.work(state, plan, time.monotonic() + w.PARTIAL_MIN_S - 10, "auto", log=lambda s: None, only={"one_L2_s1"},
+           allow_partial=True)
+    assert not list((state / "runs").glob("one_L2_s1*"))
+
 
 def test_table2_scaled_plan_is_fixed_by_the_first_call(bench, tmp_path):
     t2 = bench("table2_scaled")
