@@ -40,8 +40,11 @@ def token_byte_lengths(tok) -> np.ndarray:
 
 @torch.no_grad()
 def window_losses(model, ids: np.ndarray, seq: int, batch: int, device, max_windows: int | None = None,
-                  autocast: bool = True) -> tuple[float, np.ndarray]:
-    """(sum of token NLL in nats, target ids) over non-overlapping windows of ``seq`` predictions."""
+                  autocast: bool = True, tail: bool = False) -> tuple[float, np.ndarray]:
+    """(sum of token NLL in nats, target ids) over non-overlapping windows of ``seq`` predictions.
+
+    ``tail``: also score the last, shorter window, so every token after the first is predicted once
+    (the whole text counts; without it up to ``seq`` - 1 final tokens are left out)."""
     was_training = model.training
     model.eval()
     n = (len(ids) - 1) // seq
@@ -49,8 +52,10 @@ def window_losses(model, ids: np.ndarray, seq: int, batch: int, device, max_wind
         n = min(n, max_windows)
     total, targets = 0.0, []
     dev = torch.device(device)
-    for s in range(0, n, batch):
-        idx = range(s, min(n, s + batch))
+    starts = [list(range(s, min(n, s + batch))) for s in range(0, n, batch)]
+    if tail and not max_windows and n * seq < len(ids) - 1:
+        starts.append([n])
+    for idx in starts:
         x = torch.stack([torch.from_numpy(ids[i * seq: i * seq + seq + 1]) for i in idx]).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast and dev.type == "cuda"):
             logits = model(input_ids=x[:, :-1]).logits
@@ -62,8 +67,8 @@ def window_losses(model, ids: np.ndarray, seq: int, batch: int, device, max_wind
 
 
 def evaluate(model, tok, ids: np.ndarray, seq: int = 1024, batch: int = 16, device="cpu",
-             max_windows: int | None = None) -> dict:
-    nll, targets = window_losses(model, ids, seq, batch, device, max_windows)
+             max_windows: int | None = None, tail: bool = False) -> dict:
+    nll, targets = window_losses(model, ids, seq, batch, device, max_windows, tail=tail)
     nbytes = int(token_byte_lengths(tok)[targets].sum())
     return {"tokens": int(targets.size), "bytes": nbytes, "nll_per_token": nll / targets.size,
             "ppl": math.exp(nll / targets.size), "bits_per_byte": nll / math.log(2) / nbytes,

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp())
     subprocess.run(f"cat {Path(args.parts)}/pack.tar.part-* | xz -dcf | tar xf - -C {work}", shell=True, check=True)
     rec = read_json(work / "train_record.json")
-    name = rec.get("name", "reflm_v2_train")  # reflm_v2_train or reflm_v3_train
+    name = rec.get("name", "reflm_v2_train")  # reflm_v2_train, reflm_v3_train, reflm_v4_train (v3 corpus, 43.9M)
     version = name.split("_")[1]
     results = ROOT / "benchmarks/results/reflm"
     atomic_write_json(results / f"{name}.json", rec)
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         "world_size": rec["config"]["world_size"],
         "eval": m["eval"],
         "samples": m["samples"],
-        "corpus": rec.get("corpus") or {"v2": "benchmarks/zoo/data_v2/tokens.json"}.get(version, f"benchmarks/zoo/data_{version}/manifest.json"),
+        "corpus": rec.get("corpus") or rec["config"].get("corpus") or {"v2": "benchmarks/zoo/data_v2/tokens.json"}.get(version, f"benchmarks/zoo/data_{version}/manifest.json"),
         "training_record": f"benchmarks/results/reflm/{name}.json",
         "check": {**CHECK, "nll": check_nll(staged), "how": "lm_eval.window_losses, float32, CPU"},
         "device": rec["device"]["gpu"],
