@@ -31,7 +31,7 @@ def quality_md():
     full = next(x for x in rows if x["policy"] == "full")
     budgets = [b for b in dict.fromkeys(x["budget"] for x in rows if x["policy"] != "full")]
     pols = [p for p in dict.fromkeys(x["policy"] for x in rows if x["policy"] != "full")]
-    out = ("### What a KV budget costs: streaming perplexity on the reference LM\n\n"
+    out = (f"### What a KV budget costs: streaming perplexity on the reference LM {lm_version(r)}\n\n"
            f"{r['config']['num_seqs']} windows of {r['config']['seq_len']} tokens of `{r['config']['data'].split('/')[-1]}` "
            "streamed one token per step "
            f"through each cache (float32). Full cache: perplexity **{full['ppl']:.2f}**. Cells: perplexity (ratio to full).\n\n")
@@ -45,7 +45,7 @@ def quality_md():
     def ratio(rec, pol, b):
         return next(x for x in rec["metrics"]["results"] if x["policy"] == pol and x["budget"] == b)["ppl_ratio_vs_full"]
 
-    for ver, what in (("v2", "27.3M, 47.7M training tokens"), ("v1", "19.4M")):
+    for ver, what in (("v3", "27.3M, 128.4M training tokens"), ("v2", "27.3M, 47.7M training tokens"), ("v1", "19.4M")):
         old = load(f"kv_quality_{ver}")
         if old:
             out += (f"\nThe same measurement on the {ver} reference LM ({what}, `kv_quality_{ver}.json`): at 20%, H2O "
@@ -59,7 +59,7 @@ def attention_md():
     r = load("kv_attention_stats")
     if not r:
         return ""
-    olds = [(v, load(f"kv_attention_stats_{v}")) for v in ("v2", "v1")]
+    olds = [(v, load(f"kv_attention_stats_{v}")) for v in ("v3", "v2", "v1")]
     olds = [(v, o) for v, o in olds if o]
     ver = lm_version(r)
     m = r["metrics"]["mean_over_layers"]

@@ -4,7 +4,7 @@ compile-phase times for a sequence of measured candidates, per compile mode.
 The measurement is fit_grid's own (``plan.measure_candidate(serve="static")`` with a
 ``CompileConfig`` whose backend is given here; transformers compiles the decoding step only, the
 prefill runs eagerly), on sub-networks exported from an elastic model of the reference LM's shapes
-(random weights, ``--layers`` of its 8), batch 2, prompt 32, 6 new tokens. Modes:
+(random weights, ``--layers`` of its 8; v3's widths, ``V3_SHAPES``), batch 2, prompt 32, 6 new tokens. Modes:
   static  ``dynamic=False``: every candidate compiled for its shapes (fit_grid's default)
   shared  ``dynamic=True`` + dynamic weight shapes + no duck sizing (``--compile shared``: one graph
           per cache kind, one more for one KV group)
@@ -36,6 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SEQ = "4:1024:h2o:50,4:1024:h2o:20,2:256:h2o:10,3:768:h2o:20,1:256:h2o:20"
+# The shapes the record was measured on (reference LM v3; the candidates above name its widths):
+# the shipped model's config with these sizes, so a later reference LM does not change the probe.
+V3_SHAPES = {"hidden_size": 512, "intermediate_size": 1024, "num_attention_heads": 8, "num_key_value_heads": 4}
 
 
 def probe(mode: str, layers: int, backend: str, seq: str) -> dict:
@@ -55,7 +58,7 @@ def probe(mode: str, layers: int, backend: str, seq: str) -> dict:
     torch._dynamo.reset()
     counters.clear()
     compilation_time_metrics.clear()
-    cfg = json.loads((ROOT / "src/anybudget/assets/reflm/config.json").read_text()) | {"num_hidden_layers": layers}
+    cfg = json.loads((ROOT / "src/anybudget/assets/reflm/config.json").read_text()) | V3_SHAPES | {"num_hidden_layers": layers}
     torch.manual_seed(0)
     em = make_elastic(LlamaForCausalLM(LlamaConfig(**cfg)).eval(), [torch.randint(0, cfg["vocab_size"], (2, 16))])
     cc = CompileConfig(backend=backend, dynamic={"static": False, "shared": True, "auto": None}[mode],
