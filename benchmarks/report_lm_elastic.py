@@ -102,7 +102,7 @@ def reflm_md(full=True):
         row = f"| {names[k]} | {ev[k]['bits_per_byte']:.3f} | {ev[k]['ppl']:.2f} |"
         row += "".join(f" {o['metrics']['eval'][k]['bits_per_byte']:.3f} |" if k in o["metrics"]["eval"] else " - |"
                        for _, o in olds)
-        row += f" {v1:.3f} | {1 - ev[k]['bits_per_byte'] / v1:.2%} |\n" if v1 else " - | - |\n"
+        row += f" {v1:.3f} | {1 - ev[k]['bits_per_byte'] / v1:.3%} |\n" if v1 else " - | - |\n"
         rows += row
     v1t = _v1_bpb(cmp, "v1_test")
     if v1t and "v1_test" in ev:
