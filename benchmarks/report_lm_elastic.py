@@ -46,7 +46,7 @@ def _v1_bpb(cmp, split):
 
 
 V1_TARGET = 0.15  # issue 11: bits per byte on v1's test documents at least 15% below v1's
-SHIPPED = ("v4", "v3")  # reference LM versions, newest first: the first with a record is the shipped one
+LM_VERSIONS = ("v4", "v3", "v2")  # reference LMs with a training record, newest first (v1's is reflm_v1_vs_v2)
 
 
 def _same_text_md(cmp) -> str:
@@ -79,13 +79,11 @@ def _same_text_md(cmp) -> str:
 
 def reflm_md(full=True):
     """The shipped reference LM beside the earlier ones (v1 from reflm_v1_vs_v2.json)."""
-    ver = next((v for v in SHIPPED if load(f"reflm_{v}_train")), None)
-    if not ver:
+    recs = [(v, o) for v in LM_VERSIONS if (o := load(f"reflm_{v}_train"))]
+    if not recs:
         return ""
-    r = load(f"reflm_{ver}_train")
+    (ver, r), olds = recs[0], recs[1:]  # the newest is the shipped one
     m, c = r["metrics"], r["config"]["model"]
-    olds = [(v, load(f"reflm_{v}_train")) for v in ("v3", "v2") if v != ver]
-    olds = [(v, o) for v, o in olds if o]
     cmp = load("reflm_v1_vs_v2")
     ev = m["eval"]
     names = {"validation": "v2 validation", "test": "v2 test", "v1_test": "v1's test documents",
@@ -170,7 +168,7 @@ def _router_losses(m) -> str:
 
 def lm_version(rec) -> str:
     """Which reference LM a record measured: the newest one trained before the record's date."""
-    for ver in (*SHIPPED, "v2"):
+    for ver in LM_VERSIONS:
         lm = load(f"reflm_{ver}_train")
         if lm and str(rec.get("date")) >= str(lm.get("date")):
             return ver

@@ -125,10 +125,10 @@ def work(state: Path, plan: dict, deadline: float, step_mode: str, log=print, on
             done_steps = torch.load(ck, map_location="cpu", weights_only=True)["step"]
         need = (plan["steps"] - done_steps) * step_time(state, L) * 1.15 + 30
         left = deadline - time.monotonic()
-        if need > left and not (allow_partial and left > PARTIAL_MIN_S):
-            log(f"skip {name}: needs ~{need:.0f}s, {left:.0f}s left in this call")
-            continue
         if need > left:
+            if not (allow_partial and left > PARTIAL_MIN_S):
+                log(f"skip {name}: needs ~{need:.0f}s, {left:.0f}s left in this call")
+                continue
             log(f"start {name} anyway (--allow-partial): needs ~{need:.0f}s, {left:.0f}s left; the next call resumes it")
         model = build(pol, L, seed, plan).to(device)
         cfg = train_config(plan, seed)

@@ -15,16 +15,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import DOC_SEP
 from lm_eval import evaluate
+from same_text import encode_documents
 
 from anybudget.io import read_json, results_dir, write_results
-
-DOC_SEP = "\n\n\f\n\n"
 
 
 def main(argv=None) -> int:
@@ -38,15 +37,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     model = AutoModelForCausalLM.from_pretrained(args.v1, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(args.v1)
-    eos = tok.convert_tokens_to_ids("<|endoftext|>")
     v2 = read_json(results_dir("reflm_v2_train", ROOT / "benchmarks/results") / "reflm_v2_train.json")["metrics"]["eval"]
     rows = {}
     for split in args.split:
         docs = (Path(args.build) / f"{split}.txt").read_text(encoding="utf-8").split(DOC_SEP)
-        ids = []
-        for d in tok(docs, add_special_tokens=False)["input_ids"]:
-            ids += [eos, *d]
-        r = evaluate(model, tok, np.asarray(ids, dtype=np.int64), seq=1024, batch=8, device="cpu")
+        r = evaluate(model, tok, encode_documents(tok, docs), seq=1024, batch=8, device="cpu")
         rows[split] = {"v1": r, "v2_bits_per_byte": v2[split]["bits_per_byte"],
                        "v2_lower_by": 1 - v2[split]["bits_per_byte"] / r["bits_per_byte"]}
         print(split, f"v1 {r['bits_per_byte']:.4f}  v2 {v2[split]['bits_per_byte']:.4f}  "

@@ -67,8 +67,8 @@ def window_losses(model, ids: np.ndarray, seq: int, batch: int, device, max_wind
 
 
 def evaluate(model, tok, ids: np.ndarray, seq: int = 1024, batch: int = 16, device="cpu",
-             max_windows: int | None = None, tail: bool = False) -> dict:
-    nll, targets = window_losses(model, ids, seq, batch, device, max_windows, tail=tail)
+             max_windows: int | None = None) -> dict:
+    nll, targets = window_losses(model, ids, seq, batch, device, max_windows)
     nbytes = int(token_byte_lengths(tok)[targets].sum())
     return {"tokens": int(targets.size), "bytes": nbytes, "nll_per_token": nll / targets.size,
             "ppl": math.exp(nll / targets.size), "bits_per_byte": nll / math.log(2) / nbytes,

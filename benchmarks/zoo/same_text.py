@@ -32,11 +32,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import DOC_SEP
 from lm_eval import token_byte_lengths, window_losses
 
 from anybudget.io import results_dir, write_results
-
-DOC_SEP = "\n\n\f\n\n"
 
 
 def encode_documents(tok, docs: list[str]) -> np.ndarray:
@@ -55,9 +54,9 @@ def score(model, tok, ids: np.ndarray, seq: int) -> dict:
     ``lm_eval.evaluate`` scores (the recorded protocol): one pass, the tail window's sums added last."""
     lens = token_byte_lengths(tok)
     nll_w, t_w = window_losses(model, ids, seq, 8, "cpu")
-    nll_all, t_all = window_losses(model, ids[len(t_w):], seq, 1, "cpu", tail=True) if len(ids) - 1 > len(t_w) else (0.0, t_w[:0])
+    nll_tail, t_tail = window_losses(model, ids[len(t_w):], seq, 1, "cpu", tail=True)  # nothing when no tail is left
     out = {}
-    for key, nll, t in (("windowed", nll_w, t_w), ("all", nll_w + nll_all, np.concatenate([t_w, t_all]))):
+    for key, nll, t in (("windowed", nll_w, t_w), ("all", nll_w + nll_tail, np.concatenate([t_w, t_tail]))):
         nbytes = int(lens[t].sum())
         out[key] = {"tokens": int(t.size), "bytes": nbytes, "nll_per_token": nll / t.size,
                     "bits_per_byte": nll / math.log(2) / nbytes}
