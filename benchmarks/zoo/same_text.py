@@ -100,6 +100,11 @@ def main(argv=None) -> int:
         if not f.exists():
             raise SystemExit(f"--split {split}: {f} not found (build it with corpus_v2.py)")
         texts[split] = f.read_text(encoding="utf-8").split(DOC_SEP)[: args.max_docs]
+    out = Path(args.out) if args.out else results_dir("reflm_same_text", ROOT / "benchmarks/results")
+    try:  # before minutes of scoring: the record must have somewhere to go
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"--out {out}: cannot create it ({e.strerror})") from e
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from anybudget.io import model_identity
@@ -125,7 +130,6 @@ def main(argv=None) -> int:
             r["lower_than_" + base + "_by"] = 1 - r["bits_per_byte"] / per[base]["bits_per_byte"]
             r["windowed"]["lower_than_" + base + "_by"] = (1 - r["windowed"]["bits_per_byte"]
                                                            / per[base]["windowed"]["bits_per_byte"])
-    out = Path(args.out) if args.out else results_dir("reflm_same_text", ROOT / "benchmarks/results")
     write_results("reflm_same_text", {"models": ident, "baseline": base, "splits": list(texts), "seq": args.seq,
                                       "windows": "non-overlapping, last one shorter (every token after the first once)",
                                       "dtype": "float32 CPU", "build": _rel(args.build), "max_docs": args.max_docs},

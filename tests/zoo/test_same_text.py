@@ -108,3 +108,14 @@ def test_every_model_is_scored_over_the_documents_bytes(tmp_path):
 def test_bad_arguments_name_the_option(argv, match):
     with pytest.raises(SystemExit, match=match):
         same_text.main(argv)
+
+
+def test_an_out_folder_that_cannot_be_made_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    (tmp_path / "toy.txt").write_text("a document", encoding="utf-8")
+    (tmp_path / "file").write_text("")
+    import transformers
+
+    monkeypatch.setattr(transformers, "AutoModelForCausalLM", None)  # any model load would fail differently
+    with pytest.raises(SystemExit, match="--out .*cannot create it"):
+        same_text.main(["--model", f"a={ASSETS}", "--split", "toy", "--build", str(tmp_path),
+                        "--out", str(tmp_path / "file" / "out")])
