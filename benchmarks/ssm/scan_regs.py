@@ -6,12 +6,12 @@ many programs an SM holds (65536 / (regs x 32 x warps)), the occupancy that hide
 chunked backward is bound by (``scan_triton_bwd``'s docstring), and the static SASS counts of lane exchanges
 (SHFL), shared-memory traffic and barriers, which share one issue pipe. Kernels: the grads kernel over
 ``GRADS_CONFIGS`` (with their register caps, ``maxnreg``) with and without ``PREFETCH``, the time-major grads
-kernel over ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``, the adjoint (both layouts) over ``ADJOINT_CONFIGS``, the time_first
+kernel over ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``, the Gluon grads kernel (``scan_gluon_bwd``), the adjoint (both layouts) over ``ADJOINT_CONFIGS``, the time_first
 forward at (8, 16, 4) with and without ``PREFETCH``, the chunk-parallel forward's two kernels
 (``scan_triton_fwdchunk``, chunk 256); fp32, 16 states, chunk 16, every optional input.
 
     python benchmarks/ssm/scan_regs.py --out /tmp/x             # ~2 minutes on 2 CPU cores
-    python benchmarks/ssm/scan_regs.py --smoke --out /tmp/x     # grads (prefetch, time-major), adjoint (both), seconds
+    python benchmarks/ssm/scan_regs.py --smoke --out /tmp/x     # grads (prefetch, time-major, Gluon), adjoint (both)
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def resource_usage(fn, consts, warps, maxnreg=None):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    if getattr(fn, "is_gluon", lambda: False)():  # a Gluon kernel (scan_gluon_bwd): its own front end
+        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource
     src = ASTSource(fn=fn, signature=_signature(fn, consts), constexprs=consts)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "maxnreg": maxnreg})
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -77,6 +79,13 @@ def rows(smoke=False):
         c = {**flags, "HAS_D": True, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16, "N_ITERS": 256 // bd}
         out.append({"kernel": "grads_tm", "block_d": bd, "warps": w, "maxnreg": maxnreg, "prefetch": False,
                     **resource_usage(sbt._chunk_grads_tm_kernel, c, w, maxnreg)})
+        print(out[-1], flush=True)
+    from anybudget.ssm import scan_gluon_bwd as sgb
+
+    for bd, w, maxnreg in ((8, 4, None),) if smoke else ((8, 4, None), (4, 2, None), (8, 4, 168)):  # bwd_gluon
+        c = {**flags, "HAS_D": True, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16, "N_ITERS": 256 // bd}
+        out.append({"kernel": "grads_gluon", "block_d": bd, "warps": w, "maxnreg": maxnreg, "prefetch": False,
+                    **resource_usage(sgb.grads_gluon, c, w, maxnreg)})
         print(out[-1], flush=True)
     for bd, w in sb.ADJOINT_CONFIGS[:1] if smoke else sb.ADJOINT_CONFIGS:  # both layouts (ScanBlocks.bwd_tm)
         c = {**flags, "STATES": False, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16}

@@ -161,6 +161,74 @@ def test_bwd_tm_chunked_backward_gpu_matches_reference(seq, n, d, extras, monkey
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
+@pytest.mark.parametrize("seq, n, d", [(1, 3, 8), (100, 18, 60), (1031, 18, 256), (388, 18, 256), (4096, 18, 200)])
+@pytest.mark.parametrize("extras", [{"bwd_chunked": (8, 16, 4)}, {"bwd_chunked": (4, 16, 2)},
+                                    {"bwd_chunked": (8, 16, 4), "bwd_programs": 4096},
+                                    {"bwd_chunked": (8, 16, 4), "bwd_maxnreg": 168}],
+                         ids=["d8w4", "d4w2", "split", "reg168"])
+def test_gluon_grads_gpu_matches_reference_and_time_major(seq, n, d, extras, monkeypatch):
+    """The Gluon grads kernel (``ScanBlocks.bwd_gluon``) on the model's path (polarized channels in closed form,
+    16 learned states): every gradient vs the chunked PyTorch scan (1e-3 of the largest) and vs the time-major
+    Triton kernel, the same algorithm (1e-4): uneven channel blocks and chunks, one step, a channel split."""
+    from anybudget.ssm.scan import selective_scan, selective_scan_chunked
+    from anybudget.ssm.scan_triton import ScanBlocks
+
+    for k, v in {"variant": "time_first", "bwd_impl": "chunked", "fwd": (8, 16, 4), "bwd_tm": True,
+                 **extras}.items():
+        monkeypatch.setattr(ScanBlocks, k, v)
+    ins = [t.detach().float().cuda().requires_grad_() for t in scan_inputs(2, d, seq, n, seed=seq + d)]
+    o1 = selective_scan_chunked(*ins, delta_softplus=True)
+    g = torch.randn_like(o1)
+    g1 = list(torch.autograd.grad((o1 * g).sum(), ins))
+    grads = {}
+    for gl in (False, True):
+        monkeypatch.setattr(ScanBlocks, "bwd_gluon", gl)
+        o2 = selective_scan(*ins, delta_softplus=True, backend="triton", fixed_channels=(1, 1))
+        torch.testing.assert_close(o2, o1, rtol=1e-3, atol=1e-3)
+        grads[gl] = list(torch.autograd.grad((o2 * g).sum(), ins))
+        grads[gl][2] = grads[gl][2][:, 1:-1]  # the polarized columns of A are constants
+    g1[2] = g1[2][:, 1:-1]
+    for i, (a, b, c) in enumerate(zip(g1, grads[True], grads[False])):
+        scale = a.abs().max().clamp_min(1.0)
+        assert torch.isfinite(b).all(), i
+        assert (b - a).abs().max() / scale < 1e-3, i
+        assert (b - c).abs().max() / scale < 1e-4, i
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
+@pytest.mark.parametrize("seq, n, tiles", [(37, 6, (16, 16, 4)), (300, 18, (4, 16, 4)), (64, 16, (8, 16, 4)),
+                                           (50, 12, (16, 8, 8))])
+@pytest.mark.parametrize("softplus", [True, False])
+def test_gluon_grads_gpu_every_input_matches_reference(seq, n, tiles, softplus, monkeypatch):
+    """The Gluon grads kernel with D, z and delta_bias in the kernel and A = -inf in it (no closed-form split), state
+    counts that pad (6 -> 8 lanes, 18 -> 32: a warp holds 1 or 4 channels), a chunk shorter than the state tile
+    (the transpose crosses warps): output and every gradient vs the sequential reference (float32, 1e-4)."""
+    from anybudget.ssm.scan import selective_scan_ref
+    from anybudget.ssm.scan_triton import ScanBlocks, selective_scan_triton
+
+    for k, v in {"variant": "time_first", "bwd_impl": "chunked", "fwd": (8, tiles[1], 4), "bwd_chunked": tiles,
+                 "bwd_tm": True, "bwd_gluon": True}.items():
+        monkeypatch.setattr(ScanBlocks, k, v)
+    ins = [t.detach().float() for t in scan_inputs(3, 20, seq, n, seed=seq + n)]
+    if not softplus:
+        ins[1] = ins[1].abs() * 0.3
+    ins_c = [t.cuda().requires_grad_() for t in ins]
+    ins = [t.requires_grad_() for t in ins]
+    o1 = selective_scan_ref(*ins, delta_softplus=softplus)
+    o2 = selective_scan_triton(*ins_c, delta_softplus=softplus)
+    torch.testing.assert_close(o2.cpu(), o1, rtol=1e-4, atol=1e-4)
+    g = torch.randn(o1.shape, generator=torch.Generator().manual_seed(0))
+    g1 = torch.autograd.grad((o1 * g).sum(), ins)
+    g2 = torch.autograd.grad((o2 * g.cuda()).sum(), ins_c)
+    for i, (a, c) in enumerate(zip(g1, g2)):
+        c = c.cpu()
+        assert torch.isfinite(c).all(), i
+        assert (c - a).abs().max() / a.abs().max().clamp_min(1.0) < 1e-4, i
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
 def test_mamba_lm_trains_on_gpu_with_triton_backend():
     from anybudget.ssm import LMConfig, MambaConfig, MambaLM
 

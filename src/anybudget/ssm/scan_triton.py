@@ -94,6 +94,11 @@ class ScanBlocks:
     # scans and sums over a chunk's time steps in registers, no lane exchanges; same results). Off: (state, channel,
     # time) tiles. With bwd_autotune, the tuner picks per shape among both layouts' configs.
     bwd_tm = False
+    # CUDA only: the chunked backward's grads kernel in Gluon (scan_gluon_bwd: layouts stated, so the chunk's inputs
+    # are read into the layout they are used in, the sums over states are a shared-memory transpose and a register sum,
+    # and the adjoint's reverse scan is a flip and a forward scan: at sm_90 68 lane exchanges a channel block against
+    # the time-major Triton kernel's 290). bwd_chunked's tiles must satisfy scan_gluon_bwd.check_tiles.
+    bwd_gluon = False
     # The time_first forward split into chunks of this many steps (a multiple of fwd's tile), scanned in parallel
     # from zero, their start states carried across chunks, then each chunk re-scanned from its true start
     # (scan_triton_fwdchunk: same outputs, ~9 B more traffic a (token, channel) at fp32, chunk 256). None: one
@@ -367,11 +372,18 @@ def _chunked(fwd_tile, states, delta_softplus, saved, dout):
     if ScanBlocks.bwd_autotune and not saved[0].is_cuda:
         raise ValueError(f"ScanBlocks.bwd_autotune=True needs CUDA tensors, got {saved[0].device}; "
                          "triton.autotune times its configs on the device")
+    if ScanBlocks.bwd_gluon:
+        if not saved[0].is_cuda:
+            raise ValueError(f"ScanBlocks.bwd_gluon=True needs CUDA tensors, got {saved[0].device}; Gluon kernels "
+                             "have no CPU interpreter (bwd_gluon=False runs the Triton kernels there)")
+        from anybudget.ssm.scan_gluon_bwd import check_tiles
+
+        check_tiles(bd, block_n, bt, warps)
     return chunked_backward(saved, states, fwd_tile, dout, delta_softplus, (bd, bt, warps),
                             block_n=block_n, target_programs=ScanBlocks.bwd_programs,
                             adjoint=ScanBlocks.bwd_adjoint, autotune=ScanBlocks.bwd_autotune,
                             prefetch=ScanBlocks.bwd_prefetch, maxnreg=ScanBlocks.bwd_maxnreg,
-                            time_major=ScanBlocks.bwd_tm)
+                            time_major=ScanBlocks.bwd_tm, gluon=ScanBlocks.bwd_gluon)
 
 
 def _states_for_tiling(u, delta, A, B, C, delta_bias, delta_softplus, block_t):

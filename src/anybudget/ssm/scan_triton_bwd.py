@@ -351,7 +351,7 @@ def _d_split(bsz: int, n_chunks: int, n_dblocks: int, target: int) -> int:
 
 
 def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles, *, block_n, target_programs=512,
-                     adjoint=None, autotune=False, prefetch=False, maxnreg=None, time_major=False):
+                     adjoint=None, autotune=False, prefetch=False, maxnreg=None, time_major=False, gluon=False):
     """Gradients of ``selective_scan_triton`` by the chunk-parallel backward (see the module docstring).
 
     ``states``: the forward's tile-start states ``(batch, seq / fwd_tile, d_inner, d_state)``
@@ -367,7 +367,9 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     grads kernels on (time, channel, state) tiles (``scan_triton_bwd_tm``: the scans and sums over a chunk's time
     steps in registers, no lane exchanges; same results; ``prefetch`` ignored); with ``autotune``, the tuner picks
     per shape among both layouts' configs (:data:`ADJOINT_CONFIGS`, :data:`GRADS_CONFIGS` and
-    ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``).
+    ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``); ``gluon`` (CUDA only): the grads kernel written in Gluon with its
+    layouts stated (``scan_gluon_bwd``: fewer lane exchanges and exps; same results; ``tiles`` must satisfy
+    ``scan_gluon_bwd.check_tiles``; ``autotune`` and ``prefetch`` then apply to the adjoint only / not at all).
     Returns ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent).
     """
     u, delta, A, B, C, D, z, delta_bias = ctx_tensors
@@ -428,7 +430,13 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
         tuned, plain = tm.grads_any_tuned, tm.grads_tm
     else:
         tuned, plain = _GRADS_TUNED, _grads
-    if autotune:
+    if gluon:
+        from anybudget.ssm.scan_gluon_bwd import grads_gluon
+
+        grads_gluon[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
+                                            BLOCK_T=block_t, N_ITERS=triton.cdiv(n_dblocks, split), num_warps=warps,
+                                            maxnreg=maxnreg, **flags)
+    elif autotune:
         tuned[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_N=block_n, BLOCK_T=block_t,
                                       PREFETCH=bool(prefetch), **flags)
     else:

@@ -1,0 +1,131 @@
+"""The chunked backward with the Gluon grads kernel (``ScanBlocks.bwd_gluon``) against the time-major Triton one.
+
+Both on the path the model runs (``selective_scan`` with the polarized channels in closed form, 16
+learned states in the kernels), time_first forward (8, 16, 4), time-major adjoint; only the grads
+kernel differs. Every configuration's output and gradients are first checked against the chunked
+PyTorch scan (``scan_bwd_speed._reference``); one that disagrees (max |diff| / max(|ref|, 1) > 1e-3)
+is recorded and not timed.
+
+Part 1, the scan at batch 16, d_inner 256, seq 4096 (issue 17's shape): forward, backward and
+forward+backward, each beside its memory-traffic bound (``scan_bwd_speed.scan_bytes`` over a
+device-to-device copy's bandwidth measured in the same run).
+
+Part 2, the MQAR step's shapes: batch 128, d_inner 256, each sequence length of the training mixture;
+the backward alone per length and its mean weighted by the mixture's examples (what one step's
+scan backward costs a layer on average).
+
+    python benchmarks/ssm/grads_gluon_speed.py --out $OUT     # one H100, ~1-2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+# (name, bwd_chunked tiles, ScanBlocks extras): the time-major Triton grads kernel, then the Gluon one.
+CONFIGS = [("triton_tm", (8, 16, 4), {}),
+           ("gluon", (8, 16, 4), {"bwd_gluon": True}),
+           ("gluon42", (4, 16, 2), {"bwd_gluon": True}),
+           ("gluon_reg168", (8, 16, 4), {"bwd_gluon": True, "bwd_maxnreg": 168})]
+TOL = 1e-3
+
+
+def _apply(tiles, extras):
+    from anybudget.ssm.scan_triton import ScanBlocks
+
+    ScanBlocks.variant, ScanBlocks.bwd_impl, ScanBlocks.split_fixed = "time_first", "chunked", True
+    ScanBlocks.fwd, ScanBlocks.bwd_chunked, ScanBlocks.fwd_chunk = (8, 16, 4), tiles, None
+    ScanBlocks.bwd_tm, ScanBlocks.bwd_autotune, ScanBlocks.bwd_prefetch, ScanBlocks.fwd_prefetch = True, False, False, False
+    ScanBlocks.bwd_gluon, ScanBlocks.bwd_maxnreg = extras.get("bwd_gluon", False), extras.get("bwd_maxnreg")
+
+
+def _time_shape(b, seq, repeat, bw, with_fwd):
+    import torch
+    from scan_bwd_speed import _model_path, _reference, _rel_errs, scan_bytes
+    from scan_speed import make_inputs
+
+    from anybudget.measure import latency
+
+    ins = make_inputs(b, 256, seq, 16, "cuda")
+    grad = torch.randn(b, 256, seq, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    ref_out, ref_grads = _reference(ins, grad, rows=4)
+    torch.cuda.empty_cache()
+    leaves = [ins[i] for i in (0, 1, 3, 4, 5, 6, 7)]
+    fb, bb = scan_bytes(b, 256, 18, seq, 16)
+    rows = {}
+    for name, tiles, extras in CONFIGS:
+        _apply(tiles, extras)
+        row = {"tiles": tiles, **extras}
+        try:
+            row["rel_err"] = errs = _rel_errs(ins, grad, ref_out, ref_grads, _model_path)
+        except Exception as e:  # noqa: BLE001 - a config that does not compile or launch is recorded
+            rows[name] = {**row, "error": repr(e)[:300]}
+            print("ERROR", name, rows[name], flush=True)
+            continue
+        if not all(v <= TOL for v in errs.values()):
+            rows[name] = {**row, "refused": f"disagrees with the reference (tolerance {TOL}): not timed"}
+            print("REFUSED", name, rows[name], flush=True)
+            continue
+        out = _model_path(*ins)
+        row["bwd_s"] = latency(lambda out=out: torch.autograd.grad(out, leaves, grad, retain_graph=True),
+                               warmup=3, repeat=repeat).median_s
+        del out
+        if with_fwd:
+            with torch.no_grad():
+                row["fwd_s"] = latency(lambda: _model_path(*ins), warmup=3, repeat=repeat).median_s
+            row["fwd_bwd_s"] = latency(lambda: torch.autograd.grad(_model_path(*ins), leaves, grad), warmup=3,
+                                       repeat=repeat).median_s
+            row.update(bound_bwd_s=bb / bw, bound_fwd_bwd_s=(fb + bb) / bw,
+                       fwd_bwd_x_over_bound=row["fwd_bwd_s"] / ((fb + bb) / bw))
+        row["bwd_x_over_bound"] = row["bwd_s"] / (bb / bw)
+        rows[name] = row
+        print(b, seq, name, {k: v for k, v in row.items() if k.endswith("_s") or k.endswith("bound")}, flush=True)
+    return {"shape": {"batch": b, "d_inner": 256, "d_state": 18, "seq": seq}, "bytes_fwd": fb, "bytes_bwd": bb,
+            "rows": rows}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from anybudget.io import results_dir, write_results
+
+    ap.add_argument("--out", default=str(results_dir("ssm_grads_gluon")))
+    ap.add_argument("--repeat", type=int, default=30)
+    args = ap.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("grads_gluon_speed needs CUDA (Gluon kernels have no CPU interpreter)", file=sys.stderr)
+        return 2
+    from scan_bwd_speed import _copy_bw
+
+    from anybudget.ssm.mqar import TRAIN_MIXTURE
+
+    t0 = time.perf_counter()
+    bw = _copy_bw("cuda", 2**28)
+    scan = _time_shape(16, 4096, args.repeat, bw, with_fwd=True)
+    weights = {}
+    for s in TRAIN_MIXTURE:
+        weights[s.seq_len] = weights.get(s.seq_len, 0) + s.num_examples
+    total = sum(weights.values())
+    step = {"weights": {str(k): v / total for k, v in weights.items()}, "per_seq": {}}
+    for seq in sorted(weights):
+        step["per_seq"][str(seq)] = _time_shape(128, seq, args.repeat, bw, with_fwd=False)
+    for name, _, _ in CONFIGS:
+        ts = [(weights[s] / total, step["per_seq"][str(s)]["rows"][name].get("bwd_s")) for s in sorted(weights)]
+        if all(t is not None for _, t in ts):
+            step.setdefault("weighted_bwd_s", {})[name] = sum(w * t for w, t in ts)
+    base = step.get("weighted_bwd_s", {}).get("triton_tm")
+    if base:
+        step["saving_per_layer_s"] = {n: base - t for n, t in step["weighted_bwd_s"].items()}
+    config = {"path": "selective_scan, polarized channels in closed form (16 learned states in the kernels)",
+              "forward": "time_first (8, 16, 4)", "adjoint": "time-major", "configs": CONFIGS, "tolerance": TOL,
+              "repeat": args.repeat, "measured_copy_bw_Bps": bw}
+    path = write_results("ssm_grads_gluon", config, {"scan_4096": scan, "step_shapes": step,
+                                                     "wall_s": time.perf_counter() - t0}, out_dir=args.out)
+    print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

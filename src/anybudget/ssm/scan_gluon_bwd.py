@@ -1,0 +1,252 @@
+"""The chunked backward's grads kernel in Gluon (``ScanBlocks.bwd_gluon``): ``scan_triton_bwd_tm``'s
+``_chunk_grads_tm_kernel`` with every tensor's layout stated instead of inferred.
+
+Why: the time-major Triton kernel holds a chunk's time steps in each thread's registers and the
+states on a warp's lanes, but Triton loads a (time, channel) row with time across lanes (the
+contiguous axis) and converts it to the registers layout, and sums over states by butterfly
+shuffles: at sm_90 that is ~290 lane exchanges (SHFL) a channel block, ~16 a (time, channel, state)
+element, on the pipe it shares with the exps. Here (Gluon: explicit layouts):
+
+* the per-step inputs the (time, channel, state) arithmetic broadcasts (u, dout) are loaded straight
+  into its layout (time in registers, each lane of a state group reading the same row: one L1 line);
+* dt (softplus, once per element) is computed in the compact layout (one (time, channel) a thread)
+  and converted once;
+* A-bar at t + 1, which the adjoint's recurrence needs (g_t = c_t + A-bar_{t+1} g_{t+1}), is A-bar_t
+  shifted one step inside each thread's registers (an associative scan that keeps the next element)
+  instead of a second exp of a second read of delta;
+* the two sums over states (<g, B> and <g a h_prev, A>) become one in-warp transpose each, to a layout
+  with the states in registers, and a register sum: the result lands in the compact layout that
+  du and d(delta) are stored from.
+
+Same grid, arguments, algorithm and results as ``_chunk_grads_tm_kernel`` (checked against the
+reference scan on CUDA by ``benchmarks/ssm/scan_gluon_check.py``; Gluon has no CPU interpreter, so
+the CPU tests check the launcher's arguments and the layouts' constraints). Tiles: BLOCK_N states on
+lanes (<= 32), BLOCK_D = (32 // BLOCK_N) * num_warps channels, BLOCK_T time steps in registers; the
+transposes stay inside a warp when BLOCK_T == BLOCK_N (16 and 16 at the MQAR step).
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+__all__ = ["check_tiles", "grads_gluon"]
+
+
+def check_tiles(block_d: int, block_n: int, block_t: int, num_warps: int) -> None:
+    """Raise ValueError unless the tiles fit the kernel's layouts (see the module docstring)."""
+    if block_n > 32 or 32 % block_n:
+        raise ValueError(f"BLOCK_N={block_n}: the Gluon grads kernel puts the states on one warp's lanes; allowed: "
+                         "a power of two <= 32")
+    if block_t > 32 or 32 % block_t:
+        raise ValueError(f"BLOCK_T={block_t}: allowed a power of two <= 32 (the chunk's steps on a warp's lanes "
+                         "in the transposed layout)")
+    if block_d != (32 // block_n) * num_warps:
+        raise ValueError(f"BLOCK_D={block_d} with BLOCK_N={block_n}, num_warps={num_warps}: the Gluon grads kernel "
+                         f"needs BLOCK_D = (32 // BLOCK_N) * num_warps = {(32 // block_n) * num_warps}")
+
+
+@gluon.jit
+def _combine(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@gluon.jit
+def _keep_prev(p1, l1, h1, p2, l2, h2):
+    # Summary (element before the last, last element, has two) of a run: an associative operator whose
+    # inclusive scan is the input shifted one step (the first step keeps its own "before": the initial value).
+    return gl.where(h2 > 0.0, p2, l1), l2, gl.maximum(h2, 1.0)
+
+
+@gluon.jit
+def _swap_halves(x, axis: gl.constexpr, rank: gl.constexpr):
+    # Exchange the two halves of a size-2 axis: to the end, split, join the other way round, back.
+    perm: gl.constexpr = _perm_last(axis, rank)
+    lo, hi = gl.split(gl.permute(x, perm.value))
+    inv: gl.constexpr = _perm_inv_last(axis, rank)
+    return gl.permute(gl.join(hi, lo), inv.value)
+
+
+@gluon.jit
+def _flip_time(x, BLOCK_T: gl.constexpr, BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr):
+    """x[::-1] along axis 0 of a (BLOCK_T, BLOCK_D, BLOCK_N) tile held in registers: t -> (BLOCK_T - 1) XOR t, one
+    index bit at a time. Triton's reverse associative_scan on such a tile exchanges lanes (~20 SHFL an element
+    at sm_90 for Triton 3.6); a flip in registers, a forward scan and a flip back do not."""
+    L2: gl.constexpr = _log2(BLOCK_T)
+    y = gl.reshape(x, _bits_shape(L2, BLOCK_D, BLOCK_N))
+    for k in gl.static_range(L2):
+        y = _swap_halves(y, k, L2 + 2)
+    return gl.reshape(y, [BLOCK_T, BLOCK_D, BLOCK_N])
+
+
+@gluon.constexpr_function
+def _log2(n):
+    return n.bit_length() - 1
+
+
+@gluon.constexpr_function
+def _bits_shape(bits, d, n):
+    return [2] * bits + [d, n]
+
+
+@gluon.constexpr_function
+def _perm_last(axis, rank):
+    return [i for i in range(rank) if i != axis] + [axis]
+
+
+@gluon.constexpr_function
+def _perm_inv_last(axis, rank):
+    p = [i for i in range(rank) if i != axis] + [axis]
+    return [p.index(i) for i in range(rank)]
+
+
+@gluon.jit
+def _softplus(x):
+    return gl.where(x > 20.0, x, gl.log(1.0 + gl.exp(gl.minimum(x, 20.0))))
+
+
+@gluon.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + gl.exp(-x))
+
+
+@gluon.jit
+def _grads_gl_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, E_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    n_inner, n_state, seq, n_chunks, n_state_tiles, tile_ratio, d_split,
+    HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
+    BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_T: gl.constexpr, N_ITERS: gl.constexpr,
+):
+    W: gl.constexpr = gl.num_warps()
+    # (time, channel, state): time in registers, states on lanes, channels on the rest of the lanes and the warps.
+    L3: gl.constexpr = gl.BlockedLayout([BLOCK_T, 1, 1], [1, 32 // BLOCK_N, BLOCK_N], [1, W, 1], [2, 1, 0])
+    # The same tile transposed inside each warp: states in registers, time on lanes (sums over states in registers).
+    L3R: gl.constexpr = gl.BlockedLayout([1, 1, BLOCK_N], [BLOCK_T, 32 // BLOCK_T, 1], [1, W, 1], [0, 1, 2])
+    TDS: gl.constexpr = gl.SliceLayout(2, L3)  # (time, channel), time in registers (replicated over the state lanes)
+    TN: gl.constexpr = gl.SliceLayout(1, L3)  # (time, state)
+    DN: gl.constexpr = gl.SliceLayout(0, L3)  # (channel, state)
+    TDC: gl.constexpr = gl.SliceLayout(2, L3R)  # (time, channel) compact: one element a thread
+
+    pid_b, pid_c, pid_s = gl.program_id(0), gl.program_id(1), gl.program_id(2)
+    t_tn = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, TN))
+    n_tn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, TN))
+    offs_t_tn = pid_c * BLOCK_T + t_tn
+    m_tn = (offs_t_tn < seq)[:, None] & (n_tn < n_state)[None, :]
+    rowB = pid_b * n_state * seq + n_tn[None, :] * seq + offs_t_tn[:, None]
+    Bt = gl.load(B_ptr + rowB, mask=m_tn, other=0.0).to(gl.float32)
+    Ct = gl.load(C_ptr + rowB, mask=m_tn, other=0.0).to(gl.float32)
+    B3 = gl.expand_dims(Bt, 1)
+    C3 = gl.expand_dims(Ct, 1)
+
+    t_s = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, TDS))
+    offs_t_s = pid_c * BLOCK_T + t_s
+    mask_t_s = offs_t_s < seq
+    d_s0 = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, TDS))
+    t_c = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, TDC))
+    offs_t_c = pid_c * BLOCK_T + t_c
+    mask_t_c = offs_t_c < seq
+    d_c0 = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, TDC))
+    d_dn0 = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, DN))
+    n_dn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, DN))
+    mask_n_dn = n_dn < n_state
+    m3 = gl.expand_dims(gl.expand_dims(mask_t_s, 1), 2)  # (T, 1, 1) in L3
+
+    # The transposes go through shared memory (an in-warp shuffle transpose costs ~15 exchanges an element): one pad
+    # word a time step keeps both the stores (fixed t) and the loads (fixed n) free of bank conflicts at 16 x 2 x 16.
+    SH: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[BLOCK_D * BLOCK_N, 1]], [BLOCK_T, BLOCK_D, BLOCK_N],
+                                                               [2, 1, 0])
+    buf_b = gl.allocate_shared_memory(gl.float32, [BLOCK_T, BLOCK_D, BLOCK_N], SH)
+    buf_a = gl.allocate_shared_memory(gl.float32, [BLOCK_T, BLOCK_D, BLOCK_N], SH)
+    dB3 = gl.zeros([BLOCK_T, BLOCK_D, BLOCK_N], gl.float32, L3)
+    dC3 = gl.zeros([BLOCK_T, BLOCK_D, BLOCK_N], gl.float32, L3)
+    part = (pid_b * n_chunks + pid_c) * n_inner
+    for i in range(N_ITERS):
+        k = pid_s + i * d_split
+        # (channel, state): A, the chunk-start state, the adjoint carried in from the next chunk
+        offs_d_dn = k * BLOCK_D + d_dn0
+        m_dn = (offs_d_dn < n_inner)[:, None] & mask_n_dn[None, :]
+        dn = offs_d_dn[:, None] * n_state + n_dn[None, :]
+        A = gl.load(A_ptr + dn, mask=m_dn, other=0.0).to(gl.float32)
+        a_zero = A == float("-inf")
+        A3 = gl.expand_dims(gl.where(a_zero, 0.0, A), 0)
+        z3 = gl.expand_dims(a_zero, 0)
+        h0 = gl.load(states_ptr + (pid_b * n_state_tiles + pid_c * tile_ratio) * n_inner * n_state + dn,
+                     mask=m_dn, other=0.0)
+        E = gl.load(E_ptr + part * n_state + dn, mask=m_dn, other=0.0)
+        # (time, channel) compact: dt and what the stored gradients need
+        offs_d_c = k * BLOCK_D + d_c0
+        mask_d_c = offs_d_c < n_inner
+        m_c = mask_t_c[:, None] & mask_d_c[None, :]
+        row_c = pid_b * n_inner * seq + offs_d_c[None, :] * seq + offs_t_c[:, None]
+        dtr = gl.load(delta_ptr + row_c, mask=m_c, other=0.0).to(gl.float32)
+        if HAS_BIAS:
+            bias = gl.load(bias_ptr + offs_d_c, mask=mask_d_c, other=0.0).to(gl.float32)
+            dtr = dtr + bias[None, :]
+        dt = dtr
+        if SOFTPLUS:
+            dt = _softplus(dtr)
+        u_c = gl.load(u_ptr + row_c, mask=m_c, other=0.0).to(gl.float32)
+        # (time, channel) with time in registers: the broadcast operands, read in that layout
+        offs_d_s = k * BLOCK_D + d_s0
+        m_s = mask_t_s[:, None] & (offs_d_s < n_inner)[None, :]
+        row_s = pid_b * n_inner * seq + offs_d_s[None, :] * seq + offs_t_s[:, None]
+        u_s = gl.load(u_ptr + row_s, mask=m_s, other=0.0).to(gl.float32)
+        dout_s = gl.load(dout_ptr + row_s, mask=m_s, other=0.0).to(gl.float32)
+        dt_s = gl.convert_layout(dt, TDS)
+        dy_s = dout_s
+        if HAS_Z or HAS_D:
+            dout_c = gl.load(dout_ptr + row_c, mask=m_c, other=0.0).to(gl.float32)
+            dy_c = dout_c
+        if HAS_Z:
+            z = gl.load(z_ptr + row_c, mask=m_c, other=0.0).to(gl.float32)
+            sz = _sigmoid(z)
+            dy_c = dout_c * z * sz
+            dy_s = gl.convert_layout(dy_c, TDS)
+        dtu_s = dt_s * u_s
+        a = gl.where(z3, 0.0, gl.exp(gl.expand_dims(dt_s, 2) * A3))
+        a = gl.where(m3, a, 1.0)  # past the end: carry the state unchanged
+        b = gl.expand_dims(dtu_s, 2) * B3
+        a_cum, h_loc = gl.associative_scan((a, b), axis=0, combine_fn=_combine)
+        hs = h_loc + a_cum * gl.expand_dims(h0, 0)
+        # The adjoint g_t = c_t + A-bar_{t+1} g_{t+1} (g past the chunk: E, which holds A-bar_{t1+1} g_{t1+1}) as a
+        # forward scan over the time-reversed tile, where A-bar_{t+1} is the previous step's A-bar (1 at the first).
+        a_rev = _flip_time(a, BLOCK_T, BLOCK_D, BLOCK_N)
+        a1_rev, _, _ = gl.associative_scan((gl.full_like(a, 1.0), a_rev, gl.zeros_like(a)), axis=0,
+                                           combine_fn=_keep_prev)
+        c_rev = _flip_time(gl.expand_dims(dy_s, 2) * C3, BLOCK_T, BLOCK_D, BLOCK_N)
+        g_cum, g_loc = gl.associative_scan((a1_rev, c_rev), axis=0, combine_fn=_combine)
+        g = _flip_time(g_loc + g_cum * gl.expand_dims(E, 0), BLOCK_T, BLOCK_D, BLOCK_N)
+        gq = g * (hs - b)  # g_t a_t h_{t-1}: no division by a_t
+        gl.store(dA_ptr + part * n_state + dn, gl.sum(gq * gl.expand_dims(dt_s, 2), axis=0), mask=m_dn)
+        buf_b.store(g * B3)
+        buf_a.store(gq * A3)
+        gB = gl.sum(buf_b.load(L3R), axis=2)  # (T, D) compact
+        qA = gl.sum(buf_a.load(L3R), axis=2)
+        ddt = gB * u_c + qA
+        du = gB * dt
+        if HAS_Z:
+            y = gl.sum(gl.convert_layout(hs * C3, L3R), axis=2)
+            if HAS_D:
+                y += gl.load(D_ptr + offs_d_c, mask=mask_d_c, other=0.0).to(gl.float32)[None, :] * u_c
+            gl.store(dz_ptr + row_c, (dout_c * y * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
+                     mask=m_c)
+        if HAS_D:
+            Dv = gl.load(D_ptr + offs_d_c, mask=mask_d_c, other=0.0).to(gl.float32)
+            du += Dv[None, :] * dy_c
+            gl.store(dD_ptr + part + offs_d_c, gl.sum(gl.where(m_c, dy_c * u_c, 0.0), axis=0), mask=mask_d_c)
+        if SOFTPLUS:
+            ddt = ddt * gl.where(dtr > 20.0, 1.0, _sigmoid(dtr))  # softplus' (1 above torch's threshold 20)
+        ddt = gl.where(m_c, ddt, 0.0)
+        if HAS_BIAS:
+            gl.store(dbias_ptr + part + offs_d_c, gl.sum(ddt, axis=0), mask=mask_d_c)
+        gl.store(du_ptr + row_c, du.to(du_ptr.dtype.element_ty), mask=m_c)
+        gl.store(ddelta_ptr + row_c, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_c)
+        dB3 += g * gl.expand_dims(dtu_s, 2)
+        dC3 += hs * gl.expand_dims(dy_s, 2)
+    out = pid_s * gl.num_programs(0) * n_state * seq + rowB
+    gl.store(dB_ptr + out, gl.sum(dB3, axis=1).to(dB_ptr.dtype.element_ty), mask=m_tn)
+    gl.store(dC_ptr + out, gl.sum(dC3, axis=1).to(dC_ptr.dtype.element_ty), mask=m_tn)
+
+
+grads_gluon = _grads_gl_kernel
