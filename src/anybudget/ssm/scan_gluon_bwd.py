@@ -152,9 +152,10 @@ def _grads_gl_kernel(
     mask_n_dn = n_dn < n_state
     m3 = gl.expand_dims(gl.expand_dims(mask_t_s, 1), 2)  # (T, 1, 1) in L3
 
-    # The transposes go through shared memory (an in-warp shuffle transpose costs ~15 exchanges an element): one pad
-    # word a time step keeps both the stores (fixed t) and the loads (fixed n) free of bank conflicts at 16 x 2 x 16.
-    SH: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[BLOCK_D * BLOCK_N, 1]], [BLOCK_T, BLOCK_D, BLOCK_N],
+    # The transposes go through shared memory (an in-warp shuffle transpose costs ~15 exchanges an element): 4 pad
+    # words a time step (16 bytes: the loads of 4 states stay aligned 128-bit reads; 1 word makes them misaligned)
+    # keep both the stores (fixed t) and the loads (fixed n) free of bank conflicts at 16 x 2 x 16.
+    SH: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[BLOCK_D * BLOCK_N, 4]], [BLOCK_T, BLOCK_D, BLOCK_N],
                                                                [2, 1, 0])
     buf_b = gl.allocate_shared_memory(gl.float32, [BLOCK_T, BLOCK_D, BLOCK_N], SH)
     buf_a = gl.allocate_shared_memory(gl.float32, [BLOCK_T, BLOCK_D, BLOCK_N], SH)
