@@ -39,7 +39,10 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
   channel)); at batch 128 the whole-sequence forward already has 4096 programs (~6 waves on an H100), so this
   tells whether shorter serial chains still pay there, while its case is batch 16 (``scan_bwd_speed``'s rows).
   ``bwdgl`` / ``bwdgl42``: bwdtm with the grads kernel in Gluon (``ScanBlocks.bwd_gluon``, ``scan_gluon_bwd``:
-  layouts stated, 68 lane exchanges a channel block at sm_90 against 290) at (8, 16, 4) / (4, 16, 2).
+  layouts stated, 68 lane exchanges a channel block at sm_90 against 290) at (8, 16, 4) / (4, 16, 2);
+  ``bwdgl42r200`` (4, 16, 2) capped at 200 registers (5 programs an SM, no spills at sm_90, Triton 3.6),
+  ``bwdgl+reg168`` (8, 16, 4) capped at 168 (3 programs, 56 bytes of spills; the fastest backward at seq >= 128 in
+  ``ssm_grads_gluon.json``).
 
 Every variant times the same step indices after warm-up (all shapes compiled / captured first),
 then profiles a few steps: kernels per step (inside a CUDA graph too) and their summed GPU time. A
@@ -123,6 +126,8 @@ VARIANTS = {
     # The Gluon grads kernel (ScanBlocks.bwd_gluon) after the time-major adjoint, at (8, 16, 4) and (4, 16, 2).
     "compile+cudagraph+tf16+bwdgl": ("compile+cudagraph", {}, "new_tf16_bwdgl"),
     "compile+cudagraph+tf16+bwdgl42": ("compile+cudagraph", {}, "new_tf16_bwdgl42"),
+    "compile+cudagraph+tf16+bwdgl42r200": ("compile+cudagraph", {}, "new_tf16_bwdgl42r200"),
+    "compile+cudagraph+tf16+bwdgl+reg168": ("compile+cudagraph", {}, "new_tf16_bwdgl_reg168"),
     "compile+cudagraph+tf16+fast": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),
                                                                               ("coordinate_descent_tuning", True))},
                                     "new_tf16_tuned_fwdpf"),
@@ -147,7 +152,9 @@ SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
          "new_tf16_bwdtm_fwdpf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_bwdtm_fwdchunk": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_bwdgl": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
-         "new_tf16_bwdgl42": ("time_first", True, ((8, 16, 4), (4, 16, 2)), "chunked")}
+         "new_tf16_bwdgl42": ("time_first", True, ((8, 16, 4), (4, 16, 2)), "chunked"),
+         "new_tf16_bwdgl42r200": ("time_first", True, ((8, 16, 4), (4, 16, 2)), "chunked"),
+         "new_tf16_bwdgl_reg168": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
 # ScanBlocks settings beyond SCANS' (defaults for scans not named): the adjoint kernel's own (BLOCK_D, warps)
 # (programs of 16 x 32 x 16 on 8 warps, 64 registers a thread, instead of 16 x 8 x 16 on 4); 4096 programs aimed at (the grads kernel's channel
 # blocks split over up to 8 programs at short sequences); triton.autotune of the adjoint and grads tiles;
@@ -172,7 +179,9 @@ SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
                "new_tf16_bwdtm_fwdpf": {"bwd_tm": True, "fwd_prefetch": True},
                "new_tf16_bwdtm_fwdchunk": {"bwd_tm": True, "fwd_chunk": 256},
                "new_tf16_bwdgl": {"bwd_tm": True, "bwd_gluon": True},
-               "new_tf16_bwdgl42": {"bwd_tm": True, "bwd_gluon": True, "bwd_adjoint": (8, 4)}}
+               "new_tf16_bwdgl42": {"bwd_tm": True, "bwd_gluon": True, "bwd_adjoint": (8, 4)},
+               "new_tf16_bwdgl42r200": {"bwd_tm": True, "bwd_gluon": True, "bwd_adjoint": (8, 4), "bwd_maxnreg": 200},
+               "new_tf16_bwdgl_reg168": {"bwd_tm": True, "bwd_gluon": True, "bwd_maxnreg": 168}}
 TOP_KERNELS = 12  # kernels per row of the record, by GPU time
 # Timed at every depth before the rest (a --time-limit cut loses the rest first).
 FIRST = ("reference", "compile+cudagraph", "compile+cudagraph+tf", "compile+cudagraph+tf16", "cudagraph_fp32")

@@ -181,12 +181,14 @@ def test_gluon_grads_gpu_matches_reference_and_time_major(seq, n, d, extras, mon
     g = torch.randn_like(o1)
     g1 = list(torch.autograd.grad((o1 * g).sum(), ins))
     grads = {}
+    launches = _count_gluon_launches(monkeypatch)
     for gl in (False, True):
         monkeypatch.setattr(ScanBlocks, "bwd_gluon", gl)
         o2 = selective_scan(*ins, delta_softplus=True, backend="triton", fixed_channels=(1, 1))
         torch.testing.assert_close(o2, o1, rtol=1e-3, atol=1e-3)
         grads[gl] = list(torch.autograd.grad((o2 * g).sum(), ins))
         grads[gl][2] = grads[gl][2][:, 1:-1]  # the polarized columns of A are constants
+    assert launches == [(2, -(-seq // extras["bwd_chunked"][1]))]  # the Gluon kernel ran, once, only when asked
     g1[2] = g1[2][:, 1:-1]
     for i, (a, b, c) in enumerate(zip(g1, grads[True], grads[False])):
         scale = a.abs().max().clamp_min(1.0)
@@ -211,10 +213,11 @@ def test_gluon_grads_gpu_every_input_matches_reference(seq, n, tiles, softplus, 
                  "bwd_tm": True, "bwd_gluon": True}.items():
         monkeypatch.setattr(ScanBlocks, k, v)
     ins = [t.detach().float() for t in scan_inputs(3, 20, seq, n, seed=seq + n)]
-    if not softplus:
-        ins[1] = ins[1].abs() * 0.3
+    if not softplus:  # dt >= 0 without softplus: delta and its bias non-negative (else A-bar > 1 overflows)
+        ins[1], ins[7] = ins[1].abs() * 0.3, ins[7].abs() * 0.1
     ins_c = [t.cuda().requires_grad_() for t in ins]
     ins = [t.requires_grad_() for t in ins]
+    launches = _count_gluon_launches(monkeypatch)
     o1 = selective_scan_ref(*ins, delta_softplus=softplus)
     o2 = selective_scan_triton(*ins_c, delta_softplus=softplus)
     torch.testing.assert_close(o2.cpu(), o1, rtol=1e-4, atol=1e-4)
@@ -225,6 +228,22 @@ def test_gluon_grads_gpu_every_input_matches_reference(seq, n, tiles, softplus, 
         c = c.cpu()
         assert torch.isfinite(c).all(), i
         assert (c - a).abs().max() / a.abs().max().clamp_min(1.0) < 1e-4, i
+    assert len(launches) == 1
+
+
+def _count_gluon_launches(monkeypatch):
+    """Record the (batch, chunks) grid of every launch of the Gluon grads kernel (it is looked up at each backward)."""
+    from anybudget.ssm import scan_gluon_bwd
+
+    seen, kernel = [], scan_gluon_bwd.grads_gluon
+
+    class Counting:
+        def __getitem__(self, grid):
+            seen.append(grid[:2])
+            return kernel[grid]
+
+    monkeypatch.setattr(scan_gluon_bwd, "grads_gluon", Counting())
+    return seen
 
 
 @pytest.mark.gpu
