@@ -376,7 +376,11 @@ def _chunked(fwd_tile, states, delta_softplus, saved, dout):
         if not saved[0].is_cuda:
             raise ValueError(f"ScanBlocks.bwd_gluon=True needs CUDA tensors, got {saved[0].device}; Gluon kernels "
                              "have no CPU interpreter (bwd_gluon=False runs the Triton kernels there)")
-        from anybudget.ssm.scan_gluon_bwd import check_tiles
+        try:
+            from anybudget.ssm.scan_gluon_bwd import check_tiles
+        except ImportError as e:
+            raise ValueError(f"ScanBlocks.bwd_gluon=True needs Triton with Gluon (triton.experimental.gluon, Triton "
+                             f">= 3.5): {e}") from e
 
         check_tiles(bd, block_n, bt, warps)
     return chunked_backward(saved, states, fwd_tile, dout, delta_softplus, (bd, bt, warps),
