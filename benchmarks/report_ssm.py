@@ -1,4 +1,5 @@
-"""The MQAR training-step speed table (``ssm_train_speed.json``) for the results page (``report.py``)."""
+"""The MQAR training-step speed table (``ssm_train_speed.json``) and the Gluon backward's scan table
+(``ssm_grads_gluon.json``) for the results page (``report.py``)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,30 @@ def ssm_train_speed_md():
                             f"{x['bound_s_measured_copy'] * 1e3:.3f} | {x['x_over_bound_measured']:.0f}x |\n")
     png = rel("ssm_train_speed_loss", "png")
     return out + f"\n![loss curves]({png})\n\nSource: `{rel('ssm_train_speed')}` ({dev(r)}).\n"
+
+
+def ssm_grads_gluon_md():
+    """The chunked backward with the Gluon grads kernel against the time-major Triton one (``ssm_grads_gluon.json``):
+    the scan at seq 4096 beside its memory-traffic bound."""
+    r = load("ssm_grads_gluon")
+    if not r:
+        return ""
+    sc = r["metrics"]["scan_4096"]
+    sh = sc["shape"]
+    out = ("### Polarized Mamba: the scan with the Gluon grads kernel\n\n"
+           f"Batch {sh['batch']}, d_inner {sh['d_inner']}, d_state {sh['d_state']} (16 learned in the kernels, the 2 "
+           f"polarized in closed form), seq {sh['seq']}, float32, time_first forward (8, 16, 4), time-major adjoint; "
+           "only the grads kernel differs (`benchmarks/ssm/grads_gluon_speed.py`). Bound: the bytes each pass must "
+           f"move at the copy bandwidth measured in the same run ({r['config']['measured_copy_bw_Bps'] / 1e12:.2f} "
+           "TB/s); the target is 5x.\n\n"
+           "| grads kernel | tiles | fwd ms | bwd ms | fwd+bwd ms | bound ms | x bound | largest rel. error |\n"
+           "|---|---|---|---|---|---|---|---|\n")
+    for name, row in sc["rows"].items():
+        if "fwd_bwd_s" not in row:
+            out += f"| {name} | {tuple(row['tiles'])} | - | - | - | - | - | {_why(row) or row.get('refused', '')} |\n"
+            continue
+        tiles = tuple(row["tiles"]) + ((f"maxnreg {row['bwd_maxnreg']}",) if row.get("bwd_maxnreg") else ())
+        out += (f"| {name} | {', '.join(map(str, tiles))} | {row['fwd_s'] * 1e3:.2f} | {row['bwd_s'] * 1e3:.2f} | "
+                f"{row['fwd_bwd_s'] * 1e3:.2f} | {row['bound_fwd_bwd_s'] * 1e3:.3f} | "
+                f"{row['fwd_bwd_x_over_bound']:.1f}x | {max(row['rel_err'].values()):.1e} |\n")
+    return out + f"\nSource: `{rel('ssm_grads_gluon')}` ({dev(r)}).\n"

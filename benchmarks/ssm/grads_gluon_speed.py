@@ -8,7 +8,8 @@ is recorded and not timed.
 
 Part 1, the scan at batch 16, d_inner 256, seq 4096 (issue 17's shape): forward, backward and
 forward+backward, each beside its memory-traffic bound (``scan_bwd_speed.scan_bytes`` over a
-device-to-device copy's bandwidth measured in the same run).
+device-to-device copy's bandwidth measured in the same run), and the kernels of a forward+backward under
+the profiler (where the time beyond the bound goes).
 
 Part 2, the MQAR step's shapes: batch 128, d_inner 256, each sequence length of the training mixture;
 the backward alone per length and its mean weighted by the mixture's examples (what one step's
@@ -79,6 +80,14 @@ def _time_shape(b, seq, repeat, bw, with_fwd):
             row.update(bound_bwd_s=bb / bw, bound_fwd_bwd_s=(fb + bb) / bw,
                        fwd_bwd_x_over_bound=row["fwd_bwd_s"] / ((fb + bb) / bw))
         row["bwd_x_over_bound"] = row["bwd_s"] / (bb / bw)
+        if with_fwd:  # where the forward + backward's time goes: every kernel of 3 calls under the profiler
+            from anybudget.measure import kernel_times
+
+            top, kernel_us, count = kernel_times(lambda: torch.autograd.grad(_model_path(*ins), leaves, grad),
+                                                 steps=3, top=12)
+            row.update(kernels_per_call=count, kernel_ms_per_call=kernel_us / 1e3,
+                       top_kernels=[{"kernel": k["kernel"][:80], "calls_per_call": k["calls_per_step"],
+                                     "us_per_call": round(k["us_per_step"], 1)} for k in top])
         rows[name] = row
         print(b, seq, name, {k: v for k, v in row.items() if k.endswith("_s") or k.endswith("bound")}, flush=True)
     return {"shape": {"batch": b, "d_inner": 256, "d_state": 18, "seq": seq}, "bytes_fwd": fb, "bytes_bwd": bb,

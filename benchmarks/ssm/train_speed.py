@@ -39,7 +39,7 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
   channel)); at batch 128 the whole-sequence forward already has 4096 programs (~6 waves on an H100), so this
   tells whether shorter serial chains still pay there, while its case is batch 16 (``scan_bwd_speed``'s rows).
   ``bwdgl`` / ``bwdgl42``: bwdtm with the grads kernel in Gluon (``ScanBlocks.bwd_gluon``, ``scan_gluon_bwd``:
-  layouts stated, 68 lane exchanges a channel block at sm_90 against 290) at (8, 16, 4) / (4, 16, 2);
+  layouts stated, 68 lane exchanges at sm_90 against 506, Triton 3.6) at (8, 16, 4) / (4, 16, 2);
   ``bwdgl42r200`` (4, 16, 2) capped at 200 registers (5 programs an SM, no spills at sm_90, Triton 3.6),
   ``bwdgl+reg168`` (8, 16, 4) capped at 168 (3 programs, 56 bytes of spills; the fastest backward at seq >= 128 in
   ``ssm_grads_gluon.json``).

@@ -4,7 +4,8 @@
 Why: the time-major Triton kernel holds a chunk's time steps in each thread's registers and the
 states on a warp's lanes, but Triton loads a (time, channel) row with time across lanes (the
 contiguous axis) and converts it to the registers layout, and sums over states by butterfly
-shuffles: at sm_90 that is ~290 lane exchanges (SHFL) a channel block, ~16 a (time, channel, state)
+shuffles, and Triton 3.6 lowers its reverse scan (the adjoint's) with lane exchanges too: at sm_90 that is 506
+lane exchanges (SHFL, static count of the whole kernel at the MQAR step's flags), ~30 a (time, channel, state)
 element, on the pipe it shares with the exps. Here (Gluon: explicit layouts):
 
 * the per-step inputs the (time, channel, state) arithmetic broadcasts (u, dout) are loaded straight
