@@ -9,7 +9,9 @@ is recorded and not timed.
 Part 1, the scan at batch 16, d_inner 256, seq 4096 (issue 17's shape): forward, backward and
 forward+backward, each beside its memory-traffic bound (``scan_bwd_speed.scan_bytes`` over a
 device-to-device copy's bandwidth measured in the same run), and the kernels of a forward+backward under
-the profiler (where the time beyond the bound goes).
+the profiler (where the time beyond the bound goes); then the time-major and the Gluon (capped at 168
+registers) configurations under ``torch.compile``, the scan as the custom op and the closed-form
+channels fused around it, as the training step runs it.
 
 Part 2, the MQAR step's shapes: batch 128, d_inner 256, each sequence length of the training mixture;
 the backward alone per length and its mean weighted by the mixture's examples (what one step's
@@ -90,8 +92,47 @@ def _time_shape(b, seq, repeat, bw, with_fwd):
                                      "us_per_call": round(k["us_per_step"], 1)} for k in top])
         rows[name] = row
         print(b, seq, name, {k: v for k, v in row.items() if k.endswith("_s") or k.endswith("bound")}, flush=True)
-    return {"shape": {"batch": b, "d_inner": 256, "d_state": 18, "seq": seq}, "bytes_fwd": fb, "bytes_bwd": bb,
-            "rows": rows}
+    res = {"shape": {"batch": b, "d_inner": 256, "d_state": 18, "seq": seq}, "bytes_fwd": fb, "bytes_bwd": bb,
+           "rows": rows}
+    if with_fwd:
+        res["compiled"] = _compiled_rows(ins, grad, ref_out, ref_grads, leaves, repeat, (fb + bb) / bw)
+    return res
+
+
+def _compiled_rows(ins, grad, ref_out, ref_grads, leaves, repeat, bound_s):
+    """The same path under ``torch.compile(fullgraph=True)``, as the training step runs it: the scan as the custom
+    op (``scan_op``), the closed-form polarized channels and casts around it fused by inductor instead of ~40
+    eager PyTorch kernels; forward+backward time, its x over the bound and its kernels."""
+    import torch
+    from scan_bwd_speed import _rel_errs
+
+    from anybudget.measure import kernel_times, latency
+    from anybudget.ssm.scan import selective_scan
+
+    rows = {}
+    for name, tiles, extras in (c for c in CONFIGS if c[0] in ("triton_tm", "gluon_reg168")):
+        _apply(tiles, extras)
+        torch._dynamo.reset()
+        fn = torch.compile(lambda *x: selective_scan(*x, delta_softplus=True, fixed_channels=(1, 1)), fullgraph=True)
+        row = {"tiles": tiles, **extras}
+        try:
+            row["rel_err"] = errs = _rel_errs(ins, grad, ref_out, ref_grads, fn)
+        except Exception as e:  # noqa: BLE001 - recorded, not timed
+            rows[name] = {**row, "error": repr(e)[:300]}
+            continue
+        if not all(v <= TOL for v in errs.values()):
+            rows[name] = {**row, "refused": f"disagrees with the reference (tolerance {TOL}): not timed"}
+            continue
+        step = lambda: torch.autograd.grad(fn(*ins), leaves, grad)  # noqa: E731
+        row["fwd_bwd_s"] = latency(step, warmup=3, repeat=repeat).median_s
+        row["fwd_bwd_x_over_bound"] = row["fwd_bwd_s"] / bound_s
+        top, kernel_us, count = kernel_times(step, steps=3, top=12)
+        row.update(kernels_per_call=count, kernel_ms_per_call=kernel_us / 1e3,
+                   top_kernels=[{"kernel": k["kernel"][:80], "calls_per_call": k["calls_per_step"],
+                                 "us_per_call": round(k["us_per_step"], 1)} for k in top])
+        rows[name] = row
+        print("compiled", name, {k: v for k, v in row.items() if k.endswith("_s") or "x_over" in k}, flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
