@@ -78,4 +78,19 @@ def ssm_grads_gluon_md():
         out += (f"| {name} | {', '.join(map(str, tiles))} | {row['fwd_s'] * 1e3:.2f} | {row['bwd_s'] * 1e3:.2f} | "
                 f"{row['fwd_bwd_s'] * 1e3:.2f} | {row['bound_fwd_bwd_s'] * 1e3:.3f} | "
                 f"{row['fwd_bwd_x_over_bound']:.1f}x | {max(row['rel_err'].values()):.1e} |\n")
+    comp = sc.get("compiled") or {}
+    if comp:
+        out += ("\nThe same path under `torch.compile(fullgraph=True)` (the scan as the custom op, the closed-form "
+                "channels and gating fused around it, as the training step runs it): forward+backward, kernel time "
+                "and the scan's own kernels (grads, forward, adjoint, carry).\n\n"
+                "| grads kernel | fwd+bwd ms | x bound | kernel ms | scan kernels ms | largest rel. error |\n"
+                "|---|---|---|---|---|---|\n")
+        own = ("grads", "fwd_kernel", "adjoint", "carry")
+        for name, row in comp.items():
+            if "fwd_bwd_s" not in row:
+                out += f"| {name} | - | - | - | - | {_why(row) or row.get('refused', '')} |\n"
+                continue
+            scan_ms = sum(k["us_per_call"] for k in row["top_kernels"] if any(o in k["kernel"] for o in own)) / 1e3
+            out += (f"| {name} | {row['fwd_bwd_s'] * 1e3:.2f} | {row['fwd_bwd_x_over_bound']:.1f}x | "
+                    f"{row['kernel_ms_per_call']:.2f} | {scan_ms:.2f} | {max(row['rel_err'].values()):.1e} |\n")
     return out + f"\nSource: `{rel('ssm_grads_gluon')}` ({dev(r)}).\n"

@@ -96,8 +96,8 @@ class ScanBlocks:
     bwd_tm = False
     # CUDA only: the chunked backward's grads kernel in Gluon (scan_gluon_bwd: layouts stated, so the chunk's inputs
     # are read into the layout they are used in, the sums over states are a shared-memory transpose and a register sum,
-    # and the adjoint's reverse scan is a flip and a forward scan: at sm_90, Triton 3.6, 68 lane exchanges
-    # against the time-major Triton kernel's 506: ssm_scan_regs.json). bwd_chunked's tiles must satisfy scan_gluon_bwd.check_tiles.
+    # and the adjoint's reverse scan is a flip and a forward scan: at sm_90, Triton 3.6, 72 lane exchanges
+    # against the time-major Triton kernel's 574: ssm_scan_regs_runs/triton36.json). bwd_chunked's tiles must satisfy scan_gluon_bwd.check_tiles.
     bwd_gluon = False
     # The time_first forward split into chunks of this many steps (a multiple of fwd's tile), scanned in parallel
     # from zero, their start states carried across chunks, then each chunk re-scanned from its true start
