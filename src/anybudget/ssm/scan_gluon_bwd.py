@@ -13,17 +13,21 @@ element, on the pipe it shares with the exps. Here (Gluon: explicit layouts):
 * dt (softplus, once per element) is computed in the compact layout (one (time, channel) a thread)
   and converted once;
 * A-bar at t + 1, which the adjoint's recurrence needs (g_t = c_t + A-bar_{t+1} g_{t+1}), is A-bar_t
-  shifted one step inside each thread's registers (an associative scan that keeps the next element)
-  instead of a second exp of a second read of delta;
-* the two sums over states (<g, B> and <g a h_prev, A>) become one in-warp transpose each, to a layout
-  with the states in registers, and a register sum: the result lands in the compact layout that
-  du and d(delta) are stored from.
+  shifted one step inside each thread's registers (an associative scan that keeps the previous element of
+  the time-reversed tile) instead of a second exp of a second read of delta;
+* the adjoint's reverse scan is a flip of the tile in registers, a forward scan and a flip back (Triton
+  3.6 lowers ``reverse=True`` on this tile with lane exchanges: ~450 of the 528 of a first version);
+* the two sums over states (<g, B> and <g a h_prev, A>) become a transpose each through shared memory
+  (stored with time in registers, loaded with the states in registers) and a register sum: the result
+  lands in the compact layout that du and d(delta) are stored from.
 
 Same grid, arguments, algorithm and results as ``_chunk_grads_tm_kernel`` (checked against the
-reference scan on CUDA by ``benchmarks/ssm/scan_gluon_check.py``; Gluon has no CPU interpreter, so
-the CPU tests check the launcher's arguments and the layouts' constraints). Tiles: BLOCK_N states on
+reference scan and the Triton kernel on CUDA by ``tests/ssm/test_triton.py::test_gluon_grads_gpu_*``;
+Gluon has no CPU interpreter, so on the CPU the tests check the tile constraints, the CUDA-only switch and
+the kernel's sm_90 build, ``benchmarks/ssm/scan_regs.py``). Tiles: BLOCK_N states on
 lanes (<= 32), BLOCK_D = (32 // BLOCK_N) * num_warps channels, BLOCK_T time steps in registers; the
-transposes stay inside a warp when BLOCK_T == BLOCK_N (16 and 16 at the MQAR step).
+shared-memory transposes touch only the warp's own rows when BLOCK_T == BLOCK_N (16 and 16 at the MQAR
+step).
 """
 
 from __future__ import annotations
