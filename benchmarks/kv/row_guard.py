@@ -40,13 +40,18 @@ def estimate_s(prev: tuple[int, float] | None, batch: int, warmups: list[float],
 @contextlib.contextmanager
 def alarm(seconds: float, expired):
     """Raise ``expired()`` in the block once it has run ``seconds`` (SIGALRM, so the main thread
-    only; elsewhere, or without SIGALRM, the block runs unbounded). Shared with the kv GPU tests'
+    only; elsewhere, or without SIGALRM, the block runs unbounded). If the signal lands where Python
+    cannot raise (a gc callback or ``__del__``: the exception is "ignored"), the block runs on and
+    ``expired()`` is raised when it ends. Shared with the kv GPU tests'
     per-test time limit (tests/kv/kv_helpers.py)."""
     if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
         yield
         return
 
+    fired = []
+
     def expire(signum, frame):
+        fired.append(True)
         raise expired()
 
     old = signal.signal(signal.SIGALRM, expire)
@@ -56,6 +61,8 @@ def alarm(seconds: float, expired):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+    if fired:  # the signal landed where Python swallows exceptions (a gc callback, a __del__): raise at the end
+        raise expired()
 
 
 @contextlib.contextmanager
