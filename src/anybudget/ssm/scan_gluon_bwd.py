@@ -35,6 +35,8 @@ from __future__ import annotations
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
+from anybudget.ssm.scan_triton_common import combine, silu_and_grad, softplus, softplus_grad
+
 __all__ = ["check_tiles", "grads_gluon"]
 
 
@@ -49,11 +51,6 @@ def check_tiles(block_d: int, block_n: int, block_t: int, num_warps: int) -> Non
     if block_d != (32 // block_n) * num_warps:
         raise ValueError(f"BLOCK_D={block_d} with BLOCK_N={block_n}, num_warps={num_warps}: the Gluon grads kernel "
                          f"needs BLOCK_D = (32 // BLOCK_N) * num_warps = {(32 // block_n) * num_warps}")
-
-
-@gluon.jit
-def _combine(a1, b1, a2, b2):
-    return a1 * a2, a2 * b1 + b2
 
 
 @gluon.jit
@@ -103,16 +100,6 @@ def _perm_last(axis, rank):
 def _perm_inv_last(axis, rank):
     p = [i for i in range(rank) if i != axis] + [axis]
     return [p.index(i) for i in range(rank)]
-
-
-@gluon.jit
-def _softplus(x):
-    return gl.where(x > 20.0, x, gl.log(1.0 + gl.exp(gl.minimum(x, 20.0))))
-
-
-@gluon.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + gl.exp(-x))
 
 
 @gluon.jit
@@ -187,11 +174,10 @@ def _grads_gl_kernel(
         row_c = pid_b * n_inner * seq + offs_d_c[None, :] * seq + offs_t_c[:, None]
         dtr = gl.load(delta_ptr + row_c, mask=m_c, other=0.0).to(gl.float32)
         if HAS_BIAS:
-            bias = gl.load(bias_ptr + offs_d_c, mask=mask_d_c, other=0.0).to(gl.float32)
-            dtr = dtr + bias[None, :]
+            dtr = dtr + gl.load(bias_ptr + offs_d_c, mask=mask_d_c, other=0.0).to(gl.float32)[None, :]
         dt = dtr
         if SOFTPLUS:
-            dt = _softplus(dtr)
+            dt = softplus(dtr)
         u_c = gl.load(u_ptr + row_c, mask=m_c, other=0.0).to(gl.float32)
         # (time, channel) with time in registers: the broadcast operands, read in that layout
         offs_d_s = k * BLOCK_D + d_s0
@@ -204,16 +190,18 @@ def _grads_gl_kernel(
         if HAS_Z or HAS_D:
             dout_c = gl.load(dout_ptr + row_c, mask=m_c, other=0.0).to(gl.float32)
             dy_c = dout_c
+        if HAS_D:  # (scan_triton_common.load_vec's zeros need a layout in Gluon: read only when present)
+            Dv = gl.load(D_ptr + offs_d_c, mask=mask_d_c, other=0.0).to(gl.float32)
         if HAS_Z:
             z = gl.load(z_ptr + row_c, mask=m_c, other=0.0).to(gl.float32)
-            sz = _sigmoid(z)
-            dy_c = dout_c * z * sz
+            s, ds = silu_and_grad(z)
+            dy_c = dout_c * s
             dy_s = gl.convert_layout(dy_c, TDS)
         dtu_s = dt_s * u_s
         a = gl.where(z3, 0.0, gl.exp(gl.expand_dims(dt_s, 2) * A3))
         a = gl.where(m3, a, 1.0)  # past the end: carry the state unchanged
         b = gl.expand_dims(dtu_s, 2) * B3
-        a_cum, h_loc = gl.associative_scan((a, b), axis=0, combine_fn=_combine)
+        a_cum, h_loc = gl.associative_scan((a, b), axis=0, combine_fn=combine)
         hs = h_loc + a_cum * gl.expand_dims(h0, 0)
         # The adjoint g_t = c_t + A-bar_{t+1} g_{t+1} (g past the chunk: E, which holds A-bar_{t1+1} g_{t1+1}) as a
         # forward scan over the time-reversed tile, where A-bar_{t+1} is the previous step's A-bar (1 at the first).
@@ -221,7 +209,7 @@ def _grads_gl_kernel(
         a1_rev, _, _ = gl.associative_scan((gl.full_like(a, 1.0), a_rev, gl.zeros_like(a)), axis=0,
                                            combine_fn=_keep_prev)
         c_rev = _flip_time(gl.expand_dims(dy_s, 2) * C3, BLOCK_T, BLOCK_D, BLOCK_N)
-        g_cum, g_loc = gl.associative_scan((a1_rev, c_rev), axis=0, combine_fn=_combine)
+        g_cum, g_loc = gl.associative_scan((a1_rev, c_rev), axis=0, combine_fn=combine)
         g = _flip_time(g_loc + g_cum * gl.expand_dims(E, 0), BLOCK_T, BLOCK_D, BLOCK_N)
         gq = g * (hs - b)  # g_t a_t h_{t-1}: no division by a_t
         gl.store(dA_ptr + part * n_state + dn, gl.sum(gq * gl.expand_dims(dt_s, 2), axis=0), mask=m_dn)
@@ -234,15 +222,13 @@ def _grads_gl_kernel(
         if HAS_Z:
             y = gl.sum(gl.convert_layout(hs * C3, L3R), axis=2)
             if HAS_D:
-                y += gl.load(D_ptr + offs_d_c, mask=mask_d_c, other=0.0).to(gl.float32)[None, :] * u_c
-            gl.store(dz_ptr + row_c, (dout_c * y * sz * (1.0 + z * (1.0 - sz))).to(dz_ptr.dtype.element_ty),
-                     mask=m_c)
+                y += Dv[None, :] * u_c
+            gl.store(dz_ptr + row_c, (dout_c * y * ds).to(dz_ptr.dtype.element_ty), mask=m_c)
         if HAS_D:
-            Dv = gl.load(D_ptr + offs_d_c, mask=mask_d_c, other=0.0).to(gl.float32)
             du += Dv[None, :] * dy_c
             gl.store(dD_ptr + part + offs_d_c, gl.sum(gl.where(m_c, dy_c * u_c, 0.0), axis=0), mask=mask_d_c)
         if SOFTPLUS:
-            ddt = ddt * gl.where(dtr > 20.0, 1.0, _sigmoid(dtr))  # softplus' (1 above torch's threshold 20)
+            ddt = ddt * softplus_grad(dtr)
         ddt = gl.where(m_c, ddt, 0.0)
         if HAS_BIAS:
             gl.store(dbias_ptr + part + offs_d_c, gl.sum(ddt, axis=0), mask=mask_d_c)
