@@ -6,6 +6,7 @@ Gluon kernels have no CPU interpreter: their results are checked against the ref
 
 import pytest
 import torch
+from ssm_helpers import scan_inputs
 
 pytest.importorskip("triton.experimental.gluon")
 
@@ -27,11 +28,9 @@ def test_check_tiles_rejects_tiles_the_layouts_cannot_hold(tiles, match):
         check_tiles(*tiles)
 
 
-def _saved(d=8, seq=20, n=16):
-    g = torch.Generator().manual_seed(0)
-    u, delta, z = (torch.randn(1, d, seq, generator=g) for _ in range(3))
-    A = -torch.rand(d, n, generator=g) - 0.1
-    B, C = (torch.randn(1, n, seq, generator=g) for _ in range(2))
+def _saved():
+    """(u, delta, A, B, C, D, z, delta_bias) as the backward gets them: 16 states, D and the bias absent."""
+    u, delta, A, B, C, _, z, _ = (t.detach() for t in scan_inputs(1, 8, 20, 16, dtype=torch.float32, polar=False))
     return (u, delta, A, B, C, None, z, None)
 
 
