@@ -35,12 +35,11 @@ TOL = 1e-3
 
 
 def _apply(tiles, extras):
-    from anybudget.ssm.scan_triton import ScanBlocks
+    """time_first forward (8, 16, 4), polarized channels split off, chunked backward at ``tiles`` with the time-major
+    adjoint, ``extras`` on top (train_speed's ``SCAN_DEFAULTS`` for every other ScanBlocks setting)."""
+    from train_speed import set_scan
 
-    ScanBlocks.variant, ScanBlocks.bwd_impl, ScanBlocks.split_fixed = "time_first", "chunked", True
-    ScanBlocks.fwd, ScanBlocks.bwd_chunked, ScanBlocks.fwd_chunk = (8, 16, 4), tiles, None
-    ScanBlocks.bwd_tm, ScanBlocks.bwd_autotune, ScanBlocks.bwd_prefetch, ScanBlocks.fwd_prefetch = True, False, False, False
-    ScanBlocks.bwd_gluon, ScanBlocks.bwd_maxnreg = extras.get("bwd_gluon", False), extras.get("bwd_maxnreg")
+    set_scan("time_first", True, ((8, 16, 4), tiles), "chunked", {"bwd_tm": True, **extras})
 
 
 def _time_shape(b, seq, repeat, bw, with_fwd):
