@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 # (name, bwd_chunked tiles, ScanBlocks extras): the time-major Triton grads kernel, then the Gluon one.
 CONFIGS = [("triton_tm", (8, 16, 4), {}),
@@ -100,7 +101,7 @@ def _time_shape(b, seq, repeat, bw, with_fwd):
 
 def _compiled_rows(ins, grad, ref_out, ref_grads, leaves, repeat, bound_s):
     """The same path under ``torch.compile(fullgraph=True)``, as the training step runs it: the scan as the custom
-    op (``scan_op``), the closed-form polarized channels and casts around it fused by inductor instead of ~40
+    op (``scan_op``), the closed-form polarized channels and casts around it fused by inductor instead of the
     eager PyTorch kernels; forward+backward time, its x over the bound and its kernels."""
     import torch
     from scan_bwd_speed import _rel_errs
@@ -141,6 +142,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(results_dir("ssm_grads_gluon")))
     ap.add_argument("--repeat", type=int, default=30)
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error(f"--repeat {args.repeat}: must be >= 1 (timed calls per configuration)")
+    try:  # before minutes of measuring: the record must have somewhere to go
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--out {args.out}: cannot create it ({e.strerror})")
     import torch
 
     if not torch.cuda.is_available():

@@ -381,3 +381,18 @@ def test_one_channel_check_refuses_bad_arguments_before_any_work(monkeypatch, ca
     with pytest.raises(SystemExit) as e:
         occ.main([*argv, "--out", str(tmp_path)])
     assert e.value.code == 2 and match in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_grads_gluon_speed_refuses_bad_arguments_before_any_work(bench, tmp_path, capsys):
+    gs = bench("grads_gluon_speed")
+    with pytest.raises(SystemExit) as e:
+        gs.main(["--repeat", "0", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--repeat 0: must be >= 1" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        gs.main(["--out", str(blocker / "sub")])
+    assert e.value.code == 2 and f"--out {blocker / 'sub'}: cannot create it" in capsys.readouterr().err
+    if not __import__("torch").cuda.is_available():  # the CPU: one line, exit 2, nothing measured or written
+        assert gs.main(["--out", str(tmp_path / "rec")]) == 2
+        assert "needs CUDA" in capsys.readouterr().err and not list((tmp_path / "rec").iterdir())
