@@ -16,7 +16,7 @@ element, on the pipe it shares with the exps. Here (Gluon: explicit layouts):
   shifted one step inside each thread's registers (an associative scan that keeps the previous element of
   the time-reversed tile) instead of a second exp of a second read of delta;
 * the adjoint's reverse scan is a flip of the tile in registers, a forward scan and a flip back (Triton
-  3.6 lowers ``reverse=True`` on this tile with lane exchanges: ~450 of the 528 of a first version);
+  3.6 lowers ``reverse=True`` on this tile with lane exchanges: most of a first version's, which used it);
 * the two sums over states (<g, B> and <g a h_prev, A>) become a transpose each through shared memory
   (stored with time in registers, loaded with the states in registers) and a register sum: the result
   lands in the compact layout that du and d(delta) are stored from.
