@@ -247,6 +247,107 @@ def tuned_cases():
     print("ok bwd_autotune refused off CUDA", flush=True)
 
 
+def check_fold(b, d, seq, n, fixed, optional=True, softplus=True, fwd=(4, 16, 4), chunked=(4, 16, 4),
+               dtype=torch.float32, backend="triton", compiled=False, fwd_prefetch=False):
+    """ScanBlocks.fold_fixed: the polarized channels inside the time-major kernels, through the public dispatch,
+    vs the reference over every column; the split path (PyTorch ops around the kernels) must not run."""
+    from anybudget.ssm import scan_split
+    from anybudget.ssm.scan import selective_scan
+    from anybudget.ssm.scan_op import selective_scan_op
+
+    n_ones, n_zeros = fixed
+    ScanBlocks.fwd, ScanBlocks.variant, ScanBlocks.bwd_impl, ScanBlocks.bwd_chunked = fwd, "time_first", "chunked", \
+        chunked
+    ScanBlocks.bwd_tm, ScanBlocks.fold_fixed, ScanBlocks.fwd_prefetch = True, True, fwd_prefetch
+    ins = [t.detach().float() for t in scan_inputs(b, d, seq, n, polar=False, seed=seq + n + 7 * n_zeros)]
+    ins[2][:, :n_ones] = 0.0
+    if n_zeros:
+        ins[2][:, n - n_zeros:] = float("-inf")
+    if not softplus:
+        ins[1] = ins[1].abs() * 0.3
+    if not optional:
+        ins[5] = ins[6] = ins[7] = None
+    ins = [t.requires_grad_() if t is not None else None for t in ins]
+    ins_t = [t.detach().to(dtype if i in (0, 1, 3, 4, 6) else torch.float32).requires_grad_() if t is not None
+             else None for i, t in enumerate(ins)]
+
+    def split_must_not_run(*a, **k):
+        raise AssertionError("fold_fixed ran the split path")
+
+    def run(*a):
+        if backend == "op":  # the custom op's Triton impl (the dispatch picks it on CUDA tensors only)
+            return selective_scan_op(*a, delta_softplus=softplus, return_last_state=True, impl="triton",
+                                     fixed_channels=fixed)
+        return selective_scan(*a, delta_softplus=softplus, return_last_state=True, backend=backend,
+                              fixed_channels=fixed)
+
+    saved = scan_split.selective_scan_split
+    scan_split.selective_scan_split = split_must_not_run
+    try:
+        fn = torch.compile(run, backend="aot_eager", fullgraph=True) if compiled else run
+        o1, h1 = selective_scan_ref(*ins, delta_softplus=softplus, return_last_state=True)
+        o2, h2 = fn(*ins_t)
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        assert o2.dtype == dtype
+        torch.testing.assert_close(o2.float(), o1, rtol=tol, atol=tol)
+        torch.testing.assert_close(h2, h1, rtol=tol, atol=tol)
+        g = torch.randn(o1.shape, generator=torch.Generator().manual_seed(0))
+        idx = [i for i, t in enumerate(ins) if t is not None]
+        g1 = torch.autograd.grad((o1 * g).sum(), [ins[i] for i in idx])
+        g2 = torch.autograd.grad((o2.float() * g).sum(), [ins_t[i] for i in idx])
+    finally:
+        scan_split.selective_scan_split = saved
+        ScanBlocks.bwd_tm, ScanBlocks.fold_fixed, ScanBlocks.fwd_prefetch = False, False, False
+        ScanBlocks.variant = "time_last"
+    for i, a, c in zip(idx, g1, g2):
+        assert c.dtype == ins_t[i].dtype and torch.isfinite(c).all(), NAMES[i]
+        if i == 2:  # A's fixed columns: constants in the model, a zero gradient here (as the split path's slice)
+            assert (c[:, :n_ones] == 0).all() and (c[:, n - n_zeros:] == 0).all(), "dA of a fixed column"
+            a, c = a[:, n_ones:n - n_zeros], c[:, n_ones:n - n_zeros]
+        err = ((c.float() - a).abs().max() / a.abs().max().clamp_min(1.0)).item()
+        assert err < (1e-4 if dtype == torch.float32 else 5e-2), f"fold grad {NAMES[i]}: rel err {err:.2e}"
+    print(f"ok fold b={b} d={d} seq={seq} n={n} fixed={fixed} optional={optional} softplus={softplus} fwd={fwd} "
+          f"chunked={chunked} {dtype} {backend} compiled={compiled} fwd_prefetch={fwd_prefetch}", flush=True)
+
+
+def fold_cases():
+    """ScanBlocks.fold_fixed: one / zero / both polarized kinds, two zero channels, a partial last tile and masked
+    channels, chunks of two forward tiles over more than one carry block, no optional inputs, bf16, the forward's
+    prefetch, the custom op eager and traced; settings the fold cannot run are refused by name."""
+    check_fold(2, 5, 37, 6, (1, 1))
+    check_fold(1, 6, 45, 7, (1, 2), chunked=(2, 32, 4))
+    check_fold(1, 3, 21, 5, (0, 1), optional=False, softplus=False)
+    check_fold(2, 4, 300, 5, (1, 0), fwd=(4, 8, 4), chunked=(4, 8, 4))  # 38 chunks: the carry's blocks of 16
+    check_fold(1, 4, 33, 6, (1, 1), dtype=torch.bfloat16)
+    check_fold(1, 5, 37, 6, (1, 1), fwd_prefetch=True)
+    check_fold(2, 5, 37, 6, (1, 1), backend="op")
+    check_fold(1, 5, 37, 6, (1, 1), backend="op", compiled=True)
+    from anybudget.ssm.scan import selective_scan
+
+    ins = [t.detach().float() for t in scan_inputs(1, 3, 20, 5, polar=True, seed=3)]
+    for setting, value, needle in (("variant", "time_last", "variant='time_last'"), ("bwd_tm", False, "bwd_tm"),
+                                   ("fwd_chunk", 16, "fwd_chunk")):
+        ScanBlocks.variant, ScanBlocks.bwd_tm, ScanBlocks.fold_fixed, ScanBlocks.bwd_impl = "time_first", True, True, \
+            "chunked"
+        setattr(ScanBlocks, setting, value)
+        try:
+            selective_scan(*ins, delta_softplus=True, backend="triton", fixed_channels=(1, 1))
+        except ValueError as e:
+            assert needle in str(e) and "fold_fixed" in str(e), e
+        else:
+            raise AssertionError(f"fold_fixed with {setting}={value!r} must raise")
+        finally:
+            ScanBlocks.variant, ScanBlocks.bwd_tm, ScanBlocks.fold_fixed, ScanBlocks.fwd_chunk = "time_last", False, \
+                False, None
+    from anybudget.ssm.scan_triton import fold_problem
+
+    ScanBlocks.variant, ScanBlocks.bwd_tm = "time_first", True
+    assert "n_ones=2" in fold_problem(6, 2, 1) and "learned column" in fold_problem(2, 1, 1)
+    assert fold_problem(6, 1, 1) is None
+    ScanBlocks.variant, ScanBlocks.bwd_tm = "time_last", False
+    print("ok fold settings refused by name", flush=True)
+
+
 def check_op(b, d, seq, n, impl="chunked", fwd=(4, 16, 4), chunked=(4, 16, 4), transposed=False, compiled=False,
              fixed=None, dtype=torch.float32, variant="time_last"):
     """The custom op (``scan_op``, impl "triton") vs the reference: forward, last state, every gradient."""
@@ -382,4 +483,6 @@ if __name__ == "__main__":
         bwd_tm_cases()
     if which in ("fwdchunk", "all"):
         fwdchunk_cases()
+    if which in ("fold", "all"):
+        fold_cases()
     print("ALL OK")

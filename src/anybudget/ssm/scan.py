@@ -229,7 +229,8 @@ def selective_scan(
     (``scan_op``: the custom op the compiler treats as one opaque call; Triton on CUDA, chunked on CPU). ``fixed_channels = (n_ones, n_zeros)``: the caller's promise that
     A's first n_ones columns are exactly 0 and its last n_zeros exactly -inf (polarization); the
     Triton backend then scans only the other columns and adds those in closed form
-    (``scan_split``; ``ScanBlocks.split_fixed = False`` turns that off).
+    (``scan_split``; ``ScanBlocks.split_fixed = False`` turns that off; ``ScanBlocks.fold_fixed = True`` computes
+    the closed form inside the kernels instead of PyTorch ops around them).
     """
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"backend={backend!r}; allowed: {', '.join(map(repr, SCAN_BACKENDS))}")
@@ -250,8 +251,11 @@ def selective_scan(
             fn = partial(selective_scan_op, impl="triton" if triton else "torch")
         else:
             from anybudget.ssm.scan_triton import selective_scan_triton as fn
-        # the op's PyTorch scan always splits the fixed channels off; Triton as ScanBlocks.split_fixed says
+        # the op's PyTorch scan always splits the fixed channels off; Triton as ScanBlocks.split_fixed says, in the
+        # kernels with ScanBlocks.fold_fixed
         if fixed_channels and any(fixed_channels) and (not triton or _split_fixed()):
+            if triton and _fold_fixed():
+                return fn(*args, fixed_channels=tuple(fixed_channels))
             from anybudget.ssm.scan_split import selective_scan_split
 
             return selective_scan_split(fn, *args, n_ones=fixed_channels[0], n_zeros=fixed_channels[1])
@@ -265,6 +269,12 @@ def _split_fixed() -> bool:
     from anybudget.ssm.scan_triton import ScanBlocks
 
     return ScanBlocks.split_fixed
+
+
+def _fold_fixed() -> bool:
+    from anybudget.ssm.scan_triton import ScanBlocks
+
+    return ScanBlocks.fold_fixed
 
 
 def _triton_available() -> bool:

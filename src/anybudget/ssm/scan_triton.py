@@ -46,7 +46,8 @@ from anybudget.ssm.scan_triton_common import (
 from anybudget.ssm.scan_triton_common import combine as _combine
 from anybudget.ssm.scan_triton_tm import bwd_kernel_tm, fwd_kernel_tm
 
-__all__ = ["ScanBlocks", "selective_scan_triton", "triton_backward", "triton_forward"]
+__all__ = ["ScanBlocks", "fold_problem", "selective_scan_triton", "triton_backward", "triton_backward_fold",
+           "triton_forward", "triton_forward_fold"]
 
 
 class ScanBlocks:
@@ -107,6 +108,12 @@ class ScanBlocks:
     # Polarized channels (A exactly 0 / -inf) in closed form outside the kernel (scan_split):
     # 16 learned states tile as 16, 16 + 2 would pad to 32.
     split_fixed = True
+    # With split_fixed: the closed form inside the kernels instead of PyTorch ops around them (fold_fwd_tile: the
+    # one-channel's running sum and the zero channels' dt u <B, C> added to y in the forward; their gradients, and D
+    # and z, in the backward's kernels): no elementwise passes over (batch, d_inner, seq) around the scan. Needs
+    # variant "time_first", the chunked backward with bwd_tm (bwd_gluon too), no bwd_autotune or fwd_chunk, at most one
+    # one-channel, and chunks a multiple of the forward's tile (fold_problem says which is unmet). Same results.
+    fold_fixed = False
 
 
 def _kernels():
@@ -254,6 +261,113 @@ def _block_n(n_state: int) -> int:
     return max(2, triton.next_power_of_2(n_state))
 
 
+def _bwd_chunk(block_n: int) -> int:
+    # States sit in each thread's registers: above 16 (padded) states, shorter chunks keep the
+    # (state, time) tile at 512 (no spills at 32 states, chunk 16; ptxas sm_90).
+    return min(ScanBlocks.bwd_chunked[1], max(8, 512 // block_n))
+
+
+def fold_problem(n_state: int, n_ones: int, n_zeros: int) -> str | None:
+    """Why ``ScanBlocks.fold_fixed`` cannot run these polarized channels as ``ScanBlocks`` is set, or None."""
+    learned = n_state - n_ones - n_zeros
+    if n_ones < 0 or n_zeros < 0 or learned < 1:
+        return f"n_ones={n_ones}, n_zeros={n_zeros} must be >= 0 and leave a learned column of d_state={n_state}"
+    if n_ones > 1:
+        return f"n_ones={n_ones}: the kernels fold at most one one-polarized channel"
+    sb = ScanBlocks
+    for ok, what in ((sb.variant == "time_first", f"variant={sb.variant!r} (needs 'time_first')"),
+                     (sb.bwd_impl == "chunked", f"bwd_impl={sb.bwd_impl!r} (needs 'chunked')"),
+                     (sb.bwd_tm, "bwd_tm=False (needs True)"),
+                     (not sb.bwd_autotune, "bwd_autotune=True (needs False)"),
+                     (sb.fwd_chunk is None, f"fwd_chunk={sb.fwd_chunk!r} (needs None)"),
+                     (_bwd_chunk(_block_n(learned)) % sb.fwd[1] == 0,
+                      f"backward chunk {_bwd_chunk(_block_n(learned))} is not a multiple of the forward tile "
+                      f"{sb.fwd[1]}")):
+        if not ok:
+            return f"ScanBlocks.{what}"
+    return None
+
+
+def _fold_inputs(A, B, C, n_ones, n_zeros):
+    """(learned A, B, C contiguous; B1, C1 (batch, seq) or None; Q = sum_zeros B C (batch, seq) float32 or None)."""
+    lo, hi = n_ones, A.shape[1] - n_zeros
+    Al, Bl, Cl = A[:, lo:hi].contiguous(), B[:, lo:hi].contiguous(), C[:, lo:hi].contiguous()
+    B1, C1 = (B[:, 0].contiguous(), C[:, 0].contiguous()) if n_ones else (None, None)
+    Q = (B[:, hi:].float() * C[:, hi:].float()).sum(1).contiguous() if n_zeros else None
+    return Al, Bl, Cl, B1, C1, Q
+
+
+def _check_fold(n_state, fixed):
+    problem = fold_problem(n_state, *fixed)
+    if problem:
+        raise ValueError(f"ScanBlocks.fold_fixed with fixed_channels={tuple(fixed)}: {problem}")
+
+
+def triton_forward_fold(u, delta, A, B, C, D, z, delta_bias, delta_softplus, fixed, block_t=None):
+    """:func:`triton_forward` with the polarized channels ``fixed = (n_ones, n_zeros)`` folded into the kernel
+    (``ScanBlocks.fold_fixed``): A, B, C hold every column ``[ones | learned | zeros]``, as ``scan_split`` takes
+    them. Returns ``(out, learned tile-start states, last state (batch, d_inner, d_state) f32, the one-channel's
+    tile-start states (batch, tiles, d_inner) f32, (batch, 0, d_inner) without one)``."""
+    u, delta = u.contiguous(), delta.contiguous()
+    z = z.contiguous() if z is not None else None
+    _check_fold(A.shape[1], fixed)
+    n_ones, n_zeros = fixed
+    Al, Bl, Cl, B1, C1, Q = _fold_inputs(A.float(), B, C, n_ones, n_zeros)
+    bsz, n_inner, seq = u.shape
+    block_d, default_t, warps = ScanBlocks.fwd
+    block_t = block_t or default_t
+    n_tiles = math.ceil(seq / block_t)
+    f32 = torch.float32
+    out = torch.empty_like(u)
+    states = torch.empty(bsz, n_tiles, n_inner, Al.shape[1], device=u.device, dtype=f32)
+    last = torch.empty(bsz, n_inner, Al.shape[1], device=u.device, dtype=f32)
+    states1 = torch.empty(bsz, n_tiles if n_ones else 0, n_inner, device=u.device, dtype=f32)
+    last1 = torch.empty(bsz, n_inner, device=u.device, dtype=f32) if n_ones else None
+    extra = {"PREFETCH": True} if ScanBlocks.fwd_prefetch else {}
+    fwd_kernel_tm[(bsz, triton.cdiv(n_inner, block_d))](
+        u, delta, Al, Bl, Cl, D if D is not None else u, z if z is not None else u,
+        delta_bias if delta_bias is not None else u, out, states, last,
+        n_inner, Al.shape[1], seq, N_TILES=n_tiles,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_N=_block_n(Al.shape[1]),
+        BLOCK_T=block_t, num_warps=warps, maxnreg=ScanBlocks.fwd_maxnreg,
+        B1_ptr=B1, C1_ptr=C1, Q_ptr=Q, states1_ptr=states1 if n_ones else None, last1_ptr=last1,
+        ONE=bool(n_ones), ZERO=bool(n_zeros), **extra,
+    )
+    parts = [last1[..., None]] if n_ones else []
+    parts.append(last)
+    if n_zeros:  # a zero-polarized state keeps only the last token: dt_L u_L B_L
+        dt = delta[..., -1].float()
+        if delta_bias is not None:
+            dt = dt + delta_bias.float()
+        if delta_softplus:
+            dt = torch.nn.functional.softplus(dt)
+        parts.append((dt * u[..., -1].float())[..., None] * B[:, A.shape[1] - n_zeros:, -1].float()[:, None, :])
+    return out, states, torch.cat(parts, -1) if len(parts) > 1 else last, states1
+
+
+def triton_backward_fold(saved, states, states1, fwd_tile, dout, delta_softplus, fixed):
+    """Gradients of :func:`triton_forward_fold` (``triton_backward``'s contract, every column of A, B, C): the
+    chunked backward with the polarized channels folded in; A's fixed columns get a zero gradient (as the split
+    path's slice of A gives them: the model builds them as constants)."""
+    u, delta, A, B, C, D, z, delta_bias = saved
+    n_ones, n_zeros = fixed
+    Al, Bl, Cl, B1, C1, Q = _fold_inputs(A.float(), B, C, n_ones, n_zeros)
+    grads, (dB1, dC1, P) = _chunked(fwd_tile, states, delta_softplus, (u, delta, Al, Bl, Cl, D, z, delta_bias),
+                                    dout.contiguous(), fixed=(B1, C1, Q, states1 if n_ones else None))
+    du, ddelta, dAl, dBl, dCl, dD, dz, dbias = grads
+    lo, hi = n_ones, A.shape[1] - n_zeros
+    dA = torch.zeros(A.shape, device=A.device, dtype=torch.float32)
+    dA[:, lo:hi] = dAl
+    dBs, dCs = [dB1[:, None]] if n_ones else [], [dC1[:, None]] if n_ones else []
+    dBs.append(dBl.float())
+    dCs.append(dCl.float())
+    if n_zeros:  # y += dt u sum_k B_k C_k: dB_k = C_k P, dC_k = B_k P with P = sum_d dy dt u
+        dBs.append(C[:, hi:].float() * P[:, None])
+        dCs.append(B[:, hi:].float() * P[:, None])
+    return (du, ddelta, dA.to(A.dtype), torch.cat(dBs, 1).to(B.dtype), torch.cat(dCs, 1).to(C.dtype), dD, dz, dbias)
+
+
 def triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=None):
     """Run the forward kernel: ``(out, tile-start states (batch, tiles, d_inner, d_state) f32, last state f32)``.
 
@@ -342,33 +456,40 @@ def triton_backward(saved, states, fwd_tile, dout, delta_softplus):
 
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, fixed=None):
         u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
         A = A.contiguous().float()
         z = z.contiguous() if z is not None else None
-        out, states, last = triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        if fixed:
+            out, states, last, ctx.states1 = triton_forward_fold(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                                 fixed)
+        else:
+            out, states, last = triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         ctx.delta_softplus = bool(delta_softplus)
         ctx.fwd_tile = ScanBlocks.fwd[1]
+        ctx.fixed = fixed
         ctx.mark_non_differentiable(last)
         ctx.states = states
         return out, last
 
     @staticmethod
     def backward(ctx, dout, _dlast):
-        grads = triton_backward(ctx.saved_tensors, ctx.states, ctx.fwd_tile, dout, ctx.delta_softplus)
-        return (*grads, None)
+        if ctx.fixed:
+            grads = triton_backward_fold(ctx.saved_tensors, ctx.states, ctx.states1, ctx.fwd_tile, dout,
+                                         ctx.delta_softplus, ctx.fixed)
+        else:
+            grads = triton_backward(ctx.saved_tensors, ctx.states, ctx.fwd_tile, dout, ctx.delta_softplus)
+        return (*grads, None, None)
 
 
-def _chunked(fwd_tile, states, delta_softplus, saved, dout):
+def _chunked(fwd_tile, states, delta_softplus, saved, dout, fixed=None):
     from anybudget.ssm.scan_triton_bwd import chunked_backward
 
     block_n = _block_n(saved[2].shape[1])
-    bd, bt, warps = ScanBlocks.bwd_chunked
-    # States sit in each thread's registers: above 16 (padded) states, shorter chunks keep the
-    # (state, time) tile at 512 (no spills at 32 states, chunk 16; ptxas sm_90). A chunk that is not a
-    # multiple of the forward tile rebuilds its chunk-start states itself.
-    bt = min(bt, max(8, 512 // block_n))
+    bd, _, warps = ScanBlocks.bwd_chunked
+    # A chunk that is not a multiple of the forward tile rebuilds its chunk-start states itself.
+    bt = _bwd_chunk(block_n)
     if ScanBlocks.bwd_autotune and not saved[0].is_cuda:
         raise ValueError(f"ScanBlocks.bwd_autotune=True needs CUDA tensors, got {saved[0].device}; "
                          "triton.autotune times its configs on the device")
@@ -387,7 +508,7 @@ def _chunked(fwd_tile, states, delta_softplus, saved, dout):
                             block_n=block_n, target_programs=ScanBlocks.bwd_programs,
                             adjoint=ScanBlocks.bwd_adjoint, autotune=ScanBlocks.bwd_autotune,
                             prefetch=ScanBlocks.bwd_prefetch, maxnreg=ScanBlocks.bwd_maxnreg,
-                            time_major=ScanBlocks.bwd_tm, gluon=ScanBlocks.bwd_gluon)
+                            time_major=ScanBlocks.bwd_tm, gluon=ScanBlocks.bwd_gluon, fixed=fixed)
 
 
 def _states_for_tiling(u, delta, A, B, C, delta_bias, delta_softplus, block_t):
@@ -417,11 +538,19 @@ def selective_scan_triton(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    fixed_channels: tuple[int, int] | None = None,
 ):
     """Triton selective scan (forward + backward); contract of ``selective_scan_ref``.
 
     The last state is returned without gradient (it is for decoding). fp32 accumulation.
+    ``fixed_channels = (n_ones, n_zeros)``: A's first n_ones columns are exactly 0 and its last n_zeros exactly -inf
+    (the caller's promise, as ``scan.selective_scan`` takes it); they are folded into the kernels
+    (``ScanBlocks.fold_fixed``'s path, whatever the flag; ``fold_problem`` lists what it needs) and A's fixed columns
+    get a zero gradient.
     """
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    out, last = _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    fixed = tuple(int(x) for x in fixed_channels) if fixed_channels and any(fixed_channels) else None
+    if fixed:
+        _check_fold(A.shape[1], fixed)
+    out, last = _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, fixed)
     return (out, last) if return_last_state else out

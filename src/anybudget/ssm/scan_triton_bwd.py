@@ -351,7 +351,8 @@ def _d_split(bsz: int, n_chunks: int, n_dblocks: int, target: int) -> int:
 
 
 def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles, *, block_n, target_programs=512,
-                     adjoint=None, autotune=False, prefetch=False, maxnreg=None, time_major=False, gluon=False):
+                     adjoint=None, autotune=False, prefetch=False, maxnreg=None, time_major=False, gluon=False,
+                     fixed=None):
     """Gradients of ``selective_scan_triton`` by the chunk-parallel backward (see the module docstring).
 
     ``states``: the forward's tile-start states ``(batch, seq / fwd_tile, d_inner, d_state)``
@@ -370,12 +371,25 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``); ``gluon`` (CUDA only): the grads kernel written in Gluon with its
     layouts stated (``scan_gluon_bwd``: fewer lane exchanges and exps; same results; ``tiles`` must satisfy
     ``scan_gluon_bwd.check_tiles``; ``autotune`` and ``prefetch`` then apply to the adjoint only / not at all).
-    Returns ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent).
+    ``fixed = (B1, C1, Q, states1)`` (``ScanBlocks.fold_fixed``; ``time_major`` only, no ``autotune``, chunks a multiple
+    of the forward's tiles): the polarized channels folded into the kernels, A, B and C holding the learned states
+    only; ``B1, C1``: the one-polarized channel's rows (batch, seq) and ``states1`` its tile-start states (batch,
+    tiles, d_inner) from the forward, or None without one; ``Q = sum_zeros B C`` (batch, seq) or None without
+    zero-polarized channels.
+    Returns ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent); with ``fixed``
+    also ``(dB1, dC1, P)`` float32 (batch, seq) (None where absent), ``P = sum_d dy dt u`` (the zero channels'
+    dB_k = C_k P, dC_k = B_k P).
     """
     u, delta, A, B, C, D, z, delta_bias = ctx_tensors
     block_d, block_t, warps = tiles
     adj_d, adj_warps = adjoint if adjoint is not None else (block_d, warps)
     own_states = states is None or block_t % fwd_tile != 0
+    one = fixed is not None and fixed[0] is not None
+    zero = fixed is not None and fixed[2] is not None
+    if fixed is not None and (own_states or autotune or not time_major):
+        raise ValueError(f"fixed channels folded in need time_major=True, autotune=False and chunks a multiple of the "
+                         f"forward's tiles; got time_major={time_major}, autotune={autotune}, chunk {block_t} over "
+                         f"forward tile {fwd_tile}")
     bsz, n_inner, seq = u.shape
     n_state = A.shape[1]
     n_chunks = math.ceil(seq / block_t)
@@ -397,14 +411,20 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
         adj_tuned[lambda m: (bsz, n_chunks, triton.cdiv(n_inner, m["BLOCK_D"]))](
             *adj_args, STATES=own_states, BLOCK_N=block_n, BLOCK_T=block_t, **flags)
     else:
+        X1 = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32) if one else None
+        fold = {"C1_ptr": fixed[1], "X1_ptr": X1, "ONE": True} if one else {}
         adj_plain[(bsz, n_chunks, triton.cdiv(n_inner, adj_d))](
             *adj_args, STATES=own_states, BLOCK_D=adj_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=adj_warps,
-            **flags)
+            **flags, **fold)
     E = torch.empty_like(X)
     block_c, block_j = 16, 256
     carry_grid = (bsz, triton.cdiv(n_inner * n_state, block_j))
     carry = {"BLOCK_C": block_c, "BLOCK_J": block_j, "N_BLOCKS": triton.cdiv(n_chunks, block_c), "num_warps": 4}
     _chunk_carry_kernel[carry_grid](A, X, S, E, n_inner, n_state, n_chunks, REVERSE=True, **carry)
+    if one:  # the one-channel's adjoint carry: the same recurrence with A = 0 (no decay), one "state" a channel
+        E1 = torch.empty_like(X1)
+        _chunk_carry_kernel[(bsz, triton.cdiv(n_inner, block_j))](
+            torch.zeros(n_inner, 1, device=dev, dtype=f32), X1, S, E1, n_inner, 1, n_chunks, REVERSE=True, **carry)
     if own_states:
         states, fwd_tile = torch.empty_like(X), block_t
         _chunk_carry_kernel[carry_grid](A, Y, S, states, n_inner, n_state, n_chunks, REVERSE=False, **carry)
@@ -424,6 +444,12 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     grads_args = (u, delta, A, B, C, D if D is not None else dummy, zz, bb, dout, states, E,
                   du, ddelta, dz if dz is not None else du, dB, dC, dA, dD, dbias,
                   n_inner, n_state, seq, n_chunks, states.shape[1], block_t // fwd_tile, split)
+    fold = {}
+    if fixed is not None:
+        B1, C1, Q, states1 = fixed
+        extra = [torch.empty(split, bsz, seq, device=dev, dtype=f32) if on else None for on in (one, one, zero)]
+        fold = {"B1_ptr": B1, "C1_ptr": C1, "Q_ptr": Q, "states1_ptr": states1, "E1_ptr": E1 if one else None,
+                "dB1_ptr": extra[0], "dC1_ptr": extra[1], "P_ptr": extra[2], "ONE": one, "ZERO": zero}
     # The split is fixed by ``tiles``' BLOCK_D; a tuned BLOCK_D with fewer blocks than the split leaves
     # some programs' blocks fully masked (they store zero partials): still exact.
     if time_major:
@@ -435,16 +461,19 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
 
         grads_gluon[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
                                             BLOCK_T=block_t, N_ITERS=triton.cdiv(n_dblocks, split), num_warps=warps,
-                                            maxnreg=maxnreg, **flags)
+                                            maxnreg=maxnreg, **flags, **fold)
     elif autotune:
         tuned[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_N=block_n, BLOCK_T=block_t,
                                       PREFETCH=bool(prefetch), **flags)
     else:
         plain[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
                                       BLOCK_T=block_t, PREFETCH=bool(prefetch), num_warps=warps, maxnreg=maxnreg,
-                                      **flags)
+                                      **flags, **fold)
     if split > 1:
         dB, dC = dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype)
-    return (du, ddelta, dA.sum((0, 1)), dB, dC,
-            dD.sum((0, 1)).to(D.dtype) if D is not None else None, dz,
-            dbias.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else None)
+    grads = (du, ddelta, dA.sum((0, 1)), dB, dC,
+             dD.sum((0, 1)).to(D.dtype) if D is not None else None, dz,
+             dbias.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else None)
+    if fixed is None:
+        return grads
+    return grads, tuple(e.sum(0) if e is not None else None for e in extra)

@@ -48,9 +48,12 @@ def _chunk_adjoint_tm_kernel(
     n_inner, n_state, seq, n_chunks,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STATES: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    C1_ptr=None, X1_ptr=None, ONE: tl.constexpr = False,
 ):
     """``scan_triton_bwd._chunk_adjoint_kernel`` on (time, channel, state) tiles: the cumulative sum of dt and
-    the sums over the chunk's time steps run in each thread's registers (same arguments and results)."""
+    the sums over the chunk's time steps run in each thread's registers (same arguments and results).
+    ``ONE`` (``ScanBlocks.fold_fixed``): also the one-polarized channel's share, ``X1_c = sum_t C1_t dy_t`` (A-bar
+    = 1: no decay) into ``X1: (batch, chunks, d_inner)``, from ``C1: (batch, seq)``."""
     pid_b, pid_c, pid_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -78,6 +81,9 @@ def _chunk_adjoint_tm_kernel(
     base = (pid_b * n_chunks + pid_c) * n_inner
     dn = (base + offs_d[:, None]) * n_state + offs_n[None, :]
     tl.store(X_ptr + dn, X, mask=m_dn)
+    if ONE:
+        c1 = tl.load(C1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+        tl.store(X1_ptr + base + offs_d, tl.sum(c1[:, None] * dy, axis=0), mask=mask_d)
     S = tl.sum(dt, axis=0)
     tl.store(S_ptr + base + offs_d, S, mask=mask_d)
     if STATES:  # the chunk's end state from a zero start: sum_t prod_{t < k <= end} a_k dt_t u_t B_t
@@ -109,9 +115,12 @@ def _grads_tm_block(k, pid_b, pid_c, part, u_ptr, delta_ptr, A_ptr, D_ptr, z_ptr
                     E_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, Bt, Ct,
                     n_inner, n_state, seq, n_state_tiles, tile_ratio, offs_n, mask_n, offs_t, mask_t, mask_t1, is_last,
                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                    BLOCK_D: tl.constexpr):
+                    BLOCK_D: tl.constexpr, fix=None, b1=0.0, c1=0.0, q=0.0, ONE: tl.constexpr = False,
+                    ZERO: tl.constexpr = False):
     """Channel block ``k`` of one chunk: stores du, ddelta, dz and the dA / dD / d(bias) partials, returns
-    this block's (T, D, N) terms of dB and dC."""
+    this block's (T, D, N) terms of dB and dC, and with the polarized channels folded in (``ONE`` / ``ZERO``,
+    ``fix = (states1, E1)``, ``b1, c1, q`` the chunk's (T,) rows) its (T, D) terms of dB1, dC1 and
+    P = dy dtu (else 0)."""
     offs_d = k * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < n_inner
     m_dn = mask_d[:, None] & mask_n[None, :]
@@ -142,12 +151,21 @@ def _grads_tm_block(k, pid_b, pid_c, part, u_ptr, delta_ptr, A_ptr, D_ptr, z_ptr
     b = dtu[:, :, None] * Bt[:, None, :]
     a_cum, h_loc = tl.associative_scan((a, b), axis=0, combine_fn=combine)
     hs = h_loc + a_cum * h0[None, :, :]
+    if ONE:  # the one-polarized channel's state (A-bar = 1: a running sum from the chunk-start state)
+        states1_ptr, E1_ptr = fix
+        H1_0 = tl.load(states1_ptr + (pid_b * n_state_tiles + pid_c * tile_ratio) * n_inner + offs_d, mask=mask_d,
+                       other=0.0)
+        H1 = tl.cumsum(dtu * b1[:, None], axis=0) + H1_0[None, :]
     dy = dout
     if HAS_Z:
         z = tl.load(z_ptr + row, mask=m_td, other=0.0).to(tl.float32)
         y = tl.sum(hs * Ct[:, None, :], axis=2)
         if HAS_D:
             y += Dv[None, :] * u
+        if ONE:
+            y += c1[:, None] * H1
+        if ZERO:
+            y += dtu * q[:, None]
         s, ds = silu_and_grad(z)
         tl.store(dz_ptr + row, (dout * y * ds).to(dz_ptr.dtype.element_ty), mask=m_td)
         dy = dout * s
@@ -157,7 +175,17 @@ def _grads_tm_block(k, pid_b, pid_c, part, u_ptr, delta_ptr, A_ptr, D_ptr, z_ptr
     g_cum, g_loc = tl.associative_scan((a1, c), axis=0, combine_fn=combine, reverse=True)
     g = g_loc + g_cum * E[None, :, :]
     gq = g * (hs - b)  # g_t a_t h_{t-1}: no division by a_t
-    gB = tl.sum(g * Bt[:, None, :], axis=2)  # (T, D)
+    gB = tl.sum(g * Bt[:, None, :], axis=2)  # (T, D): dL/d(dt u)
+    tB1, tC1, tP = 0.0, 0.0, 0.0
+    if ONE:  # its adjoint G1_t = E1 + sum_{s >= t in the chunk} C1_s dy_s (no decay)
+        cdy = c1[:, None] * dy
+        E1 = tl.load(E1_ptr + part + offs_d, mask=mask_d, other=0.0)
+        G1 = tl.sum(cdy, axis=0)[None, :] - tl.cumsum(cdy, axis=0) + cdy + E1[None, :]
+        gB += G1 * b1[:, None]
+        tB1, tC1 = G1 * dtu, H1 * dy
+    if ZERO:  # the zero-polarized channels: y += dtu Q, Q = sum_zeros B C
+        gB += dy * q[:, None]
+        tP = dy * dtu
     ddt = gB * u + tl.sum(gq * A3, axis=2)
     tl.store(dA_ptr + part * n_state + dn, tl.sum(gq * dt[:, :, None], axis=0), mask=m_dn)
     du = gB * dt
@@ -171,7 +199,7 @@ def _grads_tm_block(k, pid_b, pid_c, part, u_ptr, delta_ptr, A_ptr, D_ptr, z_ptr
         tl.store(dbias_ptr + part + offs_d, tl.sum(ddt, axis=0), mask=mask_d)
     tl.store(du_ptr + row, du.to(du_ptr.dtype.element_ty), mask=m_td)
     tl.store(ddelta_ptr + row, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_td)
-    return g * dtu[:, :, None], hs * dy[:, :, None]
+    return g * dtu[:, :, None], hs * dy[:, :, None], tB1, tC1, tP
 
 
 @triton.jit
@@ -182,9 +210,13 @@ def _chunk_grads_tm_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, N_ITERS: tl.constexpr,
     PREFETCH: tl.constexpr = False,
+    B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, E1_ptr=None, dB1_ptr=None, dC1_ptr=None, P_ptr=None,
+    ONE: tl.constexpr = False, ZERO: tl.constexpr = False,
 ):
     # The grid, channel split (blocks pid_s, pid_s + d_split, ...), partials and outputs of _chunk_grads_kernel;
-    # PREFETCH is accepted (the same call site) and ignored.
+    # PREFETCH is accepted (the same call site) and ignored. ONE / ZERO: the polarized channels folded in
+    # (ScanBlocks.fold_fixed; B1, C1, Q: (batch, seq) rows, states1: (batch, tiles, d_inner), E1: (batch, chunks,
+    # d_inner)); dB1, dC1 and P = sum_d dy dtu are stored per channel split, (split, batch, seq).
     pid_b, pid_c, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = tl.arange(0, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
@@ -198,18 +230,39 @@ def _chunk_grads_tm_kernel(
     Ct = tl.load(C_ptr + rowB, mask=m_tn, other=0.0).to(tl.float32)
     dB3 = tl.zeros((BLOCK_T, BLOCK_D, BLOCK_N), dtype=tl.float32)
     dC3 = tl.zeros((BLOCK_T, BLOCK_D, BLOCK_N), dtype=tl.float32)
+    b1, c1, q = 0.0, 0.0, 0.0
+    if ONE:
+        b1 = tl.load(B1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+        c1 = tl.load(C1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+    if ZERO:
+        q = tl.load(Q_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+    accB1 = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+    accC1 = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+    accP = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
     part = (pid_b * n_chunks + pid_c) * n_inner
     for i in range(N_ITERS):
         k = pid_s + i * d_split
-        tB, tC = _grads_tm_block(
+        tB, tC, tB1, tC1, tP = _grads_tm_block(
             k, pid_b, pid_c, part, u_ptr, delta_ptr, A_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, E_ptr,
             du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, Bt, Ct, n_inner, n_state, seq, n_state_tiles,
-            tile_ratio, offs_n, mask_n, offs_t, mask_t, mask_t1, is_last, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_D)
+            tile_ratio, offs_n, mask_n, offs_t, mask_t, mask_t1, is_last, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_D,
+            (states1_ptr, E1_ptr), b1, c1, q, ONE, ZERO)
         dB3 += tB
         dC3 += tC
+        if ONE:
+            accB1 += tB1
+            accC1 += tC1
+        if ZERO:
+            accP += tP
     out = pid_s * tl.num_programs(0) * n_state * seq + rowB
     tl.store(dB_ptr + out, tl.sum(dB3, axis=1).to(dB_ptr.dtype.element_ty), mask=m_tn)
     tl.store(dC_ptr + out, tl.sum(dC3, axis=1).to(dC_ptr.dtype.element_ty), mask=m_tn)
+    out1 = (pid_s * tl.num_programs(0) + pid_b) * seq + offs_t
+    if ONE:
+        tl.store(dB1_ptr + out1, tl.sum(accB1, axis=1), mask=mask_t)
+        tl.store(dC1_ptr + out1, tl.sum(accC1, axis=1), mask=mask_t)
+    if ZERO:
+        tl.store(P_ptr + out1, tl.sum(accP, axis=1), mask=mask_t)
 
 
 @triton.jit

@@ -174,18 +174,20 @@ def _chunk_fwd_kernel(
             nxt = tl.where(i + 1 < TILES_PER_CHUNK, tile + 1, N_TILES)
             nu, ndraw, nBt, nCt, nz = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, nxt, t_loc,
                                                    seq, mask_d, mask_n, HAS_Z, BLOCK_T)
-            h = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
-                             pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn & (idx_dn + tile < N_TILES),
-                             N_TILES, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_T)
+            h, _ = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
+                                pid_b, tile, t_loc, seq, n_inner, n_state, mask_d,
+                                mask_dn & (idx_dn + tile < N_TILES), N_TILES, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
+                                BLOCK_T)
             u, draw, Bt, Ct, z = nu, ndraw, nBt, nCt, nz
     else:
         for i in range(TILES_PER_CHUNK):
             tile = first + i
             u, draw, Bt, Ct, z = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, seq,
                                               mask_d, mask_n, HAS_Z, BLOCK_T)
-            h = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
-                             pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn & (idx_dn + tile < N_TILES),
-                             N_TILES, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_T)
+            h, _ = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
+                                pid_b, tile, t_loc, seq, n_inner, n_state, mask_d,
+                                mask_dn & (idx_dn + tile < N_TILES), N_TILES, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
+                                BLOCK_T)
     tl.store(last_ptr + pid_b * n_inner * n_state + st_off, h, mask=mask_dn & (idx_dn + pid_c == n_chunks - 1))
 
 

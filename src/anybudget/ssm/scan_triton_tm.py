@@ -27,7 +27,7 @@ from anybudget.ssm.scan_triton_common import (
     softplus_grad,
 )
 
-__all__ = ["bwd_kernel_tm", "fwd_kernel_tm"]
+__all__ = ["bwd_kernel_tm", "fold_fwd_tile", "fwd_kernel_tm"]
 
 
 @triton.jit
@@ -52,8 +52,10 @@ def _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, 
 @triton.jit
 def _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off, pid_b, tile,
                  t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES: tl.constexpr, HAS_D: tl.constexpr,
-                 HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr):
-    """One tile of the forward from its reads: stores the tile-start state and y, returns the end state."""
+                 HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr,
+                 fix_ptrs=None, H1=0.0, offs_d=0, ONE: tl.constexpr = False, ZERO: tl.constexpr = False):
+    """One tile of the forward from its reads: stores the tile-start state and y, returns the end state and
+    the one-polarized channel's end state ``H1`` (``fold_fwd_tile``; unchanged unless ``ONE``)."""
     offs_t = tile * BLOCK_T + t_loc
     mask_t = offs_t < seq
     tl.store(states_ptr + (pid_b * N_TILES + tile) * n_inner * n_state + st_off, h, mask=mask_dn)
@@ -69,12 +71,39 @@ def _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, state
     a_cum, h_loc = tl.associative_scan((a, b), axis=0, combine_fn=combine)
     hs = h_loc + a_cum * h[None, :, :]
     y = tl.sum(hs * Ct[:, None, :], axis=2)  # (T, D)
+    if ONE or ZERO:
+        y_fix, H1 = fold_fwd_tile(dt * u, H1, fix_ptrs, pid_b, tile, offs_t, mask_t, offs_d, mask_d, seq, n_inner,
+                                  N_TILES, ONE, ZERO)
+        y += y_fix
     if HAS_D:
         y += Dv[None, :] * u
     if HAS_Z:
         y = y * z * tl.sigmoid(z)
     tl.store(out_ptr + row + offs_t[:, None], y.to(out_ptr.dtype.element_ty), mask=m_td)
-    return tl.sum(tl.where((t_loc == BLOCK_T - 1)[:, None, None], hs, 0.0), axis=0)
+    return tl.sum(tl.where((t_loc == BLOCK_T - 1)[:, None, None], hs, 0.0), axis=0), H1
+
+
+@triton.jit
+def fold_fwd_tile(dtu, H1, fix_ptrs, pid_b, tile, offs_t, mask_t, offs_d, mask_d, seq, n_inner,
+                  N_TILES: tl.constexpr, ONE: tl.constexpr, ZERO: tl.constexpr):
+    """The polarized channels of one (time, channel) tile inside the kernel (``ScanBlocks.fold_fixed``; Wang et al.
+    2025, Sec. 5, as ``scan_split``): ``y_fix = C1_t H1_t + dtu_t Q_t`` with the one-channel's running sum
+    ``H1_t = H1_start + cumsum(dtu B1)_t`` and ``Q_t = sum_zeros B_t C_t``; stores the tile-start ``H1`` (the
+    backward's chunk-start states) and returns ``(y_fix, H1 at the tile's end)``. ``fix_ptrs = (B1, C1, Q,
+    states1)``, each ``(batch, seq)`` float rows but ``states1`` ``(batch, tiles, d_inner)``."""
+    B1_ptr, C1_ptr, Q_ptr, states1_ptr = fix_ptrs
+    y_fix = tl.zeros_like(dtu)
+    if ONE:
+        b1 = tl.load(B1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+        c1 = tl.load(C1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+        tl.store(states1_ptr + (pid_b * N_TILES + tile) * n_inner + offs_d, H1, mask=mask_d)
+        w = dtu * b1[:, None]  # 0 past the end (u reads 0 there)
+        y_fix += c1[:, None] * (tl.cumsum(w, axis=0) + H1[None, :])
+        H1 = H1 + tl.sum(w, axis=0)
+    if ZERO:
+        q = tl.load(Q_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+        y_fix += dtu * q[:, None]
+    return y_fix, H1
 
 
 @triton.jit
@@ -85,9 +114,13 @@ def fwd_kernel_tm(
     N_TILES: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, PREFETCH: tl.constexpr = False,
+    B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, last1_ptr=None,
+    ONE: tl.constexpr = False, ZERO: tl.constexpr = False,
 ):
     # PREFETCH: tile i + 1's reads are issued before tile i's arithmetic, off the chain of dependent tiles
     # (the read after the last tile is fully masked: no traffic). Same results either way.
+    # ONE / ZERO: the polarized channels folded in (fold_fwd_tile; A, B, C then hold the learned states only),
+    # last1_ptr: (batch, d_inner), the one-channel's last state.
     pid_b = tl.program_id(0)
     offs_d, offs_n, mask_d, mask_n = channel_tile(tl.program_id(1), n_inner, n_state, BLOCK_D, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
@@ -97,6 +130,8 @@ def fwd_kernel_tm(
     bias = load_vec(bias_ptr, offs_d, mask_d, HAS_BIAS)
     Dv = load_vec(D_ptr, offs_d, mask_d, HAS_D)
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    H1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    fix = (B1_ptr, C1_ptr, Q_ptr, states1_ptr)
     row = pid_b * n_inner * seq + offs_d[None, :] * seq  # (1, D)
     rowB = pid_b * n_state * seq + offs_n[None, :] * seq  # (1, N)
     st_off = offs_d[:, None] * n_state + offs_n[None, :]
@@ -106,18 +141,20 @@ def fwd_kernel_tm(
         for tile in range(N_TILES):
             nu, ndraw, nBt, nCt, nz = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile + 1, t_loc,
                                                    seq, mask_d, mask_n, HAS_Z, BLOCK_T)
-            h = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off, pid_b,
-                             tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z, HAS_BIAS,
-                             SOFTPLUS, BLOCK_T)
+            h, H1 = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
+                                 pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z,
+                                 HAS_BIAS, SOFTPLUS, BLOCK_T, fix, H1, offs_d, ONE, ZERO)
             u, draw, Bt, Ct, z = nu, ndraw, nBt, nCt, nz
     else:
         for tile in range(N_TILES):
             u, draw, Bt, Ct, z = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, seq,
                                               mask_d, mask_n, HAS_Z, BLOCK_T)
-            h = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off, pid_b,
-                             tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z, HAS_BIAS,
-                             SOFTPLUS, BLOCK_T)
+            h, H1 = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
+                                 pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z,
+                                 HAS_BIAS, SOFTPLUS, BLOCK_T, fix, H1, offs_d, ONE, ZERO)
     tl.store(last_ptr + pid_b * n_inner * n_state + st_off, h, mask=mask_dn)
+    if ONE:
+        tl.store(last1_ptr + pid_b * n_inner + offs_d, H1, mask=mask_d)
 
 
 @triton.jit
