@@ -43,6 +43,8 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
   ``bwdgl42r200`` (4, 16, 2) capped at 200 registers (5 programs an SM, no spills at sm_90, Triton 3.6),
   ``bwdgl+reg168`` (8, 16, 4) capped at 168 (3 programs, 56 bytes of spills; the fastest backward at seq >= 128 in
   ``ssm_grads_gluon.json``).
+  ``+fold``: the polarized channels, D and z inside the scan's kernels (``ScanBlocks.fold_fixed``) instead of
+  the closed form's PyTorch ops around them: ``bwdgl+reg168+fold`` and ``bwdtm+fold``.
 
 Every variant times the same step indices after warm-up (all shapes compiled / captured first),
 then profiles a few steps: kernels per step (inside a CUDA graph too) and their summed GPU time. A
@@ -128,6 +130,8 @@ VARIANTS = {
     "compile+cudagraph+tf16+bwdgl42": ("compile+cudagraph", {}, "new_tf16_bwdgl42"),
     "compile+cudagraph+tf16+bwdgl42r200": ("compile+cudagraph", {}, "new_tf16_bwdgl42r200"),
     "compile+cudagraph+tf16+bwdgl+reg168": ("compile+cudagraph", {}, "new_tf16_bwdgl_reg168"),
+    "compile+cudagraph+tf16+bwdgl+reg168+fold": ("compile+cudagraph", {}, "new_tf16_bwdgl_reg168_fold"),
+    "compile+cudagraph+tf16+bwdtm+fold": ("compile+cudagraph", {}, "new_tf16_bwdtm_fold"),
     "compile+cudagraph+tf16+fast": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),
                                                                               ("coordinate_descent_tuning", True))},
                                     "new_tf16_tuned_fwdpf"),
@@ -154,7 +158,9 @@ SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
          "new_tf16_bwdgl": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_bwdgl42": ("time_first", True, ((8, 16, 4), (4, 16, 2)), "chunked"),
          "new_tf16_bwdgl42r200": ("time_first", True, ((8, 16, 4), (4, 16, 2)), "chunked"),
-         "new_tf16_bwdgl_reg168": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
+         "new_tf16_bwdgl_reg168": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_bwdgl_reg168_fold": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_bwdtm_fold": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
 # ScanBlocks settings beyond SCANS' (defaults for scans not named): the adjoint kernel's own (BLOCK_D, warps)
 # (programs of 16 x 32 x 16 on 8 warps, 64 registers a thread, instead of 16 x 8 x 16 on 4); 4096 programs aimed at (the grads kernel's channel
 # blocks split over up to 8 programs at short sequences); triton.autotune of the adjoint and grads tiles;
@@ -164,7 +170,7 @@ SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
 # chunk-parallel forward's chunk.
 SCAN_DEFAULTS = {"bwd_adjoint": None, "bwd_programs": 512, "bwd_autotune": False, "bwd_prefetch": False,
                  "fwd_prefetch": False, "bwd_maxnreg": None, "fwd_maxnreg": None, "bwd_tm": False, "fwd_chunk": None,
-                 "bwd_gluon": False}
+                 "bwd_gluon": False, "fold_fixed": False}
 SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
                "new_tf16_split": {"bwd_programs": 4096},
                "new_tf16_tuned": {"bwd_autotune": True},
@@ -181,7 +187,10 @@ SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
                "new_tf16_bwdgl": {"bwd_tm": True, "bwd_gluon": True},
                "new_tf16_bwdgl42": {"bwd_tm": True, "bwd_gluon": True, "bwd_adjoint": (8, 4)},
                "new_tf16_bwdgl42r200": {"bwd_tm": True, "bwd_gluon": True, "bwd_adjoint": (8, 4), "bwd_maxnreg": 200},
-               "new_tf16_bwdgl_reg168": {"bwd_tm": True, "bwd_gluon": True, "bwd_maxnreg": 168}}
+               "new_tf16_bwdgl_reg168": {"bwd_tm": True, "bwd_gluon": True, "bwd_maxnreg": 168},
+               "new_tf16_bwdgl_reg168_fold": {"bwd_tm": True, "bwd_gluon": True, "bwd_maxnreg": 168,
+                                              "fold_fixed": True},
+               "new_tf16_bwdtm_fold": {"bwd_tm": True, "fold_fixed": True}}
 TOP_KERNELS = 12  # kernels per row of the record, by GPU time
 # Timed at every depth before the rest (a --time-limit cut loses the rest first).
 FIRST = ("reference", "compile+cudagraph", "compile+cudagraph+tf", "compile+cudagraph+tf16", "cudagraph_fp32")

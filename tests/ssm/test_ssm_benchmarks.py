@@ -383,8 +383,9 @@ def test_one_channel_check_refuses_bad_arguments_before_any_work(monkeypatch, ca
     assert e.value.code == 2 and match in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
-def test_grads_gluon_speed_refuses_bad_arguments_before_any_work(bench, tmp_path, capsys):
-    gs = bench("grads_gluon_speed")
+@pytest.mark.parametrize("script", ["grads_gluon_speed", "scan_fold_speed"])
+def test_gluon_speed_scripts_refuse_bad_arguments_before_any_work(script, bench, tmp_path, capsys):
+    gs = bench(script)
     with pytest.raises(SystemExit) as e:
         gs.main(["--repeat", "0", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--repeat 0: must be >= 1" in capsys.readouterr().err

@@ -217,6 +217,66 @@ def test_gluon_grads_gpu_every_input_matches_reference(seq, n, tiles, softplus, 
     assert len(launches) == 1
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
+@pytest.mark.parametrize("seq, n, d", [(1, 18, 8), (100, 18, 60), (1031, 18, 256), (4096, 18, 200)])
+@pytest.mark.parametrize("grads", ["triton_tm", "gluon", "gluon_reg168"])
+def test_fold_fixed_gpu_matches_reference_and_split(seq, n, d, grads, monkeypatch):
+    """``ScanBlocks.fold_fixed`` on CUDA: the polarized channels, D and z inside the kernels (time-major Triton or
+    Gluon grads kernel) vs the chunked PyTorch scan (1e-3) and vs the split path (closed form in PyTorch, 1e-4);
+    the split path runs only with the flag off and the Gluon kernel once a backward when asked."""
+    from anybudget.ssm import scan_split
+
+    calls, real = [], scan_split.selective_scan_split
+    monkeypatch.setattr(scan_split, "selective_scan_split", lambda *a, **k: calls.append(1) or real(*a, **k))
+    launches = _count_gluon_launches(monkeypatch)
+    settings = {"bwd_tm": True, "bwd_chunked": (8, 16, 4), "bwd_gluon": grads != "triton_tm",
+                "bwd_maxnreg": 168 if grads == "gluon_reg168" else None}
+    _assert_switch_on_matches_reference_and_off(seq, n, d, settings, "fold_fixed", monkeypatch)
+    assert calls == [1]  # the closed form in PyTorch ran with the flag off only
+    assert len(launches) == (0 if grads == "triton_tm" else 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
+@pytest.mark.parametrize("gluon", [False, True])
+def test_fold_fixed_gpu_compiled_and_captured_matches_reference(gluon, monkeypatch):
+    """The folded scan as the training step runs it: the custom op under torch.compile (inductor), captured in a
+    CUDA graph and replayed on new inputs written in place: output and gradients vs the chunked PyTorch scan."""
+    from anybudget.cudagraph import capture
+    from anybudget.ssm.scan import selective_scan, selective_scan_chunked
+    from anybudget.ssm.scan_triton import ScanBlocks
+
+    for k, v in {"variant": "time_first", "bwd_impl": "chunked", "fwd": (8, 16, 4), "bwd_chunked": (8, 16, 4),
+                 "bwd_tm": True, "bwd_gluon": gluon, "fold_fixed": True}.items():
+        monkeypatch.setattr(ScanBlocks, k, v)
+    torch._dynamo.reset()
+    fn = torch.compile(lambda *x: selective_scan(*x, delta_softplus=True, fixed_channels=(1, 1)), fullgraph=True)
+    ins = [t.detach().float().cuda().requires_grad_() for t in scan_inputs(2, 64, 300, 18, seed=5)]
+    g = torch.randn(2, 64, 300, device="cuda")
+    held = []
+
+    def step():
+        out = fn(*ins)
+        held[:] = [out.detach(), *torch.autograd.grad(out, ins, g)]
+
+    graph = capture(step, warmup=2)
+    new = [t.detach().float().cuda() for t in scan_inputs(2, 64, 300, 18, seed=6)]
+    with torch.no_grad():
+        for t, v in zip(ins, new):
+            t.copy_(v)
+    graph.replay()
+    ref_ins = [t.clone().requires_grad_() for t in new]
+    o1 = selective_scan_chunked(*ref_ins, delta_softplus=True)
+    g1 = torch.autograd.grad(o1, ref_ins, g)
+    torch.testing.assert_close(held[0], o1, rtol=1e-3, atol=1e-3)
+    for i, (a, b) in enumerate(zip(g1, held[1:])):
+        if i == 2:  # A's polarized columns are constants
+            assert (b[:, 0] == 0).all() and (b[:, -1] == 0).all()
+            a, b = a[:, 1:-1], b[:, 1:-1]
+        assert (b - a).abs().max() / a.abs().max().clamp_min(1.0) < 1e-3, i
+
+
 def _count_gluon_launches(monkeypatch):
     """Record the (batch, chunks) grid of every launch of the Gluon grads kernel (it is looked up at each backward)."""
     from anybudget.ssm import scan_gluon_bwd

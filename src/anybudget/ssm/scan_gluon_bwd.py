@@ -54,6 +54,11 @@ def check_tiles(block_d: int, block_n: int, block_t: int, num_warps: int) -> Non
 
 
 @gluon.jit
+def _add(a, b):
+    return a + b
+
+
+@gluon.jit
 def _keep_prev(p1, l1, h1, p2, l2, h2):
     # Summary (element before the last, last element, has two) of a run: an associative operator whose
     # inclusive scan is the input shifted one step (the first step keeps its own "before": the initial value).
@@ -109,7 +114,12 @@ def _grads_gl_kernel(
     n_inner, n_state, seq, n_chunks, n_state_tiles, tile_ratio, d_split,
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_T: gl.constexpr, N_ITERS: gl.constexpr,
+    B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, E1_ptr=None, dB1_ptr=None, dC1_ptr=None, P_ptr=None,
+    ONE: gl.constexpr = False, ZERO: gl.constexpr = False,
 ):
+    # ONE / ZERO: the polarized channels folded in (ScanBlocks.fold_fixed), as scan_triton_bwd_tm's _grads_tm_block:
+    # their (time, channel) terms in the time-in-registers layout (cumulative sums in registers), converted once a
+    # block into the compact layout where they join dL/d(dt u) and y; dB1, dC1, P summed over channels at the end.
     W: gl.constexpr = gl.num_warps()
     # (time, channel, state): time in registers, states on lanes, channels on the rest of the lanes and the warps.
     L3: gl.constexpr = gl.BlockedLayout([BLOCK_T, 1, 1], [1, 32 // BLOCK_N, BLOCK_N], [1, W, 1], [2, 1, 0])
@@ -153,6 +163,20 @@ def _grads_gl_kernel(
     buf_a = gl.allocate_shared_memory(gl.float32, [BLOCK_T, BLOCK_D, BLOCK_N], SH)
     dB3 = gl.zeros([BLOCK_T, BLOCK_D, BLOCK_N], gl.float32, L3)
     dC3 = gl.zeros([BLOCK_T, BLOCK_D, BLOCK_N], gl.float32, L3)
+    # The fixed channels' (time, channel) work: TDC's distribution as a blocked layout (Triton 3.6 scans no slice
+    # layout), so the cumulative sums over time are lane scans and each thread holds one element of each term.
+    TD: gl.constexpr = gl.BlockedLayout([1, 1], [BLOCK_T, 32 // BLOCK_T], [1, W], [0, 1])
+    offs_t_f = pid_c * BLOCK_T + gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, TD))
+    mask_t_f = offs_t_f < seq
+    d_f0 = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, TD))
+    if ONE:
+        b1 = gl.load(B1_ptr + pid_b * seq + offs_t_f, mask=mask_t_f, other=0.0).to(gl.float32)[:, None]
+        c1 = gl.load(C1_ptr + pid_b * seq + offs_t_f, mask=mask_t_f, other=0.0).to(gl.float32)[:, None]
+        accB1 = gl.zeros([BLOCK_T, BLOCK_D], gl.float32, TD)
+        accC1 = gl.zeros([BLOCK_T, BLOCK_D], gl.float32, TD)
+    if ZERO:
+        q = gl.load(Q_ptr + pid_b * seq + offs_t_f, mask=mask_t_f, other=0.0).to(gl.float32)[:, None]
+        accP = gl.zeros([BLOCK_T, BLOCK_D], gl.float32, TD)
     part = (pid_b * n_chunks + pid_c) * n_inner
     for i in range(N_ITERS):
         k = pid_s + i * d_split
@@ -187,7 +211,7 @@ def _grads_gl_kernel(
         dout_s = gl.load(dout_ptr + row_s, mask=m_s, other=0.0).to(gl.float32)
         dt_s = gl.convert_layout(dt, TDS)
         dy_s = dout_s
-        if HAS_Z or HAS_D:
+        if HAS_Z or HAS_D or ONE or ZERO:
             dout_c = gl.load(dout_ptr + row_c, mask=m_c, other=0.0).to(gl.float32)
             dy_c = dout_c
         if HAS_D:  # (scan_triton_common.load_vec's zeros need a layout in Gluon: read only when present)
@@ -198,6 +222,28 @@ def _grads_gl_kernel(
             dy_c = dout_c * s
             dy_s = gl.convert_layout(dy_c, TDS)
         dtu_s = dt_s * u_s
+        if ONE or ZERO:  # the fixed channels' dL/d(dt u) and y terms, (time, channel) one element a thread
+            dtu_f = gl.convert_layout(dt * u_c, TD)
+            dy_f = gl.convert_layout(dy_c, TD)
+            gB_fix = gl.zeros_like(dtu_f)
+            y_fix = gl.zeros_like(dtu_f)
+        if ONE:  # H1 = chunk-start state + running sum; G1 = E1 + the chunk's reverse sum of C1 dy (no decay)
+            offs_d_f = k * BLOCK_D + d_f0
+            mask_d_f = offs_d_f < n_inner
+            H1_0 = gl.load(states1_ptr + (pid_b * n_state_tiles + pid_c * tile_ratio) * n_inner + offs_d_f,
+                           mask=mask_d_f, other=0.0)
+            E1 = gl.load(E1_ptr + part + offs_d_f, mask=mask_d_f, other=0.0)
+            H1 = gl.associative_scan(dtu_f * b1, axis=0, combine_fn=_add) + H1_0[None, :]
+            cdy = c1 * dy_f
+            G1 = gl.sum(cdy, axis=0)[None, :] - gl.associative_scan(cdy, axis=0, combine_fn=_add) + cdy + E1[None, :]
+            gB_fix += G1 * b1
+            y_fix += c1 * H1
+            accB1 += G1 * dtu_f
+            accC1 += H1 * dy_f
+        if ZERO:  # y += dt u Q, Q = sum_zeros B C
+            gB_fix += dy_f * q
+            y_fix += dtu_f * q
+            accP += dy_f * dtu_f
         a = gl.where(z3, 0.0, gl.exp(gl.expand_dims(dt_s, 2) * A3))
         a = gl.where(m3, a, 1.0)  # past the end: carry the state unchanged
         b = gl.expand_dims(dtu_s, 2) * B3
@@ -217,12 +263,16 @@ def _grads_gl_kernel(
         buf_a.store(gq * A3)
         gB = gl.sum(buf_b.load(L3R), axis=2)  # (T, D) compact
         qA = gl.sum(buf_a.load(L3R), axis=2)
+        if ONE or ZERO:
+            gB += gl.convert_layout(gB_fix, TDC)
         ddt = gB * u_c + qA
         du = gB * dt
         if HAS_Z:
             y = gl.sum(gl.convert_layout(hs * C3, L3R), axis=2)
             if HAS_D:
                 y += Dv[None, :] * u_c
+            if ONE or ZERO:
+                y += gl.convert_layout(y_fix, TDC)
             gl.store(dz_ptr + row_c, (dout_c * y * ds).to(dz_ptr.dtype.element_ty), mask=m_c)
         if HAS_D:
             du += Dv[None, :] * dy_c
@@ -239,6 +289,12 @@ def _grads_gl_kernel(
     out = pid_s * gl.num_programs(0) * n_state * seq + rowB
     gl.store(dB_ptr + out, gl.sum(dB3, axis=1).to(dB_ptr.dtype.element_ty), mask=m_tn)
     gl.store(dC_ptr + out, gl.sum(dC3, axis=1).to(dC_ptr.dtype.element_ty), mask=m_tn)
+    out1 = (pid_s * gl.num_programs(0) + pid_b) * seq + offs_t_f
+    if ONE:
+        gl.store(dB1_ptr + out1, gl.sum(accB1, axis=1), mask=mask_t_f)
+        gl.store(dC1_ptr + out1, gl.sum(accC1, axis=1), mask=mask_t_f)
+    if ZERO:
+        gl.store(P_ptr + out1, gl.sum(accP, axis=1), mask=mask_t_f)
 
 
 grads_gluon = _grads_gl_kernel
