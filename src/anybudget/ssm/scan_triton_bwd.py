@@ -127,18 +127,43 @@ def _chunk_adjoint_kernel(
 def _chunk_carry_kernel(
     A_ptr, X_ptr, S_ptr, E_ptr, n_inner, n_state, n_chunks,
     REVERSE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, N_BLOCKS: tl.constexpr,
+    X1_ptr=None, E1_ptr=None, ONE: tl.constexpr = False,
 ):
     """REVERSE: E_{c-1} = X_c + P_c E_c from E_last = 0 (the adjoint); else H_{c+1} = X_c + P_c H_c from
     H_0 = 0 (chunk-start states), with P_c = exp(A S_c). ``N_BLOCKS = cdiv(n_chunks, BLOCK_C)``.
+    ``ONE`` (the polarized channels folded in): the programs past the (channel, state) blocks carry the
+    one-polarized channel's ``X1 -> E1`` ((batch, chunks, d_inner), A = 0: P = 1) in the same launch, side by
+    side with the others instead of one more chain of dependent chunk blocks after them.
 
     Loop trip counts are constexprs, never run-time tensors: Triton 3.6's interpreter turns a
     tensor bound into an int with ``int(array of shape (1,))``, a TypeError under NumPy >= 2.4."""
     pid_b, pid_j = tl.program_id(0), tl.program_id(1)
+    if ONE:
+        n_jb = tl.cdiv(n_inner * n_state, BLOCK_J)
+        if pid_j >= n_jb:
+            _carry_run(A_ptr, X1_ptr, S_ptr, E1_ptr, pid_b, pid_j - n_jb, n_inner, 1, n_chunks, REVERSE, BLOCK_C,
+                       BLOCK_J, N_BLOCKS, True)
+        else:
+            _carry_run(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE, BLOCK_C,
+                       BLOCK_J, N_BLOCKS, False)
+    else:
+        _carry_run(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE, BLOCK_C, BLOCK_J,
+                   N_BLOCKS, False)
+
+
+@triton.jit
+def _carry_run(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE: tl.constexpr,
+               BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, N_BLOCKS: tl.constexpr, A_ZERO: tl.constexpr):
+    # One program's carry over block ``pid_j`` of the flat (channel, state) index; A_ZERO: A = 0 (not read).
     n_j = n_inner * n_state
     offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)  # flat (channel, state) index, A's layout
     mask_j = offs_j < n_j
     d_of_j = offs_j // n_state
-    A_safe, a_zero = load_a_matrix(A_ptr, 0, offs_j, mask_j, 1)
+    if A_ZERO:
+        A_safe = tl.zeros((BLOCK_J,), dtype=tl.float32)
+        a_zero = A_safe != A_safe
+    else:
+        A_safe, a_zero = load_a_matrix(A_ptr, 0, offs_j, mask_j, 1)
     c_loc = tl.arange(0, BLOCK_C)
     carry = tl.zeros((BLOCK_J,), dtype=tl.float32)  # the value entering the next block
     if REVERSE:
@@ -420,11 +445,12 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     block_c, block_j = 16, 256
     carry_grid = (bsz, triton.cdiv(n_inner * n_state, block_j))
     carry = {"BLOCK_C": block_c, "BLOCK_J": block_j, "N_BLOCKS": triton.cdiv(n_chunks, block_c), "num_warps": 4}
-    _chunk_carry_kernel[carry_grid](A, X, S, E, n_inner, n_state, n_chunks, REVERSE=True, **carry)
-    if one:  # the one-channel's adjoint carry: the same recurrence with A = 0 (no decay), one "state" a channel
+    if one:  # the one-channel's adjoint carry too (A = 0: no decay, one "state" a channel), by extra programs
         E1 = torch.empty_like(X1)
-        _chunk_carry_kernel[(bsz, triton.cdiv(n_inner, block_j))](
-            torch.zeros(n_inner, 1, device=dev, dtype=f32), X1, S, E1, n_inner, 1, n_chunks, REVERSE=True, **carry)
+        _chunk_carry_kernel[(bsz, carry_grid[1] + triton.cdiv(n_inner, block_j))](
+            A, X, S, E, n_inner, n_state, n_chunks, REVERSE=True, X1_ptr=X1, E1_ptr=E1, ONE=True, **carry)
+    else:
+        _chunk_carry_kernel[carry_grid](A, X, S, E, n_inner, n_state, n_chunks, REVERSE=True, **carry)
     if own_states:
         states, fwd_tile = torch.empty_like(X), block_t
         _chunk_carry_kernel[carry_grid](A, Y, S, states, n_inner, n_state, n_chunks, REVERSE=False, **carry)
