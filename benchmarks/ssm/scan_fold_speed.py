@@ -2,13 +2,16 @@
 beside its memory-traffic bound, at issue 17's shape (batch 16, d_inner 256, 16 learned + 2 polarized states,
 seq 4096).
 
-Configurations (all time_first forward (8, 16, 4), chunked backward (8, 16, 4) with the time-major adjoint):
+Configurations (all time_first forward (8, 16, 4), chunked backward with the time-major adjoint; backward tiles
+(8, 16, 4) unless named ``42``: (4, 16, 2)):
 
 * ``split_gluon168``: the closed form in PyTorch ops around the kernels (``scan_split``), Gluon grads kernel capped
   at 168 registers: ``ssm_grads_gluon.json``'s fastest, the baseline;
-* ``fold_gluon168``: the same kernels with the closed form, D and z inside them;
-* ``fold_tm``: folded, the time-major Triton grads kernel;
-* ``fold_gluon168_fwd80``: ``fold_gluon168`` with the forward capped at 80 registers (6 programs an SM, not 5).
+* ``fold_gluon168``: the same kernels with the closed form, D and z inside them (the gate's backward in the
+  adjoint kernel, from the forward's y before the gate);
+* ``fold_gluon168_pf``: and the forward reading the next tile before this tile's arithmetic (``fwd_prefetch``);
+* ``fold_gluon42r200_pf``: (4, 16, 2) grads tiles capped at 200 registers, the adjoint's own (8, 4) tiles;
+* ``fold_tm_pf``: folded, prefetching, the time-major Triton grads kernel.
 
 Each is first checked against the chunked PyTorch scan (``scan_bwd_speed._reference``; max |diff| / max(|ref|, 1)
 <= 1e-3, else recorded and not timed), then timed three ways, forward + backward (``autograd.grad`` of the output):
@@ -29,18 +32,21 @@ import time
 from pathlib import Path
 
 BASE = {"bwd_tm": True, "bwd_gluon": True, "bwd_maxnreg": 168}
-CONFIGS = [("split_gluon168", BASE),
-           ("fold_gluon168", {**BASE, "fold_fixed": True}),
-           ("fold_tm", {"bwd_tm": True, "fold_fixed": True}),
-           ("fold_gluon168_fwd80", {**BASE, "fold_fixed": True, "fwd_maxnreg": 80})]
+T84, T42 = (8, 16, 4), (4, 16, 2)
+CONFIGS = [("split_gluon168", T84, BASE),
+           ("fold_gluon168", T84, {**BASE, "fold_fixed": True}),
+           ("fold_gluon168_pf", T84, {**BASE, "fold_fixed": True, "fwd_prefetch": True}),
+           ("fold_gluon42r200_pf", T42, {**BASE, "bwd_maxnreg": 200, "bwd_adjoint": (8, 4), "fold_fixed": True,
+                                         "fwd_prefetch": True}),
+           ("fold_tm_pf", T84, {"bwd_tm": True, "fold_fixed": True, "fwd_prefetch": True})]
 TOL = 1e-3
 SHAPE = (16, 256, 4096)  # batch, d_inner, seq; 16 learned states + one 1- and one 0-polarized
 
 
-def _apply(extras):
+def _apply(tiles, extras):
     from train_speed import set_scan
 
-    set_scan("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked", extras)
+    set_scan("time_first", True, ((8, 16, 4), tiles), "chunked", extras)
 
 
 def _kernels(step):
@@ -75,12 +81,12 @@ def measure(repeat):
         return selective_scan(*x, delta_softplus=True, backend="triton", fixed_channels=(1, 1))
 
     rows = {}
-    for name, extras in CONFIGS:
-        _apply(extras)
+    for name, tiles, extras in CONFIGS:
+        _apply(tiles, extras)
         torch._dynamo.reset()
         compiled = torch.compile(lambda *x: selective_scan(*x, delta_softplus=True, fixed_channels=(1, 1)),
                                  fullgraph=True)
-        row = {"settings": extras}
+        row = {"bwd_tiles": tiles, "settings": extras}
         try:
             row["rel_err"] = {"eager": _rel_errs(ins, grad, ref_out, ref_grads, eager),
                               "compiled": _rel_errs(ins, grad, ref_out, ref_grads, compiled)}
@@ -151,7 +157,7 @@ def main(argv=None) -> int:
     metrics = measure(args.repeat)
     metrics["wall_s"] = time.perf_counter() - t0
     config = {"path": "selective_scan(fixed_channels=(1, 1)), time_first forward (8, 16, 4), chunked backward "
-                      "(8, 16, 4), time-major adjoint", "configs": CONFIGS, "tolerance": TOL, "repeat": args.repeat,
+                      "(tiles per config), time-major adjoint", "configs": CONFIGS, "tolerance": TOL, "repeat": args.repeat,
               "timing": "median of CUDA-event timed calls of autograd.grad(scan(...)); captured: the compiled call "
                         "in one CUDA graph, replayed",
               "bound": "scan_bwd_speed.scan_bytes (each tensor once, tile-start states at tile 16) / measured copy "

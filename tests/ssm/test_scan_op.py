@@ -39,15 +39,16 @@ def test_op_schema_fakes_and_autograd_pass_opcheck():
     ins = [t.detach().float() for t in scan_inputs(1, 3, 9, 3, polar=True, seed=5)]
     torch.library.opcheck(torch.ops.anybudget.ssm_scan_fwd.default, (*ins, True, "torch", 1, 0, 0),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-    out, states, _, states1 = torch.ops.anybudget.ssm_scan_fwd(*ins, True, "torch", 1, 0, 0)
-    assert states1.shape == (1, 0, 3)  # the one-channel's states: only when folded into the Triton kernels
+    out, states, _, states1, ypre = torch.ops.anybudget.ssm_scan_fwd(*ins, True, "torch", 1, 0, 0)
+    # the one-channel's states and y before the gate: only when folded into the Triton kernels
+    assert states1.shape == (1, 0, 3) and ypre.shape == (0,)
     with pytest.raises(ValueError, match="n_ones=1, n_zeros=1: folding the polarized channels needs impl='triton'"):
         torch.ops.anybudget.ssm_scan_fwd(*ins, True, "torch", 1, 1, 1)
     # The backward's CPU implementation runs torch.func.vjp inside, whose wrapped tensors opcheck's
     # modes cannot inspect: its fake is compared with the real outputs directly.
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    args = (torch.randn_like(out), *ins, states, states1)
+    args = (torch.randn_like(out), *ins, states, states1, ypre)
     real = torch.ops.anybudget.ssm_scan_bwd(*args, True, "torch", 1, 0, 0)
     with FakeTensorMode() as mode:
         fake = torch.ops.anybudget.ssm_scan_bwd(*(mode.from_tensor(t) for t in args), True, "torch", 1, 0, 0)

@@ -41,9 +41,10 @@ def _check_impl(impl: str) -> None:
 @torch.library.custom_op("anybudget::ssm_scan_fwd", mutates_args=())
 def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
               delta_bias: Tensor | None, delta_softplus: bool, impl: str,
-              tile: int, n_ones: int, n_zeros: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              tile: int, n_ones: int, n_zeros: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(out like u, tile-start states (b, ceil(seq/tile), d, n) f32 [torch: (b, 0, d, n)], last state f32, the
-    one-polarized channel's tile-start states (b, ceil(seq/tile), d) f32 when folded in [else (b, 0, d)]).
+    one-polarized channel's tile-start states (b, ceil(seq/tile), d) f32 when folded in [else (b, 0, d)], y before
+    the gate like u when folded in with z [else (0,)]).
 
     ``n_ones, n_zeros`` > 0 (Triton only): the polarized channels folded into the kernels
     (``scan_triton.triton_forward_fold``); the states then hold the learned columns only."""
@@ -55,13 +56,14 @@ def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tens
         if n_ones or n_zeros:
             return triton_forward_fold(u, delta, A, B, C, D, z, delta_bias, delta_softplus, (n_ones, n_zeros),
                                        block_t=tile)
-        return (*triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=tile), none1)
+        return (*triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=tile), none1,
+                u.new_empty((0,)))
     if n_ones or n_zeros:
         raise ValueError(f"n_ones={n_ones}, n_zeros={n_zeros}: folding the polarized channels needs impl='triton'")
     # selective_scan_op checked the inputs: no second check (a device sync on A's values) on every forward
     out, last = _chunked_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)
     states = u.new_empty((u.shape[0], 0, u.shape[1], A.shape[1]), dtype=torch.float32)
-    return out.contiguous(), states, last.float().contiguous(), none1
+    return out.contiguous(), states, last.float().contiguous(), none1, u.new_empty((0,))
 
 
 @_scan_fwd.register_fake
@@ -69,10 +71,13 @@ def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, impl, ti
     bsz, d, seq = u.shape
     n = A.shape[1]
     tiles = (seq + tile - 1) // tile if impl == "triton" else 0
+    folded = impl == "triton" and (n_ones or n_zeros)
     return (torch.empty_like(u, memory_format=torch.contiguous_format),
             u.new_empty((bsz, tiles, d, n - n_ones - n_zeros), dtype=torch.float32),
             u.new_empty((bsz, d, n), dtype=torch.float32),
-            u.new_empty((bsz, tiles if n_ones else 0, d), dtype=torch.float32))
+            u.new_empty((bsz, tiles if n_ones else 0, d), dtype=torch.float32),
+            torch.empty_like(u, memory_format=torch.contiguous_format) if folded and z is not None
+            else u.new_empty((0,)))
 
 
 def _absent(u: Tensor) -> Tensor:
@@ -81,8 +86,8 @@ def _absent(u: Tensor) -> Tensor:
 
 @torch.library.custom_op("anybudget::ssm_scan_bwd", mutates_args=())
 def _scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-              z: Tensor | None, delta_bias: Tensor | None, states: Tensor, states1: Tensor, delta_softplus: bool,
-              impl: str, tile: int, n_ones: int,
+              z: Tensor | None, delta_bias: Tensor | None, states: Tensor, states1: Tensor, ypre: Tensor,
+              delta_softplus: bool, impl: str, tile: int, n_ones: int,
               n_zeros: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(du, ddelta, dA, dB, dC, dD, dz, dbias) in the inputs' dtypes; an absent input's gradient is empty (0,)."""
     _check_impl(impl)
@@ -97,7 +102,7 @@ def _scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
         saved = (u, delta, A32, B, C, D, z, delta_bias)
         if n_ones or n_zeros:
             grads = triton_backward_fold(saved, states.contiguous(), states1.contiguous(), tile, dout, delta_softplus,
-                                         (n_ones, n_zeros))
+                                         (n_ones, n_zeros), ypre.contiguous())
         else:
             grads = triton_backward(saved, states.contiguous(), tile, dout, delta_softplus)
         grads = [g.to(t.dtype) if g is not None else None for g, t in zip(grads, ins)]
@@ -118,24 +123,25 @@ def _scan_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
 
 
 @_scan_bwd.register_fake
-def _scan_bwd_fake(dout, u, delta, A, B, C, D, z, delta_bias, states, states1, delta_softplus, impl, tile, n_ones,
-                   n_zeros):
+def _scan_bwd_fake(dout, u, delta, A, B, C, D, z, delta_bias, states, states1, ypre, delta_softplus, impl, tile,
+                   n_ones, n_zeros):
     return tuple(_absent(u) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
                  for t in (u, delta, A, B, C, D, z, delta_bias))
 
 
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, impl, tile, n_ones, n_zeros = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[1], output[3])
-    ctx.mark_non_differentiable(output[1], output[2], output[3])  # the states are for the backward / decoding only
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[1], output[3], output[4])
+    # the states and y before the gate are for the backward / decoding only
+    ctx.mark_non_differentiable(output[1], output[2], output[3], output[4])
     ctx.flags = (delta_softplus, impl, tile, n_ones, n_zeros)
     ctx.present = tuple(t is not None for t in (D, z, delta_bias))
 
 
-def _backward(ctx, dout, _dstates, _dlast, _dstates1):
-    u, delta, A, B, C, D, z, delta_bias, states, states1 = ctx.saved_tensors
+def _backward(ctx, dout, _dstates, _dlast, _dstates1, _dypre):
+    u, delta, A, B, C, D, z, delta_bias, states, states1, ypre = ctx.saved_tensors
     grads = torch.ops.anybudget.ssm_scan_bwd(dout.contiguous(), u, delta, A, B, C, D, z, delta_bias, states, states1,
-                                             *ctx.flags)
+                                             ypre, *ctx.flags)
     du, ddelta, dA, dB, dC, dD, dz, dbias = grads
     has_d, has_z, has_bias = ctx.present
     return (du, ddelta, dA, dB, dC, dD if has_d else None, dz if has_z else None, dbias if has_bias else None,
@@ -171,6 +177,6 @@ def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
             _check_fold(A.shape[1], fixed)
     u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
     z = z.contiguous() if z is not None else None
-    out, _, last, _ = torch.ops.anybudget.ssm_scan_fwd(u, delta, A.contiguous(), B, C, D, z, delta_bias,
-                                                       bool(delta_softplus), impl, tile, *fixed)
+    out, _, last, _, _ = torch.ops.anybudget.ssm_scan_fwd(u, delta, A.contiguous(), B, C, D, z, delta_bias,
+                                                          bool(delta_softplus), impl, tile, *fixed)
     return (out, last) if return_last_state else out

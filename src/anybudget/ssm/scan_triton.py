@@ -307,7 +307,9 @@ def triton_forward_fold(u, delta, A, B, C, D, z, delta_bias, delta_softplus, fix
     """:func:`triton_forward` with the polarized channels ``fixed = (n_ones, n_zeros)`` folded into the kernel
     (``ScanBlocks.fold_fixed``): A, B, C hold every column ``[ones | learned | zeros]``, as ``scan_split`` takes
     them. Returns ``(out, learned tile-start states, last state (batch, d_inner, d_state) f32, the one-channel's
-    tile-start states (batch, tiles, d_inner) f32, (batch, 0, d_inner) without one)``."""
+    tile-start states (batch, tiles, d_inner) f32 ((batch, 0, d_inner) without one), y before the gate like u (for
+    the backward's dz; (0,) without z))``. Per tile the forward reads the next tile's inputs before this tile's
+    arithmetic when ``ScanBlocks.fwd_prefetch``."""
     u, delta = u.contiguous(), delta.contiguous()
     z = z.contiguous() if z is not None else None
     _check_fold(A.shape[1], fixed)
@@ -323,6 +325,7 @@ def triton_forward_fold(u, delta, A, B, C, D, z, delta_bias, delta_softplus, fix
     last = torch.empty(bsz, n_inner, Al.shape[1], device=u.device, dtype=f32)
     states1 = torch.empty(bsz, n_tiles if n_ones else 0, n_inner, device=u.device, dtype=f32)
     last1 = torch.empty(bsz, n_inner, device=u.device, dtype=f32) if n_ones else None
+    ypre = torch.empty_like(u) if z is not None else u.new_empty((0,))
     extra = {"PREFETCH": True} if ScanBlocks.fwd_prefetch else {}
     fwd_kernel_tm[(bsz, triton.cdiv(n_inner, block_d))](
         u, delta, Al, Bl, Cl, D if D is not None else u, z if z is not None else u,
@@ -332,7 +335,7 @@ def triton_forward_fold(u, delta, A, B, C, D, z, delta_bias, delta_softplus, fix
         SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_N=_block_n(Al.shape[1]),
         BLOCK_T=block_t, num_warps=warps, maxnreg=ScanBlocks.fwd_maxnreg,
         B1_ptr=B1, C1_ptr=C1, Q_ptr=Q, states1_ptr=states1 if n_ones else None, last1_ptr=last1,
-        ONE=bool(n_ones), ZERO=bool(n_zeros), **extra,
+        ypre_ptr=ypre if z is not None else None, ONE=bool(n_ones), ZERO=bool(n_zeros), Y_OUT=z is not None, **extra,
     )
     parts = [last1[..., None]] if n_ones else []
     parts.append(last)
@@ -343,18 +346,20 @@ def triton_forward_fold(u, delta, A, B, C, D, z, delta_bias, delta_softplus, fix
         if delta_softplus:
             dt = torch.nn.functional.softplus(dt)
         parts.append((dt * u[..., -1].float())[..., None] * B[:, A.shape[1] - n_zeros:, -1].float()[:, None, :])
-    return out, states, torch.cat(parts, -1) if len(parts) > 1 else last, states1
+    return out, states, torch.cat(parts, -1) if len(parts) > 1 else last, states1, ypre
 
 
-def triton_backward_fold(saved, states, states1, fwd_tile, dout, delta_softplus, fixed):
-    """Gradients of :func:`triton_forward_fold` (``triton_backward``'s contract, every column of A, B, C): the
-    chunked backward with the polarized channels folded in; A's fixed columns get a zero gradient (as the split
-    path's slice of A gives them: the model builds them as constants)."""
+def triton_backward_fold(saved, states, states1, fwd_tile, dout, delta_softplus, fixed, ypre):
+    """Gradients of :func:`triton_forward_fold` (``triton_backward``'s contract, every column of A, B, C) from its
+    saved outputs: the chunked backward with the polarized channels folded in, the gate's backward in the adjoint
+    kernel (from ``ypre``); A's fixed columns get a zero gradient (as the split path's slice of A gives them: the
+    model builds them as constants)."""
     u, delta, A, B, C, D, z, delta_bias = saved
     n_ones, n_zeros = fixed
     Al, Bl, Cl, B1, C1, Q = _fold_inputs(A.float(), B, C, n_ones, n_zeros)
     grads, (dB1, dC1, P) = _chunked(fwd_tile, states, delta_softplus, (u, delta, Al, Bl, Cl, D, z, delta_bias),
-                                    dout.contiguous(), fixed=(B1, C1, Q, states1 if n_ones else None))
+                                    dout.contiguous(), fixed=(B1, C1, Q, states1 if n_ones else None,
+                                                              ypre if z is not None else None))
     du, ddelta, dAl, dBl, dCl, dD, dz, dbias = grads
     lo, hi = n_ones, A.shape[1] - n_zeros
     dA = torch.zeros(A.shape, device=A.device, dtype=torch.float32)
@@ -461,8 +466,8 @@ class _SelectiveScanTriton(torch.autograd.Function):
         A = A.contiguous().float()
         z = z.contiguous() if z is not None else None
         if fixed:
-            out, states, last, ctx.states1 = triton_forward_fold(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                                                 fixed)
+            out, states, last, ctx.states1, ctx.ypre = triton_forward_fold(u, delta, A, B, C, D, z, delta_bias,
+                                                                           delta_softplus, fixed)
         else:
             out, states, last = triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
@@ -477,7 +482,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
     def backward(ctx, dout, _dlast):
         if ctx.fixed:
             grads = triton_backward_fold(ctx.saved_tensors, ctx.states, ctx.states1, ctx.fwd_tile, dout,
-                                         ctx.delta_softplus, ctx.fixed)
+                                         ctx.delta_softplus, ctx.fixed, ctx.ypre)
         else:
             grads = triton_backward(ctx.saved_tensors, ctx.states, ctx.fwd_tile, dout, ctx.delta_softplus)
         return (*grads, None, None)

@@ -396,11 +396,12 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``); ``gluon`` (CUDA only): the grads kernel written in Gluon with its
     layouts stated (``scan_gluon_bwd``: fewer lane exchanges and exps; same results; ``tiles`` must satisfy
     ``scan_gluon_bwd.check_tiles``; ``autotune`` and ``prefetch`` then apply to the adjoint only / not at all).
-    ``fixed = (B1, C1, Q, states1)`` (``ScanBlocks.fold_fixed``; ``time_major`` only, no ``autotune``, chunks a multiple
-    of the forward's tiles): the polarized channels folded into the kernels, A, B and C holding the learned states
-    only; ``B1, C1``: the one-polarized channel's rows (batch, seq) and ``states1`` its tile-start states (batch,
-    tiles, d_inner) from the forward, or None without one; ``Q = sum_zeros B C`` (batch, seq) or None without
-    zero-polarized channels.
+    ``fixed = (B1, C1, Q, states1, ypre)`` (``ScanBlocks.fold_fixed``; ``time_major`` only, no ``autotune``, chunks a
+    multiple of the forward's tiles): the polarized channels folded into the kernels, A, B and C holding the learned
+    states only; ``B1, C1``: the one-polarized channel's rows (batch, seq) and ``states1`` its tile-start states
+    (batch, tiles, d_inner) from the forward, or None without one; ``Q = sum_zeros B C`` (batch, seq) or None without
+    zero-polarized channels; ``ypre``: the forward's y before the gate (with z; else None): the gate's backward then
+    runs in the adjoint kernel (``GATE``), the grads kernel takes dy = dout silu(z) and reads neither z nor y.
     Returns ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent); with ``fixed``
     also ``(dB1, dC1, P)`` float32 (batch, seq) (None where absent), ``P = sum_d dy dt u`` (the zero channels'
     dB_k = C_k P, dC_k = B_k P).
@@ -411,6 +412,7 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     own_states = states is None or block_t % fwd_tile != 0
     one = fixed is not None and fixed[0] is not None
     zero = fixed is not None and fixed[2] is not None
+    gate = fixed is not None and z is not None and fixed[4] is not None
     if fixed is not None and (own_states or autotune or not time_major):
         raise ValueError(f"fixed channels folded in need time_major=True, autotune=False and chunks a multiple of the "
                          f"forward's tiles; got time_major={time_major}, autotune={autotune}, chunk {block_t} over "
@@ -438,6 +440,9 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     else:
         X1 = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32) if one else None
         fold = {"C1_ptr": fixed[1], "X1_ptr": X1, "ONE": True} if one else {}
+        if gate:  # the gate's backward in the adjoint kernel: dz, and dy for the grads kernel (no z, no y there)
+            dz, dy = torch.empty_like(z), torch.empty(u.shape, device=dev, dtype=f32)
+            fold.update(ypre_ptr=fixed[4], dz_ptr=dz, dy_ptr=dy, GATE=True)
         adj_plain[(bsz, n_chunks, triton.cdiv(n_inner, adj_d))](
             *adj_args, STATES=own_states, BLOCK_D=adj_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=adj_warps,
             **flags, **fold)
@@ -458,7 +463,10 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     n_dblocks = triton.cdiv(n_inner, block_d)
     split = _d_split(bsz, n_chunks, n_dblocks, target_programs)
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else None
+    if gate:  # the grads kernel takes dy = dout silu(z) as its incoming gradient and no gate
+        dout, zz, flags["HAS_Z"] = dy, dummy, False
+    else:
+        dz = torch.empty_like(z) if z is not None else None
     if split == 1:
         dB, dC = torch.empty_like(B), torch.empty_like(C)
     else:
@@ -468,11 +476,11 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     dD = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
     dbias = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32)
     grads_args = (u, delta, A, B, C, D if D is not None else dummy, zz, bb, dout, states, E,
-                  du, ddelta, dz if dz is not None else du, dB, dC, dA, dD, dbias,
+                  du, ddelta, dz if dz is not None and not gate else du, dB, dC, dA, dD, dbias,
                   n_inner, n_state, seq, n_chunks, states.shape[1], block_t // fwd_tile, split)
     fold = {}
     if fixed is not None:
-        B1, C1, Q, states1 = fixed
+        B1, C1, Q, states1, _ = fixed
         extra = [torch.empty(split, bsz, seq, device=dev, dtype=f32) if on else None for on in (one, one, zero)]
         fold = {"B1_ptr": B1, "C1_ptr": C1, "Q_ptr": Q, "states1_ptr": states1, "E1_ptr": E1 if one else None,
                 "dB1_ptr": extra[0], "dC1_ptr": extra[1], "P_ptr": extra[2], "ONE": one, "ZERO": zero}

@@ -48,12 +48,15 @@ def _chunk_adjoint_tm_kernel(
     n_inner, n_state, seq, n_chunks,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STATES: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
-    C1_ptr=None, X1_ptr=None, ONE: tl.constexpr = False,
+    C1_ptr=None, X1_ptr=None, ONE: tl.constexpr = False, ypre_ptr=None, dz_ptr=None, dy_ptr=None,
+    GATE: tl.constexpr = False,
 ):
     """``scan_triton_bwd._chunk_adjoint_kernel`` on (time, channel, state) tiles: the cumulative sum of dt and
     the sums over the chunk's time steps run in each thread's registers (same arguments and results).
     ``ONE`` (``ScanBlocks.fold_fixed``): also the one-polarized channel's share, ``X1_c = sum_t C1_t dy_t`` (A-bar
-    = 1: no decay) into ``X1: (batch, chunks, d_inner)``, from ``C1: (batch, seq)``."""
+    = 1: no decay) into ``X1: (batch, chunks, d_inner)``, from ``C1: (batch, seq)``. ``GATE`` (with ``HAS_Z``): the
+    gate's backward here instead of in the grads kernel: ``dz = dout ypre silu'(z)`` from the forward's y before
+    the gate (``ypre``), and ``dy = dout silu(z)`` (float32) for the grads kernel, which then reads neither z nor y."""
     pid_b, pid_c, pid_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -70,8 +73,13 @@ def _chunk_adjoint_tm_kernel(
     dy = tl.load(dout_ptr + row, mask=m_td, other=0.0).to(tl.float32)
     if HAS_Z:
         z = tl.load(z_ptr + row, mask=m_td, other=0.0).to(tl.float32)
-        s, _ = silu_and_grad(z)
+        s, ds = silu_and_grad(z)
+        if GATE:
+            yp = tl.load(ypre_ptr + row, mask=m_td, other=0.0).to(tl.float32)
+            tl.store(dz_ptr + row, (dy * yp * ds).to(dz_ptr.dtype.element_ty), mask=m_td)
         dy = dy * s
+        if GATE:
+            tl.store(dy_ptr + row, dy, mask=m_td)
     rowB = pid_b * n_state * seq + offs_n[None, :] * seq + offs_t[:, None]  # (T, N)
     m_tn = mask_t[:, None] & mask_n[None, :]
     Ct = tl.load(C_ptr + rowB, mask=m_tn, other=0.0).to(tl.float32)

@@ -32,8 +32,10 @@ __all__ = ["bwd_kernel_tm", "fold_fwd_tile", "fwd_kernel_tm"]
 
 @triton.jit
 def _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, seq, mask_d, mask_n,
-                 HAS_Z: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Tile ``tile``'s raw reads: u, delta, B, C, z ((T, D) and (T, N), float32; z = 0 when absent)."""
+                 HAS_Z: tl.constexpr, BLOCK_T: tl.constexpr, fix_ptrs=None, pid_b=0, ONE: tl.constexpr = False,
+                 ZERO: tl.constexpr = False):
+    """Tile ``tile``'s raw reads: u, delta, B, C, z ((T, D) and (T, N), float32; z = 0 when absent) and the
+    polarized channels' rows b1, c1, q ((T,), with ``ONE`` / ``ZERO``, from ``fix_ptrs = (B1, C1, Q)``; else 0)."""
     offs_t = tile * BLOCK_T + t_loc
     mask_t = offs_t < seq
     m_td = mask_t[:, None] & mask_d[None, :]
@@ -46,16 +48,26 @@ def _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, 
         z = tl.load(z_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
     else:
         z = tl.zeros_like(u)
-    return u, draw, Bt, Ct, z
+    b1, c1, q = 0.0, 0.0, 0.0
+    if ONE:
+        B1_ptr, C1_ptr, _ = fix_ptrs
+        b1 = tl.load(B1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+        c1 = tl.load(C1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+    if ZERO:
+        _, _, Q_ptr = fix_ptrs
+        q = tl.load(Q_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+    return u, draw, Bt, Ct, z, b1, c1, q
 
 
 @triton.jit
 def _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off, pid_b, tile,
                  t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES: tl.constexpr, HAS_D: tl.constexpr,
                  HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr,
-                 fix_ptrs=None, H1=0.0, offs_d=0, ONE: tl.constexpr = False, ZERO: tl.constexpr = False):
+                 b1=0.0, c1=0.0, q=0.0, states1_ptr=None, ypre_ptr=None, H1=0.0, offs_d=0,
+                 ONE: tl.constexpr = False, ZERO: tl.constexpr = False, Y_OUT: tl.constexpr = False):
     """One tile of the forward from its reads: stores the tile-start state and y, returns the end state and
-    the one-polarized channel's end state ``H1`` (``fold_fwd_tile``; unchanged unless ``ONE``)."""
+    the one-polarized channel's end state ``H1`` (``fold_fwd_tile``; unchanged unless ``ONE``). ``Y_OUT``: also
+    stores y before the gate (``ypre``, for the backward's dz)."""
     offs_t = tile * BLOCK_T + t_loc
     mask_t = offs_t < seq
     tl.store(states_ptr + (pid_b * N_TILES + tile) * n_inner * n_state + st_off, h, mask=mask_dn)
@@ -72,11 +84,13 @@ def _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, state
     hs = h_loc + a_cum * h[None, :, :]
     y = tl.sum(hs * Ct[:, None, :], axis=2)  # (T, D)
     if ONE or ZERO:
-        y_fix, H1 = fold_fwd_tile(dt * u, H1, fix_ptrs, pid_b, tile, offs_t, mask_t, offs_d, mask_d, seq, n_inner,
+        y_fix, H1 = fold_fwd_tile(dt * u, H1, b1, c1, q, states1_ptr, pid_b, tile, offs_d, mask_d, n_inner,
                                   N_TILES, ONE, ZERO)
         y += y_fix
     if HAS_D:
         y += Dv[None, :] * u
+    if Y_OUT:
+        tl.store(ypre_ptr + row + offs_t[:, None], y.to(ypre_ptr.dtype.element_ty), mask=m_td)
     if HAS_Z:
         y = y * z * tl.sigmoid(z)
     tl.store(out_ptr + row + offs_t[:, None], y.to(out_ptr.dtype.element_ty), mask=m_td)
@@ -84,24 +98,20 @@ def _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, state
 
 
 @triton.jit
-def fold_fwd_tile(dtu, H1, fix_ptrs, pid_b, tile, offs_t, mask_t, offs_d, mask_d, seq, n_inner,
-                  N_TILES: tl.constexpr, ONE: tl.constexpr, ZERO: tl.constexpr):
+def fold_fwd_tile(dtu, H1, b1, c1, q, states1_ptr, pid_b, tile, offs_d, mask_d, n_inner, N_TILES: tl.constexpr,
+                  ONE: tl.constexpr, ZERO: tl.constexpr):
     """The polarized channels of one (time, channel) tile inside the kernel (``ScanBlocks.fold_fixed``; Wang et al.
     2025, Sec. 5, as ``scan_split``): ``y_fix = C1_t H1_t + dtu_t Q_t`` with the one-channel's running sum
     ``H1_t = H1_start + cumsum(dtu B1)_t`` and ``Q_t = sum_zeros B_t C_t``; stores the tile-start ``H1`` (the
-    backward's chunk-start states) and returns ``(y_fix, H1 at the tile's end)``. ``fix_ptrs = (B1, C1, Q,
-    states1)``, each ``(batch, seq)`` float rows but ``states1`` ``(batch, tiles, d_inner)``."""
-    B1_ptr, C1_ptr, Q_ptr, states1_ptr = fix_ptrs
+    backward's chunk-start states, ``states1: (batch, tiles, d_inner)``) and returns ``(y_fix, H1 at the tile's
+    end)``. ``b1, c1, q``: the tile's (T,) rows (0 past the end)."""
     y_fix = tl.zeros_like(dtu)
     if ONE:
-        b1 = tl.load(B1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
-        c1 = tl.load(C1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
         tl.store(states1_ptr + (pid_b * N_TILES + tile) * n_inner + offs_d, H1, mask=mask_d)
         w = dtu * b1[:, None]  # 0 past the end (u reads 0 there)
         y_fix += c1[:, None] * (tl.cumsum(w, axis=0) + H1[None, :])
         H1 = H1 + tl.sum(w, axis=0)
     if ZERO:
-        q = tl.load(Q_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
         y_fix += dtu * q[:, None]
     return y_fix, H1
 
@@ -114,13 +124,13 @@ def fwd_kernel_tm(
     N_TILES: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, PREFETCH: tl.constexpr = False,
-    B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, last1_ptr=None,
-    ONE: tl.constexpr = False, ZERO: tl.constexpr = False,
+    B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, last1_ptr=None, ypre_ptr=None,
+    ONE: tl.constexpr = False, ZERO: tl.constexpr = False, Y_OUT: tl.constexpr = False,
 ):
     # PREFETCH: tile i + 1's reads are issued before tile i's arithmetic, off the chain of dependent tiles
     # (the read after the last tile is fully masked: no traffic). Same results either way.
     # ONE / ZERO: the polarized channels folded in (fold_fwd_tile; A, B, C then hold the learned states only),
-    # last1_ptr: (batch, d_inner), the one-channel's last state.
+    # last1_ptr: (batch, d_inner), the one-channel's last state. Y_OUT: y before the gate into ypre_ptr.
     pid_b = tl.program_id(0)
     offs_d, offs_n, mask_d, mask_n = channel_tile(tl.program_id(1), n_inner, n_state, BLOCK_D, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
@@ -131,27 +141,29 @@ def fwd_kernel_tm(
     Dv = load_vec(D_ptr, offs_d, mask_d, HAS_D)
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     H1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    fix = (B1_ptr, C1_ptr, Q_ptr, states1_ptr)
+    fix = (B1_ptr, C1_ptr, Q_ptr)
     row = pid_b * n_inner * seq + offs_d[None, :] * seq  # (1, D)
     rowB = pid_b * n_state * seq + offs_n[None, :] * seq  # (1, N)
     st_off = offs_d[:, None] * n_state + offs_n[None, :]
     if PREFETCH:
-        u, draw, Bt, Ct, z = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, 0, t_loc, seq, mask_d,
-                                          mask_n, HAS_Z, BLOCK_T)
+        u, draw, Bt, Ct, z, b1, c1, q = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, 0, t_loc, seq,
+                                                     mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO)
         for tile in range(N_TILES):
-            nu, ndraw, nBt, nCt, nz = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile + 1, t_loc,
-                                                   seq, mask_d, mask_n, HAS_Z, BLOCK_T)
+            nxt = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile + 1, t_loc, seq, mask_d, mask_n,
+                               HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO)
             h, H1 = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
                                  pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z,
-                                 HAS_BIAS, SOFTPLUS, BLOCK_T, fix, H1, offs_d, ONE, ZERO)
-            u, draw, Bt, Ct, z = nu, ndraw, nBt, nCt, nz
+                                 HAS_BIAS, SOFTPLUS, BLOCK_T, b1, c1, q, states1_ptr, ypre_ptr, H1, offs_d, ONE, ZERO,
+                                 Y_OUT)
+            u, draw, Bt, Ct, z, b1, c1, q = nxt
     else:
         for tile in range(N_TILES):
-            u, draw, Bt, Ct, z = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, seq,
-                                              mask_d, mask_n, HAS_Z, BLOCK_T)
+            u, draw, Bt, Ct, z, b1, c1, q = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc,
+                                                         seq, mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO)
             h, H1 = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
                                  pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z,
-                                 HAS_BIAS, SOFTPLUS, BLOCK_T, fix, H1, offs_d, ONE, ZERO)
+                                 HAS_BIAS, SOFTPLUS, BLOCK_T, b1, c1, q, states1_ptr, ypre_ptr, H1, offs_d, ONE, ZERO,
+                                 Y_OUT)
     tl.store(last_ptr + pid_b * n_inner * n_state + st_off, h, mask=mask_dn)
     if ONE:
         tl.store(last1_ptr + pid_b * n_inner + offs_d, H1, mask=mask_d)
