@@ -44,7 +44,8 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
   ``bwdgl+reg168`` (8, 16, 4) capped at 168 (3 programs, 56 bytes of spills; the fastest backward at seq >= 128 in
   ``ssm_grads_gluon.json``).
   ``+fold``: the polarized channels, D and z inside the scan's kernels (``ScanBlocks.fold_fixed``) instead of
-  the closed form's PyTorch ops around them: ``bwdgl+reg168+fold`` and ``bwdtm+fold``.
+  the closed form's PyTorch ops around them: ``bwdgl+reg168+fold`` and ``bwdtm+fold``; ``+pf``: and the
+  forward's next-tile prefetch (``fwd_prefetch``).
 
 Every variant times the same step indices after warm-up (all shapes compiled / captured first),
 then profiles a few steps: kernels per step (inside a CUDA graph too) and their summed GPU time. A
@@ -132,6 +133,7 @@ VARIANTS = {
     "compile+cudagraph+tf16+bwdgl+reg168": ("compile+cudagraph", {}, "new_tf16_bwdgl_reg168"),
     "compile+cudagraph+tf16+bwdgl+reg168+fold": ("compile+cudagraph", {}, "new_tf16_bwdgl_reg168_fold"),
     "compile+cudagraph+tf16+bwdtm+fold": ("compile+cudagraph", {}, "new_tf16_bwdtm_fold"),
+    "compile+cudagraph+tf16+bwdgl+reg168+fold+pf": ("compile+cudagraph", {}, "new_tf16_bwdgl_reg168_fold_pf"),
     "compile+cudagraph+tf16+fast": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),
                                                                               ("coordinate_descent_tuning", True))},
                                     "new_tf16_tuned_fwdpf"),
@@ -160,7 +162,8 @@ SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
          "new_tf16_bwdgl42r200": ("time_first", True, ((8, 16, 4), (4, 16, 2)), "chunked"),
          "new_tf16_bwdgl_reg168": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_bwdgl_reg168_fold": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
-         "new_tf16_bwdtm_fold": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
+         "new_tf16_bwdtm_fold": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_bwdgl_reg168_fold_pf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
 # ScanBlocks settings beyond SCANS' (defaults for scans not named): the adjoint kernel's own (BLOCK_D, warps)
 # (programs of 16 x 32 x 16 on 8 warps, 64 registers a thread, instead of 16 x 8 x 16 on 4); 4096 programs aimed at (the grads kernel's channel
 # blocks split over up to 8 programs at short sequences); triton.autotune of the adjoint and grads tiles;
@@ -190,7 +193,9 @@ SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
                "new_tf16_bwdgl_reg168": {"bwd_tm": True, "bwd_gluon": True, "bwd_maxnreg": 168},
                "new_tf16_bwdgl_reg168_fold": {"bwd_tm": True, "bwd_gluon": True, "bwd_maxnreg": 168,
                                               "fold_fixed": True},
-               "new_tf16_bwdtm_fold": {"bwd_tm": True, "fold_fixed": True}}
+               "new_tf16_bwdtm_fold": {"bwd_tm": True, "fold_fixed": True},
+               "new_tf16_bwdgl_reg168_fold_pf": {"bwd_tm": True, "bwd_gluon": True, "bwd_maxnreg": 168,
+                                                 "fold_fixed": True, "fwd_prefetch": True}}
 TOP_KERNELS = 12  # kernels per row of the record, by GPU time
 # Timed at every depth before the rest (a --time-limit cut loses the rest first).
 FIRST = ("reference", "compile+cudagraph", "compile+cudagraph+tf", "compile+cudagraph+tf16", "cudagraph_fp32")
