@@ -278,6 +278,11 @@ def set_scan(variant, split, tiles, impl="chunked", extras=None):
     ScanBlocks.bwd_chunked = tiles[1]  # the backward tiles serve whichever backward runs
     for k, v in {**SCAN_DEFAULTS, **(extras or {})}.items():
         setattr(ScanBlocks, k, v)
+    import torch
+
+    # Compiled graphs bake in what ScanBlocks said when they were traced (the forward's tile, split or folded
+    # polarized channels) and dynamo does not guard on it: a variant after another would replay the other's graph.
+    torch._dynamo.reset()
 
 
 def set_named_scan(name):

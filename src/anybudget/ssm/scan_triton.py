@@ -113,6 +113,8 @@ class ScanBlocks:
     # and z, in the backward's kernels): no elementwise passes over (batch, d_inner, seq) around the scan. Needs
     # variant "time_first", the chunked backward with bwd_tm (bwd_gluon too), no bwd_autotune or fwd_chunk, at most one
     # one-channel, and chunks a multiple of the forward's tile (fold_problem says which is unmet). Same results.
+    # Settings read while torch.compile traces (variant, fwd's tile, split_fixed, fold_fixed) are baked into the
+    # graph without a guard: after changing them, torch._dynamo.reset() before compiling again.
     fold_fixed = False
 
 
