@@ -41,6 +41,34 @@ def test_fwd_chunk_extra_bytes_counts_the_rereads_and_the_chunk_arrays():
     assert extra_bytes(2, 8, 4, 250, 100, elem=2) < extra_bytes(2, 8, 4, 250, 100)  # bf16 inputs
 
 
+@pytest.mark.skipif(not _has_triton(), reason="triton not installed (pip install 'anybudget[gpu]')")
+def test_scan_presets_set_every_field_and_restore():
+    """``ScanBlocks.preset``: "fastest" sets the measured fastest step's settings (Gluon where Triton has it),
+    returns the old values, ``restore`` puts them back; unknown names raise naming the allowed ones."""
+    from anybudget.ssm.scan_triton import SCAN_PRESETS, ScanBlocks, _gluon_available
+
+    before = {k: getattr(ScanBlocks, k) for k in SCAN_PRESETS["default"]}
+    old = ScanBlocks.preset("fastest")
+    try:
+        assert old == before
+        assert (ScanBlocks.variant, ScanBlocks.fwd, ScanBlocks.bwd_chunked) == ("time_first", (8, 16, 4), (8, 16, 4))
+        assert ScanBlocks.bwd_tm and ScanBlocks.fold_fixed and ScanBlocks.fwd_prefetch
+        assert ScanBlocks.bwd_gluon == _gluon_available()
+        assert ScanBlocks.bwd_maxnreg == (168 if _gluon_available() else None)
+        from anybudget.ssm.scan_triton import fold_problem
+
+        assert fold_problem(18, 1, 1) is None  # the preset runs the model's polarized layout folded
+        ScanBlocks.preset("default")
+        assert {k: getattr(ScanBlocks, k) for k in before} == SCAN_PRESETS["default"]
+    finally:
+        ScanBlocks.restore(old)
+    assert {k: getattr(ScanBlocks, k) for k in before} == before
+    with pytest.raises(ValueError, match="allowed 'default', 'fastest'"):
+        ScanBlocks.preset("turbo")
+    with pytest.raises(ValueError, match="unknown settings"):
+        ScanBlocks.restore({"warp_speed": 9})
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
 @pytest.mark.parametrize("seq, n", [(1, 3), (100, 18), (1031, 18), (4096, 17)])

@@ -57,6 +57,10 @@ def register(subparsers) -> None:
                    default="reference",
                    help="training step: reference (masked positions), or the static-shape step without host "
                         "syncs: auto = CUDA graphs on CUDA, eager otherwise (same losses; default reference)")
+    m.add_argument("--scan-kernels", choices=["default", "fastest"], default="default",
+                   help="Triton scan settings on CUDA (ScanBlocks.preset): fastest = the fastest measured MQAR step "
+                        "(time-major tiles, Gluon grads kernel, polarized channels in the kernels; same results; "
+                        "benchmarks/results/ssm/ssm_train_speed.json); no effect on CPU (default: default)")
     m.add_argument("--max-memory", type=positive_float, default=None,
                    help="GB a training step may use (default: 80%% of the free memory of the device); "
                         "larger settings are refused with a suggestion before anything is allocated")
@@ -173,8 +177,15 @@ def _cmd_mqar(args) -> int:
     # Training always checkpoints (into the output folder unless told otherwise), so a stop by
     # --time-budget or an interruption never throws the finished steps away.
     checkpoint = args.checkpoint or out / f"{name}.ckpt.pt"
-    res = train_mqar(model, tcfg, segments, tests, checkpoint=checkpoint,
-                     time_budget_s=args.time_budget, quiet=args.quiet, step=args.step)
+    old_scan = _scan_preset(args.scan_kernels)
+    try:
+        res = train_mqar(model, tcfg, segments, tests, checkpoint=checkpoint,
+                         time_budget_s=args.time_budget, quiet=args.quiet, step=args.step)
+    finally:
+        if old_scan is not None:
+            from anybudget.ssm.scan_triton import ScanBlocks
+
+            ScanBlocks.restore(old_scan)
     if not res["done"]:
         print(f"stopped at step {res['step']} by --time-budget; checkpoint {checkpoint}: rerun the same "
               "command to resume")
@@ -187,6 +198,18 @@ def _cmd_mqar(args) -> int:
     print("  ".join(f"{k}={fin[k]:.4f}" for k in fin if k.startswith("kv") or k == "avg"))
     print(f"wrote {path} and {out / (name + '.png')}")
     return 0
+
+
+def _scan_preset(name: str):
+    """``ScanBlocks.preset(name)`` when Triton is there (the previous settings), else None (the CPU scans)."""
+    if name == "default":
+        return None
+    try:
+        from anybudget.ssm.scan_triton import ScanBlocks
+    except ImportError:  # no triton: the chunked PyTorch scan runs, which has no such settings
+        print(f"--scan-kernels {name}: triton is not installed; the PyTorch scan runs (pip install 'anybudget[gpu]')")
+        return None
+    return ScanBlocks.preset(name)
 
 
 def _cmd_diagnose(args) -> int:

@@ -46,7 +46,7 @@ from anybudget.ssm.scan_triton_common import (
 from anybudget.ssm.scan_triton_common import combine as _combine
 from anybudget.ssm.scan_triton_tm import bwd_kernel_tm, fwd_kernel_tm
 
-__all__ = ["ScanBlocks", "fold_problem", "selective_scan_triton", "triton_backward", "triton_backward_fold",
+__all__ = ["SCAN_PRESETS", "ScanBlocks", "fold_problem", "selective_scan_triton", "triton_backward", "triton_backward_fold",
            "triton_forward", "triton_forward_fold"]
 
 
@@ -116,6 +116,53 @@ class ScanBlocks:
     # Settings read while torch.compile traces (variant, fwd's tile, split_fixed, fold_fixed) are baked into the
     # graph without a guard: after changing them, torch._dynamo.reset() before compiling again.
     fold_fixed = False
+
+    @classmethod
+    def preset(cls, name: str) -> dict:
+        """Set every tuning field to the named preset of :data:`SCAN_PRESETS` and return the previous values
+        (``ScanBlocks.restore(old)`` puts them back). ``"default"``: the class's own defaults; ``"fastest"``: the
+        fastest MQAR training step measured on an H100 (``benchmarks/results/ssm/ssm_train_speed.json``: time_first
+        forward (8, 16, 4) with prefetch, chunked backward (8, 16, 4) with the time-major adjoint and the Gluon grads
+        kernel capped at 168 registers, the polarized channels folded into the kernels); without Gluon (Triton < 3.5)
+        the time-major Triton grads kernel. Same results either way. Compiled graphs keep the settings they were
+        traced with: set the preset before ``torch.compile`` (or ``torch._dynamo.reset()`` after)."""
+        if name not in SCAN_PRESETS:
+            raise ValueError(f"ScanBlocks.preset({name!r}): allowed {', '.join(map(repr, SCAN_PRESETS))}")
+        values = dict(SCAN_PRESETS["default"])
+        if name == "fastest":
+            gluon = _gluon_available()
+            values.update(SCAN_PRESETS["fastest"], bwd_gluon=gluon, bwd_maxnreg=168 if gluon else None)
+        old = {k: getattr(cls, k) for k in values}
+        cls.restore(values)
+        return old
+
+    @classmethod
+    def restore(cls, values: dict) -> None:
+        """Set the fields ``values`` names (what :meth:`preset` returned); unknown names raise ValueError."""
+        unknown = [k for k in values if k not in SCAN_PRESETS["default"]]
+        if unknown:
+            raise ValueError(f"ScanBlocks.restore: unknown settings {unknown}; allowed {list(SCAN_PRESETS['default'])}")
+        for k, v in values.items():
+            setattr(cls, k, v)
+
+
+# Every tuning field of ScanBlocks at its default, and the fields the "fastest" preset changes (its bwd_gluon and
+# bwd_maxnreg follow whether Triton has Gluon).
+SCAN_PRESETS = {
+    "default": {k: v for k, v in vars(ScanBlocks).items() if not k.startswith("_") and not callable(v)
+                and not isinstance(v, classmethod)},
+    "fastest": {"variant": "time_first", "fwd": (8, 16, 4), "bwd": (8, 16, 4), "bwd_impl": "chunked",
+                "bwd_chunked": (8, 16, 4), "bwd_tm": True, "fwd_prefetch": True, "split_fixed": True,
+                "fold_fixed": True},
+}
+
+
+def _gluon_available() -> bool:
+    try:
+        from anybudget.ssm import scan_gluon_bwd  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _kernels():
