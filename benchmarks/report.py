@@ -20,7 +20,7 @@ BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/report.py) -->", "<!-- RESULTS:END 
 
 from report_lm_elastic import dev, elastic_md, lm_version, load, reflm_md, rel  # noqa: E402
 from report_prune_splat import prune_md, splat_md  # noqa: E402
-from report_ssm import ssm_grads_gluon_md, ssm_train_speed_md  # noqa: E402
+from report_ssm import ssm_grads_gluon_md, ssm_scan_fold_md, ssm_train_speed_md  # noqa: E402
 
 
 def quality_md():
@@ -498,7 +498,7 @@ def module_sections(full=True):
         "prune": [prune_md(full)],
         "splat": [splat_md(full)],
         "nas": ([nas_correlate_md()] if full else []) + [nas_search_md()],
-        "ssm": [ssm_scan_md()] + ([ssm_train_speed_md(), ssm_grads_gluon_md(), ssm_more_md()] if full else []),
+        "ssm": [ssm_scan_md()] + ([ssm_train_speed_md(), ssm_scan_fold_md(), ssm_grads_gluon_md(), ssm_more_md()] if full else []),
     }
     return {m: "\n".join(x.rstrip("\n") + "\n" for x in v if x) for m, v in secs.items()}
 

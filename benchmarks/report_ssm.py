@@ -1,5 +1,5 @@
-"""The MQAR training-step speed table (``ssm_train_speed.json``) and the Gluon backward's scan table
-(``ssm_grads_gluon.json``) for the results page (``report.py``)."""
+"""The MQAR training-step speed table (``ssm_train_speed.json``), the Gluon backward's scan table
+(``ssm_grads_gluon.json``) and the folded scan's (``ssm_scan_fold.json``) for the results page (``report.py``)."""
 
 from __future__ import annotations
 
@@ -94,3 +94,37 @@ def ssm_grads_gluon_md():
             out += (f"| {name} | {row['fwd_bwd_s'] * 1e3:.2f} | {row['fwd_bwd_x_over_bound']:.1f}x | "
                     f"{row['kernel_ms_per_call']:.2f} | {scan_ms:.2f} | {max(row['rel_err'].values()):.1e} |\n")
     return out + f"\nSource: `{rel('ssm_grads_gluon')}` ({dev(r)}).\n"
+
+
+def ssm_scan_fold_md():
+    """The scan with the polarized channels folded into its kernels (``ssm_scan_fold.json``): eager, compiled and
+    captured forward + backward beside the memory-traffic bound, and where the captured call's kernel time goes."""
+    r = load("ssm_scan_fold")
+    if not r:
+        return ""
+    m = r["metrics"]
+    sh = m["shape"]
+    out = ("### Polarized Mamba: the scan with the polarized channels in its kernels\n\n"
+           f"Batch {sh['batch']}, d_inner {sh['d_inner']}, {sh['learned']} learned + 2 polarized states, seq "
+           f"{sh['seq']}, float32; forward + backward of `selective_scan(fixed_channels=(1, 1))` "
+           "(`benchmarks/ssm/scan_fold_speed.py`). split: the polarized channels' closed form, D and the gate in "
+           "PyTorch ops around the kernels; fold: inside them (`ScanBlocks.fold_fixed`). captured: the compiled call "
+           "replayed as one CUDA graph, as the training step runs it. Bound: each tensor once at the copy bandwidth "
+           f"measured in the same run ({m['measured_copy_bw_Bps'] / 1e12:.2f} TB/s): {m['bound_fwd_bwd_s'] * 1e3:.3f} "
+           f"ms; the target is 5x ({m['target_s'] * 1e3:.2f} ms).\n\n"
+           "| configuration | eager ms | compiled ms | captured ms | captured x bound | kernels | "
+           "grads / fwd / adjoint / carry / other kernel ms | largest rel. error |\n|---|---|---|---|---|---|---|---|\n")
+    own = ("grads", "fwd_kernel", "adjoint", "carry")
+    for name, row in m["rows"].items():
+        if "captured_fwd_bwd_s" not in row:
+            out += f"| {name} | - | - | - | - | - | - | {_why(row) or row.get('refused', '')} |\n"
+            continue
+        k = row["compiled_kernels"]
+        parts = [sum(t["us_per_call"] for t in k["top_kernels"] if o in t["kernel"]) / 1e3 for o in own]
+        other = k["kernel_ms_per_call"] - sum(parts)
+        err = max(v for errs in row["rel_err"].values() for v in errs.values())
+        out += (f"| {name} | {row['eager_fwd_bwd_s'] * 1e3:.2f} | {row['compiled_fwd_bwd_s'] * 1e3:.2f} | "
+                f"**{row['captured_fwd_bwd_s'] * 1e3:.2f}** | {row['captured_x_over_bound']:.2f}x | "
+                f"{k['kernels_per_call']:.0f} | " + " / ".join(f"{x:.2f}" for x in (*parts, other)) +
+                f" | {err:.1e} |\n")
+    return out + f"\nSource: `{rel('ssm_scan_fold')}` ({dev(r)}).\n"
