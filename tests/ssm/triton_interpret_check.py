@@ -193,6 +193,8 @@ def bwd_tm_cases():
     check(2, 5, 37, 6, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4), variant="time_first",
           time_major=True)
     check(1, 10, 20, 5, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4), time_major=True)
+    check(2, 8, 64, 4, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(4, 16, 4), variant="time_first",
+          time_major=True, fwd_prefetch=True)  # EVEN: no masks in the forward and the adjoint
     check(1, 6, 75, 18, polar=True, fwd=(4, 16, 4), impl="chunked", chunked=(4, 8, 4), time_major=True)  # own states
     check(1, 3, 20, 3, polar=False, optional=False, softplus=False, fwd=(4, 16, 4), impl="chunked",
           chunked=(2, 8, 4), time_major=True)
@@ -315,6 +317,9 @@ def fold_cases():
     channels, chunks of two forward tiles over more than one carry block, no optional inputs, bf16, the forward's
     prefetch, the custom op eager and traced; settings the fold cannot run are refused by name."""
     check_fold(2, 5, 37, 6, (1, 1))
+    # every tile index in range (EVEN: the kernels without masks), with and without the forward's prefetch
+    check_fold(2, 8, 64, 6, (1, 1))
+    check_fold(1, 8, 48, 6, (1, 1), fwd_prefetch=True)
     check_fold(1, 6, 45, 7, (1, 2), chunked=(2, 32, 4))
     check_fold(1, 3, 21, 5, (0, 1), optional=False, softplus=False)
     check_fold(2, 4, 300, 5, (1, 0), fwd=(4, 8, 4), chunked=(4, 8, 4))  # 38 chunks: the carry's blocks of 16

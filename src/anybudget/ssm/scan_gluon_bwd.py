@@ -59,6 +59,24 @@ def _add(a, b):
 
 
 @gluon.jit
+def _ld(ptrs, mask, EVEN: gl.constexpr):
+    # A masked load (0 where masked), or a plain one when EVEN: every index of the tile is in range.
+    if EVEN:
+        v = gl.load(ptrs)
+    else:
+        v = gl.load(ptrs, mask=mask, other=0.0)
+    return v
+
+
+@gluon.jit
+def _st(ptrs, v, mask, EVEN: gl.constexpr):
+    if EVEN:
+        gl.store(ptrs, v)
+    else:
+        gl.store(ptrs, v, mask=mask)
+
+
+@gluon.jit
 def _keep_prev(p1, l1, h1, p2, l2, h2):
     # Summary (element before the last, last element, has two) of a run: an associative operator whose
     # inclusive scan is the input shifted one step (the first step keeps its own "before": the initial value).
@@ -115,9 +133,10 @@ def _grads_gl_kernel(
     HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_BIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
     BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_T: gl.constexpr, N_ITERS: gl.constexpr,
     B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, E1_ptr=None, dB1_ptr=None, dC1_ptr=None, P_ptr=None,
-    ONE: gl.constexpr = False, ZERO: gl.constexpr = False,
+    ONE: gl.constexpr = False, ZERO: gl.constexpr = False, EVEN: gl.constexpr = False,
 ):
-    # ONE / ZERO: the polarized channels folded in (ScanBlocks.fold_fixed), as scan_triton_bwd_tm's _grads_tm_block:
+    # EVEN: seq a multiple of BLOCK_T, every program's channel blocks in range and n_state == BLOCK_N: no masks
+    # (fewer instructions in a kernel bound by their issue). ONE / ZERO: the polarized channels folded in (ScanBlocks.fold_fixed), as scan_triton_bwd_tm's _grads_tm_block:
     # their (time, channel) terms in the time-in-registers layout (cumulative sums in registers), converted once a
     # block into the compact layout where they join dL/d(dt u) and y; dB1, dC1, P summed over channels at the end.
     W: gl.constexpr = gl.num_warps()
@@ -136,8 +155,8 @@ def _grads_gl_kernel(
     offs_t_tn = pid_c * BLOCK_T + t_tn
     m_tn = (offs_t_tn < seq)[:, None] & (n_tn < n_state)[None, :]
     rowB = pid_b * n_state * seq + n_tn[None, :] * seq + offs_t_tn[:, None]
-    Bt = gl.load(B_ptr + rowB, mask=m_tn, other=0.0).to(gl.float32)
-    Ct = gl.load(C_ptr + rowB, mask=m_tn, other=0.0).to(gl.float32)
+    Bt = _ld(B_ptr + rowB, m_tn, EVEN).to(gl.float32)
+    Ct = _ld(C_ptr + rowB, m_tn, EVEN).to(gl.float32)
     B3 = gl.expand_dims(Bt, 1)
     C3 = gl.expand_dims(Ct, 1)
 
@@ -170,12 +189,12 @@ def _grads_gl_kernel(
     mask_t_f = offs_t_f < seq
     d_f0 = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, TD))
     if ONE:
-        b1 = gl.load(B1_ptr + pid_b * seq + offs_t_f, mask=mask_t_f, other=0.0).to(gl.float32)[:, None]
-        c1 = gl.load(C1_ptr + pid_b * seq + offs_t_f, mask=mask_t_f, other=0.0).to(gl.float32)[:, None]
+        b1 = _ld(B1_ptr + pid_b * seq + offs_t_f, mask_t_f, EVEN).to(gl.float32)[:, None]
+        c1 = _ld(C1_ptr + pid_b * seq + offs_t_f, mask_t_f, EVEN).to(gl.float32)[:, None]
         accB1 = gl.zeros([BLOCK_T, BLOCK_D], gl.float32, TD)
         accC1 = gl.zeros([BLOCK_T, BLOCK_D], gl.float32, TD)
     if ZERO:
-        q = gl.load(Q_ptr + pid_b * seq + offs_t_f, mask=mask_t_f, other=0.0).to(gl.float32)[:, None]
+        q = _ld(Q_ptr + pid_b * seq + offs_t_f, mask_t_f, EVEN).to(gl.float32)[:, None]
         accP = gl.zeros([BLOCK_T, BLOCK_D], gl.float32, TD)
     part = (pid_b * n_chunks + pid_c) * n_inner
     for i in range(N_ITERS):
@@ -184,40 +203,39 @@ def _grads_gl_kernel(
         offs_d_dn = k * BLOCK_D + d_dn0
         m_dn = (offs_d_dn < n_inner)[:, None] & mask_n_dn[None, :]
         dn = offs_d_dn[:, None] * n_state + n_dn[None, :]
-        A = gl.load(A_ptr + dn, mask=m_dn, other=0.0).to(gl.float32)
+        A = _ld(A_ptr + dn, m_dn, EVEN).to(gl.float32)
         a_zero = A == float("-inf")
         A3 = gl.expand_dims(gl.where(a_zero, 0.0, A), 0)
         z3 = gl.expand_dims(a_zero, 0)
-        h0 = gl.load(states_ptr + (pid_b * n_state_tiles + pid_c * tile_ratio) * n_inner * n_state + dn,
-                     mask=m_dn, other=0.0)
-        E = gl.load(E_ptr + part * n_state + dn, mask=m_dn, other=0.0)
+        h0 = _ld(states_ptr + (pid_b * n_state_tiles + pid_c * tile_ratio) * n_inner * n_state + dn, m_dn, EVEN)
+        E = _ld(E_ptr + part * n_state + dn, m_dn, EVEN)
         # (time, channel) compact: dt and what the stored gradients need
         offs_d_c = k * BLOCK_D + d_c0
         mask_d_c = offs_d_c < n_inner
         m_c = mask_t_c[:, None] & mask_d_c[None, :]
         row_c = pid_b * n_inner * seq + offs_d_c[None, :] * seq + offs_t_c[:, None]
-        dtr = gl.load(delta_ptr + row_c, mask=m_c, other=0.0).to(gl.float32)
+        dtr = _ld(delta_ptr + row_c, m_c, EVEN).to(gl.float32)
         if HAS_BIAS:
-            dtr = dtr + gl.load(bias_ptr + offs_d_c, mask=mask_d_c, other=0.0).to(gl.float32)[None, :]
+            dtr = dtr + _ld(bias_ptr + offs_d_c, mask_d_c, EVEN).to(gl.float32)[None, :]
         dt = dtr
         if SOFTPLUS:
             dt = softplus(dtr)
-        u_c = gl.load(u_ptr + row_c, mask=m_c, other=0.0).to(gl.float32)
+        u_c = _ld(u_ptr + row_c, m_c, EVEN).to(gl.float32)
         # (time, channel) with time in registers: the broadcast operands, read in that layout
         offs_d_s = k * BLOCK_D + d_s0
         m_s = mask_t_s[:, None] & (offs_d_s < n_inner)[None, :]
         row_s = pid_b * n_inner * seq + offs_d_s[None, :] * seq + offs_t_s[:, None]
-        u_s = gl.load(u_ptr + row_s, mask=m_s, other=0.0).to(gl.float32)
-        dout_s = gl.load(dout_ptr + row_s, mask=m_s, other=0.0).to(gl.float32)
+        u_s = _ld(u_ptr + row_s, m_s, EVEN).to(gl.float32)
+        dout_s = _ld(dout_ptr + row_s, m_s, EVEN).to(gl.float32)
         dt_s = gl.convert_layout(dt, TDS)
         dy_s = dout_s
         if HAS_Z or HAS_D or ONE or ZERO:
-            dout_c = gl.load(dout_ptr + row_c, mask=m_c, other=0.0).to(gl.float32)
+            dout_c = _ld(dout_ptr + row_c, m_c, EVEN).to(gl.float32)
             dy_c = dout_c
         if HAS_D:  # (scan_triton_common.load_vec's zeros need a layout in Gluon: read only when present)
-            Dv = gl.load(D_ptr + offs_d_c, mask=mask_d_c, other=0.0).to(gl.float32)
+            Dv = _ld(D_ptr + offs_d_c, mask_d_c, EVEN).to(gl.float32)
         if HAS_Z:
-            z = gl.load(z_ptr + row_c, mask=m_c, other=0.0).to(gl.float32)
+            z = _ld(z_ptr + row_c, m_c, EVEN).to(gl.float32)
             s, ds = silu_and_grad(z)
             dy_c = dout_c * s
             dy_s = gl.convert_layout(dy_c, TDS)
@@ -230,9 +248,9 @@ def _grads_gl_kernel(
         if ONE:  # H1 = chunk-start state + running sum; G1 = E1 + the chunk's reverse sum of C1 dy (no decay)
             offs_d_f = k * BLOCK_D + d_f0
             mask_d_f = offs_d_f < n_inner
-            H1_0 = gl.load(states1_ptr + (pid_b * n_state_tiles + pid_c * tile_ratio) * n_inner + offs_d_f,
-                           mask=mask_d_f, other=0.0)
-            E1 = gl.load(E1_ptr + part + offs_d_f, mask=mask_d_f, other=0.0)
+            H1_0 = _ld(states1_ptr + (pid_b * n_state_tiles + pid_c * tile_ratio) * n_inner + offs_d_f, mask_d_f,
+                       EVEN)
+            E1 = _ld(E1_ptr + part + offs_d_f, mask_d_f, EVEN)
             H1 = gl.associative_scan(dtu_f * b1, axis=0, combine_fn=_add) + H1_0[None, :]
             cdy = c1 * dy_f
             G1 = gl.sum(cdy, axis=0)[None, :] - gl.associative_scan(cdy, axis=0, combine_fn=_add) + cdy + E1[None, :]
@@ -245,7 +263,8 @@ def _grads_gl_kernel(
             y_fix += dtu_f * q
             accP += dy_f * dtu_f
         a = gl.where(z3, 0.0, gl.exp(gl.expand_dims(dt_s, 2) * A3))
-        a = gl.where(m3, a, 1.0)  # past the end: carry the state unchanged
+        if not EVEN:
+            a = gl.where(m3, a, 1.0)  # past the end: carry the state unchanged
         b = gl.expand_dims(dtu_s, 2) * B3
         a_cum, h_loc = gl.associative_scan((a, b), axis=0, combine_fn=combine)
         hs = h_loc + a_cum * gl.expand_dims(h0, 0)
@@ -258,7 +277,7 @@ def _grads_gl_kernel(
         g_cum, g_loc = gl.associative_scan((a1_rev, c_rev), axis=0, combine_fn=combine)
         g = _flip_time(g_loc + g_cum * gl.expand_dims(E, 0), BLOCK_T, BLOCK_D, BLOCK_N)
         gq = g * (hs - b)  # g_t a_t h_{t-1}: no division by a_t
-        gl.store(dA_ptr + part * n_state + dn, gl.sum(gq * gl.expand_dims(dt_s, 2), axis=0), mask=m_dn)
+        _st(dA_ptr + part * n_state + dn, gl.sum(gq * gl.expand_dims(dt_s, 2), axis=0), m_dn, EVEN)
         buf_b.store(g * B3)
         buf_a.store(gq * A3)
         gB = gl.sum(buf_b.load(L3R), axis=2)  # (T, D) compact
@@ -273,28 +292,32 @@ def _grads_gl_kernel(
                 y += Dv[None, :] * u_c
             if ONE or ZERO:
                 y += gl.convert_layout(y_fix, TDC)
-            gl.store(dz_ptr + row_c, (dout_c * y * ds).to(dz_ptr.dtype.element_ty), mask=m_c)
+            _st(dz_ptr + row_c, (dout_c * y * ds).to(dz_ptr.dtype.element_ty), m_c, EVEN)
         if HAS_D:
             du += Dv[None, :] * dy_c
-            gl.store(dD_ptr + part + offs_d_c, gl.sum(gl.where(m_c, dy_c * u_c, 0.0), axis=0), mask=mask_d_c)
+            dyu = dy_c * u_c
+            if not EVEN:
+                dyu = gl.where(m_c, dyu, 0.0)
+            _st(dD_ptr + part + offs_d_c, gl.sum(dyu, axis=0), mask_d_c, EVEN)
         if SOFTPLUS:
             ddt = ddt * softplus_grad(dtr)
-        ddt = gl.where(m_c, ddt, 0.0)
+        if not EVEN:
+            ddt = gl.where(m_c, ddt, 0.0)
         if HAS_BIAS:
-            gl.store(dbias_ptr + part + offs_d_c, gl.sum(ddt, axis=0), mask=mask_d_c)
-        gl.store(du_ptr + row_c, du.to(du_ptr.dtype.element_ty), mask=m_c)
-        gl.store(ddelta_ptr + row_c, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_c)
+            _st(dbias_ptr + part + offs_d_c, gl.sum(ddt, axis=0), mask_d_c, EVEN)
+        _st(du_ptr + row_c, du.to(du_ptr.dtype.element_ty), m_c, EVEN)
+        _st(ddelta_ptr + row_c, ddt.to(ddelta_ptr.dtype.element_ty), m_c, EVEN)
         dB3 += g * gl.expand_dims(dtu_s, 2)
         dC3 += hs * gl.expand_dims(dy_s, 2)
     out = pid_s * gl.num_programs(0) * n_state * seq + rowB
-    gl.store(dB_ptr + out, gl.sum(dB3, axis=1).to(dB_ptr.dtype.element_ty), mask=m_tn)
-    gl.store(dC_ptr + out, gl.sum(dC3, axis=1).to(dC_ptr.dtype.element_ty), mask=m_tn)
+    _st(dB_ptr + out, gl.sum(dB3, axis=1).to(dB_ptr.dtype.element_ty), m_tn, EVEN)
+    _st(dC_ptr + out, gl.sum(dC3, axis=1).to(dC_ptr.dtype.element_ty), m_tn, EVEN)
     out1 = (pid_s * gl.num_programs(0) + pid_b) * seq + offs_t_f
     if ONE:
-        gl.store(dB1_ptr + out1, gl.sum(accB1, axis=1), mask=mask_t_f)
-        gl.store(dC1_ptr + out1, gl.sum(accC1, axis=1), mask=mask_t_f)
+        _st(dB1_ptr + out1, gl.sum(accB1, axis=1), mask_t_f, EVEN)
+        _st(dC1_ptr + out1, gl.sum(accC1, axis=1), mask_t_f, EVEN)
     if ZERO:
-        gl.store(P_ptr + out1, gl.sum(accP, axis=1), mask=mask_t_f)
+        _st(P_ptr + out1, gl.sum(accP, axis=1), mask_t_f, EVEN)
 
 
 grads_gluon = _grads_gl_kernel

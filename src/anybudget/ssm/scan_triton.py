@@ -376,6 +376,7 @@ def triton_forward_fold(u, delta, A, B, C, D, z, delta_bias, delta_softplus, fix
     last1 = torch.empty(bsz, n_inner, device=u.device, dtype=f32) if n_ones else None
     ypre = torch.empty_like(u) if z is not None else u.new_empty((0,))
     extra = {"PREFETCH": True} if ScanBlocks.fwd_prefetch else {}
+    extra["EVEN"] = seq % block_t == 0 and n_inner % block_d == 0 and _block_n(Al.shape[1]) == Al.shape[1]
     fwd_kernel_tm[(bsz, triton.cdiv(n_inner, block_d))](
         u, delta, Al, Bl, Cl, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, out, states, last,
@@ -451,6 +452,8 @@ def triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=
     last = torch.empty(bsz, n_inner, n_state, device=u.device, dtype=torch.float32)
     grid = (bsz, triton.cdiv(n_inner, block_d))
     extra = {"PREFETCH": True} if ScanBlocks.fwd_prefetch and ScanBlocks.variant == "time_first" else {}
+    if ScanBlocks.variant == "time_first":  # every tile index in range: the kernel without masks
+        extra["EVEN"] = seq % block_t == 0 and n_inner % block_d == 0 and _block_n(n_state) == n_state
     _kernels()[0][grid](
         u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, out, states, last,

@@ -440,6 +440,8 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     else:
         X1 = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32) if one else None
         fold = {"C1_ptr": fixed[1], "X1_ptr": X1, "ONE": True} if one else {}
+        if time_major:  # every tile index in range: the time-major adjoint without masks
+            fold["EVEN"] = seq % block_t == 0 and n_inner % adj_d == 0 and n_state == block_n
         if gate:  # the gate's backward in the adjoint kernel: dz, and dy for the grads kernel (no z, no y there)
             dz, dy = torch.empty_like(z), torch.empty(u.shape, device=dev, dtype=f32)
             fold.update(ypre_ptr=fixed[4], dz_ptr=dz, dy_ptr=dy, GATE=True)
@@ -493,9 +495,11 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     if gluon:
         from anybudget.ssm.scan_gluon_bwd import grads_gluon
 
+        # Every tile index in range (the shapes the MQAR step and the benchmarks run): the kernel without masks.
+        even = seq % block_t == 0 and n_inner % block_d == 0 and n_dblocks % split == 0 and n_state == block_n
         grads_gluon[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
                                             BLOCK_T=block_t, N_ITERS=triton.cdiv(n_dblocks, split), num_warps=warps,
-                                            maxnreg=maxnreg, **flags, **fold)
+                                            maxnreg=maxnreg, EVEN=even, **flags, **fold)
     elif autotune:
         tuned[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_N=block_n, BLOCK_T=block_t,
                                       PREFETCH=bool(prefetch), **flags)

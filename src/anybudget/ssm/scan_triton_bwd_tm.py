@@ -31,6 +31,7 @@ from anybudget.ssm.scan_triton_bwd import (
 from anybudget.ssm.scan_triton_common import (
     combine,
     discretize,
+    in_range,
     load_a_matrix,
     load_dt,
     load_vec,
@@ -49,19 +50,22 @@ def _chunk_adjoint_tm_kernel(
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STATES: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
     C1_ptr=None, X1_ptr=None, ONE: tl.constexpr = False, ypre_ptr=None, dz_ptr=None, dy_ptr=None,
-    GATE: tl.constexpr = False,
+    GATE: tl.constexpr = False, EVEN: tl.constexpr = False,
 ):
     """``scan_triton_bwd._chunk_adjoint_kernel`` on (time, channel, state) tiles: the cumulative sum of dt and
     the sums over the chunk's time steps run in each thread's registers (same arguments and results).
     ``ONE`` (``ScanBlocks.fold_fixed``): also the one-polarized channel's share, ``X1_c = sum_t C1_t dy_t`` (A-bar
     = 1: no decay) into ``X1: (batch, chunks, d_inner)``, from ``C1: (batch, seq)``. ``GATE`` (with ``HAS_Z``): the
     gate's backward here instead of in the grads kernel: ``dz = dout ypre silu'(z)`` from the forward's y before
-    the gate (``ypre``), and ``dy = dout silu(z)`` (float32) for the grads kernel, which then reads neither z nor y."""
+    the gate (``ypre``), and ``dy = dout silu(z)`` (float32) for the grads kernel, which then reads neither z nor y.
+    ``EVEN``: every index of the tile in range (seq a multiple of BLOCK_T, d_inner of BLOCK_D, n_state == BLOCK_N):
+    constant masks, dropped by the compiler."""
     pid_b, pid_c, pid_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     offs_t = pid_c * BLOCK_T + tl.arange(0, BLOCK_T)
-    mask_d, mask_n, mask_t = offs_d < n_inner, offs_n < n_state, offs_t < seq
+    mask_d, mask_n, mask_t = in_range(offs_d, n_inner, EVEN), in_range(offs_n, n_state, EVEN), in_range(offs_t, seq,
+                                                                                                        EVEN)
     m_dn = mask_d[:, None] & mask_n[None, :]
     A_safe, a_zero = load_a_matrix(A_ptr, offs_n[None, :], offs_d[:, None], m_dn, n_state)
     A3, z3 = A_safe[None, :, :], a_zero[None, :, :]

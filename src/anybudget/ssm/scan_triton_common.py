@@ -9,8 +9,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["channel_tile", "combine", "discretize", "load_a_matrix", "load_dt", "load_vec", "silu_and_grad", "softplus",
-           "softplus_grad"]
+__all__ = ["channel_tile", "combine", "discretize", "in_range", "load_a_matrix", "load_dt", "load_vec", "silu_and_grad",
+           "softplus", "softplus_grad"]
 
 
 @triton.jit
@@ -84,3 +84,14 @@ def channel_tile(pid_d, n_inner, n_state, BLOCK_D: tl.constexpr, BLOCK_N: tl.con
 def discretize(dtA, a_zero):
     """A-bar = exp(dt A) from the broadcast product ``dt * A_safe``; exactly 0 where ``a_zero`` (A = -inf)."""
     return tl.where(a_zero, 0.0, tl.exp(dtA))
+
+
+@triton.jit
+def in_range(offs, bound, EVEN: tl.constexpr):
+    """``offs < bound``, or a constant all-true mask when ``EVEN`` (the caller knows every index is in range): the
+    compiler then drops the masks of the loads and stores built from it (fewer instructions)."""
+    if EVEN:
+        m = tl.full(offs.shape, 1, tl.int1)
+    else:
+        m = offs < bound
+    return m

@@ -20,6 +20,7 @@ from anybudget.ssm.scan_triton_common import (
     channel_tile,
     combine,
     discretize,
+    in_range,
     load_a_matrix,
     load_dt,
     load_vec,
@@ -33,11 +34,11 @@ __all__ = ["bwd_kernel_tm", "fold_fwd_tile", "fwd_kernel_tm"]
 @triton.jit
 def _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, seq, mask_d, mask_n,
                  HAS_Z: tl.constexpr, BLOCK_T: tl.constexpr, fix_ptrs=None, pid_b=0, ONE: tl.constexpr = False,
-                 ZERO: tl.constexpr = False):
+                 ZERO: tl.constexpr = False, EVEN: tl.constexpr = False):
     """Tile ``tile``'s raw reads: u, delta, B, C, z ((T, D) and (T, N), float32; z = 0 when absent) and the
     polarized channels' rows b1, c1, q ((T,), with ``ONE`` / ``ZERO``, from ``fix_ptrs = (B1, C1, Q)``; else 0)."""
     offs_t = tile * BLOCK_T + t_loc
-    mask_t = offs_t < seq
+    mask_t = in_range(offs_t, seq, EVEN)
     m_td = mask_t[:, None] & mask_d[None, :]
     m_tn = mask_t[:, None] & mask_n[None, :]
     u = tl.load(u_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)  # (T, D)
@@ -64,12 +65,13 @@ def _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, state
                  t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES: tl.constexpr, HAS_D: tl.constexpr,
                  HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr,
                  b1=0.0, c1=0.0, q=0.0, states1_ptr=None, ypre_ptr=None, H1=0.0, offs_d=0,
-                 ONE: tl.constexpr = False, ZERO: tl.constexpr = False, Y_OUT: tl.constexpr = False):
+                 ONE: tl.constexpr = False, ZERO: tl.constexpr = False, Y_OUT: tl.constexpr = False,
+                 EVEN: tl.constexpr = False):
     """One tile of the forward from its reads: stores the tile-start state and y, returns the end state and
     the one-polarized channel's end state ``H1`` (``fold_fwd_tile``; unchanged unless ``ONE``). ``Y_OUT``: also
     stores y before the gate (``ypre``, for the backward's dz)."""
     offs_t = tile * BLOCK_T + t_loc
-    mask_t = offs_t < seq
+    mask_t = in_range(offs_t, seq, EVEN)
     tl.store(states_ptr + (pid_b * N_TILES + tile) * n_inner * n_state + st_off, h, mask=mask_dn)
     m_td = mask_t[:, None] & mask_d[None, :]
     dt = draw  # load_dt's arithmetic after the raw read
@@ -125,14 +127,16 @@ def fwd_kernel_tm(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, PREFETCH: tl.constexpr = False,
     B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, last1_ptr=None, ypre_ptr=None,
-    ONE: tl.constexpr = False, ZERO: tl.constexpr = False, Y_OUT: tl.constexpr = False,
+    ONE: tl.constexpr = False, ZERO: tl.constexpr = False, Y_OUT: tl.constexpr = False, EVEN: tl.constexpr = False,
 ):
     # PREFETCH: tile i + 1's reads are issued before tile i's arithmetic, off the chain of dependent tiles
     # (the read after the last tile is fully masked: no traffic). Same results either way.
     # ONE / ZERO: the polarized channels folded in (fold_fwd_tile; A, B, C then hold the learned states only),
     # last1_ptr: (batch, d_inner), the one-channel's last state. Y_OUT: y before the gate into ypre_ptr.
+    # EVEN: seq a multiple of BLOCK_T, d_inner of BLOCK_D, n_state == BLOCK_N: masks constant (dropped).
     pid_b = tl.program_id(0)
     offs_d, offs_n, mask_d, mask_n = channel_tile(tl.program_id(1), n_inner, n_state, BLOCK_D, BLOCK_N)
+    mask_d, mask_n = in_range(offs_d, n_inner, EVEN), in_range(offs_n, n_state, EVEN)
     t_loc = tl.arange(0, BLOCK_T)
     mask_dn = mask_d[:, None] & mask_n[None, :]
     A2, a_zero2 = load_a_matrix(A_ptr, offs_n[None, :], offs_d[:, None], mask_dn, n_state)
@@ -147,23 +151,26 @@ def fwd_kernel_tm(
     st_off = offs_d[:, None] * n_state + offs_n[None, :]
     if PREFETCH:
         u, draw, Bt, Ct, z, b1, c1, q = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, 0, t_loc, seq,
-                                                     mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO)
+                                                     mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO, EVEN)
         for tile in range(N_TILES):
-            nxt = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile + 1, t_loc, seq, mask_d, mask_n,
-                               HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO)
+            # EVEN has no masks: the read after the last tile re-reads the last one instead (cached, unused).
+            nxt_tile = tl.minimum(tile + 1, N_TILES - 1) if EVEN else tile + 1
+            nxt = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, nxt_tile, t_loc, seq, mask_d,
+                               mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO, EVEN)
             h, H1 = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
                                  pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z,
                                  HAS_BIAS, SOFTPLUS, BLOCK_T, b1, c1, q, states1_ptr, ypre_ptr, H1, offs_d, ONE, ZERO,
-                                 Y_OUT)
+                                 Y_OUT, EVEN)
             u, draw, Bt, Ct, z, b1, c1, q = nxt
     else:
         for tile in range(N_TILES):
             u, draw, Bt, Ct, z, b1, c1, q = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc,
-                                                         seq, mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO)
+                                                         seq, mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO,
+                                                         EVEN)
             h, H1 = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
                                  pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z,
                                  HAS_BIAS, SOFTPLUS, BLOCK_T, b1, c1, q, states1_ptr, ypre_ptr, H1, offs_d, ONE, ZERO,
-                                 Y_OUT)
+                                 Y_OUT, EVEN)
     tl.store(last_ptr + pid_b * n_inner * n_state + st_off, h, mask=mask_dn)
     if ONE:
         tl.store(last1_ptr + pid_b * n_inner + offs_d, H1, mask=mask_d)
