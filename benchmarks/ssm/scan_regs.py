@@ -6,8 +6,10 @@ many programs an SM holds (65536 / (regs x 32 x warps)), the occupancy that hide
 chunked backward is bound by (``scan_triton_bwd``'s docstring), and the static SASS counts of lane exchanges
 (SHFL), shared-memory traffic and barriers, which share one issue pipe. Kernels: the grads kernel over
 ``GRADS_CONFIGS`` (with their register caps, ``maxnreg``) with and without ``PREFETCH``, the time-major grads
-kernel over ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``, the Gluon grads kernel (``scan_gluon_bwd``), the adjoint (both layouts) over ``ADJOINT_CONFIGS``, the time_first
-forward at (8, 16, 4) with and without ``PREFETCH``, the chunk-parallel forward's two kernels
+kernel over ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``, the Gluon grads kernel (``scan_gluon_bwd``; also with the
+polarized channels folded in, ``ScanBlocks.fold_fixed``, with and without ``EVEN``: no masks), the adjoint (both
+layouts) over ``ADJOINT_CONFIGS``, the time_first forward at (8, 16, 4) with and without ``PREFETCH`` (and folded,
+with and without ``EVEN``, beside the folded adjoint), the chunk-parallel forward's two kernels
 (``scan_triton_fwdchunk``, chunk 256); fp32, 16 states, chunk 16, every optional input.
 
     python benchmarks/ssm/scan_regs.py --out /tmp/x             # ~2 minutes on 2 CPU cores
@@ -27,6 +29,16 @@ from pathlib import Path
 SM_REGS = 65536  # registers per SM (H100)
 
 
+def _with_defaults(fn, consts):
+    """``consts`` plus every constexpr parameter it leaves out at its default (a flag such as ``EVEN`` or ``ONE``
+    would otherwise be compiled as a run-time integer)."""
+    out = dict(consts)
+    for p in fn.params:
+        if p.is_constexpr and p.has_default and p.name not in out:
+            out[p.name] = p.default
+    return out
+
+
 def _signature(fn, consts):
     return {n: "constexpr" if n in consts else ("*fp32" if n.endswith("_ptr") else "i32") for n in fn.arg_names}
 
@@ -43,6 +55,7 @@ def resource_usage(fn, consts, warps, maxnreg=None):
 
     if getattr(fn, "is_gluon", lambda: False)():  # a Gluon kernel (scan_gluon_bwd): its own front end
         from triton.experimental.gluon._runtime import GluonASTSource as ASTSource
+    consts = _with_defaults(fn, consts)
     src = ASTSource(fn=fn, signature=_signature(fn, consts), constexprs=consts)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "maxnreg": maxnreg})
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -87,6 +100,14 @@ def rows(smoke=False):
         out.append({"kernel": "grads_gluon", "block_d": bd, "warps": w, "maxnreg": maxnreg, "prefetch": False,
                     **resource_usage(sgb.grads_gluon, c, w, maxnreg)})
         print(out[-1], flush=True)
+    # ScanBlocks.fold_fixed (the polarized channels in the kernel, no z: the gate's backward is the adjoint's) with
+    # and without EVEN (no masks), at the fastest preset's cap.
+    for even in (False, True):
+        c = {**flags, "HAS_Z": False, "HAS_D": True, "BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "N_ITERS": 32,
+             "ONE": True, "ZERO": True, "EVEN": even}
+        out.append({"kernel": "grads_gluon_fold", "block_d": 8, "warps": 4, "maxnreg": 168, "even": even,
+                    **resource_usage(sgb.grads_gluon, c, 4, 168)})
+        print(out[-1], flush=True)
     for bd, w in sb.ADJOINT_CONFIGS[:1] if smoke else sb.ADJOINT_CONFIGS:  # both layouts (ScanBlocks.bwd_tm)
         c = {**flags, "STATES": False, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16}
         for name, fn in (("adjoint", sb._chunk_adjoint_kernel), ("adjoint_tm", sbt._chunk_adjoint_tm_kernel)):
@@ -98,6 +119,17 @@ def rows(smoke=False):
         c = {**flags, "HAS_D": True, "N_TILES": 64, "BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "PREFETCH": pf}
         out.append({"kernel": "fwd_tm", "block_d": 8, "warps": 4, "maxnreg": maxnreg, "prefetch": pf,
                     **resource_usage(tm.fwd_kernel_tm, c, 4, maxnreg)})
+        print(out[-1], flush=True)
+    for even in (False, True):  # the folded forward with its prefetch (the fastest preset), with and without masks
+        c = {**flags, "HAS_D": True, "N_TILES": 64, "BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "PREFETCH": True,
+             "ONE": True, "ZERO": True, "Y_OUT": True, "EVEN": even}
+        out.append({"kernel": "fwd_tm_fold", "block_d": 8, "warps": 4, "maxnreg": None, "prefetch": True,
+                    "even": even, **resource_usage(tm.fwd_kernel_tm, c, 4)})
+        print(out[-1], flush=True)
+        c = {**flags, "STATES": False, "BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "ONE": True, "GATE": True,
+             "EVEN": even}
+        out.append({"kernel": "adjoint_tm_fold", "block_d": 8, "warps": 4, "even": even,
+                    **resource_usage(sbt._chunk_adjoint_tm_kernel, c, 4)})
         print(out[-1], flush=True)
     out += fwd_chunk_rows(flags)
     return out
