@@ -98,7 +98,8 @@ def ssm_grads_gluon_md():
 
 def ssm_scan_fold_md():
     """The scan with the polarized channels folded into its kernels (``ssm_scan_fold.json``): eager, compiled and
-    captured forward + backward beside the memory-traffic bound, and where the captured call's kernel time goes."""
+    captured forward + backward beside the memory-traffic bound, and where the compiled call's kernel time goes
+    (profiled without the graph)."""
     r = load("ssm_scan_fold")
     if not r:
         return ""
@@ -112,6 +113,7 @@ def ssm_scan_fold_md():
            "replayed as one CUDA graph, as the training step runs it. Bound: each tensor once at the copy bandwidth "
            f"measured in the same run ({m['measured_copy_bw_Bps'] / 1e12:.2f} TB/s): {m['bound_fwd_bwd_s'] * 1e3:.3f} "
            f"ms; the target is 5x ({m['target_s'] * 1e3:.2f} ms).\n\n"
+           "Kernels: the compiled call's, profiled without the graph.\n\n"
            "| configuration | eager ms | compiled ms | captured ms | captured x bound | kernels | "
            "grads / fwd / adjoint / carry / other kernel ms | largest rel. error |\n|---|---|---|---|---|---|---|---|\n")
     own = ("grads", "fwd_kernel", "adjoint", "carry")

@@ -55,4 +55,3 @@ def test_bwd_gluon_rejects_tiles_before_any_launch(monkeypatch):
     saved = tuple(t.cuda() if t is not None else None for t in _saved())
     with pytest.raises(ValueError, match="BLOCK_D=4"):
         scan_triton._chunked(16, None, True, saved, torch.ones_like(saved[0]))
-

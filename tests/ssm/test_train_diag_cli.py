@@ -165,20 +165,25 @@ def test_layer_sharpness_and_plots(tmp_path):
     assert p1.read_bytes()[:4] == b"\x89PNG" and p2.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_mqar_writes_json_and_png(tmp_path):
+def test_cli_mqar_writes_json_and_png(tmp_path, monkeypatch):
     from anybudget.cli import main
 
+    seen = []
+    try:  # --scan-kernels: the preset set for the run and restored after it (no effect on the CPU's scan)
+        from anybudget.ssm.scan_triton import ScanBlocks
+
+        real_preset = ScanBlocks.preset.__func__
+        monkeypatch.setattr(ScanBlocks, "preset", classmethod(lambda c, n: seen.append(n) or real_preset(c, n)))
+    except ImportError:
+        ScanBlocks = None
     rc = main(["ssm", "mqar", "--polarize", "both", "--layers", "1", "--d-model", "16", "--d-state", "4",
                "--vocab-size", "96", "--max-seq-len", "64", "--steps", "3", "--batch-size", "4",
                "--test-examples", "4", "--eval-every", "3", "--device", "cpu", "--quiet",
                "--out", str(tmp_path), "--scan-kernels", "fastest"])
     assert rc == 0
-    try:  # the preset held for the run only: the process's settings are back to what they were
-        from anybudget.ssm.scan_triton import ScanBlocks
-
+    if ScanBlocks is not None:  # the preset was set (it changes these, test_triton) and undone after the run
+        assert seen == ["fastest"]
         assert ScanBlocks.variant == "time_last" and not ScanBlocks.fold_fixed
-    except ImportError:
-        pass
     rec = json.loads((tmp_path / "ssm_mqar_mamba_both_L1_d16.json").read_text())
     assert rec["metrics"]["final"]["step"] == 3 and "kv16" in rec["metrics"]["final"]
     assert (tmp_path / "ssm_mqar_mamba_both_L1_d16.png").exists()

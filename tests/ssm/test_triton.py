@@ -53,7 +53,7 @@ def test_scan_presets_set_every_field_and_restore():
         assert old == before
         assert (ScanBlocks.variant, ScanBlocks.fwd, ScanBlocks.bwd_chunked) == ("time_first", (8, 16, 4), (8, 16, 4))
         assert ScanBlocks.bwd_tm and ScanBlocks.fold_fixed and ScanBlocks.fwd_prefetch
-        assert ScanBlocks.bwd_gluon == _gluon_available()
+        assert ScanBlocks.bwd_gluon == ("auto" if _gluon_available() else False)  # Gluon where its tiles fit
         assert ScanBlocks.bwd_maxnreg == (168 if _gluon_available() else None)
         from anybudget.ssm.scan_triton import fold_problem
 
@@ -247,12 +247,14 @@ def test_gluon_grads_gpu_every_input_matches_reference(seq, n, tiles, softplus, 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
-@pytest.mark.parametrize("seq, n, d", [(1, 18, 8), (100, 18, 60), (1031, 18, 256), (4096, 18, 200)])
+@pytest.mark.parametrize("seq, n, d", [(1, 18, 8), (100, 18, 60), (1031, 18, 256), (4096, 18, 200), (1024, 18, 256)])
 @pytest.mark.parametrize("grads", ["triton_tm", "gluon", "gluon_reg168"])
 def test_fold_fixed_gpu_matches_reference_and_split(seq, n, d, grads, monkeypatch):
     """``ScanBlocks.fold_fixed`` on CUDA: the polarized channels, D and z inside the kernels (time-major Triton or
     Gluon grads kernel) vs the chunked PyTorch scan (1e-3) and vs the split path (closed form in PyTorch, 1e-4);
-    the split path runs only with the flag off and the Gluon kernel once a backward when asked."""
+    the split path runs only with the flag off and the Gluon kernel once a backward when asked. Shapes: a partial
+    last chunk and channel block (masks), 4096 x 200 and 1024 x 256 with every index in range (EVEN; at 1024 the
+    channel blocks split over programs)."""
     from anybudget.ssm import scan_split
 
     calls, real = [], scan_split.selective_scan_split

@@ -315,7 +315,8 @@ def check_fold(b, d, seq, n, fixed, optional=True, softplus=True, fwd=(4, 16, 4)
 def fold_cases():
     """ScanBlocks.fold_fixed: one / zero / both polarized kinds, two zero channels, a partial last tile and masked
     channels, chunks of two forward tiles over more than one carry block, no optional inputs, bf16, the forward's
-    prefetch, the custom op eager and traced; settings the fold cannot run are refused by name."""
+    prefetch, the custom op eager and traced; settings the fold cannot run are refused by name when asked for
+    directly and run the split path through the dispatch."""
     check_fold(2, 5, 37, 6, (1, 1))
     # every tile index in range (EVEN: the kernels without masks), with and without the forward's prefetch
     check_fold(2, 8, 64, 6, (1, 1))
@@ -327,30 +328,41 @@ def fold_cases():
     check_fold(1, 5, 37, 6, (1, 1), fwd_prefetch=True)
     check_fold(2, 5, 37, 6, (1, 1), backend="op")
     check_fold(1, 5, 37, 6, (1, 1), backend="op", compiled=True)
+    from anybudget.ssm import scan_split
     from anybudget.ssm.scan import selective_scan
 
     ins = [t.detach().float() for t in scan_inputs(1, 3, 20, 5, polar=True, seed=3)]
-    for setting, value, needle in (("variant", "time_last", "variant='time_last'"), ("bwd_tm", False, "bwd_tm"),
-                                   ("fwd_chunk", 16, "fwd_chunk")):
-        ScanBlocks.variant, ScanBlocks.bwd_tm, ScanBlocks.fold_fixed, ScanBlocks.bwd_impl = "time_first", True, True, \
-            "chunked"
-        setattr(ScanBlocks, setting, value)
-        try:
-            selective_scan(*ins, delta_softplus=True, backend="triton", fixed_channels=(1, 1))
-        except ValueError as e:
-            assert needle in str(e) and "fold_fixed" in str(e), e
-        else:
-            raise AssertionError(f"fold_fixed with {setting}={value!r} must raise")
-        finally:
-            ScanBlocks.variant, ScanBlocks.bwd_tm, ScanBlocks.fold_fixed, ScanBlocks.fwd_chunk = "time_last", False, \
-                False, None
+    ref = selective_scan_ref(*ins, delta_softplus=True)
+    calls, real = [], scan_split.selective_scan_split
+    scan_split.selective_scan_split = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        for setting, value, needle in (("variant", "time_last", "variant='time_last'"), ("bwd_tm", False, "bwd_tm"),
+                                       ("fwd_chunk", 16, "fwd_chunk")):
+            ScanBlocks.variant, ScanBlocks.bwd_tm, ScanBlocks.fold_fixed, ScanBlocks.bwd_impl = "time_first", True, \
+                True, "chunked"
+            setattr(ScanBlocks, setting, value)
+            try:  # asked for directly: refused, naming the setting
+                selective_scan_triton(*ins, delta_softplus=True, fixed_channels=(1, 1))
+            except ValueError as e:
+                assert needle in str(e) and "fold_fixed" in str(e), e
+            else:
+                raise AssertionError(f"fold with {setting}={value!r} must raise")
+            # through the dispatch (what the model and ScanBlocks.preset run): the split path, same results
+            n = len(calls)
+            out = selective_scan(*ins, delta_softplus=True, backend="triton", fixed_channels=(1, 1))
+            assert len(calls) == n + 1, setting
+            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    finally:
+        scan_split.selective_scan_split = real
+        ScanBlocks.variant, ScanBlocks.bwd_tm, ScanBlocks.fold_fixed, ScanBlocks.fwd_chunk = "time_last", False, \
+            False, None
     from anybudget.ssm.scan_triton import fold_problem
 
     ScanBlocks.variant, ScanBlocks.bwd_tm = "time_first", True
     assert "n_ones=2" in fold_problem(6, 2, 1) and "learned column" in fold_problem(2, 1, 1)
     assert fold_problem(6, 1, 1) is None
     ScanBlocks.variant, ScanBlocks.bwd_tm = "time_last", False
-    print("ok fold settings refused by name", flush=True)
+    print("ok fold settings refused by name (direct) or run split (dispatch)", flush=True)
 
 
 def check_op(b, d, seq, n, impl="chunked", fwd=(4, 16, 4), chunked=(4, 16, 4), transposed=False, compiled=False,

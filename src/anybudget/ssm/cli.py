@@ -59,8 +59,9 @@ def register(subparsers) -> None:
                         "syncs: auto = CUDA graphs on CUDA, eager otherwise (same losses; default reference)")
     m.add_argument("--scan-kernels", choices=["default", "fastest"], default="default",
                    help="Triton scan settings on CUDA (ScanBlocks.preset): fastest = the fastest measured MQAR step "
-                        "(time-major tiles, Gluon grads kernel, polarized channels in the kernels; same results; "
-                        "benchmarks/results/ssm/ssm_train_speed.json); no effect on CPU (default: default)")
+                        "with --step compile+cudagraph (time-major tiles, Gluon grads kernel, polarized channels in "
+                        "the kernels; same results; benchmarks/results/ssm/ssm_train_speed.json), also faster eager; "
+                        "slower with --step compile (no CUDA graphs); no effect on CPU (default: default)")
     m.add_argument("--max-memory", type=positive_float, default=None,
                    help="GB a training step may use (default: 80%% of the free memory of the device); "
                         "larger settings are refused with a suggestion before anything is allocated")

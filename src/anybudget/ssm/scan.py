@@ -230,7 +230,8 @@ def selective_scan(
     A's first n_ones columns are exactly 0 and its last n_zeros exactly -inf (polarization); the
     Triton backend then scans only the other columns and adds those in closed form
     (``scan_split``; ``ScanBlocks.split_fixed = False`` turns that off; ``ScanBlocks.fold_fixed = True`` computes
-    the closed form inside the kernels instead of PyTorch ops around them).
+    the closed form inside the kernels instead of PyTorch ops around them, where ``scan_triton.fold_problem``
+    allows: elsewhere the split path runs).
     """
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"backend={backend!r}; allowed: {', '.join(map(repr, SCAN_BACKENDS))}")
@@ -254,7 +255,7 @@ def selective_scan(
         # the op's PyTorch scan always splits the fixed channels off; Triton as ScanBlocks.split_fixed says, in the
         # kernels with ScanBlocks.fold_fixed
         if fixed_channels and any(fixed_channels) and (not triton or _split_fixed()):
-            if triton and _fold_fixed():
+            if triton and _fold_fixed(A.shape[1], fixed_channels):
                 return fn(*args, fixed_channels=tuple(fixed_channels))
             from anybudget.ssm.scan_split import selective_scan_split
 
@@ -271,10 +272,12 @@ def _split_fixed() -> bool:
     return ScanBlocks.split_fixed
 
 
-def _fold_fixed() -> bool:
-    from anybudget.ssm.scan_triton import ScanBlocks
+def _fold_fixed(n_state: int, fixed_channels) -> bool:
+    """``ScanBlocks.fold_fixed`` and the kernels can fold these channels as ``ScanBlocks`` is set (else the split
+    path runs: same results; ``scan_triton.fold_problem`` says why)."""
+    from anybudget.ssm.scan_triton import ScanBlocks, fold_problem
 
-    return ScanBlocks.fold_fixed
+    return ScanBlocks.fold_fixed and fold_problem(n_state, *fixed_channels) is None
 
 
 def _triton_available() -> bool:

@@ -99,6 +99,7 @@ class ScanBlocks:
     # are read into the layout they are used in, the sums over states are a shared-memory transpose and a register sum,
     # and the adjoint's reverse scan is a flip and a forward scan: at sm_90, Triton 3.6, 72 lane exchanges
     # against the time-major Triton kernel's 574: ssm_scan_regs_runs/triton36.json). bwd_chunked's tiles must satisfy scan_gluon_bwd.check_tiles.
+    # "auto": Gluon on CUDA where Triton has it and the tiles satisfy check_tiles, else the Triton kernel.
     bwd_gluon = False
     # The time_first forward split into chunks of this many steps (a multiple of fwd's tile), scanned in parallel
     # from zero, their start states carried across chunks, then each chunk re-scanned from its true start
@@ -112,7 +113,8 @@ class ScanBlocks:
     # one-channel's running sum and the zero channels' dt u <B, C> added to y in the forward; their gradients, and D
     # and z, in the backward's kernels): no elementwise passes over (batch, d_inner, seq) around the scan. Needs
     # variant "time_first", the chunked backward with bwd_tm (bwd_gluon too), no bwd_autotune or fwd_chunk, at most one
-    # one-channel, and chunks a multiple of the forward's tile (fold_problem says which is unmet). Same results.
+    # one-channel, and chunks a multiple of the forward's tile (fold_problem says which is unmet; scan.selective_scan
+    # then runs the split path, selective_scan_triton(fixed_channels=...) raises). Same results.
     # Settings read while torch.compile traces (variant, fwd's tile, split_fixed, fold_fixed) are baked into the
     # graph without a guard: after changing them, torch._dynamo.reset() before compiling again.
     fold_fixed = False
@@ -124,14 +126,19 @@ class ScanBlocks:
         fastest MQAR training step measured on an H100 (``benchmarks/results/ssm/ssm_train_speed.json``: time_first
         forward (8, 16, 4) with prefetch, chunked backward (8, 16, 4) with the time-major adjoint and the Gluon grads
         kernel capped at 168 registers, the polarized channels folded into the kernels); without Gluon (Triton < 3.5)
-        the time-major Triton grads kernel. Same results either way. Compiled graphs keep the settings they were
-        traced with: set the preset before ``torch.compile`` (or ``torch._dynamo.reset()`` after)."""
+        or where its tiles do not fit the state count (``bwd_gluon = "auto"``) the time-major Triton grads kernel, and
+        the split path where the kernels cannot fold the channels (``fold_problem``). Same results either way.
+        Measured for the compiled step captured as CUDA graphs and for eager runs; under ``torch.compile`` without
+        CUDA graphs the fold's extra launches cost more than it saves (``ssm_scan_fold.json``). Compiled graphs keep
+        the settings they were traced with: set the preset before ``torch.compile`` (or ``torch._dynamo.reset()``
+        after)."""
         if name not in SCAN_PRESETS:
             raise ValueError(f"ScanBlocks.preset({name!r}): allowed {', '.join(map(repr, SCAN_PRESETS))}")
         values = dict(SCAN_PRESETS["default"])
         if name == "fastest":
             gluon = _gluon_available()
-            values.update(SCAN_PRESETS["fastest"], bwd_gluon=gluon, bwd_maxnreg=168 if gluon else None)
+            values.update(SCAN_PRESETS["fastest"], bwd_gluon="auto" if gluon else False,
+                          bwd_maxnreg=168 if gluon else None)
         old = {k: getattr(cls, k) for k in values}
         cls.restore(values)
         return old
@@ -155,6 +162,16 @@ SCAN_PRESETS = {
                 "bwd_chunked": (8, 16, 4), "bwd_tm": True, "fwd_prefetch": True, "split_fixed": True,
                 "fold_fixed": True},
 }
+
+
+def _gluon_tiles_fit(block_d, block_n, block_t, warps) -> bool:
+    from anybudget.ssm.scan_gluon_bwd import check_tiles
+
+    try:
+        check_tiles(block_d, block_n, block_t, warps)
+    except ValueError:
+        return False
+    return True
 
 
 def _gluon_available() -> bool:
@@ -550,7 +567,10 @@ def _chunked(fwd_tile, states, delta_softplus, saved, dout, fixed=None):
     if ScanBlocks.bwd_autotune and not saved[0].is_cuda:
         raise ValueError(f"ScanBlocks.bwd_autotune=True needs CUDA tensors, got {saved[0].device}; "
                          "triton.autotune times its configs on the device")
-    if ScanBlocks.bwd_gluon:
+    gluon = ScanBlocks.bwd_gluon
+    if gluon == "auto":  # where it can run: CUDA, Triton with Gluon, tiles its layouts hold
+        gluon = saved[0].is_cuda and _gluon_available() and _gluon_tiles_fit(bd, block_n, bt, warps)
+    if gluon:
         if not saved[0].is_cuda:
             raise ValueError(f"ScanBlocks.bwd_gluon=True needs CUDA tensors, got {saved[0].device}; Gluon kernels "
                              "have no CPU interpreter (bwd_gluon=False runs the Triton kernels there)")
@@ -565,7 +585,7 @@ def _chunked(fwd_tile, states, delta_softplus, saved, dout, fixed=None):
                             block_n=block_n, target_programs=ScanBlocks.bwd_programs,
                             adjoint=ScanBlocks.bwd_adjoint, autotune=ScanBlocks.bwd_autotune,
                             prefetch=ScanBlocks.bwd_prefetch, maxnreg=ScanBlocks.bwd_maxnreg,
-                            time_major=ScanBlocks.bwd_tm, gluon=ScanBlocks.bwd_gluon, fixed=fixed)
+                            time_major=ScanBlocks.bwd_tm, gluon=bool(gluon), fixed=fixed)
 
 
 def _states_for_tiling(u, delta, A, B, C, delta_bias, delta_softplus, block_t):
