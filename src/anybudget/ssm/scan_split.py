@@ -11,6 +11,9 @@ added in PyTorch (autograd gives their gradients):
 
 For the Triton scan this matters because its tiles pad the state axis to a power of two: 16
 learned + 2 fixed states = 18 pads to 32, 16 stays 16, so the scan does about half the work.
+``ScanBlocks.fold_fixed`` computes this same closed form inside the Triton kernels instead of the
+PyTorch ops here (``scan_triton.triton_forward_fold``; this function stays its reference and the
+path wherever the kernels cannot fold, ``scan_triton.fold_problem``).
 Same contract and results as ``scan.selective_scan_ref`` (tested); the caller guarantees the
 columns (``Mamba`` knows its layout ``[ones | learned | zeros]``), which cannot be checked
 without reading A back from the device.

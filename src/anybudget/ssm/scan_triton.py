@@ -15,6 +15,11 @@ kernel from 4.67 to 3.50 ms at batch 16, d_inner 256, seq 4096, ``ssm_scan_bwd.j
 ``"sequential"`` (this file's and ``scan_triton_tm``'s kernels: one program walks all tiles in
 reverse, channel blocks add into dB and dC atomically).
 
+Polarized channels (A exactly 0 or -inf) are either split off and added in closed form by PyTorch ops
+(``scan_split``, the default) or folded into the kernels (``ScanBlocks.fold_fixed``:
+:func:`triton_forward_fold` / :func:`triton_backward_fold`). ``ScanBlocks.preset("fastest")`` sets the
+fastest measured combination (``benchmarks/results/ssm/ssm_train_speed.json``).
+
 Triton is imported here only; ``anybudget.ssm`` works without it. For CPU tests set
 ``TRITON_INTERPRET=1`` before the first ``import triton``.
 """
