@@ -6,8 +6,9 @@ many programs an SM holds (65536 / (regs x 32 x warps)), the occupancy that hide
 chunked backward is bound by (``scan_triton_bwd``'s docstring), and the static SASS counts of lane exchanges
 (SHFL), shared-memory traffic and barriers, which share one issue pipe. Kernels: the grads kernel over
 ``GRADS_CONFIGS`` (with their register caps, ``maxnreg``) with and without ``PREFETCH``, the time-major grads
-kernel over ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``, the Gluon grads kernel (``scan_gluon_bwd``; also with the
-polarized channels folded in, ``ScanBlocks.fold_fixed``, with and without ``EVEN``: no masks), the adjoint (both
+kernel over ``scan_triton_bwd_tm.GRADS_TM_CONFIGS`` (and folded, with and without ``EVEN``), the Gluon grads kernel
+(``scan_gluon_bwd``; also with the polarized channels folded in, ``ScanBlocks.fold_fixed``, with and without
+``EVEN``: no masks), the adjoint (both
 layouts) over ``ADJOINT_CONFIGS``, the time_first forward at (8, 16, 4) with and without ``PREFETCH`` (and folded,
 with and without ``EVEN``, beside the folded adjoint), the chunk-parallel forward's two kernels
 (``scan_triton_fwdchunk``, chunk 256); fp32, 16 states, chunk 16, every optional input.
@@ -107,6 +108,12 @@ def rows(smoke=False):
              "ONE": True, "ZERO": True, "EVEN": even}
         out.append({"kernel": "grads_gluon_fold", "block_d": 8, "warps": 4, "maxnreg": 168, "even": even,
                     **resource_usage(sgb.grads_gluon, c, 4, 168)})
+        print(out[-1], flush=True)
+    for even in () if smoke else (False, True):  # the time-major Triton kernel folded (the preset without Gluon)
+        c = {**flags, "HAS_Z": False, "HAS_D": True, "BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "N_ITERS": 32,
+             "ONE": True, "ZERO": True, "EVEN": even}
+        out.append({"kernel": "grads_tm_fold", "block_d": 8, "warps": 4, "maxnreg": 168, "even": even,
+                    **resource_usage(sbt._chunk_grads_tm_kernel, c, 4, 168)})
         print(out[-1], flush=True)
     for bd, w in sb.ADJOINT_CONFIGS[:1] if smoke else sb.ADJOINT_CONFIGS:  # both layouts (ScanBlocks.bwd_tm)
         c = {**flags, "STATES": False, "BLOCK_D": bd, "BLOCK_N": 16, "BLOCK_T": 16}

@@ -504,6 +504,9 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
         tuned[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_N=block_n, BLOCK_T=block_t,
                                       PREFETCH=bool(prefetch), **flags)
     else:
+        if time_major:  # every tile index in range: the time-major kernel without masks
+            fold["EVEN"] = seq % block_t == 0 and n_inner % block_d == 0 and n_dblocks % split == 0 and \
+                n_state == block_n
         plain[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
                                       BLOCK_T=block_t, PREFETCH=bool(prefetch), num_warps=warps, maxnreg=maxnreg,
                                       **flags, **fold)

@@ -128,13 +128,13 @@ def _grads_tm_block(k, pid_b, pid_c, part, u_ptr, delta_ptr, A_ptr, D_ptr, z_ptr
                     n_inner, n_state, seq, n_state_tiles, tile_ratio, offs_n, mask_n, offs_t, mask_t, mask_t1, is_last,
                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     BLOCK_D: tl.constexpr, fix=None, b1=0.0, c1=0.0, q=0.0, ONE: tl.constexpr = False,
-                    ZERO: tl.constexpr = False):
+                    ZERO: tl.constexpr = False, EVEN: tl.constexpr = False):
     """Channel block ``k`` of one chunk: stores du, ddelta, dz and the dA / dD / d(bias) partials, returns
     this block's (T, D, N) terms of dB and dC, and with the polarized channels folded in (``ONE`` / ``ZERO``,
     ``fix = (states1, E1)``, ``b1, c1, q`` the chunk's (T,) rows) its (T, D) terms of dB1, dC1 and
     P = dy dtu (else 0)."""
     offs_d = k * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < n_inner
+    mask_d = in_range(offs_d, n_inner, EVEN)
     m_dn = mask_d[:, None] & mask_n[None, :]
     m_td = mask_t[:, None] & mask_d[None, :]
     dn = offs_d[:, None] * n_state + offs_n[None, :]  # (D, N), A's and the states' layout
@@ -223,7 +223,7 @@ def _chunk_grads_tm_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, N_ITERS: tl.constexpr,
     PREFETCH: tl.constexpr = False,
     B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, E1_ptr=None, dB1_ptr=None, dC1_ptr=None, P_ptr=None,
-    ONE: tl.constexpr = False, ZERO: tl.constexpr = False,
+    ONE: tl.constexpr = False, ZERO: tl.constexpr = False, EVEN: tl.constexpr = False,
 ):
     # The grid, channel split (blocks pid_s, pid_s + d_split, ...), partials and outputs of _chunk_grads_kernel;
     # PREFETCH is accepted (the same call site) and ignored. ONE / ZERO: the polarized channels folded in
@@ -233,7 +233,8 @@ def _chunk_grads_tm_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     t_loc = tl.arange(0, BLOCK_T)
     offs_t = pid_c * BLOCK_T + t_loc
-    mask_n, mask_t = offs_n < n_state, offs_t < seq
+    # EVEN (seq a multiple of BLOCK_T, every program's channel blocks in range, n_state == BLOCK_N): constant masks
+    mask_n, mask_t = in_range(offs_n, n_state, EVEN), in_range(offs_t, seq, EVEN)
     mask_t1 = (offs_t + 1 < seq) & (t_loc < BLOCK_T - 1)  # a_{t+1} inside the chunk
     is_last = (t_loc == BLOCK_T - 1)[:, None, None]
     m_tn = mask_t[:, None] & mask_n[None, :]
@@ -258,7 +259,7 @@ def _chunk_grads_tm_kernel(
             k, pid_b, pid_c, part, u_ptr, delta_ptr, A_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, E_ptr,
             du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, Bt, Ct, n_inner, n_state, seq, n_state_tiles,
             tile_ratio, offs_n, mask_n, offs_t, mask_t, mask_t1, is_last, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_D,
-            (states1_ptr, E1_ptr), b1, c1, q, ONE, ZERO)
+            (states1_ptr, E1_ptr), b1, c1, q, ONE, ZERO, EVEN)
         dB3 += tB
         dC3 += tC
         if ONE:
