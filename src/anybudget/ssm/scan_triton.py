@@ -332,6 +332,11 @@ def _block_n(n_state: int) -> int:
     return max(2, triton.next_power_of_2(n_state))
 
 
+def _fwd_even(seq, n_inner, n_state, block_d, block_t) -> bool:
+    """Every index of the time-major forward's tiles in range: its EVEN flag (the kernel without masks)."""
+    return seq % block_t == 0 and n_inner % block_d == 0 and _block_n(n_state) == n_state
+
+
 def _bwd_chunk(block_n: int) -> int:
     # States sit in each thread's registers: above 16 (padded) states, shorter chunks keep the
     # (state, time) tile at 512 (no spills at 32 states, chunk 16; ptxas sm_90).
@@ -398,7 +403,7 @@ def triton_forward_fold(u, delta, A, B, C, D, z, delta_bias, delta_softplus, fix
     last1 = torch.empty(bsz, n_inner, device=u.device, dtype=f32) if n_ones else None
     ypre = torch.empty_like(u) if z is not None else u.new_empty((0,))
     extra = {"PREFETCH": True} if ScanBlocks.fwd_prefetch else {}
-    extra["EVEN"] = seq % block_t == 0 and n_inner % block_d == 0 and _block_n(Al.shape[1]) == Al.shape[1]
+    extra["EVEN"] = _fwd_even(seq, n_inner, Al.shape[1], block_d, block_t)
     fwd_kernel_tm[(bsz, triton.cdiv(n_inner, block_d))](
         u, delta, Al, Bl, Cl, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, out, states, last,
@@ -475,7 +480,7 @@ def triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=
     grid = (bsz, triton.cdiv(n_inner, block_d))
     extra = {"PREFETCH": True} if ScanBlocks.fwd_prefetch and ScanBlocks.variant == "time_first" else {}
     if ScanBlocks.variant == "time_first":  # every tile index in range: the kernel without masks
-        extra["EVEN"] = seq % block_t == 0 and n_inner % block_d == 0 and _block_n(n_state) == n_state
+        extra["EVEN"] = _fwd_even(seq, n_inner, n_state, block_d, block_t)
     _kernels()[0][grid](
         u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, out, states, last,

@@ -492,11 +492,12 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
         tuned, plain = tm.grads_any_tuned, tm.grads_tm
     else:
         tuned, plain = _GRADS_TUNED, _grads
+    # Every tile index in range (the shapes the MQAR step and the benchmarks run): the Gluon and the time-major
+    # grads kernels without masks.
+    even = seq % block_t == 0 and n_inner % block_d == 0 and n_dblocks % split == 0 and n_state == block_n
     if gluon:
         from anybudget.ssm.scan_gluon_bwd import grads_gluon
 
-        # Every tile index in range (the shapes the MQAR step and the benchmarks run): the kernel without masks.
-        even = seq % block_t == 0 and n_inner % block_d == 0 and n_dblocks % split == 0 and n_state == block_n
         grads_gluon[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
                                             BLOCK_T=block_t, N_ITERS=triton.cdiv(n_dblocks, split), num_warps=warps,
                                             maxnreg=maxnreg, EVEN=even, **flags, **fold)
@@ -504,9 +505,8 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
         tuned[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_N=block_n, BLOCK_T=block_t,
                                       PREFETCH=bool(prefetch), **flags)
     else:
-        if time_major:  # every tile index in range: the time-major kernel without masks
-            fold["EVEN"] = seq % block_t == 0 and n_inner % block_d == 0 and n_dblocks % split == 0 and \
-                n_state == block_n
+        if time_major:
+            fold["EVEN"] = even
         plain[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
                                       BLOCK_T=block_t, PREFETCH=bool(prefetch), num_warps=warps, maxnreg=maxnreg,
                                       **flags, **fold)
