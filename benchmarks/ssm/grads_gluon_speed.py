@@ -135,11 +135,14 @@ def _compiled_rows(ins, grad, ref_out, ref_grads, leaves, repeat, bound_s):
     return rows
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    from anybudget.io import results_dir, write_results
+def gluon_bench_args(script, record, doc, argv):
+    """``--out`` (default: ``record``'s results folder) and ``--repeat`` of a Gluon benchmark, checked before any work
+    (``argparse`` error: one line, exit 2); None without CUDA, said in one line on stderr (Gluon kernels have no CPU
+    interpreter)."""
+    from anybudget.io import results_dir
 
-    ap.add_argument("--out", default=str(results_dir("ssm_grads_gluon")))
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", default=str(results_dir(record)))
     ap.add_argument("--repeat", type=int, default=30)
     args = ap.parse_args(argv)
     if args.repeat < 1:
@@ -151,7 +154,16 @@ def main(argv=None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("grads_gluon_speed needs CUDA (Gluon kernels have no CPU interpreter)", file=sys.stderr)
+        print(f"{script} needs CUDA (Gluon kernels have no CPU interpreter)", file=sys.stderr)
+        return None
+    return args
+
+
+def main(argv=None) -> int:
+    from anybudget.io import write_results
+
+    args = gluon_bench_args("grads_gluon_speed", "ssm_grads_gluon", __doc__, argv)
+    if args is None:
         return 2
     from scan_bwd_speed import _copy_bw
 

@@ -26,10 +26,8 @@ run. The compiled call's kernels are profiled (where the time beyond the bound g
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
 BASE = {"bwd_tm": True, "bwd_gluon": True, "bwd_maxnreg": 168}
 T84, T42 = (8, 16, 4), (4, 16, 2)
@@ -136,22 +134,12 @@ def measure(repeat):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    from anybudget.io import results_dir, write_results
+    from grads_gluon_speed import gluon_bench_args
 
-    ap.add_argument("--out", default=str(results_dir("ssm_scan_fold")))
-    ap.add_argument("--repeat", type=int, default=30)
-    args = ap.parse_args(argv)
-    if args.repeat < 1:
-        ap.error(f"--repeat {args.repeat}: must be >= 1 (timed calls per configuration)")
-    try:  # before minutes of measuring: the record must have somewhere to go
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        ap.error(f"--out {args.out}: cannot create it ({e.strerror})")
-    import torch
+    from anybudget.io import write_results
 
-    if not torch.cuda.is_available():
-        print("scan_fold_speed needs CUDA (the Gluon kernel has no CPU interpreter)", file=sys.stderr)
+    args = gluon_bench_args("scan_fold_speed", "ssm_scan_fold", __doc__, argv)
+    if args is None:
         return 2
     t0 = time.perf_counter()
     metrics = measure(args.repeat)
