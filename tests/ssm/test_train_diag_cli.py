@@ -202,6 +202,10 @@ def test_cli_diagnose_and_bad_args(tmp_path, capsys):
     assert rc == 0 and (tmp_path / "ssm_diagnose_mamba_none_L1_d16_influence.png").exists()
     with pytest.raises(SystemExit):
         main(["ssm", "mqar", "--polarize", "two"])
+    with pytest.raises(SystemExit) as e:  # argparse: one line naming the argument and its choices, exit 2
+        main(["ssm", "mqar", "--scan-kernels", "turbo", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--scan-kernels" in err and "'default', 'fastest'" in err and "Traceback" not in err
     with pytest.raises(SystemExit, match="--vocab-size 60 must be > --max-seq-len 64"):
         main(["ssm", "mqar", "--vocab-size", "60", "--d-model", "16", "--max-seq-len", "64", "--steps", "1",
               "--device", "cpu", "--quiet", "--out", str(tmp_path)])
