@@ -21,7 +21,7 @@ def _has_triton() -> bool:
 
 
 @pytest.mark.skipif(not _has_triton(), reason="triton not installed (pip install 'anybudget[gpu]')")
-@pytest.mark.parametrize("which", ["sequential", "chunked", "op", "tuned", "bwd_tm", "fwdchunk", "fold"])
+@pytest.mark.parametrize("which", ["sequential", "chunked", "op", "tuned", "bwd_tm", "fwdchunk", "fold", "carry"])
 def test_triton_scan_interpreter_matches_reference(which):
     """Forward, last state and every gradient vs the sequential reference (float32 1e-4, bf16 5e-2)."""
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -486,6 +486,38 @@ def fwdchunk_cases():
     print("ok bad fwd_chunk refused", flush=True)
 
 
+def carry_cases():
+    """The carry kernel alone vs the recurrence in Python: E_{c-1} = X_c + exp(A S_c) E_c (REVERSE) and
+    H_{c+1} = X_c + exp(A S_c) H_c, on both tile orientations (JC), with the one-channel's extra programs (A = 0),
+    A = -inf columns, chunk counts over several blocks and not a multiple of them."""
+    from anybudget.ssm.scan_triton_bwd import _chunk_carry_kernel
+
+    gen = torch.Generator().manual_seed(3)
+    for b, d, n, chunks, block_c, block_j, warps, jc in ((2, 5, 3, 37, 16, 8, 1, False), (2, 5, 3, 37, 8, 16, 1, True),
+                                                         (1, 9, 4, 16, 16, 32, 1, True), (1, 3, 2, 5, 8, 4, 1, True)):
+        A = -torch.rand(d, n, generator=gen) * 2
+        A[0, 0], A[-1, -1] = float("-inf"), 0.0
+        X = torch.randn(b, chunks, d, n, generator=gen)
+        S = torch.rand(b, chunks, d, generator=gen)
+        X1 = torch.randn(b, chunks, d, generator=gen)
+        P = torch.where(torch.isinf(A), 0.0, torch.exp(A.clamp_min(-1e30)[None, None] * S[..., None]))
+        for reverse in (True, False):
+            E, E1 = torch.full_like(X, float("nan")), torch.full_like(X1, float("nan"))
+            grid = (b, -(-d * n // block_j) + -(-d // block_j))
+            _chunk_carry_kernel[grid](A, X, S, E, d, n, chunks, REVERSE=reverse, BLOCK_C=block_c, BLOCK_J=block_j,
+                                      N_BLOCKS=-(-chunks // block_c), X1_ptr=X1, E1_ptr=E1, ONE=True, JC=jc,
+                                      num_warps=warps)
+            ref, ref1 = torch.zeros_like(X), torch.zeros_like(X1)
+            order = range(chunks - 1, 0, -1) if reverse else range(chunks - 1)
+            for c in order:  # the value handed to the next chunk in the scan's order
+                dst = c - 1 if reverse else c + 1
+                ref[:, dst] = X[:, c] + P[:, c] * ref[:, c]
+                ref1[:, dst] = X1[:, c] + ref1[:, c]
+            torch.testing.assert_close(E, ref, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(E1, ref1, rtol=1e-5, atol=1e-5)
+        print(f"ok carry b={b} d={d} n={n} chunks={chunks} tiles=({block_c}, {block_j}) jc={jc}", flush=True)
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     if which in ("sequential", "all"):
@@ -502,4 +534,6 @@ if __name__ == "__main__":
         fwdchunk_cases()
     if which in ("fold", "all"):
         fold_cases()
+    if which in ("carry", "all"):
+        carry_cases()
     print("ALL OK")

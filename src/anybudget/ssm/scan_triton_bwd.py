@@ -127,7 +127,7 @@ def _chunk_adjoint_kernel(
 def _chunk_carry_kernel(
     A_ptr, X_ptr, S_ptr, E_ptr, n_inner, n_state, n_chunks,
     REVERSE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, N_BLOCKS: tl.constexpr,
-    X1_ptr=None, E1_ptr=None, ONE: tl.constexpr = False,
+    X1_ptr=None, E1_ptr=None, ONE: tl.constexpr = False, JC: tl.constexpr = False,
 ):
     """REVERSE: E_{c-1} = X_c + P_c E_c from E_last = 0 (the adjoint); else H_{c+1} = X_c + P_c H_c from
     H_0 = 0 (chunk-start states), with P_c = exp(A S_c). ``N_BLOCKS = cdiv(n_chunks, BLOCK_C)``.
@@ -141,14 +141,26 @@ def _chunk_carry_kernel(
     if ONE:
         n_jb = tl.cdiv(n_inner * n_state, BLOCK_J)
         if pid_j >= n_jb:
-            _carry_run(A_ptr, X1_ptr, S_ptr, E1_ptr, pid_b, pid_j - n_jb, n_inner, 1, n_chunks, REVERSE, BLOCK_C,
-                       BLOCK_J, N_BLOCKS, True)
+            _carry_any(A_ptr, X1_ptr, S_ptr, E1_ptr, pid_b, pid_j - n_jb, n_inner, 1, n_chunks, REVERSE, BLOCK_C,
+                       BLOCK_J, N_BLOCKS, True, JC)
         else:
-            _carry_run(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE, BLOCK_C,
-                       BLOCK_J, N_BLOCKS, False)
+            _carry_any(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE, BLOCK_C,
+                       BLOCK_J, N_BLOCKS, False, JC)
+    else:
+        _carry_any(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE, BLOCK_C, BLOCK_J,
+                   N_BLOCKS, False, JC)
+
+
+@triton.jit
+def _carry_any(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE: tl.constexpr,
+               BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, N_BLOCKS: tl.constexpr, A_ZERO: tl.constexpr,
+               JC: tl.constexpr):
+    if JC:
+        _carry_run_jc(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE, BLOCK_C, BLOCK_J,
+                      N_BLOCKS, A_ZERO)
     else:
         _carry_run(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE, BLOCK_C, BLOCK_J,
-                   N_BLOCKS, False)
+                   N_BLOCKS, A_ZERO)
 
 
 @triton.jit
@@ -189,6 +201,48 @@ def _carry_run(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chu
                  mask=m & ((dst >= 0) & (dst < n_chunks))[:, None])
         pick = c_loc == 0 if REVERSE else c_loc == BLOCK_C - 1
         carry = tl.sum(tl.where(pick[:, None], r, 0.0), axis=0)
+
+
+@triton.jit
+def _carry_run_jc(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, N_BLOCKS: tl.constexpr, A_ZERO: tl.constexpr):
+    # _carry_run on (j, chunk) tiles, chunks walked in the scan's order by their addresses: with BLOCK_J = 4 lanes'
+    # vectors x 32 lanes x warps, Triton lays each thread's chunks in its registers, so the scan over a block of
+    # chunks is a register chain (no lane or warp exchanges), and the reverse carry is a forward scan over chunks
+    # read last to first.
+    n_j = n_inner * n_state
+    offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
+    mask_j = offs_j < n_j
+    d_of_j = offs_j // n_state
+    if A_ZERO:
+        A_safe = tl.zeros((BLOCK_J,), dtype=tl.float32)
+        a_zero = A_safe != A_safe
+    else:
+        A_safe, a_zero = load_a_matrix(A_ptr, 0, offs_j, mask_j, 1)
+    c_loc = tl.arange(0, BLOCK_C)
+    carry = tl.zeros((BLOCK_J,), dtype=tl.float32)
+    if REVERSE:
+        tl.store(E_ptr + (pid_b * n_chunks + n_chunks - 1) * n_j + offs_j, carry, mask=mask_j)
+        shift = -1
+    else:
+        tl.store(E_ptr + pid_b * n_chunks * n_j + offs_j, carry, mask=mask_j)
+        shift = 1
+    for i in range(N_BLOCKS):
+        if REVERSE:  # the scan's order: chunk n_chunks - 1 first
+            offs_c = n_chunks - 1 - (i * BLOCK_C + c_loc)
+        else:
+            offs_c = i * BLOCK_C + c_loc
+        m = mask_j[:, None] & ((offs_c >= 0) & (offs_c < n_chunks))[None, :]
+        X = tl.load(X_ptr + (pid_b * n_chunks + offs_c)[None, :] * n_j + offs_j[:, None], mask=m, other=0.0)
+        S = tl.load(S_ptr + (pid_b * n_chunks + offs_c)[None, :] * n_inner + d_of_j[:, None], mask=m, other=0.0)
+        P = discretize(A_safe[:, None] * S, a_zero[:, None])
+        P = tl.where(m, P, 1.0)
+        p_cum, r = tl.associative_scan((P, X), axis=1, combine_fn=combine)
+        r = r + p_cum * carry[:, None]
+        dst = offs_c + shift
+        tl.store(E_ptr + (pid_b * n_chunks + dst)[None, :] * n_j + offs_j[:, None], r,
+                 mask=m & ((dst >= 0) & (dst < n_chunks))[None, :])
+        carry = tl.sum(tl.where((c_loc == BLOCK_C - 1)[None, :], r, 0.0), axis=1)
 
 
 @triton.jit
@@ -353,6 +407,8 @@ _grads = triton.heuristics(
 GRADS_CONFIGS = ((4, 2, None), (4, 2, 168), (4, 4, None), (8, 4, None), (8, 4, 168), (8, 8, None), (8, 8, 128),
                  (16, 8, None))
 ADJOINT_CONFIGS = ((8, 4), (16, 2), (16, 4), (32, 4), (32, 8), (64, 8))
+# The carry kernel's (BLOCK_C chunks, BLOCK_J (channel, state) pairs, num_warps, JC): JC = (j, chunk) tiles.
+CARRY_TILES = (16, 256, 4, False)
 _TUNE_KEY = ["n_inner", "n_state", "seq", "n_chunks"]
 
 
@@ -449,9 +505,10 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
             *adj_args, STATES=own_states, BLOCK_D=adj_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=adj_warps,
             **flags, **fold)
     E = torch.empty_like(X)
-    block_c, block_j = 16, 256
+    block_c, block_j, carry_warps, jc = CARRY_TILES
     carry_grid = (bsz, triton.cdiv(n_inner * n_state, block_j))
-    carry = {"BLOCK_C": block_c, "BLOCK_J": block_j, "N_BLOCKS": triton.cdiv(n_chunks, block_c), "num_warps": 4}
+    carry = {"BLOCK_C": block_c, "BLOCK_J": block_j, "N_BLOCKS": triton.cdiv(n_chunks, block_c),
+             "num_warps": carry_warps, "JC": jc}
     if one:  # the one-channel's adjoint carry too (A = 0: no decay, one "state" a channel), by extra programs
         E1 = torch.empty_like(X1)
         _chunk_carry_kernel[(bsz, carry_grid[1] + triton.cdiv(n_inner, block_j))](
