@@ -135,18 +135,24 @@ def _compiled_rows(ins, grad, ref_out, ref_grads, leaves, repeat, bound_s):
     return rows
 
 
-def gluon_bench_args(script, record, doc, argv):
+def gluon_bench_args(script, record, doc, argv, configs=None):
     """``--out`` (default: ``record``'s results folder) and ``--repeat`` of a Gluon benchmark, checked before any work
     (``argparse`` error: one line, exit 2); None without CUDA, said in one line on stderr (Gluon kernels have no CPU
-    interpreter)."""
+    interpreter). ``configs``: the script's configuration names, for ``--configs`` (a subset; default all)."""
     from anybudget.io import results_dir
 
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--out", default=str(results_dir(record)))
     ap.add_argument("--repeat", type=int, default=30)
+    if configs is not None:
+        ap.add_argument("--configs", nargs="+", default=list(configs), metavar="NAME",
+                        help=f"which configurations to run (default all): {', '.join(configs)}")
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error(f"--repeat {args.repeat}: must be >= 1 (timed calls per configuration)")
+    unknown = [c for c in getattr(args, "configs", ()) if c not in configs]
+    if unknown:
+        ap.error(f"--configs {' '.join(unknown)}: unknown; allowed: {', '.join(configs)}")
     try:  # before minutes of measuring: the record must have somewhere to go
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as e:

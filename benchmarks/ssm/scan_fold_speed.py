@@ -36,7 +36,12 @@ CONFIGS = [("split_gluon168", T84, BASE),
            ("fold_gluon168_pf", T84, {**BASE, "fold_fixed": True, "fwd_prefetch": True}),
            ("fold_gluon42r200_pf", T42, {**BASE, "bwd_maxnreg": 200, "bwd_adjoint": (8, 4), "fold_fixed": True,
                                          "fwd_prefetch": True}),
-           ("fold_tm_pf", T84, {"bwd_tm": True, "fold_fixed": True, "fwd_prefetch": True})]
+           ("fold_tm_pf", T84, {"bwd_tm": True, "fold_fixed": True, "fwd_prefetch": True}),
+           ("fold_gluon200_pf_bpf", T84, {**BASE, "bwd_maxnreg": 200, "fold_fixed": True, "fwd_prefetch": True,
+                                          "bwd_prefetch": True}),
+           ("fold_gluon168_pf_async", T84, {**BASE, "fold_fixed": True, "fwd_prefetch": True, "bwd_prefetch": "async"}),
+           ("fold_gluon200_pf_async", T84, {**BASE, "bwd_maxnreg": 200, "fold_fixed": True, "fwd_prefetch": True,
+                                            "bwd_prefetch": "async"})]
 TOL = 1e-3
 SHAPE = (16, 256, 4096)  # batch, d_inner, seq; 16 learned states + one 1- and one 0-polarized
 
@@ -56,7 +61,7 @@ def _kernels(step):
                              "us_per_call": round(k["us_per_step"], 1)} for k in top]}
 
 
-def measure(repeat):
+def measure(repeat, names=None):
     import torch
     from scan_bwd_speed import _copy_bw, _reference, _rel_errs, scan_bytes
     from scan_speed import make_inputs
@@ -80,6 +85,8 @@ def measure(repeat):
 
     rows = {}
     for name, tiles, extras in CONFIGS:
+        if names is not None and name not in names:
+            continue
         _apply(tiles, extras)
         torch._dynamo.reset()
         compiled = torch.compile(lambda *x: selective_scan(*x, delta_softplus=True, fixed_channels=(1, 1)),
@@ -138,11 +145,11 @@ def main(argv=None) -> int:
 
     from anybudget.io import write_results
 
-    args = gluon_bench_args("scan_fold_speed", "ssm_scan_fold", __doc__, argv)
+    args = gluon_bench_args("scan_fold_speed", "ssm_scan_fold", __doc__, argv, configs=[c[0] for c in CONFIGS])
     if args is None:
         return 2
     t0 = time.perf_counter()
-    metrics = measure(args.repeat)
+    metrics = measure(args.repeat, args.configs)
     metrics["wall_s"] = time.perf_counter() - t0
     config = {"path": "selective_scan(fixed_channels=(1, 1)), time_first forward (8, 16, 4), chunked backward "
                       "(tiles per config), time-major adjoint", "configs": CONFIGS, "tolerance": TOL, "repeat": args.repeat,

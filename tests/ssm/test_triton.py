@@ -216,22 +216,25 @@ def test_gluon_grads_gpu_matches_reference_and_time_major(seq, n, d, extras, mon
 @pytest.mark.parametrize("seq, n, tiles", [(37, 6, (16, 16, 4)), (300, 18, (4, 16, 4)), (64, 16, (8, 16, 4)),
                                            (50, 12, (16, 8, 8))])
 @pytest.mark.parametrize("softplus", [True, False])
-def test_gluon_grads_gpu_every_input_matches_reference(seq, n, tiles, softplus, monkeypatch):
+@pytest.mark.parametrize("prefetch", [False, True, "async"])
+def test_gluon_grads_gpu_every_input_matches_reference(seq, n, tiles, softplus, prefetch, monkeypatch):
     """The Gluon grads kernel with D, z and delta_bias in the kernel and A = -inf in it (no closed-form split), state
     counts that pad (6 -> 8 lanes, 18 -> 32: a warp holds 1 or 4 channels), a chunk shorter than the state tile
-    (the transpose crosses warps): output and every gradient vs the sequential reference (float32, 1e-4)."""
+    (the transpose crosses warps), with the next channel block's reads prefetched in registers or copied ahead
+    into shared memory ("async"): output and every gradient vs the sequential reference (float32, 1e-4)."""
     from anybudget.ssm.scan import selective_scan_ref
     from anybudget.ssm.scan_triton import ScanBlocks, selective_scan_triton
 
     for k, v in {"variant": "time_first", "bwd_impl": "chunked", "fwd": (8, tiles[1], 4), "bwd_chunked": tiles,
-                 "bwd_tm": True, "bwd_gluon": True}.items():
+                 "bwd_tm": True, "bwd_gluon": True, "bwd_prefetch": prefetch}.items():
         monkeypatch.setattr(ScanBlocks, k, v)
     ins = [t.detach().float() for t in scan_inputs(3, 20, seq, n, seed=seq + n)]
     if not softplus:  # dt >= 0 without softplus: delta and its bias non-negative (else A-bar > 1 overflows)
         ins[1], ins[7] = ins[1].abs() * 0.3, ins[7].abs() * 0.1
     ins_c = [t.cuda().requires_grad_() for t in ins]
     ins = [t.requires_grad_() for t in ins]
-    launches = _count_gluon_launches(monkeypatch)
+    flags = []
+    launches = _count_gluon_launches(monkeypatch, flags)
     o1 = selective_scan_ref(*ins, delta_softplus=softplus)
     o2 = selective_scan_triton(*ins_c, delta_softplus=softplus)
     torch.testing.assert_close(o2.cpu(), o1, rtol=1e-4, atol=1e-4)
@@ -243,12 +246,13 @@ def test_gluon_grads_gpu_every_input_matches_reference(seq, n, tiles, softplus, 
         assert torch.isfinite(c).all(), i
         assert (c - a).abs().max() / a.abs().max().clamp_min(1.0) < 1e-4, i
     assert len(launches) == 1
+    assert flags == [(prefetch is True, prefetch == "async")]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
 @pytest.mark.parametrize("seq, n, d", [(1, 18, 8), (100, 18, 60), (1031, 18, 256), (4096, 18, 200), (1024, 18, 256)])
-@pytest.mark.parametrize("grads", ["triton_tm", "gluon", "gluon_reg168"])
+@pytest.mark.parametrize("grads", ["triton_tm", "gluon", "gluon_reg168", "gluon_reg168_async", "gluon_prefetch"])
 def test_fold_fixed_gpu_matches_reference_and_split(seq, n, d, grads, monkeypatch):
     """``ScanBlocks.fold_fixed`` on CUDA: the polarized channels, D and z inside the kernels (time-major Triton or
     Gluon grads kernel) vs the chunked PyTorch scan (1e-3) and vs the split path (closed form in PyTorch, 1e-4);
@@ -261,7 +265,8 @@ def test_fold_fixed_gpu_matches_reference_and_split(seq, n, d, grads, monkeypatc
     monkeypatch.setattr(scan_split, "selective_scan_split", lambda *a, **k: calls.append(1) or real(*a, **k))
     launches = _count_gluon_launches(monkeypatch)
     settings = {"bwd_tm": True, "bwd_chunked": (8, 16, 4), "bwd_gluon": grads != "triton_tm",
-                "bwd_maxnreg": 168 if grads == "gluon_reg168" else None}
+                "bwd_maxnreg": 168 if grads.startswith("gluon_reg168") else None,
+                "bwd_prefetch": "async" if grads.endswith("async") else grads == "gluon_prefetch"}
     _assert_switch_on_matches_reference_and_off(seq, n, d, settings, "fold_fixed", monkeypatch)
     assert calls == [1]  # the closed form in PyTorch ran with the flag off only
     assert len(launches) == (0 if grads == "triton_tm" else 2)
@@ -324,8 +329,9 @@ def test_fastest_preset_runs_any_state_count_on_gpu(learned):
         ScanBlocks.restore(old)
 
 
-def _count_gluon_launches(monkeypatch):
-    """Record the (batch, chunks) grid of every launch of the Gluon grads kernel (it is looked up at each backward)."""
+def _count_gluon_launches(monkeypatch, flags=None):
+    """Record the (batch, chunks) grid of every launch of the Gluon grads kernel (it is looked up at each backward);
+    ``flags``: a list that gets each launch's (PREFETCH, ASYNC)."""
     from anybudget.ssm import scan_gluon_bwd
 
     seen, kernel = [], scan_gluon_bwd.grads_gluon
@@ -333,7 +339,14 @@ def _count_gluon_launches(monkeypatch):
     class Counting:
         def __getitem__(self, grid):
             seen.append(grid[:2])
-            return kernel[grid]
+            launch = kernel[grid]
+
+            def run(*args, **kw):
+                if flags is not None:
+                    flags.append((kw.get("PREFETCH"), kw.get("ASYNC")))
+                return launch(*args, **kw)
+
+            return run
 
     monkeypatch.setattr(scan_gluon_bwd, "grads_gluon", Counting())
     return seen

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
 
 from anybudget.ssm.scan_triton_common import combine, silu_and_grad, softplus, softplus_grad
 
@@ -126,6 +127,91 @@ def _perm_inv_last(axis, rank):
 
 
 @gluon.jit
+def _gl_load_block(k, A_ptr, states_ptr, E_ptr, delta_ptr, bias_ptr, u_ptr, dout_ptr, D_ptr, states1_ptr, E1_ptr, tile0,
+                   part, pid_b, n_inner, n_state, seq, d_dn0, n_dn, mask_n_dn, d_c0, offs_t_c, mask_t_c, d_s0, offs_t_s,
+                   mask_t_s, d_f0, HAS_D: gl.constexpr, HAS_BIAS: gl.constexpr, ONE: gl.constexpr,
+                   EVEN: gl.constexpr, BLOCK_D: gl.constexpr, NEED_DOUT_C: gl.constexpr, BIG: gl.constexpr):
+    """Every global read of channel block ``k`` (raw values, no arithmetic, so a prefetch holds few registers):
+    A, the chunk-start state and the carried adjoint (channel, state); delta, u and dout compact; u and dout with
+    time in registers (``BIG``; else placeholders: ``ASYNC`` copies those through shared memory); the bias, D, the
+    one-channel's start state and carried adjoint (per channel). Absent inputs: zeros."""
+    offs_d_c = k * BLOCK_D + d_c0
+    mask_d_c = offs_d_c < n_inner
+    zero_c = gl.zeros_like(offs_d_c.to(gl.float32))
+    if HAS_BIAS:
+        bias_c = _ld(bias_ptr + offs_d_c, mask_d_c, EVEN).to(gl.float32)
+    else:
+        bias_c = zero_c
+    if HAS_D:  # (scan_triton_common.load_vec's zeros need a layout in Gluon: read only when present)
+        Dv = _ld(D_ptr + offs_d_c, mask_d_c, EVEN).to(gl.float32)
+    else:  # (unused)
+        Dv = zero_c
+    offs_d_f = k * BLOCK_D + d_f0
+    if ONE:
+        mask_d_f = offs_d_f < n_inner
+        H1_0 = _ld(states1_ptr + tile0 * n_inner + offs_d_f, mask_d_f, EVEN)
+        E1 = _ld(E1_ptr + part + offs_d_f, mask_d_f, EVEN)
+    else:  # (unused)
+        H1_0 = gl.zeros_like(offs_d_f.to(gl.float32))
+        E1 = H1_0
+    if BIG:
+        offs_d_dn = k * BLOCK_D + d_dn0
+        m_dn = (offs_d_dn < n_inner)[:, None] & mask_n_dn[None, :]
+        dn = offs_d_dn[:, None] * n_state + n_dn[None, :]
+        A = _ld(A_ptr + dn, m_dn, EVEN).to(gl.float32)
+        h0 = _ld(states_ptr + tile0 * n_inner * n_state + dn, m_dn, EVEN)
+        E = _ld(E_ptr + part * n_state + dn, m_dn, EVEN)
+        m_c = mask_t_c[:, None] & mask_d_c[None, :]
+        row_c = pid_b * n_inner * seq + offs_d_c[None, :] * seq + offs_t_c[:, None]
+        dtr = _ld(delta_ptr + row_c, m_c, EVEN).to(gl.float32)
+        u_c = _ld(u_ptr + row_c, m_c, EVEN).to(gl.float32)
+        if NEED_DOUT_C:
+            dout_c = _ld(dout_ptr + row_c, m_c, EVEN).to(gl.float32)
+        else:  # (unused)
+            dout_c = u_c
+        offs_d_s = k * BLOCK_D + d_s0
+        m_s = mask_t_s[:, None] & (offs_d_s < n_inner)[None, :]
+        row_s = pid_b * n_inner * seq + offs_d_s[None, :] * seq + offs_t_s[:, None]
+        u_s = _ld(u_ptr + row_s, m_s, EVEN).to(gl.float32)
+        dout_s = _ld(dout_ptr + row_s, m_s, EVEN).to(gl.float32)
+    else:  # placeholders, never used
+        A = gl.zeros_like(n_dn.to(gl.float32))[None, :] + gl.zeros_like(d_dn0.to(gl.float32))[:, None]
+        h0 = A
+        E = A
+        dtr = gl.zeros_like(offs_t_c.to(gl.float32))[:, None] + zero_c[None, :]
+        u_c = dtr
+        dout_c = dtr
+        u_s = gl.zeros_like(offs_t_s.to(gl.float32))[:, None] + gl.zeros_like(d_s0.to(gl.float32))[None, :]
+        dout_s = u_s
+    return A, h0, E, dtr, bias_c, u_c, u_s, dout_s, dout_c, Dv, H1_0, E1
+
+
+@gluon.jit
+def _gl_copy_block(k, stage, buf_A, buf_h0, buf_E, buf_dt, buf_u, buf_do, A_ptr, states_ptr, E_ptr, delta_ptr, u_ptr,
+                   dout_ptr, tile0, part, pid_b, n_inner, n_state, seq, d_dn0, n_dn, mask_n_dn, d_c0, offs_t_c,
+                   mask_t_c, EVEN: gl.constexpr, BLOCK_D: gl.constexpr, NEED_DOUT_C: gl.constexpr):
+    """``ASYNC``: block ``k``'s (channel, state) and (time, channel) reads as asynchronous copies (cp.async) into
+    shared-memory ``stage``, one commit group: they land while the block before computes, in no registers."""
+    offs_d_dn = k * BLOCK_D + d_dn0
+    dn = offs_d_dn[:, None] * n_state + n_dn[None, :]
+    offs_d_c = k * BLOCK_D + d_c0
+    row_c = pid_b * n_inner * seq + offs_d_c[None, :] * seq + offs_t_c[:, None]
+    if EVEN:
+        m_dn = None
+        m_c = None
+    else:
+        m_dn = (offs_d_dn < n_inner)[:, None] & mask_n_dn[None, :]
+        m_c = mask_t_c[:, None] & (offs_d_c < n_inner)[None, :]
+    async_copy.async_copy_global_to_shared(buf_A.index(stage), A_ptr + dn, mask=m_dn)
+    async_copy.async_copy_global_to_shared(buf_h0.index(stage), states_ptr + tile0 * n_inner * n_state + dn, mask=m_dn)
+    async_copy.async_copy_global_to_shared(buf_E.index(stage), E_ptr + part * n_state + dn, mask=m_dn)
+    async_copy.async_copy_global_to_shared(buf_dt.index(stage), delta_ptr + row_c, mask=m_c)
+    async_copy.async_copy_global_to_shared(buf_u.index(stage), u_ptr + row_c, mask=m_c)
+    async_copy.async_copy_global_to_shared(buf_do.index(stage), dout_ptr + row_c, mask=m_c)
+    async_copy.commit_group()
+
+
+@gluon.jit
 def _grads_gl_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, E_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
@@ -134,6 +220,7 @@ def _grads_gl_kernel(
     BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_T: gl.constexpr, N_ITERS: gl.constexpr,
     B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, E1_ptr=None, dB1_ptr=None, dC1_ptr=None, P_ptr=None,
     ONE: gl.constexpr = False, ZERO: gl.constexpr = False, EVEN: gl.constexpr = False,
+    PREFETCH: gl.constexpr = False, BC_SMEM: gl.constexpr = False, ASYNC: gl.constexpr = False,
 ):
     # EVEN: seq a multiple of BLOCK_T, every program's channel blocks in range and n_state == BLOCK_N: no masks
     # (fewer instructions in a kernel bound by their issue). ONE / ZERO: the polarized channels folded in (ScanBlocks.fold_fixed), as scan_triton_bwd_tm's _grads_tm_block:
@@ -157,8 +244,14 @@ def _grads_gl_kernel(
     rowB = pid_b * n_state * seq + n_tn[None, :] * seq + offs_t_tn[:, None]
     Bt = _ld(B_ptr + rowB, m_tn, EVEN).to(gl.float32)
     Ct = _ld(C_ptr + rowB, m_tn, EVEN).to(gl.float32)
-    B3 = gl.expand_dims(Bt, 1)
-    C3 = gl.expand_dims(Ct, 1)
+    if BC_SMEM:  # B and C stay in shared memory, read back each block (frees 2 x BLOCK_T registers for the prefetch)
+        # time contiguous, 4 pad words every BLOCK_T: a warp's 128-bit reads of 16 states hit distinct banks
+        SHB: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[BLOCK_T, 4]], [BLOCK_T, BLOCK_N], [0, 1])
+        buf_B = gl.allocate_shared_memory(gl.float32, [BLOCK_T, BLOCK_N], SHB, Bt)
+        buf_C = gl.allocate_shared_memory(gl.float32, [BLOCK_T, BLOCK_N], SHB, Ct)
+    else:
+        B3 = gl.expand_dims(Bt, 1)
+        C3 = gl.expand_dims(Ct, 1)
 
     t_s = gl.arange(0, BLOCK_T, layout=gl.SliceLayout(1, TDS))
     offs_t_s = pid_c * BLOCK_T + t_s
@@ -197,43 +290,72 @@ def _grads_gl_kernel(
         q = _ld(Q_ptr + pid_b * seq + offs_t_f, mask_t_f, EVEN).to(gl.float32)[:, None]
         accP = gl.zeros([BLOCK_T, BLOCK_D], gl.float32, TD)
     part = (pid_b * n_chunks + pid_c) * n_inner
+    tile0 = pid_b * n_state_tiles + pid_c * tile_ratio
+    ld_args = (A_ptr, states_ptr, E_ptr, delta_ptr, bias_ptr, u_ptr, dout_ptr, D_ptr, states1_ptr, E1_ptr, tile0,
+               part, pid_b, n_inner, n_state, seq, d_dn0, n_dn, mask_n_dn, d_c0, offs_t_c, mask_t_c, d_s0, offs_t_s,
+               mask_t_s, d_f0)
+    NEED_DOUT_C: gl.constexpr = HAS_Z or HAS_D or ONE or ZERO
+    REG_PF: gl.constexpr = PREFETCH or ASYNC  # (with ASYNC only the per-channel vectors ride in registers)
+    BIG: gl.constexpr = not ASYNC
+    if ASYNC:  # two stages of every block read: block k + d_split's copies land while block k computes
+        SH_TD: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0, 1])  # (stage: the leading axis) time contiguous
+        SH_DN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        buf_A = gl.allocate_shared_memory(A_ptr.dtype.element_ty, [2, BLOCK_D, BLOCK_N], SH_DN)
+        buf_h0 = gl.allocate_shared_memory(states_ptr.dtype.element_ty, [2, BLOCK_D, BLOCK_N], SH_DN)
+        buf_E = gl.allocate_shared_memory(E_ptr.dtype.element_ty, [2, BLOCK_D, BLOCK_N], SH_DN)
+        buf_dt = gl.allocate_shared_memory(delta_ptr.dtype.element_ty, [2, BLOCK_T, BLOCK_D], SH_TD)
+        buf_u = gl.allocate_shared_memory(u_ptr.dtype.element_ty, [2, BLOCK_T, BLOCK_D], SH_TD)
+        buf_do = gl.allocate_shared_memory(dout_ptr.dtype.element_ty, [2, BLOCK_T, BLOCK_D], SH_TD)
+        cp_args = (buf_A, buf_h0, buf_E, buf_dt, buf_u, buf_do, A_ptr, states_ptr, E_ptr, delta_ptr, u_ptr, dout_ptr,
+                   tile0, part, pid_b, n_inner, n_state, seq, d_dn0, n_dn, mask_n_dn, d_c0, offs_t_c, mask_t_c)
+        _gl_copy_block(pid_s, 0, *cp_args, EVEN=EVEN, BLOCK_D=BLOCK_D, NEED_DOUT_C=NEED_DOUT_C)
+    if REG_PF:  # block k + d_split's reads are issued before block k's arithmetic (registers, not shared memory)
+        nxt = _gl_load_block(pid_s, *ld_args, HAS_D=HAS_D, HAS_BIAS=HAS_BIAS, ONE=ONE, EVEN=EVEN, BLOCK_D=BLOCK_D,
+                             NEED_DOUT_C=NEED_DOUT_C, BIG=BIG)
     for i in range(N_ITERS):
         k = pid_s + i * d_split
-        # (channel, state): A, the chunk-start state, the adjoint carried in from the next chunk
-        offs_d_dn = k * BLOCK_D + d_dn0
-        m_dn = (offs_d_dn < n_inner)[:, None] & mask_n_dn[None, :]
-        dn = offs_d_dn[:, None] * n_state + n_dn[None, :]
-        A = _ld(A_ptr + dn, m_dn, EVEN).to(gl.float32)
+        # the last block's "next" is itself (in range, so EVEN's unmasked reads stay inside the tensors)
+        k_next = gl.minimum(k + d_split, pid_s + (N_ITERS - 1) * d_split)
+        if REG_PF:
+            cur = nxt
+            nxt = _gl_load_block(k_next, *ld_args, HAS_D=HAS_D, HAS_BIAS=HAS_BIAS, ONE=ONE, EVEN=EVEN,
+                                 BLOCK_D=BLOCK_D, NEED_DOUT_C=NEED_DOUT_C, BIG=BIG)
+        else:
+            cur = _gl_load_block(k, *ld_args, HAS_D=HAS_D, HAS_BIAS=HAS_BIAS, ONE=ONE, EVEN=EVEN, BLOCK_D=BLOCK_D,
+                                 NEED_DOUT_C=NEED_DOUT_C, BIG=True)
+        A, h0, E, dtr, bias_c, u_c, u_s, dout_s, dout_c, Dv, H1_0, E1 = cur
+        if ASYNC:
+            stage = i % 2
+            async_copy.wait_group(0)  # this block's copies (issued one block ago) have landed, for this thread
+            gl.thread_barrier()  # ... and for every thread; and every thread is done reading the other stage
+            _gl_copy_block(k_next, 1 - stage, *cp_args, EVEN=EVEN, BLOCK_D=BLOCK_D, NEED_DOUT_C=NEED_DOUT_C)
+            A = buf_A.index(stage).load(DN).to(gl.float32)
+            h0 = buf_h0.index(stage).load(DN)
+            E = buf_E.index(stage).load(DN)
+            dtr = buf_dt.index(stage).load(TDC).to(gl.float32)
+            u_c = buf_u.index(stage).load(TDC).to(gl.float32)
+            u_s = buf_u.index(stage).load(TDS).to(gl.float32)
+            dout_s = buf_do.index(stage).load(TDS).to(gl.float32)
+            if NEED_DOUT_C:
+                dout_c = buf_do.index(stage).load(TDC).to(gl.float32)
+        if HAS_BIAS:
+            dtr = dtr + bias_c[None, :]
         a_zero = A == float("-inf")
         A3 = gl.expand_dims(gl.where(a_zero, 0.0, A), 0)
         z3 = gl.expand_dims(a_zero, 0)
-        h0 = _ld(states_ptr + (pid_b * n_state_tiles + pid_c * tile_ratio) * n_inner * n_state + dn, m_dn, EVEN)
-        E = _ld(E_ptr + part * n_state + dn, m_dn, EVEN)
-        # (time, channel) compact: dt and what the stored gradients need
+        offs_d_dn = k * BLOCK_D + d_dn0
+        m_dn = (offs_d_dn < n_inner)[:, None] & mask_n_dn[None, :]
+        dn = offs_d_dn[:, None] * n_state + n_dn[None, :]
         offs_d_c = k * BLOCK_D + d_c0
         mask_d_c = offs_d_c < n_inner
         m_c = mask_t_c[:, None] & mask_d_c[None, :]
         row_c = pid_b * n_inner * seq + offs_d_c[None, :] * seq + offs_t_c[:, None]
-        dtr = _ld(delta_ptr + row_c, m_c, EVEN).to(gl.float32)
-        if HAS_BIAS:
-            dtr = dtr + _ld(bias_ptr + offs_d_c, mask_d_c, EVEN).to(gl.float32)[None, :]
         dt = dtr
         if SOFTPLUS:
             dt = softplus(dtr)
-        u_c = _ld(u_ptr + row_c, m_c, EVEN).to(gl.float32)
-        # (time, channel) with time in registers: the broadcast operands, read in that layout
-        offs_d_s = k * BLOCK_D + d_s0
-        m_s = mask_t_s[:, None] & (offs_d_s < n_inner)[None, :]
-        row_s = pid_b * n_inner * seq + offs_d_s[None, :] * seq + offs_t_s[:, None]
-        u_s = _ld(u_ptr + row_s, m_s, EVEN).to(gl.float32)
-        dout_s = _ld(dout_ptr + row_s, m_s, EVEN).to(gl.float32)
         dt_s = gl.convert_layout(dt, TDS)
         dy_s = dout_s
-        if HAS_Z or HAS_D or ONE or ZERO:
-            dout_c = _ld(dout_ptr + row_c, m_c, EVEN).to(gl.float32)
-            dy_c = dout_c
-        if HAS_D:  # (scan_triton_common.load_vec's zeros need a layout in Gluon: read only when present)
-            Dv = _ld(D_ptr + offs_d_c, mask_d_c, EVEN).to(gl.float32)
+        dy_c = dout_c
         if HAS_Z:
             z = _ld(z_ptr + row_c, m_c, EVEN).to(gl.float32)
             s, ds = silu_and_grad(z)
@@ -246,11 +368,6 @@ def _grads_gl_kernel(
             gB_fix = gl.zeros_like(dtu_f)
             y_fix = gl.zeros_like(dtu_f)
         if ONE:  # H1 = chunk-start state + running sum; G1 = E1 + the chunk's reverse sum of C1 dy (no decay)
-            offs_d_f = k * BLOCK_D + d_f0
-            mask_d_f = offs_d_f < n_inner
-            H1_0 = _ld(states1_ptr + (pid_b * n_state_tiles + pid_c * tile_ratio) * n_inner + offs_d_f, mask_d_f,
-                       EVEN)
-            E1 = _ld(E1_ptr + part + offs_d_f, mask_d_f, EVEN)
             H1 = gl.associative_scan(dtu_f * b1, axis=0, combine_fn=_add) + H1_0[None, :]
             cdy = c1 * dy_f
             G1 = gl.sum(cdy, axis=0)[None, :] - gl.associative_scan(cdy, axis=0, combine_fn=_add) + cdy + E1[None, :]
@@ -262,6 +379,9 @@ def _grads_gl_kernel(
             gB_fix += dy_f * q
             y_fix += dtu_f * q
             accP += dy_f * dtu_f
+        if BC_SMEM:
+            B3 = gl.expand_dims(buf_B.load(TN), 1)
+            C3 = gl.expand_dims(buf_C.load(TN), 1)
         a = gl.where(z3, 0.0, gl.exp(gl.expand_dims(dt_s, 2) * A3))
         if not EVEN:
             a = gl.where(m3, a, 1.0)  # past the end: carry the state unchanged

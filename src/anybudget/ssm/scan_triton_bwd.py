@@ -408,7 +408,7 @@ GRADS_CONFIGS = ((4, 2, None), (4, 2, 168), (4, 4, None), (8, 4, None), (8, 4, 1
                  (16, 8, None))
 ADJOINT_CONFIGS = ((8, 4), (16, 2), (16, 4), (32, 4), (32, 8), (64, 8))
 # The carry kernel's (BLOCK_C chunks, BLOCK_J (channel, state) pairs, num_warps, JC): JC = (j, chunk) tiles.
-CARRY_TILES = (16, 256, 4, False)
+CARRY_TILES = (8, 32, 1, True)
 _TUNE_KEY = ["n_inner", "n_state", "seq", "n_chunks"]
 
 
@@ -555,9 +555,13 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     if gluon:
         from anybudget.ssm.scan_gluon_bwd import grads_gluon
 
+        # prefetch "async": the next block's reads as cp.async copies into shared memory (4-byte elements only;
+        # else the register prefetch)
+        copies = prefetch == "async" and all(t.element_size() == 4 for t in (u, delta, dout, A))
         grads_gluon[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
                                             BLOCK_T=block_t, N_ITERS=triton.cdiv(n_dblocks, split), num_warps=warps,
-                                            maxnreg=maxnreg, EVEN=even, **flags, **fold)
+                                            maxnreg=maxnreg, EVEN=even, PREFETCH=bool(prefetch) and not copies,
+                                            ASYNC=copies, **flags, **fold)
     elif autotune:
         tuned[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_N=block_n, BLOCK_T=block_t,
                                       PREFETCH=bool(prefetch), **flags)
