@@ -73,8 +73,8 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("carry_speed.py: needs CUDA (a GPU); none found", file=sys.stderr)
         return 2
-    path = write_results("ssm_carry_speed", {"configs": CONFIGS, "repeat": args.repeat, "timing": "CUDA events, median"},
-                         measure(args.repeat), out_dir=args.out)
+    config = {"configs": CONFIGS, "repeat": args.repeat, "timing": "CUDA events, median"}
+    path = write_results("ssm_carry_speed", config, measure(args.repeat), out_dir=args.out)
     print("wrote", path)
     return 0
 

@@ -37,11 +37,15 @@ CONFIGS = [("split_gluon168", T84, BASE),
            ("fold_gluon42r200_pf", T42, {**BASE, "bwd_maxnreg": 200, "bwd_adjoint": (8, 4), "fold_fixed": True,
                                          "fwd_prefetch": True}),
            ("fold_tm_pf", T84, {"bwd_tm": True, "fold_fixed": True, "fwd_prefetch": True}),
+           ("fold_gluon168_pf_s23", T84, {**BASE, "fold_fixed": True, "fwd_prefetch": True,
+                                          "gluon_flags": {"SEED": False, "BC_SMEM": False}}),
            ("fold_gluon200_pf_bpf", T84, {**BASE, "bwd_maxnreg": 200, "fold_fixed": True, "fwd_prefetch": True,
                                           "bwd_prefetch": True}),
            ("fold_gluon168_pf_async", T84, {**BASE, "fold_fixed": True, "fwd_prefetch": True, "bwd_prefetch": "async"}),
-           ("fold_gluon200_pf_async", T84, {**BASE, "bwd_maxnreg": 200, "fold_fixed": True, "fwd_prefetch": True,
-                                            "bwd_prefetch": "async"})]
+           ("fold_gluon168_gfwd", T84, {**BASE, "fold_fixed": True, "fwd_gluon": True}),
+           ("fold_gluon168_pf_gfwd", T84, {**BASE, "fold_fixed": True, "fwd_prefetch": True, "fwd_gluon": True}),
+           ("fold_gluon168_pf_gfwd_async", T84, {**BASE, "fold_fixed": True, "fwd_prefetch": True, "fwd_gluon": True,
+                                                 "bwd_prefetch": "async"})]
 TOL = 1e-3
 SHAPE = (16, 256, 4096)  # batch, d_inner, seq; 16 learned states + one 1- and one 0-polarized
 
@@ -49,6 +53,10 @@ SHAPE = (16, 256, 4096)  # batch, d_inner, seq; 16 learned states + one 1- and o
 def _apply(tiles, extras):
     from train_speed import set_scan
 
+    from anybudget.ssm import scan_gluon_bwd
+
+    extras = dict(extras)
+    scan_gluon_bwd.GRADS_FLAGS.update({"SEED": True, "BC_SMEM": True, **extras.pop("gluon_flags", {})})
     set_scan("time_first", True, ((8, 16, 4), tiles), "chunked", extras)
 
 

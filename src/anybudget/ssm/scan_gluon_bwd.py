@@ -38,7 +38,11 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy
 
 from anybudget.ssm.scan_triton_common import combine, silu_and_grad, softplus, softplus_grad
 
-__all__ = ["check_tiles", "grads_gluon"]
+__all__ = ["GRADS_FLAGS", "check_tiles", "grads_gluon"]
+
+# Compile-time choices of the grads kernel that change no result (benchmarks flip them): SEED, the carried state and
+# adjoint enter their scans as the first step's input; BC_SMEM, B and C held in shared memory.
+GRADS_FLAGS = {"SEED": True, "BC_SMEM": True}
 
 
 def check_tiles(block_d: int, block_n: int, block_t: int, num_warps: int) -> None:
@@ -221,6 +225,7 @@ def _grads_gl_kernel(
     B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, E1_ptr=None, dB1_ptr=None, dC1_ptr=None, P_ptr=None,
     ONE: gl.constexpr = False, ZERO: gl.constexpr = False, EVEN: gl.constexpr = False,
     PREFETCH: gl.constexpr = False, BC_SMEM: gl.constexpr = False, ASYNC: gl.constexpr = False,
+    SEED: gl.constexpr = True,
 ):
     # EVEN: seq a multiple of BLOCK_T, every program's channel blocks in range and n_state == BLOCK_N: no masks
     # (fewer instructions in a kernel bound by their issue). ONE / ZERO: the polarized channels folded in (ScanBlocks.fold_fixed), as scan_triton_bwd_tm's _grads_tm_block:
@@ -265,6 +270,7 @@ def _grads_gl_kernel(
     n_dn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, DN))
     mask_n_dn = n_dn < n_state
     m3 = gl.expand_dims(gl.expand_dims(mask_t_s, 1), 2)  # (T, 1, 1) in L3
+    first3 = gl.expand_dims(gl.expand_dims(t_s == 0, 1), 2)  # the tile's first step (a register index: folded)
 
     # The transposes go through shared memory (an in-warp shuffle transpose costs ~15 exchanges an element): 4 pad
     # words a time step (16 bytes: the loads of 4 states stay aligned 128-bit reads; 1 word makes them misaligned)
@@ -386,16 +392,26 @@ def _grads_gl_kernel(
         if not EVEN:
             a = gl.where(m3, a, 1.0)  # past the end: carry the state unchanged
         b = gl.expand_dims(dtu_s, 2) * B3
-        a_cum, h_loc = gl.associative_scan((a, b), axis=0, combine_fn=combine)
-        hs = h_loc + a_cum * gl.expand_dims(h0, 0)
+        if SEED:  # the carried state enters as the first step's input: h_0 = a_0 h_start + b_0, then the scan's
+            # states are the chunk's (its products of a unused: dead code, no registers or multiplies for them)
+            _, hs = gl.associative_scan((a, gl.where(first3, b + a * gl.expand_dims(h0, 0), b)), axis=0,
+                                        combine_fn=combine)
+        else:
+            a_cum, h_loc = gl.associative_scan((a, b), axis=0, combine_fn=combine)
+            hs = h_loc + a_cum * gl.expand_dims(h0, 0)
         # The adjoint g_t = c_t + A-bar_{t+1} g_{t+1} (g past the chunk: E, which holds A-bar_{t1+1} g_{t1+1}) as a
         # forward scan over the time-reversed tile, where A-bar_{t+1} is the previous step's A-bar (1 at the first).
         a_rev = _flip_time(a, BLOCK_T, BLOCK_D, BLOCK_N)
         a1_rev, _, _ = gl.associative_scan((gl.full_like(a, 1.0), a_rev, gl.zeros_like(a)), axis=0,
                                            combine_fn=_keep_prev)
         c_rev = _flip_time(gl.expand_dims(dy_s, 2) * C3, BLOCK_T, BLOCK_D, BLOCK_N)
-        g_cum, g_loc = gl.associative_scan((a1_rev, c_rev), axis=0, combine_fn=combine)
-        g = _flip_time(g_loc + g_cum * gl.expand_dims(E, 0), BLOCK_T, BLOCK_D, BLOCK_N)
+        if SEED:  # E enters at the reversed tile's first step (A-bar there: 1)
+            _, g_rev = gl.associative_scan((a1_rev, gl.where(first3, c_rev + gl.expand_dims(E, 0), c_rev)), axis=0,
+                                           combine_fn=combine)
+            g = _flip_time(g_rev, BLOCK_T, BLOCK_D, BLOCK_N)
+        else:
+            g_cum, g_loc = gl.associative_scan((a1_rev, c_rev), axis=0, combine_fn=combine)
+            g = _flip_time(g_loc + g_cum * gl.expand_dims(E, 0), BLOCK_T, BLOCK_D, BLOCK_N)
         gq = g * (hs - b)  # g_t a_t h_{t-1}: no division by a_t
         _st(dA_ptr + part * n_state + dn, gl.sum(gq * gl.expand_dims(dt_s, 2), axis=0), m_dn, EVEN)
         buf_b.store(g * B3)

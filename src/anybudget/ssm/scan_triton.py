@@ -123,6 +123,10 @@ class ScanBlocks:
     # Settings read while torch.compile traces (variant, fwd's tile, split_fixed, fold_fixed) are baked into the
     # graph without a guard: after changing them, torch._dynamo.reset() before compiling again.
     fold_fixed = False
+    # CUDA only: the time_first forward in Gluon (scan_gluon_fwd: dt computed once a (time, channel) element, y summed
+    # over states through a shared-memory transpose instead of lane exchanges; same outputs); fwd's tiles must satisfy
+    # scan_gluon_bwd.check_tiles. "auto": Gluon on CUDA where Triton has it and the tiles fit, else the Triton kernel.
+    fwd_gluon = False
 
     @classmethod
     def preset(cls, name: str) -> dict:
@@ -185,6 +189,29 @@ def _gluon_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _fwd_tm_kernel(on_cuda, block_d, block_n, block_t, warps):
+    """The time_first forward kernel ``ScanBlocks.fwd_gluon`` picks: ``scan_gluon_fwd.fwd_gluon`` (same arguments and
+    outputs) or ``fwd_kernel_tm``; True raises where Gluon cannot run (CPU tensors, no Gluon, tiles it cannot hold)."""
+    want = ScanBlocks.fwd_gluon
+    if want == "auto":
+        want = on_cuda and _gluon_available() and _gluon_tiles_fit(block_d, block_n, block_t, warps)
+    elif want:
+        if not on_cuda:
+            raise ValueError("ScanBlocks.fwd_gluon=True needs CUDA tensors (Gluon kernels have no CPU interpreter; "
+                             "fwd_gluon=False or 'auto' runs the Triton kernel there)")
+        if not _gluon_available():
+            raise ValueError("ScanBlocks.fwd_gluon=True needs Triton with Gluon (triton.experimental.gluon, Triton "
+                             ">= 3.5); set fwd_gluon=False or 'auto'")
+        from anybudget.ssm.scan_gluon_bwd import check_tiles
+
+        check_tiles(block_d, block_n, block_t, warps)
+    if not want:
+        return fwd_kernel_tm
+    from anybudget.ssm.scan_gluon_fwd import fwd_gluon
+
+    return fwd_gluon
 
 
 def _kernels():
@@ -404,7 +431,7 @@ def triton_forward_fold(u, delta, A, B, C, D, z, delta_bias, delta_softplus, fix
     ypre = torch.empty_like(u) if z is not None else u.new_empty((0,))
     extra = {"PREFETCH": True} if ScanBlocks.fwd_prefetch else {}
     extra["EVEN"] = _fwd_even(seq, n_inner, Al.shape[1], block_d, block_t)
-    fwd_kernel_tm[(bsz, triton.cdiv(n_inner, block_d))](
+    _fwd_tm_kernel(u.is_cuda, block_d, _block_n(Al.shape[1]), block_t, warps)[(bsz, triton.cdiv(n_inner, block_d))](
         u, delta, Al, Bl, Cl, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, out, states, last,
         n_inner, Al.shape[1], seq, N_TILES=n_tiles,
@@ -481,7 +508,10 @@ def triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=
     extra = {"PREFETCH": True} if ScanBlocks.fwd_prefetch and ScanBlocks.variant == "time_first" else {}
     if ScanBlocks.variant == "time_first":  # every tile index in range: the kernel without masks
         extra["EVEN"] = _fwd_even(seq, n_inner, n_state, block_d, block_t)
-    _kernels()[0][grid](
+    kernel = _kernels()[0]
+    if ScanBlocks.variant == "time_first":
+        kernel = _fwd_tm_kernel(u.is_cuda, block_d, _block_n(n_state), block_t, warps)
+    kernel[grid](
         u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, out, states, last,
         n_inner, n_state, seq, N_TILES=n_tiles,

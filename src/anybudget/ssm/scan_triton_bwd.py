@@ -553,7 +553,7 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     # grads kernels without masks.
     even = seq % block_t == 0 and n_inner % block_d == 0 and n_dblocks % split == 0 and n_state == block_n
     if gluon:
-        from anybudget.ssm.scan_gluon_bwd import grads_gluon
+        from anybudget.ssm.scan_gluon_bwd import GRADS_FLAGS, grads_gluon
 
         # prefetch "async": the next block's reads as cp.async copies into shared memory (4-byte elements only;
         # else the register prefetch)
@@ -561,7 +561,7 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
         grads_gluon[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_D=block_d, BLOCK_N=block_n,
                                             BLOCK_T=block_t, N_ITERS=triton.cdiv(n_dblocks, split), num_warps=warps,
                                             maxnreg=maxnreg, EVEN=even, PREFETCH=bool(prefetch) and not copies,
-                                            ASYNC=copies, **flags, **fold)
+                                            ASYNC=copies, **GRADS_FLAGS, **flags, **fold)
     elif autotune:
         tuned[(bsz, n_chunks, split)](*grads_args, HAS_D=D is not None, BLOCK_N=block_n, BLOCK_T=block_t,
                                       PREFETCH=bool(prefetch), **flags)

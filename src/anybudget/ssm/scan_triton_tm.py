@@ -82,8 +82,10 @@ def _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, state
     a = discretize(dt[:, :, None] * A_safe, a_zero)  # (T, D, N)
     a = tl.where(mask_t[:, None, None], a, 1.0)  # past the end: carry the state unchanged
     b = (dt * u)[:, :, None] * Bt[:, None, :]
-    a_cum, h_loc = tl.associative_scan((a, b), axis=0, combine_fn=combine)
-    hs = h_loc + a_cum * h[None, :, :]
+    # the carried state enters as the first step's input (h_0 = a_0 h + b_0): the scan's states are the tile's, its
+    # products of a unused (dead code: neither multiplies nor registers for them)
+    _, hs = tl.associative_scan((a, tl.where((t_loc == 0)[:, None, None], b + a * h[None, :, :], b)), axis=0,
+                                combine_fn=combine)
     y = tl.sum(hs * Ct[:, None, :], axis=2)  # (T, D)
     if ONE or ZERO:
         y_fix, H1 = fold_fwd_tile(dt * u, H1, b1, c1, q, states1_ptr, pid_b, tile, offs_d, mask_d, n_inner,
