@@ -42,10 +42,11 @@ CONFIGS = [("split_gluon168", T84, BASE),
            ("fold_gluon200_pf_bpf", T84, {**BASE, "bwd_maxnreg": 200, "fold_fixed": True, "fwd_prefetch": True,
                                           "bwd_prefetch": True}),
            ("fold_gluon168_pf_async", T84, {**BASE, "fold_fixed": True, "fwd_prefetch": True, "bwd_prefetch": "async"}),
-           ("fold_gluon168_gfwd", T84, {**BASE, "fold_fixed": True, "fwd_gluon": True}),
-           ("fold_gluon168_pf_gfwd", T84, {**BASE, "fold_fixed": True, "fwd_prefetch": True, "fwd_gluon": True}),
-           ("fold_gluon168_pf_gfwd_async", T84, {**BASE, "fold_fixed": True, "fwd_prefetch": True, "fwd_gluon": True,
-                                                 "bwd_prefetch": "async"})]
+           *[(f"fold_gluon168_pf_async_adj{a}{w}", T84, {**BASE, "fold_fixed": True, "fwd_prefetch": True,
+                                                        "bwd_prefetch": "async", "bwd_adjoint": (a, w)})
+             for a, w in ((16, 2), (16, 4), (32, 8))],
+           ("fold_gluon168_pf_async_carry16", T84, {**BASE, "fold_fixed": True, "fwd_prefetch": True,
+                                                    "bwd_prefetch": "async", "carry_tiles": (16, 128, 1, True)})]
 TOL = 1e-3
 SHAPE = (16, 256, 4096)  # batch, d_inner, seq; 16 learned states + one 1- and one 0-polarized
 
@@ -53,10 +54,11 @@ SHAPE = (16, 256, 4096)  # batch, d_inner, seq; 16 learned states + one 1- and o
 def _apply(tiles, extras):
     from train_speed import set_scan
 
-    from anybudget.ssm import scan_gluon_bwd
+    from anybudget.ssm import scan_gluon_bwd, scan_triton_bwd
 
-    extras = dict(extras)
+    extras = dict(extras)  # two module settings besides ScanBlocks': the Gluon kernel's flags, the carry's tiles
     scan_gluon_bwd.GRADS_FLAGS.update({"SEED": True, "BC_SMEM": True, **extras.pop("gluon_flags", {})})
+    scan_triton_bwd.CARRY_TILES = extras.pop("carry_tiles", (8, 32, 1, True))
     set_scan("time_first", True, ((8, 16, 4), tiles), "chunked", extras)
 
 

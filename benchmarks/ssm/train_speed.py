@@ -173,7 +173,7 @@ SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
 # chunk-parallel forward's chunk.
 SCAN_DEFAULTS = {"bwd_adjoint": None, "bwd_programs": 512, "bwd_autotune": False, "bwd_prefetch": False,
                  "fwd_prefetch": False, "bwd_maxnreg": None, "fwd_maxnreg": None, "bwd_tm": False, "fwd_chunk": None,
-                 "bwd_gluon": False, "fold_fixed": False, "fwd_gluon": False}
+                 "bwd_gluon": False, "fold_fixed": False}
 SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
                "new_tf16_split": {"bwd_programs": 4096},
                "new_tf16_tuned": {"bwd_autotune": True},

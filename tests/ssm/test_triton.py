@@ -274,58 +274,6 @@ def test_fold_fixed_gpu_matches_reference_and_split(seq, n, d, grads, monkeypatc
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
-@pytest.mark.parametrize("seq, n, d", [(1, 18, 8), (100, 18, 60), (1031, 18, 256), (4096, 18, 200)])
-@pytest.mark.parametrize("fold, prefetch", [(False, False), (True, False), (True, True)])
-def test_gluon_fwd_gpu_matches_reference_and_triton(seq, n, d, fold, prefetch, monkeypatch):
-    """The Gluon forward (``ScanBlocks.fwd_gluon``) on the model's path, split or folded, with and without its
-    prefetch: output and every gradient (the backward reads its stored states, and y before the gate when folded)
-    vs the chunked PyTorch scan (1e-3) and vs the Triton forward (1e-4); partial tiles and channel blocks, EVEN."""
-    from anybudget.ssm import scan_gluon_fwd
-
-    calls, kernel = [], scan_gluon_fwd.fwd_gluon
-
-    class Counting:
-        def __getitem__(self, grid):
-            calls.append(grid)
-            return kernel[grid]
-
-    monkeypatch.setattr(scan_gluon_fwd, "fwd_gluon", Counting())
-    settings = {"bwd_tm": True, "bwd_chunked": (8, 16, 4), "fold_fixed": fold, "fwd_prefetch": prefetch}
-    _assert_switch_on_matches_reference_and_off(seq, n, d, settings, "fwd_gluon", monkeypatch)
-    assert len(calls) == 1  # the Gluon forward ran once, with the switch on only
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
-@pytest.mark.parametrize("seq, n, tiles", [(37, 6, (16, 16, 4)), (300, 18, (4, 16, 4)), (64, 16, (8, 16, 4)),
-                                           (50, 12, (16, 8, 8))])
-@pytest.mark.parametrize("optional", [True, False])
-def test_gluon_fwd_gpu_every_input_matches_triton(seq, n, tiles, optional):
-    """The Gluon forward's outputs (y, tile-start states, last state) vs the Triton forward's (1e-5): D, z and
-    delta_bias in the kernel or absent, A = -inf in it, state counts that pad (6 -> 8 lanes, 18 -> 32), partial
-    tiles, 8-step tiles over 8 warps."""
-    from anybudget.ssm import scan_triton
-    from anybudget.ssm.scan_triton import ScanBlocks
-
-    old = {k: getattr(ScanBlocks, k) for k in ("variant", "fwd", "fwd_gluon")}
-    ins = [t.detach().float().cuda() for t in scan_inputs(3, 20, seq, n, seed=seq + n)]
-    if not optional:
-        ins[5] = ins[6] = ins[7] = None
-    outs = {}
-    try:
-        ScanBlocks.variant, ScanBlocks.fwd = "time_first", tiles
-        for gl in (False, True):
-            ScanBlocks.fwd_gluon = gl
-            outs[gl] = scan_triton.triton_forward(*ins, delta_softplus=optional)
-    finally:
-        for k, v in old.items():
-            setattr(ScanBlocks, k, v)
-    for a, b in zip(outs[False], outs[True]):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
 @pytest.mark.parametrize("gluon", [False, True])
 def test_fold_fixed_gpu_compiled_and_captured_matches_reference(gluon, monkeypatch):
     """The folded scan as the training step runs it: the custom op under torch.compile (inductor), captured in a

@@ -250,9 +250,11 @@ def tuned_cases():
 
 
 def check_fold(b, d, seq, n, fixed, optional=True, softplus=True, fwd=(4, 16, 4), chunked=(4, 16, 4),
-               dtype=torch.float32, backend="triton", compiled=False, fwd_prefetch=False):
+               dtype=torch.float32, backend="triton", compiled=False, fwd_prefetch=False, bc="contiguous"):
     """ScanBlocks.fold_fixed: the polarized channels inside the time-major kernels, through the public dispatch,
-    vs the reference over every column; the split path (PyTorch ops around the kernels) must not run."""
+    vs the reference over every column; the split path (PyTorch ops around the kernels) must not run. ``bc``: B and C
+    contiguous, or "sliced" (columns of a wider tensor: rows in place at another batch stride, read without a
+    copy) or "transposed" ((batch, seq, state) memory: copied once)."""
     from anybudget.ssm import scan_split
     from anybudget.ssm.scan import selective_scan
     from anybudget.ssm.scan_op import selective_scan_op
@@ -272,6 +274,14 @@ def check_fold(b, d, seq, n, fixed, optional=True, softplus=True, fwd=(4, 16, 4)
     ins = [t.requires_grad_() if t is not None else None for t in ins]
     ins_t = [t.detach().to(dtype if i in (0, 1, 3, 4, 6) else torch.float32).requires_grad_() if t is not None
              else None for i, t in enumerate(ins)]
+    for i in (3, 4):  # the same values in another memory layout; gradients are taken w.r.t. these views
+        if bc == "sliced":
+            wide = torch.zeros(b, n + 3, seq, dtype=ins_t[i].dtype)
+            wide[:, 2:n + 2] = ins_t[i].detach()
+            wide.requires_grad_()
+            ins_t[i] = wide[:, 2:n + 2]
+        elif bc == "transposed":
+            ins_t[i] = ins_t[i].detach().transpose(1, 2).contiguous().requires_grad_().transpose(1, 2)
 
     def split_must_not_run(*a, **k):
         raise AssertionError("fold_fixed ran the split path")
@@ -309,7 +319,7 @@ def check_fold(b, d, seq, n, fixed, optional=True, softplus=True, fwd=(4, 16, 4)
         err = ((c.float() - a).abs().max() / a.abs().max().clamp_min(1.0)).item()
         assert err < (1e-4 if dtype == torch.float32 else 5e-2), f"fold grad {NAMES[i]}: rel err {err:.2e}"
     print(f"ok fold b={b} d={d} seq={seq} n={n} fixed={fixed} optional={optional} softplus={softplus} fwd={fwd} "
-          f"chunked={chunked} {dtype} {backend} compiled={compiled} fwd_prefetch={fwd_prefetch}", flush=True)
+          f"chunked={chunked} {dtype} {backend} compiled={compiled} fwd_prefetch={fwd_prefetch} bc={bc}", flush=True)
 
 
 def fold_cases():
@@ -318,6 +328,8 @@ def fold_cases():
     prefetch, the custom op eager and traced; settings the fold cannot run are refused by name when asked for
     directly and run the split path through the dispatch."""
     check_fold(2, 5, 37, 6, (1, 1))
+    check_fold(2, 5, 37, 6, (1, 1), bc="sliced")  # B, C columns read in place at a wider batch stride
+    check_fold(1, 8, 48, 6, (1, 1), bc="transposed", fwd_prefetch=True)
     # every tile index in range (EVEN: the kernels without masks), with and without the forward's prefetch
     check_fold(2, 8, 64, 6, (1, 1))
     check_fold(1, 8, 48, 6, (1, 1), fwd_prefetch=True)

@@ -225,7 +225,7 @@ def _grads_gl_kernel(
     B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, E1_ptr=None, dB1_ptr=None, dC1_ptr=None, P_ptr=None,
     ONE: gl.constexpr = False, ZERO: gl.constexpr = False, EVEN: gl.constexpr = False,
     PREFETCH: gl.constexpr = False, BC_SMEM: gl.constexpr = False, ASYNC: gl.constexpr = False,
-    SEED: gl.constexpr = True,
+    SEED: gl.constexpr = True, b_batch=None, c_batch=None,
 ):
     # EVEN: seq a multiple of BLOCK_T, every program's channel blocks in range and n_state == BLOCK_N: no masks
     # (fewer instructions in a kernel bound by their issue). ONE / ZERO: the polarized channels folded in (ScanBlocks.fold_fixed), as scan_triton_bwd_tm's _grads_tm_block:
@@ -246,9 +246,12 @@ def _grads_gl_kernel(
     n_tn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, TN))
     offs_t_tn = pid_c * BLOCK_T + t_tn
     m_tn = (offs_t_tn < seq)[:, None] & (n_tn < n_state)[None, :]
+    # b_batch, c_batch: B's and C's batch strides (slices of the whole B, C read in place, with B1, C1; None:
+    # contiguous (batch, n_state, seq) and (batch, seq)); rowB indexes dB and dC (contiguous)
     rowB = pid_b * n_state * seq + n_tn[None, :] * seq + offs_t_tn[:, None]
-    Bt = _ld(B_ptr + rowB, m_tn, EVEN).to(gl.float32)
-    Ct = _ld(C_ptr + rowB, m_tn, EVEN).to(gl.float32)
+    tn = n_tn[None, :] * seq + offs_t_tn[:, None]
+    Bt = _ld(B_ptr + pid_b * (n_state * seq if b_batch is None else b_batch) + tn, m_tn, EVEN).to(gl.float32)
+    Ct = _ld(C_ptr + pid_b * (n_state * seq if c_batch is None else c_batch) + tn, m_tn, EVEN).to(gl.float32)
     if BC_SMEM:  # B and C stay in shared memory, read back each block (frees 2 x BLOCK_T registers for the prefetch)
         # time contiguous, 4 pad words every BLOCK_T: a warp's 128-bit reads of 16 states hit distinct banks
         SHB: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[BLOCK_T, 4]], [BLOCK_T, BLOCK_N], [0, 1])
@@ -288,8 +291,10 @@ def _grads_gl_kernel(
     mask_t_f = offs_t_f < seq
     d_f0 = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, TD))
     if ONE:
-        b1 = _ld(B1_ptr + pid_b * seq + offs_t_f, mask_t_f, EVEN).to(gl.float32)[:, None]
-        c1 = _ld(C1_ptr + pid_b * seq + offs_t_f, mask_t_f, EVEN).to(gl.float32)[:, None]
+        b1 = _ld(B1_ptr + pid_b * (seq if b_batch is None else b_batch) + offs_t_f, mask_t_f, EVEN).to(gl.float32)
+        c1 = _ld(C1_ptr + pid_b * (seq if c_batch is None else c_batch) + offs_t_f, mask_t_f, EVEN).to(gl.float32)
+        b1 = b1[:, None]
+        c1 = c1[:, None]
         accB1 = gl.zeros([BLOCK_T, BLOCK_D], gl.float32, TD)
         accC1 = gl.zeros([BLOCK_T, BLOCK_D], gl.float32, TD)
     if ZERO:

@@ -123,10 +123,6 @@ class ScanBlocks:
     # Settings read while torch.compile traces (variant, fwd's tile, split_fixed, fold_fixed) are baked into the
     # graph without a guard: after changing them, torch._dynamo.reset() before compiling again.
     fold_fixed = False
-    # CUDA only: the time_first forward in Gluon (scan_gluon_fwd: dt computed once a (time, channel) element, y summed
-    # over states through a shared-memory transpose instead of lane exchanges; same outputs); fwd's tiles must satisfy
-    # scan_gluon_bwd.check_tiles. "auto": Gluon on CUDA where Triton has it and the tiles fit, else the Triton kernel.
-    fwd_gluon = False
 
     @classmethod
     def preset(cls, name: str) -> dict:
@@ -189,29 +185,6 @@ def _gluon_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _fwd_tm_kernel(on_cuda, block_d, block_n, block_t, warps):
-    """The time_first forward kernel ``ScanBlocks.fwd_gluon`` picks: ``scan_gluon_fwd.fwd_gluon`` (same arguments and
-    outputs) or ``fwd_kernel_tm``; True raises where Gluon cannot run (CPU tensors, no Gluon, tiles it cannot hold)."""
-    want = ScanBlocks.fwd_gluon
-    if want == "auto":
-        want = on_cuda and _gluon_available() and _gluon_tiles_fit(block_d, block_n, block_t, warps)
-    elif want:
-        if not on_cuda:
-            raise ValueError("ScanBlocks.fwd_gluon=True needs CUDA tensors (Gluon kernels have no CPU interpreter; "
-                             "fwd_gluon=False or 'auto' runs the Triton kernel there)")
-        if not _gluon_available():
-            raise ValueError("ScanBlocks.fwd_gluon=True needs Triton with Gluon (triton.experimental.gluon, Triton "
-                             ">= 3.5); set fwd_gluon=False or 'auto'")
-        from anybudget.ssm.scan_gluon_bwd import check_tiles
-
-        check_tiles(block_d, block_n, block_t, warps)
-    if not want:
-        return fwd_kernel_tm
-    from anybudget.ssm.scan_gluon_fwd import fwd_gluon
-
-    return fwd_gluon
 
 
 def _kernels():
@@ -391,12 +364,24 @@ def fold_problem(n_state: int, n_ones: int, n_zeros: int) -> str | None:
     return None
 
 
+def _rows_in_place(X):
+    """X itself where each (batch, state) row is contiguous and rows are seq apart (the kernels then read its column
+    slices in place, at X's batch stride), else a contiguous copy."""
+    return X if X.stride(-1) == 1 and X.stride(-2) == X.shape[-1] else X.contiguous()
+
+
 def _fold_inputs(A, B, C, n_ones, n_zeros):
-    """(learned A, B, C contiguous; B1, C1 (batch, seq) or None; Q = sum_zeros B C (batch, seq) float32 or None)."""
+    """(learned A contiguous; learned B, C; B1, C1 (batch, seq) or None; Q = sum_zeros B C (batch, seq) float32 or
+    None). The B and C columns are views (no copies: the kernels read them at B's and C's batch strides,
+    ``_rows_in_place``)."""
     lo, hi = n_ones, A.shape[1] - n_zeros
-    Al, Bl, Cl = A[:, lo:hi].contiguous(), B[:, lo:hi].contiguous(), C[:, lo:hi].contiguous()
-    B1, C1 = (B[:, 0].contiguous(), C[:, 0].contiguous()) if n_ones else (None, None)
-    Q = (B[:, hi:].float() * C[:, hi:].float()).sum(1).contiguous() if n_zeros else None
+    B, C = _rows_in_place(B), _rows_in_place(C)
+    Al, Bl, Cl = A[:, lo:hi].contiguous(), B[:, lo:hi], C[:, lo:hi]
+    B1, C1 = (B[:, 0], C[:, 0]) if n_ones else (None, None)
+    if n_zeros == 1:  # one product, no sum over channels (one kernel fewer)
+        Q = (B[:, hi].float() * C[:, hi].float()).contiguous()
+    else:
+        Q = (B[:, hi:].float() * C[:, hi:].float()).sum(1).contiguous() if n_zeros else None
     return Al, Bl, Cl, B1, C1, Q
 
 
@@ -431,7 +416,7 @@ def triton_forward_fold(u, delta, A, B, C, D, z, delta_bias, delta_softplus, fix
     ypre = torch.empty_like(u) if z is not None else u.new_empty((0,))
     extra = {"PREFETCH": True} if ScanBlocks.fwd_prefetch else {}
     extra["EVEN"] = _fwd_even(seq, n_inner, Al.shape[1], block_d, block_t)
-    _fwd_tm_kernel(u.is_cuda, block_d, _block_n(Al.shape[1]), block_t, warps)[(bsz, triton.cdiv(n_inner, block_d))](
+    fwd_kernel_tm[(bsz, triton.cdiv(n_inner, block_d))](
         u, delta, Al, Bl, Cl, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, out, states, last,
         n_inner, Al.shape[1], seq, N_TILES=n_tiles,
@@ -439,7 +424,8 @@ def triton_forward_fold(u, delta, A, B, C, D, z, delta_bias, delta_softplus, fix
         SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, BLOCK_N=_block_n(Al.shape[1]),
         BLOCK_T=block_t, num_warps=warps, maxnreg=ScanBlocks.fwd_maxnreg,
         B1_ptr=B1, C1_ptr=C1, Q_ptr=Q, states1_ptr=states1 if n_ones else None, last1_ptr=last1,
-        ypre_ptr=ypre if z is not None else None, ONE=bool(n_ones), ZERO=bool(n_zeros), Y_OUT=z is not None, **extra,
+        ypre_ptr=ypre if z is not None else None, ONE=bool(n_ones), ZERO=bool(n_zeros), Y_OUT=z is not None,
+        b_batch=Bl.stride(0), c_batch=Cl.stride(0), **extra,
     )
     parts = [last1[..., None]] if n_ones else []
     parts.append(last)
@@ -466,8 +452,7 @@ def triton_backward_fold(saved, states, states1, fwd_tile, dout, delta_softplus,
                                                               ypre if z is not None else None))
     du, ddelta, dAl, dBl, dCl, dD, dz, dbias = grads
     lo, hi = n_ones, A.shape[1] - n_zeros
-    dA = torch.zeros(A.shape, device=A.device, dtype=torch.float32)
-    dA[:, lo:hi] = dAl
+    dA = torch.nn.functional.pad(dAl.float(), (lo, n_zeros))  # zeros in the fixed columns (one kernel)
     dBs, dCs = [dB1[:, None]] if n_ones else [], [dC1[:, None]] if n_ones else []
     dBs.append(dBl.float())
     dCs.append(dCl.float())
@@ -508,10 +493,7 @@ def triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_t=
     extra = {"PREFETCH": True} if ScanBlocks.fwd_prefetch and ScanBlocks.variant == "time_first" else {}
     if ScanBlocks.variant == "time_first":  # every tile index in range: the kernel without masks
         extra["EVEN"] = _fwd_even(seq, n_inner, n_state, block_d, block_t)
-    kernel = _kernels()[0]
-    if ScanBlocks.variant == "time_first":
-        kernel = _fwd_tm_kernel(u.is_cuda, block_d, _block_n(n_state), block_t, warps)
-    kernel[grid](
+    _kernels()[0][grid](
         u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
         delta_bias if delta_bias is not None else u, out, states, last,
         n_inner, n_state, seq, N_TILES=n_tiles,

@@ -496,6 +496,8 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     else:
         X1 = torch.empty(bsz, n_chunks, n_inner, device=dev, dtype=f32) if one else None
         fold = {"C1_ptr": fixed[1], "X1_ptr": X1, "ONE": True} if one else {}
+        if fixed is not None:  # the learned columns (and B1, C1) are slices read in place (scan_triton._fold_inputs)
+            fold["c_batch"] = C.stride(0)
         if time_major:  # every tile index in range: the time-major adjoint without masks
             fold["EVEN"] = seq % block_t == 0 and n_inner % adj_d == 0 and n_state == block_n
         if gate:  # the gate's backward in the adjoint kernel: dz, and dy for the grads kernel (no z, no y there)
@@ -527,7 +529,8 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     else:
         dz = torch.empty_like(z) if z is not None else None
     if split == 1:
-        dB, dC = torch.empty_like(B), torch.empty_like(C)
+        dB = torch.empty(B.shape, device=dev, dtype=B.dtype)  # contiguous (B may be a slice: fold_fixed)
+        dC = torch.empty(C.shape, device=dev, dtype=C.dtype)
     else:
         dB = torch.empty(split, *B.shape, device=dev, dtype=f32)
         dC = torch.empty(split, *C.shape, device=dev, dtype=f32)
@@ -542,7 +545,8 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
         B1, C1, Q, states1, _ = fixed
         extra = [torch.empty(split, bsz, seq, device=dev, dtype=f32) if on else None for on in (one, one, zero)]
         fold = {"B1_ptr": B1, "C1_ptr": C1, "Q_ptr": Q, "states1_ptr": states1, "E1_ptr": E1 if one else None,
-                "dB1_ptr": extra[0], "dC1_ptr": extra[1], "P_ptr": extra[2], "ONE": one, "ZERO": zero}
+                "dB1_ptr": extra[0], "dC1_ptr": extra[1], "P_ptr": extra[2], "ONE": one, "ZERO": zero,
+                "b_batch": B.stride(0), "c_batch": C.stride(0)}
     # The split is fixed by ``tiles``' BLOCK_D; a tuned BLOCK_D with fewer blocks than the split leaves
     # some programs' blocks fully masked (they store zero partials): still exact.
     if time_major:
@@ -578,4 +582,5 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
              dbias.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else None)
     if fixed is None:
         return grads
-    return grads, tuple(e.sum(0) if e is not None else None for e in extra)
+    # (one channel split: its partials are the sums, a view instead of a reduction kernel)
+    return grads, tuple((e[0] if split == 1 else e.sum(0)) if e is not None else None for e in extra)

@@ -50,7 +50,7 @@ def _chunk_adjoint_tm_kernel(
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STATES: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
     C1_ptr=None, X1_ptr=None, ONE: tl.constexpr = False, ypre_ptr=None, dz_ptr=None, dy_ptr=None,
-    GATE: tl.constexpr = False, EVEN: tl.constexpr = False,
+    GATE: tl.constexpr = False, EVEN: tl.constexpr = False, c_batch=None,
 ):
     """``scan_triton_bwd._chunk_adjoint_kernel`` on (time, channel, state) tiles: the cumulative sum of dt and
     the sums over the chunk's time steps run in each thread's registers (same arguments and results).
@@ -84,7 +84,10 @@ def _chunk_adjoint_tm_kernel(
         dy = dy * s
         if GATE:
             tl.store(dy_ptr + row, dy, mask=m_td)
-    rowB = pid_b * n_state * seq + offs_n[None, :] * seq + offs_t[:, None]  # (T, N)
+    # c_batch: C's batch stride (a slice of the whole C: ScanBlocks.fold_fixed reads its columns in place; None:
+    # contiguous (batch, n_state, seq), and C1 (batch, seq))
+    cb = n_state * seq if c_batch is None else c_batch
+    rowB = pid_b * cb + offs_n[None, :] * seq + offs_t[:, None]  # (T, N)
     m_tn = mask_t[:, None] & mask_n[None, :]
     Ct = tl.load(C_ptr + rowB, mask=m_tn, other=0.0).to(tl.float32)
     cs = tl.cumsum(dt, axis=0)  # (T, D): sum of dt from the chunk's first step to t
@@ -94,7 +97,8 @@ def _chunk_adjoint_tm_kernel(
     dn = (base + offs_d[:, None]) * n_state + offs_n[None, :]
     tl.store(X_ptr + dn, X, mask=m_dn)
     if ONE:
-        c1 = tl.load(C1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+        c1 = tl.load(C1_ptr + pid_b * (seq if c_batch is None else c_batch) + offs_t, mask=mask_t,
+                     other=0.0).to(tl.float32)
         tl.store(X1_ptr + base + offs_d, tl.sum(c1[:, None] * dy, axis=0), mask=mask_d)
     S = tl.sum(dt, axis=0)
     tl.store(S_ptr + base + offs_d, S, mask=mask_d)
@@ -223,9 +227,10 @@ def _chunk_grads_tm_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, N_ITERS: tl.constexpr,
     PREFETCH: tl.constexpr = False,
     B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, E1_ptr=None, dB1_ptr=None, dC1_ptr=None, P_ptr=None,
-    ONE: tl.constexpr = False, ZERO: tl.constexpr = False, EVEN: tl.constexpr = False,
+    ONE: tl.constexpr = False, ZERO: tl.constexpr = False, EVEN: tl.constexpr = False, b_batch=None, c_batch=None,
 ):
-    # The grid, channel split (blocks pid_s, pid_s + d_split, ...), partials and outputs of _chunk_grads_kernel;
+    # b_batch, c_batch: B's and C's batch strides (slices of the whole B, C read in place, with B1, C1; None:
+    # contiguous (batch, n_state, seq) and (batch, seq)). The grid, channel split (blocks pid_s, pid_s + d_split, ...), partials and outputs of _chunk_grads_kernel;
     # PREFETCH is accepted (the same call site) and ignored. ONE / ZERO: the polarized channels folded in
     # (ScanBlocks.fold_fixed; B1, C1, Q: (batch, seq) rows, states1: (batch, tiles, d_inner), E1: (batch, chunks,
     # d_inner)); dB1, dC1 and P = sum_d dy dtu are stored per channel split, (split, batch, seq).
@@ -238,15 +243,20 @@ def _chunk_grads_tm_kernel(
     mask_t1 = (offs_t + 1 < seq) & (t_loc < BLOCK_T - 1)  # a_{t+1} inside the chunk
     is_last = (t_loc == BLOCK_T - 1)[:, None, None]
     m_tn = mask_t[:, None] & mask_n[None, :]
-    rowB = pid_b * n_state * seq + offs_n[None, :] * seq + offs_t[:, None]  # (T, N)
-    Bt = tl.load(B_ptr + rowB, mask=m_tn, other=0.0).to(tl.float32)
-    Ct = tl.load(C_ptr + rowB, mask=m_tn, other=0.0).to(tl.float32)
+    rowB = pid_b * n_state * seq + offs_n[None, :] * seq + offs_t[:, None]  # (T, N), dB's and dC's
+    tn = offs_n[None, :] * seq + offs_t[:, None]
+    Bt = tl.load(B_ptr + pid_b * (n_state * seq if b_batch is None else b_batch) + tn, mask=m_tn,
+                 other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + pid_b * (n_state * seq if c_batch is None else c_batch) + tn, mask=m_tn,
+                 other=0.0).to(tl.float32)
     dB3 = tl.zeros((BLOCK_T, BLOCK_D, BLOCK_N), dtype=tl.float32)
     dC3 = tl.zeros((BLOCK_T, BLOCK_D, BLOCK_N), dtype=tl.float32)
     b1, c1, q = 0.0, 0.0, 0.0
     if ONE:
-        b1 = tl.load(B1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
-        c1 = tl.load(C1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+        b1 = tl.load(B1_ptr + pid_b * (seq if b_batch is None else b_batch) + offs_t, mask=mask_t,
+                     other=0.0).to(tl.float32)
+        c1 = tl.load(C1_ptr + pid_b * (seq if c_batch is None else c_batch) + offs_t, mask=mask_t,
+                     other=0.0).to(tl.float32)
     if ZERO:
         q = tl.load(Q_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
     accB1 = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)

@@ -34,7 +34,7 @@ __all__ = ["bwd_kernel_tm", "fold_fwd_tile", "fwd_kernel_tm"]
 @triton.jit
 def _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, seq, mask_d, mask_n,
                  HAS_Z: tl.constexpr, BLOCK_T: tl.constexpr, fix_ptrs=None, pid_b=0, ONE: tl.constexpr = False,
-                 ZERO: tl.constexpr = False, EVEN: tl.constexpr = False):
+                 ZERO: tl.constexpr = False, EVEN: tl.constexpr = False, b1_batch=None, c1_batch=None):
     """Tile ``tile``'s raw reads: u, delta, B, C, z ((T, D) and (T, N), float32; z = 0 when absent) and the
     polarized channels' rows b1, c1, q ((T,), with ``ONE`` / ``ZERO``, from ``fix_ptrs = (B1, C1, Q)``; else 0)."""
     offs_t = tile * BLOCK_T + t_loc
@@ -52,8 +52,8 @@ def _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, 
     b1, c1, q = 0.0, 0.0, 0.0
     if ONE:
         B1_ptr, C1_ptr, _ = fix_ptrs
-        b1 = tl.load(B1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
-        c1 = tl.load(C1_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+        b1 = tl.load(B1_ptr + pid_b * b1_batch + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+        c1 = tl.load(C1_ptr + pid_b * c1_batch + offs_t, mask=mask_t, other=0.0).to(tl.float32)
     if ZERO:
         _, _, Q_ptr = fix_ptrs
         q = tl.load(Q_ptr + pid_b * seq + offs_t, mask=mask_t, other=0.0).to(tl.float32)
@@ -130,6 +130,7 @@ def fwd_kernel_tm(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, PREFETCH: tl.constexpr = False,
     B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, last1_ptr=None, ypre_ptr=None,
     ONE: tl.constexpr = False, ZERO: tl.constexpr = False, Y_OUT: tl.constexpr = False, EVEN: tl.constexpr = False,
+    b_batch=None, c_batch=None,
 ):
     # PREFETCH: tile i + 1's reads are issued before tile i's arithmetic, off the chain of dependent tiles
     # (the read after the last tile is fully masked: no traffic). Same results either way.
@@ -149,16 +150,23 @@ def fwd_kernel_tm(
     H1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
     fix = (B1_ptr, C1_ptr, Q_ptr)
     row = pid_b * n_inner * seq + offs_d[None, :] * seq  # (1, D)
-    rowB = pid_b * n_state * seq + offs_n[None, :] * seq  # (1, N)
+    # b_batch, c_batch: B's and C's batch strides (slices of the whole B, C read in place, with B1, C1; None:
+    # contiguous (batch, n_state, seq) and (batch, seq)); one row offset serves both when they agree
+    bb = n_state * seq if b_batch is None else b_batch
+    cb = n_state * seq if c_batch is None else c_batch
+    b1b = seq if b_batch is None else b_batch
+    c1b = seq if c_batch is None else c_batch
+    rowB = pid_b * bb + offs_n[None, :] * seq  # (1, N)
+    C_ptr = C_ptr + pid_b * (cb - bb)  # C's rows at C's own batch stride, through rowB
     st_off = offs_d[:, None] * n_state + offs_n[None, :]
     if PREFETCH:
         u, draw, Bt, Ct, z, b1, c1, q = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, 0, t_loc, seq,
-                                                     mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO, EVEN)
+                                                     mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO, EVEN, b1b, c1b)
         for tile in range(N_TILES):
             # EVEN has no masks: the read after the last tile re-reads the last one instead (cached, unused).
             nxt_tile = tl.minimum(tile + 1, N_TILES - 1) if EVEN else tile + 1
             nxt = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, nxt_tile, t_loc, seq, mask_d,
-                               mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO, EVEN)
+                               mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO, EVEN, b1b, c1b)
             h, H1 = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
                                  pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z,
                                  HAS_BIAS, SOFTPLUS, BLOCK_T, b1, c1, q, states1_ptr, ypre_ptr, H1, offs_d, ONE, ZERO,
@@ -168,7 +176,7 @@ def fwd_kernel_tm(
         for tile in range(N_TILES):
             u, draw, Bt, Ct, z, b1, c1, q = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc,
                                                          seq, mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO,
-                                                         EVEN)
+                                                         EVEN, b1b, c1b)
             h, H1 = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
                                  pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z,
                                  HAS_BIAS, SOFTPLUS, BLOCK_T, b1, c1, q, states1_ptr, ypre_ptr, H1, offs_d, ONE, ZERO,
