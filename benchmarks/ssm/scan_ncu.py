@@ -10,21 +10,89 @@ The script runs the scan a few times (Triton's compiles, the allocator), then on
     ncu -i $OUT/scan.ncu-rep --page details --csv > $OUT/details.csv
     ncu -i $OUT/scan.ncu-rep --page source --print-source sass --csv -k _grads_gl_kernel > $OUT/grads_sass.csv
 
-(``--clock-control none``: the device's notes ask to leave the clocks alone.) Writes nothing itself: ncu's
-report is the output. ``--preset`` picks ``ScanBlocks.preset`` (default ``fastest``).
+(``--clock-control none``: the device's notes ask to leave the clocks alone.) ``--preset`` picks
+``ScanBlocks.preset`` (default ``fastest``). Then, on the same machine,
+
+    python benchmarks/ssm/scan_ncu.py --summarize $OUT
+
+reads ``details.csv`` and every ``*_sass.csv`` there into the record ``ssm_scan_ncu.json``: per kernel its duration,
+registers, occupancy, issue activity and spill requests; per profiled SASS listing the warp-stall samples by reason
+(the share of all samples) and the executed instructions by opcode.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+DETAILS = ("Duration", "Registers Per Thread", "Achieved Occupancy", "Theoretical Occupancy", "Issue Slots Busy",
+           "Warp Cycles Per Issued Instruction", "Active Warps Per Scheduler", "Eligible Warps Per Scheduler",
+           "Memory Throughput", "DRAM Throughput", "Executed Instructions", "Local Memory Spilling Requests",
+           "Block Limit Registers")
+
+
+def _num(text):
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return text
+
+
+def summarize(folder):
+    """``{"kernels": {name: {metric: value}}, "sass": {listing: {"stall_share", "opcode_share", ...}}}`` from ncu's
+    CSV pages in ``folder`` (see the module docstring)."""
+    import collections
+    import csv
+
+    folder = Path(folder)
+    kernels: dict = {}
+    with open(folder / "details.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            name = r["Kernel Name"].split("(")[0]
+            key = f"{r['Metric Name']} ({r['Metric Unit']})" if r["Metric Unit"] else r["Metric Name"]
+            if r["Metric Name"] in DETAILS and key not in kernels.setdefault(name, {}):
+                kernels[name][key] = _num(r["Metric Value"])
+    sass = {}
+    for path in sorted(folder.glob("*_sass.csv")):
+        rows = list(csv.reader(open(path, newline="")))
+        if len(rows) < 3:
+            continue
+        hdr = rows[1]
+        data = [r for r in rows[2:] if len(r) == len(hdr)]
+        src, execs = hdr.index("Source"), hdr.index("Instructions Executed")
+        stall_cols = [i for i, h in enumerate(hdr) if h.startswith("stall_") and "Not Issued" not in h]
+        stalls, ops = collections.Counter(), collections.Counter()
+        for r in data:
+            for i in stall_cols:
+                stalls[hdr[i]] += int(r[i] or 0)
+            words = r[src].split()
+            if words:
+                op = words[1] if words[0].startswith("@") and len(words) > 1 else words[0]
+                ops[op.split(".")[0]] += int(r[execs] or 0)
+        n_stall, n_ops = sum(stalls.values()) or 1, sum(ops.values()) or 1
+        sass[path.stem] = {"samples": sum(stalls.values()), "warp_instructions": sum(ops.values()),
+                           "stall_share": {k: round(v / n_stall, 4) for k, v in stalls.most_common(8)},
+                           "opcode_share": {k: round(v / n_ops, 4) for k, v in ops.most_common(12)}}
+    return {"kernels": kernels, "sass": sass}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="fastest")
     ap.add_argument("--shape", type=int, nargs=3, default=(16, 256, 4096), metavar=("BATCH", "D_INNER", "SEQ"))
+    ap.add_argument("--summarize", metavar="DIR", help="write ssm_scan_ncu.json from ncu's CSV pages in DIR")
     args = ap.parse_args(argv)
+    if args.summarize:
+        from anybudget.io import write_results
+
+        if not (Path(args.summarize) / "details.csv").is_file():
+            ap.error(f"--summarize {args.summarize}: no details.csv there (run ncu and its --page details first)")
+        config = {"preset": args.preset, "shape": list(args.shape), "tool": "Nsight Compute, --set full, "
+                  "--clock-control none, one forward + backward (see the module docstring)"}
+        path = write_results("ssm_scan_ncu", config, summarize(args.summarize), out_dir=args.summarize)
+        print("wrote", path)
+        return 0
     import torch
     from scan_speed import make_inputs
 

@@ -45,7 +45,8 @@ variant (``anybudget.ssm.fast_step``), for the Table 2 model (d_model 128, polar
   ``ssm_grads_gluon.json``).
   ``+fold``: the polarized channels, D and z inside the scan's kernels (``ScanBlocks.fold_fixed``) instead of
   the closed form's PyTorch ops around them: ``bwdgl+reg168+fold`` and ``bwdtm+fold``; ``+pf``: and the
-  forward's next-tile prefetch (``fwd_prefetch``).
+  forward's next-tile prefetch (``fwd_prefetch``); ``+async``: and the Gluon grads kernel's next-block reads as
+  cp.async copies into shared memory (``bwd_prefetch = "async"``): the fastest preset since session 24.
 
 Every variant times the same step indices after warm-up (all shapes compiled / captured first),
 then profiles a few steps: kernels per step (inside a CUDA graph too) and their summed GPU time. A
@@ -134,6 +135,8 @@ VARIANTS = {
     "compile+cudagraph+tf16+bwdgl+reg168+fold": ("compile+cudagraph", {}, "new_tf16_bwdgl_reg168_fold"),
     "compile+cudagraph+tf16+bwdtm+fold": ("compile+cudagraph", {}, "new_tf16_bwdtm_fold"),
     "compile+cudagraph+tf16+bwdgl+reg168+fold+pf": ("compile+cudagraph", {}, "new_tf16_bwdgl_reg168_fold_pf"),
+    "compile+cudagraph+tf16+bwdgl+reg168+fold+pf+async": ("compile+cudagraph", {},
+                                                          "new_tf16_bwdgl_reg168_fold_pf_async"),
     "compile+cudagraph+tf16+fast": ("compile+cudagraph", {"compile_options": (("triton.prefer_nd_tiling", True),
                                                                               ("coordinate_descent_tuning", True))},
                                     "new_tf16_tuned_fwdpf"),
@@ -163,7 +166,8 @@ SCANS = {OLD: ("time_last", False, ((4, 32, 4), (4, 32, 4)), "sequential"),
          "new_tf16_bwdgl_reg168": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_bwdgl_reg168_fold": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
          "new_tf16_bwdtm_fold": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
-         "new_tf16_bwdgl_reg168_fold_pf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
+         "new_tf16_bwdgl_reg168_fold_pf": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked"),
+         "new_tf16_bwdgl_reg168_fold_pf_async": ("time_first", True, ((8, 16, 4), (8, 16, 4)), "chunked")}
 # ScanBlocks settings beyond SCANS' (defaults for scans not named): the adjoint kernel's own (BLOCK_D, warps)
 # (programs of 16 x 32 x 16 on 8 warps, 64 registers a thread, instead of 16 x 8 x 16 on 4); 4096 programs aimed at (the grads kernel's channel
 # blocks split over up to 8 programs at short sequences); triton.autotune of the adjoint and grads tiles;
@@ -195,7 +199,10 @@ SCAN_EXTRAS = {"new_tf16_adj32": {"bwd_adjoint": (32, 8)},
                                               "fold_fixed": True},
                "new_tf16_bwdtm_fold": {"bwd_tm": True, "fold_fixed": True},
                "new_tf16_bwdgl_reg168_fold_pf": {"bwd_tm": True, "bwd_gluon": True, "bwd_maxnreg": 168,
-                                                 "fold_fixed": True, "fwd_prefetch": True}}
+                                                 "fold_fixed": True, "fwd_prefetch": True},
+               "new_tf16_bwdgl_reg168_fold_pf_async": {"bwd_tm": True, "bwd_gluon": True, "bwd_maxnreg": 168,
+                                                       "fold_fixed": True, "fwd_prefetch": True,
+                                                       "bwd_prefetch": "async"}}
 TOP_KERNELS = 12  # kernels per row of the record, by GPU time
 # Timed at every depth before the rest (a --time-limit cut loses the rest first).
 FIRST = ("reference", "compile+cudagraph", "compile+cudagraph+tf", "compile+cudagraph+tf16", "cudagraph_fp32")

@@ -19,7 +19,18 @@ element, on the pipe it shares with the exps. Here (Gluon: explicit layouts):
   3.6 lowers ``reverse=True`` on this tile with lane exchanges: most of a first version's, which used it);
 * the two sums over states (<g, B> and <g a h_prev, A>) become a transpose each through shared memory
   (stored with time in registers, loaded with the states in registers) and a register sum: the result
-  lands in the compact layout that du and d(delta) are stored from.
+  lands in the compact layout that du and d(delta) are stored from;
+* the chunk-start state and the carried adjoint enter their scans as the first step's input (``SEED``:
+  ``h_0 = a_0 h_start + b_0``; the scans' products of A-bar are then dead code), and B, C wait in shared memory
+  (``BC_SMEM``) instead of 32 registers a thread: together no spills at 168 registers (3 programs an SM; 64
+  bytes before), where an Nsight Compute profile of the kernel had 42% of its warps' samples waiting on the
+  long scoreboard, mostly at reloads of spilled values (``ssm_scan_ncu`` below);
+* ``ASYNC`` (``ScanBlocks.bwd_prefetch = "async"``): the next channel block's reads are issued as cp.async copies
+  into a second shared-memory stage before this block's arithmetic; a register prefetch (``PREFETCH``) needs ~40
+  more registers a thread and spills at 168.
+
+Measured at issue 17's shape on an H100 (``benchmarks/ssm/scan_fold_speed.py``): the kernel 885 us with neither
+SEED nor BC_SMEM, 760 us with both, 640 us with ASYNC too.
 
 Same grid, arguments, algorithm and results as ``_chunk_grads_tm_kernel`` (checked against the
 reference scan and the Triton kernel on CUDA by ``tests/ssm/test_triton.py::test_gluon_grads_gpu_*``;

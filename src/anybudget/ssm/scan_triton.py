@@ -91,7 +91,9 @@ class ScanBlocks:
     # 5 programs an SM; 80 fits without spilling, 6 programs: ssm_scan_regs.json's method).
     fwd_maxnreg = None
     # The chunked backward's grads kernel issues the next channel block's loads before this block's
-    # arithmetic (a two-stage pipeline by hand; same results).
+    # arithmetic (a two-stage pipeline by hand; same results). True: into registers; "async": the Gluon grads kernel
+    # copies them into two shared-memory stages (cp.async, fp32 inputs; no registers held: at 168 registers the
+    # register prefetch spills; ssm_scan_fold.json), the Triton kernels take it as True.
     bwd_prefetch = False
     # A cap on the chunked grads kernel's registers a thread (None: ptxas's choice; at (8, 16, 4) and 16
     # states it takes 228, 2 programs an SM; 168 fits without spilling, 3 programs: ssm_scan_regs.json).
@@ -130,7 +132,8 @@ class ScanBlocks:
         (``ScanBlocks.restore(old)`` puts them back). ``"default"``: the class's own defaults; ``"fastest"``: the
         fastest MQAR training step measured on an H100 (``benchmarks/results/ssm/ssm_train_speed.json``: time_first
         forward (8, 16, 4) with prefetch, chunked backward (8, 16, 4) with the time-major adjoint and the Gluon grads
-        kernel capped at 168 registers, the polarized channels folded into the kernels); without Gluon (Triton < 3.5)
+        kernel capped at 168 registers reading each channel block ahead by cp.async, the polarized channels folded
+        into the kernels); without Gluon (Triton < 3.5)
         or where its tiles do not fit the state count (``bwd_gluon = "auto"``) the time-major Triton grads kernel, and
         the split path where the kernels cannot fold the channels (``fold_problem``). Same results either way.
         Measured for the compiled step captured as CUDA graphs and for eager runs; under ``torch.compile`` without
@@ -165,7 +168,7 @@ SCAN_PRESETS = {
                 and not isinstance(v, classmethod)},
     "fastest": {"variant": "time_first", "fwd": (8, 16, 4), "bwd": (8, 16, 4), "bwd_impl": "chunked",
                 "bwd_chunked": (8, 16, 4), "bwd_tm": True, "fwd_prefetch": True, "split_fixed": True,
-                "fold_fixed": True},
+                "fold_fixed": True, "bwd_prefetch": "async"},
 }
 
 
