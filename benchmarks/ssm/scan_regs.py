@@ -102,12 +102,18 @@ def rows(smoke=False):
                     **resource_usage(sgb.grads_gluon, c, w, maxnreg)})
         print(out[-1], flush=True)
     # ScanBlocks.fold_fixed (the polarized channels in the kernel, no z: the gate's backward is the adjoint's) with
-    # and without EVEN (no masks), at the fastest preset's cap.
+    # and without EVEN (no masks), at the fastest preset's cap; then the preset's kernel (its next block's reads by
+    # cp.async, ASYNC) and, beside it, session 23's (no SEED, no BC_SMEM). Flags as chunked_backward passes them.
+    fold = {**flags, "HAS_Z": False, "HAS_D": True, "BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "N_ITERS": 32,
+            "ONE": True, "ZERO": True, **sgb.GRADS_FLAGS}
     for even in (False, True):
-        c = {**flags, "HAS_Z": False, "HAS_D": True, "BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "N_ITERS": 32,
-             "ONE": True, "ZERO": True, "EVEN": even}
         out.append({"kernel": "grads_gluon_fold", "block_d": 8, "warps": 4, "maxnreg": 168, "even": even,
-                    **resource_usage(sgb.grads_gluon, c, 4, 168)})
+                    **resource_usage(sgb.grads_gluon, {**fold, "EVEN": even}, 4, 168)})
+        print(out[-1], flush=True)
+    for name, extra in (("grads_gluon_fold_async", {"ASYNC": True}),
+                        *(() if smoke else (("grads_gluon_fold_s23", {"SEED": False, "BC_SMEM": False}),))):
+        out.append({"kernel": name, "block_d": 8, "warps": 4, "maxnreg": 168, "even": True,
+                    **resource_usage(sgb.grads_gluon, {**fold, "EVEN": True, **extra}, 4, 168)})
         print(out[-1], flush=True)
     for even in () if smoke else (False, True):  # the time-major Triton kernel folded (the preset without Gluon)
         c = {**flags, "HAS_Z": False, "HAS_D": True, "BLOCK_D": 8, "BLOCK_N": 16, "BLOCK_T": 16, "N_ITERS": 32,
@@ -120,6 +126,12 @@ def rows(smoke=False):
         for name, fn in (("adjoint", sb._chunk_adjoint_kernel), ("adjoint_tm", sbt._chunk_adjoint_tm_kernel)):
             out.append({"kernel": name, "block_d": bd, "warps": w, **resource_usage(fn, c, w)})
             print(out[-1], flush=True)
+    for block_c, block_j, w, jc in (sb.CARRY_TILES, (16, 256, 4, False)):  # the carry: (j, chunk) tiles, then the old
+        c = {"REVERSE": True, "BLOCK_C": block_c, "BLOCK_J": block_j, "N_BLOCKS": 256 // block_c, "ONE": True,
+             "JC": jc}
+        out.append({"kernel": "carry_jc" if jc else "carry", "block_c": block_c, "block_j": block_j, "warps": w,
+                    **resource_usage(sb._chunk_carry_kernel, c, w)})
+        print(out[-1], flush=True)
     if smoke:
         return out
     for pf, maxnreg in ((False, None), (True, None), (False, 80)):

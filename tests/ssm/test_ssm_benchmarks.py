@@ -224,14 +224,22 @@ def test_scan_regs_smoke_compiles_the_grads_and_adjoint_kernels_for_sm90_spillin
     sr = bench("scan_regs")
     assert sr.main(["--smoke", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "ssm_scan_regs_smoke.json").read_text())["metrics"]["kernels"]
-    row, tm, gl, fold, fold_even, adj, adj_tm = rows
+    row, tm, gl, fold, fold_even, fold_async, adj, adj_tm, carry_jc, carry = rows
     assert row["kernel"] == "grads" and row["prefetch"] is True and tm["kernel"] == "grads_tm"
     assert gl["kernel"] == "grads_gluon" and fold["kernel"] == fold_even["kernel"] == "grads_gluon_fold"
-    assert (adj["kernel"], adj_tm["kernel"]) == ("adjoint", "adjoint_tm")
+    assert fold_async["kernel"] == "grads_gluon_fold_async"
+    assert (adj["kernel"], adj_tm["kernel"], carry_jc["kernel"], carry["kernel"]) == ("adjoint", "adjoint_tm",
+                                                                                     "carry_jc", "carry")
     for r in rows:
         assert 0 < r["regs"] <= 255 and r["programs_per_sm"] >= 1
         assert r["stack_bytes"] == 0 or r.get("maxnreg") == 168  # spills only under the preset's register cap
-        assert 0 < r["sass"]["SHFL"] < r["sass"]["instructions"]
+        assert 0 <= r["sass"]["SHFL"] < r["sass"]["instructions"]
+    # The preset's folded kernel (B, C in shared memory, scans seeded, the next block copied ahead): no spills at 168.
+    assert fold_even["stack_bytes"] == 0 and fold_async["stack_bytes"] == 0
+    # The carry on (j, chunk) tiles: each thread's chunks in its registers (no lane exchanges at all with the
+    # device's Triton 3.6, ssm_scan_regs_runs/triton36_s24.json); fewer than the old (chunk, j) tiles' with any.
+    assert carry_jc["sass"]["SHFL"] < carry["sass"]["SHFL"]
+    assert carry_jc["sass"]["instructions"] < carry["sass"]["instructions"]
     # The folded Gluon kernel (no CPU interpreter: its sm_90 build is the CPU's check) without masks when every
     # tile index is in range: the same lane exchanges, far fewer instructions.
     assert fold_even["sass"]["SHFL"] == fold["sass"]["SHFL"]

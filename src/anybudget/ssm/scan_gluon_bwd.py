@@ -24,7 +24,8 @@ element, on the pipe it shares with the exps. Here (Gluon: explicit layouts):
   ``h_0 = a_0 h_start + b_0``; the scans' products of A-bar are then dead code), and B, C wait in shared memory
   (``BC_SMEM``) instead of 32 registers a thread: together no spills at 168 registers (3 programs an SM; 64
   bytes before), where an Nsight Compute profile of the kernel had 42% of its warps' samples waiting on the
-  long scoreboard, mostly at reloads of spilled values (``ssm_scan_ncu`` below);
+  long scoreboard, mostly at reloads of spilled values (``benchmarks/ssm/scan_ncu.py``;
+  ``ssm_scan_ncu_runs/run0_h100_s23_kernels.json``);
 * ``ASYNC`` (``ScanBlocks.bwd_prefetch = "async"``): the next channel block's reads are issued as cp.async copies
   into a second shared-memory stage before this block's arithmetic; a register prefetch (``PREFETCH``) needs ~40
   more registers a thread and spills at 168.
@@ -46,6 +47,12 @@ from __future__ import annotations
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
+
+# cp.async global -> shared: ``async_load`` in Triton >= 3.7 (where the old name raises), before that
+# ``async_copy_global_to_shared`` (the device's Triton 3.6).
+_cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+# A CTA barrier: ``gl.barrier`` in Triton >= 3.7, ``gl.thread_barrier`` before.
+_cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
 from anybudget.ssm.scan_triton_common import combine, silu_and_grad, softplus, softplus_grad
 
@@ -217,12 +224,12 @@ def _gl_copy_block(k, stage, buf_A, buf_h0, buf_E, buf_dt, buf_u, buf_do, A_ptr,
     else:
         m_dn = (offs_d_dn < n_inner)[:, None] & mask_n_dn[None, :]
         m_c = mask_t_c[:, None] & (offs_d_c < n_inner)[None, :]
-    async_copy.async_copy_global_to_shared(buf_A.index(stage), A_ptr + dn, mask=m_dn)
-    async_copy.async_copy_global_to_shared(buf_h0.index(stage), states_ptr + tile0 * n_inner * n_state + dn, mask=m_dn)
-    async_copy.async_copy_global_to_shared(buf_E.index(stage), E_ptr + part * n_state + dn, mask=m_dn)
-    async_copy.async_copy_global_to_shared(buf_dt.index(stage), delta_ptr + row_c, mask=m_c)
-    async_copy.async_copy_global_to_shared(buf_u.index(stage), u_ptr + row_c, mask=m_c)
-    async_copy.async_copy_global_to_shared(buf_do.index(stage), dout_ptr + row_c, mask=m_c)
+    _cp_async(buf_A.index(stage), A_ptr + dn, mask=m_dn)
+    _cp_async(buf_h0.index(stage), states_ptr + tile0 * n_inner * n_state + dn, mask=m_dn)
+    _cp_async(buf_E.index(stage), E_ptr + part * n_state + dn, mask=m_dn)
+    _cp_async(buf_dt.index(stage), delta_ptr + row_c, mask=m_c)
+    _cp_async(buf_u.index(stage), u_ptr + row_c, mask=m_c)
+    _cp_async(buf_do.index(stage), dout_ptr + row_c, mask=m_c)
     async_copy.commit_group()
 
 
@@ -235,7 +242,7 @@ def _grads_gl_kernel(
     BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_T: gl.constexpr, N_ITERS: gl.constexpr,
     B1_ptr=None, C1_ptr=None, Q_ptr=None, states1_ptr=None, E1_ptr=None, dB1_ptr=None, dC1_ptr=None, P_ptr=None,
     ONE: gl.constexpr = False, ZERO: gl.constexpr = False, EVEN: gl.constexpr = False,
-    PREFETCH: gl.constexpr = False, BC_SMEM: gl.constexpr = False, ASYNC: gl.constexpr = False,
+    PREFETCH: gl.constexpr = False, BC_SMEM: gl.constexpr = True, ASYNC: gl.constexpr = False,
     SEED: gl.constexpr = True, b_batch=None, c_batch=None,
 ):
     # EVEN: seq a multiple of BLOCK_T, every program's channel blocks in range and n_state == BLOCK_N: no masks
@@ -349,7 +356,7 @@ def _grads_gl_kernel(
         if ASYNC:
             stage = i % 2
             async_copy.wait_group(0)  # this block's copies (issued one block ago) have landed, for this thread
-            gl.thread_barrier()  # ... and for every thread; and every thread is done reading the other stage
+            _cta_barrier()  # ... and for every thread; and every thread is done reading the other stage
             _gl_copy_block(k_next, 1 - stage, *cp_args, EVEN=EVEN, BLOCK_D=BLOCK_D, NEED_DOUT_C=NEED_DOUT_C)
             A = buf_A.index(stage).load(DN).to(gl.float32)
             h0 = buf_h0.index(stage).load(DN)
