@@ -164,11 +164,13 @@ def _carry_any(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chu
 
 
 @triton.jit
-def _carry_run(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE: tl.constexpr,
-               BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, N_BLOCKS: tl.constexpr, A_ZERO: tl.constexpr):
-    # One program's carry over block ``pid_j`` of the flat (channel, state) index; A_ZERO: A = 0 (not read).
+def _carry_start(A_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE: tl.constexpr, BLOCK_J: tl.constexpr,
+                 A_ZERO: tl.constexpr):
+    """Both carry tilings' start: block ``pid_j`` of the flat (channel, state) index (A's layout), its A (A_ZERO: 0,
+    not read), the zero carry stored at the scan's first chunk; returns the offsets, A, the carry and the shift from
+    a chunk to the one its value enters."""
     n_j = n_inner * n_state
-    offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)  # flat (channel, state) index, A's layout
+    offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
     mask_j = offs_j < n_j
     d_of_j = offs_j // n_state
     if A_ZERO:
@@ -176,7 +178,6 @@ def _carry_run(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chu
         a_zero = A_safe != A_safe
     else:
         A_safe, a_zero = load_a_matrix(A_ptr, 0, offs_j, mask_j, 1)
-    c_loc = tl.arange(0, BLOCK_C)
     carry = tl.zeros((BLOCK_J,), dtype=tl.float32)  # the value entering the next block
     if REVERSE:
         tl.store(E_ptr + (pid_b * n_chunks + n_chunks - 1) * n_j + offs_j, carry, mask=mask_j)
@@ -184,6 +185,17 @@ def _carry_run(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chu
     else:
         tl.store(E_ptr + pid_b * n_chunks * n_j + offs_j, carry, mask=mask_j)
         shift = 1
+    return n_j, offs_j, mask_j, d_of_j, A_safe, a_zero, carry, shift
+
+
+@triton.jit
+def _carry_run(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE: tl.constexpr,
+               BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, N_BLOCKS: tl.constexpr, A_ZERO: tl.constexpr):
+    # One program's carry over block ``pid_j`` of the flat (channel, state) index; A_ZERO: A = 0 (not read).
+    n_j, offs_j, mask_j, d_of_j, A_safe, a_zero, carry, shift = _carry_start(A_ptr, E_ptr, pid_b, pid_j, n_inner,
+                                                                             n_state, n_chunks, REVERSE, BLOCK_J,
+                                                                             A_ZERO)
+    c_loc = tl.arange(0, BLOCK_C)
     for i in range(N_BLOCKS):
         if REVERSE:
             offs_c = (N_BLOCKS - 1 - i) * BLOCK_C + c_loc
@@ -206,27 +218,14 @@ def _carry_run(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chu
 @triton.jit
 def _carry_run_jc(A_ptr, X_ptr, S_ptr, E_ptr, pid_b, pid_j, n_inner, n_state, n_chunks, REVERSE: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, N_BLOCKS: tl.constexpr, A_ZERO: tl.constexpr):
-    # _carry_run on (j, chunk) tiles, chunks walked in the scan's order by their addresses: with BLOCK_J = 4 lanes'
-    # vectors x 32 lanes x warps, Triton lays each thread's chunks in its registers, so the scan over a block of
-    # chunks is a register chain (no lane or warp exchanges), and the reverse carry is a forward scan over chunks
-    # read last to first.
-    n_j = n_inner * n_state
-    offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
-    mask_j = offs_j < n_j
-    d_of_j = offs_j // n_state
-    if A_ZERO:
-        A_safe = tl.zeros((BLOCK_J,), dtype=tl.float32)
-        a_zero = A_safe != A_safe
-    else:
-        A_safe, a_zero = load_a_matrix(A_ptr, 0, offs_j, mask_j, 1)
+    # _carry_run on (j, chunk) tiles, chunks walked in the scan's order by their addresses (the reverse carry is a
+    # forward scan over chunks read last to first): Triton 3.6 keeps each thread's chunks in its registers, so the
+    # scan over a block of chunks is a register chain (no lane exchanges at sm_90 at CARRY_TILES, against 1664 for
+    # the (chunk, j) tiles: ssm_scan_regs_runs/triton36_s24.json; 0.15 -> 0.07 ms in the preset's scan on an H100).
+    n_j, offs_j, mask_j, d_of_j, A_safe, a_zero, carry, shift = _carry_start(A_ptr, E_ptr, pid_b, pid_j, n_inner,
+                                                                             n_state, n_chunks, REVERSE, BLOCK_J,
+                                                                             A_ZERO)
     c_loc = tl.arange(0, BLOCK_C)
-    carry = tl.zeros((BLOCK_J,), dtype=tl.float32)
-    if REVERSE:
-        tl.store(E_ptr + (pid_b * n_chunks + n_chunks - 1) * n_j + offs_j, carry, mask=mask_j)
-        shift = -1
-    else:
-        tl.store(E_ptr + pid_b * n_chunks * n_j + offs_j, carry, mask=mask_j)
-        shift = 1
     for i in range(N_BLOCKS):
         if REVERSE:  # the scan's order: chunk n_chunks - 1 first
             offs_c = n_chunks - 1 - (i * BLOCK_C + c_loc)
@@ -407,7 +406,9 @@ _grads = triton.heuristics(
 GRADS_CONFIGS = ((4, 2, None), (4, 2, 168), (4, 4, None), (8, 4, None), (8, 4, 168), (8, 8, None), (8, 8, 128),
                  (16, 8, None))
 ADJOINT_CONFIGS = ((8, 4), (16, 2), (16, 4), (32, 4), (32, 8), (64, 8))
-# The carry kernel's (BLOCK_C chunks, BLOCK_J (channel, state) pairs, num_warps, JC): JC = (j, chunk) tiles.
+# The chunked backward's carry kernel: (BLOCK_C chunks, BLOCK_J (channel, state) pairs, num_warps, JC); JC: (j, chunk)
+# tiles (_carry_run_jc). Fastest measured alone on an H100 (ssm_carry_speed.json: 99 us against 171 for the
+# (chunk, j) tiles (16, 256, 4) at 16 x 256 chunks x 4096 pairs).
 CARRY_TILES = (8, 32, 1, True)
 _TUNE_KEY = ["n_inner", "n_state", "seq", "n_chunks"]
 
