@@ -452,11 +452,13 @@ def chunked_backward(ctx_tensors, states, fwd_tile, dout, delta_softplus, tiles,
     per shape among both layouts' configs (:data:`ADJOINT_CONFIGS`, :data:`GRADS_CONFIGS` and
     ``scan_triton_bwd_tm.GRADS_TM_CONFIGS``); ``gluon`` (CUDA only): the grads kernel written in Gluon with its
     layouts stated (``scan_gluon_bwd``: fewer lane exchanges and exps; same results; ``tiles`` must satisfy
-    ``scan_gluon_bwd.check_tiles``; ``autotune`` and ``prefetch`` then apply to the adjoint only / not at all).
+    ``scan_gluon_bwd.check_tiles``; ``autotune`` then applies to the adjoint only; ``prefetch`` True: the next
+    block's reads in registers, ``"async"``: as cp.async copies into shared memory, fp32 inputs, else as True).
     ``fixed = (B1, C1, Q, states1, ypre)`` (``ScanBlocks.fold_fixed``; ``time_major`` only, no ``autotune``, chunks a
     multiple of the forward's tiles): the polarized channels folded into the kernels, A, B and C holding the learned
-    states only; ``B1, C1``: the one-polarized channel's rows (batch, seq) and ``states1`` its tile-start states
-    (batch, tiles, d_inner) from the forward, or None without one; ``Q = sum_zeros B C`` (batch, seq) or None without
+    states only (B and C may be column slices of wider tensors, rows contiguous: read in place at their batch
+    strides, B1 and C1 too); ``B1, C1``: the one-polarized channel's rows (batch, seq) and ``states1`` its
+    tile-start states (batch, tiles, d_inner) from the forward, or None without one; ``Q = sum_zeros B C`` (batch, seq) or None without
     zero-polarized channels; ``ypre``: the forward's y before the gate (with z; else None): the gate's backward then
     runs in the adjoint kernel (``GATE``), the grads kernel takes dy = dout silu(z) and reads neither z nor y.
     Returns ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` in the inputs' dtypes (None where absent); with ``fixed``

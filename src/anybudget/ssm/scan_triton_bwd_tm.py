@@ -230,7 +230,8 @@ def _chunk_grads_tm_kernel(
     ONE: tl.constexpr = False, ZERO: tl.constexpr = False, EVEN: tl.constexpr = False, b_batch=None, c_batch=None,
 ):
     # b_batch, c_batch: B's and C's batch strides (slices of the whole B, C read in place, with B1, C1; None:
-    # contiguous (batch, n_state, seq) and (batch, seq)). The grid, channel split (blocks pid_s, pid_s + d_split, ...), partials and outputs of _chunk_grads_kernel;
+    # contiguous (batch, n_state, seq) and (batch, seq)). The grid, channel split (blocks pid_s, pid_s + d_split,
+    # ...), partials and outputs of _chunk_grads_kernel;
     # PREFETCH is accepted (the same call site) and ignored. ONE / ZERO: the polarized channels folded in
     # (ScanBlocks.fold_fixed; B1, C1, Q: (batch, seq) rows, states1: (batch, tiles, d_inner), E1: (batch, chunks,
     # d_inner)); dB1, dC1 and P = sum_d dy dtu are stored per channel split, (split, batch, seq).

@@ -161,7 +161,8 @@ def fwd_kernel_tm(
     st_off = offs_d[:, None] * n_state + offs_n[None, :]
     if PREFETCH:
         u, draw, Bt, Ct, z, b1, c1, q = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, 0, t_loc, seq,
-                                                     mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO, EVEN, b1b, c1b)
+                                                     mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO, EVEN, b1b,
+                                                     c1b)
         for tile in range(N_TILES):
             # EVEN has no masks: the read after the last tile re-reads the last one instead (cached, unused).
             nxt_tile = tl.minimum(tile + 1, N_TILES - 1) if EVEN else tile + 1
