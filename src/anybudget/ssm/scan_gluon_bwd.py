@@ -24,7 +24,7 @@ element, on the pipe it shares with the exps. Here (Gluon: explicit layouts):
   ``h_0 = a_0 h_start + b_0``; the scans' products of A-bar are then dead code), and B, C wait in shared memory
   (``BC_SMEM``) instead of 32 registers a thread: together no spills at 168 registers (3 programs an SM; 64
   bytes before), where an Nsight Compute profile of the kernel had 42% of its warps' samples waiting on the
-  long scoreboard, mostly at reloads of spilled values (``benchmarks/ssm/scan_ncu.py``;
+  long scoreboard, at the block's reads and reloads of spilled values (``benchmarks/ssm/scan_ncu.py``;
   ``ssm_scan_ncu_runs/run0_h100_s23_kernels.json``);
 * ``ASYNC`` (``ScanBlocks.bwd_prefetch = "async"``): the next channel block's reads are issued as cp.async copies
   into a second shared-memory stage before this block's arithmetic; a register prefetch (``PREFETCH``) needs ~40
