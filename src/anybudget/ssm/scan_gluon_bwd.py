@@ -149,14 +149,26 @@ def _perm_inv_last(axis, rank):
 
 
 @gluon.jit
-def _gl_load_block(k, A_ptr, states_ptr, E_ptr, delta_ptr, bias_ptr, u_ptr, dout_ptr, D_ptr, states1_ptr, E1_ptr, tile0,
-                   part, pid_b, n_inner, n_state, seq, d_dn0, n_dn, mask_n_dn, d_c0, offs_t_c, mask_t_c, d_s0, offs_t_s,
-                   mask_t_s, d_f0, HAS_D: gl.constexpr, HAS_BIAS: gl.constexpr, ONE: gl.constexpr,
-                   EVEN: gl.constexpr, BLOCK_D: gl.constexpr, NEED_DOUT_C: gl.constexpr, BIG: gl.constexpr):
-    """Every global read of channel block ``k`` (raw values, no arithmetic, so a prefetch holds few registers):
-    A, the chunk-start state and the carried adjoint (channel, state); delta, u and dout compact; u and dout with
-    time in registers (``BIG``; else placeholders: ``ASYNC`` copies those through shared memory); the bias, D, the
-    one-channel's start state and carried adjoint (per channel). Absent inputs: zeros."""
+def _block_index(k, pid_b, n_inner, n_state, seq, d_dn0, n_dn, mask_n_dn, d_c0, offs_t_c, mask_t_c,
+                 BLOCK_D: gl.constexpr):
+    """Channel block ``k``'s offsets and masks: (channel, state) ``dn, m_dn``; (time, channel) compact ``offs_d_c,
+    mask_d_c, m_c, row_c`` (its reads, copies and stores index the same way)."""
+    offs_d_dn = k * BLOCK_D + d_dn0
+    m_dn = (offs_d_dn < n_inner)[:, None] & mask_n_dn[None, :]
+    dn = offs_d_dn[:, None] * n_state + n_dn[None, :]
+    offs_d_c = k * BLOCK_D + d_c0
+    mask_d_c = offs_d_c < n_inner
+    m_c = mask_t_c[:, None] & mask_d_c[None, :]
+    row_c = pid_b * n_inner * seq + offs_d_c[None, :] * seq + offs_t_c[:, None]
+    return dn, m_dn, offs_d_c, mask_d_c, m_c, row_c
+
+
+@gluon.jit
+def _gl_load_channels(k, bias_ptr, D_ptr, states1_ptr, E1_ptr, tile0, part, n_inner, d_c0, d_f0,
+                      HAS_D: gl.constexpr, HAS_BIAS: gl.constexpr, ONE: gl.constexpr, EVEN: gl.constexpr,
+                      BLOCK_D: gl.constexpr):
+    """Channel block ``k``'s per-channel reads: the bias, D, the one-channel's start state and carried adjoint
+    (zeros where absent; unused then)."""
     offs_d_c = k * BLOCK_D + d_c0
     mask_d_c = offs_d_c < n_inner
     zero_c = gl.zeros_like(offs_d_c.to(gl.float32))
@@ -166,64 +178,56 @@ def _gl_load_block(k, A_ptr, states_ptr, E_ptr, delta_ptr, bias_ptr, u_ptr, dout
         bias_c = zero_c
     if HAS_D:  # (scan_triton_common.load_vec's zeros need a layout in Gluon: read only when present)
         Dv = _ld(D_ptr + offs_d_c, mask_d_c, EVEN).to(gl.float32)
-    else:  # (unused)
+    else:
         Dv = zero_c
     offs_d_f = k * BLOCK_D + d_f0
     if ONE:
         mask_d_f = offs_d_f < n_inner
         H1_0 = _ld(states1_ptr + tile0 * n_inner + offs_d_f, mask_d_f, EVEN)
         E1 = _ld(E1_ptr + part + offs_d_f, mask_d_f, EVEN)
-    else:  # (unused)
+    else:
         H1_0 = gl.zeros_like(offs_d_f.to(gl.float32))
         E1 = H1_0
-    if BIG:
-        offs_d_dn = k * BLOCK_D + d_dn0
-        m_dn = (offs_d_dn < n_inner)[:, None] & mask_n_dn[None, :]
-        dn = offs_d_dn[:, None] * n_state + n_dn[None, :]
-        A = _ld(A_ptr + dn, m_dn, EVEN).to(gl.float32)
-        h0 = _ld(states_ptr + tile0 * n_inner * n_state + dn, m_dn, EVEN)
-        E = _ld(E_ptr + part * n_state + dn, m_dn, EVEN)
-        m_c = mask_t_c[:, None] & mask_d_c[None, :]
-        row_c = pid_b * n_inner * seq + offs_d_c[None, :] * seq + offs_t_c[:, None]
-        dtr = _ld(delta_ptr + row_c, m_c, EVEN).to(gl.float32)
-        u_c = _ld(u_ptr + row_c, m_c, EVEN).to(gl.float32)
-        if NEED_DOUT_C:
-            dout_c = _ld(dout_ptr + row_c, m_c, EVEN).to(gl.float32)
-        else:  # (unused)
-            dout_c = u_c
-        offs_d_s = k * BLOCK_D + d_s0
-        m_s = mask_t_s[:, None] & (offs_d_s < n_inner)[None, :]
-        row_s = pid_b * n_inner * seq + offs_d_s[None, :] * seq + offs_t_s[:, None]
-        u_s = _ld(u_ptr + row_s, m_s, EVEN).to(gl.float32)
-        dout_s = _ld(dout_ptr + row_s, m_s, EVEN).to(gl.float32)
-    else:  # placeholders, never used
-        A = gl.zeros_like(n_dn.to(gl.float32))[None, :] + gl.zeros_like(d_dn0.to(gl.float32))[:, None]
-        h0 = A
-        E = A
-        dtr = gl.zeros_like(offs_t_c.to(gl.float32))[:, None] + zero_c[None, :]
-        u_c = dtr
-        dout_c = dtr
-        u_s = gl.zeros_like(offs_t_s.to(gl.float32))[:, None] + gl.zeros_like(d_s0.to(gl.float32))[None, :]
-        dout_s = u_s
-    return A, h0, E, dtr, bias_c, u_c, u_s, dout_s, dout_c, Dv, H1_0, E1
+    return bias_c, Dv, H1_0, E1
+
+
+@gluon.jit
+def _gl_load_block(k, A_ptr, states_ptr, E_ptr, delta_ptr, u_ptr, dout_ptr, tile0, part, pid_b, n_inner, n_state, seq,
+                   d_dn0, n_dn, mask_n_dn, d_c0, offs_t_c, mask_t_c, d_s0, offs_t_s, mask_t_s, EVEN: gl.constexpr,
+                   BLOCK_D: gl.constexpr, NEED_DOUT_C: gl.constexpr):
+    """Channel block ``k``'s other reads (raw values, no arithmetic, so a prefetch holds few registers): A, the
+    chunk-start state and the carried adjoint (channel, state); delta, u and dout compact; u and dout with time in
+    registers (``ASYNC`` copies these through shared memory instead, ``_gl_copy_block``)."""
+    dn, m_dn, offs_d_c, mask_d_c, m_c, row_c = _block_index(k, pid_b, n_inner, n_state, seq, d_dn0, n_dn, mask_n_dn,
+                                                            d_c0, offs_t_c, mask_t_c, BLOCK_D)
+    A = _ld(A_ptr + dn, m_dn, EVEN).to(gl.float32)
+    h0 = _ld(states_ptr + tile0 * n_inner * n_state + dn, m_dn, EVEN)
+    E = _ld(E_ptr + part * n_state + dn, m_dn, EVEN)
+    dtr = _ld(delta_ptr + row_c, m_c, EVEN).to(gl.float32)
+    u_c = _ld(u_ptr + row_c, m_c, EVEN).to(gl.float32)
+    if NEED_DOUT_C:
+        dout_c = _ld(dout_ptr + row_c, m_c, EVEN).to(gl.float32)
+    else:  # (unused)
+        dout_c = u_c
+    offs_d_s = k * BLOCK_D + d_s0
+    m_s = mask_t_s[:, None] & (offs_d_s < n_inner)[None, :]
+    row_s = pid_b * n_inner * seq + offs_d_s[None, :] * seq + offs_t_s[:, None]
+    u_s = _ld(u_ptr + row_s, m_s, EVEN).to(gl.float32)
+    dout_s = _ld(dout_ptr + row_s, m_s, EVEN).to(gl.float32)
+    return A, h0, E, dtr, u_c, u_s, dout_s, dout_c
 
 
 @gluon.jit
 def _gl_copy_block(k, stage, buf_A, buf_h0, buf_E, buf_dt, buf_u, buf_do, A_ptr, states_ptr, E_ptr, delta_ptr, u_ptr,
                    dout_ptr, tile0, part, pid_b, n_inner, n_state, seq, d_dn0, n_dn, mask_n_dn, d_c0, offs_t_c,
-                   mask_t_c, EVEN: gl.constexpr, BLOCK_D: gl.constexpr, NEED_DOUT_C: gl.constexpr):
+                   mask_t_c, EVEN: gl.constexpr, BLOCK_D: gl.constexpr):
     """``ASYNC``: block ``k``'s (channel, state) and (time, channel) reads as asynchronous copies (cp.async) into
     shared-memory ``stage``, one commit group: they land while the block before computes, in no registers."""
-    offs_d_dn = k * BLOCK_D + d_dn0
-    dn = offs_d_dn[:, None] * n_state + n_dn[None, :]
-    offs_d_c = k * BLOCK_D + d_c0
-    row_c = pid_b * n_inner * seq + offs_d_c[None, :] * seq + offs_t_c[:, None]
+    dn, m_dn, offs_d_c, mask_d_c, m_c, row_c = _block_index(k, pid_b, n_inner, n_state, seq, d_dn0, n_dn, mask_n_dn,
+                                                            d_c0, offs_t_c, mask_t_c, BLOCK_D)
     if EVEN:
         m_dn = None
         m_c = None
-    else:
-        m_dn = (offs_d_dn < n_inner)[:, None] & mask_n_dn[None, :]
-        m_c = mask_t_c[:, None] & (offs_d_c < n_inner)[None, :]
     _cp_async(buf_A.index(stage), A_ptr + dn, mask=m_dn)
     _cp_async(buf_h0.index(stage), states_ptr + tile0 * n_inner * n_state + dn, mask=m_dn)
     _cp_async(buf_E.index(stage), E_ptr + part * n_state + dn, mask=m_dn)
@@ -320,12 +324,10 @@ def _grads_gl_kernel(
         accP = gl.zeros([BLOCK_T, BLOCK_D], gl.float32, TD)
     part = (pid_b * n_chunks + pid_c) * n_inner
     tile0 = pid_b * n_state_tiles + pid_c * tile_ratio
-    ld_args = (A_ptr, states_ptr, E_ptr, delta_ptr, bias_ptr, u_ptr, dout_ptr, D_ptr, states1_ptr, E1_ptr, tile0,
-               part, pid_b, n_inner, n_state, seq, d_dn0, n_dn, mask_n_dn, d_c0, offs_t_c, mask_t_c, d_s0, offs_t_s,
-               mask_t_s, d_f0)
+    ch_args = (bias_ptr, D_ptr, states1_ptr, E1_ptr, tile0, part, n_inner, d_c0, d_f0)
+    ld_args = (A_ptr, states_ptr, E_ptr, delta_ptr, u_ptr, dout_ptr, tile0, part, pid_b, n_inner, n_state, seq, d_dn0,
+               n_dn, mask_n_dn, d_c0, offs_t_c, mask_t_c, d_s0, offs_t_s, mask_t_s)
     NEED_DOUT_C: gl.constexpr = HAS_Z or HAS_D or ONE or ZERO
-    REG_PF: gl.constexpr = PREFETCH or ASYNC  # (with ASYNC only the per-channel vectors ride in registers)
-    BIG: gl.constexpr = not ASYNC
     if ASYNC:  # two stages of every block read: block k + d_split's copies land while block k computes
         SH_TD: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0, 1])  # (stage: the leading axis) time contiguous
         SH_DN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -337,27 +339,29 @@ def _grads_gl_kernel(
         buf_do = gl.allocate_shared_memory(dout_ptr.dtype.element_ty, [2, BLOCK_T, BLOCK_D], SH_TD)
         cp_args = (buf_A, buf_h0, buf_E, buf_dt, buf_u, buf_do, A_ptr, states_ptr, E_ptr, delta_ptr, u_ptr, dout_ptr,
                    tile0, part, pid_b, n_inner, n_state, seq, d_dn0, n_dn, mask_n_dn, d_c0, offs_t_c, mask_t_c)
-        _gl_copy_block(pid_s, 0, *cp_args, EVEN=EVEN, BLOCK_D=BLOCK_D, NEED_DOUT_C=NEED_DOUT_C)
-    if REG_PF:  # block k + d_split's reads are issued before block k's arithmetic (registers, not shared memory)
-        nxt = _gl_load_block(pid_s, *ld_args, HAS_D=HAS_D, HAS_BIAS=HAS_BIAS, ONE=ONE, EVEN=EVEN, BLOCK_D=BLOCK_D,
-                             NEED_DOUT_C=NEED_DOUT_C, BIG=BIG)
+        _gl_copy_block(pid_s, 0, *cp_args, EVEN=EVEN, BLOCK_D=BLOCK_D)
+    # block k + d_split's reads are issued before block k's arithmetic: in registers (PREFETCH; with ASYNC the
+    # per-channel reads only)
+    if PREFETCH or ASYNC:
+        nxt_ch = _gl_load_channels(pid_s, *ch_args, HAS_D=HAS_D, HAS_BIAS=HAS_BIAS, ONE=ONE, EVEN=EVEN, BLOCK_D=BLOCK_D)
+    if PREFETCH and not ASYNC:
+        nxt = _gl_load_block(pid_s, *ld_args, EVEN=EVEN, BLOCK_D=BLOCK_D, NEED_DOUT_C=NEED_DOUT_C)
     for i in range(N_ITERS):
         k = pid_s + i * d_split
         # the last block's "next" is itself (in range, so EVEN's unmasked reads stay inside the tensors)
         k_next = gl.minimum(k + d_split, pid_s + (N_ITERS - 1) * d_split)
-        if REG_PF:
-            cur = nxt
-            nxt = _gl_load_block(k_next, *ld_args, HAS_D=HAS_D, HAS_BIAS=HAS_BIAS, ONE=ONE, EVEN=EVEN,
-                                 BLOCK_D=BLOCK_D, NEED_DOUT_C=NEED_DOUT_C, BIG=BIG)
+        if PREFETCH or ASYNC:
+            bias_c, Dv, H1_0, E1 = nxt_ch
+            nxt_ch = _gl_load_channels(k_next, *ch_args, HAS_D=HAS_D, HAS_BIAS=HAS_BIAS, ONE=ONE, EVEN=EVEN,
+                                       BLOCK_D=BLOCK_D)
         else:
-            cur = _gl_load_block(k, *ld_args, HAS_D=HAS_D, HAS_BIAS=HAS_BIAS, ONE=ONE, EVEN=EVEN, BLOCK_D=BLOCK_D,
-                                 NEED_DOUT_C=NEED_DOUT_C, BIG=True)
-        A, h0, E, dtr, bias_c, u_c, u_s, dout_s, dout_c, Dv, H1_0, E1 = cur
+            bias_c, Dv, H1_0, E1 = _gl_load_channels(k, *ch_args, HAS_D=HAS_D, HAS_BIAS=HAS_BIAS, ONE=ONE, EVEN=EVEN,
+                                                     BLOCK_D=BLOCK_D)
         if ASYNC:
             stage = i % 2
             async_copy.wait_group(0)  # this block's copies (issued one block ago) have landed, for this thread
             _cta_barrier()  # ... and for every thread; and every thread is done reading the other stage
-            _gl_copy_block(k_next, 1 - stage, *cp_args, EVEN=EVEN, BLOCK_D=BLOCK_D, NEED_DOUT_C=NEED_DOUT_C)
+            _gl_copy_block(k_next, 1 - stage, *cp_args, EVEN=EVEN, BLOCK_D=BLOCK_D)
             A = buf_A.index(stage).load(DN).to(gl.float32)
             h0 = buf_h0.index(stage).load(DN)
             E = buf_E.index(stage).load(DN)
@@ -365,20 +369,20 @@ def _grads_gl_kernel(
             u_c = buf_u.index(stage).load(TDC).to(gl.float32)
             u_s = buf_u.index(stage).load(TDS).to(gl.float32)
             dout_s = buf_do.index(stage).load(TDS).to(gl.float32)
-            if NEED_DOUT_C:
-                dout_c = buf_do.index(stage).load(TDC).to(gl.float32)
+            dout_c = buf_do.index(stage).load(TDC).to(gl.float32) if NEED_DOUT_C else u_c
+        elif PREFETCH:
+            A, h0, E, dtr, u_c, u_s, dout_s, dout_c = nxt
+            nxt = _gl_load_block(k_next, *ld_args, EVEN=EVEN, BLOCK_D=BLOCK_D, NEED_DOUT_C=NEED_DOUT_C)
+        else:
+            A, h0, E, dtr, u_c, u_s, dout_s, dout_c = _gl_load_block(k, *ld_args, EVEN=EVEN, BLOCK_D=BLOCK_D,
+                                                                     NEED_DOUT_C=NEED_DOUT_C)
         if HAS_BIAS:
             dtr = dtr + bias_c[None, :]
         a_zero = A == float("-inf")
         A3 = gl.expand_dims(gl.where(a_zero, 0.0, A), 0)
         z3 = gl.expand_dims(a_zero, 0)
-        offs_d_dn = k * BLOCK_D + d_dn0
-        m_dn = (offs_d_dn < n_inner)[:, None] & mask_n_dn[None, :]
-        dn = offs_d_dn[:, None] * n_state + n_dn[None, :]
-        offs_d_c = k * BLOCK_D + d_c0
-        mask_d_c = offs_d_c < n_inner
-        m_c = mask_t_c[:, None] & mask_d_c[None, :]
-        row_c = pid_b * n_inner * seq + offs_d_c[None, :] * seq + offs_t_c[:, None]
+        dn, m_dn, offs_d_c, mask_d_c, m_c, row_c = _block_index(k, pid_b, n_inner, n_state, seq, d_dn0, n_dn,
+                                                                mask_n_dn, d_c0, offs_t_c, mask_t_c, BLOCK_D)
         dt = dtr
         if SOFTPLUS:
             dt = softplus(dtr)
