@@ -166,14 +166,14 @@ def _chunk_fwd_kernel(
         h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     first = pid_c * TILES_PER_CHUNK
     if PREFETCH:
-        u, draw, Bt, Ct, z, _, _, _ = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, first, t_loc,
-                                                   seq, mask_d, mask_n, HAS_Z, BLOCK_T)
+        u, draw, Bt, Ct, z, _, _, _ = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, rowB, first,
+                                                   t_loc, seq, mask_d, mask_n, HAS_Z, BLOCK_T)
         for i in range(TILES_PER_CHUNK):
             tile = first + i
             # The read after the chunk's last tile is masked off (no traffic) by limiting it to this chunk.
             nxt = tl.where(i + 1 < TILES_PER_CHUNK, tile + 1, N_TILES)
-            nu, ndraw, nBt, nCt, nz, _, _, _ = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, nxt,
-                                                            t_loc, seq, mask_d, mask_n, HAS_Z, BLOCK_T)
+            nu, ndraw, nBt, nCt, nz, _, _, _ = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, rowB,
+                                                            nxt, t_loc, seq, mask_d, mask_n, HAS_Z, BLOCK_T)
             h, _ = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
                                 pid_b, tile, t_loc, seq, n_inner, n_state, mask_d,
                                 mask_dn & (idx_dn + tile < N_TILES), N_TILES, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
@@ -182,8 +182,8 @@ def _chunk_fwd_kernel(
     else:
         for i in range(TILES_PER_CHUNK):
             tile = first + i
-            u, draw, Bt, Ct, z, _, _, _ = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc,
-                                                       seq, mask_d, mask_n, HAS_Z, BLOCK_T)
+            u, draw, Bt, Ct, z, _, _, _ = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, rowB, tile,
+                                                       t_loc, seq, mask_d, mask_n, HAS_Z, BLOCK_T)
             h, _ = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
                                 pid_b, tile, t_loc, seq, n_inner, n_state, mask_d,
                                 mask_dn & (idx_dn + tile < N_TILES), N_TILES, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,

@@ -32,11 +32,12 @@ __all__ = ["bwd_kernel_tm", "fold_fwd_tile", "fwd_kernel_tm"]
 
 
 @triton.jit
-def _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, seq, mask_d, mask_n,
+def _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, rowC, tile, t_loc, seq, mask_d, mask_n,
                  HAS_Z: tl.constexpr, BLOCK_T: tl.constexpr, fix_ptrs=None, pid_b=0, ONE: tl.constexpr = False,
                  ZERO: tl.constexpr = False, EVEN: tl.constexpr = False, b1_batch=None, c1_batch=None):
-    """Tile ``tile``'s raw reads: u, delta, B, C, z ((T, D) and (T, N), float32; z = 0 when absent) and the
-    polarized channels' rows b1, c1, q ((T,), with ``ONE`` / ``ZERO``, from ``fix_ptrs = (B1, C1, Q)``; else 0)."""
+    """Tile ``tile``'s raw reads: u, delta, B, C, z ((T, D) and (T, N), float32; z = 0 when absent; B's and C's rows
+    at ``rowB`` / ``rowC``) and the polarized channels' rows b1, c1, q ((T,), with ``ONE`` / ``ZERO``, from
+    ``fix_ptrs = (B1, C1, Q)``; else 0)."""
     offs_t = tile * BLOCK_T + t_loc
     mask_t = in_range(offs_t, seq, EVEN)
     m_td = mask_t[:, None] & mask_d[None, :]
@@ -44,7 +45,7 @@ def _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc, 
     u = tl.load(u_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)  # (T, D)
     draw = tl.load(delta_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
     Bt = tl.load(B_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)  # (T, N)
-    Ct = tl.load(C_ptr + rowB + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + rowC + offs_t[:, None], mask=m_tn, other=0.0).to(tl.float32)
     if HAS_Z:
         z = tl.load(z_ptr + row + offs_t[:, None], mask=m_td, other=0.0).to(tl.float32)
     else:
@@ -151,22 +152,20 @@ def fwd_kernel_tm(
     fix = (B1_ptr, C1_ptr, Q_ptr)
     row = pid_b * n_inner * seq + offs_d[None, :] * seq  # (1, D)
     # b_batch, c_batch: B's and C's batch strides (slices of the whole B, C read in place, with B1, C1; None:
-    # contiguous (batch, n_state, seq) and (batch, seq)); one row offset serves both when they agree
-    bb = n_state * seq if b_batch is None else b_batch
-    cb = n_state * seq if c_batch is None else c_batch
+    # contiguous (batch, n_state, seq) and (batch, seq))
     b1b = seq if b_batch is None else b_batch
     c1b = seq if c_batch is None else c_batch
-    rowB = pid_b * bb + offs_n[None, :] * seq  # (1, N)
-    C_ptr = C_ptr + pid_b * (cb - bb)  # C's rows at C's own batch stride, through rowB
+    rowB = pid_b * (n_state * seq if b_batch is None else b_batch) + offs_n[None, :] * seq  # (1, N)
+    rowC = pid_b * (n_state * seq if c_batch is None else c_batch) + offs_n[None, :] * seq
     st_off = offs_d[:, None] * n_state + offs_n[None, :]
     if PREFETCH:
-        u, draw, Bt, Ct, z, b1, c1, q = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, 0, t_loc, seq,
-                                                     mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO, EVEN, b1b,
-                                                     c1b)
+        u, draw, Bt, Ct, z, b1, c1, q = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, rowC, 0, t_loc,
+                                                     seq, mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO, EVEN,
+                                                     b1b, c1b)
         for tile in range(N_TILES):
             # EVEN has no masks: the read after the last tile re-reads the last one instead (cached, unused).
             nxt_tile = tl.minimum(tile + 1, N_TILES - 1) if EVEN else tile + 1
-            nxt = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, nxt_tile, t_loc, seq, mask_d,
+            nxt = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, rowC, nxt_tile, t_loc, seq, mask_d,
                                mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO, EVEN, b1b, c1b)
             h, H1 = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
                                  pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z,
@@ -175,9 +174,9 @@ def fwd_kernel_tm(
             u, draw, Bt, Ct, z, b1, c1, q = nxt
     else:
         for tile in range(N_TILES):
-            u, draw, Bt, Ct, z, b1, c1, q = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, tile, t_loc,
-                                                         seq, mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE, ZERO,
-                                                         EVEN, b1b, c1b)
+            u, draw, Bt, Ct, z, b1, c1, q = _fwd_tm_load(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, row, rowB, rowC, tile,
+                                                         t_loc, seq, mask_d, mask_n, HAS_Z, BLOCK_T, fix, pid_b, ONE,
+                                                         ZERO, EVEN, b1b, c1b)
             h, H1 = _fwd_tm_tile(u, draw, Bt, Ct, z, h, A_safe, a_zero, bias, Dv, out_ptr, states_ptr, row, st_off,
                                  pid_b, tile, t_loc, seq, n_inner, n_state, mask_d, mask_dn, N_TILES, HAS_D, HAS_Z,
                                  HAS_BIAS, SOFTPLUS, BLOCK_T, b1, c1, q, states1_ptr, ypre_ptr, H1, offs_d, ONE, ZERO,
