@@ -51,14 +51,19 @@ TOL = 1e-3
 SHAPE = (16, 256, 4096)  # batch, d_inner, seq; 16 learned states + one 1- and one 0-polarized
 
 
+_MODULE_DEFAULTS = {}  # the two module settings' own values, taken before the first config changes them
+
+
 def _apply(tiles, extras):
     from train_speed import set_scan
 
     from anybudget.ssm import scan_gluon_bwd, scan_triton_bwd
 
     extras = dict(extras)  # two module settings besides ScanBlocks': the Gluon kernel's flags, the carry's tiles
-    scan_gluon_bwd.GRADS_FLAGS.update({"SEED": True, "BC_SMEM": True, **extras.pop("gluon_flags", {})})
-    scan_triton_bwd.CARRY_TILES = extras.pop("carry_tiles", (8, 32, 1, True))
+    _MODULE_DEFAULTS.setdefault("gluon_flags", dict(scan_gluon_bwd.GRADS_FLAGS))
+    _MODULE_DEFAULTS.setdefault("carry_tiles", scan_triton_bwd.CARRY_TILES)
+    scan_gluon_bwd.GRADS_FLAGS.update({**_MODULE_DEFAULTS["gluon_flags"], **extras.pop("gluon_flags", {})})
+    scan_triton_bwd.CARRY_TILES = extras.pop("carry_tiles", _MODULE_DEFAULTS["carry_tiles"])
     set_scan("time_first", True, ((8, 16, 4), tiles), "chunked", extras)
 
 
