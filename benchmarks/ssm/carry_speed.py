@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(results_dir("ssm_carry_speed")))
     ap.add_argument("--repeat", type=int, default=50)
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error(f"--repeat {args.repeat}: must be >= 1 (timed calls per configuration)")
     import torch
 
     if not torch.cuda.is_available():

@@ -402,6 +402,11 @@ def test_gluon_speed_scripts_refuse_bad_arguments_before_any_work(script, bench,
     with pytest.raises(SystemExit) as e:
         gs.main(["--repeat", "0", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--repeat 0: must be >= 1" in capsys.readouterr().err
+    if script == "scan_fold_speed":  # --configs names only the script's configurations
+        with pytest.raises(SystemExit) as e:
+            gs.main(["--configs", "fold_gluon168_pf", "nope", "--out", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "--configs nope: unknown; allowed: split_gluon168" in err
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(SystemExit) as e:
@@ -410,3 +415,14 @@ def test_gluon_speed_scripts_refuse_bad_arguments_before_any_work(script, bench,
     if not __import__("torch").cuda.is_available():  # the CPU: one line, exit 2, nothing measured or written
         assert gs.main(["--out", str(tmp_path / "rec")]) == 2
         assert "needs CUDA" in capsys.readouterr().err and not list((tmp_path / "rec").iterdir())
+
+
+def test_carry_speed_and_scan_ncu_refuse_bad_arguments_before_any_work(bench, tmp_path, capsys):
+    cs, nc = bench("carry_speed"), bench("scan_ncu")
+    with pytest.raises(SystemExit) as e:
+        cs.main(["--repeat", "0", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--repeat 0: must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # --summarize needs ncu's details page there
+        nc.main(["--summarize", str(tmp_path)])
+    assert e.value.code == 2 and f"--summarize {tmp_path}: no details.csv there" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -69,6 +69,19 @@ def test_scan_presets_set_every_field_and_restore():
         ScanBlocks.restore({"warp_speed": 9})
 
 
+@pytest.mark.skipif(not _has_triton(), reason="triton not installed (pip install 'anybudget[gpu]')")
+def test_bad_bwd_prefetch_is_refused_naming_its_values(monkeypatch):
+    """``ScanBlocks.bwd_prefetch`` other than False, True or "async" raises before the backward launches anything
+    (a typo would otherwise run as the register prefetch)."""
+    from anybudget.ssm import scan_triton
+    from anybudget.ssm.scan_triton import ScanBlocks
+
+    monkeypatch.setattr(ScanBlocks, "bwd_prefetch", "asynch")
+    saved = [t.detach().float() for t in scan_inputs(1, 2, 8, 4, seed=0)]
+    with pytest.raises(ValueError, match="bwd_prefetch='asynch'; allowed: False, True, 'async'"):
+        scan_triton._chunked(8, None, True, saved, torch.zeros(1, 2, 8))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and triton")
 @pytest.mark.parametrize("seq, n", [(1, 3), (100, 18), (1031, 18), (4096, 17)])

@@ -585,6 +585,8 @@ class _SelectiveScanTriton(torch.autograd.Function):
 def _chunked(fwd_tile, states, delta_softplus, saved, dout, fixed=None):
     from anybudget.ssm.scan_triton_bwd import chunked_backward
 
+    if ScanBlocks.bwd_prefetch not in (False, True, "async"):
+        raise ValueError(f"ScanBlocks.bwd_prefetch={ScanBlocks.bwd_prefetch!r}; allowed: False, True, 'async'")
     block_n = _block_n(saved[2].shape[1])
     bd, _, warps = ScanBlocks.bwd_chunked
     # A chunk that is not a multiple of the forward tile rebuilds its chunk-start states itself.
